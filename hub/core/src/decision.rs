@@ -1,0 +1,153 @@
+//! What one reconcile decides: the new status, the writes, the events and the requeue.
+
+use std::collections::BTreeMap;
+
+use talm_shared::api::cgu::ClusterGroupUpgradeStatus;
+use talm_shared::api::rhacm::{Placement, PlacementBinding};
+use talm_shared::api::spokeagent::{BackupTask, PrecacheTask};
+
+/// The outcome of one reconcile of one CGU.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// The complete new status of the CGU (write it when it differs from the old one).
+    pub status: ClusterGroupUpgradeStatus,
+    /// Whether the CGU's finalizer must be added or removed.
+    pub finalizer: FinalizerChange,
+    /// Object writes, to apply in order before the status.
+    pub writes: Vec<Write>,
+    /// Events to publish.
+    pub events: Vec<Event>,
+    /// When to reconcile this CGU again.
+    pub requeue: Requeue,
+}
+
+/// A change to the CGU's `ran.openshift.io/cleanup-finalizer`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinalizerChange {
+    /// Leave the finalizers as they are.
+    None,
+    /// Add the finalizer.
+    Add,
+    /// Remove the finalizer: cleanup is done and the CGU may go.
+    Remove,
+}
+
+/// When to reconcile again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Requeue {
+    /// Only on the next watch event.
+    Never,
+    /// At once (TALM's `Requeue: true`).
+    Immediately,
+    /// After this many seconds.
+    After(u64),
+}
+
+/// A change to a hub object. Every write is idempotent: applying it twice is harmless.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
+    /// Create the Placement, or replace its labels, annotations and spec.
+    ApplyPlacement(Placement),
+    /// Delete a Placement.
+    DeletePlacement {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
+    /// Create the PlacementBinding, or replace it.
+    ApplyPlacementBinding(PlacementBinding),
+    /// Delete a PlacementBinding.
+    DeletePlacementBinding {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
+    /// Change a ManagedCluster's labels and annotations (adds first, then removals).
+    PatchManagedCluster {
+        /// Cluster name.
+        name: String,
+        /// Labels to set.
+        add_labels: BTreeMap<String, String>,
+        /// Label keys to remove.
+        remove_labels: Vec<String>,
+        /// Annotations to set.
+        add_annotations: BTreeMap<String, String>,
+        /// Annotation keys to remove.
+        remove_annotations: Vec<String>,
+    },
+    /// Change the desired tasks of a cluster's SpokeAgent (`<cluster ns>/<cluster>`); the object
+    /// is created when missing.
+    SetSpokeAgentTasks {
+        /// Namespace (the cluster's namespace, which is the cluster name).
+        namespace: String,
+        /// Name (the cluster name).
+        name: String,
+        /// The pre-cache task change, if any.
+        precache: Option<TaskChange<PrecacheTask>>,
+        /// The backup task change, if any.
+        backup: Option<TaskChange<BackupTask>>,
+    },
+}
+
+/// A change of one desired agent task.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TaskChange<T> {
+    /// Set the task.
+    Assign(T),
+    /// Clear the task (cancel it if it is still running).
+    Clear,
+}
+
+/// `Normal` or `Warning`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    /// A normal event.
+    Normal,
+    /// A warning.
+    Warning,
+}
+
+impl EventType {
+    /// The Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
+        }
+    }
+}
+
+/// The object an event is about.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObjectRef {
+    /// `apiVersion`.
+    pub api_version: String,
+    /// `kind`.
+    pub kind: String,
+    /// Namespace (empty for cluster-scoped objects).
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// UID, when known.
+    pub uid: String,
+}
+
+/// An `events.k8s.io/v1` event with TALM's reason, action, note and annotations
+/// (reportingController `ClusterGroupUpgrade`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    /// `Normal` or `Warning`.
+    pub type_: EventType,
+    /// e.g. `CguStarted`.
+    pub reason: String,
+    /// e.g. `RemediationStarted`.
+    pub action: String,
+    /// The message, at most 1,024 bytes.
+    pub note: String,
+    /// The CGU, or a ManagedCluster for per-cluster events.
+    pub regarding: ObjectRef,
+    /// `cgu.openshift.io/*` annotations.
+    pub annotations: BTreeMap<String, String>,
+}

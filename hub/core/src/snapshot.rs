@@ -1,0 +1,258 @@
+//! The engine's input: an indexed, read-only snapshot of the hub objects a reconcile needs.
+//!
+//! The snapshot indexes what the engine looks up per cluster (root-policy compliance by cluster,
+//! child policies by cluster namespace), so a reconcile costs O(clusters in play), not O(all
+//! objects × clusters). The operator keeps one from its reflector stores; `talm-hub plan` builds
+//! one from files.
+
+use std::collections::{BTreeMap, HashMap};
+
+use talm_shared::api::cgu::ClusterGroupUpgrade;
+use talm_shared::api::precaching::PreCachingConfigSpec;
+use talm_shared::api::rhacm::{
+    ConfigMapView, ManagedCluster, Placement, PlacementBinding, Policy, ROOT_POLICY_LABEL,
+};
+use talm_shared::api::spokeagent::SpokeAgent;
+
+/// Label TALM put on legacy policy copies; such policies are never treated as children.
+pub const CGU_LABEL: &str = "openshift-cluster-group-upgrades/clusterGroupUpgrade";
+
+/// A cluster's compliance with one root policy (talm-behaviour.md §1.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Compliance {
+    /// `Compliant`.
+    Compliant,
+    /// `NonCompliant`, `Pending`, a missing `compliant` field, or a policy without status.
+    NonCompliant,
+    /// The cluster is absent from the policy's `status.status`.
+    NotMatched,
+}
+
+impl Compliance {
+    /// TALM's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compliance::Compliant => "Compliant",
+            Compliance::NonCompliant => "NonCompliant",
+            Compliance::NotMatched => "NotMatchedWithPolicy",
+        }
+    }
+}
+
+/// A root policy with its per-cluster compliance indexed.
+#[derive(Clone, Debug)]
+pub struct RootPolicy {
+    /// The policy.
+    pub policy: Policy,
+    /// `None` when the policy has no `status.status`: every cluster is NonCompliant.
+    compliance: Option<HashMap<String, Compliance>>,
+}
+
+impl RootPolicy {
+    fn new(policy: Policy) -> Self {
+        let compliance = policy
+            .status
+            .as_ref()
+            .and_then(|s| s.status.as_ref())
+            .map(|entries| {
+                entries
+                    .iter()
+                    .map(|e| {
+                        let c = match e.compliant.as_deref() {
+                            Some("Compliant") => Compliance::Compliant,
+                            _ => Compliance::NonCompliant,
+                        };
+                        (e.clustername.clone(), c)
+                    })
+                    .collect()
+            });
+        RootPolicy { policy, compliance }
+    }
+
+    /// The cluster's compliance with this policy.
+    pub fn compliance(&self, cluster: &str) -> Compliance {
+        match &self.compliance {
+            None => Compliance::NonCompliant,
+            Some(m) => m.get(cluster).copied().unwrap_or(Compliance::NotMatched),
+        }
+    }
+}
+
+/// A child (replicated) policy in a cluster namespace.
+#[derive(Clone, Debug)]
+pub struct ChildPolicy {
+    /// Namespace of the root policy.
+    pub parent_namespace: String,
+    /// Name of the root policy.
+    pub parent_name: String,
+    /// The child policy itself.
+    pub policy: Policy,
+}
+
+type Key = (String, String);
+
+fn key(ns: Option<&String>, name: Option<&String>) -> Key {
+    (
+        ns.cloned().unwrap_or_default(),
+        name.cloned().unwrap_or_default(),
+    )
+}
+
+/// The hub objects one reconcile reads.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    clusters: HashMap<String, ManagedCluster>,
+    roots: HashMap<Key, RootPolicy>,
+    children: HashMap<String, Vec<ChildPolicy>>,
+    placements: BTreeMap<Key, Placement>,
+    bindings: BTreeMap<Key, PlacementBinding>,
+    precaching_configs: HashMap<Key, PreCachingConfigSpec>,
+    config_maps: HashMap<Key, ConfigMapView>,
+    spoke_agents: HashMap<Key, SpokeAgent>,
+    cgus: HashMap<Key, ClusterGroupUpgrade>,
+}
+
+impl Snapshot {
+    /// An empty snapshot.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) a ManagedCluster.
+    pub fn insert_managed_cluster(&mut self, mc: ManagedCluster) {
+        let name = mc.metadata.name.clone().unwrap_or_default();
+        self.clusters.insert(name, mc);
+    }
+
+    /// Adds (or replaces) a Policy: a child when it has the root-policy label, else a root.
+    /// Legacy TALM policy copies are ignored.
+    pub fn insert_policy(&mut self, p: Policy) {
+        let labels = p.metadata.labels.as_ref();
+        if labels.is_some_and(|l| l.contains_key(CGU_LABEL)) {
+            return;
+        }
+        if labels.is_some_and(|l| l.contains_key(ROOT_POLICY_LABEL)) {
+            let ns = p.metadata.namespace.clone().unwrap_or_default();
+            let name = p.metadata.name.clone().unwrap_or_default();
+            // `<parentNs>.<parentName>`: namespaces cannot hold dots, names can.
+            let Some((parent_ns, parent_name)) = name.split_once('.') else {
+                return;
+            };
+            if parent_ns.is_empty() || parent_name.is_empty() {
+                return;
+            }
+            let list = self.children.entry(ns).or_default();
+            list.retain(|c| c.policy.metadata.name.as_deref() != Some(name.as_str()));
+            list.push(ChildPolicy {
+                parent_namespace: parent_ns.to_string(),
+                parent_name: parent_name.to_string(),
+                policy: p,
+            });
+        } else {
+            let k = key(p.metadata.namespace.as_ref(), p.metadata.name.as_ref());
+            self.roots.insert(k, RootPolicy::new(p));
+        }
+    }
+
+    /// Adds (or replaces) a Placement.
+    pub fn insert_placement(&mut self, p: Placement) {
+        let k = key(p.metadata.namespace.as_ref(), p.metadata.name.as_ref());
+        self.placements.insert(k, p);
+    }
+
+    /// Adds (or replaces) a PlacementBinding.
+    pub fn insert_placement_binding(&mut self, b: PlacementBinding) {
+        let k = key(b.metadata.namespace.as_ref(), b.metadata.name.as_ref());
+        self.bindings.insert(k, b);
+    }
+
+    /// Adds (or replaces) a PreCachingConfig spec under its namespace and name.
+    pub fn insert_precaching_config(&mut self, namespace: &str, name: &str, spec: PreCachingConfigSpec) {
+        self.precaching_configs
+            .insert((namespace.to_string(), name.to_string()), spec);
+    }
+
+    /// Adds (or replaces) a ConfigMap.
+    pub fn insert_config_map(&mut self, cm: ConfigMapView) {
+        let k = key(cm.metadata.namespace.as_ref(), cm.metadata.name.as_ref());
+        self.config_maps.insert(k, cm);
+    }
+
+    /// Adds (or replaces) a SpokeAgent.
+    pub fn insert_spoke_agent(&mut self, a: SpokeAgent) {
+        let k = key(a.metadata.namespace.as_ref(), a.metadata.name.as_ref());
+        self.spoke_agents.insert(k, a);
+    }
+
+    /// Adds (or replaces) a CGU (other CGUs are read for blocking).
+    pub fn insert_cgu(&mut self, c: ClusterGroupUpgrade) {
+        let k = key(c.metadata.namespace.as_ref(), c.metadata.name.as_ref());
+        self.cgus.insert(k, c);
+    }
+
+    /// A ManagedCluster by name.
+    pub fn managed_cluster(&self, name: &str) -> Option<&ManagedCluster> {
+        self.clusters.get(name)
+    }
+
+    /// Every ManagedCluster, in no particular order.
+    pub fn managed_clusters(&self) -> impl Iterator<Item = &ManagedCluster> {
+        self.clusters.values()
+    }
+
+    /// A root policy by namespace and name.
+    pub fn root_policy(&self, namespace: &str, name: &str) -> Option<&RootPolicy> {
+        self.roots.get(&(namespace.to_string(), name.to_string()))
+    }
+
+    /// The child policies in a cluster namespace.
+    pub fn child_policies(&self, cluster_namespace: &str) -> &[ChildPolicy] {
+        self.children
+            .get(cluster_namespace)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// A Placement by namespace and name.
+    pub fn placement(&self, namespace: &str, name: &str) -> Option<&Placement> {
+        self.placements.get(&(namespace.to_string(), name.to_string()))
+    }
+
+    /// Every Placement, ordered by namespace and name.
+    pub fn placements(&self) -> impl Iterator<Item = &Placement> {
+        self.placements.values()
+    }
+
+    /// A PlacementBinding by namespace and name.
+    pub fn placement_binding(&self, namespace: &str, name: &str) -> Option<&PlacementBinding> {
+        self.bindings.get(&(namespace.to_string(), name.to_string()))
+    }
+
+    /// Every PlacementBinding, ordered by namespace and name.
+    pub fn placement_bindings(&self) -> impl Iterator<Item = &PlacementBinding> {
+        self.bindings.values()
+    }
+
+    /// A PreCachingConfig spec by namespace and name.
+    pub fn precaching_config(&self, namespace: &str, name: &str) -> Option<&PreCachingConfigSpec> {
+        self.precaching_configs
+            .get(&(namespace.to_string(), name.to_string()))
+    }
+
+    /// A ConfigMap by namespace and name.
+    pub fn config_map(&self, namespace: &str, name: &str) -> Option<&ConfigMapView> {
+        self.config_maps.get(&(namespace.to_string(), name.to_string()))
+    }
+
+    /// A SpokeAgent by namespace and name.
+    pub fn spoke_agent(&self, namespace: &str, name: &str) -> Option<&SpokeAgent> {
+        self.spoke_agents
+            .get(&(namespace.to_string(), name.to_string()))
+    }
+
+    /// A CGU by namespace and name.
+    pub fn cgu(&self, namespace: &str, name: &str) -> Option<&ClusterGroupUpgrade> {
+        self.cgus.get(&(namespace.to_string(), name.to_string()))
+    }
+}
+

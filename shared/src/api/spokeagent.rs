@@ -1,0 +1,108 @@
+//! `SpokeAgent` (`talm.dev/v1alpha1`): the hub's view of one cluster's talm-agent.
+//!
+//! One per managed cluster, named after the cluster, in the cluster's namespace. `spec` holds the
+//! tasks the hub wants done (written by the engine); `status` holds what the agent reported
+//! (written by the gateway). A reported state counts only when its `id` equals the `spec` id.
+
+#[cfg(feature = "kube")]
+use kube_derive::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::Time;
+use super::cgu::PrecachingSpec;
+
+/// `apiVersion` of SpokeAgent.
+pub const API_VERSION: &str = "talm.dev/v1alpha1";
+
+/// The tasks the hub assigns to a cluster's agent.
+#[cfg_attr(
+    feature = "kube",
+    derive(CustomResource),
+    kube(
+        group = "talm.dev",
+        version = "v1alpha1",
+        kind = "SpokeAgent",
+        namespaced,
+        status = "SpokeAgentStatus",
+        derive = "PartialEq",
+        crates(kube_core = "::kube_core"),
+        printcolumn(name = "Connected", type_ = "boolean", json_path = ".status.connected"),
+        printcolumn(name = "Last Seen", type_ = "date", json_path = ".status.lastSeen"),
+        printcolumn(name = "Precache", type_ = "string", json_path = ".status.precache.state"),
+        printcolumn(name = "Backup", type_ = "string", json_path = ".status.backup.state"),
+    )
+)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SpokeAgentSpec {
+    /// The desired pre-cache task, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precache: Option<PrecacheTask>,
+    /// The desired backup task, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupTask>,
+}
+
+/// A pre-cache task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrecacheTask {
+    /// Unique per CGU and task: `<cgu namespace>/<cgu name>/<cgu uid>/precache`.
+    pub id: String,
+    /// What to pre-cache.
+    pub spec: PrecachingSpec,
+    /// The agent gives up (state `PrecacheTimeout`) after this time.
+    pub deadline: Time,
+}
+
+/// A backup task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackupTask {
+    /// Unique per CGU and task: `<cgu namespace>/<cgu name>/<cgu uid>/backup`.
+    pub id: String,
+    /// The agent gives up (state `BackupTimeout`) after this time.
+    pub deadline: Time,
+}
+
+/// What the agent reported.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SpokeAgentStatus {
+    /// Whether the agent has a live session with the hub.
+    #[serde(default)]
+    pub connected: bool,
+    /// The last time the hub heard from the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<Time>,
+    /// The pre-cache task's state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precache: Option<TaskReport>,
+    /// The backup task's state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<TaskReport>,
+}
+
+/// A task's reported state.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskReport {
+    /// The task id this report is about.
+    pub id: String,
+    /// One of TALM's pre-cache or backup state names (`Starting`, `Active`, `Succeeded`,
+    /// `PrecacheTimeout`, `BackupTimeout`, `UnrecoverableError`, ...).
+    pub state: String,
+    /// Human-readable detail, e.g. the failure reason.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+super::plain_root!(
+    /// A SpokeAgent object.
+    SpokeAgent,
+    SpokeAgentSpec,
+    SpokeAgentStatus,
+    "talm.dev/v1alpha1",
+    "SpokeAgent"
+);

@@ -1,0 +1,13 @@
+//! talm's common vocabulary, shared by the hub, its pure engine and the agent.
+//!
+//! - [`api`]: the API types talm owns (`ClusterGroupUpgrade`, `PreCachingConfig`, `SpokeAgent`)
+//!   and typed views of the RHACM objects the hub reads and writes.
+//!
+//! With the `kube` feature the types also carry kube's `CustomResource`/`Resource` derives, so the
+//! hub can use them with `kube::Api` and generate CRDs. Without it (the engine's build) they are
+//! plain serde structs of the same shape: Cargo keeps the engine free of any kube dependency.
+#![warn(missing_docs)]
+
+pub mod api;
+
+pub use k8s_openapi;
