@@ -19,6 +19,19 @@ pub struct Decision {
     pub events: Vec<Event>,
     /// When to reconcile this CGU again.
     pub requeue: Requeue,
+    /// Explanations for people: clusters left out of the plan and pending actions.
+    pub notes: Notes,
+}
+
+/// Human-facing explanations of a decision (`talm-hub plan -o table`, logs).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Notes {
+    /// Selected clusters that are in no batch, with the reason (e.g. `compliant with all
+    /// managed policies`, `pre-caching failed: UnrecoverableError`).
+    pub excluded_clusters: Vec<(String, String)>,
+    /// What is still to happen and what it waits for (e.g. `waiting for blocking CGU
+    /// default/cgu-a`, `beforeEnable: add labels [ztp-running] on 2 clusters at start`).
+    pub pending_actions: Vec<String>,
 }
 
 /// A change to the CGU's `ran.openshift.io/cleanup-finalizer`.

@@ -30,7 +30,9 @@ pub mod tasks;
 pub mod timeouts;
 pub mod validate;
 
-pub use decision::{Decision, Event, EventType, FinalizerChange, ObjectRef, Requeue, TaskChange, Write};
+pub use decision::{
+    Decision, Event, EventType, FinalizerChange, Notes, ObjectRef, Requeue, TaskChange, Write,
+};
 pub use graph::{NoUpdateGraph, UpdateGraph};
 pub use reconcile::{Context, reconcile};
 pub use snapshot::Snapshot;

@@ -30,5 +30,6 @@ pub fn reconcile(cgu: &ClusterGroupUpgrade, _snap: &Snapshot, _ctx: &Context<'_>
         writes: Vec::new(),
         events: Vec::new(),
         requeue: Requeue::Never,
+        notes: Default::default(),
     }
 }
