@@ -1,0 +1,48 @@
+//! talm-hub: the hub side of talm.
+//!
+//! # Layout
+//! - [`args`]: the command line (clap derive): global logging flags and one subcommand each.
+//! - [`telemetry`]: tracing-subscriber setup (plain or JSON logs on stderr).
+//! - [`crds`]: `talm-hub crds`, the generated CRD manifests and their drift check.
+//! - [`plan`]: `talm-hub plan`, the offline adapter: read objects from files, run the engine to a
+//!   fixed point at a given time, print the resulting objects or a table.
+//! - [`error`]: the library's error type and its exit codes.
+//!
+//! The binary (`main.rs`) only parses arguments and reads the clock; [`main`] does the rest.
+#![warn(missing_docs)]
+
+pub mod args;
+pub mod crds;
+pub mod error;
+pub mod plan;
+pub mod telemetry;
+
+use std::process::ExitCode;
+
+pub use args::Args;
+pub use error::Error;
+
+use args::Command;
+
+/// Runs one command. `now` is the wall-clock time read by the entry point; subcommands that
+/// take `--now` use it as their default.
+pub fn run(args: Args, now: jiff::Timestamp) -> Result<(), Error> {
+    let Args { log, command } = args;
+    telemetry::init(&log)?;
+    match command {
+        Command::Plan(plan_args) => plan::run(&plan_args, now),
+        Command::Crds(crds_args) => crds::run(&crds_args),
+    }
+}
+
+/// [`run`], with errors printed as one line on stderr and mapped to the process exit code
+/// (see [`Error::exit_code`]).
+pub fn main(args: Args, now: jiff::Timestamp) -> ExitCode {
+    match run(args, now) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(err.exit_code())
+        }
+    }
+}

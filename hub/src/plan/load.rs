@@ -1,0 +1,9 @@
+//! Loading.
+
+/// Bad input.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    /// x
+    #[error("x")]
+    X,
+}
