@@ -1,1 +1,322 @@
-//! (in progress)
+//! TALM's events (talm-behaviour.md §2.7): reasons, actions, notes and `cgu.openshift.io/*`
+//! annotations, with TALM's size limits.
+
+use std::collections::BTreeMap;
+
+use talm_shared::api::cgu::ClusterGroupUpgrade;
+use talm_shared::api::rhacm::ManagedCluster;
+
+use crate::decision::{Event, EventType, ObjectRef};
+
+/// Annotation keys.
+pub mod keys {
+    #![allow(missing_docs)]
+    pub const EVENT_TYPE: &str = "cgu.openshift.io/event-type";
+    pub const TOTAL_BATCHES_COUNT: &str = "cgu.openshift.io/total-batches-count";
+    pub const TOTAL_CLUSTERS_COUNT: &str = "cgu.openshift.io/total-clusters-count";
+    pub const BATCH_CLUSTERS: &str = "cgu.openshift.io/batch-clusters";
+    pub const BATCH_CLUSTERS_COUNT: &str = "cgu.openshift.io/batch-clusters-count";
+    pub const TIMEDOUT_CLUSTERS: &str = "cgu.openshift.io/timedout-clusters";
+    pub const MISSING_CLUSTERS: &str = "cgu.openshift.io/missing-clusters";
+    pub const MISSING_CLUSTERS_COUNT: &str = "cgu.openshift.io/missing-clusters-count";
+    pub const MISSING_POLICIES: &str = "cgu.openshift.io/missing-policies";
+    pub const INVALID_POLICIES: &str = "cgu.openshift.io/invalid-policies";
+    pub const AMBIGUOUS_POLICIES: &str = "cgu.openshift.io/ambiguous-policies";
+    pub const TRUNCATED: &str = "cgu.openshift.io/truncated";
+}
+
+/// apimachinery's total annotation size limit.
+pub const ANNOTATION_LIMIT: usize = 256 * 1024;
+/// Maximum event note length in bytes.
+pub const NOTE_LIMIT: usize = 1024;
+
+/// Reference to the CGU.
+pub fn cgu_ref(cgu: &ClusterGroupUpgrade) -> ObjectRef {
+    ObjectRef {
+        api_version: talm_shared::api::cgu::API_VERSION.into(),
+        kind: "ClusterGroupUpgrade".into(),
+        namespace: cgu.metadata.namespace.clone().unwrap_or_default(),
+        name: cgu.metadata.name.clone().unwrap_or_default(),
+        uid: cgu.metadata.uid.clone().unwrap_or_default(),
+    }
+}
+
+/// Reference to a ManagedCluster.
+pub fn cluster_ref(name: &str, mc: Option<&ManagedCluster>) -> ObjectRef {
+    ObjectRef {
+        api_version: ManagedCluster::API_VERSION.into(),
+        kind: ManagedCluster::KIND.into(),
+        namespace: String::new(),
+        name: name.into(),
+        uid: mc.and_then(|m| m.metadata.uid.clone()).unwrap_or_default(),
+    }
+}
+
+fn truncate_note(mut s: String) -> String {
+    if s.len() > NOTE_LIMIT {
+        let mut cut = NOTE_LIMIT;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+/// Trims comma-list annotations (in the order given) until all annotations fit the limit, and
+/// records each trimmed key under `cgu.openshift.io/truncated`.
+pub fn fit_annotations(ann: &mut BTreeMap<String, String>, list_keys: &[&str], limit: usize) {
+    let size = |a: &BTreeMap<String, String>| a.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+    let mut truncated: Vec<&str> = Vec::new();
+    for key in list_keys {
+        if size(ann) <= limit {
+            break;
+        }
+        let over = size(ann) - limit + keys::TRUNCATED.len() + 64;
+        if let Some(v) = ann.get_mut(*key) {
+            let keep = v.len().saturating_sub(over);
+            let cut = v[..keep].rfind(',').unwrap_or(0);
+            v.truncate(cut);
+            truncated.push(key);
+        }
+    }
+    if !truncated.is_empty() {
+        ann.insert(keys::TRUNCATED.into(), truncated.join(","));
+    }
+}
+
+/// Builds an event.
+pub fn event(
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+    regarding: ObjectRef,
+    annotations: &[(&str, String)],
+) -> Event {
+    let mut ann: BTreeMap<String, String> = annotations
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    fit_annotations(
+        &mut ann,
+        &[
+            keys::BATCH_CLUSTERS,
+            keys::TIMEDOUT_CLUSTERS,
+            keys::MISSING_CLUSTERS,
+            keys::MISSING_POLICIES,
+            keys::INVALID_POLICIES,
+            keys::AMBIGUOUS_POLICIES,
+        ],
+        ANNOTATION_LIMIT,
+    );
+    Event {
+        type_,
+        reason: reason.into(),
+        action: action.into(),
+        note: truncate_note(note),
+        regarding,
+        annotations: ann,
+    }
+}
+
+/// `CguCreated` / `BuildingRemediationPlan`.
+pub fn created(cgu: &ClusterGroupUpgrade) -> Event {
+    let name = cgu.metadata.name.clone().unwrap_or_default();
+    event(
+        EventType::Normal,
+        "CguCreated",
+        "BuildingRemediationPlan",
+        format!("New ClusterGroupUpgrade found: {name}"),
+        cgu_ref(cgu),
+        &[(keys::EVENT_TYPE, "global".into())],
+    )
+}
+
+/// `CguStarted` / `RemediationStarted`.
+pub fn started(cgu: &ClusterGroupUpgrade, batches: usize, clusters: usize) -> Event {
+    let name = cgu.metadata.name.clone().unwrap_or_default();
+    event(
+        EventType::Normal,
+        "CguStarted",
+        "RemediationStarted",
+        format!("ClusterGroupUpgrade {name} started remediating policies"),
+        cgu_ref(cgu),
+        &[
+            (keys::EVENT_TYPE, "global".into()),
+            (keys::TOTAL_BATCHES_COUNT, batches.to_string()),
+            (keys::TOTAL_CLUSTERS_COUNT, clusters.to_string()),
+        ],
+    )
+}
+
+/// `CguStarted` / `RemediationInBatchStarted` (1-based batch index).
+pub fn batch_started(cgu: &ClusterGroupUpgrade, batch: usize, clusters: &[String]) -> Event {
+    let name = cgu.metadata.name.clone().unwrap_or_default();
+    event(
+        EventType::Normal,
+        "CguStarted",
+        "RemediationInBatchStarted",
+        format!("ClusterGroupUpgrade {name}: batch index {batch} upgrade started"),
+        cgu_ref(cgu),
+        &[
+            (keys::EVENT_TYPE, "batch".into()),
+            (keys::BATCH_CLUSTERS, clusters.join(",")),
+            (keys::BATCH_CLUSTERS_COUNT, clusters.len().to_string()),
+        ],
+    )
+}
+
+/// `CguStarted` / `RemediationInClusterStarted`, about the ManagedCluster.
+pub fn cluster_started(cgu: &ClusterGroupUpgrade, cluster: ObjectRef) -> Event {
+    let name = cgu.metadata.name.clone().unwrap_or_default();
+    let note = format!("ClusterGroupUpgrade {name}: cluster {} upgrade started", cluster.name);
+    event(
+        EventType::Normal,
+        "CguStarted",
+        "RemediationInClusterStarted",
+        note,
+        cluster,
+        &[(keys::EVENT_TYPE, "cluster".into())],
+    )
+}
+
+/// `CguSuccess` / `RemediationInClusterCompleted`, about the ManagedCluster.
+pub fn cluster_completed(cgu: &ClusterGroupUpgrade, cluster: ObjectRef) -> Event {
+    let name = cgu.metadata.name.clone().unwrap_or_default();
+    let note = format!(
+        "ClusterGroupUpgrade {name}: cluster {} upgrade finished successfully",
+        cluster.name
+    );
+    event(
+        EventType::Normal,
+        "CguSuccess",
+        "RemediationInClusterCompleted",
+        note,
+        cluster,
+        &[(keys::EVENT_TYPE, "cluster".into())],
+    )
+}
+
+/// `CguSuccess` / `RemediationInBatchCompleted`.
+pub fn batch_completed(cgu: &ClusterGroupUpgrade, batch: usize, clusters: &[String]) -> Event {
+    let name = cgu.metadata.name.clone().unwrap_or_default();
+    event(
+        EventType::Normal,
+        "CguSuccess",
+        "RemediationInBatchCompleted",
+        format!(
+            "ClusterGroupUpgrade {name}: all clusters in the batch index {batch} are compliant with managed policies"
+        ),
+        cgu_ref(cgu),
+        &[
+            (keys::EVENT_TYPE, "batch".into()),
+            (keys::BATCH_CLUSTERS, clusters.join(",")),
+            (keys::BATCH_CLUSTERS_COUNT, clusters.len().to_string()),
+        ],
+    )
+}
+
+/// `CguSuccess` / `RemediationCompleted`.
+pub fn completed(cgu: &ClusterGroupUpgrade, batches: usize, clusters: usize) -> Event {
+    let name = cgu.metadata.name.clone().unwrap_or_default();
+    event(
+        EventType::Normal,
+        "CguSuccess",
+        "RemediationCompleted",
+        format!("ClusterGroupUpgrade {name} succeeded remediating policies"),
+        cgu_ref(cgu),
+        &[
+            (keys::EVENT_TYPE, "global".into()),
+            (keys::TOTAL_BATCHES_COUNT, batches.to_string()),
+            (keys::TOTAL_CLUSTERS_COUNT, clusters.to_string()),
+        ],
+    )
+}
+
+/// `CguTimedout` / `RemediationInBatchTimeout` (Warning).
+pub fn batch_timed_out(cgu: &ClusterGroupUpgrade, batch: usize, timed_out: &[String]) -> Event {
+    let name = cgu.metadata.name.clone().unwrap_or_default();
+    event(
+        EventType::Warning,
+        "CguTimedout",
+        "RemediationInBatchTimeout",
+        format!(
+            "ClusterGroupUpgrade {name}: some clusters in the batch index {batch} timed out remediating policies"
+        ),
+        cgu_ref(cgu),
+        &[
+            (keys::EVENT_TYPE, "batch".into()),
+            (keys::TIMEDOUT_CLUSTERS, timed_out.join(",")),
+        ],
+    )
+}
+
+/// `CguTimedout` / `RemediationTimeout` (Warning).
+pub fn timed_out(cgu: &ClusterGroupUpgrade, timed_out: &[String]) -> Event {
+    let name = cgu.metadata.name.clone().unwrap_or_default();
+    event(
+        EventType::Warning,
+        "CguTimedout",
+        "RemediationTimeout",
+        format!("ClusterGroupUpgrade {name} timed-out remediating policies"),
+        cgu_ref(cgu),
+        &[
+            (keys::EVENT_TYPE, "global".into()),
+            (keys::TIMEDOUT_CLUSTERS, timed_out.join(",")),
+        ],
+    )
+}
+
+/// `CguValidationFailure` / `RemediationOnHoldDueToValidationFailure` (Warning). `kind` is
+/// `missing clusters`, `missing policies`, `invalid policies` or `ambiguous policies`.
+pub fn validation_failure(cgu: &ClusterGroupUpgrade, kind: &str, items: &[String]) -> Event {
+    let name = cgu.metadata.name.clone().unwrap_or_default();
+    let list = items.join(",");
+    let mut ann = vec![(keys::EVENT_TYPE, "global".to_string())];
+    match kind {
+        "missing clusters" => {
+            ann.push((keys::MISSING_CLUSTERS, list.clone()));
+            ann.push((keys::MISSING_CLUSTERS_COUNT, items.len().to_string()));
+        }
+        "missing policies" => ann.push((keys::MISSING_POLICIES, list.clone())),
+        "invalid policies" => ann.push((keys::INVALID_POLICIES, list.clone())),
+        "ambiguous policies" => ann.push((keys::AMBIGUOUS_POLICIES, list.clone())),
+        _ => {}
+    }
+    event(
+        EventType::Warning,
+        "CguValidationFailure",
+        "RemediationOnHoldDueToValidationFailure",
+        format!("ClusterGroupUpgrade {name}: validation failure ({kind}): {list}"),
+        cgu_ref(cgu),
+        &ann,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_lists_are_truncated_and_marked() {
+        let clusters: Vec<String> = (0..40_000).map(|i| format!("cluster-{i:05}")).collect();
+        let mut ann: BTreeMap<String, String> = BTreeMap::new();
+        ann.insert(keys::BATCH_CLUSTERS.into(), clusters.join(","));
+        ann.insert(keys::EVENT_TYPE.into(), "batch".into());
+        fit_annotations(&mut ann, &[keys::BATCH_CLUSTERS], ANNOTATION_LIMIT);
+        let total: usize = ann.iter().map(|(k, v)| k.len() + v.len()).sum();
+        assert!(total <= ANNOTATION_LIMIT, "{total}");
+        assert_eq!(ann[keys::TRUNCATED], keys::BATCH_CLUSTERS);
+        assert!(ann[keys::BATCH_CLUSTERS].starts_with("cluster-00000,cluster-00001"));
+        assert!(!ann[keys::BATCH_CLUSTERS].ends_with(','));
+    }
+
+    #[test]
+    fn small_annotations_are_untouched_and_notes_are_capped() {
+        let mut ann: BTreeMap<String, String> = [(keys::BATCH_CLUSTERS.to_string(), "a,b".to_string())].into();
+        fit_annotations(&mut ann, &[keys::BATCH_CLUSTERS], ANNOTATION_LIMIT);
+        assert_eq!(ann.len(), 1);
+        assert_eq!(truncate_note("é".repeat(600)).len(), 1024);
+    }
+}

@@ -1,1 +1,550 @@
-//! (in progress)
+//! Managed-policy discovery and validation (talm-behaviour.md §1.3 and §3.2 steps 2–3):
+//! missing, invalid, ambiguous and enforce policies; compliant-before-upgrade; Subscriptions
+//! content; the ClusterVersion platform image; dependency order.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+use serde_json::Value;
+use talm_shared::api::cgu::ManagedPolicyForUpgrade;
+use talm_shared::api::rhacm::Policy;
+
+use crate::graph::UpdateGraph;
+use crate::snapshot::{Compliance, Snapshot};
+
+/// One object of a policy's ConfigurationPolicy templates.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TemplateObject {
+    /// `musthave`, `mustonlyhave` or `mustnothave` (lower-cased).
+    pub compliance_type: String,
+    /// The object definition.
+    pub object: Value,
+}
+
+impl TemplateObject {
+    /// The object's `kind`.
+    pub fn kind(&self) -> &str {
+        self.object.get("kind").and_then(Value::as_str).unwrap_or("")
+    }
+    /// True for `mustnothave` objects, which talm never acts on.
+    pub fn must_not_have(&self) -> bool {
+        self.compliance_type == "mustnothave"
+    }
+}
+
+/// Extracts the object templates of every ConfigurationPolicy in a policy, or the structural
+/// error TALM reports as "invalid".
+pub fn policy_objects(policy: &Policy) -> Result<Vec<TemplateObject>, String> {
+    let mut out = Vec::new();
+    for (i, t) in policy.spec.policy_templates.iter().enumerate() {
+        let def = &t.object_definition;
+        if def.is_null() {
+            return Err(format!("policy-templates[{i}] has no objectDefinition"));
+        }
+        if def.get("kind").and_then(Value::as_str) != Some("ConfigurationPolicy") {
+            continue;
+        }
+        if def.get("metadata").is_none() {
+            return Err(format!("policy-templates[{i}] objectDefinition has no metadata"));
+        }
+        let Some(spec) = def.get("spec") else {
+            return Err(format!("policy-templates[{i}] objectDefinition has no spec"));
+        };
+        let templates = spec.get("object-templates");
+        let raw = spec.get("object-templates-raw");
+        let entries: Vec<Value> = match (templates, raw) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Err(format!(
+                    "policy-templates[{i}] must have exactly one of object-templates and object-templates-raw"
+                ));
+            }
+            (Some(t), None) => t.as_array().cloned().unwrap_or_default(),
+            (None, Some(r)) => parse_raw(r.as_str().unwrap_or(""))
+                .map_err(|e| format!("policy-templates[{i}] object-templates-raw: {e}"))?,
+        };
+        for (j, e) in entries.iter().enumerate() {
+            let Some(obj) = e.get("objectDefinition") else {
+                return Err(format!("policy-templates[{i}] object-templates[{j}] has no objectDefinition"));
+            };
+            let ct = e
+                .get("complianceType")
+                .and_then(Value::as_str)
+                .unwrap_or("musthave")
+                .to_ascii_lowercase();
+            out.push(TemplateObject {
+                compliance_type: ct,
+                object: obj.clone(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Removes `{{ ... }}` template actions, then parses the YAML list of object templates.
+fn parse_raw(raw: &str) -> Result<Vec<Value>, String> {
+    let stripped = strip_templates(raw);
+    if stripped.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let v: Value = serde_saphyr::from_str(&stripped).map_err(|e| e.to_string())?;
+    match v {
+        Value::Array(a) => Ok(a),
+        Value::Null => Ok(Vec::new()),
+        _ => Err("not a list of object templates".to_string()),
+    }
+}
+
+/// Removes every `{{ ... }}` from a string.
+pub fn strip_templates(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        match rest[start..].find("}}") {
+            Some(end) => rest = &rest[start + end + 2..],
+            None => {
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// True when any of the policy's templates contains an unresolved hub template (`{{hub`).
+fn has_hub_template(policy: &Policy) -> bool {
+    policy
+        .spec
+        .policy_templates
+        .iter()
+        .any(|t| value_contains(&t.object_definition, "{{hub"))
+}
+
+fn value_contains(v: &Value, needle: &str) -> bool {
+    match v {
+        Value::String(s) => s.contains(needle),
+        Value::Array(a) => a.iter().any(|x| value_contains(x, needle)),
+        Value::Object(m) => m.iter().any(|(k, x)| k.contains(needle) || value_contains(x, needle)),
+        _ => false,
+    }
+}
+
+/// The result of policy validation.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PolicyValidation {
+    /// Policies that still need work, in spec order.
+    pub for_upgrade: Vec<ManagedPolicyForUpgrade>,
+    /// Policies compliant on every selected cluster.
+    pub compliant_before_upgrade: Vec<ManagedPolicyForUpgrade>,
+    /// Name → namespace of every found policy.
+    pub namespaces: BTreeMap<String, String>,
+    /// Policy → JSON list of its Subscriptions (only policies that have any).
+    pub content: BTreeMap<String, String>,
+    /// Missing policies.
+    pub missing: Vec<String>,
+    /// Invalid policies.
+    pub invalid: Vec<String>,
+    /// Ambiguous policies and their namespaces.
+    pub ambiguous: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// Why validation failed: the condition reason and message, and the event detail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValidationFailure {
+    /// Condition reason.
+    pub reason: &'static str,
+    /// Condition message (TALM's, trailing spaces included).
+    pub message: String,
+    /// Event kind of failure: `missing policies`, `invalid policies`, `ambiguous policies`,
+    /// or empty when no validation-failure event is sent.
+    pub event_kind: &'static str,
+    /// Event list and annotation key.
+    pub event_items: Vec<String>,
+    /// Requeue interval in seconds.
+    pub requeue_secs: u64,
+}
+
+#[derive(Serialize)]
+struct SubscriptionContent<'a> {
+    kind: &'a str,
+    name: &'a str,
+    #[serde(rename = "apiVersion")]
+    api_version: &'a str,
+    namespace: &'a str,
+}
+
+/// Discovers and classifies the managed policies (§3.2 step 2).
+pub fn validate_policies(
+    managed: &[String],
+    clusters: &[String],
+    snap: &Snapshot,
+) -> PolicyValidation {
+    let mut res = PolicyValidation::default();
+    for name in managed {
+        let mut namespaces: BTreeSet<String> = BTreeSet::new();
+        let mut enforce = false;
+        let mut hub_error = false;
+        for c in clusters {
+            for child in snap.child_policies(c) {
+                if child.parent_name != *name {
+                    continue;
+                }
+                namespaces.insert(child.parent_namespace.clone());
+                if child.policy.spec.remediation_action.eq_ignore_ascii_case("enforce") {
+                    enforce = true;
+                }
+                if has_hub_template(&child.policy) {
+                    hub_error = true;
+                }
+            }
+        }
+        if enforce {
+            continue;
+        }
+        if namespaces.is_empty() {
+            res.missing.push(name.clone());
+            continue;
+        }
+        if namespaces.len() > 1 {
+            res.ambiguous.insert(name.clone(), namespaces);
+            continue;
+        }
+        let ns = namespaces.into_iter().next().unwrap_or_default();
+        let Some(root) = snap.root_policy(&ns, name) else {
+            res.missing.push(name.clone());
+            continue;
+        };
+        if hub_error {
+            res.invalid.push(name.clone());
+            continue;
+        }
+        let objects = match policy_objects(&root.policy) {
+            Ok(o) => o,
+            Err(_) => {
+                res.invalid.push(name.clone());
+                continue;
+            }
+        };
+        res.namespaces.insert(name.clone(), ns.clone());
+        let has_status = objects
+            .iter()
+            .any(|o| o.object.get("status").is_some_and(|s| !s.is_null()));
+        let all_compliant = clusters
+            .iter()
+            .all(|c| root.compliance(c) == Compliance::Compliant);
+        let entry = ManagedPolicyForUpgrade {
+            name: name.clone(),
+            namespace: ns,
+        };
+        if !has_status && all_compliant {
+            res.compliant_before_upgrade.push(entry);
+            continue;
+        }
+        let subs: Vec<SubscriptionContent<'_>> = objects
+            .iter()
+            .filter(|o| o.kind() == "Subscription" && !o.must_not_have())
+            .map(|o| SubscriptionContent {
+                kind: "Subscription",
+                name: o.object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or(""),
+                api_version: o.object.get("apiVersion").and_then(Value::as_str).unwrap_or(""),
+                namespace: o
+                    .object
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or(""),
+            })
+            .collect();
+        if !subs.is_empty() {
+            if let Ok(json) = serde_json::to_string(&subs) {
+                res.content.insert(name.clone(), json);
+            }
+        }
+        res.for_upgrade.push(entry);
+    }
+    res
+}
+
+impl PolicyValidation {
+    /// The failure TALM reports for this result, if any (invalid wins over missing; both win
+    /// over ambiguous).
+    pub fn failure(&self) -> Option<ValidationFailure> {
+        if !self.invalid.is_empty() || !self.missing.is_empty() {
+            let (message, kind, items) = if !self.invalid.is_empty() {
+                (
+                    format!("Invalid managed policies: {} ", crate::conditions::go_list(&self.invalid)),
+                    "invalid policies",
+                    self.invalid.clone(),
+                )
+            } else {
+                (
+                    format!("Missing managed policies: {} ", crate::conditions::go_list(&self.missing)),
+                    "missing policies",
+                    self.missing.clone(),
+                )
+            };
+            return Some(ValidationFailure {
+                reason: crate::conditions::reasons::NOT_ALL_MANAGED_POLICIES_EXIST,
+                message,
+                event_kind: kind,
+                event_items: items,
+                requeue_secs: 60,
+            });
+        }
+        if !self.ambiguous.is_empty() {
+            let json = serde_json::to_string(&self.ambiguous).unwrap_or_default();
+            return Some(ValidationFailure {
+                reason: crate::conditions::reasons::AMBIGUOUS_MANAGED_POLICIES_NAMES,
+                message: format!(
+                    "Managed policy name should be unique, but was found in multiple namespaces: {json} "
+                ),
+                event_kind: "ambiguous policies",
+                event_items: self.ambiguous.keys().cloned().collect(),
+                requeue_secs: 60,
+            });
+        }
+        None
+    }
+}
+
+/// The ClusterVersion fields found in policies.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct ClusterVersionSpec {
+    upstream: String,
+    channel: String,
+    version: String,
+    image: String,
+}
+
+fn str_at<'a>(v: &'a Value, ptr: &str) -> &'a str {
+    v.pointer(ptr).and_then(Value::as_str).unwrap_or("")
+}
+
+/// Finds the platform image named by the ClusterVersion objects of `policies` (§3.2 step 3):
+/// `Ok(None)` when there is none (or it is templated and pre-caching is off), `Err(message)` on
+/// TALM's InvalidPlatformImage errors.
+pub fn platform_image(
+    policies: &[&Policy],
+    precaching: bool,
+    graph: &dyn UpdateGraph,
+) -> Result<Option<String>, String> {
+    let mut found: Option<ClusterVersionSpec> = None;
+    for p in policies {
+        let Ok(objects) = policy_objects(p) else {
+            continue;
+        };
+        for o in objects.iter().filter(|o| o.kind() == "ClusterVersion" && !o.must_not_have()) {
+            let cv = ClusterVersionSpec {
+                upstream: str_at(&o.object, "/spec/upstream").to_string(),
+                channel: str_at(&o.object, "/spec/channel").to_string(),
+                version: str_at(&o.object, "/spec/desiredUpdate/version").to_string(),
+                image: str_at(&o.object, "/spec/desiredUpdate/image").to_string(),
+            };
+            match &mut found {
+                None => found = Some(cv),
+                Some(prev) => {
+                    for (field, a, b) in [
+                        ("upstream", &mut prev.upstream, &cv.upstream),
+                        ("channel", &mut prev.channel, &cv.channel),
+                        ("version", &mut prev.version, &cv.version),
+                        ("image", &mut prev.image, &cv.image),
+                    ] {
+                        if a.is_empty() {
+                            *a = b.clone();
+                        } else if !b.is_empty() && a != b {
+                            return Err(format!(
+                                "platform image defined more then once with conflicting {field} values"
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let Some(cv) = found else {
+        return Ok(None);
+    };
+    let templated = [&cv.upstream, &cv.channel, &cv.version, &cv.image]
+        .iter()
+        .any(|s| s.contains("{{"));
+    if templated {
+        if precaching {
+            return Err("templatized ClusterVersion fields not supported with precaching".into());
+        }
+        return Ok(None);
+    }
+    if !cv.image.is_empty() {
+        return Ok(Some(cv.image));
+    }
+    if cv.upstream.is_empty() || cv.channel.is_empty() || cv.version.is_empty() {
+        return Err(
+            "policy with ClusterVersion must have upstream, channel, and version when image is not provided"
+                .into(),
+        );
+    }
+    graph
+        .payload_for(&cv.upstream, &cv.channel, &cv.version)
+        .map(Some)
+}
+
+/// Checks that no policy depends on one remediated later (§3.2 step 3).
+pub fn dependency_order(for_upgrade: &[ManagedPolicyForUpgrade], snap: &Snapshot) -> Result<(), String> {
+    for (i, p) in for_upgrade.iter().enumerate() {
+        let Some(root) = snap.root_policy(&p.namespace, &p.name) else {
+            continue;
+        };
+        for d in &root.policy.spec.dependencies {
+            if !(d.kind.is_empty() || d.kind == "Policy") {
+                continue;
+            }
+            let dns = if d.namespace.is_empty() { &p.namespace } else { &d.namespace };
+            if let Some(j) = for_upgrade
+                .iter()
+                .position(|q| q.name == d.name && q.namespace == *dns)
+            {
+                if j > i {
+                    return Err(format!(
+                        "Managed Policy {} depends on {}, which is to be remediated later",
+                        p.name, d.name
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn policy(templates: Value) -> Policy {
+        serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "default"},
+            "spec": {"remediationAction": "inform", "policy-templates": templates}
+        }))
+        .unwrap()
+    }
+
+    fn cfg(objs: Value) -> Value {
+        json!([{"objectDefinition": {
+            "apiVersion": "policy.open-cluster-management.io/v1",
+            "kind": "ConfigurationPolicy",
+            "metadata": {"name": "c"},
+            "spec": {"object-templates": objs}
+        }}])
+    }
+
+    #[test]
+    fn extracts_objects_and_skips_other_kinds() {
+        let p = policy(cfg(json!([
+            {"complianceType": "musthave", "objectDefinition": {"kind": "Subscription", "metadata": {"name": "s"}}},
+            {"complianceType": "MustNotHave", "objectDefinition": {"kind": "Subscription"}}
+        ])));
+        let o = policy_objects(&p).unwrap();
+        assert_eq!(o.len(), 2);
+        assert!(!o[0].must_not_have());
+        assert!(o[1].must_not_have());
+    }
+
+    #[test]
+    fn structural_errors() {
+        let both = policy(json!([{"objectDefinition": {
+            "kind": "ConfigurationPolicy", "metadata": {}, "spec": {"object-templates": [], "object-templates-raw": ""}}}]));
+        assert!(policy_objects(&both).unwrap_err().contains("exactly one"));
+        let neither = policy(json!([{"objectDefinition": {"kind": "ConfigurationPolicy", "metadata": {}, "spec": {}}}]));
+        assert!(policy_objects(&neither).is_err());
+        let nometa = policy(json!([{"objectDefinition": {"kind": "ConfigurationPolicy", "spec": {"object-templates": []}}}]));
+        assert!(policy_objects(&nometa).unwrap_err().contains("metadata"));
+        let nodef = policy(cfg(json!([{"complianceType": "musthave"}])));
+        assert!(policy_objects(&nodef).unwrap_err().contains("no objectDefinition"));
+    }
+
+    #[test]
+    fn raw_templates_are_parsed_after_stripping() {
+        let raw = "{{- range $i := (list 1) }}\n- complianceType: musthave\n  objectDefinition:\n    kind: Subscription\n    metadata:\n      name: sub-{{ $i }}\n{{- end }}\n";
+        let p = policy(json!([{"objectDefinition": {
+            "kind": "ConfigurationPolicy", "metadata": {"name": "x"}, "spec": {"object-templates-raw": raw}}}]));
+        let o = policy_objects(&p).unwrap();
+        assert_eq!(o.len(), 1);
+        assert_eq!(o[0].kind(), "Subscription");
+        let bad = policy(json!([{"objectDefinition": {
+            "kind": "ConfigurationPolicy", "metadata": {"name": "x"}, "spec": {"object-templates-raw": "- a: [unclosed"}}}]));
+        assert!(policy_objects(&bad).is_err());
+    }
+
+    struct Graph;
+    impl UpdateGraph for Graph {
+        fn payload_for(&self, u: &str, c: &str, v: &str) -> Result<String, String> {
+            if v == "4.9.8" {
+                Ok("quay.io/ocp@sha256:abc".into())
+            } else {
+                Err(format!("unable to find version {v} on update graph on url {u}?channel={c}"))
+            }
+        }
+    }
+
+    fn cv(spec: Value) -> Policy {
+        policy(cfg(json!([{"complianceType": "musthave", "objectDefinition": {"kind": "ClusterVersion", "spec": spec}}])))
+    }
+
+    #[test]
+    fn platform_image_rules() {
+        let with_image = cv(json!({"desiredUpdate": {"image": "img:1"}}));
+        assert_eq!(platform_image(&[&with_image], false, &Graph).unwrap().as_deref(), Some("img:1"));
+        let graph = cv(json!({"upstream": "u", "channel": "stable-4.9", "desiredUpdate": {"version": "4.9.8"}}));
+        assert_eq!(
+            platform_image(&[&graph], false, &Graph).unwrap().as_deref(),
+            Some("quay.io/ocp@sha256:abc")
+        );
+        let unknown = cv(json!({"upstream": "u", "channel": "c", "desiredUpdate": {"version": "9.9"}}));
+        assert_eq!(
+            platform_image(&[&unknown], false, &Graph).unwrap_err(),
+            "unable to find version 9.9 on update graph on url u?channel=c"
+        );
+        let incomplete = cv(json!({"channel": "c", "desiredUpdate": {"version": "4.9.8"}}));
+        assert_eq!(
+            platform_image(&[&incomplete], false, &Graph).unwrap_err(),
+            "policy with ClusterVersion must have upstream, channel, and version when image is not provided"
+        );
+        let conflict = cv(json!({"desiredUpdate": {"image": "img:2"}}));
+        assert_eq!(
+            platform_image(&[&with_image, &conflict], false, &Graph).unwrap_err(),
+            "platform image defined more then once with conflicting image values"
+        );
+        let templated = cv(json!({"upstream": "{{ .u }}", "channel": "c", "desiredUpdate": {"version": "1"}}));
+        assert_eq!(platform_image(&[&templated], false, &Graph).unwrap(), None);
+        assert_eq!(
+            platform_image(&[&templated], true, &Graph).unwrap_err(),
+            "templatized ClusterVersion fields not supported with precaching"
+        );
+    }
+
+    #[test]
+    fn failure_messages() {
+        let v = PolicyValidation {
+            missing: vec!["p1".into(), "p2".into()],
+            ..Default::default()
+        };
+        assert_eq!(v.failure().unwrap().message, "Missing managed policies: [p1 p2] ");
+        let v = PolicyValidation {
+            missing: vec!["p1".into()],
+            invalid: vec!["p".into()],
+            ..Default::default()
+        };
+        assert_eq!(v.failure().unwrap().message, "Invalid managed policies: [p] ");
+        let mut amb = BTreeMap::new();
+        amb.insert("p3".to_string(), ["default", "aaa", "bbb"].iter().map(|s| s.to_string()).collect());
+        amb.insert("p2".to_string(), ["bbb", "aaa"].iter().map(|s| s.to_string()).collect());
+        let v = PolicyValidation {
+            ambiguous: amb,
+            ..Default::default()
+        };
+        let f = v.failure().unwrap();
+        assert_eq!(f.reason, "AmbiguousManagedPoliciesNames");
+        assert_eq!(
+            f.message,
+            r#"Managed policy name should be unique, but was found in multiple namespaces: {"p2":["aaa","bbb"],"p3":["aaa","bbb","default"]} "#
+        );
+    }
+}
