@@ -16,11 +16,17 @@ fn patch(
     remove_annotations: Option<&Vec<String>>,
 ) -> Option<Write> {
     let add_labels = add_labels.cloned().unwrap_or_default();
-    let mut remove: Vec<String> = delete_labels.map(|m| m.keys().cloned().collect()).unwrap_or_default();
+    let mut remove: Vec<String> = delete_labels
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
     remove.extend(remove_labels.cloned().unwrap_or_default());
     let add_annotations = add_annotations.cloned().unwrap_or_default();
     let remove_annotations = remove_annotations.cloned().unwrap_or_default();
-    if add_labels.is_empty() && remove.is_empty() && add_annotations.is_empty() && remove_annotations.is_empty() {
+    if add_labels.is_empty()
+        && remove.is_empty()
+        && add_annotations.is_empty()
+        && remove_annotations.is_empty()
+    {
         return None;
     }
     Some(Write::PatchManagedCluster {
@@ -70,8 +76,13 @@ mod tests {
             remove_cluster_annotations: Some(vec!["a".into()]),
             ..Default::default()
         };
-        let Some(Write::PatchManagedCluster { name, add_labels, remove_labels, remove_annotations, .. }) =
-            after_completion("spoke1", &a)
+        let Some(Write::PatchManagedCluster {
+            name,
+            add_labels,
+            remove_labels,
+            remove_annotations,
+            ..
+        }) = after_completion("spoke1", &a)
         else {
             panic!("expected a patch");
         };

@@ -66,7 +66,8 @@ pub mod messages {
     pub const ALL_COMPLIANT: &str = "All clusters are compliant with all the managed policies";
     pub const ALREADY_COMPLIANT: &str =
         "All clusters already compliant with the specified managed policies";
-    pub const NO_CLUSTERS_PRECACHE: &str = "No clusters available for remediation (Precaching failed)";
+    pub const NO_CLUSTERS_PRECACHE: &str =
+        "No clusters available for remediation (Precaching failed)";
     pub const NO_CLUSTERS_BACKUP: &str = "No clusters available for remediation (Backup failed)";
     pub const NO_CLUSTERS_BLOCKING: &str = "No clusters available for remediation after filtering out non-completed clusters from blocking CGUs";
     pub const TIMED_OUT: &str = "Policy remediation took too long";
@@ -178,7 +179,10 @@ mod tests {
         assert_eq!(c[0].last_transition_time, Time(t(1)));
         // status change moves it last with a new transition time
         assert!(set(&mut c, "A", true, "R3", "m3", None, t(4)));
-        assert_eq!(c.iter().map(|c| c.type_.as_str()).collect::<Vec<_>>(), ["B", "A"]);
+        assert_eq!(
+            c.iter().map(|c| c.type_.as_str()).collect::<Vec<_>>(),
+            ["B", "A"]
+        );
         assert_eq!(c[1].last_transition_time, Time(t(4)));
         // no change
         assert!(!set(&mut c, "A", true, "R3", "m3", None, t(5)));

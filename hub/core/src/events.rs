@@ -66,7 +66,8 @@ fn truncate_note(mut s: String) -> String {
 /// Trims comma-list annotations (in the order given) until all annotations fit the limit, and
 /// records each trimmed key under `cgu.openshift.io/truncated`.
 pub fn fit_annotations(ann: &mut BTreeMap<String, String>, list_keys: &[&str], limit: usize) {
-    let size = |a: &BTreeMap<String, String>| a.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+    let size =
+        |a: &BTreeMap<String, String>| a.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
     let mut truncated: Vec<&str> = Vec::new();
     for key in list_keys {
         if size(ann) <= limit {
@@ -170,7 +171,10 @@ pub fn batch_started(cgu: &ClusterGroupUpgrade, batch: usize, clusters: &[String
 /// `CguStarted` / `RemediationInClusterStarted`, about the ManagedCluster.
 pub fn cluster_started(cgu: &ClusterGroupUpgrade, cluster: ObjectRef) -> Event {
     let name = cgu.metadata.name.clone().unwrap_or_default();
-    let note = format!("ClusterGroupUpgrade {name}: cluster {} upgrade started", cluster.name);
+    let note = format!(
+        "ClusterGroupUpgrade {name}: cluster {} upgrade started",
+        cluster.name
+    );
     event(
         EventType::Normal,
         "CguStarted",
@@ -314,7 +318,8 @@ mod tests {
 
     #[test]
     fn small_annotations_are_untouched_and_notes_are_capped() {
-        let mut ann: BTreeMap<String, String> = [(keys::BATCH_CLUSTERS.to_string(), "a,b".to_string())].into();
+        let mut ann: BTreeMap<String, String> =
+            [(keys::BATCH_CLUSTERS.to_string(), "a,b".to_string())].into();
         fit_annotations(&mut ann, &[keys::BATCH_CLUSTERS], ANNOTATION_LIMIT);
         assert_eq!(ann.len(), 1);
         assert_eq!(truncate_note("é".repeat(600)).len(), 1024);

@@ -42,7 +42,11 @@ mod tests {
     #[test]
     fn kuttl_suffix_gives_kuttl_names() {
         assert_eq!(
-            safe_name("cgu-upgrade-complete-policy1-common-cluster-version-policy-placement", "default", "kuttl"),
+            safe_name(
+                "cgu-upgrade-complete-policy1-common-cluster-version-policy-placement",
+                "default",
+                "kuttl"
+            ),
             "cgu-upgrade-complete-policy1-common-cluster-version-policy-placement-kuttl"
         );
     }

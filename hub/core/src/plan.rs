@@ -87,7 +87,14 @@ mod tests {
         let clusters = v(&["spoke1", "spoke2", "spoke5", "spoke6", "spoke3", "spoke4"]);
         let nc = |c: &str| c != "spoke3";
         let plan = build_plan(&clusters, &[], 2, &nc);
-        assert_eq!(plan, vec![v(&["spoke1", "spoke2"]), v(&["spoke5", "spoke6"]), v(&["spoke4"])]);
+        assert_eq!(
+            plan,
+            vec![
+                v(&["spoke1", "spoke2"]),
+                v(&["spoke5", "spoke6"]),
+                v(&["spoke4"])
+            ]
+        );
     }
 
     #[test]

@@ -20,7 +20,11 @@ pub fn parse_space_required(s: &str) -> Result<String, String> {
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let unit = unit.trim();
-    let bad = || format!("invalid spaceRequired {s:?}: expected a size such as \"40 GiB\", \"38.5 GB\" or \"1073741824\"");
+    let bad = || {
+        format!(
+            "invalid spaceRequired {s:?}: expected a size such as \"40 GiB\", \"38.5 GB\" or \"1073741824\""
+        )
+    };
     if num.is_empty() {
         return Err(bad());
     }
@@ -66,18 +70,26 @@ fn derive_operators(policies: &[&Policy]) -> (Vec<String>, Vec<String>) {
         for o in objects.iter().filter(|o| !o.must_not_have()) {
             match o.kind() {
                 "Subscription" => {
-                    let name = o.object.pointer("/spec/name").and_then(Value::as_str).unwrap_or("");
-                    let channel = o.object.pointer("/spec/channel").and_then(Value::as_str).unwrap_or("");
+                    let name = o
+                        .object
+                        .pointer("/spec/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("");
+                    let channel = o
+                        .object
+                        .pointer("/spec/channel")
+                        .and_then(Value::as_str)
+                        .unwrap_or("");
                     let entry = format!("{name}:{channel}");
                     if !name.is_empty() && !packages.contains(&entry) {
                         packages.push(entry);
                     }
                 }
                 "CatalogSource" => {
-                    if let Some(img) = o.object.pointer("/spec/image").and_then(Value::as_str) {
-                        if !indexes.iter().any(|i: &String| i == img) {
-                            indexes.push(img.to_string());
-                        }
+                    if let Some(img) = o.object.pointer("/spec/image").and_then(Value::as_str)
+                        && !indexes.iter().any(|i: &String| i == img)
+                    {
+                        indexes.push(img.to_string());
                     }
                 }
                 _ => {}
@@ -100,7 +112,11 @@ pub fn build_spec(
     let ns = cgu.metadata.namespace.as_deref().unwrap_or("default");
     let pcc = match &cgu.spec.pre_caching_config_ref {
         Some(r) if !r.name.is_empty() => {
-            let pns = if r.namespace.is_empty() { ns } else { r.namespace.as_str() };
+            let pns = if r.namespace.is_empty() {
+                ns
+            } else {
+                r.namespace.as_str()
+            };
             match snap.precaching_config(pns, &r.name) {
                 Some(s) => Some(s.clone()),
                 None => {
@@ -114,7 +130,11 @@ pub fn build_spec(
         _ => None,
     };
     let cm = snap.config_map(ns, OVERRIDES_CONFIGMAP);
-    let cm_list = |k: &str| cm.and_then(|c| c.data.get(k)).map(|s| lines(s)).unwrap_or_default();
+    let cm_list = |k: &str| {
+        cm.and_then(|c| c.data.get(k))
+            .map(|s| lines(s))
+            .unwrap_or_default()
+    };
     let (derived_packages, indexes) = derive_operators(policies);
 
     let pcc_packages = pcc
@@ -170,7 +190,9 @@ pub fn build_spec(
         ));
     }
     if spec.operators_indexes.is_empty() && spec.platform_image.is_empty() {
-        return Err(format!("{PREFIX}inconsistent precaching configuration: no software spec provided"));
+        return Err(format!(
+            "{PREFIX}inconsistent precaching configuration: no software spec provided"
+        ));
     }
     Ok(spec)
 }

@@ -196,13 +196,20 @@ mod tests {
             },
         ]);
         let got = select_clusters(&sp, &fixture()).unwrap();
-        assert_eq!(got, ["spoke1", "spoke2", "spoke5", "spoke6", "spoke3", "spoke4"]);
+        assert_eq!(
+            got,
+            ["spoke1", "spoke2", "spoke5", "spoke6", "spoke3", "spoke4"]
+        );
     }
 
     #[test]
     fn deprecated_selector_forms() {
         let sp = ClusterGroupUpgradeSpec {
-            cluster_selector: Some(vec!["upgrade".into(), "upgrade2=true".into(), "a=b=c".into()]),
+            cluster_selector: Some(vec![
+                "upgrade".into(),
+                "upgrade2=true".into(),
+                "a=b=c".into(),
+            ]),
             ..Default::default()
         };
         let got = select_clusters(&sp, &fixture()).unwrap();
@@ -217,7 +224,10 @@ mod tests {
             "Unable to select clusters: cannot obtain all the details about the clusters in the CR: no cluster specified for remediation"
         );
         let e = select_clusters(&spec(&["spoke1", "nope", "nope2"]), &fixture()).unwrap_err();
-        assert_eq!(e.to_string(), "Unable to select clusters: cluster nope is not a ManagedCluster");
+        assert_eq!(
+            e.to_string(),
+            "Unable to select clusters: cluster nope is not a ManagedCluster"
+        );
         let mut sp = spec(&["spoke1"]);
         sp.remediation_strategy.canaries = Some(vec!["spoke2".into()]);
         let e = select_clusters(&sp, &fixture()).unwrap_err();

@@ -167,7 +167,12 @@ impl Snapshot {
     }
 
     /// Adds (or replaces) a PreCachingConfig spec under its namespace and name.
-    pub fn insert_precaching_config(&mut self, namespace: &str, name: &str, spec: PreCachingConfigSpec) {
+    pub fn insert_precaching_config(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        spec: PreCachingConfigSpec,
+    ) {
         self.precaching_configs
             .insert((namespace.to_string(), name.to_string()), spec);
     }
@@ -215,7 +220,8 @@ impl Snapshot {
 
     /// A Placement by namespace and name.
     pub fn placement(&self, namespace: &str, name: &str) -> Option<&Placement> {
-        self.placements.get(&(namespace.to_string(), name.to_string()))
+        self.placements
+            .get(&(namespace.to_string(), name.to_string()))
     }
 
     /// Every Placement, ordered by namespace and name.
@@ -225,7 +231,8 @@ impl Snapshot {
 
     /// A PlacementBinding by namespace and name.
     pub fn placement_binding(&self, namespace: &str, name: &str) -> Option<&PlacementBinding> {
-        self.bindings.get(&(namespace.to_string(), name.to_string()))
+        self.bindings
+            .get(&(namespace.to_string(), name.to_string()))
     }
 
     /// Every PlacementBinding, ordered by namespace and name.
@@ -241,7 +248,8 @@ impl Snapshot {
 
     /// A ConfigMap by namespace and name.
     pub fn config_map(&self, namespace: &str, name: &str) -> Option<&ConfigMapView> {
-        self.config_maps.get(&(namespace.to_string(), name.to_string()))
+        self.config_maps
+            .get(&(namespace.to_string(), name.to_string()))
     }
 
     /// A SpokeAgent by namespace and name.
@@ -255,4 +263,3 @@ impl Snapshot {
         self.cgus.get(&(namespace.to_string(), name.to_string()))
     }
 }
-

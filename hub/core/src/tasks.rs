@@ -60,7 +60,10 @@ impl Kind {
 pub fn is_final(state: &str) -> bool {
     matches!(
         state,
-        states::SUCCEEDED | states::PRECACHE_TIMEOUT | states::BACKUP_TIMEOUT | states::UNRECOVERABLE_ERROR
+        states::SUCCEEDED
+            | states::PRECACHE_TIMEOUT
+            | states::BACKUP_TIMEOUT
+            | states::UNRECOVERABLE_ERROR
     )
 }
 
@@ -145,8 +148,16 @@ pub fn step(
         Some(s) => s,
     };
     let spec_task: Option<(&str, Time)> = input.agent.and_then(|a| match kind {
-        Kind::Precache => a.spec.precache.as_ref().map(|t| (t.id.as_str(), t.deadline.clone())),
-        Kind::Backup => a.spec.backup.as_ref().map(|t| (t.id.as_str(), t.deadline.clone())),
+        Kind::Precache => a
+            .spec
+            .precache
+            .as_ref()
+            .map(|t| (t.id.as_str(), t.deadline.clone())),
+        Kind::Backup => a
+            .spec
+            .backup
+            .as_ref()
+            .map(|t| (t.id.as_str(), t.deadline.clone())),
     });
     let assigned = spec_task.as_ref().is_some_and(|(tid, _)| *tid == id);
     if !assigned {
@@ -174,10 +185,10 @@ pub fn step(
     if !is_final(&state) {
         if input.enabled && !input.available {
             state = states::UNRECOVERABLE_ERROR.to_string();
-        } else if let Some((_, deadline)) = spec_task {
-            if now > deadline.0 {
-                state = kind.timeout_state().to_string();
-            }
+        } else if let Some((_, deadline)) = spec_task
+            && now > deadline.0
+        {
+            state = kind.timeout_state().to_string();
         }
     }
     (state, None)
@@ -218,7 +229,11 @@ mod tests {
         Timestamp::from_second(1_800_000_000).unwrap()
     }
 
-    fn agent(spec_id: Option<&str>, report: Option<(&str, &str)>, deadline: Timestamp) -> SpokeAgent {
+    fn agent(
+        spec_id: Option<&str>,
+        report: Option<(&str, &str)>,
+        deadline: Timestamp,
+    ) -> SpokeAgent {
         let mut a = SpokeAgent::new(
             "spoke1",
             SpokeAgentSpec {
@@ -242,32 +257,71 @@ mod tests {
         a
     }
 
-    fn input<'a>(state: Option<&'a str>, agent: Option<&'a SpokeAgent>, available: bool, enabled: bool) -> ClusterInput<'a> {
-        ClusterInput { cluster: "spoke1", state, agent, available, enabled }
+    fn input<'a>(
+        state: Option<&'a str>,
+        agent: Option<&'a SpokeAgent>,
+        available: bool,
+        enabled: bool,
+    ) -> ClusterInput<'a> {
+        ClusterInput {
+            cluster: "spoke1",
+            state,
+            agent,
+            available,
+            enabled,
+        }
     }
 
     #[test]
     fn assigns_then_follows_matching_reports_only() {
         let spec = PrecachingSpec::default();
         let nt = NewTask::Precache(&spec, 240);
-        let (s, w) = step(Kind::Precache, "id1", input(None, None, true, false), &nt, now());
+        let (s, w) = step(
+            Kind::Precache,
+            "id1",
+            input(None, None, true, false),
+            &nt,
+            now(),
+        );
         assert_eq!(s, "PreparingToStart");
-        let Some(Write::SetSpokeAgentTasks { precache: Some(TaskChange::Assign(t)), .. }) = w else {
+        let Some(Write::SetSpokeAgentTasks {
+            precache: Some(TaskChange::Assign(t)),
+            ..
+        }) = w
+        else {
             panic!("expected an assignment");
         };
         assert_eq!(t.deadline, Time(now() + SignedDuration::from_mins(240)));
 
         let later = now() + SignedDuration::from_mins(300);
         let stale = agent(Some("id1"), Some(("id0", "Succeeded")), later);
-        let (s, w) = step(Kind::Precache, "id1", input(Some("PreparingToStart"), Some(&stale), true, false), &nt, now());
+        let (s, w) = step(
+            Kind::Precache,
+            "id1",
+            input(Some("PreparingToStart"), Some(&stale), true, false),
+            &nt,
+            now(),
+        );
         assert_eq!((s.as_str(), w), ("PreparingToStart", None));
 
         let active = agent(Some("id1"), Some(("id1", "Active")), later);
-        let (s, _) = step(Kind::Precache, "id1", input(Some("PreparingToStart"), Some(&active), true, false), &nt, now());
+        let (s, _) = step(
+            Kind::Precache,
+            "id1",
+            input(Some("PreparingToStart"), Some(&active), true, false),
+            &nt,
+            now(),
+        );
         assert_eq!(s, "Active");
 
         let done = agent(Some("id1"), Some(("id1", "Succeeded")), later);
-        let (s, _) = step(Kind::Precache, "id1", input(Some("Active"), Some(&done), true, true), &nt, now());
+        let (s, _) = step(
+            Kind::Precache,
+            "id1",
+            input(Some("Active"), Some(&done), true, true),
+            &nt,
+            now(),
+        );
         assert_eq!(s, "Succeeded");
     }
 
@@ -275,10 +329,26 @@ mod tests {
     fn unavailable_fails_only_when_enabled() {
         let spec = PrecachingSpec::default();
         let nt = NewTask::Precache(&spec, 240);
-        let a = agent(Some("id1"), Some(("id1", "Active")), now() + SignedDuration::from_mins(10));
-        let (s, _) = step(Kind::Precache, "id1", input(Some("Active"), Some(&a), false, false), &nt, now());
+        let a = agent(
+            Some("id1"),
+            Some(("id1", "Active")),
+            now() + SignedDuration::from_mins(10),
+        );
+        let (s, _) = step(
+            Kind::Precache,
+            "id1",
+            input(Some("Active"), Some(&a), false, false),
+            &nt,
+            now(),
+        );
         assert_eq!(s, "Active");
-        let (s, _) = step(Kind::Precache, "id1", input(Some("Active"), Some(&a), false, true), &nt, now());
+        let (s, _) = step(
+            Kind::Precache,
+            "id1",
+            input(Some("Active"), Some(&a), false, true),
+            &nt,
+            now(),
+        );
         assert_eq!(s, "UnrecoverableError");
     }
 
@@ -287,12 +357,30 @@ mod tests {
         let spec = PrecachingSpec::default();
         let nt = NewTask::Precache(&spec, 240);
         let a = agent(Some("id1"), None, now() - SignedDuration::from_secs(1));
-        let (s, _) = step(Kind::Precache, "id1", input(Some("Starting"), Some(&a), true, true), &nt, now());
+        let (s, _) = step(
+            Kind::Precache,
+            "id1",
+            input(Some("Starting"), Some(&a), true, true),
+            &nt,
+            now(),
+        );
         assert_eq!(s, "PrecacheTimeout");
-        let (s, w) = step(Kind::Precache, "id1", input(Some("Starting"), None, true, true), &nt, now());
+        let (s, w) = step(
+            Kind::Precache,
+            "id1",
+            input(Some("Starting"), None, true, true),
+            &nt,
+            now(),
+        );
         assert_eq!(s, "Starting");
         assert!(w.is_some());
-        let (s, w) = step(Kind::Precache, "id1", input(Some("UnrecoverableError"), None, true, true), &nt, now());
+        let (s, w) = step(
+            Kind::Precache,
+            "id1",
+            input(Some("UnrecoverableError"), None, true, true),
+            &nt,
+            now(),
+        );
         assert_eq!((s.as_str(), w), ("UnrecoverableError", None));
     }
 }

@@ -24,7 +24,10 @@ pub struct TemplateObject {
 impl TemplateObject {
     /// The object's `kind`.
     pub fn kind(&self) -> &str {
-        self.object.get("kind").and_then(Value::as_str).unwrap_or("")
+        self.object
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or("")
     }
     /// True for `mustnothave` objects, which talm never acts on.
     pub fn must_not_have(&self) -> bool {
@@ -45,10 +48,14 @@ pub fn policy_objects(policy: &Policy) -> Result<Vec<TemplateObject>, String> {
             continue;
         }
         if def.get("metadata").is_none() {
-            return Err(format!("policy-templates[{i}] objectDefinition has no metadata"));
+            return Err(format!(
+                "policy-templates[{i}] objectDefinition has no metadata"
+            ));
         }
         let Some(spec) = def.get("spec") else {
-            return Err(format!("policy-templates[{i}] objectDefinition has no spec"));
+            return Err(format!(
+                "policy-templates[{i}] objectDefinition has no spec"
+            ));
         };
         let templates = spec.get("object-templates");
         let raw = spec.get("object-templates-raw");
@@ -64,7 +71,9 @@ pub fn policy_objects(policy: &Policy) -> Result<Vec<TemplateObject>, String> {
         };
         for (j, e) in entries.iter().enumerate() {
             let Some(obj) = e.get("objectDefinition") else {
-                return Err(format!("policy-templates[{i}] object-templates[{j}] has no objectDefinition"));
+                return Err(format!(
+                    "policy-templates[{i}] object-templates[{j}] has no objectDefinition"
+                ));
             };
             let ct = e
                 .get("complianceType")
@@ -124,7 +133,9 @@ fn value_contains(v: &Value, needle: &str) -> bool {
     match v {
         Value::String(s) => s.contains(needle),
         Value::Array(a) => a.iter().any(|x| value_contains(x, needle)),
-        Value::Object(m) => m.iter().any(|(k, x)| k.contains(needle) || value_contains(x, needle)),
+        Value::Object(m) => m
+            .iter()
+            .any(|(k, x)| k.contains(needle) || value_contains(x, needle)),
         _ => false,
     }
 }
@@ -190,7 +201,12 @@ pub fn validate_policies(
                     continue;
                 }
                 namespaces.insert(child.parent_namespace.clone());
-                if child.policy.spec.remediation_action.eq_ignore_ascii_case("enforce") {
+                if child
+                    .policy
+                    .spec
+                    .remediation_action
+                    .eq_ignore_ascii_case("enforce")
+                {
                     enforce = true;
                 }
                 if has_hub_template(&child.policy) {
@@ -245,8 +261,16 @@ pub fn validate_policies(
             .filter(|o| o.kind() == "Subscription" && !o.must_not_have())
             .map(|o| SubscriptionContent {
                 kind: "Subscription",
-                name: o.object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or(""),
-                api_version: o.object.get("apiVersion").and_then(Value::as_str).unwrap_or(""),
+                name: o
+                    .object
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or(""),
+                api_version: o
+                    .object
+                    .get("apiVersion")
+                    .and_then(Value::as_str)
+                    .unwrap_or(""),
                 namespace: o
                     .object
                     .pointer("/metadata/namespace")
@@ -254,10 +278,10 @@ pub fn validate_policies(
                     .unwrap_or(""),
             })
             .collect();
-        if !subs.is_empty() {
-            if let Ok(json) = serde_json::to_string(&subs) {
-                res.content.insert(name.clone(), json);
-            }
+        if !subs.is_empty()
+            && let Ok(json) = serde_json::to_string(&subs)
+        {
+            res.content.insert(name.clone(), json);
         }
         res.for_upgrade.push(entry);
     }
@@ -271,13 +295,19 @@ impl PolicyValidation {
         if !self.invalid.is_empty() || !self.missing.is_empty() {
             let (message, kind, items) = if !self.invalid.is_empty() {
                 (
-                    format!("Invalid managed policies: {} ", crate::conditions::go_list(&self.invalid)),
+                    format!(
+                        "Invalid managed policies: {} ",
+                        crate::conditions::go_list(&self.invalid)
+                    ),
                     "invalid policies",
                     self.invalid.clone(),
                 )
             } else {
                 (
-                    format!("Missing managed policies: {} ", crate::conditions::go_list(&self.missing)),
+                    format!(
+                        "Missing managed policies: {} ",
+                        crate::conditions::go_list(&self.missing)
+                    ),
                     "missing policies",
                     self.missing.clone(),
                 )
@@ -332,7 +362,10 @@ pub fn platform_image(
         let Ok(objects) = policy_objects(p) else {
             continue;
         };
-        for o in objects.iter().filter(|o| o.kind() == "ClusterVersion" && !o.must_not_have()) {
+        for o in objects
+            .iter()
+            .filter(|o| o.kind() == "ClusterVersion" && !o.must_not_have())
+        {
             let cv = ClusterVersionSpec {
                 upstream: str_at(&o.object, "/spec/upstream").to_string(),
                 channel: str_at(&o.object, "/spec/channel").to_string(),
@@ -387,7 +420,10 @@ pub fn platform_image(
 }
 
 /// Checks that no policy depends on one remediated later (§3.2 step 3).
-pub fn dependency_order(for_upgrade: &[ManagedPolicyForUpgrade], snap: &Snapshot) -> Result<(), String> {
+pub fn dependency_order(
+    for_upgrade: &[ManagedPolicyForUpgrade],
+    snap: &Snapshot,
+) -> Result<(), String> {
     for (i, p) in for_upgrade.iter().enumerate() {
         let Some(root) = snap.root_policy(&p.namespace, &p.name) else {
             continue;
@@ -396,17 +432,20 @@ pub fn dependency_order(for_upgrade: &[ManagedPolicyForUpgrade], snap: &Snapshot
             if !(d.kind.is_empty() || d.kind == "Policy") {
                 continue;
             }
-            let dns = if d.namespace.is_empty() { &p.namespace } else { &d.namespace };
+            let dns = if d.namespace.is_empty() {
+                &p.namespace
+            } else {
+                &d.namespace
+            };
             if let Some(j) = for_upgrade
                 .iter()
                 .position(|q| q.name == d.name && q.namespace == *dns)
+                && j > i
             {
-                if j > i {
-                    return Err(format!(
-                        "Managed Policy {} depends on {}, which is to be remediated later",
-                        p.name, d.name
-                    ));
-                }
+                return Err(format!(
+                    "Managed Policy {} depends on {}, which is to be remediated later",
+                    p.name, d.name
+                ));
             }
         }
     }
@@ -452,12 +491,20 @@ mod tests {
         let both = policy(json!([{"objectDefinition": {
             "kind": "ConfigurationPolicy", "metadata": {}, "spec": {"object-templates": [], "object-templates-raw": ""}}}]));
         assert!(policy_objects(&both).unwrap_err().contains("exactly one"));
-        let neither = policy(json!([{"objectDefinition": {"kind": "ConfigurationPolicy", "metadata": {}, "spec": {}}}]));
+        let neither = policy(
+            json!([{"objectDefinition": {"kind": "ConfigurationPolicy", "metadata": {}, "spec": {}}}]),
+        );
         assert!(policy_objects(&neither).is_err());
-        let nometa = policy(json!([{"objectDefinition": {"kind": "ConfigurationPolicy", "spec": {"object-templates": []}}}]));
+        let nometa = policy(
+            json!([{"objectDefinition": {"kind": "ConfigurationPolicy", "spec": {"object-templates": []}}}]),
+        );
         assert!(policy_objects(&nometa).unwrap_err().contains("metadata"));
         let nodef = policy(cfg(json!([{"complianceType": "musthave"}])));
-        assert!(policy_objects(&nodef).unwrap_err().contains("no objectDefinition"));
+        assert!(
+            policy_objects(&nodef)
+                .unwrap_err()
+                .contains("no objectDefinition")
+        );
     }
 
     #[test]
@@ -479,25 +526,37 @@ mod tests {
             if v == "4.9.8" {
                 Ok("quay.io/ocp@sha256:abc".into())
             } else {
-                Err(format!("unable to find version {v} on update graph on url {u}?channel={c}"))
+                Err(format!(
+                    "unable to find version {v} on update graph on url {u}?channel={c}"
+                ))
             }
         }
     }
 
     fn cv(spec: Value) -> Policy {
-        policy(cfg(json!([{"complianceType": "musthave", "objectDefinition": {"kind": "ClusterVersion", "spec": spec}}])))
+        policy(cfg(
+            json!([{"complianceType": "musthave", "objectDefinition": {"kind": "ClusterVersion", "spec": spec}}]),
+        ))
     }
 
     #[test]
     fn platform_image_rules() {
         let with_image = cv(json!({"desiredUpdate": {"image": "img:1"}}));
-        assert_eq!(platform_image(&[&with_image], false, &Graph).unwrap().as_deref(), Some("img:1"));
-        let graph = cv(json!({"upstream": "u", "channel": "stable-4.9", "desiredUpdate": {"version": "4.9.8"}}));
+        assert_eq!(
+            platform_image(&[&with_image], false, &Graph)
+                .unwrap()
+                .as_deref(),
+            Some("img:1")
+        );
+        let graph = cv(
+            json!({"upstream": "u", "channel": "stable-4.9", "desiredUpdate": {"version": "4.9.8"}}),
+        );
         assert_eq!(
             platform_image(&[&graph], false, &Graph).unwrap().as_deref(),
             Some("quay.io/ocp@sha256:abc")
         );
-        let unknown = cv(json!({"upstream": "u", "channel": "c", "desiredUpdate": {"version": "9.9"}}));
+        let unknown =
+            cv(json!({"upstream": "u", "channel": "c", "desiredUpdate": {"version": "9.9"}}));
         assert_eq!(
             platform_image(&[&unknown], false, &Graph).unwrap_err(),
             "unable to find version 9.9 on update graph on url u?channel=c"
@@ -512,7 +571,8 @@ mod tests {
             platform_image(&[&with_image, &conflict], false, &Graph).unwrap_err(),
             "platform image defined more then once with conflicting image values"
         );
-        let templated = cv(json!({"upstream": "{{ .u }}", "channel": "c", "desiredUpdate": {"version": "1"}}));
+        let templated =
+            cv(json!({"upstream": "{{ .u }}", "channel": "c", "desiredUpdate": {"version": "1"}}));
         assert_eq!(platform_image(&[&templated], false, &Graph).unwrap(), None);
         assert_eq!(
             platform_image(&[&templated], true, &Graph).unwrap_err(),
@@ -526,16 +586,31 @@ mod tests {
             missing: vec!["p1".into(), "p2".into()],
             ..Default::default()
         };
-        assert_eq!(v.failure().unwrap().message, "Missing managed policies: [p1 p2] ");
+        assert_eq!(
+            v.failure().unwrap().message,
+            "Missing managed policies: [p1 p2] "
+        );
         let v = PolicyValidation {
             missing: vec!["p1".into()],
             invalid: vec!["p".into()],
             ..Default::default()
         };
-        assert_eq!(v.failure().unwrap().message, "Invalid managed policies: [p] ");
+        assert_eq!(
+            v.failure().unwrap().message,
+            "Invalid managed policies: [p] "
+        );
         let mut amb = BTreeMap::new();
-        amb.insert("p3".to_string(), ["default", "aaa", "bbb"].iter().map(|s| s.to_string()).collect());
-        amb.insert("p2".to_string(), ["bbb", "aaa"].iter().map(|s| s.to_string()).collect());
+        amb.insert(
+            "p3".to_string(),
+            ["default", "aaa", "bbb"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        );
+        amb.insert(
+            "p2".to_string(),
+            ["bbb", "aaa"].iter().map(|s| s.to_string()).collect(),
+        );
         let v = PolicyValidation {
             ambiguous: amb,
             ..Default::default()

@@ -1,0 +1,430 @@
+//! Multi-step engine tests through the library API, with a minimal in-memory "hub" that applies
+//! each decision's writes (the black-box CLI scenarios live in `hub/tests/`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+
+use jiff::{SignedDuration, Timestamp};
+use serde_json::{Value, json};
+use talm_hub_core::api::cgu::{ClusterGroupUpgrade, FINALIZER};
+use talm_hub_core::api::rhacm::{ManagedCluster, Placement, PlacementBinding, Policy};
+use talm_hub_core::{
+    Context, Event, FinalizerChange, NoUpdateGraph, Requeue, Snapshot, Write, reconcile,
+};
+
+struct Hub {
+    cgu: ClusterGroupUpgrade,
+    clusters: BTreeMap<String, ManagedCluster>,
+    policies: Vec<Policy>,
+    placements: BTreeMap<String, Placement>,
+    bindings: BTreeMap<String, PlacementBinding>,
+    events: Vec<Event>,
+}
+
+fn mc(name: &str) -> ManagedCluster {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"name": name}},
+        "status": {"conditions": [{"type": "ManagedClusterConditionAvailable", "status": "True"}]}
+    }))
+    .unwrap()
+}
+
+fn sub_template(name: &str) -> Value {
+    json!([{"objectDefinition": {
+        "apiVersion": "policy.open-cluster-management.io/v1", "kind": "ConfigurationPolicy",
+        "metadata": {"name": format!("{name}-config")},
+        "spec": {"object-templates": [{"complianceType": "musthave", "objectDefinition": {
+            "apiVersion": "operators.coreos.com/v1alpha1", "kind": "Subscription",
+            "metadata": {"name": format!("{name}-sub"), "namespace": "openshift-x"},
+            "spec": {"name": name, "channel": "stable"}}}]}
+    }}])
+}
+
+/// Root policy `name` with the given per-cluster compliance, plus children in each cluster ns.
+fn policy(name: &str, compliance: &[(&str, &str)]) -> Vec<Policy> {
+    let status: Vec<Value> = compliance
+        .iter()
+        .map(|(c, s)| json!({"clustername": c, "clusternamespace": c, "compliant": s}))
+        .collect();
+    let mut out = vec![
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"remediationAction": "inform", "policy-templates": sub_template(name)},
+            "status": {"status": status}
+        }))
+        .unwrap(),
+    ];
+    for (c, _) in compliance {
+        out.push(
+            serde_json::from_value(json!({
+                "metadata": {"name": format!("default.{name}"), "namespace": c,
+                    "labels": {"policy.open-cluster-management.io/root-policy": format!("default.{name}")}},
+                "spec": {"remediationAction": "inform", "policy-templates": sub_template(name)}
+            }))
+            .unwrap(),
+        );
+    }
+    out
+}
+
+impl Hub {
+    fn new(cgu: Value, clusters: &[&str], policies: Vec<Vec<Policy>>) -> Self {
+        Hub {
+            cgu: serde_json::from_value(cgu).unwrap(),
+            clusters: clusters.iter().map(|c| (c.to_string(), mc(c))).collect(),
+            policies: policies.into_iter().flatten().collect(),
+            placements: BTreeMap::new(),
+            bindings: BTreeMap::new(),
+            events: Vec::new(),
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let mut s = Snapshot::new();
+        for c in self.clusters.values() {
+            s.insert_managed_cluster(c.clone());
+        }
+        for p in &self.policies {
+            s.insert_policy(p.clone());
+        }
+        for p in self.placements.values() {
+            s.insert_placement(p.clone());
+        }
+        for b in self.bindings.values() {
+            s.insert_placement_binding(b.clone());
+        }
+        s.insert_cgu(self.cgu.clone());
+        s
+    }
+
+    /// Reconciles to a fixed point at `now`.
+    fn run(&mut self, now: Timestamp) {
+        for _ in 0..50 {
+            let d = reconcile(
+                &self.cgu,
+                &self.snapshot(),
+                &Context {
+                    now,
+                    graph: &NoUpdateGraph,
+                },
+            );
+            self.cgu.status = Some(d.status);
+            match d.finalizer {
+                FinalizerChange::Add => self.cgu.metadata.finalizers = Some(vec![FINALIZER.into()]),
+                FinalizerChange::Remove => self.cgu.metadata.finalizers = None,
+                FinalizerChange::None => {}
+            }
+            for w in d.writes {
+                match w {
+                    Write::ApplyPlacement(p) => {
+                        self.placements.insert(p.metadata.name.clone().unwrap(), p);
+                    }
+                    Write::ApplyPlacementBinding(b) => {
+                        self.bindings.insert(b.metadata.name.clone().unwrap(), b);
+                    }
+                    Write::DeletePlacement { name, .. } => {
+                        self.placements.remove(&name);
+                    }
+                    Write::DeletePlacementBinding { name, .. } => {
+                        self.bindings.remove(&name);
+                    }
+                    Write::PatchManagedCluster {
+                        name,
+                        add_labels,
+                        remove_labels,
+                        ..
+                    } => {
+                        let mc = self.clusters.get_mut(&name).unwrap();
+                        let l = mc.metadata.labels.get_or_insert_with(Default::default);
+                        l.extend(add_labels);
+                        for k in remove_labels {
+                            l.remove(&k);
+                        }
+                    }
+                    Write::SetSpokeAgentTasks { .. } => {}
+                }
+            }
+            self.events.extend(d.events);
+            if d.requeue != Requeue::Immediately {
+                return;
+            }
+        }
+        panic!("no fixed point");
+    }
+
+    fn set_compliance(&mut self, policy: &str, cluster: &str, state: &str) {
+        let root = self
+            .policies
+            .iter_mut()
+            .find(|p| {
+                p.metadata.name.as_deref() == Some(policy)
+                    && p.metadata.namespace.as_deref() == Some("default")
+            })
+            .unwrap();
+        let st = root.status.as_mut().unwrap().status.as_mut().unwrap();
+        st.iter_mut()
+            .find(|e| e.clustername == cluster)
+            .unwrap()
+            .compliant = Some(state.into());
+    }
+
+    fn status(&self) -> Value {
+        serde_json::to_value(self.cgu.status.as_ref().unwrap()).unwrap()
+    }
+
+    fn last_condition(&self) -> (String, String, String) {
+        let c = self.cgu.status.as_ref().unwrap().conditions.last().unwrap();
+        (c.type_.clone(), c.reason.clone(), c.message.clone())
+    }
+
+    fn placement_values(&self, policy: &str) -> Vec<String> {
+        let p = self
+            .placements
+            .values()
+            .find(|p| {
+                p.metadata.labels.as_ref().unwrap()["openshift-cluster-group-upgrades/forPolicy"]
+                    == policy
+            })
+            .unwrap();
+        p.selected_names().to_vec()
+    }
+}
+
+fn t(offset_s: i64) -> Timestamp {
+    Timestamp::from_second(1_790_000_000).unwrap() + SignedDuration::from_secs(offset_s)
+}
+
+fn cgu(spec: Value) -> Value {
+    json!({"metadata": {"name": "cgu", "namespace": "default", "uid": "u1",
+        "annotations": {"cluster-group-upgrades-operator/name-suffix": "kuttl"}}, "spec": spec})
+}
+
+#[test]
+fn happy_path_two_batches() {
+    let mut hub = Hub::new(
+        cgu(json!({
+            "clusters": ["spoke1", "spoke4", "spoke6"],
+            "managedPolicies": ["p1", "p2"],
+            "remediationStrategy": {"maxConcurrency": 1},
+            "enable": false,
+            "actions": {"beforeEnable": {"addClusterLabels": {"ztp-running": ""}},
+                        "afterCompletion": {"addClusterLabels": {"ztp-done": ""}, "deleteClusterLabels": {"ztp-running": ""}}}
+        })),
+        &["spoke1", "spoke4", "spoke6"],
+        vec![
+            policy(
+                "p1",
+                &[
+                    ("spoke1", "NonCompliant"),
+                    ("spoke4", "NonCompliant"),
+                    ("spoke6", "Compliant"),
+                ],
+            ),
+            policy(
+                "p2",
+                &[
+                    ("spoke1", "NonCompliant"),
+                    ("spoke4", "NonCompliant"),
+                    ("spoke6", "Compliant"),
+                ],
+            ),
+        ],
+    );
+    hub.run(t(0));
+    let st = hub.status();
+    assert_eq!(st["remediationPlan"], json!([["spoke1"], ["spoke4"]]));
+    assert_eq!(
+        hub.last_condition(),
+        (
+            "Progressing".into(),
+            "NotEnabled".into(),
+            "Not enabled".into()
+        )
+    );
+    assert_eq!(
+        st["managedPoliciesContent"]["p2"],
+        json!(
+            r#"[{"kind":"Subscription","name":"p2-sub","apiVersion":"operators.coreos.com/v1alpha1","namespace":"openshift-x"}]"#
+        )
+    );
+    assert_eq!(hub.placements.len(), 2);
+    assert!(hub.placements.contains_key("cgu-p1-placement-kuttl"));
+    assert_eq!(hub.events[0].reason, "CguCreated");
+
+    hub.cgu.spec.enable = Some(true);
+    hub.run(t(10));
+    let st = hub.status();
+    assert_eq!(
+        st["clusters"],
+        json!([{"name": "spoke6", "state": "complete"}])
+    );
+    assert_eq!(st["status"]["currentBatch"], json!(1));
+    assert_eq!(
+        st["status"]["currentBatchRemediationProgress"],
+        json!({"spoke1": {"state": "InProgress", "policyIndex": 0}})
+    );
+    assert!(
+        hub.clusters["spoke1"]
+            .metadata
+            .labels
+            .as_ref()
+            .unwrap()
+            .contains_key("ztp-running")
+    );
+    assert!(
+        hub.clusters["spoke6"]
+            .metadata
+            .labels
+            .as_ref()
+            .unwrap()
+            .contains_key("ztp-done")
+    );
+    assert_eq!(hub.placement_values("p1"), ["spoke1"]);
+    assert!(hub.placement_values("p2").is_empty());
+
+    // spoke1 fixes p1: it moves on to p2, and stays enforced on p1 (cumulative in the batch).
+    hub.set_compliance("p1", "spoke1", "Compliant");
+    hub.run(t(20));
+    assert_eq!(
+        hub.status()["status"]["currentBatchRemediationProgress"]["spoke1"]["policyIndex"],
+        json!(1)
+    );
+    assert_eq!(hub.placement_values("p1"), ["spoke1"]);
+    assert_eq!(hub.placement_values("p2"), ["spoke1"]);
+
+    hub.set_compliance("p2", "spoke1", "Compliant");
+    hub.run(t(30));
+    let st = hub.status();
+    assert_eq!(st["status"]["currentBatch"], json!(2));
+    assert_eq!(
+        st["clusters"][1],
+        json!({"name": "spoke1", "state": "complete"})
+    );
+    assert_eq!(hub.placement_values("p1"), ["spoke4"]);
+    let l = hub.clusters["spoke1"].metadata.labels.as_ref().unwrap();
+    assert!(l.contains_key("ztp-done") && !l.contains_key("ztp-running"));
+
+    hub.set_compliance("p1", "spoke4", "Compliant");
+    hub.set_compliance("p2", "spoke4", "Compliant");
+    hub.run(t(40));
+    let conds = &hub.cgu.status.as_ref().unwrap().conditions;
+    let p = conds.iter().find(|c| c.type_ == "Progressing").unwrap();
+    assert_eq!(
+        (p.status.as_str(), p.reason.as_str()),
+        ("False", "Completed")
+    );
+    let s = conds.iter().find(|c| c.type_ == "Succeeded").unwrap();
+    assert_eq!(
+        (s.status.as_str(), s.message.as_str()),
+        (
+            "True",
+            "All clusters are compliant with all the managed policies"
+        )
+    );
+    // deleteObjects (default true): enforcement objects are gone.
+    assert!(hub.placements.is_empty() && hub.bindings.is_empty());
+    let reasons: Vec<&str> = hub.events.iter().map(|e| e.action.as_str()).collect();
+    assert!(
+        reasons.ends_with(&["RemediationInBatchCompleted", "RemediationCompleted"]),
+        "{reasons:?}"
+    );
+}
+
+#[test]
+fn batch_timeout_continue_then_global_timeout() {
+    let mut hub = Hub::new(
+        cgu(json!({
+            "clusters": ["a", "b"],
+            "managedPolicies": ["p1"],
+            "remediationStrategy": {"maxConcurrency": 1, "timeout": 2}
+        })),
+        &["a", "b"],
+        vec![policy(
+            "p1",
+            &[("a", "NonCompliant"), ("b", "NonCompliant")],
+        )],
+    );
+    hub.run(t(0));
+    assert_eq!(hub.placement_values("p1"), ["a"]);
+    // Batch 1 of 2 gets half of 2 minutes.
+    hub.run(t(61));
+    let st = hub.status();
+    assert_eq!(st["status"]["currentBatch"], json!(2));
+    assert_eq!(
+        st["clusters"],
+        json!([{"name": "a", "state": "timedout", "currentPolicy": {"name": "p1", "status": "NonCompliant"}}])
+    );
+    // The timed-out cluster left enforcement at once; b is released.
+    assert_eq!(hub.placement_values("p1"), ["b"]);
+    hub.set_compliance("p1", "b", "Compliant");
+    hub.run(t(70));
+    // b is done but a (earlier batch) is not compliant: no success yet.
+    assert_eq!(hub.last_condition().1, "InProgress");
+    hub.run(t(121));
+    assert_eq!(
+        hub.last_condition(),
+        (
+            "Succeeded".into(),
+            "TimedOut".into(),
+            "Policy remediation took too long".into()
+        )
+    );
+}
+
+#[test]
+fn canary_timeout_fails_and_soak_holds() {
+    let mut hub = Hub::new(
+        cgu(json!({
+            "clusters": ["a", "b", "c"],
+            "managedPolicies": ["p1"],
+            "remediationStrategy": {"maxConcurrency": 2, "canaries": ["c"], "timeout": 10}
+        })),
+        &["a", "b", "c"],
+        vec![policy(
+            "p1",
+            &[
+                ("a", "NonCompliant"),
+                ("b", "NonCompliant"),
+                ("c", "NonCompliant"),
+            ],
+        )],
+    );
+    hub.run(t(0));
+    assert_eq!(hub.status()["remediationPlan"], json!([["c"], ["a", "b"]]));
+    hub.run(t(301));
+    assert_eq!(
+        hub.last_condition(),
+        (
+            "Succeeded".into(),
+            "TimedOut".into(),
+            "Policy remediation took too long on canary clusters".into()
+        )
+    );
+    assert!(hub.placements.is_empty());
+}
+
+#[test]
+fn all_compliant_completes_at_once() {
+    let mut hub = Hub::new(
+        cgu(json!({
+            "clusters": ["a"], "managedPolicies": ["p1"], "preCaching": true, "backup": true,
+            "remediationStrategy": {"maxConcurrency": 1}
+        })),
+        &["a"],
+        vec![policy("p1", &[("a", "Compliant")])],
+    );
+    hub.run(t(0));
+    let st = hub.status();
+    assert_eq!(st["managedPoliciesCompliantBeforeUpgrade"], json!(["p1"]));
+    assert!(st.get("precaching").is_none() && st.get("backup").is_none());
+    assert_eq!(st["clusters"], json!([{"name": "a", "state": "complete"}]));
+    assert_eq!(
+        hub.last_condition(),
+        (
+            "Succeeded".into(),
+            "Completed".into(),
+            "All clusters already compliant with the specified managed policies".into()
+        )
+    );
+}
