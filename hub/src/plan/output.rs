@@ -1,0 +1,237 @@
+//! Rendering the result of a `plan` run: every object as multi-document YAML or as one JSON
+//! `List` (both feed back into `plan`), or a per-CGU table for people.
+
+use std::fmt::Write as _;
+use std::io::{self, Write};
+
+use serde_json::{Map, Value, json};
+use talm_hub_core::Requeue;
+use talm_shared::api::cgu::{ClusterGroupUpgrade, ClusterGroupUpgradeStatus};
+
+use super::apply::Verb;
+use super::store::{Kind, Store};
+use super::{CguReport, Settled};
+use crate::args::OutputFormat;
+
+/// Writes the result in `format`.
+pub fn write(
+    out: &mut dyn Write,
+    format: OutputFormat,
+    store: &Store,
+    settled: &Settled,
+) -> io::Result<()> {
+    let text = match format {
+        OutputFormat::Yaml => to_yaml(store)?,
+        OutputFormat::Json => to_json(store)?,
+        OutputFormat::Table => table(store, settled),
+    };
+    out.write_all(text.as_bytes())?;
+    out.flush()
+}
+
+/// Every object, in output order, as multi-document YAML.
+pub fn to_yaml(store: &Store) -> io::Result<String> {
+    let objects: Vec<&Map<String, Value>> = store.output_objects().collect();
+    serde_saphyr::to_string_multiple(&objects).map_err(io::Error::other)
+}
+
+/// Every object, in output order, as one pretty-printed `v1` `List`.
+pub fn to_json(store: &Store) -> io::Result<String> {
+    let items: Vec<&Map<String, Value>> = store.output_objects().collect();
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
+    let mut text = serde_json::to_string_pretty(&list).map_err(io::Error::other)?;
+    text.push('\n');
+    Ok(text)
+}
+
+/// The human-readable summary: one block per CGU, then the object changes of the run.
+pub fn table(store: &Store, settled: &Settled) -> String {
+    let mut s = String::new();
+    if settled.reports.is_empty() {
+        s.push_str("No ClusterGroupUpgrade in the input.\n");
+    }
+    for (i, (key, report)) in settled.reports.iter().enumerate() {
+        if i > 0 {
+            s.push('\n');
+        }
+        let _ = writeln!(s, "ClusterGroupUpgrade {key}");
+        match store.cgu(key) {
+            Some(cgu) => cgu_block(&mut s, cgu, report),
+            None => {
+                let _ = writeln!(s, "  deleted (cleanup finished, finalizer removed)");
+            }
+        }
+    }
+    let changes: Vec<String> = settled
+        .changes
+        .iter()
+        .filter(|(k, v)| !(k.rank == Kind::ClusterGroupUpgrade && **v == Verb::Updated))
+        .map(|(k, v)| format!("  {:<8} {}", v.as_str(), k.describe()))
+        .collect();
+    s.push('\n');
+    if changes.is_empty() {
+        s.push_str("Object changes: none\n");
+    } else {
+        s.push_str("Object changes:\n");
+        for line in changes {
+            s.push_str(&line);
+            s.push('\n');
+        }
+    }
+    let _ = writeln!(s, "Events emitted: {}", settled.events);
+    s
+}
+
+fn cgu_block(s: &mut String, cgu: &ClusterGroupUpgrade, report: &CguReport) {
+    let empty = ClusterGroupUpgradeStatus::default();
+    let status = cgu.status.as_ref().unwrap_or(&empty);
+    let state = match status.conditions.last() {
+        Some(c) if c.message.is_empty() => c.reason.clone(),
+        Some(c) => format!("{}: {}", c.reason, c.message),
+        None => "(no conditions yet)".into(),
+    };
+    let _ = writeln!(s, "  state:    {state}");
+    let policies: Vec<&str> = status
+        .managed_policies_for_upgrade
+        .iter()
+        .flatten()
+        .map(|p| p.name.as_str())
+        .collect();
+    if !policies.is_empty() {
+        let _ = writeln!(s, "  policies: {}", policies.join(", "));
+    }
+    if let Some(skipped) = status
+        .managed_policies_compliant_before_upgrade
+        .as_ref()
+        .filter(|v| !v.is_empty())
+    {
+        let _ = writeln!(
+            s,
+            "  skipped:  {} (compliant before the upgrade)",
+            skipped.join(", ")
+        );
+    }
+    batches_block(s, status, &policies);
+    if !report.notes.excluded_clusters.is_empty() {
+        s.push_str("  excluded clusters:\n");
+        let width = report
+            .notes
+            .excluded_clusters
+            .iter()
+            .map(|(c, _)| c.len())
+            .max()
+            .unwrap_or(0);
+        for (cluster, why) in &report.notes.excluded_clusters {
+            let _ = writeln!(s, "    {cluster:<width$}  {why}");
+        }
+    }
+    if !report.notes.pending_actions.is_empty() {
+        s.push_str("  pending actions:\n");
+        for action in &report.notes.pending_actions {
+            let _ = writeln!(s, "    - {action}");
+        }
+    }
+    let next = match report.requeue {
+        Requeue::Never => "on the next change".to_string(),
+        Requeue::Immediately => "immediately".to_string(),
+        Requeue::After(secs) => format!("in {secs}s"),
+    };
+    let _ = writeln!(s, "  next reconcile: {next}");
+}
+
+/// The batches with one line per cluster: its state and its pre-cache and backup states.
+fn batches_block(s: &mut String, status: &ClusterGroupUpgradeStatus, policies: &[&str]) {
+    let Some(plan) = status.remediation_plan.as_ref().filter(|p| !p.is_empty()) else {
+        s.push_str("  batches:  none\n");
+        return;
+    };
+    let upgrade = status.status.as_ref();
+    let current = upgrade.and_then(|u| u.current_batch).unwrap_or(0);
+    let progress = upgrade.and_then(|u| u.current_batch_remediation_progress.as_ref());
+    let precache = status.precaching.as_ref().and_then(|p| p.status.as_ref());
+    let backup = status.backup.as_ref().and_then(|b| b.status.as_ref());
+    let cluster_state = |cluster: &str| -> String {
+        if let Some(p) = progress.and_then(|p| p.get(cluster)) {
+            return match p.policy_index.and_then(|i| usize::try_from(i).ok()) {
+                Some(i) => {
+                    let name = policies.get(i).copied().unwrap_or("?");
+                    format!("{} ({name}, {} of {})", p.state, i + 1, policies.len())
+                }
+                None => p.state.clone(),
+            };
+        }
+        let done = status.clusters.iter().flatten().find(|c| c.name == cluster);
+        match done {
+            Some(c) => match &c.current_policy {
+                Some(p) => format!("{} ({} {})", c.state, p.name, p.status),
+                None => c.state.clone(),
+            },
+            None => "pending".into(),
+        }
+    };
+    let mut rows: Vec<[String; 5]> = Vec::new();
+    for (i, batch) in plan.iter().enumerate() {
+        let number = i + 1;
+        let is_current = usize::try_from(current).ok() == Some(number);
+        for (j, cluster) in batch.iter().enumerate() {
+            let marker = if is_current && j == 0 { ">" } else { " " };
+            let batch_col = if j == 0 {
+                number.to_string()
+            } else {
+                String::new()
+            };
+            let get = |m: Option<&std::collections::BTreeMap<String, String>>| {
+                m.and_then(|m| m.get(cluster))
+                    .cloned()
+                    .unwrap_or_else(|| "-".into())
+            };
+            rows.push([
+                format!("{marker} {batch_col}"),
+                cluster.clone(),
+                cluster_state(cluster),
+                get(precache),
+                get(backup),
+            ]);
+        }
+    }
+    let show_precache = precache.is_some_and(|m| !m.is_empty());
+    let show_backup = backup.is_some_and(|m| !m.is_empty());
+    let header = [
+        "  BATCH".to_string(),
+        "CLUSTER".into(),
+        "STATE".into(),
+        "PRECACHE".into(),
+        "BACKUP".into(),
+    ];
+    let columns = |row: &[String; 5]| -> Vec<String> {
+        let mut cols = vec![row[0].clone(), row[1].clone(), row[2].clone()];
+        if show_precache {
+            cols.push(row[3].clone());
+        }
+        if show_backup {
+            cols.push(row[4].clone());
+        }
+        cols
+    };
+    let all: Vec<Vec<String>> = std::iter::once(columns(&header))
+        .chain(rows.iter().map(columns))
+        .collect();
+    let widths: Vec<usize> = (0..all[0].len())
+        .map(|c| all.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let total = plan.len();
+    let current_text = if current > 0 {
+        format!(", current {current}")
+    } else {
+        String::new()
+    };
+    let _ = writeln!(s, "  batches:  {total}{current_text}");
+    for row in &all {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        let _ = writeln!(s, "   {}", line.join("  ").trim_end());
+    }
+}

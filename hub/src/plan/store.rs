@@ -1,0 +1,534 @@
+//! The in-memory hub of a `plan` run: every object as raw JSON (the source of truth, printed
+//! back at the end) plus a typed view of the kinds the engine reads, kept in step.
+//!
+//! Objects are keyed by (kind rank, group, kind, namespace, name), which is also the output
+//! order; `events.k8s.io` Events are kept apart in input-then-emission order and printed last.
+
+use std::collections::{BTreeMap, HashSet};
+
+use jiff::Timestamp;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+use talm_hub_core::Snapshot;
+use talm_shared::api::cgu::ClusterGroupUpgrade;
+use talm_shared::api::precaching::PreCachingConfig;
+use talm_shared::api::rhacm::{ConfigMapView, ManagedCluster, Placement, PlacementBinding, Policy};
+use talm_shared::api::spokeagent::SpokeAgent;
+
+use super::load::{InputError, Loaded, Origin};
+use crate::error::Error;
+
+/// The kinds `plan` knows, in output order. Declaration order is the sort order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// `v1` ConfigMap.
+    ConfigMap,
+    /// `cluster.open-cluster-management.io/v1` ManagedCluster (cluster-scoped).
+    ManagedCluster,
+    /// `policy.open-cluster-management.io/v1` Policy.
+    Policy,
+    /// `ran.openshift.io/v1alpha1` PreCachingConfig.
+    PreCachingConfig,
+    /// `ran.openshift.io/v1alpha1` ClusterGroupUpgrade.
+    ClusterGroupUpgrade,
+    /// `cluster.open-cluster-management.io/v1beta1` Placement.
+    Placement,
+    /// `policy.open-cluster-management.io/v1` PlacementBinding.
+    PlacementBinding,
+    /// `talm.dev/v1alpha1` SpokeAgent.
+    SpokeAgent,
+    /// Any other kind: carried through unchanged.
+    Other,
+    /// `events.k8s.io/v1` Event: carried through, printed last.
+    Event,
+}
+
+/// `apiVersion` of the Events `plan` writes.
+pub const EVENT_API_VERSION: &str = "events.k8s.io/v1";
+
+impl Kind {
+    /// Classifies an object by `apiVersion` and `kind`.
+    pub fn classify(api_version: &str, kind: &str) -> Kind {
+        match (api_version, kind) {
+            ("v1", "ConfigMap") => Kind::ConfigMap,
+            (ManagedCluster::API_VERSION, ManagedCluster::KIND) => Kind::ManagedCluster,
+            (Policy::API_VERSION, Policy::KIND) => Kind::Policy,
+            (Placement::API_VERSION, Placement::KIND) => Kind::Placement,
+            (PlacementBinding::API_VERSION, PlacementBinding::KIND) => Kind::PlacementBinding,
+            (talm_shared::api::cgu::API_VERSION, "ClusterGroupUpgrade") => {
+                Kind::ClusterGroupUpgrade
+            }
+            (talm_shared::api::cgu::API_VERSION, "PreCachingConfig") => Kind::PreCachingConfig,
+            (talm_shared::api::spokeagent::API_VERSION, "SpokeAgent") => Kind::SpokeAgent,
+            (EVENT_API_VERSION, "Event") => Kind::Event,
+            _ => Kind::Other,
+        }
+    }
+
+    /// Whether objects of this kind live in a namespace (unknown kinds: unknown, so no).
+    pub fn is_namespaced(self) -> bool {
+        !matches!(self, Kind::ManagedCluster | Kind::Other)
+    }
+
+    /// Whether the engine reads this kind (and `plan` keeps a typed view of it).
+    pub fn is_typed(self) -> bool {
+        !matches!(self, Kind::Other | Kind::Event)
+    }
+}
+
+/// The typed view of an object, for the kinds the engine reads.
+#[derive(Clone, Debug)]
+pub enum Typed {
+    /// A ConfigMap.
+    ConfigMap(Box<ConfigMapView>),
+    /// A ManagedCluster.
+    ManagedCluster(Box<ManagedCluster>),
+    /// A Policy.
+    Policy(Box<Policy>),
+    /// A PreCachingConfig.
+    PreCachingConfig(Box<PreCachingConfig>),
+    /// A ClusterGroupUpgrade.
+    ClusterGroupUpgrade(Box<ClusterGroupUpgrade>),
+    /// A Placement.
+    Placement(Box<Placement>),
+    /// A PlacementBinding.
+    PlacementBinding(Box<PlacementBinding>),
+    /// A SpokeAgent.
+    SpokeAgent(Box<SpokeAgent>),
+    /// Not read by the engine.
+    Untyped,
+}
+
+/// A typed-parse failure: the field path (`spec.remediationStrategy.maxConcurrency`, empty at
+/// the root) and the message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    /// Dotted field path.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn parse_as<T: DeserializeOwned>(raw: &Map<String, Value>) -> Result<Box<T>, FieldError> {
+    // Deserializing from a borrowed `Value` does not consume it; the map is cloned into one
+    // `Value` so serde sees a map at the root.
+    let root = Value::Object(raw.clone());
+    serde_path_to_error::deserialize::<_, T>(&root)
+        .map(Box::new)
+        .map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            let message = explain_number(&root, e.path(), e.inner().to_string());
+            FieldError { path, message }
+        })
+}
+
+/// serde_json turns integers too large for 64 bits into floats, and serde then reports
+/// "invalid type: floating point `1e20`, expected i32" for an integer the user wrote. Say what
+/// happened instead.
+fn explain_number(root: &Value, path: &serde_path_to_error::Path, message: String) -> String {
+    use serde_path_to_error::Segment;
+    if !message.starts_with("invalid type: floating point") {
+        return message;
+    }
+    let mut node = Some(root);
+    for seg in path.iter() {
+        node = match seg {
+            Segment::Seq { index } => node.and_then(|n| n.get(*index)),
+            Segment::Map { key } => node.and_then(|n| n.get(key.as_str())),
+            Segment::Enum { .. } | Segment::Unknown => None,
+        };
+    }
+    let Some(f) = node.and_then(Value::as_f64) else {
+        return message;
+    };
+    if f.fract() != 0.0 || f.abs() < 9.0e15 {
+        return message;
+    }
+    let expected = message
+        .split_once(", expected ")
+        .map(|(_, e)| format!(", expected {e}"))
+        .unwrap_or_default();
+    format!("number {f:.0} is out of range{expected}")
+}
+
+impl Typed {
+    /// Parses the typed view of `raw` for `kind`.
+    pub fn parse(kind: Kind, raw: &Map<String, Value>) -> Result<Typed, FieldError> {
+        Ok(match kind {
+            Kind::ConfigMap => Typed::ConfigMap(parse_as(raw)?),
+            Kind::ManagedCluster => Typed::ManagedCluster(parse_as(raw)?),
+            Kind::Policy => Typed::Policy(parse_as(raw)?),
+            Kind::PreCachingConfig => Typed::PreCachingConfig(parse_as(raw)?),
+            Kind::ClusterGroupUpgrade => Typed::ClusterGroupUpgrade(parse_as(raw)?),
+            Kind::Placement => Typed::Placement(parse_as(raw)?),
+            Kind::PlacementBinding => Typed::PlacementBinding(parse_as(raw)?),
+            Kind::SpokeAgent => Typed::SpokeAgent(parse_as(raw)?),
+            Kind::Other | Kind::Event => Typed::Untyped,
+        })
+    }
+}
+
+/// An object's identity and output position.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    /// The kind class (output rank).
+    pub rank: Kind,
+    /// The API group (`""` for core).
+    pub group: String,
+    /// `kind`.
+    pub kind: String,
+    /// Namespace (`""` for cluster-scoped objects).
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl ObjectKey {
+    /// The key of a raw object.
+    pub fn of(rank: Kind, raw: &Map<String, Value>) -> ObjectKey {
+        let s = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or_default().to_string();
+        let api_version = s(raw.get("apiVersion"));
+        let group = api_version
+            .rsplit_once('/')
+            .map(|(g, _)| g.to_string())
+            .unwrap_or_default();
+        let meta = raw.get("metadata");
+        ObjectKey {
+            rank,
+            group,
+            kind: s(raw.get("kind")),
+            namespace: s(meta.and_then(|m| m.get("namespace"))),
+            name: s(meta.and_then(|m| m.get("name"))),
+        }
+    }
+
+    /// The key of a typed kind's object.
+    pub fn typed(rank: Kind, kind: &str, namespace: &str, name: &str) -> ObjectKey {
+        let group = match rank {
+            Kind::ManagedCluster | Kind::Placement => "cluster.open-cluster-management.io",
+            Kind::Policy | Kind::PlacementBinding => "policy.open-cluster-management.io",
+            Kind::ClusterGroupUpgrade | Kind::PreCachingConfig => talm_shared::api::cgu::GROUP,
+            Kind::SpokeAgent => "talm.dev",
+            Kind::Event => "events.k8s.io",
+            Kind::ConfigMap | Kind::Other => "",
+        };
+        ObjectKey {
+            rank,
+            group: group.into(),
+            kind: kind.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// `Kind namespace/name` (or `Kind name` when cluster-scoped).
+    pub fn describe(&self) -> String {
+        if self.namespace.is_empty() {
+            format!("{} {}", self.kind, self.name)
+        } else {
+            format!("{} {}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+/// A stored object.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// The raw object: the source of truth, printed in the output.
+    pub raw: Map<String, Value>,
+    /// The typed view of `raw` (kinds the engine reads).
+    pub typed: Typed,
+    /// Where it came from (`None` when created by the run).
+    pub origin: Option<Origin>,
+}
+
+/// The objects of a `plan` run.
+#[derive(Clone, Debug, Default)]
+pub struct Store {
+    objects: BTreeMap<ObjectKey, Entry>,
+    events: Vec<Entry>,
+    event_names: HashSet<(String, String)>,
+}
+
+/// A namespace/name pair identifying a CGU.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CguKey {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl std::fmt::Display for CguKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+impl CguKey {
+    /// The object key of this CGU.
+    pub fn object_key(&self) -> ObjectKey {
+        ObjectKey::typed(
+            Kind::ClusterGroupUpgrade,
+            "ClusterGroupUpgrade",
+            &self.namespace,
+            &self.name,
+        )
+    }
+}
+
+/// Formats `ts` as a Kubernetes `metav1.Time` (RFC 3339, seconds, UTC).
+pub fn k8s_time(ts: Timestamp) -> String {
+    ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// Formats `ts` as a Kubernetes `metav1.MicroTime` (RFC 3339, microseconds, UTC).
+pub fn k8s_micro_time(ts: Timestamp) -> String {
+    ts.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+/// 64-bit FNV-1a over the parts (separated so `("ab","c")` and `("a","bc")` differ).
+pub fn fnv64(seed: u64, parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
+    for part in parts {
+        for b in part.bytes().chain(std::iter::once(0xff)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// A deterministic UUID-shaped uid for an object that has none (what the API server would
+/// assign at create). Same key, same uid.
+pub fn deterministic_uid(key: &ObjectKey) -> String {
+    let parts = [
+        key.group.as_str(),
+        key.kind.as_str(),
+        key.namespace.as_str(),
+        key.name.as_str(),
+    ];
+    let hi = fnv64(1, &parts);
+    let lo = fnv64(2, &parts);
+    // Version 8 (custom) and RFC 4122 variant bits, so it parses as a UUID.
+    let hi = (hi & !0xf000) | 0x8000;
+    let lo = (lo & !(0xc000 << 48)) | (0x8000 << 48);
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        hi >> 32,
+        (hi >> 16) & 0xffff,
+        hi & 0xffff,
+        lo >> 48,
+        lo & 0xffff_ffff_ffff
+    )
+}
+
+/// Runs `f` on the mapping at `map[key]`, creating it (or replacing a non-mapping) first.
+pub fn edit_object<R>(
+    map: &mut Map<String, Value>,
+    key: &str,
+    f: impl FnOnce(&mut Map<String, Value>) -> R,
+) -> R {
+    let mut child = match map.remove(key) {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    let result = f(&mut child);
+    map.insert(key.to_string(), Value::Object(child));
+    result
+}
+
+/// Sets `metadata.uid` and `metadata.creationTimestamp` when missing, as the API server does on
+/// create.
+pub fn admit(key: &ObjectKey, raw: &mut Map<String, Value>, now: Timestamp) {
+    edit_object(raw, "metadata", |meta| {
+        if meta
+            .get("uid")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            meta.insert("uid".into(), Value::String(deterministic_uid(key)));
+        }
+        if meta.get("creationTimestamp").is_none_or(Value::is_null) {
+            meta.insert("creationTimestamp".into(), Value::String(k8s_time(now)));
+        }
+    });
+}
+
+impl Store {
+    /// An empty store.
+    pub fn new() -> Store {
+        Store::default()
+    }
+
+    /// Builds the store from loaded objects: rejects duplicates, and gives objects of the kinds
+    /// the engine reads a uid and creation time when they have none.
+    pub fn from_loaded(loaded: Vec<Loaded>, now: Timestamp) -> Result<Store, Error> {
+        let mut store = Store::new();
+        for Loaded {
+            origin,
+            kind,
+            mut raw,
+            typed: _,
+        } in loaded
+        {
+            let key = ObjectKey::of(kind, &raw);
+            let first = if kind == Kind::Event {
+                store
+                    .events
+                    .iter()
+                    .find(|e| ObjectKey::of(kind, &e.raw) == key)
+                    .map(|e| e.origin.clone())
+            } else {
+                store.objects.get(&key).map(|e| e.origin.clone())
+            };
+            if let Some(first) = first {
+                return Err(InputError::Duplicate {
+                    origin,
+                    what: key.describe(),
+                    first: first.unwrap_or_else(origin_unknown),
+                }
+                .into());
+            }
+            if kind.is_typed() {
+                admit(&key, &mut raw, now);
+            }
+            // Re-parse: admission changed metadata.
+            let typed = Typed::parse(kind, &raw).map_err(|e| {
+                Error::Input(InputError::Invalid {
+                    origin: origin.clone(),
+                    message: format!("{}: {}", e.path, e.message),
+                })
+            })?;
+            let entry = Entry {
+                raw,
+                typed,
+                origin: Some(origin),
+            };
+            if kind == Kind::Event {
+                store.event_names.insert((key.namespace, key.name));
+                store.events.push(entry);
+            } else {
+                store.objects.insert(key, entry);
+            }
+        }
+        Ok(store)
+    }
+
+    /// An object by key.
+    pub fn get(&self, key: &ObjectKey) -> Option<&Entry> {
+        self.objects.get(key)
+    }
+
+    /// Inserts or replaces an object (not an Event), re-deriving its typed view. Returns whether
+    /// the stored raw object changed.
+    pub fn put(&mut self, key: ObjectKey, raw: Map<String, Value>) -> Result<bool, Error> {
+        if let Some(existing) = self.objects.get(&key)
+            && existing.raw == raw
+        {
+            return Ok(false);
+        }
+        let typed = Typed::parse(key.rank, &raw).map_err(|e| {
+            Error::Internal(format!(
+                "{} after a write: {}: {}",
+                key.describe(),
+                e.path,
+                e.message
+            ))
+        })?;
+        let origin = self.objects.get(&key).and_then(|e| e.origin.clone());
+        self.objects.insert(key, Entry { raw, typed, origin });
+        Ok(true)
+    }
+
+    /// Removes an object; returns whether it existed.
+    pub fn remove(&mut self, key: &ObjectKey) -> bool {
+        self.objects.remove(key).is_some()
+    }
+
+    /// Whether an Event with this namespace and name exists.
+    pub fn has_event(&self, namespace: &str, name: &str) -> bool {
+        self.event_names
+            .contains(&(namespace.to_string(), name.to_string()))
+    }
+
+    /// Appends an Event object.
+    pub fn push_event(&mut self, raw: Map<String, Value>) {
+        let key = ObjectKey::of(Kind::Event, &raw);
+        self.event_names.insert((key.namespace, key.name));
+        self.events.push(Entry {
+            raw,
+            typed: Typed::Untyped,
+            origin: None,
+        });
+    }
+
+    /// The number of Events.
+    pub fn event_count(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Every CGU's namespace/name, sorted.
+    pub fn cgu_keys(&self) -> Vec<CguKey> {
+        self.objects
+            .keys()
+            .filter(|k| k.rank == Kind::ClusterGroupUpgrade)
+            .map(|k| CguKey {
+                namespace: k.namespace.clone(),
+                name: k.name.clone(),
+            })
+            .collect()
+    }
+
+    /// A CGU's typed view.
+    pub fn cgu(&self, key: &CguKey) -> Option<&ClusterGroupUpgrade> {
+        match self.objects.get(&key.object_key()).map(|e| &e.typed) {
+            Some(Typed::ClusterGroupUpgrade(c)) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The engine's view of every object the engine reads.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut snap = Snapshot::new();
+        for (key, entry) in &self.objects {
+            match &entry.typed {
+                Typed::ConfigMap(cm) => snap.insert_config_map((**cm).clone()),
+                Typed::ManagedCluster(mc) => snap.insert_managed_cluster((**mc).clone()),
+                Typed::Policy(p) => snap.insert_policy((**p).clone()),
+                Typed::PreCachingConfig(pcc) => {
+                    snap.insert_precaching_config(&key.namespace, &key.name, pcc.spec.clone());
+                }
+                Typed::ClusterGroupUpgrade(c) => snap.insert_cgu((**c).clone()),
+                Typed::Placement(p) => snap.insert_placement((**p).clone()),
+                Typed::PlacementBinding(b) => snap.insert_placement_binding((**b).clone()),
+                Typed::SpokeAgent(a) => snap.insert_spoke_agent((**a).clone()),
+                Typed::Untyped => {}
+            }
+        }
+        snap
+    }
+
+    /// Every object in output order: by kind rank, group, kind, namespace, name; Events last,
+    /// in input-then-emission order.
+    pub fn output_objects(&self) -> impl Iterator<Item = &Map<String, Value>> {
+        self.objects
+            .values()
+            .chain(self.events.iter())
+            .map(|e| &e.raw)
+    }
+
+    /// Every stored object with its key (Events excluded).
+    pub fn entries(&self) -> impl Iterator<Item = (&ObjectKey, &Entry)> {
+        self.objects.iter()
+    }
+}
+
+fn origin_unknown() -> Origin {
+    Origin {
+        file: "(created by this run)".into(),
+        doc: 0,
+        item: None,
+    }
+}
