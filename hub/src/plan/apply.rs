@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use talm_hub_core::{Decision, Event, FinalizerChange, TaskChange, Write};
 use talm_shared::api::cgu::FINALIZER;
+use talm_shared::api::rhacm::{Placement, PlacementBinding};
 
 use super::store::{CguKey, Kind, ObjectKey, Store, admit, edit_object, fnv64, k8s_micro_time};
 use crate::error::Error;
@@ -261,6 +262,12 @@ fn apply_object(
     mut written: Map<String, Value>,
     now: Timestamp,
 ) -> Result<Option<Change>, Error> {
+    let (api_version, kind_name) = match kind {
+        Kind::Placement => (Placement::API_VERSION, Placement::KIND),
+        _ => (PlacementBinding::API_VERSION, PlacementBinding::KIND),
+    };
+    written.insert("apiVersion".into(), Value::String(api_version.into()));
+    written.insert("kind".into(), Value::String(kind_name.into()));
     edit_object(&mut written, "metadata", |meta| {
         if meta
             .get("namespace")

@@ -231,6 +231,11 @@ fn sniff(ext: Option<&str>, text: &str) -> Syntax {
     }
 }
 
+/// Parses the objects of YAML text as if read from a file called `file` (tests, tools).
+pub fn load_yaml_str(file: &str, text: &str) -> Result<Vec<Loaded>, InputError> {
+    load_text(file, text, Syntax::Yaml)
+}
+
 /// Parses every object of one file's text. `file` is how the file is named in messages.
 fn load_text(file: &str, text: &str, syntax: Syntax) -> Result<Vec<Loaded>, InputError> {
     let docs = parse_documents(file, text, syntax)?;
@@ -420,4 +425,304 @@ fn load_object(origin: Origin, mut raw: Map<String, Value>) -> Result<Loaded, In
         raw,
         typed,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use super::*;
+
+    const CGU: &str = "apiVersion: ran.openshift.io/v1alpha1
+kind: ClusterGroupUpgrade
+metadata:
+  name: cgu-1
+spec:
+  clusters: [spoke1]
+  remediationStrategy:
+    maxConcurrency: 1
+";
+
+    const CLUSTER: &str = "apiVersion: cluster.open-cluster-management.io/v1
+kind: ManagedCluster
+metadata:
+  name: spoke1
+";
+
+    fn err(text: &str) -> String {
+        load_yaml_str("cgu.yaml", text).unwrap_err().to_string()
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("talm-hub-load-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn names(loaded: &[Loaded]) -> Vec<String> {
+        loaded
+            .iter()
+            .map(|l| l.raw["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn multi_document_yaml_skips_empty_documents() {
+        let text = format!("---\n{CGU}---\n# only a comment\n---\n{CLUSTER}");
+        let loaded = load_yaml_str("in.yaml", &text).unwrap();
+        assert_eq!(names(&loaded), ["cgu-1", "spoke1"]);
+        assert_eq!(loaded[0].kind, Kind::ClusterGroupUpgrade);
+        assert_eq!(loaded[1].kind, Kind::ManagedCluster);
+        assert_eq!(loaded[1].origin.to_string(), "in.yaml doc 2");
+        assert!(matches!(loaded[0].typed, Typed::ClusterGroupUpgrade(_)));
+    }
+
+    #[test]
+    fn namespaced_kinds_default_to_the_default_namespace() {
+        let text = format!(
+            "{CGU}---\n{CLUSTER}---\napiVersion: v1\nkind: Secret\nmetadata: {{name: s}}\n"
+        );
+        let loaded = load_yaml_str("in.yaml", &text).unwrap();
+        assert_eq!(loaded[0].raw["metadata"]["namespace"], "default");
+        let Typed::ClusterGroupUpgrade(cgu) = &loaded[0].typed else {
+            panic!("not a CGU")
+        };
+        assert_eq!(cgu.metadata.namespace.as_deref(), Some("default"));
+        assert!(
+            loaded[1].raw["metadata"].get("namespace").is_none(),
+            "ManagedCluster is cluster-scoped"
+        );
+        assert!(
+            loaded[2].raw["metadata"].get("namespace").is_none(),
+            "unknown kinds are left alone"
+        );
+        assert_eq!(loaded[2].kind, Kind::Other);
+    }
+
+    #[test]
+    fn list_documents_yield_their_items() {
+        let text = format!(
+            "apiVersion: v1\nkind: List\nitems:\n- {}\n- {}\n",
+            serde_json::to_string(&serde_saphyr::from_str::<Value>(CGU).unwrap()).unwrap(),
+            serde_json::to_string(&serde_saphyr::from_str::<Value>(CLUSTER).unwrap()).unwrap(),
+        );
+        let loaded = load_yaml_str("list.yaml", &text).unwrap();
+        assert_eq!(names(&loaded), ["cgu-1", "spoke1"]);
+        assert_eq!(loaded[1].origin.item, Some(1));
+        let empty = load_yaml_str("list.yaml", "apiVersion: v1\nkind: List\nitems: []\n").unwrap();
+        assert!(empty.is_empty());
+    }
+
+    #[test]
+    fn errors_in_list_items_name_the_item() {
+        let text = "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: ConfigMap, metadata: {name: a}}\n- apiVersion: ran.openshift.io/v1alpha1\n  kind: ClusterGroupUpgrade\n  metadata: {name: c}\n  spec: {remediationStrategy: {maxConcurrency: x}}\n";
+        assert_eq!(
+            err(text),
+            "cgu.yaml doc 1: items[1].spec.remediationStrategy.maxConcurrency: invalid type: string \"x\", expected i32"
+        );
+        assert_eq!(
+            err("kind: List\nitems: [3]\n"),
+            "cgu.yaml doc 1: items[0]: expected a mapping (a Kubernetes object), found a number"
+        );
+        assert_eq!(
+            err("kind: List\nitems: {a: 1}\n"),
+            "cgu.yaml doc 1: items: expected a sequence, found a mapping"
+        );
+    }
+
+    #[test]
+    fn json_files_and_json_on_stdin() {
+        let dir = scratch("json");
+        let cgu: Value = serde_saphyr::from_str(CGU).unwrap();
+        let cluster: Value = serde_saphyr::from_str(CLUSTER).unwrap();
+        let file = dir.join("objs.json");
+        std::fs::write(&file, format!("{cgu}\n{cluster}\n")).unwrap();
+        let loaded = load_paths(&[file], &mut std::io::empty()).unwrap();
+        assert_eq!(names(&loaded), ["cgu-1", "spoke1"]);
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [cgu, cluster]});
+        let mut stdin = Cursor::new(serde_json::to_string_pretty(&list).unwrap());
+        let loaded = load_paths(&[PathBuf::from("-")], &mut stdin).unwrap();
+        assert_eq!(names(&loaded), ["cgu-1", "spoke1"]);
+        assert_eq!(loaded[0].origin.file, "<stdin>");
+        let bad = dir.join("bad.json");
+        std::fs::write(&bad, "{\"apiVersion\": \"v1\",\n \"kind\": }").unwrap();
+        let e = load_paths(&[bad], &mut std::io::empty())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("bad.json: invalid JSON:") && e.contains("line 2"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn yaml_on_stdin_and_stdin_only_once() {
+        let mut stdin = Cursor::new(CGU);
+        let loaded = load_paths(&[PathBuf::from("-")], &mut stdin).unwrap();
+        assert_eq!(names(&loaded), ["cgu-1"]);
+        let e = load_paths(
+            &[PathBuf::from("-"), PathBuf::from("-")],
+            &mut Cursor::new(CGU),
+        )
+        .unwrap_err();
+        assert!(matches!(e, InputError::StdinTwice));
+    }
+
+    #[test]
+    fn directories_contribute_their_yaml_and_json_files_by_name() {
+        let dir = scratch("dir");
+        std::fs::write(dir.join("b.yaml"), CLUSTER).unwrap();
+        std::fs::write(dir.join("a.yml"), CGU).unwrap();
+        std::fs::write(
+            dir.join("c.json"),
+            r#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm"}}"#,
+        )
+        .unwrap();
+        std::fs::write(dir.join("notes.txt"), "not: [yaml").unwrap();
+        std::fs::create_dir(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("sub/x.yaml"), "not: [yaml").unwrap();
+        let loaded = load_paths(std::slice::from_ref(&dir), &mut std::io::empty()).unwrap();
+        assert_eq!(names(&loaded), ["cgu-1", "spoke1", "cm"]);
+        assert!(
+            loaded[0].origin.file.ends_with("a.yml"),
+            "{}",
+            loaded[0].origin.file
+        );
+        let empty = scratch("emptydir");
+        let e = load_paths(std::slice::from_ref(&empty), &mut std::io::empty()).unwrap_err();
+        assert!(matches!(e, InputError::EmptyDir { .. }), "{e}");
+        std::fs::remove_dir_all(dir).unwrap();
+        std::fs::remove_dir_all(empty).unwrap();
+    }
+
+    #[test]
+    fn unreadable_paths_are_named() {
+        let e = load_paths(
+            &[PathBuf::from("/nonexistent/cgu.yaml")],
+            &mut std::io::empty(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("/nonexistent/cgu.yaml: "), "{e}");
+    }
+
+    #[test]
+    fn syntax_errors_have_line_and_column() {
+        let e = err("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: [a\n");
+        assert!(e.starts_with("cgu.yaml: invalid YAML: "), "{e}");
+        assert!(e.contains("line "), "{e}");
+        assert!(!e.contains('\n'), "one line: {e}");
+        let e = err("a: b: c\n");
+        assert!(e.contains("line 1, column 5"), "{e}");
+    }
+
+    #[test]
+    fn empty_files_are_errors() {
+        assert_eq!(err(""), "cgu.yaml: no objects in file (it is empty)");
+        assert_eq!(
+            err("# nothing\n---\n"),
+            "cgu.yaml: no objects in file (it is empty)"
+        );
+    }
+
+    #[test]
+    fn documents_must_be_objects_with_an_envelope() {
+        assert_eq!(
+            err(&format!("{CGU}---\njust a string\n")),
+            "cgu.yaml doc 2: expected a mapping (a Kubernetes object), found a string"
+        );
+        assert_eq!(
+            err("- a\n"),
+            "cgu.yaml doc 1: expected a mapping (a Kubernetes object), found a sequence"
+        );
+        assert_eq!(
+            err("kind: ConfigMap\nmetadata: {name: a}\n"),
+            "cgu.yaml doc 1: missing field `apiVersion`"
+        );
+        assert_eq!(
+            err("apiVersion: v1\nmetadata: {name: a}\n"),
+            "cgu.yaml doc 1: missing field `kind`"
+        );
+        assert_eq!(
+            err("apiVersion: v1\nkind: 3\nmetadata: {name: a}\n"),
+            "cgu.yaml doc 1: kind: invalid type: a number, expected a string"
+        );
+        assert_eq!(
+            err("apiVersion: v1\nkind: ConfigMap\n"),
+            "cgu.yaml doc 1: missing field `metadata`"
+        );
+        assert_eq!(
+            err("apiVersion: v1\nkind: ConfigMap\nmetadata: {}\n"),
+            "cgu.yaml doc 1: metadata: missing field `name`"
+        );
+        assert_eq!(
+            err("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ''}\n"),
+            "cgu.yaml doc 1: metadata.name: must not be empty"
+        );
+        assert_eq!(
+            err("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a, namespace: [x]}\n"),
+            "cgu.yaml doc 1: metadata.namespace: invalid type: a sequence, expected a string"
+        );
+    }
+
+    #[test]
+    fn typed_errors_name_the_field_path() {
+        let wrong_type = CGU.replace("maxConcurrency: 1", "maxConcurrency: \"x\"");
+        assert_eq!(
+            err(&format!("{CLUSTER}---\n{wrong_type}")),
+            "cgu.yaml doc 2: spec.remediationStrategy.maxConcurrency: invalid type: string \"x\", expected i32"
+        );
+        let unknown = CGU.replace(
+            "  clusters: [spoke1]\n",
+            "  clusters: [spoke1]\n  maxConcurency: 3\n",
+        );
+        let e = err(&unknown);
+        assert!(
+            e.starts_with("cgu.yaml doc 1: spec.maxConcurency: unknown field `maxConcurency`"),
+            "{e}"
+        );
+        let missing = CGU.replace("    maxConcurrency: 1\n", "    timeout: 5\n");
+        assert_eq!(
+            err(&missing),
+            "cgu.yaml doc 1: spec.remediationStrategy: missing field `maxConcurrency`"
+        );
+        let labels = "apiVersion: cluster.open-cluster-management.io/v1\nkind: ManagedCluster\nmetadata:\n  name: s\n  labels: {a: [1]}\n";
+        let e = err(labels);
+        assert!(
+            e.starts_with("cgu.yaml doc 1: metadata.labels.a: invalid type: sequence"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn huge_numbers_are_reported_as_out_of_range() {
+        let huge = CGU.replace("maxConcurrency: 1", "maxConcurrency: 99999999999999999999");
+        assert_eq!(
+            err(&huge),
+            "cgu.yaml doc 1: spec.remediationStrategy.maxConcurrency: number 100000000000000000000 is out of range, expected i32"
+        );
+        let big = CGU.replace("maxConcurrency: 1", "maxConcurrency: 99999999999");
+        assert_eq!(
+            err(&big),
+            "cgu.yaml doc 1: spec.remediationStrategy.maxConcurrency: invalid value: integer `99999999999`, expected i32"
+        );
+        let fraction = CGU.replace("maxConcurrency: 1", "maxConcurrency: 1.5");
+        assert_eq!(
+            err(&fraction),
+            "cgu.yaml doc 1: spec.remediationStrategy.maxConcurrency: invalid type: floating point `1.5`, expected i32"
+        );
+    }
+
+    #[test]
+    fn non_utf8_files_are_errors() {
+        let dir = scratch("utf8");
+        let file = dir.join("bin.yaml");
+        std::fs::write(&file, [b'a', b':', b' ', 0xff, b'\n']).unwrap();
+        let e = load_paths(&[file], &mut std::io::empty())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bin.yaml: not UTF-8"), "{e}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
