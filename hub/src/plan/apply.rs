@@ -453,3 +453,635 @@ fn known_uid(
         .as_str()
         .map(str::to_string)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use talm_hub_core::{EventType, Notes, ObjectRef, Requeue};
+    use talm_shared::api::ObjectMeta;
+    use talm_shared::api::cgu::ClusterGroupUpgradeStatus;
+    use talm_shared::api::rhacm::{BindingOverrides, PlacementSpec, PlacementSubject, Toleration};
+    use talm_shared::api::spokeagent::{BackupTask, PrecacheTask};
+
+    use super::*;
+    use crate::plan::load::load_yaml_str;
+
+    fn now() -> Timestamp {
+        "2026-01-01T10:00:00Z".parse().unwrap()
+    }
+
+    const INPUT: &str = "apiVersion: ran.openshift.io/v1alpha1
+kind: ClusterGroupUpgrade
+metadata: {name: cgu-1, namespace: ns}
+spec: {remediationStrategy: {maxConcurrency: 1}}
+---
+apiVersion: cluster.open-cluster-management.io/v1
+kind: ManagedCluster
+metadata:
+  name: spoke1
+  labels: {keep: k, drop: d}
+---
+apiVersion: cluster.open-cluster-management.io/v1
+kind: ManagedCluster
+metadata: {name: spoke2}
+";
+
+    fn store() -> Store {
+        Store::from_loaded(load_yaml_str("in.yaml", INPUT).unwrap(), now()).unwrap()
+    }
+
+    fn cgu_key() -> CguKey {
+        CguKey {
+            namespace: "ns".into(),
+            name: "cgu-1".into(),
+        }
+    }
+
+    fn decision() -> Decision {
+        Decision {
+            status: ClusterGroupUpgradeStatus::default(),
+            finalizer: FinalizerChange::None,
+            writes: Vec::new(),
+            events: Vec::new(),
+            requeue: Requeue::Never,
+            notes: Notes::default(),
+        }
+    }
+
+    fn raw(
+        s: &Store,
+        kind: Kind,
+        kind_name: &str,
+        ns: &str,
+        name: &str,
+    ) -> Option<Map<String, Value>> {
+        s.get(&ObjectKey::typed(kind, kind_name, ns, name))
+            .map(|e| e.raw.clone())
+    }
+
+    fn placement(labels: &[(&str, &str)], tolerations: &[&str]) -> Placement {
+        Placement {
+            api_version: Placement::API_VERSION.into(),
+            kind: Placement::KIND.into(),
+            metadata: ObjectMeta {
+                name: Some("p1".into()),
+                namespace: Some("policies".into()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..Default::default()
+            },
+            spec: PlacementSpec {
+                predicates: Vec::new(),
+                tolerations: tolerations
+                    .iter()
+                    .map(|k| Toleration {
+                        key: k.to_string(),
+                        operator: "Exists".into(),
+                    })
+                    .collect(),
+            },
+            status: None,
+        }
+    }
+
+    #[test]
+    fn apply_placement_creates_then_replaces_keeping_status_and_identity() {
+        let mut s = store();
+        let created = apply_write(
+            &mut s,
+            &Write::ApplyPlacement(placement(&[("a", "1")], &["t1"])),
+            now(),
+        )
+        .unwrap();
+        assert_eq!(created.unwrap().verb, Verb::Created);
+        let p = raw(&s, Kind::Placement, "Placement", "policies", "p1").unwrap();
+        assert_eq!(p["apiVersion"], Placement::API_VERSION);
+        assert_eq!(p["metadata"]["creationTimestamp"], "2026-01-01T10:00:00Z");
+        let uid = p["metadata"]["uid"].clone();
+        assert!(uid.is_string());
+        // Someone (the placement controller) writes a status.
+        let mut with_status = p.clone();
+        with_status.insert(
+            "status".into(),
+            json!({"conditions": [{"type": "PlacementSatisfied", "status": "True"}]}),
+        );
+        s.put(
+            ObjectKey::typed(Kind::Placement, "Placement", "policies", "p1"),
+            with_status,
+        )
+        .unwrap();
+        let later: Timestamp = "2026-01-01T11:00:00Z".parse().unwrap();
+        let same = apply_write(
+            &mut s,
+            &Write::ApplyPlacement(placement(&[("a", "1")], &["t1"])),
+            later,
+        )
+        .unwrap();
+        assert_eq!(same, None, "idempotent");
+        let updated = apply_write(
+            &mut s,
+            &Write::ApplyPlacement(placement(&[("b", "2")], &["t2"])),
+            later,
+        )
+        .unwrap();
+        assert_eq!(updated.unwrap().verb, Verb::Updated);
+        let p = raw(&s, Kind::Placement, "Placement", "policies", "p1").unwrap();
+        assert_eq!(p["metadata"]["uid"], uid);
+        assert_eq!(p["metadata"]["creationTimestamp"], "2026-01-01T10:00:00Z");
+        assert_eq!(p["metadata"]["labels"], json!({"b": "2"}));
+        assert_eq!(p["spec"]["tolerations"][0]["key"], "t2");
+        assert_eq!(p["status"]["conditions"][0]["type"], "PlacementSatisfied");
+        assert!(matches!(
+            s.get(&ObjectKey::typed(
+                Kind::Placement,
+                "Placement",
+                "policies",
+                "p1"
+            ))
+            .unwrap()
+            .typed,
+            super::super::store::Typed::Placement(_)
+        ));
+    }
+
+    fn binding(overrides: bool) -> PlacementBinding {
+        PlacementBinding {
+            api_version: PlacementBinding::API_VERSION.into(),
+            kind: PlacementBinding::KIND.into(),
+            metadata: ObjectMeta {
+                name: Some("b1".into()),
+                namespace: Some("policies".into()),
+                ..Default::default()
+            },
+            placement_ref: PlacementSubject {
+                api_group: "cluster.open-cluster-management.io".into(),
+                kind: "Placement".into(),
+                name: "p1".into(),
+            },
+            subjects: vec![PlacementSubject {
+                api_group: "policy.open-cluster-management.io".into(),
+                kind: "Policy".into(),
+                name: "policy1".into(),
+            }],
+            sub_filter: Some("restricted".into()),
+            binding_overrides: overrides.then(|| BindingOverrides {
+                remediation_action: Some("enforce".into()),
+            }),
+        }
+    }
+
+    #[test]
+    fn apply_binding_replaces_the_whole_body() {
+        let mut s = store();
+        apply_write(&mut s, &Write::ApplyPlacementBinding(binding(true)), now()).unwrap();
+        let b = raw(
+            &s,
+            Kind::PlacementBinding,
+            "PlacementBinding",
+            "policies",
+            "b1",
+        )
+        .unwrap();
+        assert_eq!(b["bindingOverrides"]["remediationAction"], "enforce");
+        assert_eq!(b["subFilter"], "restricted");
+        apply_write(&mut s, &Write::ApplyPlacementBinding(binding(false)), now()).unwrap();
+        let b = raw(
+            &s,
+            Kind::PlacementBinding,
+            "PlacementBinding",
+            "policies",
+            "b1",
+        )
+        .unwrap();
+        assert!(
+            b.get("bindingOverrides").is_none(),
+            "dropped fields are dropped"
+        );
+        assert_eq!(b["subjects"][0]["name"], "policy1");
+    }
+
+    #[test]
+    fn deletes_remove_objects_and_are_idempotent() {
+        let mut s = store();
+        apply_write(&mut s, &Write::ApplyPlacement(placement(&[], &[])), now()).unwrap();
+        apply_write(&mut s, &Write::ApplyPlacementBinding(binding(true)), now()).unwrap();
+        let del_p = Write::DeletePlacement {
+            namespace: "policies".into(),
+            name: "p1".into(),
+        };
+        let del_b = Write::DeletePlacementBinding {
+            namespace: "policies".into(),
+            name: "b1".into(),
+        };
+        assert_eq!(
+            apply_write(&mut s, &del_p, now()).unwrap().unwrap().verb,
+            Verb::Deleted
+        );
+        assert_eq!(
+            apply_write(&mut s, &del_b, now()).unwrap().unwrap().verb,
+            Verb::Deleted
+        );
+        assert!(raw(&s, Kind::Placement, "Placement", "policies", "p1").is_none());
+        assert!(
+            raw(
+                &s,
+                Kind::PlacementBinding,
+                "PlacementBinding",
+                "policies",
+                "b1"
+            )
+            .is_none()
+        );
+        assert_eq!(apply_write(&mut s, &del_p, now()).unwrap(), None);
+    }
+
+    fn patch(
+        name: &str,
+        add: &[(&str, &str)],
+        remove: &[&str],
+        add_ann: &[(&str, &str)],
+        remove_ann: &[&str],
+    ) -> Write {
+        let map = |kv: &[(&str, &str)]| {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let list = |ks: &[&str]| ks.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+        Write::PatchManagedCluster {
+            name: name.into(),
+            add_labels: map(add),
+            remove_labels: list(remove),
+            add_annotations: map(add_ann),
+            remove_annotations: list(remove_ann),
+        }
+    }
+
+    #[test]
+    fn patch_managed_cluster_adds_then_removes() {
+        let mut s = store();
+        let w = patch(
+            "spoke1",
+            &[("new", "n"), ("drop", "again")],
+            &["drop"],
+            &[("a", "1")],
+            &["missing"],
+        );
+        assert_eq!(
+            apply_write(&mut s, &w, now()).unwrap().unwrap().verb,
+            Verb::Updated
+        );
+        let mc = raw(&s, Kind::ManagedCluster, "ManagedCluster", "", "spoke1").unwrap();
+        assert_eq!(
+            mc["metadata"]["labels"],
+            json!({"keep": "k", "new": "n"}),
+            "removal wins over an add of the same key"
+        );
+        assert_eq!(mc["metadata"]["annotations"], json!({"a": "1"}));
+        assert_eq!(apply_write(&mut s, &w, now()).unwrap(), None, "idempotent");
+        // The typed view follows.
+        let Some(entry) = s.get(&ObjectKey::typed(
+            Kind::ManagedCluster,
+            "ManagedCluster",
+            "",
+            "spoke1",
+        )) else {
+            panic!()
+        };
+        let super::super::store::Typed::ManagedCluster(typed) = &entry.typed else {
+            panic!()
+        };
+        assert_eq!(
+            typed
+                .metadata
+                .labels
+                .as_ref()
+                .unwrap()
+                .get("new")
+                .map(String::as_str),
+            Some("n")
+        );
+    }
+
+    #[test]
+    fn patch_managed_cluster_drops_emptied_maps_and_leaves_untouched_ones() {
+        let mut s = store();
+        let w = patch("spoke1", &[], &["keep", "drop"], &[], &["nothing"]);
+        apply_write(&mut s, &w, now()).unwrap();
+        let mc = raw(&s, Kind::ManagedCluster, "ManagedCluster", "", "spoke1").unwrap();
+        assert!(mc["metadata"].get("labels").is_none());
+        assert!(
+            mc["metadata"].get("annotations").is_none(),
+            "removing absent keys creates nothing"
+        );
+        let noop = patch("spoke2", &[], &["x"], &[], &[]);
+        assert_eq!(apply_write(&mut s, &noop, now()).unwrap(), None);
+    }
+
+    #[test]
+    fn patch_of_a_missing_cluster_is_ignored() {
+        let mut s = store();
+        let before = to_yaml(&s);
+        assert_eq!(
+            apply_write(&mut s, &patch("nope", &[("a", "b")], &[], &[], &[]), now()).unwrap(),
+            None
+        );
+        assert_eq!(to_yaml(&s), before);
+    }
+
+    fn to_yaml(s: &Store) -> String {
+        crate::plan::output::to_yaml(s).unwrap()
+    }
+
+    fn precache_task() -> PrecacheTask {
+        PrecacheTask {
+            id: "ns/cgu-1/uid/precache".into(),
+            spec: Default::default(),
+            deadline: talm_shared::api::Time(now()),
+        }
+    }
+
+    #[test]
+    fn spoke_agent_tasks_create_assign_and_clear() {
+        let mut s = store();
+        let assign = Write::SetSpokeAgentTasks {
+            namespace: "spoke1".into(),
+            name: "spoke1".into(),
+            precache: Some(TaskChange::Assign(precache_task())),
+            backup: Some(TaskChange::Assign(BackupTask {
+                id: "b".into(),
+                deadline: talm_shared::api::Time(now()),
+            })),
+        };
+        assert_eq!(
+            apply_write(&mut s, &assign, now()).unwrap().unwrap().verb,
+            Verb::Created
+        );
+        let a = raw(&s, Kind::SpokeAgent, "SpokeAgent", "spoke1", "spoke1").unwrap();
+        assert_eq!(a["apiVersion"], "talm.dev/v1alpha1");
+        assert_eq!(a["spec"]["precache"]["id"], "ns/cgu-1/uid/precache");
+        assert_eq!(a["spec"]["precache"]["deadline"], "2026-01-01T10:00:00Z");
+        assert_eq!(a["spec"]["backup"]["id"], "b");
+        assert!(a["metadata"]["uid"].is_string());
+        let clear_backup = Write::SetSpokeAgentTasks {
+            namespace: "spoke1".into(),
+            name: "spoke1".into(),
+            precache: None,
+            backup: Some(TaskChange::Clear),
+        };
+        assert_eq!(
+            apply_write(&mut s, &clear_backup, now())
+                .unwrap()
+                .unwrap()
+                .verb,
+            Verb::Updated
+        );
+        let a = raw(&s, Kind::SpokeAgent, "SpokeAgent", "spoke1", "spoke1").unwrap();
+        assert!(a["spec"].get("backup").is_none());
+        assert_eq!(
+            a["spec"]["precache"]["id"], "ns/cgu-1/uid/precache",
+            "untouched"
+        );
+        assert_eq!(apply_write(&mut s, &clear_backup, now()).unwrap(), None);
+        // Clearing the tasks of an agent that does not exist creates nothing.
+        let clear_missing = Write::SetSpokeAgentTasks {
+            namespace: "spoke2".into(),
+            name: "spoke2".into(),
+            precache: Some(TaskChange::Clear),
+            backup: None,
+        };
+        assert_eq!(apply_write(&mut s, &clear_missing, now()).unwrap(), None);
+        assert!(raw(&s, Kind::SpokeAgent, "SpokeAgent", "spoke2", "spoke2").is_none());
+    }
+
+    #[test]
+    fn status_replaces_the_cgu_status_and_an_empty_one_is_not_added() {
+        let mut s = store();
+        let applied = apply_decision(&mut s, &cgu_key(), &decision(), now()).unwrap();
+        assert!(
+            !applied.changed(),
+            "empty status on a CGU without status changes nothing"
+        );
+        assert!(
+            raw(
+                &s,
+                Kind::ClusterGroupUpgrade,
+                "ClusterGroupUpgrade",
+                "ns",
+                "cgu-1"
+            )
+            .unwrap()
+            .get("status")
+            .is_none()
+        );
+        let mut d = decision();
+        d.status.computed_max_concurrency = Some(1);
+        d.status.remediation_plan = Some(vec![vec!["spoke1".into()]]);
+        let applied = apply_decision(&mut s, &cgu_key(), &d, now()).unwrap();
+        assert!(applied.changed());
+        let cgu = raw(
+            &s,
+            Kind::ClusterGroupUpgrade,
+            "ClusterGroupUpgrade",
+            "ns",
+            "cgu-1",
+        )
+        .unwrap();
+        assert_eq!(
+            cgu["status"],
+            json!({"computedMaxConcurrency": 1, "remediationPlan": [["spoke1"]]})
+        );
+        assert_eq!(
+            s.cgu(&cgu_key())
+                .unwrap()
+                .status
+                .as_ref()
+                .unwrap()
+                .computed_max_concurrency,
+            Some(1)
+        );
+        assert!(
+            !apply_decision(&mut s, &cgu_key(), &d, now())
+                .unwrap()
+                .changed()
+        );
+    }
+
+    #[test]
+    fn finalizer_is_added_once_and_removed() {
+        let mut s = store();
+        let mut d = decision();
+        d.finalizer = FinalizerChange::Add;
+        apply_decision(&mut s, &cgu_key(), &d, now()).unwrap();
+        apply_decision(&mut s, &cgu_key(), &d, now()).unwrap();
+        let cgu = raw(
+            &s,
+            Kind::ClusterGroupUpgrade,
+            "ClusterGroupUpgrade",
+            "ns",
+            "cgu-1",
+        )
+        .unwrap();
+        assert_eq!(cgu["metadata"]["finalizers"], json!([FINALIZER]));
+        d.finalizer = FinalizerChange::Remove;
+        let applied = apply_decision(&mut s, &cgu_key(), &d, now()).unwrap();
+        assert!(!applied.cgu_deleted, "not being deleted: stays");
+        let cgu = raw(
+            &s,
+            Kind::ClusterGroupUpgrade,
+            "ClusterGroupUpgrade",
+            "ns",
+            "cgu-1",
+        )
+        .unwrap();
+        assert!(cgu["metadata"].get("finalizers").is_none());
+    }
+
+    #[test]
+    fn removing_the_last_finalizer_of_a_deleted_cgu_deletes_it() {
+        let text = INPUT.replace(
+            "metadata: {name: cgu-1, namespace: ns}",
+            "metadata: {name: cgu-1, namespace: ns, deletionTimestamp: '2026-01-01T09:00:00Z', finalizers: [ran.openshift.io/cleanup-finalizer, other/keep]}",
+        );
+        let mut s = Store::from_loaded(load_yaml_str("in.yaml", &text).unwrap(), now()).unwrap();
+        let mut d = decision();
+        d.finalizer = FinalizerChange::Remove;
+        let applied = apply_decision(&mut s, &cgu_key(), &d, now()).unwrap();
+        assert!(!applied.cgu_deleted, "another finalizer is left");
+        let cgu = raw(
+            &s,
+            Kind::ClusterGroupUpgrade,
+            "ClusterGroupUpgrade",
+            "ns",
+            "cgu-1",
+        )
+        .unwrap();
+        assert_eq!(cgu["metadata"]["finalizers"], json!(["other/keep"]));
+        // Someone else removes theirs; the next removal finishes the deletion.
+        let mut only_ours = cgu.clone();
+        only_ours["metadata"]["finalizers"] = json!([FINALIZER]);
+        s.put(cgu_key().object_key(), only_ours).unwrap();
+        let applied = apply_decision(&mut s, &cgu_key(), &d, now()).unwrap();
+        assert!(applied.cgu_deleted);
+        assert_eq!(
+            applied.changes,
+            [Change {
+                verb: Verb::Deleted,
+                key: cgu_key().object_key()
+            }]
+        );
+        assert!(s.cgu(&cgu_key()).is_none());
+        assert!(s.cgu_keys().is_empty());
+    }
+
+    fn event(reason: &str, regarding: ObjectRef) -> Event {
+        Event {
+            type_: EventType::Warning,
+            reason: reason.into(),
+            action: "RemediationInClusterStarted".into(),
+            note: "ClusterGroupUpgrade cgu-1: cluster spoke1 upgrade started".into(),
+            regarding,
+            annotations: BTreeMap::from([(
+                "cgu.openshift.io/event-type".to_string(),
+                "cluster".to_string(),
+            )]),
+        }
+    }
+
+    #[test]
+    fn events_become_event_objects_with_unique_names() {
+        let mut s = store();
+        let mut d = decision();
+        let cluster = ObjectRef {
+            api_version: "cluster.open-cluster-management.io/v1".into(),
+            kind: "ManagedCluster".into(),
+            namespace: String::new(),
+            name: "spoke1".into(),
+            uid: String::new(),
+        };
+        d.events = vec![
+            event("CguStarted", cluster.clone()),
+            event("CguStarted", cluster),
+        ];
+        let applied = apply_decision(&mut s, &cgu_key(), &d, now()).unwrap();
+        assert_eq!(applied.events, 2);
+        assert!(!applied.changed(), "events alone are not object changes");
+        // Same decision at the same instant again: still unique names.
+        apply_decision(&mut s, &cgu_key(), &d, now()).unwrap();
+        let events: Vec<&Map<String, Value>> = s
+            .output_objects()
+            .filter(|o| o["kind"] == "Event")
+            .collect();
+        assert_eq!(events.len(), 4);
+        let mut names: Vec<&str> = events
+            .iter()
+            .map(|e| e["metadata"]["name"].as_str().unwrap())
+            .collect();
+        assert!(
+            names
+                .iter()
+                .all(|n| n.starts_with("cgu-1.") && n.len() == "cgu-1.".len() + 16),
+            "{names:?}"
+        );
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), 4);
+        let e = events[0];
+        assert_eq!(e["apiVersion"], "events.k8s.io/v1");
+        assert_eq!(e["metadata"]["namespace"], "ns", "the CGU's namespace");
+        assert_eq!(
+            e["metadata"]["annotations"],
+            json!({"cgu.openshift.io/event-type": "cluster"})
+        );
+        assert_eq!(e["eventTime"], "2026-01-01T10:00:00.000000Z");
+        assert_eq!(e["reportingController"], "ClusterGroupUpgrade");
+        assert_eq!(e["reportingInstance"], "talm-hub");
+        assert_eq!(e["type"], "Warning");
+        assert_eq!(e["reason"], "CguStarted");
+        assert_eq!(e["action"], "RemediationInClusterStarted");
+        assert_eq!(
+            e["note"],
+            "ClusterGroupUpgrade cgu-1: cluster spoke1 upgrade started"
+        );
+        let uid = raw(&s, Kind::ManagedCluster, "ManagedCluster", "", "spoke1").unwrap()["metadata"]["uid"].clone();
+        assert_eq!(
+            e["regarding"],
+            json!({"apiVersion": "cluster.open-cluster-management.io/v1", "kind": "ManagedCluster", "name": "spoke1", "uid": uid}),
+            "cluster-scoped: no namespace; uid filled in from the object"
+        );
+    }
+
+    #[test]
+    fn writes_apply_in_order() {
+        let mut s = store();
+        let mut d = decision();
+        d.writes = vec![
+            Write::ApplyPlacement(placement(&[], &[])),
+            Write::DeletePlacement {
+                namespace: "policies".into(),
+                name: "p1".into(),
+            },
+            Write::ApplyPlacementBinding(binding(true)),
+        ];
+        let applied = apply_decision(&mut s, &cgu_key(), &d, now()).unwrap();
+        let verbs: Vec<(Verb, &str)> = applied
+            .changes
+            .iter()
+            .map(|c| (c.verb, c.key.kind.as_str()))
+            .collect();
+        assert_eq!(
+            verbs,
+            [
+                (Verb::Created, "Placement"),
+                (Verb::Deleted, "Placement"),
+                (Verb::Created, "PlacementBinding")
+            ]
+        );
+        assert!(raw(&s, Kind::Placement, "Placement", "policies", "p1").is_none());
+    }
+}

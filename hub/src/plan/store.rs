@@ -532,3 +532,232 @@ fn origin_unknown() -> Origin {
         item: None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::load::load_yaml_str;
+
+    pub(crate) fn now() -> Timestamp {
+        "2026-01-01T10:00:00Z".parse().unwrap()
+    }
+
+    fn store(text: &str) -> Result<Store, Error> {
+        Store::from_loaded(load_yaml_str("in.yaml", text).unwrap(), now())
+    }
+
+    const OBJECTS: &str = "apiVersion: ran.openshift.io/v1alpha1
+kind: ClusterGroupUpgrade
+metadata: {name: b, namespace: ns}
+spec: {remediationStrategy: {maxConcurrency: 1}}
+---
+apiVersion: events.k8s.io/v1
+kind: Event
+metadata: {name: z-first, namespace: ns}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: d, namespace: ns}
+---
+apiVersion: ran.openshift.io/v1alpha1
+kind: ClusterGroupUpgrade
+metadata: {name: a, namespace: ns, uid: given-uid, creationTimestamp: '2025-01-01T00:00:00Z'}
+spec: {remediationStrategy: {maxConcurrency: 1}}
+---
+apiVersion: events.k8s.io/v1
+kind: Event
+metadata: {name: a-second, namespace: ns}
+---
+apiVersion: cluster.open-cluster-management.io/v1
+kind: ManagedCluster
+metadata: {name: spoke1}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: cm, namespace: ns}
+";
+
+    fn name_of(m: &Map<String, Value>) -> String {
+        format!(
+            "{}/{}",
+            m["kind"].as_str().unwrap(),
+            m["metadata"]["name"].as_str().unwrap()
+        )
+    }
+
+    #[test]
+    fn output_order_is_by_kind_rank_then_name_with_events_last_in_input_order() {
+        let s = store(OBJECTS).unwrap();
+        let order: Vec<String> = s.output_objects().map(name_of).collect();
+        assert_eq!(
+            order,
+            [
+                "ConfigMap/cm",
+                "ManagedCluster/spoke1",
+                "ClusterGroupUpgrade/a",
+                "ClusterGroupUpgrade/b",
+                "Deployment/d",
+                "Event/z-first",
+                "Event/a-second",
+            ]
+        );
+    }
+
+    #[test]
+    fn admission_gives_typed_objects_a_uid_and_creation_time_once() {
+        let s = store(OBJECTS).unwrap();
+        let get = |kind: Kind, k: &str, ns: &str, n: &str| {
+            s.get(&ObjectKey::typed(kind, k, ns, n)).unwrap().raw["metadata"].clone()
+        };
+        let a = get(Kind::ClusterGroupUpgrade, "ClusterGroupUpgrade", "ns", "a");
+        assert_eq!(a["uid"], "given-uid");
+        assert_eq!(a["creationTimestamp"], "2025-01-01T00:00:00Z");
+        let b = get(Kind::ClusterGroupUpgrade, "ClusterGroupUpgrade", "ns", "b");
+        assert_eq!(b["creationTimestamp"], "2026-01-01T10:00:00Z");
+        let uid = b["uid"].as_str().unwrap();
+        assert_eq!(uid.len(), 36);
+        assert_eq!(
+            uid,
+            store(OBJECTS)
+                .unwrap()
+                .cgu(&CguKey {
+                    namespace: "ns".into(),
+                    name: "b".into()
+                })
+                .unwrap()
+                .metadata
+                .uid
+                .clone()
+                .unwrap(),
+            "deterministic"
+        );
+        assert_ne!(
+            uid,
+            get(Kind::ManagedCluster, "ManagedCluster", "", "spoke1")["uid"]
+                .as_str()
+                .unwrap()
+        );
+        let deployment = s
+            .output_objects()
+            .find(|m| m["kind"] == "Deployment")
+            .unwrap();
+        assert!(
+            deployment["metadata"].get("uid").is_none(),
+            "foreign kinds are not admitted"
+        );
+    }
+
+    #[test]
+    fn deterministic_uids_look_like_uuids() {
+        let key = ObjectKey::typed(Kind::Placement, "Placement", "ns", "p");
+        let uid = deterministic_uid(&key);
+        let groups: Vec<usize> = uid.split('-').map(str::len).collect();
+        assert_eq!(groups, [8, 4, 4, 4, 12]);
+        assert_eq!(&uid[14..15], "8", "version nibble");
+        assert!(
+            matches!(&uid[19..20], "8" | "9" | "a" | "b"),
+            "variant bits: {uid}"
+        );
+        assert_eq!(uid, deterministic_uid(&key));
+        assert_ne!(
+            uid,
+            deterministic_uid(&ObjectKey::typed(Kind::Placement, "Placement", "ns", "q"))
+        );
+    }
+
+    #[test]
+    fn duplicates_are_rejected_naming_both_places() {
+        let text = format!(
+            "{OBJECTS}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm, namespace: ns}}\n"
+        );
+        let e = store(&text).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert_eq!(
+            e.to_string(),
+            "in.yaml doc 8: duplicate ConfigMap ns/cm (first defined in in.yaml doc 7)"
+        );
+        let events = format!(
+            "{OBJECTS}---\napiVersion: events.k8s.io/v1\nkind: Event\nmetadata: {{name: z-first, namespace: ns}}\n"
+        );
+        assert!(
+            store(&events)
+                .unwrap_err()
+                .to_string()
+                .contains("duplicate Event ns/z-first")
+        );
+        // The same name in another namespace, or of another kind, is fine.
+        let other = format!(
+            "{OBJECTS}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm, namespace: other}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: cm, namespace: ns}}\n"
+        );
+        assert!(store(&other).is_ok());
+        // A namespace defaulted to `default` collides with an explicit `default`.
+        let defaulted = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: x, namespace: default}\n";
+        assert!(
+            store(defaulted)
+                .unwrap_err()
+                .to_string()
+                .contains("duplicate ConfigMap default/x")
+        );
+    }
+
+    #[test]
+    fn snapshot_holds_the_typed_objects() {
+        let s = store(OBJECTS).unwrap();
+        let snap = s.snapshot();
+        assert!(snap.cgu("ns", "a").is_some());
+        assert!(snap.cgu("ns", "b").is_some());
+        assert!(snap.managed_cluster("spoke1").is_some());
+        assert!(snap.config_map("ns", "cm").is_some());
+        assert_eq!(
+            s.cgu_keys()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["ns/a", "ns/b"]
+        );
+    }
+
+    #[test]
+    fn put_rederives_the_typed_view_and_reports_changes() {
+        let mut s = store(OBJECTS).unwrap();
+        let key = CguKey {
+            namespace: "ns".into(),
+            name: "a".into(),
+        };
+        let mut raw = s.get(&key.object_key()).unwrap().raw.clone();
+        assert!(
+            !s.put(key.object_key(), raw.clone()).unwrap(),
+            "same object: no change"
+        );
+        raw.insert(
+            "status".into(),
+            serde_json::json!({"computedMaxConcurrency": 7}),
+        );
+        assert!(s.put(key.object_key(), raw.clone()).unwrap());
+        assert_eq!(
+            s.cgu(&key)
+                .unwrap()
+                .status
+                .as_ref()
+                .unwrap()
+                .computed_max_concurrency,
+            Some(7)
+        );
+        raw.insert(
+            "status".into(),
+            serde_json::json!({"computedMaxConcurrency": "x"}),
+        );
+        assert!(matches!(
+            s.put(key.object_key(), raw),
+            Err(Error::Internal(_))
+        ));
+    }
+
+    #[test]
+    fn times_use_kubernetes_formats() {
+        let t: Timestamp = "2026-01-01T10:00:00.123456789Z".parse().unwrap();
+        assert_eq!(k8s_time(t), "2026-01-01T10:00:00Z");
+        assert_eq!(k8s_micro_time(t), "2026-01-01T10:00:00.123456Z");
+        assert_eq!(k8s_micro_time(now()), "2026-01-01T10:00:00.000000Z");
+    }
+}
