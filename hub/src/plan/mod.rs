@@ -183,3 +183,332 @@ pub fn run(args: &PlanArgs, wall_clock: Timestamp) -> Result<(), Error> {
         Err(e) => Err(Error::Output(e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use talm_hub_core::FinalizerChange;
+    use talm_shared::api::cgu::{ClusterGroupUpgradeStatus, ManagedPolicyForUpgrade};
+
+    use super::*;
+    use crate::plan::load::load_yaml_str;
+
+    fn now() -> Timestamp {
+        "2026-01-01T10:00:00Z".parse().unwrap()
+    }
+
+    fn cgu_yaml(name: &str) -> String {
+        format!(
+            "apiVersion: ran.openshift.io/v1alpha1\nkind: ClusterGroupUpgrade\nmetadata: {{name: {name}, namespace: ns}}\nspec: {{remediationStrategy: {{maxConcurrency: 1}}}}\n"
+        )
+    }
+
+    fn store(names: &[&str]) -> Store {
+        let text: Vec<String> = names.iter().map(|n| cgu_yaml(n)).collect();
+        Store::from_loaded(
+            load_yaml_str("in.yaml", &text.join("---\n")).unwrap(),
+            now(),
+        )
+        .unwrap()
+    }
+
+    fn decision(cgu: &ClusterGroupUpgrade) -> Decision {
+        Decision {
+            status: cgu.status.clone().unwrap_or_default(),
+            finalizer: FinalizerChange::None,
+            writes: Vec::new(),
+            events: Vec::new(),
+            requeue: Requeue::Never,
+            notes: Notes::default(),
+        }
+    }
+
+    fn has_finalizer(cgu: &ClusterGroupUpgrade) -> bool {
+        cgu.metadata
+            .finalizers
+            .as_ref()
+            .is_some_and(|f| !f.is_empty())
+    }
+
+    /// Adds the finalizer first (requeue now), then records the number of CGUs it saw with a
+    /// status as its computedMaxConcurrency (requeue now), then settles.
+    fn two_step(cgu: &ClusterGroupUpgrade, snap: &Snapshot, _: &Context<'_>) -> Decision {
+        let mut d = decision(cgu);
+        if !has_finalizer(cgu) {
+            d.finalizer = FinalizerChange::Add;
+            d.requeue = Requeue::Immediately;
+        } else if cgu.status.is_none() {
+            let others_with_status = ["a", "b", "c"]
+                .iter()
+                .filter(|n| snap.cgu("ns", n).is_some_and(|c| c.status.is_some()))
+                .count();
+            d.status.computed_max_concurrency = Some(i32::try_from(others_with_status).unwrap());
+            d.requeue = Requeue::Immediately;
+        } else {
+            d.requeue = Requeue::After(30);
+        }
+        d
+    }
+
+    #[test]
+    fn runs_to_a_fixed_point_in_name_order_seeing_earlier_writes() {
+        let mut s = store(&["c", "a", "b"]);
+        let settled = settle(&mut s, now(), &NoUpdateGraph, two_step).unwrap();
+        // Pass 1 adds finalizers, pass 2 writes statuses, pass 3 sees nothing to do.
+        assert_eq!(settled.passes, 3);
+        let seen: Vec<Option<i32>> = ["a", "b", "c"]
+            .iter()
+            .map(|n| {
+                let key = CguKey {
+                    namespace: "ns".into(),
+                    name: n.to_string(),
+                };
+                s.cgu(&key)
+                    .unwrap()
+                    .status
+                    .as_ref()
+                    .unwrap()
+                    .computed_max_concurrency
+            })
+            .collect();
+        // a ran first and saw no status; b saw a's; c saw a's and b's.
+        assert_eq!(seen, [Some(0), Some(1), Some(2)]);
+        let reports: Vec<(String, usize, Requeue)> = settled
+            .reports
+            .iter()
+            .map(|(k, r)| (k.name.clone(), r.reconciles, r.requeue))
+            .collect();
+        assert_eq!(
+            reports,
+            [
+                ("a".to_string(), 3, Requeue::After(30)),
+                ("b".to_string(), 3, Requeue::After(30)),
+                ("c".to_string(), 3, Requeue::After(30)),
+            ]
+        );
+        assert_eq!(settled.changes.len(), 3, "three CGUs updated");
+        assert!(settled.changes.values().all(|v| *v == Verb::Updated));
+    }
+
+    #[test]
+    fn immediate_requeue_without_change_stops() {
+        let calls = RefCell::new(0);
+        let mut s = store(&["a"]);
+        let settled = settle(&mut s, now(), &NoUpdateGraph, |cgu, _, _| {
+            *calls.borrow_mut() += 1;
+            let mut d = decision(cgu);
+            d.requeue = Requeue::Immediately;
+            d
+        })
+        .unwrap();
+        assert_eq!(*calls.borrow(), 1);
+        assert_eq!(settled.passes, 1);
+    }
+
+    #[test]
+    fn changes_without_immediate_requeue_stop() {
+        let calls = RefCell::new(0);
+        let mut s = store(&["a"]);
+        settle(&mut s, now(), &NoUpdateGraph, |cgu, _, _| {
+            *calls.borrow_mut() += 1;
+            let mut d = decision(cgu);
+            d.status.computed_max_concurrency = Some(*calls.borrow());
+            d.requeue = Requeue::After(1);
+            d
+        })
+        .unwrap();
+        assert_eq!(*calls.borrow(), 1);
+    }
+
+    #[test]
+    fn an_engine_that_never_settles_is_an_error() {
+        let calls = RefCell::new(0);
+        let mut s = store(&["a", "b"]);
+        let err = settle(&mut s, now(), &NoUpdateGraph, |cgu, _, _| {
+            let mut d = decision(cgu);
+            if cgu.metadata.name.as_deref() == Some("a") {
+                *calls.borrow_mut() += 1;
+                d.status.computed_max_concurrency = Some(*calls.borrow());
+                d.requeue = Requeue::Immediately;
+            }
+            d
+        })
+        .unwrap_err();
+        assert_eq!(usize::try_from(*calls.borrow()).unwrap(), MAX_PASSES);
+        assert_eq!(err.exit_code(), 1);
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "the engine did not settle after {MAX_PASSES} passes at this time; still changing: ns/a"
+            )
+        );
+    }
+
+    #[test]
+    fn a_cgu_deleted_by_its_decision_is_not_reconciled_again() {
+        let text = cgu_yaml("a").replace(
+            "namespace: ns}",
+            "namespace: ns, deletionTimestamp: '2026-01-01T09:00:00Z', finalizers: [ran.openshift.io/cleanup-finalizer]}",
+        );
+        let mut s = Store::from_loaded(load_yaml_str("in.yaml", &text).unwrap(), now()).unwrap();
+        let calls = RefCell::new(0);
+        let settled = settle(&mut s, now(), &NoUpdateGraph, |cgu, _, _| {
+            *calls.borrow_mut() += 1;
+            let mut d = decision(cgu);
+            d.finalizer = FinalizerChange::Remove;
+            d.requeue = Requeue::Immediately;
+            d
+        })
+        .unwrap();
+        assert_eq!(*calls.borrow(), 1);
+        assert!(s.cgu_keys().is_empty());
+        let report = &settled.reports[&CguKey {
+            namespace: "ns".into(),
+            name: "a".into(),
+        }];
+        assert!(report.deleted);
+        assert_eq!(
+            settled.changes.values().collect::<Vec<_>>(),
+            [&Verb::Deleted]
+        );
+    }
+
+    #[test]
+    fn the_context_carries_now_and_the_graph() {
+        let mut s = store(&["a"]);
+        let graph = graph::FileUpdateGraph::default();
+        settle(&mut s, now(), &graph, |cgu, _, ctx| {
+            assert_eq!(ctx.now, now());
+            let e = ctx.graph.payload_for("http://u", "c", "4.1").unwrap_err();
+            assert!(e.ends_with("not in --update-graph file"), "{e}");
+            decision(cgu)
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn net_changes_fold_create_update_delete() {
+        let key = |n: &str| ObjectKey::typed(store::Kind::Placement, "Placement", "ns", n);
+        let mut c = BTreeMap::new();
+        record(&mut c, key("created-updated"), Verb::Created);
+        record(&mut c, key("created-updated"), Verb::Updated);
+        record(&mut c, key("created-deleted"), Verb::Created);
+        record(&mut c, key("created-deleted"), Verb::Deleted);
+        record(&mut c, key("deleted-created"), Verb::Deleted);
+        record(&mut c, key("deleted-created"), Verb::Created);
+        record(&mut c, key("updated-deleted"), Verb::Updated);
+        record(&mut c, key("updated-deleted"), Verb::Deleted);
+        let got: Vec<(String, Verb)> = c.into_iter().map(|(k, v)| (k.name, v)).collect();
+        assert_eq!(
+            got,
+            [
+                ("created-updated".to_string(), Verb::Created),
+                ("deleted-created".to_string(), Verb::Updated),
+                ("updated-deleted".to_string(), Verb::Deleted),
+            ]
+        );
+    }
+
+    #[test]
+    fn now_is_parsed_as_rfc3339_or_defaults_to_the_clock() {
+        let wall = now();
+        assert_eq!(parse_now(None, wall).unwrap(), wall);
+        assert_eq!(
+            parse_now(Some("2026-03-01T12:30:00+02:00"), wall).unwrap(),
+            "2026-03-01T10:30:00Z".parse::<Timestamp>().unwrap()
+        );
+        for bad in ["tomorrow", "2026-03-01", ""] {
+            let e = parse_now(Some(bad), wall).unwrap_err();
+            assert_eq!(e.exit_code(), 2);
+            let text = e.to_string();
+            assert!(
+                text.starts_with(&format!("--now: {bad:?} is not an RFC 3339 time")),
+                "{text}"
+            );
+            assert!(!text.contains('\n'));
+        }
+    }
+
+    /// A fake engine shaped like the real one, used by the output tests: plans one batch per
+    /// cluster and marks the first batch in progress.
+    pub(crate) fn planning_engine(
+        cgu: &ClusterGroupUpgrade,
+        _: &Snapshot,
+        _: &Context<'_>,
+    ) -> Decision {
+        let mut d = decision(cgu);
+        let clusters = cgu.spec.clusters.clone().unwrap_or_default();
+        let mut status = ClusterGroupUpgradeStatus {
+            remediation_plan: Some(clusters.iter().map(|c| vec![c.clone()]).collect()),
+            managed_policies_for_upgrade: Some(vec![ManagedPolicyForUpgrade {
+                name: "policy1".into(),
+                namespace: "policies".into(),
+            }]),
+            ..Default::default()
+        };
+        status.conditions.push(talm_shared::api::Condition {
+            type_: "Progressing".into(),
+            status: "True".into(),
+            reason: "InProgress".into(),
+            message: "Remediating non-compliant policies".into(),
+            last_transition_time: talm_shared::api::Time(now()),
+            observed_generation: None,
+        });
+        d.status = status;
+        d.notes
+            .pending_actions
+            .push("waiting for spoke1 to comply".into());
+        d
+    }
+
+    #[test]
+    fn yaml_output_round_trips_losslessly() {
+        let text = format!(
+            "{}---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: d, namespace: x, annotations: {{v: '4.10', b: 'yes', n: '0123', e: ''}}}}\nspec:\n  strings: ['true', 'null', '~', '1e3', '- x', 'a: b', '#c', \"multi\\nline\\n\", ' lead']\n  numbers: [1, -2, 1.5, 18446744073709551615]\n  nested: {{empty_map: {{}}, empty_list: [], nothing: null, flag: false}}\n",
+            cgu_yaml("a").replace(
+                "maxConcurrency: 1}}",
+                "maxConcurrency: 1}, clusters: [spoke1, spoke2]}"
+            )
+        );
+        let mut s = Store::from_loaded(load_yaml_str("in.yaml", &text).unwrap(), now()).unwrap();
+        settle(&mut s, now(), &NoUpdateGraph, planning_engine).unwrap();
+        let first = output::to_yaml(&s).unwrap();
+        let again = Store::from_loaded(load_yaml_str("out.yaml", &first).unwrap(), now()).unwrap();
+        let second = output::to_yaml(&again).unwrap();
+        assert_eq!(first, second);
+        let a: Vec<&Map<String, Value>> = s.output_objects().collect();
+        let b: Vec<&Map<String, Value>> = again.output_objects().collect();
+        assert_eq!(a, b);
+        let json = output::to_json(&s).unwrap();
+        let from_json = Store::from_loaded(
+            load::load_paths(
+                &[std::path::PathBuf::from("-")],
+                &mut std::io::Cursor::new(json),
+            )
+            .unwrap(),
+            now(),
+        )
+        .unwrap();
+        assert_eq!(output::to_yaml(&from_json).unwrap(), first);
+        // The engine's state survives: a second run at a later time sees the status.
+        let cgu = again
+            .cgu(&CguKey {
+                namespace: "ns".into(),
+                name: "a".into(),
+            })
+            .unwrap();
+        assert_eq!(
+            cgu.status
+                .as_ref()
+                .unwrap()
+                .remediation_plan
+                .as_ref()
+                .unwrap()
+                .len(),
+            2
+        );
+    }
+
+    use serde_json::{Map, Value};
+}

@@ -235,3 +235,157 @@ fn batches_block(s: &mut String, status: &ClusterGroupUpgradeStatus, policies: &
         let _ = writeln!(s, "   {}", line.join("  ").trim_end());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use talm_hub_core::{Decision, FinalizerChange, NoUpdateGraph, Notes, Write};
+    use talm_shared::api::rhacm::Placement;
+
+    use super::*;
+    use crate::plan::load::load_yaml_str;
+    use crate::plan::settle;
+
+    const CGU: &str = "apiVersion: ran.openshift.io/v1alpha1
+kind: ClusterGroupUpgrade
+metadata: {name: cgu-upgrade, namespace: default}
+spec:
+  clusters: [spoke1, spoke2, spoke3, spoke4, spoke6]
+  remediationStrategy: {maxConcurrency: 2}
+status:
+  conditions:
+  - {type: ClustersSelected, status: 'True', reason: ClusterSelectionCompleted, message: All selected clusters are valid, lastTransitionTime: '2026-01-01T09:00:00Z'}
+  - {type: Progressing, status: 'True', reason: InProgress, message: Remediating non-compliant policies, lastTransitionTime: '2026-01-01T09:00:00Z'}
+  managedPoliciesForUpgrade:
+  - {name: policy1, namespace: policies}
+  - {name: policy2, namespace: policies}
+  managedPoliciesCompliantBeforeUpgrade: [policy0]
+  remediationPlan: [[spoke1], [spoke2, spoke3], [spoke4]]
+  clusters:
+  - {name: spoke1, state: complete}
+  precaching:
+    status: {spoke1: Succeeded, spoke2: Succeeded, spoke3: PrecacheTimeout}
+  status:
+    startedAt: '2026-01-01T09:00:00Z'
+    currentBatch: 2
+    currentBatchStartedAt: '2026-01-01T09:30:00Z'
+    currentBatchRemediationProgress:
+      spoke2: {state: InProgress, policyIndex: 1}
+      spoke3: {state: Completed}
+";
+
+    fn now() -> jiff::Timestamp {
+        "2026-01-01T10:00:00Z".parse().unwrap()
+    }
+
+    fn noting(
+        cgu: &talm_shared::api::cgu::ClusterGroupUpgrade,
+        _: &talm_hub_core::Snapshot,
+        _: &talm_hub_core::Context<'_>,
+    ) -> Decision {
+        Decision {
+            status: cgu.status.clone().unwrap_or_default(),
+            finalizer: FinalizerChange::None,
+            writes: vec![Write::ApplyPlacement(Placement {
+                api_version: Placement::API_VERSION.into(),
+                kind: Placement::KIND.into(),
+                metadata: talm_shared::api::ObjectMeta {
+                    name: Some("cgu-upgrade-policy2-placement-kuttl".into()),
+                    namespace: Some("policies".into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            })],
+            events: Vec::new(),
+            requeue: talm_hub_core::Requeue::After(300),
+            notes: Notes {
+                excluded_clusters: vec![(
+                    "spoke6".into(),
+                    "compliant with all managed policies".into(),
+                )],
+                pending_actions: vec![
+                    "afterCompletion: add labels [upgraded] on each cluster when it completes"
+                        .into(),
+                ],
+            },
+        }
+    }
+
+    #[test]
+    fn table_shows_state_batches_cluster_states_exclusions_and_changes() {
+        let mut store = Store::from_loaded(load_yaml_str("in.yaml", CGU).unwrap(), now()).unwrap();
+        let settled = settle(&mut store, now(), &NoUpdateGraph, noting).unwrap();
+        let expected = "\
+ClusterGroupUpgrade default/cgu-upgrade
+  state:    InProgress: Remediating non-compliant policies
+  policies: policy1, policy2
+  skipped:  policy0 (compliant before the upgrade)
+  batches:  3, current 2
+     BATCH  CLUSTER  STATE                         PRECACHE
+     1      spoke1   complete                      Succeeded
+   > 2      spoke2   InProgress (policy2, 2 of 2)  Succeeded
+            spoke3   Completed                     PrecacheTimeout
+     3      spoke4   pending                       -
+  excluded clusters:
+    spoke6  compliant with all managed policies
+  pending actions:
+    - afterCompletion: add labels [upgraded] on each cluster when it completes
+  next reconcile: in 300s
+
+Object changes:
+  created  Placement policies/cgu-upgrade-policy2-placement-kuttl
+Events emitted: 0
+";
+        assert_eq!(table(&store, &settled), expected);
+    }
+
+    #[test]
+    fn table_without_cgus_or_plan() {
+        let store = Store::new();
+        let text = table(&store, &Settled::default());
+        assert_eq!(
+            text,
+            "No ClusterGroupUpgrade in the input.\n\nObject changes: none\nEvents emitted: 0\n"
+        );
+        let bare = CGU.split("status:\n").next().unwrap();
+        let mut store = Store::from_loaded(load_yaml_str("in.yaml", bare).unwrap(), now()).unwrap();
+        let settled = settle(&mut store, now(), &NoUpdateGraph, |c, _, _| Decision {
+            status: c.status.clone().unwrap_or_default(),
+            finalizer: FinalizerChange::None,
+            writes: Vec::new(),
+            events: Vec::new(),
+            requeue: talm_hub_core::Requeue::Never,
+            notes: Notes::default(),
+        })
+        .unwrap();
+        let text = table(&store, &settled);
+        assert!(text.contains("  state:    (no conditions yet)\n  batches:  none\n  next reconcile: on the next change\n"), "{text}");
+    }
+
+    #[test]
+    fn json_output_is_a_v1_list() {
+        let store = Store::from_loaded(load_yaml_str("in.yaml", CGU).unwrap(), now()).unwrap();
+        let v: Value = serde_json::from_str(&to_json(&store).unwrap()).unwrap();
+        assert_eq!(v["apiVersion"], "v1");
+        assert_eq!(v["kind"], "List");
+        assert_eq!(v["items"][0]["metadata"]["name"], "cgu-upgrade");
+        assert_eq!(v["items"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn write_renders_each_format() {
+        let store = Store::from_loaded(load_yaml_str("in.yaml", CGU).unwrap(), now()).unwrap();
+        for (format, start) in [
+            (
+                OutputFormat::Yaml,
+                "apiVersion: ran.openshift.io/v1alpha1\n",
+            ),
+            (OutputFormat::Json, "{\n"),
+            (OutputFormat::Table, "No ClusterGroupUpgrade"),
+        ] {
+            let mut out = Vec::new();
+            write(&mut out, format, &store, &Settled::default()).unwrap();
+            let text = String::from_utf8(out).unwrap();
+            assert!(text.starts_with(start), "{format:?}: {text}");
+        }
+    }
+}
