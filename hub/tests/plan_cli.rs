@@ -1,5 +1,7 @@
 //! `talm-hub plan` and `talm-hub crds` as a user runs them: the real binary, real files, stdin,
 //! exit codes and the exact one-line error messages for bad input.
+// Helpers here are test code too: a panic is a test failure with a message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
