@@ -86,13 +86,15 @@ fn fleet() -> impl Strategy<Value = Fleet> {
                 Just(mc),
             )
         })
-        .prop_map(|(clusters, matrix, selected, canaries, max_concurrency)| Fleet {
-            clusters,
-            matrix,
-            selected,
-            canaries,
-            max_concurrency,
-        })
+        .prop_map(
+            |(clusters, matrix, selected, canaries, max_concurrency)| Fleet {
+                clusters,
+                matrix,
+                selected,
+                canaries,
+                max_concurrency,
+            },
+        )
 }
 
 fn policy_name(p: usize) -> String {
@@ -133,9 +135,15 @@ fn snapshot(f: &Fleet) -> Snapshot {
             .filter_map(|(c, e)| match e {
                 Entry::Absent => None,
                 Entry::NoField => Some(json!({"clustername": c, "clusternamespace": c})),
-                Entry::Compliant => Some(json!({"clustername": c, "clusternamespace": c, "compliant": "Compliant"})),
-                Entry::NonCompliant => Some(json!({"clustername": c, "clusternamespace": c, "compliant": "NonCompliant"})),
-                Entry::Pending => Some(json!({"clustername": c, "clusternamespace": c, "compliant": "Pending"})),
+                Entry::Compliant => {
+                    Some(json!({"clustername": c, "clusternamespace": c, "compliant": "Compliant"}))
+                }
+                Entry::NonCompliant => Some(
+                    json!({"clustername": c, "clusternamespace": c, "compliant": "NonCompliant"}),
+                ),
+                Entry::Pending => {
+                    Some(json!({"clustername": c, "clusternamespace": c, "compliant": "Pending"}))
+                }
             })
             .collect();
         let root: Policy = serde_json::from_value(json!({
@@ -189,7 +197,10 @@ fn cgu(f: &Fleet) -> ClusterGroupUpgrade {
 /// Reconciles until the engine no longer asks for an immediate requeue.
 fn settle(mut cgu: ClusterGroupUpgrade, snap: &Snapshot) -> ClusterGroupUpgrade {
     let now: Timestamp = "2026-03-02T10:00:00Z".parse().unwrap();
-    let ctx = Context { now, graph: &NoUpdateGraph };
+    let ctx = Context {
+        now,
+        graph: &NoUpdateGraph,
+    };
     for _ in 0..20 {
         let d = reconcile(&cgu, snap, &ctx);
         match d.finalizer {
