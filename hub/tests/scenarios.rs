@@ -2417,3 +2417,263 @@ fn examples_quick_start_plans() {
         "the table names the canary:\n{text}"
     );
 }
+
+// =====================================================================================
+// Timing boundaries, actions, spec freezing and policy discovery details
+// =====================================================================================
+
+#[test]
+fn global_timeout_is_strictly_after_timeout_minutes() {
+    // `now - startedAt > timeout`: at exactly 1 min the CGU is still running.
+    let n = "cgu-boundary";
+    let mut w = World::talm();
+    w.add_cgu(
+        n,
+        json!({
+            "clusters": ["spoke1"],
+            "managedPolicies": [P0],
+            "remediationStrategy": {"maxConcurrency": 1, "timeout": 1},
+            "enable": true,
+        }),
+    );
+    w.run();
+    w.run_after(60);
+    assert_condition(w.cgu(n), "Progressing", "True", "InProgress", STARTED);
+    w.run_after(1);
+    let c = w.cgu(n);
+    assert_timed_out(c, TOOK_TOO_LONG);
+    assert_eq!(cluster_states(c), states(&[("spoke1", "timedout")]));
+    assert_timedout_entry(c, "spoke1", P0);
+}
+
+#[test]
+fn batch_timeout_splits_the_remaining_time() {
+    // §3.4 vector (240 min, 5 batches, batch 1) -> 48 min.
+    let n = "cgu-five-batches";
+    let mut w = World::talm();
+    w.add_cgu(
+        n,
+        json!({
+            "clusters": ["spoke1", "spoke2", "spoke4", "spoke5", "spoke6"],
+            "managedPolicies": [P0, P4],
+            "remediationStrategy": {"maxConcurrency": 1, "timeout": 240},
+            "enable": true,
+        }),
+    );
+    w.run();
+    assert_eq!(plan(w.cgu(n)).map(|p| p.len()), Some(5));
+    w.run_after(48 * 60 - 1);
+    assert_eq!(
+        current_batch(w.cgu(n)),
+        1,
+        "batch 1 still has a second left"
+    );
+    w.run_after(2);
+    let c = w.cgu(n);
+    assert_eq!(current_batch(c), 2, "batch 1 timed out after 48 min");
+    assert_eq!(cluster_states(c), states(&[("spoke1", "timedout")]));
+}
+
+#[test]
+fn actions_labels_and_annotations() {
+    let n = "cgu-actions";
+    let mut w = World::talm();
+    w.patch(
+        "ManagedCluster",
+        "",
+        "spoke1",
+        json!({"metadata": {"labels": {"old-label": "x"}, "annotations": {"old-note": "x"}}}),
+    );
+    w.add_cgu(
+        n,
+        json!({
+            "clusters": ["spoke1"],
+            "managedPolicies": [P0],
+            "remediationStrategy": {"maxConcurrency": 1},
+            "enable": true,
+            "actions": {
+                "beforeEnable": {
+                    "addClusterLabels": {"upgrading": "true"},
+                    "removeClusterLabels": ["old-label"],
+                    "addClusterAnnotations": {"talm.example/started": "yes"},
+                    "removeClusterAnnotations": ["old-note"],
+                },
+                "afterCompletion": {
+                    "addClusterLabels": {"upgraded": "true"},
+                    "removeClusterLabels": ["upgrading"],
+                    "addClusterAnnotations": {"talm.example/done": "yes"},
+                    "removeClusterAnnotations": ["talm.example/started"],
+                },
+            },
+        }),
+    );
+    w.run();
+    let l = w.labels("spoke1");
+    assert_eq!(l.get("upgrading").map(String::as_str), Some("true"));
+    assert!(!l.contains_key("old-label"));
+    let a = w.annotations("spoke1");
+    assert_eq!(
+        a.get("talm.example/started").map(String::as_str),
+        Some("yes")
+    );
+    assert!(!a.contains_key("old-note"));
+
+    w.set_compliance(P0, "spoke1", Compliant);
+    w.run_after(10);
+    assert_completed(w.cgu(n));
+    let l = w.labels("spoke1");
+    assert_eq!(l.get("upgraded").map(String::as_str), Some("true"));
+    assert!(!l.contains_key("upgrading"));
+    let a = w.annotations("spoke1");
+    assert_eq!(a.get("talm.example/done").map(String::as_str), Some("yes"));
+    assert!(!a.contains_key("talm.example/started"));
+    // Labels talm did not touch stay.
+    assert_eq!(l.get("name").map(String::as_str), Some("spoke1"));
+}
+
+#[test]
+fn delete_objects_false_keeps_emptied_placements_after_timeout() {
+    // TALM leaves the last batch enforced forever with deleteObjects: false; talm keeps the
+    // objects (as asked) but releases every cluster.
+    let n = "cgu-keep-objects";
+    let mut w = World::talm();
+    w.add_cgu(
+        n,
+        json!({
+            "clusters": ["spoke1", "spoke2"],
+            "managedPolicies": [P0],
+            "remediationStrategy": {"maxConcurrency": 2, "timeout": 1},
+            "enable": true,
+            "actions": {"afterCompletion": {"deleteObjects": false}},
+        }),
+    );
+    w.run();
+    assert_eq!(w.released(n, P0), ["spoke1", "spoke2"]);
+    w.run_after(61);
+    assert_timed_out(w.cgu(n), TOOK_TOO_LONG);
+    assert!(
+        w.placement(n, P0).is_some(),
+        "deleteObjects: false keeps the Placement"
+    );
+    assert!(w.binding(n, P0).is_some());
+    assert!(
+        w.released(n, P0).is_empty(),
+        "nothing stays enforced after the end"
+    );
+}
+
+#[test]
+fn spec_edits_count_before_start_and_are_frozen_after() {
+    let n = "cgu-edits";
+    let mut w = World::talm();
+    w.add_cgu(
+        n,
+        json!({
+            "clusters": ["spoke1"],
+            "managedPolicies": [P0],
+            "remediationStrategy": {"maxConcurrency": 1},
+            "enable": false,
+        }),
+    );
+    w.run();
+    assert_eq!(plan(w.cgu(n)), batches(&[&["spoke1"]]));
+    w.patch_cgu_spec(n, json!({"clusters": ["spoke1", "spoke2"]}));
+    w.run_after(300);
+    assert_eq!(
+        plan(w.cgu(n)),
+        batches(&[&["spoke1"], &["spoke2"]]),
+        "re-planned"
+    );
+
+    w.patch_cgu_spec(n, json!({"enable": true}));
+    w.run_after(10);
+    assert_eq!(current_batch(w.cgu(n)), 1);
+    w.patch_cgu_spec(
+        n,
+        json!({"clusters": ["spoke1", "spoke2", "spoke4"], "enable": false}),
+    );
+    w.run_after(10);
+    let c = w.cgu(n);
+    assert_eq!(
+        plan(c),
+        batches(&[&["spoke1"], &["spoke2"]]),
+        "frozen once started"
+    );
+    assert_condition(c, "Progressing", "True", "InProgress", STARTED);
+}
+
+#[test]
+fn deprecated_cluster_selector() {
+    let mut w = World::talm();
+    w.add_cgu(
+        "cgu-selector",
+        json!({
+            "clusterSelector": ["upgrade2=true", "not a selector=x=y"],
+            "managedPolicies": [P0],
+            "remediationStrategy": {"maxConcurrency": 1},
+            "enable": false,
+        }),
+    );
+    w.run();
+    assert_eq!(
+        plan(w.cgu("cgu-selector")),
+        batches(&[&["spoke1"], &["spoke4"]])
+    );
+}
+
+#[test]
+fn enforce_policies_are_ignored_and_hub_templates_are_invalid() {
+    let mut w = World::talm();
+    // policy0's children are enforce: silently ignored.
+    let child0 = format!("{NS}.{P0}");
+    let child3 = format!("{NS}.{P3}");
+    for o in w.objects.iter_mut() {
+        if kind(o) == "Policy" && name(o) == child0 {
+            o["spec"]["remediationAction"] = json!("Enforce");
+        }
+    }
+    w.add_cgu(
+        "cgu-enforce",
+        json!({
+            "clusters": ["spoke1", "spoke2"],
+            "managedPolicies": [P0, P2],
+            "remediationStrategy": {"maxConcurrency": 2},
+            "enable": false,
+        }),
+    );
+    w.run();
+    let c = w.cgu("cgu-enforce");
+    assert_condition(
+        c,
+        "Validated",
+        "True",
+        "ValidationCompleted",
+        "Completed validation",
+    );
+    assert_eq!(policies_for_upgrade(c), in_default(&[P2]));
+
+    // A child whose templates still hold `{{hub` failed hub-template resolution: invalid.
+    for o in w.objects.iter_mut() {
+        if kind(o) == "Policy" && name(o) == child3 {
+            o["spec"]["policy-templates"][0]["objectDefinition"]["spec"]["object-templates"][0]["objectDefinition"]
+                ["spec"]["channel"] = json!("{{hub fromConfigMap \"\" \"versions\" \"ptp\" hub}}");
+        }
+    }
+    w.add_cgu(
+        "cgu-invalid",
+        json!({
+            "clusters": ["spoke2", "spoke4"],
+            "managedPolicies": [P2, P3],
+            "remediationStrategy": {"maxConcurrency": 2},
+            "enable": false,
+        }),
+    );
+    w.run_after(10);
+    assert_condition(
+        w.cgu("cgu-invalid"),
+        "Validated",
+        "False",
+        "NotAllManagedPoliciesExist",
+        &format!("Invalid managed policies: [{P3}] "),
+    );
+}
