@@ -37,13 +37,14 @@ impl FileUpdateGraph {
         let doc: Value = if is_json {
             serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?
         } else {
-            let options = serde_saphyr::options! { with_snippet: false };
-            serde_saphyr::from_str_with_options(&text, options).map_err(|e| {
-                bad(format!(
-                    "invalid YAML: {}",
-                    e.to_string().replace('\n', " ")
-                ))
-            })?
+            serde_saphyr::from_str_with_options(&text, super::load::yaml_options()).map_err(
+                |e| {
+                    bad(format!(
+                        "invalid YAML: {}",
+                        e.to_string().replace('\n', " ")
+                    ))
+                },
+            )?
         };
         let Value::Object(map) = doc else {
             return Err(bad(

@@ -273,11 +273,25 @@ fn parse_documents(file: &str, text: &str, syntax: Syntax) -> Result<Vec<Value>,
             .into_iter::<Value>()
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| syntax_error(format!("invalid JSON: {e}"))),
-        Syntax::Yaml => {
-            let options = serde_saphyr::options! { with_snippet: false };
-            serde_saphyr::from_multiple_with_options::<Value>(text, options)
-                .map_err(|e| syntax_error(format!("invalid YAML: {e}")))
-        }
+        Syntax::Yaml => serde_saphyr::from_multiple_with_options::<Value>(text, yaml_options())
+            .map_err(|e| syntax_error(format!("invalid YAML: {e}"))),
+    }
+}
+
+/// YAML parser options for `plan` input: no source snippets in errors (messages are one
+/// line), and size budgets raised far above serde-saphyr's defaults (1,024 documents, 250,000
+/// nodes), which a fleet's worth of objects exceeds. Alias and anchor limits keep their
+/// defaults, which guard against alias bombs.
+pub fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        with_snippet: false,
+        budget: serde_saphyr::budget! {
+            max_documents: 10_000_000,
+            max_nodes: 500_000_000,
+            max_events: 1_000_000_000,
+            max_total_scalar_bytes: 4 * 1024 * 1024 * 1024,
+            max_depth: 256,
+        },
     }
 }
 
@@ -712,6 +726,15 @@ metadata:
             err(&fraction),
             "cgu.yaml doc 1: spec.remediationStrategy.maxConcurrency: invalid type: floating point `1.5`, expected i32"
         );
+    }
+
+    #[test]
+    fn large_streams_load() {
+        let docs: Vec<String> = (0..3000)
+            .map(|i| CLUSTER.replace("spoke1", &format!("spoke{i}")))
+            .collect();
+        let loaded = load_yaml_str("big.yaml", &docs.join("---\n")).unwrap();
+        assert_eq!(loaded.len(), 3000);
     }
 
     #[test]
