@@ -4,7 +4,7 @@
 //! Objects are keyed by (kind rank, group, kind, namespace, name), which is also the output
 //! order; `events.k8s.io` Events are kept apart in input-then-emission order and printed last.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use jiff::Timestamp;
 use serde::de::DeserializeOwned;
@@ -248,7 +248,8 @@ pub struct Entry {
 pub struct Store {
     objects: BTreeMap<ObjectKey, Entry>,
     events: Vec<Entry>,
-    event_names: HashSet<(String, String)>,
+    /// Namespace/name of every Event, with where it came from (for duplicate messages).
+    event_names: HashMap<(String, String), Option<Origin>>,
 }
 
 /// A namespace/name pair identifying a CGU.
@@ -376,10 +377,9 @@ impl Store {
             let key = ObjectKey::of(kind, &raw);
             let first = if kind == Kind::Event {
                 store
-                    .events
-                    .iter()
-                    .find(|e| ObjectKey::of(kind, &e.raw) == key)
-                    .map(|e| e.origin.clone())
+                    .event_names
+                    .get(&(key.namespace.clone(), key.name.clone()))
+                    .cloned()
             } else {
                 store.objects.get(&key).map(|e| e.origin.clone())
             };
@@ -407,7 +407,9 @@ impl Store {
                 origin: Some(origin),
             };
             if kind == Kind::Event {
-                store.event_names.insert((key.namespace, key.name));
+                store
+                    .event_names
+                    .insert((key.namespace, key.name), entry.origin.clone());
                 store.events.push(entry);
             } else {
                 store.objects.insert(key, entry);
@@ -450,13 +452,13 @@ impl Store {
     /// Whether an Event with this namespace and name exists.
     pub fn has_event(&self, namespace: &str, name: &str) -> bool {
         self.event_names
-            .contains(&(namespace.to_string(), name.to_string()))
+            .contains_key(&(namespace.to_string(), name.to_string()))
     }
 
     /// Appends an Event object.
     pub fn push_event(&mut self, raw: Map<String, Value>) {
         let key = ObjectKey::of(Kind::Event, &raw);
-        self.event_names.insert((key.namespace, key.name));
+        self.event_names.insert((key.namespace, key.name), None);
         self.events.push(Entry {
             raw,
             typed: Typed::Untyped,
