@@ -5,7 +5,11 @@ use clap::Parser;
 
 /// talm-agent command line.
 #[derive(Debug, Parser)]
-#[command(name = "talm-agent", version, about = "talm on-node agent (not implemented yet)")]
+#[command(
+    name = "talm-agent",
+    version,
+    about = "talm on-node agent (not implemented yet)"
+)]
 struct Args {}
 
 fn main() -> anyhow::Result<()> {

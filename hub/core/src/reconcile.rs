@@ -96,7 +96,7 @@ pub fn reconcile(cgu: &ClusterGroupUpgrade, snap: &Snapshot, ctx: &Context<'_>) 
     Decision {
         status: r.status,
         finalizer: r.finalizer,
-        writes: r.writes,
+        writes: coalesce(r.writes),
         events: r.events,
         requeue: r.requeue,
         notes: r.notes,
@@ -1791,6 +1791,37 @@ enum Gate {
     AllFailed,
     /// Done; these clusters failed, with their final state.
     Done(BTreeMap<String, String>),
+}
+
+/// Keeps only the last write to each Placement (a batch releases clusters one by one; the
+/// adapter needs to apply only the final selection), preserving the order of what remains.
+fn coalesce(writes: Vec<Write>) -> Vec<Write> {
+    let mut last: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for (i, w) in writes.iter().enumerate() {
+        if let Write::ApplyPlacement(p) = w {
+            last.insert(
+                (
+                    p.metadata.namespace.clone().unwrap_or_default(),
+                    p.metadata.name.clone().unwrap_or_default(),
+                ),
+                i,
+            );
+        }
+    }
+    writes
+        .into_iter()
+        .enumerate()
+        .filter(|(i, w)| match w {
+            Write::ApplyPlacement(p) => {
+                last.get(&(
+                    p.metadata.namespace.clone().unwrap_or_default(),
+                    p.metadata.name.clone().unwrap_or_default(),
+                )) == Some(i)
+            }
+            _ => true,
+        })
+        .map(|(_, w)| w)
+        .collect()
 }
 
 fn same_binding(a: &PlacementBinding, b: &PlacementBinding) -> bool {

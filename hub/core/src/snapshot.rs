@@ -78,15 +78,31 @@ impl RootPolicy {
     }
 }
 
-/// A child (replicated) policy in a cluster namespace.
+/// A child (replicated) policy in a cluster namespace, with what validation needs precomputed.
 #[derive(Clone, Debug)]
 pub struct ChildPolicy {
     /// Namespace of the root policy.
     pub parent_namespace: String,
     /// Name of the root policy.
     pub parent_name: String,
+    /// The child's `remediationAction` is `enforce` (case-insensitive).
+    pub enforce: bool,
+    /// The child's templates still hold `{{hub` (the hub template failed to resolve).
+    pub hub_template_error: bool,
     /// The child policy itself.
     pub policy: Policy,
+}
+
+fn value_contains(v: &serde_json::Value, needle: &str) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => s.contains(needle),
+        Value::Array(a) => a.iter().any(|x| value_contains(x, needle)),
+        Value::Object(m) => m
+            .iter()
+            .any(|(k, x)| k.contains(needle) || value_contains(x, needle)),
+        _ => false,
+    }
 }
 
 type Key = (String, String);
@@ -102,8 +118,10 @@ fn key(ns: Option<&String>, name: Option<&String>) -> Key {
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     clusters: HashMap<String, ManagedCluster>,
-    roots: HashMap<Key, RootPolicy>,
-    children: HashMap<String, Vec<ChildPolicy>>,
+    /// namespace → name → root policy (nested so lookups need no allocation).
+    roots: HashMap<String, HashMap<String, RootPolicy>>,
+    /// cluster namespace → root-policy name → children (one per parent namespace).
+    children: HashMap<String, HashMap<String, Vec<ChildPolicy>>>,
     placements: BTreeMap<Key, Placement>,
     bindings: BTreeMap<Key, PlacementBinding>,
     precaching_configs: HashMap<Key, PreCachingConfigSpec>,
@@ -141,16 +159,33 @@ impl Snapshot {
             if parent_ns.is_empty() || parent_name.is_empty() {
                 return;
             }
-            let list = self.children.entry(ns).or_default();
-            list.retain(|c| c.policy.metadata.name.as_deref() != Some(name.as_str()));
+            let enforce = p.spec.remediation_action.eq_ignore_ascii_case("enforce");
+            let hub_template_error = p
+                .spec
+                .policy_templates
+                .iter()
+                .any(|t| value_contains(&t.object_definition, "{{hub"));
+            let list = self
+                .children
+                .entry(ns)
+                .or_default()
+                .entry(parent_name.to_string())
+                .or_default();
+            list.retain(|c| c.parent_namespace != parent_ns);
             list.push(ChildPolicy {
                 parent_namespace: parent_ns.to_string(),
                 parent_name: parent_name.to_string(),
+                enforce,
+                hub_template_error,
                 policy: p,
             });
         } else {
-            let k = key(p.metadata.namespace.as_ref(), p.metadata.name.as_ref());
-            self.roots.insert(k, RootPolicy::new(p));
+            let ns = p.metadata.namespace.clone().unwrap_or_default();
+            let name = p.metadata.name.clone().unwrap_or_default();
+            self.roots
+                .entry(ns)
+                .or_default()
+                .insert(name, RootPolicy::new(p));
         }
     }
 
@@ -207,15 +242,28 @@ impl Snapshot {
 
     /// A root policy by namespace and name.
     pub fn root_policy(&self, namespace: &str, name: &str) -> Option<&RootPolicy> {
-        self.roots.get(&(namespace.to_string(), name.to_string()))
+        self.roots.get(namespace)?.get(name)
     }
 
-    /// The child policies in a cluster namespace.
-    pub fn child_policies(&self, cluster_namespace: &str) -> &[ChildPolicy] {
+    /// The child policies of root policies named `parent_name` in a cluster namespace (one per
+    /// parent namespace; more than one means the name is ambiguous).
+    pub fn child_policies(&self, cluster_namespace: &str, parent_name: &str) -> &[ChildPolicy] {
         self.children
             .get(cluster_namespace)
+            .and_then(|m| m.get(parent_name))
             .map(Vec::as_slice)
             .unwrap_or(&[])
+    }
+
+    /// Every child policy in a cluster namespace.
+    pub fn all_child_policies(
+        &self,
+        cluster_namespace: &str,
+    ) -> impl Iterator<Item = &ChildPolicy> {
+        self.children
+            .get(cluster_namespace)
+            .into_iter()
+            .flat_map(|m| m.values().flatten())
     }
 
     /// A Placement by namespace and name.

@@ -120,26 +120,6 @@ pub fn strip_templates(s: &str) -> String {
     out
 }
 
-/// True when any of the policy's templates contains an unresolved hub template (`{{hub`).
-fn has_hub_template(policy: &Policy) -> bool {
-    policy
-        .spec
-        .policy_templates
-        .iter()
-        .any(|t| value_contains(&t.object_definition, "{{hub"))
-}
-
-fn value_contains(v: &Value, needle: &str) -> bool {
-    match v {
-        Value::String(s) => s.contains(needle),
-        Value::Array(a) => a.iter().any(|x| value_contains(x, needle)),
-        Value::Object(m) => m
-            .iter()
-            .any(|(k, x)| k.contains(needle) || value_contains(x, needle)),
-        _ => false,
-    }
-}
-
 /// The result of policy validation.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PolicyValidation {
@@ -196,22 +176,12 @@ pub fn validate_policies(
         let mut enforce = false;
         let mut hub_error = false;
         for c in clusters {
-            for child in snap.child_policies(c) {
-                if child.parent_name != *name {
-                    continue;
+            for child in snap.child_policies(c, name) {
+                if !namespaces.contains(&child.parent_namespace) {
+                    namespaces.insert(child.parent_namespace.clone());
                 }
-                namespaces.insert(child.parent_namespace.clone());
-                if child
-                    .policy
-                    .spec
-                    .remediation_action
-                    .eq_ignore_ascii_case("enforce")
-                {
-                    enforce = true;
-                }
-                if has_hub_template(&child.policy) {
-                    hub_error = true;
-                }
+                enforce |= child.enforce;
+                hub_error |= child.hub_template_error;
             }
         }
         if enforce {

@@ -109,6 +109,23 @@ impl Hub {
                     graph: &NoUpdateGraph,
                 },
             );
+            let mut names: Vec<&str> = d
+                .writes
+                .iter()
+                .filter_map(|w| match w {
+                    Write::ApplyPlacement(p) => p.metadata.name.as_deref(),
+                    _ => None,
+                })
+                .collect();
+            let n = names.len();
+            names.sort();
+            names.dedup();
+            assert_eq!(
+                n,
+                names.len(),
+                "one write per Placement per decision: {:?}",
+                d.writes
+            );
             self.cgu.status = Some(d.status);
             match d.finalizer {
                 FinalizerChange::Add => self.cgu.metadata.finalizers = Some(vec![FINALIZER.into()]),
@@ -427,4 +444,45 @@ fn all_compliant_completes_at_once() {
             "All clusters already compliant with the specified managed policies".into()
         )
     );
+}
+
+#[test]
+fn one_write_per_placement_per_decision() {
+    let hub = Hub::new(
+        cgu(json!({
+            "clusters": ["a", "b", "c"], "managedPolicies": ["p1"],
+            "remediationStrategy": {"maxConcurrency": 3}
+        })),
+        &["a", "b", "c"],
+        vec![policy(
+            "p1",
+            &[
+                ("a", "NonCompliant"),
+                ("b", "NonCompliant"),
+                ("c", "NonCompliant"),
+            ],
+        )],
+    );
+    let mut hub = hub;
+    hub.run(t(0));
+    // Drive one more reconcile by hand and inspect its writes.
+    let d = reconcile(
+        &hub.cgu,
+        &hub.snapshot(),
+        &Context {
+            now: t(1),
+            graph: &NoUpdateGraph,
+        },
+    );
+    let applies = d
+        .writes
+        .iter()
+        .filter(|w| matches!(w, Write::ApplyPlacement(_)))
+        .count();
+    assert_eq!(
+        applies, 0,
+        "nothing changed, so nothing to write: {:?}",
+        d.writes
+    );
+    assert_eq!(hub.placement_values("p1"), ["a", "b", "c"]);
 }

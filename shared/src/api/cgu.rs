@@ -28,6 +28,8 @@ fn default_timeout() -> i32 {
 }
 
 /// The desired rollout: which clusters, which policies, in what batches and when.
+// kube-derive takes one `printcolumn(...)` per column; clippy reads them as duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[cfg_attr(
     feature = "kube",
     derive(CustomResource),
@@ -40,9 +42,21 @@ fn default_timeout() -> i32 {
         status = "ClusterGroupUpgradeStatus",
         derive = "PartialEq",
         crates(kube_core = "::kube_core"),
-        printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-        printcolumn(name = "State", type_ = "string", json_path = ".status.conditions[-1:].reason"),
-        printcolumn(name = "Details", type_ = "string", json_path = ".status.conditions[-1:].message"),
+        printcolumn(
+            name = "Age",
+            type_ = "date",
+            json_path = ".metadata.creationTimestamp"
+        ),
+        printcolumn(
+            name = "State",
+            type_ = "string",
+            json_path = ".status.conditions[-1:].reason"
+        ),
+        printcolumn(
+            name = "Details",
+            type_ = "string",
+            json_path = ".status.conditions[-1:].message"
+        ),
     )
 )]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -79,7 +93,11 @@ pub struct ClusterGroupUpgradeSpec {
     #[serde(default = "default_false", skip_serializing_if = "Option::is_none")]
     pub backup: Option<bool>,
     /// Other CGUs that must complete first.
-    #[serde(default, rename = "blockingCRs", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "blockingCRs",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub blocking_crs: Option<Vec<BlockingCr>>,
     /// Label and annotation changes before start and after each cluster completes.
     #[serde(default, skip_serializing_if = "Option::is_none")]

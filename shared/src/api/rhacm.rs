@@ -254,7 +254,12 @@ impl Placement {
         self.spec
             .predicates
             .first()
-            .and_then(|p| p.required_cluster_selector.label_selector.match_expressions.as_ref())
+            .and_then(|p| {
+                p.required_cluster_selector
+                    .label_selector
+                    .match_expressions
+                    .as_ref()
+            })
             .and_then(|e| e.iter().find(|e| e.key == "name" && e.operator == "In"))
             .and_then(|e| e.values.as_deref())
             .unwrap_or(&[])

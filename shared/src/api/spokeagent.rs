@@ -16,6 +16,8 @@ use super::cgu::PrecachingSpec;
 pub const API_VERSION: &str = "talm.dev/v1alpha1";
 
 /// The tasks the hub assigns to a cluster's agent.
+// kube-derive takes one `printcolumn(...)` per column; clippy reads them as duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[cfg_attr(
     feature = "kube",
     derive(CustomResource),
@@ -29,7 +31,11 @@ pub const API_VERSION: &str = "talm.dev/v1alpha1";
         crates(kube_core = "::kube_core"),
         printcolumn(name = "Connected", type_ = "boolean", json_path = ".status.connected"),
         printcolumn(name = "Last Seen", type_ = "date", json_path = ".status.lastSeen"),
-        printcolumn(name = "Precache", type_ = "string", json_path = ".status.precache.state"),
+        printcolumn(
+            name = "Precache",
+            type_ = "string",
+            json_path = ".status.precache.state"
+        ),
         printcolumn(name = "Backup", type_ = "string", json_path = ".status.backup.state"),
     )
 )]
