@@ -2677,3 +2677,25 @@ fn enforce_policies_are_ignored_and_hub_templates_are_invalid() {
         &format!("Invalid managed policies: [{P3}] "),
     );
 }
+
+/// Before the start, spec edits are honoured: a cluster removed from the CGU leaves the plan
+/// and its pre-cache task is cancelled (its SpokeAgent spec no longer holds the task).
+#[test]
+fn precache_task_cancelled_when_cluster_leaves_before_start() {
+    let n = "cgu-precache-edit";
+    let mut w = precache_world(n);
+    w.run();
+    assert!(w.spoke_agent("spoke5").expect("agent")["spec"]["precache"].is_object());
+    w.patch_cgu_spec(n, json!({"clusters": ["spoke1", "spoke2", "spoke4"]}));
+    w.run_after(10);
+    let c = w.cgu(n);
+    let st = precache_states(c);
+    assert!(st.iter().all(|(cl, _)| cl != "spoke5"), "{st:?}");
+    assert_eq!(st.len(), 3);
+    let a = w.spoke_agent("spoke5").expect("agent");
+    assert!(
+        a["spec"].get("precache").is_none_or(|p| p.is_null()),
+        "{a:#}"
+    );
+    assert!(w.spoke_agent("spoke1").expect("agent")["spec"]["precache"].is_object());
+}

@@ -875,6 +875,19 @@ impl<'a> Run<'a> {
             writes.extend(w);
             states_after.insert(c.clone(), st);
         }
+        // Clusters that left the plan before the start (spec edits) get their task cancelled.
+        for c in states_before
+            .keys()
+            .filter(|c| !states_after.contains_key(*c))
+        {
+            if let Some(w) = self
+                .snap
+                .spoke_agent(c, c)
+                .and_then(|a| tasks::clear_tasks(self.cgu, a))
+            {
+                writes.push(w);
+            }
+        }
         self.writes.extend(writes);
         if let Some(pc) = self.status.precaching.as_mut() {
             pc.status = Some(states_after.clone());
