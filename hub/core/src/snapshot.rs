@@ -230,6 +230,66 @@ impl Snapshot {
         self.cgus.insert(k, c);
     }
 
+    /// Removes a ManagedCluster.
+    pub fn remove_managed_cluster(&mut self, name: &str) {
+        self.clusters.remove(name);
+    }
+
+    /// Removes a Policy (root or child) by namespace and name.
+    pub fn remove_policy(&mut self, namespace: &str, name: &str) {
+        if let Some(m) = self.roots.get_mut(namespace) {
+            m.remove(name);
+        }
+        if let Some((parent_ns, parent_name)) = name.split_once('.')
+            && let Some(list) = self
+                .children
+                .get_mut(namespace)
+                .and_then(|m| m.get_mut(parent_name))
+        {
+            list.retain(|c| c.parent_namespace != parent_ns);
+        }
+    }
+
+    /// Removes a Placement.
+    pub fn remove_placement(&mut self, namespace: &str, name: &str) {
+        self.placements
+            .remove(&(namespace.to_string(), name.to_string()));
+    }
+
+    /// Removes a PlacementBinding.
+    pub fn remove_placement_binding(&mut self, namespace: &str, name: &str) {
+        self.bindings
+            .remove(&(namespace.to_string(), name.to_string()));
+    }
+
+    /// Removes a PreCachingConfig.
+    pub fn remove_precaching_config(&mut self, namespace: &str, name: &str) {
+        self.precaching_configs
+            .remove(&(namespace.to_string(), name.to_string()));
+    }
+
+    /// Removes a ConfigMap.
+    pub fn remove_config_map(&mut self, namespace: &str, name: &str) {
+        self.config_maps
+            .remove(&(namespace.to_string(), name.to_string()));
+    }
+
+    /// Removes a SpokeAgent.
+    pub fn remove_spoke_agent(&mut self, namespace: &str, name: &str) {
+        self.spoke_agents
+            .remove(&(namespace.to_string(), name.to_string()));
+    }
+
+    /// Removes a CGU.
+    pub fn remove_cgu(&mut self, namespace: &str, name: &str) {
+        self.cgus.remove(&(namespace.to_string(), name.to_string()));
+    }
+
+    /// Every CGU, in no particular order.
+    pub fn cgus(&self) -> impl Iterator<Item = &ClusterGroupUpgrade> {
+        self.cgus.values()
+    }
+
     /// A ManagedCluster by name.
     pub fn managed_cluster(&self, name: &str) -> Option<&ManagedCluster> {
         self.clusters.get(name)
@@ -309,5 +369,69 @@ impl Snapshot {
     /// A CGU by namespace and name.
     pub fn cgu(&self, namespace: &str, name: &str) -> Option<&ClusterGroupUpgrade> {
         self.cgus.get(&(namespace.to_string(), name.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn policy(v: serde_json::Value) -> Policy {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn roots_children_and_removal() {
+        let mut s = Snapshot::new();
+        s.insert_policy(policy(json!({
+            "metadata": {"name": "p1", "namespace": "ztp"},
+            "status": {"status": [
+                {"clustername": "a", "compliant": "Compliant"},
+                {"clustername": "b", "compliant": "Pending"},
+                {"clustername": "c"}
+            ]}
+        })));
+        s.insert_policy(policy(json!({
+            "metadata": {"name": "ztp.p1", "namespace": "a",
+                "labels": {"policy.open-cluster-management.io/root-policy": "ztp.p1"}},
+            "spec": {"remediationAction": "Enforce"}
+        })));
+        s.insert_policy(policy(json!({
+            "metadata": {"name": "nodot", "namespace": "a",
+                "labels": {"policy.open-cluster-management.io/root-policy": "x"}}
+        })));
+        s.insert_policy(policy(json!({
+            "metadata": {"name": "ztp.copy", "namespace": "a",
+                "labels": {"policy.open-cluster-management.io/root-policy": "ztp.copy",
+                           "openshift-cluster-group-upgrades/clusterGroupUpgrade": "x"}}
+        })));
+        let root = s.root_policy("ztp", "p1").unwrap();
+        assert_eq!(root.compliance("a"), Compliance::Compliant);
+        assert_eq!(root.compliance("b"), Compliance::NonCompliant);
+        assert_eq!(root.compliance("c"), Compliance::NonCompliant);
+        assert_eq!(root.compliance("d"), Compliance::NotMatched);
+        let kids = s.child_policies("a", "p1");
+        assert_eq!(kids.len(), 1);
+        assert!(kids[0].enforce);
+        assert_eq!(
+            s.all_child_policies("a").count(),
+            1,
+            "unsplittable and legacy copies ignored"
+        );
+        s.remove_policy("a", "ztp.p1");
+        assert!(s.child_policies("a", "p1").is_empty());
+        s.remove_policy("ztp", "p1");
+        assert!(s.root_policy("ztp", "p1").is_none());
+    }
+
+    #[test]
+    fn policy_without_status_is_noncompliant_everywhere() {
+        let mut s = Snapshot::new();
+        s.insert_policy(policy(json!({"metadata": {"name": "p", "namespace": "n"}})));
+        assert_eq!(
+            s.root_policy("n", "p").unwrap().compliance("x"),
+            Compliance::NonCompliant
+        );
     }
 }
