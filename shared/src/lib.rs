@@ -2,6 +2,9 @@
 //!
 //! - [`api`]: the API types talm owns (`ClusterGroupUpgrade`, `PreCachingConfig`, `SpokeAgent`)
 //!   and typed views of the RHACM objects the hub reads and writes.
+//! - With the `runtime` feature, helpers for the two daemons: [`tls`] (rustls/ring, TLS 1.3,
+//!   certificate identity), [`pki`] (rcgen CAs, CSRs, signing), [`fsutil`] (atomic durable
+//!   writes), [`clock`] (the time seam) and [`telemetry`] (tracing setup).
 //!
 //! With the `kube` feature the types also carry kube's `CustomResource`/`Resource` derives, so the
 //! hub can use them with `kube::Api` and generate CRDs. Without it (the engine's build) they are
@@ -9,5 +12,15 @@
 #![warn(missing_docs)]
 
 pub mod api;
+#[cfg(feature = "runtime")]
+pub mod clock;
+#[cfg(feature = "runtime")]
+pub mod fsutil;
+#[cfg(feature = "runtime")]
+pub mod pki;
+#[cfg(feature = "runtime")]
+pub mod telemetry;
+#[cfg(feature = "runtime")]
+pub mod tls;
 
 pub use k8s_openapi;

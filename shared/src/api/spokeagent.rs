@@ -48,6 +48,9 @@ pub struct SpokeAgentSpec {
     /// The desired backup task, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupTask>,
+    /// The desired check-space task, if any (TALM's `check_space`, on its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_space: Option<CheckSpaceTask>,
 }
 
 /// A pre-cache task.
@@ -72,6 +75,19 @@ pub struct BackupTask {
     pub deadline: Time,
 }
 
+/// A check-space task: containers storage must keep usage under kubelet's image-GC high
+/// threshold after `spaceRequired` more GiB are used.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CheckSpaceTask {
+    /// Unique task id.
+    pub id: String,
+    /// Space needed, as a GiB integer string (as in `PrecachingSpec.spaceRequired`).
+    pub space_required: String,
+    /// The agent gives up (state `TimedOut`) after this time.
+    pub deadline: Time,
+}
+
 /// What the agent reported.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -88,6 +104,9 @@ pub struct SpokeAgentStatus {
     /// The backup task's state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<TaskReport>,
+    /// The check-space task's state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_space: Option<TaskReport>,
 }
 
 /// A task's reported state.
