@@ -1,0 +1,253 @@
+//! Command-line arguments of `talm-hub gateway` and `talm-hub agents token|revoke`, and their
+//! wiring. The hub binary flattens these into its subcommand enum and calls [`run_gateway`] /
+//! [`run_agents`]. Every flag has an environment fallback.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use talm_shared::clock::{Clock, SystemClock};
+use talm_shared::fsutil::{atomic_write, read_optional};
+use talm_shared::pki::{self, Authority};
+use tokio::net::TcpListener;
+use tracing::info;
+
+use crate::enroll::{EnrollError, Enroller, issue_token};
+use crate::server::{Gateway, GatewayConfig};
+use crate::store::StoreError;
+use crate::store::file::{FileEnrollmentStore, FileSpokeAgentStore};
+
+/// Errors of the gateway commands.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Enrollment failed.
+    #[error(transparent)]
+    Enroll(#[from] EnrollError),
+    /// TLS setup failed.
+    #[error(transparent)]
+    Tls(#[from] talm_shared::tls::TlsError),
+    /// Certificate generation failed.
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    /// File or socket I/O failed.
+    #[error("{0}: {1}")]
+    Io(String, #[source] std::io::Error),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// A required file is missing.
+    #[error("{0}")]
+    Missing(String),
+}
+
+/// `talm-hub gateway`: serve the agent channel with the file-backed stores.
+#[derive(Clone, Debug, Args)]
+pub struct GatewayArgs {
+    /// State directory: enrollment, SpokeAgent spec/status, and the PKI (`pki/`).
+    #[arg(long, env = "TALM_STATE_DIR")]
+    pub state_dir: PathBuf,
+    /// Address of the agent channel (gRPC over TLS 1.3).
+    #[arg(long, env = "TALM_GATEWAY_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// Address of the HTTP admin endpoint (/agents, /metrics, /healthz).
+    #[arg(
+        long,
+        env = "TALM_GATEWAY_ADMIN_LISTEN",
+        default_value = "127.0.0.1:8081"
+    )]
+    pub admin_listen: SocketAddr,
+    /// Names (DNS or IP) for the serving certificate when the PKI is generated.
+    #[arg(
+        long,
+        env = "TALM_GATEWAY_SERVER_NAMES",
+        value_delimiter = ',',
+        default_value = "localhost,127.0.0.1"
+    )]
+    pub server_names: Vec<String>,
+    /// Heartbeat interval told to agents, seconds.
+    #[arg(long, env = "TALM_HEARTBEAT_INTERVAL_SECS", default_value_t = 30)]
+    pub heartbeat_interval_secs: u64,
+    /// Silence after which an agent is marked disconnected, seconds.
+    #[arg(long, env = "TALM_HEARTBEAT_TIMEOUT_SECS", default_value_t = 90)]
+    pub heartbeat_timeout_secs: u64,
+    /// Lifetime of issued agent certificates, seconds.
+    #[arg(long, env = "TALM_AGENT_CERT_LIFETIME_SECS", default_value_t = 86_400)]
+    pub cert_lifetime_secs: u64,
+    /// How often SpokeAgent specs and enrollments are re-read, milliseconds.
+    #[arg(long, env = "TALM_POLL_INTERVAL_MS", default_value_t = 2000)]
+    pub poll_interval_ms: u64,
+}
+
+/// `talm-hub agents ...`.
+#[derive(Clone, Debug, Args)]
+pub struct AgentsArgs {
+    /// State directory (as for `gateway`).
+    #[arg(long, env = "TALM_STATE_DIR", global = true)]
+    pub state_dir: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: AgentsCommand,
+}
+
+/// Enrollment commands.
+#[derive(Clone, Debug, Subcommand)]
+pub enum AgentsCommand {
+    /// Issue a one-time bootstrap token for CLUSTER (printed on stdout).
+    Token {
+        /// The cluster the token enrolls.
+        cluster: String,
+        /// Token lifetime, seconds.
+        #[arg(long, env = "TALM_TOKEN_TTL_SECS", default_value_t = 3600)]
+        ttl_secs: u64,
+    },
+    /// Revoke CLUSTER's enrollment: its session ends and reconnects are refused.
+    Revoke {
+        /// The cluster.
+        cluster: String,
+    },
+}
+
+/// Paths of the gateway PKI under `<state-dir>/pki`.
+#[derive(Clone, Debug)]
+pub struct PkiPaths {
+    /// CA that signed the serving certificate: give it to agents as `--ca`.
+    pub hub_ca: PathBuf,
+    /// Serving certificate.
+    pub server_cert: PathBuf,
+    /// Serving key.
+    pub server_key: PathBuf,
+    /// Agent CA certificate.
+    pub agent_ca_cert: PathBuf,
+    /// Agent CA key.
+    pub agent_ca_key: PathBuf,
+}
+
+impl PkiPaths {
+    /// The standard layout.
+    pub fn under(state_dir: &Path) -> Self {
+        let d = state_dir.join("pki");
+        Self {
+            hub_ca: d.join("hub-ca.crt"),
+            server_cert: d.join("server.crt"),
+            server_key: d.join("server.key"),
+            agent_ca_cert: d.join("agent-ca.crt"),
+            agent_ca_key: d.join("agent-ca.key"),
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<Option<Vec<u8>>, CliError> {
+    read_optional(path).map_err(|e| CliError::Io(path.display().to_string(), e))
+}
+
+fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CliError> {
+    atomic_write(path, bytes, mode).map_err(|e| CliError::Io(path.display().to_string(), e))
+}
+
+/// Loads the PKI, generating whatever is missing (a self-signed hub CA and serving certificate
+/// for `names`, and an agent CA). Returns (server cert, server key, agent CA).
+pub fn ensure_pki(
+    paths: &PkiPaths,
+    names: &[String],
+    clock: &dyn Clock,
+) -> Result<(Vec<u8>, Vec<u8>, Authority), CliError> {
+    let ten_years = Duration::from_secs(10 * 365 * 86_400);
+    let now = clock.now();
+    let agent_ca = match (read(&paths.agent_ca_cert)?, read(&paths.agent_ca_key)?) {
+        (Some(c), Some(k)) => Authority {
+            cert_pem: String::from_utf8_lossy(&c).into_owned(),
+            key_pem: String::from_utf8_lossy(&k).into_owned(),
+        },
+        _ => {
+            let ca = pki::new_ca("talm agent CA", now, ten_years)?;
+            write(&paths.agent_ca_key, ca.key_pem.as_bytes(), 0o600)?;
+            write(&paths.agent_ca_cert, ca.cert_pem.as_bytes(), 0o644)?;
+            info!(path = %paths.agent_ca_cert.display(), "generated the agent CA");
+            ca
+        }
+    };
+    let (cert, key) = match (read(&paths.server_cert)?, read(&paths.server_key)?) {
+        (Some(c), Some(k)) => (c, k),
+        _ => {
+            let hub_ca = pki::new_ca("talm hub CA", now, ten_years)?;
+            let leaf = pki::server_cert(&hub_ca, names, now, ten_years)?;
+            write(&paths.hub_ca, hub_ca.cert_pem.as_bytes(), 0o644)?;
+            write(&paths.server_key, leaf.key_pem.as_bytes(), 0o600)?;
+            write(&paths.server_cert, leaf.cert_pem.as_bytes(), 0o644)?;
+            info!(path = %paths.hub_ca.display(), "generated the hub CA and serving certificate; give hub-ca.crt to agents as --ca");
+            (leaf.cert_pem.into_bytes(), leaf.key_pem.into_bytes())
+        }
+    };
+    Ok((cert, key, agent_ca))
+}
+
+/// Runs the gateway until `shutdown` resolves.
+pub async fn run_gateway(
+    args: GatewayArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), CliError> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let (cert, key, agent_ca) = ensure_pki(
+        &PkiPaths::under(&args.state_dir),
+        &args.server_names,
+        clock.as_ref(),
+    )?;
+    let tls = talm_shared::tls::server_config(&cert, &key, agent_ca.cert_pem.as_bytes())?;
+    let enroll_store = Arc::new(FileEnrollmentStore::new(&args.state_dir)?);
+    let agents = Arc::new(FileSpokeAgentStore::new(&args.state_dir)?);
+    let cfg = GatewayConfig {
+        heartbeat_interval: Duration::from_secs(args.heartbeat_interval_secs.max(1)),
+        heartbeat_timeout: Duration::from_secs(args.heartbeat_timeout_secs.max(1)),
+        poll_interval: Duration::from_millis(args.poll_interval_ms.max(50)),
+        ..GatewayConfig::default()
+    };
+    let enroller = Enroller::new(
+        agent_ca,
+        enroll_store,
+        clock.clone(),
+        Duration::from_secs(args.cert_lifetime_secs.max(60)),
+    );
+    let gw = Gateway::new(cfg, clock, enroller, agents);
+    let grpc = TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| CliError::Io(args.listen.to_string(), e))?;
+    let admin = TcpListener::bind(args.admin_listen)
+        .await
+        .map_err(|e| CliError::Io(args.admin_listen.to_string(), e))?;
+    info!(listen = %args.listen, admin = %args.admin_listen, "gateway serving");
+    gw.serve(grpc, Some(admin), tls, shutdown).await?;
+    Ok(())
+}
+
+/// Runs `agents token|revoke`; returns what to print.
+pub fn run_agents(args: &AgentsArgs) -> Result<String, CliError> {
+    let dir = args
+        .state_dir
+        .as_ref()
+        .ok_or_else(|| CliError::Missing("--state-dir (or TALM_STATE_DIR) is required".into()))?;
+    let store = FileEnrollmentStore::new(dir)?;
+    match &args.command {
+        AgentsCommand::Token { cluster, ttl_secs } => Ok(issue_token(
+            &store,
+            &SystemClock,
+            cluster,
+            Duration::from_secs(*ttl_secs),
+        )?),
+        AgentsCommand::Revoke { cluster } => {
+            use crate::store::EnrollmentStore;
+            if store.revoke(cluster)? {
+                Ok(format!("revoked the enrollment of cluster {cluster}"))
+            } else {
+                Ok(format!(
+                    "cluster {cluster} was not enrolled (pending tokens were deleted)"
+                ))
+            }
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! talm-gateway: the hub end of the agent channel.
+//!
+//! # Layout
+//! - [`store`]: the persistence seams, [`store::EnrollmentStore`] (bootstrap tokens and enrolled
+//!   clusters) and [`store::SpokeAgentStore`] (SpokeAgent spec in, status out), with the
+//!   file-backed implementations used until the Kubernetes ones arrive ([`store::file`]).
+//! - [`enroll`]: bootstrap tokens, CSR signing, rotation and revocation.
+//! - [`registry`]: the in-memory per-cluster agent state (connected, lastSeen, facts, task
+//!   states, live progress) and its JSON views.
+//! - [`tasks`]: SpokeAgent `spec` tasks → assignments; agent reports → TALM state names.
+//! - [`status`]: the status writer: state transitions (never progress) to SpokeAgent status,
+//!   coalesced per cluster, durable before a report is acknowledged.
+//! - [`service`]: the tonic services (`Session`, `Renew`, `Enroll`): identity from the peer
+//!   certificate SAN only, validation, heartbeat timeout.
+//! - [`server`]: TLS 1.3 acceptor, gRPC server, spec/enrollment watchers, and the HTTP admin
+//!   endpoint (`/agents`, `/agents/{cluster}`, `/metrics`, `/healthz`).
+//! - [`metrics`]: prometheus-client metrics.
+//! - [`cli`]: the clap arguments of `talm-hub gateway` and `talm-hub agents token|revoke`.
+
+pub mod cli;
+pub mod enroll;
+pub mod metrics;
+pub mod registry;
+pub mod server;
+pub mod service;
+pub mod status;
+pub mod store;
+pub mod tasks;
+
+pub use server::{Gateway, GatewayConfig};

@@ -1,0 +1,537 @@
+//! The in-memory, per-cluster agent state: connection, lastSeen, facts, task states and live
+//! progress. It is the source of the `/agents` views, of the metrics, and of the SpokeAgent
+//! status the [`crate::status`] writer persists (transitions only).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+
+use serde::Serialize;
+use talm_proto::v1::{self, HubMessage, TaskKind, TaskOutcome, task_report};
+use talm_shared::api::Time;
+use talm_shared::api::spokeagent::{SpokeAgentSpec, SpokeAgentStatus, TaskReport};
+use talm_shared::clock::rfc3339;
+use tokio::sync::{mpsc, watch};
+use tonic::{Code, Status};
+
+use crate::tasks::{self, Slot, states};
+
+/// How the gateway reaches a live session.
+#[derive(Clone, Debug)]
+pub struct SessionHandle {
+    /// Unique per gateway process.
+    pub id: u64,
+    /// Serial of the client certificate the session was opened with.
+    pub serial: String,
+    /// Outbound messages.
+    pub tx: mpsc::Sender<Result<HubMessage, Status>>,
+    /// Set to end the session with this error.
+    pub kill: watch::Sender<Option<(Code, String)>>,
+}
+
+impl SessionHandle {
+    /// Ends the session with `code` and `message`.
+    pub fn end(&self, code: Code, message: impl Into<String>) {
+        let _ = self.kill.send(Some((code, message.into())));
+    }
+}
+
+/// Live progress of a task (memory only).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProgressView {
+    /// Free text.
+    pub message: String,
+    /// Units done.
+    pub done: u64,
+    /// Units in total (0 = unknown).
+    pub total: u64,
+}
+
+/// One task as the gateway knows it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskView {
+    /// Task id.
+    pub id: String,
+    /// Kind (`check-space`, `precache`, `backup`), when known.
+    pub kind: String,
+    /// TALM state name.
+    pub state: String,
+    /// Detail.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// Live progress, while active.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<ProgressView>,
+    /// Last change, RFC 3339.
+    pub updated_at: String,
+    #[serde(skip)]
+    wire_kind: TaskKind,
+}
+
+/// Node facts, as served on `/agents`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FactsView {
+    /// Containers storage: size, free, image-GC threshold.
+    pub containers_storage_size_bytes: u64,
+    /// Free bytes.
+    pub containers_storage_free_bytes: u64,
+    /// Kubelet image-GC high threshold, percent.
+    pub image_gc_high_threshold_percent: u32,
+    /// Free bytes in /var/recovery.
+    pub recovery_free_bytes: u64,
+    /// /var/recovery is its own mount.
+    pub recovery_separate_mount: bool,
+    /// /var/recovery exists.
+    pub recovery_exists: bool,
+    /// ostree deployments.
+    pub deployments: Vec<DeploymentView>,
+    /// OpenShift version, if known.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub openshift_version: String,
+}
+
+/// One ostree deployment.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentView {
+    /// OS name.
+    pub osname: String,
+    /// Commit checksum.
+    pub checksum: String,
+    /// Deployment serial.
+    pub serial: u32,
+    /// Booted.
+    pub booted: bool,
+    /// Pinned.
+    pub pinned: bool,
+    /// Staged.
+    pub staged: bool,
+}
+
+impl From<&v1::NodeFacts> for FactsView {
+    fn from(f: &v1::NodeFacts) -> Self {
+        let cs = f.containers_storage.clone().unwrap_or_default();
+        let rec = f.recovery.clone().unwrap_or_default();
+        FactsView {
+            containers_storage_size_bytes: cs.size_bytes,
+            containers_storage_free_bytes: cs.free_bytes,
+            image_gc_high_threshold_percent: cs.image_gc_high_threshold_percent,
+            recovery_free_bytes: rec.free_bytes,
+            recovery_separate_mount: rec.separate_mount,
+            recovery_exists: rec.exists,
+            deployments: f
+                .deployments
+                .iter()
+                .map(|d| DeploymentView {
+                    osname: d.osname.clone(),
+                    checksum: d.checksum.clone(),
+                    serial: d.serial,
+                    booted: d.booted,
+                    pinned: d.pinned,
+                    staged: d.staged,
+                })
+                .collect(),
+            openshift_version: f.openshift_version.clone(),
+        }
+    }
+}
+
+/// What `/agents` serves per cluster.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentView {
+    /// Cluster.
+    pub cluster: String,
+    /// Live session.
+    pub connected: bool,
+    /// Last message from the agent, RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<String>,
+    /// Start of the current session, RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connected_since: Option<String>,
+    /// Agent version.
+    pub agent_version: String,
+    /// Node facts from the last Hello.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub facts: Option<FactsView>,
+    /// Tasks.
+    pub tasks: Vec<TaskView>,
+}
+
+/// Per-cluster state.
+#[derive(Debug, Default)]
+struct AgentState {
+    session: Option<SessionHandle>,
+    last_seen: Option<i64>,
+    connected_since: Option<i64>,
+    /// `lastSeen` as of the last status transition (status never tracks heartbeats).
+    status_last_seen: Option<i64>,
+    agent_version: String,
+    facts: Option<FactsView>,
+    tasks: BTreeMap<String, TaskView>,
+    /// Ids assigned during the current session.
+    assigned: HashSet<String>,
+    /// Ids the agent said (in Hello) it is still running.
+    agent_active: HashSet<String>,
+    /// The persisted status has been read into `tasks`.
+    seeded: bool,
+    /// The last status written, to skip writes that change nothing.
+    last_written: Option<SpokeAgentStatus>,
+}
+
+/// Result of applying a report.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The state name changed (a transition to persist).
+    Transition,
+    /// Nothing to persist (progress, or a repeat of a known state).
+    NoChange,
+}
+
+/// All clusters.
+#[derive(Debug, Default)]
+pub struct Registry {
+    inner: Mutex<HashMap<String, AgentState>>,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, AgentState>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `cluster` has been seeded from its persisted status.
+    pub fn is_seeded(&self, cluster: &str) -> bool {
+        self.lock().get(cluster).is_some_and(|a| a.seeded)
+    }
+
+    /// Seeds task states from the persisted status (after a hub restart) unless already seeded.
+    pub fn seed(
+        &self,
+        cluster: &str,
+        status: Option<SpokeAgentStatus>,
+        spec: Option<&SpokeAgentSpec>,
+    ) {
+        let mut map = self.lock();
+        let a = map.entry(cluster.to_string()).or_default();
+        if a.seeded {
+            return;
+        }
+        a.seeded = true;
+        let Some(st) = status else { return };
+        a.status_last_seen = st.last_seen.as_ref().map(|t| t.0.as_second());
+        a.last_seen = a.last_seen.or(a.status_last_seen);
+        let kinds = spec.map(tasks::desired).unwrap_or_default();
+        for (slot, rep) in [
+            (Slot::Precache, &st.precache),
+            (Slot::Backup, &st.backup),
+            (Slot::CheckSpace, &st.check_space),
+        ] {
+            if let Some(r) = rep {
+                let kind = kinds
+                    .iter()
+                    .find(|d| d.slot == slot)
+                    .map_or(slot.kind(), |d| d.slot.kind());
+                a.tasks.entry(r.id.clone()).or_insert(TaskView {
+                    id: r.id.clone(),
+                    kind: tasks::kind_name(kind).into(),
+                    state: r.state.clone(),
+                    message: r.message.clone(),
+                    progress: None,
+                    updated_at: a.status_last_seen.map(rfc3339).unwrap_or_default(),
+                    wire_kind: kind,
+                });
+            }
+        }
+        a.last_written = None;
+    }
+
+    /// Registers a new session; returns the one it replaces (to be ended).
+    pub fn connect(
+        &self,
+        cluster: &str,
+        handle: SessionHandle,
+        hello: &v1::Hello,
+        now: i64,
+    ) -> Option<SessionHandle> {
+        let mut map = self.lock();
+        let a = map.entry(cluster.to_string()).or_default();
+        let old = a.session.replace(handle);
+        a.last_seen = Some(now);
+        a.status_last_seen = Some(now);
+        a.connected_since = Some(now);
+        a.agent_version = hello.agent_version.clone();
+        a.facts = hello.facts.as_ref().map(FactsView::from);
+        a.assigned.clear();
+        a.agent_active = hello.active_task_ids.iter().cloned().collect();
+        old
+    }
+
+    /// Marks the session `session_id` gone. Returns true if it was the current one (then the
+    /// cluster is disconnected and a status transition is due).
+    pub fn disconnect(&self, cluster: &str, session_id: u64, now: i64) -> bool {
+        let mut map = self.lock();
+        let Some(a) = map.get_mut(cluster) else {
+            return false;
+        };
+        if a.session.as_ref().is_none_or(|s| s.id != session_id) {
+            return false;
+        }
+        a.session = None;
+        a.connected_since = None;
+        a.status_last_seen = a.last_seen.or(Some(now));
+        for t in a.tasks.values_mut() {
+            t.progress = None;
+        }
+        true
+    }
+
+    /// Records that the agent was heard from.
+    pub fn touch(&self, cluster: &str, now: i64) {
+        if let Some(a) = self.lock().get_mut(cluster) {
+            a.last_seen = Some(now);
+        }
+    }
+
+    /// The live session of a cluster.
+    pub fn session(&self, cluster: &str) -> Option<SessionHandle> {
+        self.lock().get(cluster).and_then(|a| a.session.clone())
+    }
+
+    /// Every live session.
+    pub fn sessions(&self) -> Vec<(String, SessionHandle)> {
+        self.lock()
+            .iter()
+            .filter_map(|(c, a)| a.session.clone().map(|s| (c.clone(), s)))
+            .collect()
+    }
+
+    /// Number of live sessions.
+    pub fn connected_count(&self) -> usize {
+        self.lock().values().filter(|a| a.session.is_some()).count()
+    }
+
+    /// Applies a validated report.
+    pub fn apply_report(&self, cluster: &str, r: &v1::TaskReport, now: i64) -> Applied {
+        let mut map = self.lock();
+        let a = map.entry(cluster.to_string()).or_default();
+        a.last_seen = Some(now);
+        let t = a
+            .tasks
+            .entry(r.task_id.clone())
+            .or_insert_with(|| TaskView {
+                id: r.task_id.clone(),
+                kind: String::new(),
+                state: String::new(),
+                message: String::new(),
+                progress: None,
+                updated_at: String::new(),
+                wire_kind: TaskKind::Unspecified,
+            });
+        let before = t.state.clone();
+        match &r.body {
+            Some(task_report::Body::Accepted(acc)) => {
+                let kind = TaskKind::try_from(acc.kind).unwrap_or(TaskKind::Unspecified);
+                t.wire_kind = kind;
+                t.kind = tasks::kind_name(kind).into();
+                if t.state.is_empty() || !tasks::is_final(&t.state) && t.state != states::ACTIVE {
+                    t.state = states::STARTING.into();
+                }
+                a.agent_active.insert(r.task_id.clone());
+            }
+            Some(task_report::Body::Progress(p)) => {
+                if !tasks::is_final(&t.state) {
+                    t.state = states::ACTIVE.into();
+                    t.progress = Some(ProgressView {
+                        message: p.message.clone(),
+                        done: p.done,
+                        total: p.total,
+                    });
+                }
+            }
+            Some(task_report::Body::Result(res)) => {
+                let outcome = TaskOutcome::try_from(res.outcome).unwrap_or(TaskOutcome::Failed);
+                t.state = tasks::result_state(t.wire_kind, outcome).into();
+                t.message = res.message.clone();
+                t.progress = None;
+                a.agent_active.remove(&r.task_id);
+            }
+            None => {}
+        }
+        if t.state != before {
+            t.updated_at = rfc3339(now);
+            Applied::Transition
+        } else {
+            Applied::NoChange
+        }
+    }
+
+    /// Sets the wire kind of a task the hub assigned (so results map to the right state name).
+    pub fn note_assigned(&self, cluster: &str, id: &str, kind: TaskKind) {
+        let mut map = self.lock();
+        let a = map.entry(cluster.to_string()).or_default();
+        a.assigned.insert(id.to_string());
+        let t = a.tasks.entry(id.to_string()).or_insert_with(|| TaskView {
+            id: id.to_string(),
+            kind: String::new(),
+            state: String::new(),
+            message: String::new(),
+            progress: None,
+            updated_at: String::new(),
+            wire_kind: kind,
+        });
+        t.wire_kind = kind;
+        t.kind = tasks::kind_name(kind).into();
+    }
+
+    /// Whether `id` is known to be in a final state.
+    pub fn is_final(&self, cluster: &str, id: &str) -> bool {
+        self.lock()
+            .get(cluster)
+            .and_then(|a| a.tasks.get(id))
+            .is_some_and(|t| tasks::is_final(&t.state))
+    }
+
+    /// Assignments and cancellations needed to bring a live session in line with `spec`:
+    /// assign desired tasks not yet assigned this session and not final (and not reported
+    /// finished by the agent); cancel tasks the agent runs that are no longer desired.
+    pub fn plan_sync(
+        &self,
+        cluster: &str,
+        spec: Option<&SpokeAgentSpec>,
+        agent_finished: &HashSet<String>,
+    ) -> (Vec<tasks::DesiredTask>, Vec<String>) {
+        let desired = spec.map(tasks::desired).unwrap_or_default();
+        let map = self.lock();
+        let Some(a) = map.get(cluster) else {
+            return (Vec::new(), Vec::new());
+        };
+        let assign = desired
+            .iter()
+            .filter(|d| {
+                !a.assigned.contains(&d.id)
+                    && !agent_finished.contains(&d.id)
+                    && !a
+                        .tasks
+                        .get(&d.id)
+                        .is_some_and(|t| tasks::is_final(&t.state))
+            })
+            .cloned()
+            .collect();
+        let cancel = a
+            .agent_active
+            .iter()
+            .chain(a.assigned.iter())
+            .filter(|id| !desired.iter().any(|d| &d.id == *id))
+            .filter(|id| !a.tasks.get(*id).is_some_and(|t| tasks::is_final(&t.state)))
+            .cloned()
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        (assign, cancel)
+    }
+
+    /// Forgets cancelled ids so they are not cancelled twice.
+    pub fn note_cancelled(&self, cluster: &str, ids: &[String]) {
+        if let Some(a) = self.lock().get_mut(cluster) {
+            for id in ids {
+                a.agent_active.remove(id);
+                a.assigned.remove(id);
+            }
+        }
+    }
+
+    /// The SpokeAgent status for `cluster` given its spec: connection, `lastSeen` as of the last
+    /// transition, and each slot's task state (only for the id the spec names).
+    pub fn compose_status(&self, cluster: &str, spec: Option<&SpokeAgentSpec>) -> SpokeAgentStatus {
+        let map = self.lock();
+        let Some(a) = map.get(cluster) else {
+            return SpokeAgentStatus::default();
+        };
+        let mut st = SpokeAgentStatus {
+            connected: a.session.is_some(),
+            last_seen: a
+                .status_last_seen
+                .and_then(|s| jiff::Timestamp::from_second(s).ok())
+                .map(Time),
+            ..Default::default()
+        };
+        for d in spec.map(tasks::desired).unwrap_or_default() {
+            let Some(t) = a.tasks.get(&d.id).filter(|t| !t.state.is_empty()) else {
+                continue;
+            };
+            let rep = Some(TaskReport {
+                id: t.id.clone(),
+                state: t.state.clone(),
+                message: t.message.clone(),
+            });
+            match d.slot {
+                Slot::Precache => st.precache = rep,
+                Slot::Backup => st.backup = rep,
+                Slot::CheckSpace => st.check_space = rep,
+            }
+        }
+        st
+    }
+
+    /// Whether `status` differs from the last one written for `cluster`.
+    pub fn needs_write(&self, cluster: &str, status: &SpokeAgentStatus) -> bool {
+        self.lock()
+            .get(cluster)
+            .is_none_or(|a| a.last_written.as_ref() != Some(status))
+    }
+
+    /// Records a successful write.
+    pub fn written(&self, cluster: &str, status: SpokeAgentStatus) {
+        if let Some(a) = self.lock().get_mut(cluster) {
+            a.last_written = Some(status);
+        }
+    }
+
+    /// The `/agents` view of one cluster.
+    pub fn view(&self, cluster: &str) -> Option<AgentView> {
+        self.lock().get(cluster).map(|a| view_of(cluster, a))
+    }
+
+    /// The `/agents` view of every cluster, sorted by name.
+    pub fn views(&self) -> Vec<AgentView> {
+        let map = self.lock();
+        let mut v: Vec<_> = map.iter().map(|(c, a)| view_of(c, a)).collect();
+        v.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+        v
+    }
+
+    /// Task counts by state, and live progress ratios, for the metrics.
+    pub fn task_stats(&self) -> (BTreeMap<String, i64>, Vec<(String, String, f64)>) {
+        let map = self.lock();
+        let mut by_state = BTreeMap::new();
+        let mut progress = Vec::new();
+        for (c, a) in map.iter() {
+            for t in a.tasks.values() {
+                if !t.state.is_empty() {
+                    *by_state.entry(t.state.clone()).or_insert(0) += 1;
+                }
+                if let Some(p) = &t.progress
+                    && p.total > 0
+                {
+                    progress.push((c.clone(), t.id.clone(), p.done as f64 / p.total as f64));
+                }
+            }
+        }
+        (by_state, progress)
+    }
+}
+
+fn view_of(cluster: &str, a: &AgentState) -> AgentView {
+    AgentView {
+        cluster: cluster.to_string(),
+        connected: a.session.is_some(),
+        last_seen: a.last_seen.map(rfc3339),
+        connected_since: a.connected_since.map(rfc3339),
+        agent_version: a.agent_version.clone(),
+        facts: a.facts.clone(),
+        tasks: a.tasks.values().cloned().collect(),
+    }
+}

@@ -1,0 +1,441 @@
+//! The gateway process: TLS 1.3 acceptor → tonic (agent + enrollment services), the status
+//! writer, the spec/enrollment watcher, and the HTTP admin endpoint. Everything stops when the
+//! shutdown future resolves: live sessions are ended first (so agents reconnect elsewhere or
+//! later), then the servers drain.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use talm_proto::v1::agent_service_server::AgentServiceServer;
+use talm_proto::v1::enrollment_service_server::EnrollmentServiceServer;
+use talm_proto::v1::{HubMessage, TaskAssignment, TaskCancel, hub_message};
+use talm_shared::api::spokeagent::SpokeAgentSpec;
+use talm_shared::clock::Clock;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+use tracing::{debug, info, warn};
+
+use crate::enroll::Enroller;
+use crate::metrics::{Metrics, StateLabel, TaskLabel};
+use crate::registry::Registry;
+use crate::service::{AgentSvc, EnrollSvc};
+use crate::status::StatusQueue;
+use crate::store::SpokeAgentStore;
+
+/// Tunables.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// How often agents send heartbeats (told to them in `Welcome`).
+    pub heartbeat_interval: Duration,
+    /// Silence after which an agent is marked disconnected and its session ended.
+    pub heartbeat_timeout: Duration,
+    /// How often the spec and enrollment stores are polled for changes.
+    pub poll_interval: Duration,
+    /// Concurrent status writes.
+    pub status_writers: usize,
+    /// TLS handshake timeout.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(30),
+            heartbeat_timeout: Duration::from_secs(90),
+            poll_interval: Duration::from_secs(2),
+            status_writers: 8,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The gateway's shared state.
+#[derive(Debug)]
+pub struct Gateway {
+    /// Tunables.
+    pub cfg: GatewayConfig,
+    /// Time source.
+    pub clock: Arc<dyn Clock>,
+    /// Enrollment and signing.
+    pub enroller: Enroller,
+    /// SpokeAgent spec/status.
+    pub agents: Arc<dyn SpokeAgentStore>,
+    /// Live agent state.
+    pub registry: Registry,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Pending status writes.
+    pub status: StatusQueue,
+    status_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
+    /// Last seen spec per cluster.
+    specs: Mutex<HashMap<String, SpokeAgentSpec>>,
+    next_session: AtomicU64,
+}
+
+impl Gateway {
+    /// A gateway over the given stores.
+    pub fn new(
+        cfg: GatewayConfig,
+        clock: Arc<dyn Clock>,
+        enroller: Enroller,
+        agents: Arc<dyn SpokeAgentStore>,
+    ) -> Arc<Self> {
+        let (status, rx) = StatusQueue::new();
+        Arc::new(Self {
+            cfg,
+            clock,
+            enroller,
+            agents,
+            registry: Registry::default(),
+            metrics: Metrics::default(),
+            status,
+            status_rx: Mutex::new(Some(rx)),
+            specs: Mutex::new(HashMap::new()),
+            next_session: AtomicU64::new(1),
+        })
+    }
+
+    /// A new session id.
+    pub fn session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The cached spec of a cluster.
+    pub fn cached_spec(&self, cluster: &str) -> Option<SpokeAgentSpec> {
+        self.specs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(cluster)
+            .cloned()
+    }
+
+    /// Replaces the cached spec of a cluster.
+    pub fn set_spec(&self, cluster: &str, spec: Option<SpokeAgentSpec>) {
+        let mut specs = self.specs.lock().unwrap_or_else(|p| p.into_inner());
+        match spec {
+            Some(s) => specs.insert(cluster.to_string(), s),
+            None => specs.remove(cluster),
+        };
+    }
+
+    /// Sends the assignments and cancellations a live session needs to match `spec`.
+    pub async fn sync_session(&self, cluster: &str, finished_on_agent: &HashSet<String>) {
+        let Some(session) = self.registry.session(cluster) else {
+            return;
+        };
+        let spec = self.cached_spec(cluster);
+        let (assign, cancel) = self
+            .registry
+            .plan_sync(cluster, spec.as_ref(), finished_on_agent);
+        for d in assign {
+            self.registry.note_assigned(cluster, &d.id, d.slot.kind());
+            debug!(cluster, task = %d.id, "assigning task");
+            let msg = HubMessage {
+                msg: Some(hub_message::Msg::Assign(TaskAssignment {
+                    task_id: d.id,
+                    kind: d.slot.kind() as i32,
+                    params_json: d.params_json,
+                    deadline_unix: d.deadline_unix,
+                })),
+            };
+            if session.tx.send(Ok(msg)).await.is_err() {
+                return;
+            }
+        }
+        if !cancel.is_empty() {
+            self.registry.note_cancelled(cluster, &cancel);
+        }
+        for id in cancel {
+            debug!(cluster, task = %id, "cancelling task");
+            let msg = HubMessage {
+                msg: Some(hub_message::Msg::Cancel(TaskCancel { task_id: id })),
+            };
+            if session.tx.send(Ok(msg)).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Writes statuses as requested, `status_writers` at a time.
+    async fn status_writer(self: Arc<Self>) {
+        let Some(mut rx) = self
+            .status_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            return;
+        };
+        let sem = Arc::new(Semaphore::new(self.cfg.status_writers.max(1)));
+        while let Some(cluster) = rx.recv().await {
+            let Ok(permit) = sem.clone().acquire_owned().await else {
+                return;
+            };
+            let gw = self.clone();
+            tokio::spawn(async move {
+                let batch = gw.status.begin(&cluster);
+                let spec = gw.cached_spec(&cluster);
+                let status = gw.registry.compose_status(&cluster, spec.as_ref());
+                let ok = if gw.registry.needs_write(&cluster, &status) {
+                    let store = gw.agents.clone();
+                    let (c, s) = (cluster.clone(), status.clone());
+                    match tokio::task::spawn_blocking(move || store.write_status(&c, &s)).await {
+                        Ok(Ok(())) => {
+                            gw.metrics.status_writes.inc();
+                            gw.registry.written(&cluster, status);
+                            true
+                        }
+                        Ok(Err(e)) => {
+                            gw.metrics.status_write_errors.inc();
+                            warn!(cluster, error = %e, "status write failed");
+                            false
+                        }
+                        Err(e) => {
+                            gw.metrics.status_write_errors.inc();
+                            warn!(cluster, error = %e, "status write task failed");
+                            false
+                        }
+                    }
+                } else {
+                    true
+                };
+                gw.status.finish(batch, ok);
+                drop(permit);
+            });
+        }
+    }
+
+    /// Polls the spec and enrollment stores: pushes spec changes to live sessions and ends the
+    /// sessions of revoked clusters (or of certificates no longer accepted).
+    async fn watcher(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.cfg.poll_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            self.poll_once().await;
+        }
+    }
+
+    /// One watcher pass (tests call it directly).
+    pub async fn poll_once(&self) {
+        let agents = self.agents.clone();
+        let store = self.enroller.store().clone();
+        let res = tokio::task::spawn_blocking(move || (agents.specs(), store.list())).await;
+        let Ok((specs, enrolled)) = res else { return };
+        match enrolled {
+            Ok(enrolled) => {
+                for (cluster, session) in self.registry.sessions() {
+                    let ok = enrolled
+                        .get(&cluster)
+                        .is_some_and(|e| e.serials.contains(&session.serial));
+                    if !ok {
+                        warn!(cluster, "enrollment revoked: ending session");
+                        self.metrics.reject("revoked");
+                        session.end(
+                            Code::PermissionDenied,
+                            format!("enrollment of cluster {cluster} was revoked"),
+                        );
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot list enrollments"),
+        }
+        match specs {
+            Ok(specs) => {
+                let changed: Vec<String> = {
+                    let mut cur = self.specs.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut changed: Vec<String> = specs
+                        .iter()
+                        .filter(|(c, s)| cur.get(*c) != Some(*s))
+                        .map(|(c, _)| c.clone())
+                        .collect();
+                    changed.extend(cur.keys().filter(|c| !specs.contains_key(*c)).cloned());
+                    *cur = specs.into_iter().collect();
+                    changed
+                };
+                for cluster in changed {
+                    info!(cluster, "SpokeAgent spec changed");
+                    self.sync_session(&cluster, &HashSet::new()).await;
+                    // Keep status slots in line with the new spec.
+                    let _ = self.status.request(&cluster);
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot list SpokeAgent specs"),
+        }
+    }
+
+    /// Renders the metrics in the Prometheus text format.
+    pub fn render_metrics(&self) -> String {
+        self.metrics
+            .connected
+            .set(i64::try_from(self.registry.connected_count()).unwrap_or(i64::MAX));
+        let (by_state, progress) = self.registry.task_stats();
+        self.metrics.tasks.clear();
+        for (state, n) in by_state {
+            self.metrics
+                .tasks
+                .get_or_create(&StateLabel { state })
+                .set(n);
+        }
+        self.metrics.progress.clear();
+        for (cluster, task, ratio) in progress {
+            self.metrics
+                .progress
+                .get_or_create(&TaskLabel { cluster, task })
+                .set(ratio);
+        }
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.metrics.registry);
+        out
+    }
+
+    /// Serves until `shutdown` resolves. `grpc` carries the agent channel (TLS with `tls`);
+    /// `admin`, when given, serves plain HTTP `/agents`, `/agents/{cluster}`, `/metrics` and
+    /// `/healthz`.
+    pub async fn serve(
+        self: Arc<Self>,
+        grpc: TcpListener,
+        admin: Option<TcpListener>,
+        tls: Arc<rustls::ServerConfig>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), tonic::transport::Error> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(self.clone().status_writer());
+        tokio::spawn(self.clone().watcher(stop_rx.clone()));
+        if let Some(admin) = admin {
+            tokio::spawn(serve_admin(self.clone(), admin, stop_rx.clone()));
+        }
+        let (conn_tx, conn_rx) = mpsc::channel(1024);
+        tokio::spawn(accept_loop(
+            self.clone(),
+            grpc,
+            TlsAcceptor::from(tls),
+            self.cfg.handshake_timeout,
+            conn_tx,
+            stop_rx.clone(),
+        ));
+        let gw = self.clone();
+        let signal = async move {
+            shutdown.await;
+            info!("gateway shutting down: ending sessions");
+            for (_, s) in gw.registry.sessions() {
+                s.end(Code::Unavailable, "hub shutting down");
+            }
+            let _ = stop_tx.send(true);
+        };
+        let agent = AgentServiceServer::new(AgentSvc::new(self.clone()))
+            .max_decoding_message_size(talm_proto::MAX_MESSAGE_BYTES);
+        let enroll = EnrollmentServiceServer::new(EnrollSvc::new(self.clone()))
+            .max_decoding_message_size(talm_proto::MAX_MESSAGE_BYTES);
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(None)
+            .add_service(agent)
+            .add_service(enroll)
+            .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), signal)
+            .await
+    }
+}
+
+async fn accept_loop(
+    gw: Arc<Gateway>,
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    handshake_timeout: Duration,
+    tx: mpsc::Sender<
+        Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
+    >,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (tcp, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let tx = tx.clone();
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => {
+                    let _ = tx.send(Ok(tls)).await;
+                }
+                Ok(Err(e)) => {
+                    gw.metrics.reject("tls_handshake");
+                    info!(%peer, error = %e, "TLS handshake refused");
+                }
+                Err(_) => {
+                    gw.metrics.reject("tls_handshake_timeout");
+                    info!(%peer, "TLS handshake timed out");
+                }
+            }
+        });
+    }
+}
+
+async fn serve_admin(gw: Arc<Gateway>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/agents", get(agents_all))
+        .route("/agents/{cluster}", get(agents_one))
+        .route("/metrics", get(metrics))
+        .with_state(gw);
+    let stop = async move {
+        let _ = stop.changed().await;
+    };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+    {
+        warn!(error = %e, "admin server failed");
+    }
+}
+
+async fn agents_all(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
+    axum::Json(gw.registry.views())
+}
+
+async fn agents_one(
+    State(gw): State<Arc<Gateway>>,
+    Path(cluster): Path<String>,
+) -> impl IntoResponse {
+    match gw.registry.view(&cluster) {
+        Some(v) => axum::Json(v).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({"error": format!("no agent for cluster {cluster}")})),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        gw.render_metrics(),
+    )
+}

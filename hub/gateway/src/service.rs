@@ -1,0 +1,408 @@
+//! The tonic services. The agent's identity is read ONLY from the verified peer certificate's
+//! SAN; a `cluster` field in a message that names another cluster ends the session with
+//! `PERMISSION_DENIED` (and is logged and counted). Every received message is validated
+//! ([`talm_proto::validate`]); a bad one ends the session with a `Status` naming the field.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+use talm_proto::v1::agent_service_server::AgentService;
+use talm_proto::v1::enrollment_service_server::EnrollmentService;
+use talm_proto::v1::{
+    AgentMessage, CertificateResponse, EnrollRequest, HubMessage, RenewRequest, ReportAck, Welcome,
+    agent_message, hub_message, task_report,
+};
+use talm_proto::validate;
+use talm_shared::tls::cert_info;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+use crate::registry::{Applied, SessionHandle};
+use crate::server::Gateway;
+
+/// A verified peer.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// Cluster from the certificate SAN.
+    pub cluster: String,
+    /// Certificate serial (hex).
+    pub serial: String,
+}
+
+/// Identity from the peer certificate, plus the enrollment check (revoked clusters and
+/// superseded certificates are refused).
+pub fn authenticate<T>(gw: &Gateway, req: &Request<T>) -> Result<Peer, Status> {
+    let certs = req.peer_certs().filter(|c| !c.is_empty()).ok_or_else(|| {
+        gw.metrics.reject("no_client_certificate");
+        Status::unauthenticated("a client certificate is required (enroll first)")
+    })?;
+    let info = cert_info(&certs[0]).map_err(|e| {
+        gw.metrics.reject("bad_identity");
+        Status::unauthenticated(e.to_string())
+    })?;
+    let enrolled = gw
+        .enroller
+        .store()
+        .get(&info.cluster)
+        .map_err(|e| Status::internal(format!("enrollment store: {e}")))?;
+    match enrolled {
+        None => {
+            gw.metrics.reject("not_enrolled");
+            warn!(cluster = %info.cluster, "refusing certificate: cluster not enrolled (revoked?)");
+            Err(Status::permission_denied(format!(
+                "cluster {} is not enrolled (revoked?)",
+                info.cluster
+            )))
+        }
+        Some(e) if !e.serials.contains(&info.serial) => {
+            gw.metrics.reject("superseded_certificate");
+            warn!(cluster = %info.cluster, serial = %info.serial, "refusing superseded certificate");
+            Err(Status::permission_denied(format!(
+                "certificate {} of cluster {} is no longer accepted",
+                info.serial, info.cluster
+            )))
+        }
+        Some(_) => Ok(Peer {
+            cluster: info.cluster,
+            serial: info.serial,
+        }),
+    }
+}
+
+fn claim_check(gw: &Gateway, peer: &Peer, claimed: &str, what: &str) -> Result<(), Status> {
+    if claimed.is_empty() || claimed == peer.cluster {
+        return Ok(());
+    }
+    gw.metrics.reject("cluster_mismatch");
+    warn!(
+        cluster = %peer.cluster, claimed, what,
+        "rejecting message that claims another cluster"
+    );
+    Err(Status::permission_denied(format!(
+        "{what} claims cluster {claimed} but the client certificate is for cluster {}",
+        peer.cluster
+    )))
+}
+
+/// `AgentService`.
+#[derive(Debug, Clone)]
+pub struct AgentSvc {
+    gw: Arc<Gateway>,
+}
+
+impl AgentSvc {
+    /// Wraps the gateway.
+    pub fn new(gw: Arc<Gateway>) -> Self {
+        Self { gw }
+    }
+}
+
+type Outbound = mpsc::Sender<Result<HubMessage, Status>>;
+
+#[tonic::async_trait]
+impl AgentService for AgentSvc {
+    type SessionStream = ReceiverStream<Result<HubMessage, Status>>;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let peer = authenticate(&self.gw, &req)?;
+        let (tx, rx) = mpsc::channel(64);
+        let gw = self.gw.clone();
+        tokio::spawn(run_session(gw, peer, req.into_inner(), tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn renew(
+        &self,
+        req: Request<RenewRequest>,
+    ) -> Result<Response<CertificateResponse>, Status> {
+        let peer = authenticate(&self.gw, &req)?;
+        let csr = req.into_inner().csr_pem;
+        if csr.len() > validate::MAX_PARAMS_BYTES {
+            return Err(Status::invalid_argument("csr_pem is too large"));
+        }
+        let gw = self.gw.clone();
+        let cluster = peer.cluster.clone();
+        let issued = tokio::task::spawn_blocking(move || gw.enroller.renew(&cluster, &csr))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .inspect_err(|e| self.gw.metrics.reject(e.label()))?;
+        self.gw
+            .metrics
+            .certificates
+            .get_or_create(&crate::metrics::Reason {
+                reason: "renew".into(),
+            })
+            .inc();
+        info!(cluster = %peer.cluster, not_after = issued.not_after, "certificate renewed");
+        Ok(Response::new(CertificateResponse {
+            certificate_pem: issued.cert_pem,
+            ca_pem: self.gw.enroller.ca_pem().to_string(),
+            cluster: issued.cluster,
+            not_after_unix: issued.not_after,
+        }))
+    }
+}
+
+/// `EnrollmentService`.
+#[derive(Debug, Clone)]
+pub struct EnrollSvc {
+    gw: Arc<Gateway>,
+}
+
+impl EnrollSvc {
+    /// Wraps the gateway.
+    pub fn new(gw: Arc<Gateway>) -> Self {
+        Self { gw }
+    }
+}
+
+#[tonic::async_trait]
+impl EnrollmentService for EnrollSvc {
+    async fn enroll(
+        &self,
+        req: Request<EnrollRequest>,
+    ) -> Result<Response<CertificateResponse>, Status> {
+        let r = req.into_inner();
+        if r.csr_pem.len() > validate::MAX_PARAMS_BYTES || r.token.len() > 256 {
+            return Err(Status::invalid_argument("token or csr_pem is too large"));
+        }
+        let gw = self.gw.clone();
+        let issued = tokio::task::spawn_blocking(move || gw.enroller.enroll(&r.token, &r.csr_pem))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .inspect_err(|e| {
+                self.gw.metrics.reject(e.label());
+                warn!(error = %e, "enrollment refused");
+            })?;
+        self.gw
+            .metrics
+            .certificates
+            .get_or_create(&crate::metrics::Reason {
+                reason: "enroll".into(),
+            })
+            .inc();
+        info!(cluster = %issued.cluster, not_after = issued.not_after, "cluster enrolled");
+        Ok(Response::new(CertificateResponse {
+            certificate_pem: issued.cert_pem,
+            ca_pem: self.gw.enroller.ca_pem().to_string(),
+            cluster: issued.cluster,
+            not_after_unix: issued.not_after,
+        }))
+    }
+}
+
+type AckFuture = Pin<Box<dyn std::future::Future<Output = (u64, bool)> + Send>>;
+
+async fn run_session(
+    gw: Arc<Gateway>,
+    peer: Peer,
+    mut inbound: Streaming<AgentMessage>,
+    tx: Outbound,
+) {
+    let timeout = gw.cfg.heartbeat_timeout;
+    // 1. Hello.
+    let hello = match tokio::time::timeout(timeout, inbound.message()).await {
+        Err(_) => {
+            let _ = tx
+                .send(Err(Status::deadline_exceeded("no hello received")))
+                .await;
+            return;
+        }
+        Ok(Err(s)) => {
+            debug!(cluster = %peer.cluster, status = %s, "stream failed before hello");
+            gw.metrics.reject("invalid_message");
+            let _ = tx.send(Err(s)).await;
+            return;
+        }
+        Ok(Ok(None)) => return,
+        Ok(Ok(Some(m))) => m,
+    };
+    let hello = match validate::agent_message(&hello).map(|()| hello.msg) {
+        Ok(Some(agent_message::Msg::Hello(h))) => h,
+        Ok(_) => {
+            gw.metrics.reject("no_hello");
+            let _ = tx
+                .send(Err(Status::failed_precondition(
+                    "the first message must be hello",
+                )))
+                .await;
+            return;
+        }
+        Err(s) => {
+            gw.metrics.reject("invalid_message");
+            let _ = tx.send(Err(s)).await;
+            return;
+        }
+    };
+    if let Err(s) = claim_check(&gw, &peer, &hello.cluster, "hello") {
+        let _ = tx.send(Err(s)).await;
+        return;
+    }
+    let cluster = peer.cluster.clone();
+    let sid = gw.session_id();
+    let (kill_tx, mut kill_rx) = watch::channel(None);
+    let handle = SessionHandle {
+        id: sid,
+        serial: peer.serial.clone(),
+        tx: tx.clone(),
+        kill: kill_tx,
+    };
+
+    // 2. Seed from the persisted status (first contact since the hub started) and load the spec.
+    if !gw.registry.is_seeded(&cluster) {
+        let store = gw.agents.clone();
+        let c = cluster.clone();
+        let loaded = tokio::task::spawn_blocking(move || (store.status(&c), store.spec(&c))).await;
+        if let Ok((status, spec)) = loaded {
+            let spec = spec.ok().flatten();
+            if spec.is_some() {
+                gw.set_spec(&cluster, spec.clone());
+            }
+            gw.registry
+                .seed(&cluster, status.ok().flatten(), spec.as_ref());
+        }
+    }
+    if let Some(old) = gw
+        .registry
+        .connect(&cluster, handle, &hello, gw.clock.unix())
+    {
+        old.end(
+            Code::Aborted,
+            "replaced by a newer session of the same cluster",
+        );
+    }
+    gw.metrics.sessions.inc();
+    info!(cluster, session = sid, version = %hello.agent_version, "agent connected");
+    let _ = gw.status.request(&cluster);
+    let welcome = HubMessage {
+        msg: Some(hub_message::Msg::Welcome(Welcome {
+            cluster: cluster.clone(),
+            heartbeat_interval_seconds: u32::try_from(gw.cfg.heartbeat_interval.as_secs().max(1))
+                .unwrap_or(u32::MAX),
+        })),
+    };
+    if tx.send(Ok(welcome)).await.is_err() {
+        end_session(&gw, &cluster, sid);
+        return;
+    }
+    let finished: HashSet<String> = hello.finished_task_ids.iter().cloned().collect();
+    gw.sync_session(&cluster, &finished).await;
+
+    // 3. The loop.
+    let mut acks: FuturesOrdered<AckFuture> = FuturesOrdered::new();
+    let mut deadline = Instant::now() + timeout;
+    let outcome: Option<Status> = loop {
+        tokio::select! {
+            changed = kill_rx.changed() => {
+                let why = kill_rx.borrow().clone();
+                match (changed, why) {
+                    (Ok(()), Some((code, msg))) => break Some(Status::new(code, msg)),
+                    (Ok(()), None) => continue,
+                    (Err(_), _) => break None,
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                gw.metrics.heartbeat_timeouts.inc();
+                warn!(cluster, session = sid, "heartbeat timeout: marking agent disconnected");
+                break Some(Status::unavailable("heartbeat timeout"));
+            }
+            Some((seq, ok)) = acks.next() => {
+                if ok {
+                    let ack = HubMessage { msg: Some(hub_message::Msg::Ack(ReportAck { up_to_seq: seq })) };
+                    if tx.send(Ok(ack)).await.is_err() { break None; }
+                } else {
+                    // Not durable: do not ack; end the session so the agent resends.
+                    break Some(Status::unavailable("could not persist the report; retry"));
+                }
+            }
+            m = inbound.message() => match m {
+                Ok(Some(msg)) => {
+                    deadline = Instant::now() + timeout;
+                    gw.registry.touch(&cluster, gw.clock.unix());
+                    match handle_message(&gw, &peer, msg) {
+                        Ok(Some(fut)) => acks.push_back(fut),
+                        Ok(None) => {}
+                        Err(s) => break Some(s),
+                    }
+                }
+                Ok(None) => break None,
+                Err(s) => {
+                    // A decode error (e.g. over the size limit) or a broken stream: tell the
+                    // agent why, if it is still there.
+                    debug!(cluster, status = %s, "inbound stream ended");
+                    if matches!(s.code(), Code::Cancelled | Code::Unknown) {
+                        break None;
+                    }
+                    gw.metrics.reject("invalid_message");
+                    break Some(s);
+                }
+            }
+        }
+    };
+    if let Some(s) = outcome {
+        let _ = tx.try_send(Err(s));
+    }
+    end_session(&gw, &cluster, sid);
+}
+
+fn end_session(gw: &Gateway, cluster: &str, sid: u64) {
+    if gw.registry.disconnect(cluster, sid, gw.clock.unix()) {
+        info!(cluster, session = sid, "agent disconnected");
+        let _ = gw.status.request(cluster);
+    }
+}
+
+fn handle_message(
+    gw: &Arc<Gateway>,
+    peer: &Peer,
+    msg: AgentMessage,
+) -> Result<Option<AckFuture>, Status> {
+    validate::agent_message(&msg).inspect_err(|_| gw.metrics.reject("invalid_message"))?;
+    match msg.msg {
+        Some(agent_message::Msg::Hello(_)) => {
+            gw.metrics.reject("invalid_message");
+            Err(Status::failed_precondition(
+                "hello may only be sent once per session",
+            ))
+        }
+        Some(agent_message::Msg::Heartbeat(_)) | None => Ok(None),
+        Some(agent_message::Msg::Report(r)) => {
+            claim_check(gw, peer, &r.cluster, "report")?;
+            let kind = match &r.body {
+                Some(task_report::Body::Accepted(_)) => "accepted",
+                Some(task_report::Body::Progress(_)) => "progress",
+                Some(task_report::Body::Result(_)) => "result",
+                None => "none",
+            };
+            gw.metrics
+                .reports
+                .get_or_create(&crate::metrics::Reason {
+                    reason: kind.into(),
+                })
+                .inc();
+            let applied = gw.registry.apply_report(&peer.cluster, &r, gw.clock.unix());
+            debug!(cluster = %peer.cluster, task = %r.task_id, seq = r.seq, kind, ?applied, "report");
+            if r.seq == 0 {
+                if applied == Applied::Transition {
+                    // First progress: Starting -> Active is a transition; persist, best effort.
+                    let _ = gw.status.request(&peer.cluster);
+                }
+                return Ok(None);
+            }
+            let rx = gw.status.request(&peer.cluster);
+            let seq = r.seq;
+            Ok(Some(Box::pin(
+                async move { (seq, rx.await.unwrap_or(false)) },
+            )))
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! Persistence seams of the gateway. Both traits are synchronous and small: the file-backed
+//! implementations ([`file`]) do short blocking I/O, and the gateway calls them from
+//! `spawn_blocking` where it matters. The Kubernetes-backed implementations (Secrets for
+//! enrollment, the SpokeAgent API for spec/status) come with the operator issue.
+
+pub mod file;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use talm_shared::api::spokeagent::{SpokeAgentSpec, SpokeAgentStatus};
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Reading or writing the backing files failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A stored document could not be parsed.
+    #[error("{path}: {source}")]
+    Corrupt {
+        /// The file.
+        path: String,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A name that cannot be stored (not a DNS-1123 label, or a malformed token id).
+    #[error("{0}")]
+    InvalidName(String),
+}
+
+/// A bootstrap token as stored: never the secret itself, only its SHA-256.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenRecord {
+    /// Public token id (the part before the dot).
+    pub id: String,
+    /// The cluster the token enrolls.
+    pub cluster: String,
+    /// Hex SHA-256 of the secret part.
+    pub secret_sha256: String,
+    /// Unix seconds after which the token is refused.
+    pub expires_at: i64,
+    /// Set when the token was used (it is then refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_at: Option<i64>,
+}
+
+/// Why a token was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenRejection {
+    /// No such token id.
+    Unknown,
+    /// The secret does not match.
+    WrongSecret,
+    /// Already used once.
+    Used,
+    /// Past its expiry.
+    Expired,
+}
+
+impl TokenRejection {
+    /// A short label, for metrics and errors.
+    pub fn label(self) -> &'static str {
+        match self {
+            TokenRejection::Unknown => "unknown",
+            TokenRejection::WrongSecret => "wrong_secret",
+            TokenRejection::Used => "used",
+            TokenRejection::Expired => "expired",
+        }
+    }
+}
+
+/// An enrolled cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Enrollment {
+    /// The cluster.
+    pub cluster: String,
+    /// Serials (hex) of the certificates currently accepted: the newest and, during a rotation,
+    /// the one before it.
+    pub serials: Vec<String>,
+    /// Expiry of the newest certificate, Unix seconds.
+    pub not_after: i64,
+    /// When the cluster first enrolled, Unix seconds.
+    pub enrolled_at: i64,
+}
+
+/// How many certificate serials an enrollment keeps (newest first).
+pub const KEPT_SERIALS: usize = 2;
+
+/// Bootstrap tokens and enrolled clusters.
+pub trait EnrollmentStore: Send + Sync + std::fmt::Debug {
+    /// Stores a new token.
+    fn add_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
+    /// Checks and consumes a token in one atomic step: it can succeed once.
+    fn consume_token(
+        &self,
+        id: &str,
+        secret_sha256: &str,
+        now: i64,
+    ) -> Result<Result<String, TokenRejection>, StoreError>;
+    /// Records a newly issued certificate for `cluster` (enrollment or rotation).
+    fn record_certificate(
+        &self,
+        cluster: &str,
+        serial: &str,
+        not_after: i64,
+        now: i64,
+    ) -> Result<(), StoreError>;
+    /// The enrollment of one cluster.
+    fn get(&self, cluster: &str) -> Result<Option<Enrollment>, StoreError>;
+    /// Every enrollment (the gateway polls this to end revoked sessions).
+    fn list(&self) -> Result<BTreeMap<String, Enrollment>, StoreError>;
+    /// Deletes a cluster's enrollment and its unused tokens. Returns whether it was enrolled.
+    fn revoke(&self, cluster: &str) -> Result<bool, StoreError>;
+}
+
+/// SpokeAgent objects: the engine writes `spec`, the gateway writes `status`.
+pub trait SpokeAgentStore: Send + Sync + std::fmt::Debug {
+    /// Every cluster's spec.
+    fn specs(&self) -> Result<BTreeMap<String, SpokeAgentSpec>, StoreError>;
+    /// One cluster's spec.
+    fn spec(&self, cluster: &str) -> Result<Option<SpokeAgentSpec>, StoreError>;
+    /// Replaces one cluster's spec (the engine's side; tests use it too).
+    fn put_spec(&self, cluster: &str, spec: &SpokeAgentSpec) -> Result<(), StoreError>;
+    /// One cluster's status.
+    fn status(&self, cluster: &str) -> Result<Option<SpokeAgentStatus>, StoreError>;
+    /// Replaces one cluster's status, durably.
+    fn write_status(&self, cluster: &str, status: &SpokeAgentStatus) -> Result<(), StoreError>;
+}
