@@ -1,0 +1,173 @@
+//! The `talm-agent` command line. Every flag has an environment fallback.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use talm_shared::clock::SystemClock;
+use talm_shared::telemetry::LogArgs;
+
+use crate::conn::{ConnConfig, HubTarget};
+use crate::daemon::{Agent, AgentConfig, AgentError};
+use crate::host::Host;
+use crate::runner::HostRunner;
+
+/// talm-agent command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "talm-agent",
+    version,
+    about = "talm on-node agent: runs hub-assigned tasks over an mTLS gRPC channel"
+)]
+pub struct Cli {
+    /// Logging.
+    #[command(flatten)]
+    pub log: LogArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon.
+    Run(RunArgs),
+    /// Print the connection state and the journaled tasks (works while the daemon runs).
+    Status(StatusArgs),
+}
+
+/// `talm-agent run`.
+#[derive(Clone, Debug, Args)]
+pub struct RunArgs {
+    /// Hub gateway URL, `https://host:port`.
+    #[arg(long, env = "TALM_AGENT_HUB")]
+    pub hub: String,
+    /// CA bundle (PEM) that signed the hub's serving certificate.
+    #[arg(long, env = "TALM_AGENT_CA")]
+    pub ca: PathBuf,
+    /// State directory: identity, journal, connection state.
+    #[arg(long, env = "TALM_AGENT_STATE_DIR")]
+    pub state_dir: PathBuf,
+    /// File holding a one-time bootstrap token (needed until the agent is enrolled).
+    #[arg(long, env = "TALM_AGENT_BOOTSTRAP_TOKEN_FILE")]
+    pub bootstrap_token_file: Option<PathBuf>,
+    /// The node's root filesystem as seen by the agent.
+    #[arg(long, env = "TALM_AGENT_HOST_ROOT", default_value = "/")]
+    pub host_root: PathBuf,
+    /// Name to verify in the hub's certificate (default: the URL's host).
+    #[arg(long, env = "TALM_AGENT_SERVER_NAME")]
+    pub server_name: Option<String>,
+    /// First reconnect delay, milliseconds.
+    #[arg(long, env = "TALM_AGENT_BACKOFF_INITIAL_MS", default_value_t = 1000)]
+    pub backoff_initial_ms: u64,
+    /// Largest reconnect delay, seconds.
+    #[arg(long, env = "TALM_AGENT_BACKOFF_MAX_SECS", default_value_t = 300)]
+    pub backoff_max_secs: u64,
+    /// HTTP/2 keepalive interval (dead-link detection), seconds.
+    #[arg(long, env = "TALM_AGENT_KEEPALIVE_SECS", default_value_t = 30)]
+    pub keepalive_secs: u64,
+}
+
+/// Output format of `status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// A short table.
+    #[default]
+    Text,
+    /// JSON.
+    Json,
+}
+
+/// `talm-agent status`.
+#[derive(Clone, Debug, Args)]
+pub struct StatusArgs {
+    /// State directory of the daemon.
+    #[arg(long, env = "TALM_AGENT_STATE_DIR")]
+    pub state_dir: PathBuf,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+/// Errors of the command line.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A file could not be read.
+    #[error("{0}: {1}")]
+    Read(String, #[source] std::io::Error),
+    /// The daemon failed.
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    /// Bad arguments.
+    #[error(transparent)]
+    Conn(#[from] crate::conn::ConnError),
+    /// Status failed.
+    #[error(transparent)]
+    Status(#[from] crate::status::StatusError),
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, CliError> {
+    std::fs::read(path).map_err(|e| CliError::Read(path.display().to_string(), e))
+}
+
+impl RunArgs {
+    /// The daemon configuration.
+    pub fn config(&self) -> Result<AgentConfig, CliError> {
+        let token = match &self.bootstrap_token_file {
+            Some(p) => match std::fs::read_to_string(p) {
+                Ok(t) => Some(t.trim().to_string()),
+                // Once enrolled the token file may be gone.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(CliError::Read(p.display().to_string(), e)),
+            },
+            None => None,
+        };
+        let keepalive = Duration::from_secs(self.keepalive_secs.max(1));
+        Ok(AgentConfig {
+            target: HubTarget::parse(&self.hub, self.server_name.as_deref())?,
+            hub_ca_pem: read(&self.ca)?,
+            state_dir: self.state_dir.clone(),
+            bootstrap_token: token,
+            conn: ConnConfig {
+                keepalive_interval: keepalive,
+                keepalive_timeout: keepalive.min(Duration::from_secs(20)),
+                ..ConnConfig::default()
+            },
+            backoff_initial: Duration::from_millis(self.backoff_initial_ms.max(1)),
+            backoff_max: Duration::from_secs(self.backoff_max_secs.max(1)),
+            renew_at_fraction: 2.0 / 3.0,
+        })
+    }
+
+    /// Runs the daemon until SIGINT/SIGTERM.
+    pub async fn run(&self) -> Result<(), CliError> {
+        let cfg = self.config()?;
+        let host = Arc::new(Host::new(&self.host_root));
+        let agent = Agent::new(
+            cfg,
+            host.clone(),
+            Arc::new(HostRunner::new(host)),
+            Arc::new(SystemClock),
+        )?;
+        agent.run(shutdown_signal()).await?;
+        Ok(())
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
