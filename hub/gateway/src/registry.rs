@@ -112,8 +112,8 @@ pub struct DeploymentView {
 
 impl From<&v1::NodeFacts> for FactsView {
     fn from(f: &v1::NodeFacts) -> Self {
-        let cs = f.containers_storage.clone().unwrap_or_default();
-        let rec = f.recovery.clone().unwrap_or_default();
+        let cs = f.containers_storage.unwrap_or_default();
+        let rec = f.recovery.unwrap_or_default();
         FactsView {
             containers_storage_size_bytes: cs.size_bytes,
             containers_storage_free_bytes: cs.free_bytes,
@@ -160,6 +160,9 @@ pub struct AgentView {
     /// Tasks.
     pub tasks: Vec<TaskView>,
 }
+
+/// Task counts by state, and (cluster, task, progress ratio) of active tasks.
+pub type TaskStats = (BTreeMap<String, i64>, Vec<(String, String, f64)>);
 
 /// Per-cluster state.
 #[derive(Debug, Default)]
@@ -341,16 +344,15 @@ impl Registry {
                 }
                 a.agent_active.insert(r.task_id.clone());
             }
-            Some(task_report::Body::Progress(p)) => {
-                if !tasks::is_final(&t.state) {
-                    t.state = states::ACTIVE.into();
-                    t.progress = Some(ProgressView {
-                        message: p.message.clone(),
-                        done: p.done,
-                        total: p.total,
-                    });
-                }
+            Some(task_report::Body::Progress(p)) if !tasks::is_final(&t.state) => {
+                t.state = states::ACTIVE.into();
+                t.progress = Some(ProgressView {
+                    message: p.message.clone(),
+                    done: p.done,
+                    total: p.total,
+                });
             }
+            Some(task_report::Body::Progress(_)) => {}
             Some(task_report::Body::Result(res)) => {
                 let outcome = TaskOutcome::try_from(res.outcome).unwrap_or(TaskOutcome::Failed);
                 t.state = tasks::result_state(t.wire_kind, outcome).into();
@@ -504,7 +506,7 @@ impl Registry {
     }
 
     /// Task counts by state, and live progress ratios, for the metrics.
-    pub fn task_stats(&self) -> (BTreeMap<String, i64>, Vec<(String, String, f64)>) {
+    pub fn task_stats(&self) -> TaskStats {
         let map = self.lock();
         let mut by_state = BTreeMap::new();
         let mut progress = Vec::new();

@@ -271,7 +271,7 @@ impl Gateway {
                     info!(cluster, "SpokeAgent spec changed");
                     self.sync_session(&cluster, &HashSet::new()).await;
                     // Keep status slots in line with the new spec.
-                    let _ = self.status.request(&cluster);
+                    self.status.touch(&cluster);
                 }
             }
             Err(e) => warn!(error = %e, "cannot list SpokeAgent specs"),

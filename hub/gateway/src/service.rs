@@ -282,7 +282,7 @@ async fn run_session(
     }
     gw.metrics.sessions.inc();
     info!(cluster, session = sid, version = %hello.agent_version, "agent connected");
-    let _ = gw.status.request(&cluster);
+    gw.status.touch(&cluster);
     let welcome = HubMessage {
         msg: Some(hub_message::Msg::Welcome(Welcome {
             cluster: cluster.clone(),
@@ -357,7 +357,7 @@ async fn run_session(
 fn end_session(gw: &Gateway, cluster: &str, sid: u64) {
     if gw.registry.disconnect(cluster, sid, gw.clock.unix()) {
         info!(cluster, session = sid, "agent disconnected");
-        let _ = gw.status.request(cluster);
+        gw.status.touch(cluster);
     }
 }
 
@@ -394,7 +394,7 @@ fn handle_message(
             if r.seq == 0 {
                 if applied == Applied::Transition {
                     // First progress: Starting -> Active is a transition; persist, best effort.
-                    let _ = gw.status.request(&peer.cluster);
+                    gw.status.touch(&peer.cluster);
                 }
                 return Ok(None);
             }

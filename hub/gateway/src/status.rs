@@ -12,6 +12,8 @@ use tokio::sync::{mpsc, oneshot};
 #[derive(Debug, Default)]
 struct Slot {
     waiters: Vec<oneshot::Sender<bool>>,
+    /// A write was asked for without a waiter.
+    dirty: bool,
     queued: bool,
     in_flight: bool,
 }
@@ -62,12 +64,24 @@ impl StatusQueue {
         rx
     }
 
+    /// Asks for `cluster`'s status to be written, without waiting for it.
+    pub fn touch(&self, cluster: &str) {
+        let mut slots = self.lock();
+        let slot = slots.entry(cluster.to_string()).or_default();
+        slot.dirty = true;
+        if !slot.queued && !slot.in_flight {
+            slot.queued = true;
+            let _ = self.tx.send(cluster.to_string());
+        }
+    }
+
     /// Takes the waiters of a queued cluster and marks it in flight. The caller snapshots the
     /// status AFTER this call, so the write covers every change the waiters made.
     pub fn begin(&self, cluster: &str) -> Batch {
         let mut slots = self.lock();
         let slot = slots.entry(cluster.to_string()).or_default();
         slot.queued = false;
+        slot.dirty = false;
         slot.in_flight = true;
         Batch {
             cluster: cluster.to_string(),
@@ -84,7 +98,7 @@ impl StatusQueue {
         let requeue = match slots.get_mut(&batch.cluster) {
             Some(slot) => {
                 slot.in_flight = false;
-                if slot.waiters.is_empty() {
+                if slot.waiters.is_empty() && !slot.dirty {
                     false
                 } else {
                     slot.queued = true;
