@@ -212,7 +212,7 @@ pub async fn enroll(
     state_dir: &Path,
     cfg: &ConnConfig,
 ) -> Result<Identity, ConnError> {
-    let (key_pem, csr_pem) = talm_shared::pki::agent_key_and_csr()?;
+    let (key_pem, csr_pem) = pending_key_and_csr(state_dir)?;
     let tls = client_config(hub_ca_pem, None)?;
     let mut client = EnrollmentServiceClient::new(channel(target, tls, cfg).await?);
     let resp = client
@@ -222,7 +222,28 @@ pub async fn enroll(
         })
         .await?
         .into_inner();
-    save_identity(state_dir, &resp.certificate_pem, &key_pem)
+    let id = save_identity(state_dir, &resp.certificate_pem, &key_pem)?;
+    let _ = std::fs::remove_file(state_dir.join(PENDING_ENROLLMENT));
+    Ok(id)
+}
+
+/// Key and CSR of an enrollment in progress: kept until it succeeds, so a retry (after a lost
+/// answer, or an agent restart) presents the same CSR, which the hub accepts again for the same
+/// token.
+const PENDING_ENROLLMENT: &str = "enroll-pending.json";
+
+fn pending_key_and_csr(state_dir: &Path) -> Result<(String, String), ConnError> {
+    let path = state_dir.join(PENDING_ENROLLMENT);
+    let io = |e| ConnError::Io(path.display().to_string(), e);
+    if let Some(bytes) = read_optional(&path).map_err(io)?
+        && let Ok((key, csr)) = serde_json::from_slice::<(String, String)>(&bytes)
+    {
+        return Ok((key, csr));
+    }
+    let (key, csr) = talm_shared::pki::agent_key_and_csr()?;
+    let bytes = serde_json::to_vec(&(&key, &csr)).unwrap_or_default();
+    atomic_write(&path, &bytes, 0o600).map_err(io)?;
+    Ok((key, csr))
 }
 
 /// Rotates the certificate: a new key, a CSR, authenticated by the current identity. Saves and

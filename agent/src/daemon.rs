@@ -537,6 +537,7 @@ impl Agent {
     }
 
     async fn rotation_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut first = true;
         let mut backoff = Backoff::new(
             self.cfg.backoff_initial.max(Duration::from_secs(1)),
             Duration::from_secs(300),
@@ -545,7 +546,10 @@ impl Agent {
             let Some(id) = self.identity() else { return };
             let life = (id.info.not_after - id.info.not_before).max(1) as f64;
             let renew_at = id.info.not_before + (life * self.cfg.renew_at_fraction) as i64;
-            let wait = (renew_at - self.clock.unix()).max(0);
+            // At least a second between renewals, whatever the certificate says.
+            let floor = if first { 0 } else { 1 };
+            first = false;
+            let wait = (renew_at - self.clock.unix()).max(floor);
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_secs(wait.unsigned_abs())) => {}
                 _ = stop.changed() => return,

@@ -103,6 +103,7 @@ pub fn issue_token(
         secret_sha256: secret_hash(&secret),
         expires_at: clock.unix().saturating_add(ttl),
         used_at: None,
+        used_by: None,
     })?;
     Ok(format!("{id}.{secret}"))
 }
@@ -167,7 +168,7 @@ impl Enroller {
         let now = self.clock.unix();
         let cluster = self
             .store
-            .consume_token(id, &secret_hash(secret), now)?
+            .consume_token(id, &secret_hash(secret), &secret_hash(csr_pem.trim()), now)?
             .map_err(EnrollError::Token)?;
         self.sign(&cluster, csr_pem)
     }
@@ -185,11 +186,14 @@ impl Enroller {
         let mut serial = random(16)?;
         serial[0] &= 0x7f;
         serial[0] |= 0x01;
+        // Backdate a little for clock skew, but never by more than a tenth of the lifetime (so
+        // short lifetimes still rotate at the intended point).
+        let backdate = (self.lifetime / 10).min(Duration::from_secs(60));
         let pem = sign_agent_csr(
             &self.ca,
             csr_pem,
             cluster,
-            now - Duration::from_secs(60),
+            now - backdate,
             now + self.lifetime,
             &serial,
         )

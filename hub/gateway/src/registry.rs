@@ -22,6 +22,9 @@ pub struct SessionHandle {
     pub id: u64,
     /// Serial of the client certificate the session was opened with.
     pub serial: String,
+    /// `enrolledAt` of the enrollment the session was opened under: a revoke (and a later
+    /// re-enrollment) changes it and ends the session. Rotation does not.
+    pub enrolled_at: i64,
     /// Outbound messages.
     pub tx: mpsc::Sender<Result<HubMessage, Status>>,
     /// Set to end the session with this error.

@@ -217,7 +217,8 @@ impl Gateway {
     }
 
     /// Polls the spec and enrollment stores: pushes spec changes to live sessions and ends the
-    /// sessions of revoked clusters (or of certificates no longer accepted).
+    /// sessions of revoked clusters. (A live session outlives the rotation of the certificate
+    /// it was opened with; new connections must present a current certificate.)
     async fn watcher(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(self.cfg.poll_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -241,7 +242,7 @@ impl Gateway {
                 for (cluster, session) in self.registry.sessions() {
                     let ok = enrolled
                         .get(&cluster)
-                        .is_some_and(|e| e.serials.contains(&session.serial));
+                        .is_some_and(|e| e.enrolled_at == session.enrolled_at);
                     if !ok {
                         warn!(cluster, "enrollment revoked: ending session");
                         self.metrics.reject("revoked");

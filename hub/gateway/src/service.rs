@@ -33,6 +33,8 @@ pub struct Peer {
     pub cluster: String,
     /// Certificate serial (hex).
     pub serial: String,
+    /// When the cluster enrolled (identifies the enrollment generation).
+    pub enrolled_at: i64,
 }
 
 /// Identity from the peer certificate, plus the enrollment check (revoked clusters and
@@ -68,9 +70,10 @@ pub fn authenticate<T>(gw: &Gateway, req: &Request<T>) -> Result<Peer, Status> {
                 info.serial, info.cluster
             )))
         }
-        Some(_) => Ok(Peer {
+        Some(e) => Ok(Peer {
             cluster: info.cluster,
             serial: info.serial,
+            enrolled_at: e.enrolled_at,
         }),
     }
 }
@@ -253,6 +256,7 @@ async fn run_session(
     let handle = SessionHandle {
         id: sid,
         serial: peer.serial.clone(),
+        enrolled_at: peer.enrolled_at,
         tx: tx.clone(),
         kill: kill_tx,
     };

@@ -175,6 +175,7 @@ impl EnrollmentStore for FileEnrollmentStore {
         &self,
         id: &str,
         secret_sha256: &str,
+        csr_sha256: &str,
         now: i64,
     ) -> Result<Result<String, TokenRejection>, StoreError> {
         if token_id(id).is_err() {
@@ -188,13 +189,17 @@ impl EnrollmentStore for FileEnrollmentStore {
         if !same_bytes(t.secret_sha256.as_bytes(), secret_sha256.as_bytes()) {
             return Ok(Err(TokenRejection::WrongSecret));
         }
-        if t.used_at.is_some() {
-            return Ok(Err(TokenRejection::Used));
-        }
         if now >= t.expires_at {
             return Ok(Err(TokenRejection::Expired));
         }
+        if t.used_at.is_some() {
+            if t.used_by.as_deref() == Some(csr_sha256) {
+                return Ok(Ok(t.cluster));
+            }
+            return Ok(Err(TokenRejection::Used));
+        }
         t.used_at = Some(now);
+        t.used_by = Some(csr_sha256.to_string());
         write_json(&path, &t)?;
         Ok(Ok(t.cluster))
     }
@@ -336,6 +341,7 @@ mod tests {
             secret_sha256: hash.into(),
             expires_at,
             used_at: None,
+            used_by: None,
         }
     }
 
@@ -346,33 +352,42 @@ mod tests {
         s.add_token(&token("abc", "sno1", "h1", 100)).unwrap();
         s.add_token(&token("old", "sno1", "h2", 100)).unwrap();
         assert_eq!(
-            s.consume_token("abc", "nope", 10).unwrap(),
+            s.consume_token("abc", "nope", "csr1", 10).unwrap(),
             Err(TokenRejection::WrongSecret)
         );
         assert_eq!(
-            s.consume_token("abc", "h1", 10).unwrap(),
+            s.consume_token("abc", "h1", "csr1", 10).unwrap(),
             Ok("sno1".to_string())
         );
         assert_eq!(
-            s.consume_token("abc", "h1", 11).unwrap(),
+            s.consume_token("abc", "h1", "other-csr", 11).unwrap(),
             Err(TokenRejection::Used)
         );
         assert_eq!(
-            s.consume_token("old", "h2", 100).unwrap(),
+            s.consume_token("old", "h2", "csr1", 100).unwrap(),
             Err(TokenRejection::Expired)
         );
         assert_eq!(
-            s.consume_token("zzz", "h2", 1).unwrap(),
+            s.consume_token("zzz", "h2", "csr1", 1).unwrap(),
             Err(TokenRejection::Unknown)
         );
         assert_eq!(
-            s.consume_token("../x", "h2", 1).unwrap(),
+            s.consume_token("../x", "h2", "csr1", 1).unwrap(),
             Err(TokenRejection::Unknown)
+        );
+        // The same CSR may retry (a lost answer); another may not.
+        assert_eq!(
+            s.consume_token("abc", "h1", "csr1", 13).unwrap(),
+            Ok("sno1".to_string())
+        );
+        assert_eq!(
+            s.consume_token("abc", "h1", "csr2", 13).unwrap(),
+            Err(TokenRejection::Used)
         );
         // A second store over the same directory (another process) sees the same state.
         let s2 = FileEnrollmentStore::new(dir.path()).unwrap();
         assert_eq!(
-            s2.consume_token("abc", "h1", 12).unwrap(),
+            s2.consume_token("abc", "h1", "csr9", 12).unwrap(),
             Err(TokenRejection::Used)
         );
     }
@@ -394,7 +409,7 @@ mod tests {
         assert_eq!(s.get("sno1").unwrap(), None);
         assert!(s.list().unwrap().is_empty());
         assert_eq!(
-            s.consume_token("t1", "h", 1).unwrap(),
+            s.consume_token("t1", "h", "csr1", 1).unwrap(),
             Err(TokenRejection::Unknown)
         );
     }

@@ -51,6 +51,10 @@ pub struct TokenRecord {
     /// Set when the token was used (it is then refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub used_at: Option<i64>,
+    /// SHA-256 of the CSR the token was used with. The same CSR may retry (the answer to the
+    /// first attempt can be lost on a flaky link); any other CSR is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_by: Option<String>,
 }
 
 /// Why a token was refused.
@@ -100,11 +104,13 @@ pub const KEPT_SERIALS: usize = 2;
 pub trait EnrollmentStore: Send + Sync + std::fmt::Debug {
     /// Stores a new token.
     fn add_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
-    /// Checks and consumes a token in one atomic step: it can succeed once.
+    /// Checks and consumes a token in one atomic step: it succeeds for one CSR only (`csr_sha256`;
+    /// a retry with the same CSR succeeds again, before the expiry).
     fn consume_token(
         &self,
         id: &str,
         secret_sha256: &str,
+        csr_sha256: &str,
         now: i64,
     ) -> Result<Result<String, TokenRejection>, StoreError>;
     /// Records a newly issued certificate for `cluster` (enrollment or rotation).
