@@ -347,3 +347,82 @@ async fn a_silent_agent_is_marked_disconnected_after_the_heartbeat_timeout() {
     drop(tx);
     hub.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_hub_keeps_persisted_status_and_does_not_reassign_finished_tasks() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let state = dir.path().join("hub");
+    let hub = Hub::start(&state, &pki, fast_config()).await;
+    let root = host_root(dir.path());
+    let a = RunningAgent::start(
+        agent_config(
+            &hub.url(),
+            &pki,
+            &dir.path().join("a"),
+            Some(hub.token("sno-a")),
+        ),
+        RunningAgent::host_runner(&root),
+        &root,
+    );
+    hub.put_check_space("sno-a", "cs-1", "1");
+    eventually(10, "succeeded", || {
+        state_of(&hub, "sno-a").as_deref() == Some("Succeeded")
+    })
+    .await;
+    let identity = a.agent.identity().unwrap();
+    a.stop().await.unwrap();
+    eventually(10, "disconnected", || {
+        hub.status("sno-a").is_some_and(|s| !s.connected)
+    })
+    .await;
+    hub.stop().await;
+
+    // A new hub that has not heard from the agent yet leaves the status alone...
+    let hub = Hub::start(&state, &pki, fast_config()).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(state_of(&hub, "sno-a").as_deref(), Some("Succeeded"));
+    assert!(
+        hub.agents.writes.lock().unwrap().is_empty(),
+        "no writes for unseen clusters"
+    );
+    // ...and an agent that forgot its journal is not given the finished task again.
+    let target = talm_agent::conn::HubTarget::parse(&hub.url(), None).unwrap();
+    let mut client = talm_agent::conn::session_client(
+        &target,
+        pki.hub_ca_pem.as_bytes(),
+        &identity,
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(AgentMessage {
+        msg: Some(agent_message::Msg::Hello(v1::Hello {
+            agent_version: "amnesiac".into(),
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let mut inbound = client
+        .session(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let welcome = inbound.message().await.unwrap().unwrap();
+    assert!(matches!(
+        welcome.msg,
+        Some(v1::hub_message::Msg::Welcome(_))
+    ));
+    let next = tokio::time::timeout(Duration::from_millis(700), inbound.message()).await;
+    assert!(next.is_err(), "no assignment expected, got {next:?}");
+    eventually(5, "connected", || {
+        hub.status("sno-a").is_some_and(|s| s.connected)
+    })
+    .await;
+    assert_eq!(state_of(&hub, "sno-a").as_deref(), Some("Succeeded"));
+    drop(tx);
+    hub.stop().await;
+}

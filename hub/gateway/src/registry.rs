@@ -449,12 +449,16 @@ impl Registry {
     }
 
     /// The SpokeAgent status for `cluster` given its spec: connection, `lastSeen` as of the last
-    /// transition, and each slot's task state (only for the id the spec names).
-    pub fn compose_status(&self, cluster: &str, spec: Option<&SpokeAgentSpec>) -> SpokeAgentStatus {
+    /// transition, and each slot's task state (only for the id the spec names). `None` until the
+    /// cluster has been seeded from its persisted status: a hub that has not heard from an agent
+    /// since it started must not overwrite what an earlier hub process wrote.
+    pub fn compose_status(
+        &self,
+        cluster: &str,
+        spec: Option<&SpokeAgentSpec>,
+    ) -> Option<SpokeAgentStatus> {
         let map = self.lock();
-        let Some(a) = map.get(cluster) else {
-            return SpokeAgentStatus::default();
-        };
+        let a = map.get(cluster).filter(|a| a.seeded)?;
         let mut st = SpokeAgentStatus {
             connected: a.session.is_some(),
             last_seen: a
@@ -478,7 +482,7 @@ impl Registry {
                 Slot::CheckSpace => st.check_space = rep,
             }
         }
-        st
+        Some(st)
     }
 
     /// Whether `status` differs from the last one written for `cluster`.

@@ -187,7 +187,9 @@ impl Gateway {
                 let batch = gw.status.begin(&cluster);
                 let spec = gw.cached_spec(&cluster);
                 let status = gw.registry.compose_status(&cluster, spec.as_ref());
-                let ok = if gw.registry.needs_write(&cluster, &status) {
+                let ok = if let Some(status) =
+                    status.filter(|s| gw.registry.needs_write(&cluster, s))
+                {
                     let store = gw.agents.clone();
                     let (c, s) = (cluster.clone(), status.clone());
                     match tokio::task::spawn_blocking(move || store.write_status(&c, &s)).await {

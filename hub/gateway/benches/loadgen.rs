@@ -1,0 +1,562 @@
+//! Load generator for the hub↔agent channel (issue 3 §6).
+//!
+//! `cargo bench -p talm-gateway --bench loadgen -- run --sessions 10000` starts the gateway as a
+//! separate process (this binary's `hub` mode, the same code as `talm-hub gateway` with the
+//! file-backed stores), opens N simulated agent sessions against it on loopback (each its own
+//! TCP + TLS 1.3 + HTTP/2 connection with its own client certificate), and measures:
+//!
+//! 1. time until all N sessions are established;
+//! 2. steady state with heartbeats every `--heartbeat-secs`: hub RSS and CPU over
+//!    `--steady-secs` (from /proc);
+//! 3. a hub restart (SIGKILL, then a new process on the same state dir): time until all N are
+//!    reconnected and re-synced (welcomed again; their completed tasks are not re-assigned);
+//! 4. with `--agent-bin`, the idle RSS and CPU of one real `talm-agent run`.
+//!
+//! Simulated agents answer every assignment at once (accepted + succeeded) and reconnect with the
+//! agent's own jittered backoff. Results are printed as a Markdown table.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_methods,
+    clippy::print_stderr
+)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use talm_agent::backoff::{Backoff, random_u64};
+use talm_agent::conn::{ConnConfig, HubTarget, Identity, session_client};
+use talm_gateway::cli::{GatewayArgs, PkiPaths, run_gateway};
+use talm_gateway::store::file::{FileEnrollmentStore, FileSpokeAgentStore};
+use talm_gateway::store::{EnrollmentStore, SpokeAgentStore};
+use talm_proto::v1::{self, AgentMessage, agent_message, hub_message, task_report};
+use talm_shared::api::Time;
+use talm_shared::api::spokeagent::{CheckSpaceTask, SpokeAgentSpec};
+use talm_shared::clock::{Clock, SystemClock, from_unix};
+use talm_shared::pki::{self, Authority};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+
+#[derive(Parser, Debug)]
+struct Cli {
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true, global = true)]
+    bench: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the gateway (used as the child process).
+    Hub {
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        admin: SocketAddr,
+        #[arg(long, default_value_t = 30)]
+        heartbeat_secs: u64,
+    },
+    /// Run the benchmark.
+    Run {
+        #[arg(long, default_value_t = 10_000)]
+        sessions: usize,
+        #[arg(long, default_value_t = 30)]
+        heartbeat_secs: u64,
+        #[arg(long, default_value_t = 60)]
+        steady_secs: u64,
+        /// Connection attempts in flight at once during the initial ramp.
+        #[arg(long, default_value_t = 512)]
+        ramp_concurrency: usize,
+        /// Skip the restart phase.
+        #[arg(long)]
+        no_restart: bool,
+        /// A `talm-agent` binary to measure idle RSS/CPU of.
+        #[arg(long)]
+        agent_bin: Option<PathBuf>,
+        /// How long the real agent idles before it is measured, seconds.
+        #[arg(long, default_value_t = 60)]
+        agent_idle_secs: u64,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.cmd {
+        Cmd::Hub {
+            state_dir,
+            listen,
+            admin,
+            heartbeat_secs,
+        } => rt.block_on(async move {
+            talm_shared::telemetry::init(&talm_shared::telemetry::LogArgs {
+                log_level: "warn".into(),
+                log_format: talm_shared::telemetry::LogFormat::Plain,
+            });
+            let args = GatewayArgs {
+                state_dir,
+                listen,
+                admin_listen: admin,
+                server_names: vec!["127.0.0.1".into()],
+                heartbeat_interval_secs: heartbeat_secs,
+                heartbeat_timeout_secs: heartbeat_secs * 3,
+                cert_lifetime_secs: 86_400,
+                poll_interval_ms: 2000,
+            };
+            run_gateway(args, async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+            Ok(())
+        }),
+        Cmd::Run {
+            sessions,
+            heartbeat_secs,
+            steady_secs,
+            ramp_concurrency,
+            no_restart,
+            agent_bin,
+            agent_idle_secs,
+        } => rt.block_on(run(
+            sessions,
+            heartbeat_secs,
+            steady_secs,
+            ramp_concurrency,
+            !no_restart,
+            agent_bin,
+            agent_idle_secs,
+        )),
+    }
+}
+
+fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+struct HubProc {
+    child: Child,
+}
+
+impl HubProc {
+    fn spawn(state: &Path, listen: SocketAddr, admin: SocketAddr, hb: u64) -> Self {
+        let log = std::fs::File::create(state.join("hub.log")).unwrap();
+        let child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "hub",
+                "--listen",
+                &listen.to_string(),
+                "--admin",
+                &admin.to_string(),
+            ])
+            .args(["--heartbeat-secs", &hb.to_string(), "--state-dir"])
+            .arg(state)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Self { child }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for HubProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// (utime + stime) clock ticks and VmRSS/VmHWM in KiB of a process.
+fn proc_stats(pid: u32) -> (u64, u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (ticks, kib("VmRSS:"), kib("VmHWM:"))
+}
+
+const TICKS_PER_SEC: f64 = 100.0;
+
+async fn cpu_over(pid: u32, secs: u64) -> f64 {
+    let (t0, ..) = proc_stats(pid);
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let (t1, ..) = proc_stats(pid);
+    (t1 - t0) as f64 / TICKS_PER_SEC / start.elapsed().as_secs_f64()
+}
+
+#[derive(Default)]
+struct Stats {
+    connected: AtomicUsize,
+    welcomes: AtomicU64,
+    assignments: AtomicU64,
+    generation: Vec<AtomicU64>,
+}
+
+async fn wait_pki(paths: &PkiPaths) {
+    for _ in 0..600 {
+        if paths.agent_ca_key.exists() && paths.hub_ca.exists() && paths.server_cert.exists() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the hub did not write its PKI");
+}
+
+async fn run(
+    n: usize,
+    hb: u64,
+    steady: u64,
+    ramp: usize,
+    restart: bool,
+    agent_bin: Option<PathBuf>,
+    agent_idle: u64,
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let state = dir.path().join("hub");
+    std::fs::create_dir_all(&state)?;
+    let (listen, admin) = (free_port(), free_port());
+    let mut hub = HubProc::spawn(&state, listen, admin, hb);
+    let paths = PkiPaths::under(&state);
+    wait_pki(&paths).await;
+    let hub_ca = std::fs::read(&paths.hub_ca)?;
+    let ca = Authority {
+        cert_pem: std::fs::read_to_string(&paths.agent_ca_cert)?,
+        key_pem: std::fs::read_to_string(&paths.agent_ca_key)?,
+    };
+
+    // Enroll N clusters (certificates issued directly with the agent CA and recorded in the
+    // enrollment store, as the Enroll RPC does) and give each a check-space task.
+    let t = Instant::now();
+    let enroll = FileEnrollmentStore::new(&state)?;
+    let agents = FileSpokeAgentStore::new(&state)?;
+    let now = SystemClock.unix();
+    let deadline = Time(jiff::Timestamp::from_second(now + 86_400)?);
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let cluster = format!("sno-{i:05}");
+        let (key, csr) = pki::agent_key_and_csr()?;
+        let mut serial = (i as u64 + 1).to_be_bytes().to_vec();
+        serial.insert(0, 0x42);
+        let cert = pki::sign_agent_csr(
+            &ca,
+            &csr,
+            &cluster,
+            from_unix(now - 60),
+            from_unix(now + 86_400),
+            &serial,
+        )?;
+        let id = Identity::from_pem(cert.into_bytes(), key.into_bytes())?;
+        enroll.record_certificate(&cluster, &id.info.serial, id.info.not_after, now)?;
+        agents.put_spec(
+            &cluster,
+            &SpokeAgentSpec {
+                check_space: Some(CheckSpaceTask {
+                    id: format!("{cluster}/cs-1"),
+                    space_required: "1".into(),
+                    deadline: deadline.clone(),
+                }),
+                ..Default::default()
+            },
+        )?;
+        ids.push(id);
+    }
+    eprintln!("enrolled {n} clusters in {:.1}s", t.elapsed().as_secs_f64());
+
+    let target = HubTarget::parse(&format!("https://{listen}"), None)?;
+    let stats = Arc::new(Stats {
+        generation: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        ..Default::default()
+    });
+    let ramp_sem = Arc::new(Semaphore::new(ramp));
+    let ramping = Arc::new(AtomicBool::new(true));
+    let t = Instant::now();
+    for (i, id) in ids.into_iter().enumerate() {
+        tokio::spawn(sim(
+            i,
+            target.clone(),
+            hub_ca.clone(),
+            id,
+            stats.clone(),
+            ramp_sem.clone(),
+            ramping.clone(),
+        ));
+    }
+    while stats.connected.load(Ordering::Relaxed) < n {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if t.elapsed() > Duration::from_secs(600) {
+            anyhow::bail!(
+                "only {} of {n} connected after 600 s",
+                stats.connected.load(Ordering::Relaxed)
+            );
+        }
+    }
+    let ramp_secs = t.elapsed().as_secs_f64();
+    ramping.store(false, Ordering::Relaxed);
+    eprintln!("{n} sessions up in {ramp_secs:.1}s");
+    // Let the task round trips and status writes settle.
+    while stats.assignments.load(Ordering::Relaxed) < n as u64 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let pid = hub.pid();
+    let cpu = cpu_over(pid, steady).await;
+    let (_, rss, hwm) = proc_stats(pid);
+    eprintln!(
+        "steady: hub CPU {cpu:.3} cores, RSS {} MiB (peak {} MiB)",
+        rss / 1024,
+        hwm / 1024
+    );
+
+    let mut restart_secs = None;
+    let mut reassigned = 0;
+    if restart {
+        let before: Vec<u64> = stats
+            .generation
+            .iter()
+            .map(|g| g.load(Ordering::Relaxed))
+            .collect();
+        let assigned_before = stats.assignments.load(Ordering::Relaxed);
+        let t = Instant::now();
+        hub.kill();
+        hub = HubProc::spawn(&state, listen, admin, hb);
+        loop {
+            let done = stats
+                .generation
+                .iter()
+                .zip(&before)
+                .filter(|(g, b)| g.load(Ordering::Relaxed) > **b)
+                .count();
+            if done == n && stats.connected.load(Ordering::Relaxed) == n {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(600) {
+                anyhow::bail!("only {done} of {n} re-synced after 600 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        restart_secs = Some(t.elapsed().as_secs_f64());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        reassigned = stats.assignments.load(Ordering::Relaxed) - assigned_before;
+        eprintln!(
+            "restart: all {n} re-synced in {:.1}s; {reassigned} completed tasks re-assigned",
+            restart_secs.unwrap_or(0.0)
+        );
+    }
+    let (_, rss2, hwm2) = proc_stats(hub.pid());
+
+    let mut agent_line = None;
+    if let Some(bin) = agent_bin {
+        agent_line =
+            Some(measure_agent(&bin, dir.path(), &state, listen, &paths, agent_idle).await?);
+    }
+
+    println!("| measure | value | target |");
+    println!("|---|---|---|");
+    println!("| sessions | {n} (heartbeat every {hb} s) | 10,000 at 30 s |");
+    println!("| ramp: all sessions established | {ramp_secs:.1} s | — |");
+    println!("| hub steady CPU over {steady} s | {cpu:.3} cores | < 0.5 core |");
+    println!(
+        "| hub RSS, steady | {:.0} MiB (peak {:.0} MiB) | < 1 GiB |",
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0
+    );
+    if let Some(s) = restart_secs {
+        println!("| hub restart → all reconnected and re-synced | {s:.1} s | < 60 s |");
+        println!("| completed tasks re-assigned after restart | {reassigned} | 0 |");
+        println!(
+            "| restarted hub RSS | {:.0} MiB (peak {:.0} MiB) | < 1 GiB |",
+            rss2 as f64 / 1024.0,
+            hwm2 as f64 / 1024.0
+        );
+    }
+    if let Some(l) = agent_line {
+        println!("{l}");
+    }
+    drop(hub);
+    Ok(())
+}
+
+async fn sim(
+    i: usize,
+    target: HubTarget,
+    hub_ca: Vec<u8>,
+    id: Identity,
+    stats: Arc<Stats>,
+    ramp: Arc<Semaphore>,
+    ramping: Arc<AtomicBool>,
+) {
+    // The agent's defaults: 1 s initial, 300 s cap, jittered.
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
+    let conn = ConnConfig::default();
+    let mut seq = 0u64;
+    loop {
+        let permit = if ramping.load(Ordering::Relaxed) {
+            ramp.clone().acquire_owned().await.ok()
+        } else {
+            None
+        };
+        if session(i, &target, &hub_ca, &id, &conn, &stats, &mut seq, permit)
+            .await
+            .is_ok()
+        {
+            backoff.reset();
+        }
+        tokio::time::sleep(backoff.next_delay(random_u64())).await;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    i: usize,
+    target: &HubTarget,
+    hub_ca: &[u8],
+    id: &Identity,
+    conn: &ConnConfig,
+    stats: &Stats,
+    seq: &mut u64,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) -> Result<(), ()> {
+    let mut client = session_client(target, hub_ca, id, conn)
+        .await
+        .map_err(|_| ())?;
+    let (tx, rx) = mpsc::channel::<AgentMessage>(8);
+    let cluster = id.info.cluster.clone();
+    tx.send(AgentMessage {
+        msg: Some(agent_message::Msg::Hello(v1::Hello {
+            agent_version: "loadgen".into(),
+            cluster: cluster.clone(),
+            facts: Some(v1::NodeFacts::default()),
+            ..Default::default()
+        })),
+    })
+    .await
+    .map_err(|_| ())?;
+    let mut inbound = client
+        .session(ReceiverStream::new(rx))
+        .await
+        .map_err(|_| ())?
+        .into_inner();
+    let first = inbound.message().await.map_err(|_| ())?.ok_or(())?;
+    let Some(hub_message::Msg::Welcome(w)) = first.msg else {
+        return Err(());
+    };
+    drop(permit);
+    stats.connected.fetch_add(1, Ordering::Relaxed);
+    stats.welcomes.fetch_add(1, Ordering::Relaxed);
+    stats.generation[i].fetch_add(1, Ordering::Relaxed);
+    let every = Duration::from_secs(u64::from(w.heartbeat_interval_seconds.max(1)));
+    let mut hb = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let result = loop {
+        tokio::select! {
+            _ = hb.tick() => {
+                if tx.send(AgentMessage { msg: Some(agent_message::Msg::Heartbeat(v1::Heartbeat {})) }).await.is_err() { break Err(()); }
+            }
+            m = inbound.message() => match m {
+                Ok(Some(v1::HubMessage { msg: Some(hub_message::Msg::Assign(a)) })) => {
+                    stats.assignments.fetch_add(1, Ordering::Relaxed);
+                    for body in [
+                        task_report::Body::Accepted(v1::TaskAccepted { kind: a.kind }),
+                        task_report::Body::Result(v1::TaskResult { outcome: v1::TaskOutcome::Succeeded as i32, message: String::new() }),
+                    ] {
+                        *seq += 1;
+                        let r = v1::TaskReport { seq: *seq, task_id: a.task_id.clone(), cluster: cluster.clone(), body: Some(body) };
+                        if tx.send(AgentMessage { msg: Some(agent_message::Msg::Report(r)) }).await.is_err() { break; }
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break Ok(()),
+            }
+        }
+    };
+    stats.connected.fetch_sub(1, Ordering::Relaxed);
+    result
+}
+
+async fn measure_agent(
+    bin: &Path,
+    dir: &Path,
+    state: &Path,
+    listen: SocketAddr,
+    paths: &PkiPaths,
+    idle: u64,
+) -> anyhow::Result<String> {
+    let enroll = FileEnrollmentStore::new(state)?;
+    let token = talm_gateway::enroll::issue_token(
+        &enroll,
+        &SystemClock,
+        "sno-real",
+        Duration::from_secs(600),
+    )?;
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, token)?;
+    let host = dir.join("host");
+    std::fs::create_dir_all(host.join("var/lib/containers"))?;
+    let agent_state = dir.join("agent");
+    let mut child = Command::new(bin)
+        .args(["run", "--hub", &format!("https://{listen}"), "--ca"])
+        .arg(&paths.hub_ca)
+        .arg("--state-dir")
+        .arg(&agent_state)
+        .arg("--bootstrap-token-file")
+        .arg(&token_file)
+        .arg("--host-root")
+        .arg(&host)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let conn_file = agent_state.join("connection.json");
+    let t = Instant::now();
+    loop {
+        let s = std::fs::read_to_string(&conn_file).unwrap_or_default();
+        if s.contains("\"connected\"") {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            anyhow::bail!("the real agent did not connect");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let cpu = cpu_over(child.id(), idle).await;
+    let (_, rss, hwm) = proc_stats(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(format!(
+        "| real talm-agent idle, over {idle} s | RSS {:.1} MiB (peak {:.1} MiB), CPU {:.4} cores | < 20 MiB, ~0 |",
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0,
+        cpu
+    ))
+}
