@@ -205,8 +205,45 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// Applies a first reconcile's Placement/PlacementBinding writes, so measured reconciles see
+/// the steady state of a running batch (every released cluster already in its Placement).
+fn settle(cgu: &ClusterGroupUpgrade, snap: &mut Snapshot, ctx: &Context<'_>) {
+    let d = reconcile(cgu, snap, ctx);
+    for w in d.writes {
+        match w {
+            talm_hub_core::Write::ApplyPlacement(p) => snap.insert_placement(p),
+            talm_hub_core::Write::ApplyPlacementBinding(b) => snap.insert_placement_binding(b),
+            _ => {}
+        }
+    }
+}
+
+/// `--once N [K]`: build the mid-rollout fleet of N clusters, settle it, and run K reconciles, for
+/// instruction counting under `valgrind --tool=callgrind --toggle-collect=...reconcile...`.
+fn once(n: usize, repeat: usize) {
+    let (cgu, done) = mid_rollout(n);
+    let mut snap = fleet(n, done, false);
+    let ctx = Context {
+        now: t0() + SignedDuration::from_mins(70),
+        graph: &NoUpdateGraph,
+    };
+    settle(&cgu, &mut snap, &ctx);
+    for _ in 0..repeat {
+        let d = reconcile(black_box(&cgu), black_box(&snap), &ctx);
+        assert!(d.writes.is_empty(), "steady state expected");
+    }
+    println!("n={n}: settled, then {repeat} reconciles");
+}
+
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--once") {
+        let n = args.get(i + 1).and_then(|s| s.parse().ok()).unwrap_or(1000);
+        let repeat = args.get(i + 2).and_then(|s| s.parse().ok()).unwrap_or(1);
+        once(n, repeat);
+        return;
+    }
+    let quick = args.iter().any(|a| a == "--quick");
     let rounds = if quick { 10 } else { 60 };
     let now = t0() + SignedDuration::from_mins(70);
     let ctx = Context {
@@ -220,7 +257,8 @@ fn main() {
     let mut mid = BTreeMap::new();
     for n in [1_000usize, 10_000] {
         let (cgu, done) = mid_rollout(n);
-        let snap = fleet(n, done, false);
+        let mut snap = fleet(n, done, false);
+        settle(&cgu, &mut snap, &ctx);
         let s = measure(rounds, || {
             black_box(reconcile(black_box(&cgu), black_box(&snap), &ctx));
         });

@@ -1313,7 +1313,16 @@ impl<'a> Run<'a> {
     // ----- in progress -----------------------------------------------------------------------
 
     fn in_progress(&mut self) {
-        let plan = self.plan();
+        // The plan is frozen once started: lend it out instead of cloning it (it is the largest
+        // part of the status at fleet scale).
+        let plan = self.status.remediation_plan.take().unwrap_or_default();
+        self.in_progress_with(&plan);
+        if !plan.is_empty() {
+            self.status.remediation_plan = Some(plan);
+        }
+    }
+
+    fn in_progress_with(&mut self, plan: &[Vec<String>]) {
         let policies = self.policies_for_upgrade();
         if plan.is_empty() {
             self.set_cond(
