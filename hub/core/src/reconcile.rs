@@ -1481,7 +1481,7 @@ impl<'a> Run<'a> {
         self.remediate_batch(&batch, &policies);
         self.check_placements(&policies);
         if !last {
-            self.check_batch_timeout(current, &batch, &plan, &policies, started, batch_started);
+            self.check_batch_timeout(current, &batch, plan, &policies, started, batch_started);
         }
     }
 
