@@ -465,14 +465,8 @@ impl<'a> Run<'a> {
                 k
             });
             if selected.is_empty() {
-                self.set_cond(
-                    types::PROGRESSING,
-                    false,
+                self.end(
                     reasons::COMPLETED,
-                    msg::NO_CLUSTERS_BLOCKING,
-                );
-                self.set_cond(
-                    types::SUCCEEDED,
                     false,
                     reasons::FAILED,
                     msg::NO_CLUSTERS_BLOCKING,
@@ -590,9 +584,21 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// Ends the rollout: `Progressing=False/<progressing_reason>` and `Succeeded` with the outcome,
+    /// both with `message`. The completion path runs on the next pass.
+    fn end(
+        &mut self,
+        progressing_reason: &str,
+        succeeded: bool,
+        succeeded_reason: &str,
+        message: &str,
+    ) {
+        self.set_cond(types::PROGRESSING, false, progressing_reason, message);
+        self.set_cond(types::SUCCEEDED, succeeded, succeeded_reason, message);
+    }
+
     fn fail_no_clusters(&mut self, message: &str) {
-        self.set_cond(types::PROGRESSING, false, reasons::COMPLETED, message);
-        self.set_cond(types::SUCCEEDED, false, reasons::FAILED, message);
+        self.end(reasons::COMPLETED, false, reasons::FAILED, message);
         self.requeue(Requeue::Immediately);
     }
 
@@ -1325,14 +1331,8 @@ impl<'a> Run<'a> {
     fn in_progress_with(&mut self, plan: &[Vec<String>]) {
         let policies = self.policies_for_upgrade();
         if plan.is_empty() {
-            self.set_cond(
-                types::PROGRESSING,
-                false,
+            self.end(
                 reasons::COMPLETED,
-                msg::ALL_COMPLIANT,
-            );
-            self.set_cond(
-                types::SUCCEEDED,
                 true,
                 reasons::COMPLETED,
                 msg::ALL_COMPLIANT,
@@ -1407,13 +1407,12 @@ impl<'a> Run<'a> {
                 self.events
                     .push(events::batch_timed_out(self.cgu, current, &timed_out));
             }
-            self.set_cond(
-                types::PROGRESSING,
+            self.end(
+                reasons::TIMED_OUT,
                 false,
                 reasons::TIMED_OUT,
                 msg::TIMED_OUT,
             );
-            self.set_cond(types::SUCCEEDED, false, reasons::TIMED_OUT, msg::TIMED_OUT);
             self.requeue(Requeue::Immediately);
             return;
         }
@@ -1446,14 +1445,8 @@ impl<'a> Run<'a> {
                 self.events
                     .push(events::batch_completed(self.cgu, current, &batch));
                 self.empty_placements();
-                self.set_cond(
-                    types::PROGRESSING,
-                    false,
+                self.end(
                     reasons::COMPLETED,
-                    msg::ALL_COMPLIANT,
-                );
-                self.set_cond(
-                    types::SUCCEEDED,
                     true,
                     reasons::COMPLETED,
                     msg::ALL_COMPLIANT,
@@ -1758,14 +1751,8 @@ impl<'a> Run<'a> {
             return;
         }
         if current <= self.canary_batches(plan) {
-            self.set_cond(
-                types::PROGRESSING,
-                false,
+            self.end(
                 reasons::TIMED_OUT,
-                msg::TIMED_OUT_CANARY,
-            );
-            self.set_cond(
-                types::SUCCEEDED,
                 false,
                 reasons::TIMED_OUT,
                 msg::TIMED_OUT_CANARY,
@@ -1783,14 +1770,8 @@ impl<'a> Run<'a> {
         self.events
             .push(events::batch_timed_out(self.cgu, current, &timed_out));
         if self.cgu.spec.batch_timeout_action.as_deref() == Some("Abort") {
-            self.set_cond(
-                types::PROGRESSING,
-                false,
+            self.end(
                 reasons::TIMED_OUT,
-                msg::TIMED_OUT_SOME,
-            );
-            self.set_cond(
-                types::SUCCEEDED,
                 false,
                 reasons::TIMED_OUT,
                 msg::TIMED_OUT_SOME,
