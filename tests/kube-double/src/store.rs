@@ -511,15 +511,14 @@ impl Store {
         let api_version = obj.get("apiVersion").and_then(Value::as_str);
         let kind = obj.get("kind").and_then(Value::as_str);
         match (api_version, kind) {
-            (Some(a), Some(k)) => {
-                if a != spec.api_version() || k != spec.kind {
-                    return Err(ApiError::bad_request(format!(
-                        "the API version in the data ({a}) / kind ({k}) does not match the expected API version ({}) / kind ({})",
-                        spec.api_version(),
-                        spec.kind
-                    )));
-                }
+            (Some(a), Some(k)) if a != spec.api_version() || k != spec.kind => {
+                return Err(ApiError::bad_request(format!(
+                    "the API version in the data ({a}) / kind ({k}) does not match the expected API version ({}) / kind ({})",
+                    spec.api_version(),
+                    spec.kind
+                )));
             }
+            (Some(_), Some(_)) => {}
             _ if require => {
                 return Err(ApiError::bad_request(
                     "Object 'Kind' or 'apiVersion' is missing in the request body",

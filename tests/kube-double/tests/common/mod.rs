@@ -1,5 +1,5 @@
 //! Shared fixtures for the double's own tests.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::expect_used)]
 
 use std::time::Duration;
 
