@@ -29,8 +29,8 @@ pub struct Manifest {
     pub created: String,
     /// The pinned ostree deployment (`<checksum>.<serial>`), if the host has ostree.
     pub pinned_deployment: Option<String>,
-    /// The etcd revision of the snapshot.
-    pub etcd_revision: i64,
+    /// The etcd revision of the snapshot, when etcd reports it.
+    pub etcd_revision: Option<i64>,
     /// Every artifact, in the order written.
     pub artifacts: Vec<Artifact>,
     /// Files that changed while being archived (kept at their listed size).

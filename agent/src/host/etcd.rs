@@ -79,8 +79,9 @@ pub struct SnapshotInfo {
     pub size: u64,
     /// sha256 of the whole file (hex).
     pub file_sha256: String,
-    /// The store revision at the snapshot, from the first response header.
-    pub revision: i64,
+    /// The store revision at the snapshot, when the server sends a response header (etcd 3.4
+    /// does not).
+    pub revision: Option<i64>,
     /// The endpoint that answered.
     pub endpoint: String,
 }
@@ -232,10 +233,10 @@ async fn snapshot_async(
     // the database digest only once more bytes arrive.
     let mut tail: Vec<u8> = Vec::with_capacity(64);
     let mut size = 0u64;
-    let mut revision = 0;
+    let mut revision = None;
     while let Some(msg) = stream.message().await? {
         if let Some(h) = &msg.header {
-            revision = h.revision;
+            revision = Some(h.revision);
         }
         let blob = msg.blob;
         w.write_all(&blob).map_err(werr)?;

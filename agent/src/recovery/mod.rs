@@ -228,10 +228,9 @@ pub fn run(cfg: &RecoverConfig, rep: &dyn Reporter) -> Result<Outcome, RecoverEr
     ));
     let manifest = manifest::verify(&backup)?;
     rep.say(&format!(
-        "backup of {} verified ({} artifacts, etcd revision {})",
+        "backup of {} verified ({} artifacts)",
         manifest.created,
         manifest.artifacts.len(),
-        manifest.etcd_revision
     ));
     let mut r = Run {
         cfg,
