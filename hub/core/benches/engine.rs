@@ -178,6 +178,21 @@ fn mid_rollout(n: usize) -> (ClusterGroupUpgrade, usize) {
     (cgu, current - 1)
 }
 
+/// The CGU about to start one batch holding every cluster (`maxConcurrency: 0`): the reconcile
+/// initialises the batch and releases all N clusters into the Placements.
+fn one_big_batch(n: usize) -> ClusterGroupUpgrade {
+    let (mut cgu, _) = mid_rollout(n);
+    let st = cgu.status.as_mut().unwrap();
+    st.remediation_plan = Some(vec![(0..n).map(cluster).collect()]);
+    st.computed_max_concurrency = Some(n as i32);
+    st.clusters = None;
+    let us = st.status.as_mut().unwrap();
+    us.current_batch = Some(1);
+    us.current_batch_started_at = None;
+    us.current_batch_remediation_progress = None;
+    cgu
+}
+
 struct Stats {
     min: Duration,
     median: Duration,
@@ -279,6 +294,21 @@ fn main() {
             ms(b.p95)
         );
     }
+    let mut big = BTreeMap::new();
+    for n in [1_000usize, 10_000] {
+        let cgu = one_big_batch(n);
+        let snap = fleet(n, 0, false);
+        let s = measure(rounds.min(20), || {
+            black_box(reconcile(black_box(&cgu), black_box(&snap), &ctx));
+        });
+        println!(
+            "  one-batch start (release all) n={n:>6}: min {:>8.3} ms  median {:>8.3} ms  p95 {:>8.3} ms",
+            ms(s.min),
+            ms(s.median),
+            ms(s.p95)
+        );
+        big.insert(n, s.median);
+    }
     let mut start = BTreeMap::new();
     for n in [1_000usize, 10_000] {
         let mut cgu = base_cgu(n, true);
@@ -297,8 +327,9 @@ fn main() {
     }
     let ratio = |m: &BTreeMap<usize, Duration>| m[&10_000].as_secs_f64() / m[&1_000].as_secs_f64();
     println!(
-        "  ratio 10k/1k: mid-rollout {:.2}x, plan+start {:.2}x",
+        "  ratio 10k/1k: mid-rollout {:.2}x, one-batch start {:.2}x, plan+start {:.2}x",
         ratio(&mid),
+        ratio(&big),
         ratio(&start)
     );
 }
