@@ -394,7 +394,29 @@ impl<'a> ArchiveWriter<'a> {
             if counted.get() != len {
                 self.changed.push(src.to_owned());
             }
+        } else if ft.is_fifo() || ft.is_char_device() || ft.is_block_device() {
+            let mut h = tar::Header::new_gnu();
+            h.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+            h.set_entry_type(if ft.is_fifo() {
+                tar::EntryType::Fifo
+            } else if ft.is_char_device() {
+                tar::EntryType::Char
+            } else {
+                tar::EntryType::Block
+            });
+            let rdev = meta.rdev();
+            let major = ((rdev >> 32) & 0xffff_f000) | ((rdev >> 8) & 0x0000_0fff);
+            let minor = ((rdev >> 12) & 0xffff_ff00) | (rdev & 0x0000_00ff);
+            h.set_device_major(u32::try_from(major).unwrap_or(0))
+                .map_err(io_at(src))?;
+            h.set_device_minor(u32::try_from(minor).unwrap_or(0))
+                .map_err(io_at(src))?;
+            h.set_size(0);
+            self.builder
+                .append_data(&mut h, name, io::empty())
+                .map_err(io_at(&self.path))?;
         } else {
+            // Directories and symlinks.
             self.builder
                 .append_path_with_name(src, name)
                 .map_err(io_at(src))?;
@@ -505,24 +527,6 @@ pub struct RestoreStats {
     pub deleted: u64,
 }
 
-/// Normalizes `p` lexically (`.` dropped, `..` pops); `None` if it climbs above its start.
-fn normalize(p: &Path) -> Option<PathBuf> {
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                if !out.pop() {
-                    return None;
-                }
-            }
-            Component::Normal(n) => out.push(n),
-            Component::RootDir | Component::Prefix(_) => return None,
-        }
-    }
-    Some(out)
-}
-
 /// The entry name as a safe relative path, or why not.
 fn safe_name(raw: &Path) -> Result<PathBuf, String> {
     if raw.is_absolute() {
@@ -606,8 +610,8 @@ fn check_archive(
                     }
                 } else {
                     let parent = name.parent().unwrap_or(Path::new(""));
-                    let resolved = normalize(&dest_abs.join(parent).join(&target));
-                    if !resolved.is_some_and(|r| r.starts_with(&jail)) {
+                    let resolved = normalize_abs(&dest_abs.join(parent).join(&target));
+                    if !resolved.starts_with(&jail) {
                         return Err(unsafe_entry(format!(
                             "symlink to {} escapes {}",
                             target.display(),
@@ -714,7 +718,19 @@ pub fn restore(
         if is_dir {
             dirs.push((target.clone(), entry.header().mtime().unwrap_or(0)));
         }
-        entry.unpack_in(dest).map_err(io_at(&target))?;
+        let kind = entry.header().entry_type();
+        if matches!(
+            kind,
+            tar::EntryType::Fifo | tar::EntryType::Char | tar::EntryType::Block
+        ) {
+            make_special(&entry, kind, &target).map_err(io_at(&target))?;
+        } else {
+            entry.unpack_in(dest).map_err(io_at(&target))?;
+        }
+        if is_dir {
+            // The tar crate sets xattrs on files only.
+            set_xattrs(&mut entry, &target).map_err(io_at(&target))?;
+        }
         stats.entries += 1;
     }
     // Directory mtimes last: extracting their children changed them.
@@ -729,6 +745,76 @@ pub fn restore(
         stats.deleted = mirror(dest, Path::new(""), &wanted, keep)?;
     }
     Ok(stats)
+}
+
+/// Creates a fifo or device node with the entry's mode, owner and mtime.
+fn make_special<R: Read>(
+    entry: &tar::Entry<'_, R>,
+    kind: tar::EntryType,
+    target: &Path,
+) -> io::Result<()> {
+    let h = entry.header();
+    match fs::symlink_metadata(target) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(target)?,
+        Ok(_) => fs::remove_file(target)?,
+        Err(_) => {}
+    }
+    let mode = h.mode()? & 0o7777;
+    let (file_type, dev) = match kind {
+        tar::EntryType::Fifo => (rustix::fs::FileType::Fifo, 0),
+        tar::EntryType::Char => (
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::makedev(
+                h.device_major()?.unwrap_or(0),
+                h.device_minor()?.unwrap_or(0),
+            ),
+        ),
+        _ => (
+            rustix::fs::FileType::BlockDevice,
+            rustix::fs::makedev(
+                h.device_major()?.unwrap_or(0),
+                h.device_minor()?.unwrap_or(0),
+            ),
+        ),
+    };
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        target,
+        file_type,
+        rustix::fs::Mode::from_raw_mode(mode),
+        dev,
+    )?;
+    std::os::unix::fs::lchown(
+        target,
+        h.uid().ok().and_then(|u| u32::try_from(u).ok()),
+        h.gid().ok().and_then(|g| u32::try_from(g).ok()),
+    )?;
+    fs::set_permissions(target, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+    Ok(())
+}
+
+/// Applies the entry's `SCHILY.xattr.*` PAX records to `target`.
+fn set_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>, target: &Path) -> io::Result<()> {
+    let Some(exts) = entry.pax_extensions()? else {
+        return Ok(());
+    };
+    for ext in exts {
+        let ext = ext?;
+        let Ok(key) = ext.key() else { continue };
+        if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
+            // A filesystem without xattrs (or without this namespace) keeps the file without it.
+            match rustix::fs::lsetxattr(
+                target,
+                name,
+                ext.value_bytes(),
+                rustix::fs::XattrFlags::empty(),
+            ) {
+                Err(rustix::io::Errno::OPNOTSUPP) => {}
+                r => r?,
+            }
+        }
+    }
+    Ok(())
 }
 
 fn mirror(
