@@ -55,10 +55,14 @@
 //!   custom kinds get 415 like the real apiserver), unknown content types → 415.
 //! - **Server-side apply, approximated**: `fieldManager` required (422 otherwise),
 //!   `apiVersion`/`kind` required (400), the object is created if missing, otherwise the
-//!   apply configuration is merged into the object as an RFC 7386 merge patch. There is **no
-//!   field ownership**: no `managedFields` bookkeeping, no conflicts (so `force` is accepted
-//!   and irrelevant), fields a manager stops applying are **not** removed, and lists (even
-//!   `listType=map` ones such as `conditions`) are replaced wholesale.
+//!   apply configuration is merged in as an RFC 7386 merge patch (maps merge, lists — even
+//!   `listType=map` ones such as `conditions` — and scalars are replaced, `null` deletes).
+//!   Field ownership is tracked for **apply managers only**, per manager and subresource, in
+//!   `metadata.managedFields` (`fieldsV1`, lists atomic): fields a manager applied before and
+//!   no longer applies are removed unless another apply manager owns them; applying a field
+//!   another apply manager owns with a different value is 409 unless `force=true`, and with
+//!   `force` ownership becomes shared rather than transferred. Fields written by
+//!   create/update/merge/JSON patches have no owner. A no-op apply changes nothing.
 //! - **Selectors**: label selectors with `=`, `==`, `!=`, `in`, `notin`, `key`, `!key`, `>`,
 //!   `<`; field selectors on `metadata.name` / `metadata.namespace` (other fields → 400).
 //! - **List**: `limit`/`continue` paginate (keyset continuation; later pages see the current
@@ -81,7 +85,7 @@
 //! ## Not implemented
 //! Authentication/authorisation (every request is allowed), admission, OpenAPI schema
 //! validation and pruning, defaulting, protobuf/CBOR/Table output, aggregated discovery,
-//! `managedFields`, owner-reference garbage collection, namespace cascade deletion,
+//! `managedFields` for non-apply operations, owner-reference garbage collection, namespace cascade deletion,
 //! field selectors beyond name/namespace, HTTP/2, watch-list `resourceVersionMatch=Exact`.
 //!
 //! ## Test hooks
@@ -502,6 +506,24 @@ impl KubeDouble {
     /// Number of logged requests matching `pred`.
     pub fn count_requests(&self, pred: impl Fn(&RequestRecord) -> bool) -> usize {
         lock(&self.shared().log).iter().filter(|r| pred(r)).count()
+    }
+
+    /// The request log summarised as RBAC needs: `(group, resource[/subresource])` → verbs
+    /// (discovery and unrouted requests are left out).
+    pub fn rbac_rules(
+        &self,
+    ) -> std::collections::BTreeMap<(String, String), std::collections::BTreeSet<&'static str>>
+    {
+        let mut out = std::collections::BTreeMap::<_, std::collections::BTreeSet<_>>::new();
+        for r in lock(&self.shared().log).iter() {
+            if matches!(r.verb, Verb::Discovery | Verb::Unknown) || r.resource.is_empty() {
+                continue;
+            }
+            out.entry((r.group.clone(), r.rbac_resource()))
+                .or_default()
+                .insert(r.verb.as_str());
+        }
+        out
     }
 
     /// Empties the request log.

@@ -863,16 +863,24 @@ impl Store {
     fn isolate(&self, kid: usize, old: &Value, mut new: Value, status: bool) -> Value {
         let sub = self.kinds[kid].spec.status_subresource;
         if status {
-            let mut out = old.clone();
-            if let Some(o) = out.as_object_mut() {
-                match new.as_object_mut().and_then(|n| n.remove("status")) {
-                    Some(s) => o.insert("status".into(), s),
-                    None => o.remove("status"),
-                };
+            // Everything but the status from `old` (without cloning the old status).
+            let mut out = Map::new();
+            if let Some(o) = old.as_object() {
+                for (k, v) in o {
+                    if k != "status" {
+                        out.insert(k.clone(), v.clone());
+                    }
+                }
             }
-            out
+            if let Some(s) = new.as_object_mut().and_then(|n| n.remove("status")) {
+                out.insert("status".into(), s);
+            }
+            Value::Object(out)
         } else {
-            if sub && let Some(n) = new.as_object_mut() {
+            if sub
+                && new.get("status") != old.get("status")
+                && let Some(n) = new.as_object_mut()
+            {
                 match old.get("status") {
                     Some(s) => n.insert("status".into(), s.clone()),
                     None => n.remove("status"),
@@ -926,7 +934,11 @@ impl Store {
         let old = match self.get(kid, ns, name) {
             Ok(o) => o,
             Err(e) => {
-                if let PatchBody::Apply { config, .. } = patch
+                if let PatchBody::Apply {
+                    config,
+                    field_manager,
+                    ..
+                } = patch
                     && !status
                 {
                     self.check_type(kid, config, true)?;
@@ -938,7 +950,11 @@ impl Store {
                         )));
                     }
                     let mut body = config.clone();
-                    meta_mut(&mut body).insert("name".into(), Value::String(name.to_string()));
+                    let fields = patch::config_fields(config, spec.status_subresource, false);
+                    let entry = self.managed_entry(&spec, field_manager, &fields, false);
+                    let m = meta_mut(&mut body);
+                    m.insert("name".into(), Value::String(name.to_string()));
+                    m.insert("managedFields".into(), Value::Array(vec![entry]));
                     return self
                         .create(kid, ns, body, dry_run, false)
                         .map(|o| (o, true));
@@ -947,21 +963,169 @@ impl Store {
             }
         };
         let mut doc = (*old).clone();
+        let mut managed = None;
         match patch {
             PatchBody::Merge(p) => patch::merge(&mut doc, p),
             PatchBody::Json(ops) => patch::json_patch(&mut doc, ops, &spec.kind)?,
-            PatchBody::Apply { config, .. } => {
+            PatchBody::Apply {
+                config,
+                field_manager,
+                force,
+            } => {
                 self.check_type(kid, config, true)?;
                 self.check_identity(&old, config, name)?;
-                patch::merge(&mut doc, config);
+                managed = Some(self.apply_ownership(
+                    &spec,
+                    &old,
+                    &mut doc,
+                    config,
+                    field_manager,
+                    *force,
+                    status,
+                )?);
             }
         }
         self.check_type(kid, &doc, false)?;
         self.check_identity(&old, &doc, name)?;
         self.check_rv(kid, &old, meta_str(&doc, "resourceVersion"), name)?;
         self.check_uid(kid, &old, &doc, name)?;
-        let new = self.isolate(kid, &old, doc, status);
+        let mut new = self.isolate(kid, &old, doc, status);
+        if let Some((managed_fields, changed_ownership)) = managed {
+            // A no-op apply (same object, same field set) changes nothing, not even the
+            // managedFields timestamp.
+            if !changed_ownership && new == *old {
+                return Ok((old, false));
+            }
+            meta_mut(&mut new).insert("managedFields".into(), managed_fields);
+        }
         self.commit(kid, &old, new, dry_run).map(|o| (o, false))
+    }
+
+    fn managed_entry(
+        &self,
+        spec: &ResourceKind,
+        manager: &str,
+        fields: &patch::FieldSet,
+        status: bool,
+    ) -> Value {
+        let mut e = json!({
+            "manager": manager,
+            "operation": "Apply",
+            "apiVersion": spec.api_version(),
+            "time": self.now(),
+            "fieldsType": "FieldsV1",
+            "fieldsV1": patch::to_fields_v1(fields),
+        });
+        if status && let Some(o) = e.as_object_mut() {
+            o.insert("subresource".into(), json!("status"));
+        }
+        e
+    }
+
+    /// Server-side apply with per-manager field ownership: merges `config` into `doc`,
+    /// removes fields `manager` applied before but no longer applies (unless another apply
+    /// manager owns them), and reports conflicts with other apply managers unless `force`.
+    /// Returns the new `managedFields` and whether this manager's field set changed.
+    #[allow(clippy::too_many_arguments)]
+    fn apply_ownership(
+        &self,
+        spec: &ResourceKind,
+        old: &Value,
+        doc: &mut Value,
+        config: &Value,
+        manager: &str,
+        force: bool,
+        status: bool,
+    ) -> Result<(Value, bool), ApiError> {
+        let sub = if status { "status" } else { "" };
+        let fields = patch::config_fields(config, spec.status_subresource, status);
+        let entries: Vec<Value> = meta(old)
+            .and_then(|m| m.get("managedFields"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let is_apply = |e: &Value| e.get("operation").and_then(Value::as_str) == Some("Apply");
+        let is_mine = |e: &Value| {
+            is_apply(e)
+                && e.get("manager").and_then(Value::as_str) == Some(manager)
+                && e.get("subresource").and_then(Value::as_str).unwrap_or("") == sub
+        };
+        let set_of = |e: &Value| {
+            e.get("fieldsV1")
+                .map(patch::from_fields_v1)
+                .unwrap_or_default()
+        };
+        let prev: patch::FieldSet = entries
+            .iter()
+            .find(|e| is_mine(e))
+            .map(set_of)
+            .unwrap_or_default();
+        let others: Vec<(String, patch::FieldSet)> = entries
+            .iter()
+            .filter(|e| is_apply(e) && !is_mine(e))
+            .map(|e| {
+                (
+                    e.get("manager")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
+                    set_of(e),
+                )
+            })
+            .collect();
+        if !force {
+            let mut conflicts = Vec::new();
+            for path in &fields {
+                for (other, set) in &others {
+                    if set.contains(path)
+                        && patch::get_path(old, path) != patch::get_path(config, path)
+                    {
+                        conflicts.push(format!(
+                            "conflict with \"{other}\": {}",
+                            patch::dotted(path)
+                        ));
+                    }
+                }
+            }
+            if !conflicts.is_empty() {
+                return Err(ApiError::conflict(
+                    &spec.qualified(),
+                    meta_str(old, "name").unwrap_or(""),
+                    &format!(
+                        "Apply failed with {} conflict(s): {}",
+                        conflicts.len(),
+                        conflicts.join(", ")
+                    ),
+                ));
+            }
+        }
+        patch::merge(doc, config);
+        for path in prev.difference(&fields) {
+            if !others.iter().any(|(_, set)| set.contains(path)) {
+                patch::remove_path(doc, path);
+            }
+        }
+        let changed = prev != fields;
+        let mut out: Vec<Value> = Vec::with_capacity(entries.len() + 1);
+        let mut placed = false;
+        for e in entries {
+            if is_mine(&e) {
+                if !placed {
+                    out.push(if changed {
+                        self.managed_entry(spec, manager, &fields, status)
+                    } else {
+                        e
+                    });
+                    placed = true;
+                }
+            } else {
+                out.push(e);
+            }
+        }
+        if !placed {
+            out.push(self.managed_entry(spec, manager, &fields, status));
+        }
+        Ok((Value::Array(out), changed || !placed))
     }
 
     /// DELETE. With finalizers the object gets a `deletionTimestamp` and stays.

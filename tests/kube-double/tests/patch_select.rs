@@ -147,15 +147,23 @@ async fn server_side_apply_approximation() {
     let o = api.patch("a", &ssa, &Patch::Apply(&c)).await.unwrap();
     assert_eq!(o.metadata.generation, Some(1));
     assert!(o.metadata.uid.is_some());
-    // Apply merges into the existing object (fields not in the config are kept).
+    // Apply merges into the existing object; a field the same manager stops applying
+    // (spec.clusters) is removed.
     let p = json!({"apiVersion": "ran.openshift.io/v1alpha1", "kind": "ClusterGroupUpgrade",
                    "metadata": {"name": "a", "labels": {"l": "v"}}, "spec": {"enable": true}});
     let o = api.patch("a", &ssa, &Patch::Apply(&p)).await.unwrap();
     assert_eq!(
         (o.spec.enable, o.spec.clusters.clone()),
-        (Some(true), vec!["x".to_string()])
+        (Some(true), vec![])
     );
     assert_eq!(o.metadata.generation, Some(2));
+    let mf = o.metadata.managed_fields.clone().unwrap();
+    assert_eq!(mf.len(), 1);
+    assert_eq!(mf[0].manager.as_deref(), Some("talm-hub"));
+    assert_eq!(mf[0].operation.as_deref(), Some("Apply"));
+    // A no-op apply keeps the resourceVersion.
+    let again = api.patch("a", &ssa, &Patch::Apply(&p)).await.unwrap();
+    assert_eq!(again.metadata.resource_version, o.metadata.resource_version);
     // Status apply through the subresource.
     let st = json!({"apiVersion": "ran.openshift.io/v1alpha1", "kind": "ClusterGroupUpgrade",
                     "status": {"phase": "Progressing"}});
@@ -354,5 +362,105 @@ async fn pagination_with_limit_and_continue() {
                 .unwrap_err()
         ),
         400
+    );
+}
+
+#[tokio::test]
+async fn server_side_apply_field_ownership_and_conflicts() {
+    let d = KubeDouble::start().await.unwrap();
+    let api: Api<ClusterGroupUpgrade> = Api::namespaced(d.client(), "ns");
+    let body = |extra: serde_json::Value| {
+        let mut v = json!({"apiVersion": "ran.openshift.io/v1alpha1", "kind": "ClusterGroupUpgrade",
+                           "metadata": {"name": "o"}});
+        json_patch::merge(&mut v, &extra);
+        v
+    };
+    let a = PatchParams::apply("a");
+    let b = PatchParams::apply("b");
+    let a_cfg =
+        body(json!({"metadata": {"labels": {"x": "1", "y": "2"}}, "spec": {"enable": true}}));
+    api.patch("o", &a, &Patch::Apply(&a_cfg)).await.unwrap();
+    // b co-owns label y (same value: no conflict) and adds z.
+    let b_cfg = body(json!({"metadata": {"labels": {"y": "2", "z": "3"}}}));
+    api.patch("o", &b, &Patch::Apply(&b_cfg)).await.unwrap();
+    // b changing a's field without force: 409; with force: applied.
+    let b_cfg2 =
+        body(json!({"metadata": {"labels": {"y": "2", "z": "3"}}, "spec": {"enable": false}}));
+    assert_eq!(
+        code(
+            api.patch("o", &b, &Patch::Apply(&b_cfg2))
+                .await
+                .unwrap_err()
+        ),
+        409
+    );
+    let o = api
+        .patch("o", &b.clone().force(), &Patch::Apply(&b_cfg2))
+        .await
+        .unwrap();
+    assert_eq!(o.spec.enable, Some(false));
+    // a stops applying labels x and y: x (a only) goes, y (shared with b) stays.
+    let a_cfg2 = body(json!({"spec": {"enable": false}}));
+    let o = api
+        .patch("o", &a.clone().force(), &Patch::Apply(&a_cfg2))
+        .await
+        .unwrap();
+    let labels = o.metadata.labels.unwrap();
+    assert_eq!(labels.keys().collect::<Vec<_>>(), ["y", "z"]);
+    // Fields written by other operations are not owned by apply managers.
+    let merge = json!({"metadata": {"annotations": {"kept": "yes"}}});
+    api.patch("o", &PatchParams::default(), &Patch::Merge(&merge))
+        .await
+        .unwrap();
+    let o = api
+        .patch("o", &a, &Patch::Apply(&body(json!({}))))
+        .await
+        .unwrap();
+    assert_eq!(o.metadata.annotations.unwrap()["kept"], "yes");
+    assert_eq!(o.spec.enable, Some(false), "b still owns spec.enable");
+    // Status map entries dropped by the status manager are removed.
+    let st = |v: serde_json::Value| body(json!({"status": v}));
+    let s = PatchParams::apply("status-writer").force();
+    let o = api
+        .patch_status(
+            "o",
+            &s,
+            &Patch::Apply(&st(json!({"phase": "P", "extra": {"k": 1}}))),
+        )
+        .await
+        .unwrap();
+    let raw = d
+        .get_value(
+            "ran.openshift.io/v1alpha1",
+            "ClusterGroupUpgrade",
+            Some("ns"),
+            "o",
+        )
+        .unwrap();
+    assert_eq!(raw["status"]["extra"]["k"], 1);
+    assert_eq!(o.status.unwrap().phase.as_deref(), Some("P"));
+    api.patch_status("o", &s, &Patch::Apply(&st(json!({"phase": "P"}))))
+        .await
+        .unwrap();
+    let raw = d
+        .get_value(
+            "ran.openshift.io/v1alpha1",
+            "ClusterGroupUpgrade",
+            Some("ns"),
+            "o",
+        )
+        .unwrap();
+    assert_eq!(raw["status"], json!({"phase": "P"}));
+    let status_entry = raw["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["manager"] == "status-writer")
+        .unwrap()
+        .clone();
+    assert_eq!(status_entry["subresource"], "status");
+    assert_eq!(
+        status_entry["fieldsV1"],
+        json!({"f:status": {"f:phase": {}}})
     );
 }
