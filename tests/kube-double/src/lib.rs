@@ -158,7 +158,7 @@ impl Default for Builder {
     fn default() -> Self {
         Self {
             kinds: default_kinds(),
-            history_limit: 1024,
+            history_limit: 256,
             bookmark_interval: Duration::from_secs(1),
             clock: None,
             require_namespaces: false,
@@ -182,7 +182,7 @@ impl Builder {
         self
     }
 
-    /// Watch events kept per kind (default 1024). Watches resuming from before the oldest kept
+    /// Watch events kept per kind (default 256). Watches resuming from before the oldest kept
     /// event get 410 Expired. Keep it small for benchmarks with big objects: history holds
     /// old object versions alive.
     #[must_use]

@@ -502,3 +502,148 @@ async fn generate_name_and_dry_run() {
     api.create(&dry, &cgu("dry", "ns")).await.unwrap();
     assert!(api.get_opt("dry").await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn garbage_requests_get_status_answers_not_panics() {
+    let d = KubeDouble::start().await.unwrap();
+    d.put(&cgu("a", "ns")).unwrap();
+    let client = d.client();
+    let cgu_a = "/apis/ran.openshift.io/v1alpha1/namespaces/ns/clustergroupupgrades/a";
+    let cases: &[(&str, &str, &str, &str)] = &[
+        ("GET", "/", "", ""),
+        ("GET", "/apis/nope", "", ""),
+        ("GET", "/apis/nope/v1", "", ""),
+        ("GET", "/api/v1/namespaces/x/status", "", ""),
+        ("GET", "/api/v1/namespaces/x/finalize", "", ""),
+        ("GET", "/api/v1/namespaces/ns/configmaps/a/b/c/d", "", ""),
+        ("POST", "/apis", "application/json", "{}"),
+        (
+            "GET",
+            "/apis/ran.openshift.io/v1alpha1/clustergroupupgrades?watch=true&resourceVersion=abc",
+            "",
+            "",
+        ),
+        (
+            "GET",
+            "/apis/ran.openshift.io/v1alpha1/clustergroupupgrades?limit=-1&continue=1:zz:zz",
+            "",
+            "",
+        ),
+        ("PATCH", cgu_a, "application/merge-patch+json", "[]"),
+        ("PATCH", cgu_a, "application/merge-patch+json", "5"),
+        (
+            "PATCH",
+            cgu_a,
+            "application/merge-patch+json",
+            r#"{"metadata": 5}"#,
+        ),
+        (
+            "PATCH",
+            cgu_a,
+            "application/merge-patch+json",
+            r#"{"metadata": {"labels": {"a": 1}}}"#,
+        ),
+        (
+            "PATCH",
+            cgu_a,
+            "application/merge-patch+json",
+            r#"{"metadata": {"name": "other"}}"#,
+        ),
+        (
+            "PATCH",
+            cgu_a,
+            "application/merge-patch+json",
+            r#"{"kind": "Other"}"#,
+        ),
+        (
+            "PATCH",
+            cgu_a,
+            "application/json-patch+json",
+            r#"[{"op": "replace", "path": "", "value": 1}]"#,
+        ),
+        (
+            "PATCH",
+            cgu_a,
+            "application/json-patch+json",
+            r#"[{"op": "bogus"}]"#,
+        ),
+        (
+            "PATCH",
+            cgu_a,
+            "application/json-patch+json",
+            r#"[{"op": "remove", "path": "/metadata"}]"#,
+        ),
+        (
+            "PATCH",
+            cgu_a,
+            "application/apply-patch+yaml",
+            "\"just a string\"",
+        ),
+        (
+            "PATCH",
+            &format!("{cgu_a}?fieldManager=m"),
+            "application/apply-patch+yaml",
+            "kind: [unclosed",
+        ),
+        (
+            "PATCH",
+            &format!("{cgu_a}?fieldManager=m"),
+            "application/apply-patch+yaml",
+            "apiVersion: ran.openshift.io/v1alpha1\nkind: ClusterGroupUpgrade\nspec:\n  enable: true\n",
+        ),
+        (
+            "PUT",
+            cgu_a,
+            "application/json",
+            r#"{"apiVersion":"ran.openshift.io/v1alpha1","kind":"ClusterGroupUpgrade","metadata":{"name":"b","resourceVersion":"1"}}"#,
+        ),
+        ("PUT", cgu_a, "application/json", "null"),
+        ("DELETE", cgu_a, "application/json", "{not json"),
+        (
+            "DELETE",
+            "/apis/ran.openshift.io/v1alpha1/namespaces/ns/clustergroupupgrades?labelSelector=%21",
+            "",
+            "",
+        ),
+        (
+            "POST",
+            "/apis/ran.openshift.io/v1alpha1/clustergroupupgrades",
+            "application/json",
+            r#"{"apiVersion":"ran.openshift.io/v1alpha1","kind":"ClusterGroupUpgrade","metadata":{"name":"n"}}"#,
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces",
+            "application/json",
+            r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"has.dot"}}"#,
+        ),
+    ];
+    for (method, path, ct, body) in cases {
+        let req = http::Request::builder()
+            .method(*method)
+            .uri(*path)
+            .header("content-type", *ct)
+            .body(kube::client::Body::from(body.as_bytes().to_vec()))
+            .unwrap();
+        let resp = client
+            .send(req)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = resp.status().as_u16();
+        let bytes = kube::client::Body::collect_bytes(resp.into_body())
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("{method} {path} {body}: non-JSON answer: {e}"));
+        assert!(status < 500, "{method} {path} {body}: {status} {v}");
+        if status >= 400 {
+            assert_eq!(v["kind"], "Status", "{method} {path} {body}");
+        }
+    }
+    // The server is still healthy and the object intact (only the YAML apply changed it).
+    let o = Api::<ClusterGroupUpgrade>::namespaced(d.client(), "ns")
+        .get("a")
+        .await
+        .unwrap();
+    assert_eq!(o.spec.enable, Some(true));
+}

@@ -335,3 +335,28 @@ async fn fleet_scale_sanity() {
     );
     assert!(list_all < Duration::from_secs(10));
 }
+
+#[tokio::test]
+async fn injected_clock_stamps_timestamps() {
+    let fixed: jiff::Timestamp = "2026-01-02T03:04:05Z".parse().unwrap();
+    let d = KubeDouble::builder()
+        .clock(std::sync::Arc::new(move || fixed))
+        .start()
+        .await
+        .unwrap();
+    let mut c = cgu("t", "ns");
+    c.metadata.finalizers = Some(vec!["x/y".into()]);
+    let api: Api<ClusterGroupUpgrade> = Api::namespaced(d.client(), "ns");
+    api.create(&PostParams::default(), &c).await.unwrap();
+    api.delete("t", &Default::default()).await.unwrap();
+    let raw = d
+        .get_value(
+            "ran.openshift.io/v1alpha1",
+            "ClusterGroupUpgrade",
+            Some("ns"),
+            "t",
+        )
+        .unwrap();
+    assert_eq!(raw["metadata"]["creationTimestamp"], "2026-01-02T03:04:05Z");
+    assert_eq!(raw["metadata"]["deletionTimestamp"], "2026-01-02T03:04:05Z");
+}

@@ -382,3 +382,47 @@ async fn shutdown_ends_watches_and_refuses_connections() {
     assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
     assert!(api.list(&Default::default()).await.is_err());
 }
+
+#[tokio::test]
+async fn streaming_list_watcher_and_field_selected_cluster_scoped_watch() {
+    let d = KubeDouble::start().await.unwrap();
+    d.put(&mc("a", &[])).unwrap();
+    d.put(&mc("b", &[])).unwrap();
+    let api: Api<ManagedCluster> = Api::all(d.client());
+    // kube's streaming-list watcher: initial ADDED + initial-events-end bookmark, then live.
+    let cfg = watcher::Config::default()
+        .streaming_lists()
+        .fields("metadata.name=b");
+    let mut s = watcher(api.clone(), cfg).boxed();
+    let mut init = vec![];
+    loop {
+        match within(s.next()).await.unwrap().unwrap() {
+            watcher::Event::Init => {}
+            watcher::Event::InitApply(o) => init.push(o.metadata.name.unwrap()),
+            watcher::Event::InitDone => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(init, ["b"]);
+    assert_eq!(
+        d.count_requests(|r| r.verb == Verb::List),
+        0,
+        "streaming lists do not list"
+    );
+    d.put(&mc("c", &[])).unwrap(); // filtered out by the field selector
+    let mut b = mc("b", &[]);
+    b.spec.hub_accepts_client = true;
+    d.put(&b).unwrap();
+    match within(s.next()).await.unwrap().unwrap() {
+        watcher::Event::Apply(o) => {
+            assert_eq!(o.metadata.name.as_deref(), Some("b"));
+            assert!(o.spec.hub_accepts_client);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    d.remove::<ManagedCluster>(None, "b").unwrap();
+    match within(s.next()).await.unwrap().unwrap() {
+        watcher::Event::Delete(o) => assert_eq!(o.metadata.name.as_deref(), Some("b")),
+        other => panic!("unexpected {other:?}"),
+    }
+}
