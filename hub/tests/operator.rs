@@ -85,6 +85,7 @@ fn upgrade_complete() -> Value {
 
 struct Running {
     shared: Arc<Shared>,
+    clock: Arc<ManualClock>,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), OperatorError>>,
 }
@@ -112,14 +113,19 @@ fn config(identity: &str, leader: Option<LeaderElection>) -> Config {
 
 fn start(double: &KubeDouble, config: Config) -> Running {
     let clock = Arc::new(ManualClock::new(T0.parse().unwrap()));
-    let op = Operator::new(double.client(), clock, config);
+    let op = Operator::new(double.client(), clock.clone(), config);
     let shared = op.shared();
     let (stop, rx) = watch::channel(false);
     let task = tokio::spawn(op.run(async move {
         let mut rx = rx;
         let _ = rx.wait_for(|s| *s).await;
     }));
-    Running { shared, stop, task }
+    Running {
+        shared,
+        clock,
+        stop,
+        task,
+    }
 }
 
 /// Waits until `f` holds, polling; panics with `what` and the last state after [`WAIT`].
@@ -663,5 +669,142 @@ async fn only_the_lease_holder_reconciles() {
         .unwrap();
     assert_eq!(lease["spec"]["holderIdentity"], "replica-b");
     b.stop().await;
+    double.shutdown().await;
+}
+
+/// §6.3 E upgrade-batch-timeout: batch 1 completes, then `timeout: 0` (kuttl's poke) times the
+/// CGU out: spoke4 timed out, Warning events, no afterCompletion for spoke4, and nothing of the
+/// CGU keeps enforcing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_timeout_ends_the_rollout_and_its_enforcement() {
+    let double = fleet().await;
+    double.put_value(upgrade_complete()).unwrap();
+    let op = start(&double, config("replica-a", None));
+    wait_not_enabled(&double).await;
+    enable(&double).await;
+    wait_batch(&double, 1, "spoke1").await;
+    set_compliance(&double, P1, "spoke1", "Compliant").await;
+    set_compliance(&double, P2, "spoke1", "Compliant").await;
+    wait_batch(&double, 2, "spoke4").await;
+    op.clock.advance(jiff::SignedDuration::from_secs(1));
+    let api: Api<ClusterGroupUpgrade> = Api::namespaced(double.client(), NS);
+    api.patch(
+        CGU,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"remediationStrategy": {"timeout": 0}}})),
+    )
+    .await
+    .unwrap();
+    let c = wait_for("timed out", || {
+        cgu(&double)
+            .filter(|c| condition(c, "Succeeded") == Some(("False".into(), "TimedOut".into())))
+    })
+    .await;
+    assert_eq!(
+        condition(&c, "Progressing"),
+        Some(("False".into(), "TimedOut".into()))
+    );
+    let spoke4 = c["status"]["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "spoke4")
+        .cloned()
+        .unwrap();
+    assert_eq!(spoke4["state"], "timedout");
+    assert_eq!(spoke4["currentPolicy"]["name"], P1);
+    wait_for("timeout events", || {
+        (!events(&double, "RemediationTimeout").is_empty()
+            && !events(&double, "RemediationInBatchTimeout").is_empty())
+        .then_some(())
+    })
+    .await;
+    let e = &events(&double, "RemediationInBatchTimeout")[0];
+    assert_eq!(e["type"], "Warning");
+    assert_eq!(
+        e["metadata"]["annotations"]["cgu.openshift.io/timedout-clusters"],
+        "spoke4"
+    );
+    assert_eq!(labels(&double, "spoke4"), ["ztp-running"]);
+    wait_for("enforcement objects deleted", || {
+        (owned_count(
+            &double,
+            "cluster.open-cluster-management.io/v1beta1",
+            "Placement",
+        ) == 0
+            && owned_count(
+                &double,
+                "policy.open-cluster-management.io/v1",
+                "PlacementBinding",
+            ) == 0)
+            .then_some(())
+    })
+    .await;
+    op.stop().await;
+    double.shutdown().await;
+}
+
+/// One plain HTTP/1.1 GET; returns the status code and the body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap();
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    (code, body)
+}
+
+/// `/healthz` answers at once, `/readyz` only once every watch has listed, `/metrics` exports
+/// the reconcile metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints_report_health_readiness_and_metrics() {
+    let double = fleet().await;
+    let clock = Arc::new(ManualClock::new(T0.parse().unwrap()));
+    let op = Operator::new(double.client(), clock, config("replica-a", None));
+    let shared = op.shared();
+    let listener = talm_hub::admin::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let admin = tokio::spawn(talm_hub::admin::serve(listener, shared.clone(), stopped()));
+    assert_eq!(http_get(addr, "/healthz").await.0, 200);
+    assert_eq!(
+        http_get(addr, "/readyz").await.0,
+        503,
+        "not synced before run"
+    );
+    double.put_value(upgrade_complete()).unwrap();
+    let task = tokio::spawn(op.run(stopped()));
+    wait_for("ready", || shared.cache_read().synced().then_some(())).await;
+    assert_eq!(http_get(addr, "/readyz").await.0, 200);
+    wait_not_enabled(&double).await;
+    let (code, body) = http_get(addr, "/metrics").await;
+    assert_eq!(code, 200);
+    for needle in [
+        "talm_reconcile_runs_total",
+        "talm_reconcile_duration_seconds_bucket",
+        "talm_watch_events_total{kind=\"policy\"}",
+        "talm_leader 1",
+    ] {
+        assert!(body.contains(needle), "{needle} in {body}");
+    }
+    let _ = stop.send(true);
+    task.await.unwrap().unwrap();
+    admin.await.unwrap().unwrap();
     double.shutdown().await;
 }

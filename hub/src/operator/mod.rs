@@ -106,6 +106,7 @@ pub struct Shared {
     clock: Arc<dyn Clock>,
     graph: Arc<dyn UpdateGraph + Send + Sync>,
     failures: Mutex<std::collections::HashMap<CguRef, u32>>,
+    synced: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -148,6 +149,20 @@ impl Shared {
         }
     }
 
+    /// Marks the caches synced once every kind has finished its first list.
+    fn note_synced(&self, synced: bool) {
+        if synced && !*self.synced.borrow() {
+            tracing::info!("caches synced");
+            let _ = self.synced.send(true);
+        }
+    }
+
+    /// Resolves once every watched kind has finished its first list.
+    pub async fn wait_synced(&self) {
+        let mut rx = self.synced.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
     fn set_triggers(&self, tx: Option<TriggerTx>) {
         *self.triggers.lock().unwrap_or_else(PoisonError::into_inner) = tx;
     }
@@ -186,6 +201,7 @@ impl Operator {
             clock,
             graph: config.graph.clone(),
             failures: Mutex::new(Default::default()),
+            synced: tokio::sync::watch::channel(false).0,
         });
         Self { shared, config }
     }
@@ -215,6 +231,17 @@ impl Operator {
                 self.shared.clock.clone(),
             )
         });
+        // Never decide from a partial view: a CGU reconciled before the policies are listed
+        // would fail validation ("missing policies") and say so in its status and events.
+        tokio::select! {
+            () = self.shared.wait_synced() => {}
+            () = shutdown.clone() => {
+                for w in watchers {
+                    w.abort();
+                }
+                return Ok(());
+            }
+        }
         loop {
             if let Some(lock) = &lock {
                 tokio::select! {

@@ -137,7 +137,12 @@ where
         if let WatchEvent::Delete(Object::Cgu(c)) = &event {
             shared.metrics.forget_cgu(&CguRef::of(c).to_string());
         }
-        let triggers = shared.cache_write().apply(event);
+        let (triggers, synced) = {
+            let mut cache = shared.cache_write();
+            let t = cache.apply(event);
+            (t, cache.synced())
+        };
+        shared.note_synced(synced);
         if !triggers.is_empty() {
             tracing::trace!(?triggers, "routing");
         }
