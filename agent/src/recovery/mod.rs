@@ -270,10 +270,6 @@ pub fn run(cfg: &RecoverConfig, rep: &dyn Reporter) -> Result<Outcome, RecoverEr
         }
         match si {
             0 => {
-                if let Some(id) = r.boot_id() {
-                    r.journal.notes.insert("boot_id".into(), id);
-                    r.journal.save(&r.journal_path)?;
-                }
                 let next = "Please reboot now with 'systemctl reboot', then run 'talm-agent recover --resume'".to_owned();
                 rep.say(&next);
                 return Ok(Outcome {
@@ -305,6 +301,12 @@ pub fn run(cfg: &RecoverConfig, rep: &dyn Reporter) -> Result<Outcome, RecoverEr
 impl Run<'_> {
     fn finish_step(&mut self, key: &str) -> Result<(), RecoverError> {
         self.journal.done.push(key.to_owned());
+        if key.starts_with("restore_files/")
+            && let Some(id) = self.boot_id()
+        {
+            // Saved with the step: stage 2 must not start in the boot that ran stage 1.
+            self.journal.notes.insert("boot_id".into(), id);
+        }
         self.journal.save(&self.journal_path)?;
         if self.rep.proceed(key) {
             Ok(())
