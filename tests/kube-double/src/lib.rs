@@ -85,7 +85,8 @@
 //! ## Not implemented
 //! Authentication/authorisation (every request is allowed), admission, OpenAPI schema
 //! validation and pruning, defaulting, protobuf/CBOR/Table output, aggregated discovery,
-//! `managedFields` for non-apply operations, owner-reference garbage collection, namespace cascade deletion,
+//! `managedFields` for non-apply operations, owner-reference garbage collection and
+//! `propagationPolicy`, namespace cascade deletion,
 //! field selectors beyond name/namespace, HTTP/2, watch-list `resourceVersionMatch=Exact`.
 //!
 //! ## Test hooks

@@ -315,7 +315,7 @@ async fn fleet_scale_sanity() {
         ),
     );
     let t = Instant::now();
-    for i in 0..20 {
+    for i in 0..5 {
         let ops: json_patch::Patch = serde_json::from_value(json!([
             {"op": "replace", "path": format!("/status/status/{i}/compliant"), "value": "Compliant"}
         ]))
@@ -329,9 +329,9 @@ async fn fleet_scale_sanity() {
             .await
             .unwrap();
     }
-    let patch20 = t.elapsed();
+    let patch5 = t.elapsed();
     eprintln!(
-        "fill {fill:?}, list 10k {list_all:?}, list 1k by selector {list_sel:?}, 100 gets {get100:?}, 20 status patches of 10k-entry policies {patch20:?}"
+        "fill {fill:?}, list 10k {list_all:?}, list 1k by selector {list_sel:?}, 100 gets {get100:?}, 5 status patches of 10k-entry policies {patch5:?}"
     );
     assert!(list_all < Duration::from_secs(10));
 }
