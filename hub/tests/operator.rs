@@ -91,6 +91,12 @@ struct Running {
 }
 
 impl Running {
+    /// Ends the operator without any cleanup (no Lease release), as a crash would.
+    async fn crash(self) {
+        self.task.abort();
+        assert!(self.task.await.unwrap_err().is_cancelled());
+    }
+
     async fn stop(self) {
         let _ = self.stop.send(true);
         tokio::time::timeout(WAIT, self.task)
@@ -806,5 +812,58 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
     let _ = stop.send(true);
     task.await.unwrap().unwrap();
     admin.await.unwrap().unwrap();
+    double.shutdown().await;
+}
+
+/// Leader failover after a crash: the leader dies mid-rollout without releasing the Lease; the
+/// standby takes over once the Lease has expired (by its clock) and continues the same batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_continues_the_batch_after_the_leader_crashes() {
+    let double = fleet().await;
+    let le = LeaderElection {
+        namespace: NS.into(),
+        name: "talm-hub-leader".into(),
+        timing: LeaseTiming {
+            lease_duration: Duration::from_secs(3),
+            renew_deadline: Duration::from_secs(2),
+            retry_period: Duration::from_millis(100),
+        },
+    };
+    double.put_value(upgrade_complete()).unwrap();
+    let a = start(&double, config("replica-a", Some(le.clone())));
+    wait_for("a leads", || a.shared.leading().then_some(())).await;
+    let b = start(&double, config("replica-b", Some(le)));
+    wait_not_enabled(&double).await;
+    enable(&double).await;
+    wait_batch(&double, 1, "spoke1").await;
+    wait_for("start events", || {
+        (!events(&double, "RemediationInClusterStarted").is_empty()).then_some(())
+    })
+    .await;
+    assert!(!b.shared.leading());
+    a.crash().await;
+    // By b's clock the Lease (renewed at T0 by a) has expired.
+    b.clock.advance(jiff::SignedDuration::from_secs(10));
+    wait_for("b takes over", || b.shared.leading().then_some(())).await;
+    set_compliance(&double, P1, "spoke1", "Compliant").await;
+    set_compliance(&double, P2, "spoke1", "Compliant").await;
+    wait_batch(&double, 2, "spoke4").await;
+    wait_for("batch 2 start event", || {
+        (events(&double, "RemediationInBatchStarted").len() >= 2).then_some(())
+    })
+    .await;
+    assert_eq!(events(&double, "RemediationStarted").len(), 1);
+    assert_eq!(events(&double, "RemediationInBatchStarted").len(), 2);
+    let lease = double
+        .get_value(
+            "coordination.k8s.io/v1",
+            "Lease",
+            Some(NS),
+            "talm-hub-leader",
+        )
+        .unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "replica-b");
+    assert_eq!(lease["spec"]["leaseTransitions"], 1);
+    b.stop().await;
     double.shutdown().await;
 }

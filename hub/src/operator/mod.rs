@@ -178,6 +178,19 @@ impl AdminState for Shared {
     }
 }
 
+/// Aborts the watcher tasks when the operator's run ends, however it ends (also when the
+/// run future itself is dropped).
+#[derive(Debug)]
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
+}
+
 fn object_ref(r: &CguRef) -> ObjectRef<ClusterGroupUpgrade> {
     ObjectRef::new(&r.name).within(&r.namespace)
 }
@@ -220,7 +233,7 @@ impl Operator {
     ) -> Result<(), OperatorError> {
         let shutdown = shutdown.shared();
         let (reader, writer) = reflector::store::<ClusterGroupUpgrade>();
-        let watchers = watch::spawn_all(self.shared.clone(), writer);
+        let watchers = AbortOnDrop(watch::spawn_all(self.shared.clone(), writer));
         let lock = self.config.leader_election.as_ref().map(|le| {
             LeaseLock::new(
                 self.shared.client.clone(),
@@ -235,12 +248,7 @@ impl Operator {
         // would fail validation ("missing policies") and say so in its status and events.
         tokio::select! {
             () = self.shared.wait_synced() => {}
-            () = shutdown.clone() => {
-                for w in watchers {
-                    w.abort();
-                }
-                return Ok(());
-            }
+            () = shutdown.clone() => return Ok(()),
         }
         loop {
             if let Some(lock) = &lock {
@@ -265,9 +273,7 @@ impl Operator {
         {
             tracing::warn!(error = %e, "leader election: release failed");
         }
-        for w in watchers {
-            w.abort();
-        }
+        drop(watchers);
         Ok(())
     }
 

@@ -23,6 +23,9 @@ use super::writes::{self, Outcome};
 pub const MAX_ATTEMPTS: usize = 4;
 /// The delay for `Requeue::Immediately` (the cache already holds the written objects).
 pub const IMMEDIATE: Duration = Duration::ZERO;
+/// The delay for `Requeue::Immediately` when the decision changed nothing: the engine would
+/// decide the same again, so an immediate requeue would spin.
+pub const IDLE_IMMEDIATE: Duration = Duration::from_secs(1);
 /// The first back-off after a failure; it doubles per consecutive failure up to [`MAX_BACKOFF`].
 pub const BASE_BACKOFF: Duration = Duration::from_millis(500);
 /// The longest back-off after failures (TALM's longest requeue).
@@ -119,7 +122,7 @@ async fn reconcile_cgu(key: &CguRef, shared: &Shared) -> Result<Action, Operator
         );
         writes::apply_writes(shared, &decision.writes).await?;
         match writes::apply_cgu(shared, &cgu, &decision).await? {
-            Outcome::Done => {
+            Outcome::Done { changed } => {
                 writes::publish_events(shared, &cgu, &decision.events, now).await;
                 if let Some(updated) = shared
                     .cache_read()
@@ -127,6 +130,11 @@ async fn reconcile_cgu(key: &CguRef, shared: &Shared) -> Result<Action, Operator
                     .cgu(&key.namespace, &key.name)
                 {
                     shared.metrics.observe_cgu(&key.to_string(), updated, now);
+                }
+                let idle = !changed && decision.writes.is_empty();
+                if idle && decision.requeue == Requeue::Immediately {
+                    tracing::debug!("immediate requeue without changes; delaying it");
+                    return Ok(Action::requeue(IDLE_IMMEDIATE));
                 }
                 return Ok(action(decision.requeue));
             }

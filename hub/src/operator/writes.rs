@@ -40,7 +40,10 @@ pub const REPORTING_CONTROLLER: &str = "ClusterGroupUpgrade";
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// Everything was written.
-    Done,
+    Done {
+        /// Whether the finalizer or the status was written.
+        changed: bool,
+    },
     /// The CGU changed since the decision was made (409); decide again on the fresh object.
     Stale,
     /// The CGU is gone (deleted, or its last finalizer removed).
@@ -277,6 +280,7 @@ pub async fn apply_cgu(
     let (ns, name) = ns_name(&cgu.metadata);
     let api: Api<ClusterGroupUpgrade> = Api::namespaced(shared.client.clone(), &ns);
     let mut rv = cgu.metadata.resource_version.clone();
+    let mut changed = false;
 
     // Finalizer.
     let current: Vec<String> = cgu.metadata.finalizers.clone().unwrap_or_default();
@@ -312,6 +316,7 @@ pub async fn apply_cgu(
                     return Ok(Outcome::Gone);
                 }
                 rv = out.metadata.resource_version.clone();
+                changed = true;
                 shared.cache_write().record_write(out);
             }
             Err(e) if is_not_found(&e) => {
@@ -332,7 +337,10 @@ pub async fn apply_cgu(
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&body))
             .await
         {
-            Ok(out) => shared.cache_write().record_write(out),
+            Ok(out) => {
+                changed = true;
+                shared.cache_write().record_write(out);
+            }
             Err(e) if is_not_found(&e) => {
                 shared.cache_write().record_delete(Kind::Cgu, &ns, &name);
                 return Ok(Outcome::Gone);
@@ -345,7 +353,7 @@ pub async fn apply_cgu(
             }
         }
     }
-    Ok(Outcome::Done)
+    Ok(Outcome::Done { changed })
 }
 
 static EVENT_SEQ: AtomicU64 = AtomicU64::new(0);
