@@ -406,6 +406,7 @@ async fn upgrade_complete_end_to_end() {
     // Step 2: spoke1 complies with both policies; measure what the reaction costs.
     quiesce(&double).await;
     double.clear_requests();
+    let runs_before = op.shared.metrics.reconcile_runs.get();
     set_compliance(&double, P1, "spoke1", "Compliant").await;
     set_compliance(&double, P2, "spoke1", "Compliant").await;
     wait_batch(&double, 2, "spoke4").await;
@@ -435,8 +436,11 @@ async fn upgrade_complete_end_to_end() {
         })
         .collect();
     summary.sort();
+    quiesce(&double).await;
+    let runs = op.shared.metrics.reconcile_runs.get() - runs_before;
     eprintln!(
-        "requests for the batch-1 → batch-2 transition (test's own policy calls excluded): {}\n  {}",
+        "requests for the batch-1 → batch-2 transition over {runs} reconciles (test's own \
+         policy calls excluded): {}\n  {}",
         summary.len(),
         summary.join("\n  ")
     );
@@ -865,5 +869,61 @@ async fn standby_continues_the_batch_after_the_leader_crashes() {
     assert_eq!(lease["spec"]["holderIdentity"], "replica-b");
     assert_eq!(lease["spec"]["leaseTransitions"], 1);
     b.stop().await;
+    double.shutdown().await;
+}
+
+/// §6.3 B cluster-selector, then a ManagedCluster label change reaches the not-started CGU
+/// through the cluster index and the plan follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_selector_plan_follows_label_changes() {
+    let double = fleet().await;
+    double
+        .put_value(json!({
+            "apiVersion": "ran.openshift.io/v1alpha1",
+            "kind": "ClusterGroupUpgrade",
+            "metadata": {"name": "cgu-cluster-selector", "namespace": NS},
+            "spec": {
+                "clusters": ["spoke1", "spoke2", "spoke5", "spoke6"],
+                "clusterLabelSelectors": [
+                    {"matchLabels": {"upgrade2": "true"}},
+                    {"matchExpressions": [{"key": "upgrade", "operator": "Exists"}]}
+                ],
+                "managedPolicies": [P1, P2, "policy3-common-ptp-sub-policy",
+                                    "policy4-common-sriov-sub-policy"],
+                "remediationStrategy": {"maxConcurrency": 2},
+                "enable": false
+            }
+        }))
+        .unwrap();
+    let op = start(&double, config("replica-a", None));
+    let plan = |double: &KubeDouble| {
+        double
+            .get_value(
+                "ran.openshift.io/v1alpha1",
+                "ClusterGroupUpgrade",
+                Some(NS),
+                "cgu-cluster-selector",
+            )
+            .map(|c| c["status"]["remediationPlan"].clone())
+            .unwrap_or_default()
+    };
+    wait_for("selector plan", || {
+        (plan(&double) == json!([["spoke1", "spoke2"], ["spoke5", "spoke6"], ["spoke4"]]))
+            .then_some(())
+    })
+    .await;
+    let api: Api<talm_shared::api::rhacm::ManagedCluster> = Api::all(double.client());
+    api.patch(
+        "spoke4",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"upgrade2": null}}})),
+    )
+    .await
+    .unwrap();
+    wait_for("spoke4 leaves the plan", || {
+        (plan(&double) == json!([["spoke1", "spoke2"], ["spoke5", "spoke6"]])).then_some(())
+    })
+    .await;
+    op.stop().await;
     double.shutdown().await;
 }
