@@ -20,7 +20,7 @@ use talm_hub::operator::{
     Config, LeaderElection, LeaseTiming, ManualClock, Operator, OperatorError, Shared,
 };
 use talm_hub::plan::graph::FileUpdateGraph;
-use talm_kube_double::{Fault, KubeDouble, RequestRecord, Verb};
+use talm_kube_double::{Fault, KubeDouble, PatchType, RequestRecord, Verb};
 use talm_shared::api::cgu::ClusterGroupUpgrade;
 use talm_shared::api::rhacm::Policy;
 use tokio::sync::watch;
@@ -444,6 +444,14 @@ async fn upgrade_complete_end_to_end() {
         summary.len(),
         summary.join("\n  ")
     );
+    for r in reqs.iter().filter(|r| r.resource == "placements") {
+        assert_eq!(r.patch_type, Some(PatchType::Apply), "server-side apply");
+        assert_eq!(r.field_manager.as_deref(), Some("talm-hub"));
+    }
+    for r in reqs.iter().filter(|r| r.resource == "clustergroupupgrades") {
+        assert_eq!(r.subresource.as_deref(), Some("status"), "status only");
+        assert_eq!(r.patch_type, Some(PatchType::Merge));
+    }
     assert_eq!(lists, 0, "no list per reconcile: {summary:?}");
     assert_eq!(
         gets, 0,
@@ -924,6 +932,47 @@ async fn cluster_selector_plan_follows_label_changes() {
         (plan(&double) == json!([["spoke1", "spoke2"], ["spoke5", "spoke6"]])).then_some(())
     })
     .await;
+    op.stop().await;
+    double.shutdown().await;
+}
+
+/// With `deleteObjects: false` the Placements stay after success, but emptied: nothing of the
+/// CGU keeps enforcing (talm's fix of TALM's quirk).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_objects_false_leaves_placements_emptied() {
+    let double = fleet().await;
+    let mut cgu_obj = upgrade_complete();
+    cgu_obj["spec"]["actions"]["afterCompletion"]["deleteObjects"] = json!(false);
+    double.put_value(cgu_obj).unwrap();
+    let op = start(&double, config("replica-a", None));
+    wait_not_enabled(&double).await;
+    enable(&double).await;
+    wait_batch(&double, 1, "spoke1").await;
+    for c in ["spoke1", "spoke4"] {
+        set_compliance(&double, P1, c, "Compliant").await;
+        set_compliance(&double, P2, c, "Compliant").await;
+    }
+    wait_for("Succeeded", || {
+        cgu(&double)
+            .filter(|c| condition(c, "Succeeded") == Some(("True".into(), "Completed".into())))
+    })
+    .await;
+    wait_for("placements emptied", || {
+        [P1, P2]
+            .iter()
+            .all(|p| placement_values(&double, p).is_some_and(|v| v.is_empty()))
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        owned_count(
+            &double,
+            "policy.open-cluster-management.io/v1",
+            "PlacementBinding"
+        ),
+        2,
+        "objects kept"
+    );
     op.stop().await;
     double.shutdown().await;
 }
