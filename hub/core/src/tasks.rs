@@ -251,7 +251,7 @@ mod tests {
                     spec: PrecachingSpec::default(),
                     deadline: Time(deadline),
                 }),
-                backup: None,
+                ..Default::default()
             },
         );
         a.metadata.namespace = Some("spoke1".into());
