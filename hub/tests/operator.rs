@@ -114,6 +114,7 @@ fn config(identity: &str, leader: Option<LeaderElection>) -> Config {
         leader_election: leader,
         identity: identity.into(),
         graph: Arc::new(graph),
+        graph_fetcher: None,
     }
 }
 
@@ -972,6 +973,69 @@ async fn delete_objects_false_leaves_placements_emptied() {
         ),
         2,
         "objects kept"
+    );
+    op.stop().await;
+    double.shutdown().await;
+}
+
+/// Update-graph lookups over HTTP: the first reconcile misses the graph, fetches it outside
+/// the engine and decides again, so validation passes at once and no validation failure is
+/// ever reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_graph_is_fetched_over_http() {
+    use talm_hub::operator::graph::HttpUpdateGraph;
+
+    let graphs: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(Path::new(FIXTURES).join("update-graph.yaml")).unwrap(),
+    )
+    .unwrap();
+    let graph = graphs["https://api.openshift.com/api/upgrades_info/v1/graph?channel=stable-4.9"]
+        .to_string();
+    let app = axum::Router::new().route(
+        "/graph",
+        axum::routing::get(move || {
+            let graph = graph.clone();
+            async move { graph }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let double = fleet().await;
+    let policy = double
+        .get_value(
+            "policy.open-cluster-management.io/v1",
+            "Policy",
+            Some(NS),
+            P1,
+        )
+        .unwrap();
+    let moved = policy.to_string().replace(
+        "https://api.openshift.com/api/upgrades_info/v1/graph",
+        &format!("http://{addr}/graph"),
+    );
+    double
+        .put_value(serde_json::from_str(&moved).unwrap())
+        .unwrap();
+    double.put_value(upgrade_complete()).unwrap();
+    let http = Arc::new(HttpUpdateGraph::new(false).unwrap());
+    let mut cfg = config("replica-a", None);
+    cfg.graph = http.clone();
+    cfg.graph_fetcher = Some(http);
+    let op = start(&double, cfg);
+    wait_not_enabled(&double).await;
+    let c = cgu(&double).unwrap();
+    assert_eq!(
+        condition(&c, "Validated"),
+        Some(("True".into(), "ValidationCompleted".into()))
+    );
+    assert!(
+        double
+            .list_values("events.k8s.io/v1", "Event", Some(NS))
+            .iter()
+            .all(|e| e["reason"] != "CguValidationFailure"),
+        "no transient validation failure"
     );
     op.stop().await;
     double.shutdown().await;

@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
-use talm_hub_core::{NoUpdateGraph, UpdateGraph};
+use talm_hub_core::UpdateGraph;
 
+use super::graph::HttpUpdateGraph;
 use super::{Config, LeaderElection, LeaseTiming, Operator, OperatorError, SystemClock};
 use crate::admin;
 use crate::args::RunArgs;
@@ -46,18 +47,20 @@ async fn run_async(args: &RunArgs) -> Result<(), OperatorError> {
     let client = kube::Client::try_default()
         .await
         .map_err(OperatorError::Client)?;
-    let graph: Arc<dyn UpdateGraph + Send + Sync> = match &args.update_graph {
-        Some(path) => Arc::new(
-            FileUpdateGraph::load(path).map_err(|e| OperatorError::UpdateGraph(e.to_string()))?,
+    let (graph, graph_fetcher): (Arc<dyn UpdateGraph + Send + Sync>, _) = match &args.update_graph {
+        Some(path) => (
+            Arc::new(
+                FileUpdateGraph::load(path)
+                    .map_err(|e| OperatorError::UpdateGraph(e.to_string()))?,
+            ),
+            None,
         ),
         None => {
-            if args.update_graph_insecure {
-                tracing::warn!(
-                    "--update-graph-insecure has no effect yet: update-graph lookups over HTTP \
-                     are not implemented; use --update-graph FILE"
-                );
-            }
-            Arc::new(NoUpdateGraph)
+            let http = Arc::new(
+                HttpUpdateGraph::new(args.update_graph_insecure)
+                    .map_err(|e| OperatorError::UpdateGraph(e.to_string()))?,
+            );
+            (http.clone(), Some(http))
         }
     };
     let identity = identity(args);
@@ -70,6 +73,7 @@ async fn run_async(args: &RunArgs) -> Result<(), OperatorError> {
         }),
         identity: identity.clone(),
         graph,
+        graph_fetcher,
     };
     tracing::info!(?config, "starting talm-hub operator");
     let operator = Operator::new(client, Arc::new(SystemClock), config);

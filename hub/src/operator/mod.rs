@@ -11,6 +11,7 @@
 //!   replica keeps its caches warm and serves the admin endpoints.
 //! - [`cli`]: `talm-hub run` (flags → client, admin servers, signals).
 //! - [`clock`]: the injected clock.
+//! - [`graph`]: update-graph lookups over HTTP(S), fetched outside the engine and cached.
 //! - [`error`]: the operator error type, [`OperatorError`].
 //!
 //! The library entry point is [`Operator::run`], which takes a `kube::Client`, a clock and a
@@ -20,6 +21,7 @@ pub mod cache;
 pub mod cli;
 pub mod clock;
 pub mod error;
+pub mod graph;
 pub mod leader;
 pub mod reconciler;
 pub mod watch;
@@ -70,6 +72,9 @@ pub struct Config {
     pub identity: String,
     /// Update-graph lookups for ClusterVersion policies without an image.
     pub graph: Arc<dyn UpdateGraph + Send + Sync>,
+    /// When `graph` is this HTTP lookup: the reconciler fetches what it missed, then decides
+    /// again.
+    pub graph_fetcher: Option<Arc<graph::HttpUpdateGraph>>,
 }
 
 impl std::fmt::Debug for Config {
@@ -89,6 +94,7 @@ impl Default for Config {
             leader_election: None,
             identity: "talm-hub".into(),
             graph: Arc::new(NoUpdateGraph),
+            graph_fetcher: None,
         }
     }
 }
@@ -105,6 +111,7 @@ pub struct Shared {
     identity: String,
     clock: Arc<dyn Clock>,
     graph: Arc<dyn UpdateGraph + Send + Sync>,
+    graph_fetcher: Option<Arc<graph::HttpUpdateGraph>>,
     failures: Mutex<std::collections::HashMap<CguRef, u32>>,
     synced: tokio::sync::watch::Sender<bool>,
 }
@@ -213,6 +220,7 @@ impl Operator {
             identity: config.identity.clone(),
             clock,
             graph: config.graph.clone(),
+            graph_fetcher: config.graph_fetcher.clone(),
             failures: Mutex::new(Default::default()),
             synced: tokio::sync::watch::channel(false).0,
         });

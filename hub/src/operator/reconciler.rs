@@ -92,7 +92,10 @@ pub fn backoff(n: u32) -> Duration {
 }
 
 async fn reconcile_cgu(key: &CguRef, shared: &Shared) -> Result<Action, OperatorError> {
-    for attempt in 1..=MAX_ATTEMPTS {
+    let mut fetched_graphs = false;
+    let mut attempt = 0;
+    while attempt < MAX_ATTEMPTS {
+        attempt += 1;
         let now = shared.clock.now();
         let decided = {
             let cache = shared.cache_read();
@@ -112,6 +115,17 @@ async fn reconcile_cgu(key: &CguRef, shared: &Shared) -> Result<Action, Operator
         let Some((cgu, decision)) = decided else {
             return Ok(Action::await_change());
         };
+        // The engine asked for update graphs not fetched yet: fetch them (outside the cache
+        // lock) and decide again, once per reconcile.
+        if let Some(g) = &shared.graph_fetcher
+            && g.has_missing()
+            && !fetched_graphs
+        {
+            fetched_graphs = true;
+            g.fetch_missing().await;
+            attempt -= 1;
+            continue;
+        }
         tracing::debug!(
             attempt,
             writes = decision.writes.len(),
