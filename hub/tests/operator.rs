@@ -1040,3 +1040,72 @@ async fn update_graph_is_fetched_over_http() {
     op.stop().await;
     double.shutdown().await;
 }
+
+/// Pre-caching through agents: the operator assigns each cluster's SpokeAgent a pre-cache task
+/// (creating the SpokeAgent), the agents' reports (written to SpokeAgent status, as the
+/// gateway does) reach the CGU through the cluster index, and pre-caching completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn precache_tasks_flow_through_spoke_agents() {
+    use talm_shared::api::spokeagent::SpokeAgent;
+
+    let clusters = ["spoke1", "spoke2", "spoke4", "spoke5"];
+    let double = fleet().await;
+    double
+        .put_value(json!({
+            "apiVersion": "ran.openshift.io/v1alpha1",
+            "kind": "ClusterGroupUpgrade",
+            "metadata": {"name": "cgu-precache", "namespace": NS},
+            "spec": {
+                "clusters": clusters,
+                "managedPolicies": ["policy0-common-config-policy", P1, P2,
+                                    "policy3-common-ptp-sub-policy",
+                                    "policy4-common-sriov-sub-policy"],
+                "remediationStrategy": {"maxConcurrency": 2},
+                "preCaching": true,
+                "enable": false
+            }
+        }))
+        .unwrap();
+    let op = start(&double, config("replica-a", None));
+    let ids = wait_for("pre-cache tasks assigned", || {
+        clusters
+            .iter()
+            .map(|c| {
+                double
+                    .get_value("talm.dev/v1alpha1", "SpokeAgent", Some(c), c)
+                    .and_then(|a| a["spec"]["precache"]["id"].as_str().map(str::to_string))
+            })
+            .collect::<Option<Vec<String>>>()
+    })
+    .await;
+    for (c, id) in clusters.iter().zip(&ids) {
+        let api: Api<SpokeAgent> = Api::namespaced(double.client(), c);
+        api.patch_status(
+            c,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"connected": true,
+                "precache": {"id": id, "state": "Succeeded"}}})),
+        )
+        .await
+        .unwrap();
+    }
+    let precache_done = |double: &KubeDouble| {
+        let c = double.get_value(
+            "ran.openshift.io/v1alpha1",
+            "ClusterGroupUpgrade",
+            Some(NS),
+            "cgu-precache",
+        )?;
+        let states = c["status"]["precaching"]["status"].as_object()?.clone();
+        (states.len() == clusters.len() && states.values().all(|v| v == "Succeeded")).then_some(c)
+    };
+    let c = wait_for("pre-caching succeeded", || precache_done(&double)).await;
+    assert_eq!(
+        condition(&c, "PrecachingSuceeded").map(|(s, _)| s),
+        Some("True".into()),
+        "{:#}",
+        c["status"]
+    );
+    op.stop().await;
+    double.shutdown().await;
+}
