@@ -4,39 +4,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, ValueEnum};
 use talm_shared::clock::SystemClock;
-use talm_shared::telemetry::LogArgs;
 
 use crate::conn::{ConnConfig, HubTarget};
 use crate::daemon::{Agent, AgentConfig, AgentError};
-use crate::host::Host;
+use crate::facts::Host;
 use crate::runner::HostRunner;
-
-/// talm-agent command line.
-#[derive(Debug, Parser)]
-#[command(
-    name = "talm-agent",
-    version,
-    about = "talm on-node agent: runs hub-assigned tasks over an mTLS gRPC channel"
-)]
-pub struct Cli {
-    /// Logging.
-    #[command(flatten)]
-    pub log: LogArgs,
-    /// What to do.
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-/// Subcommands.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the daemon.
-    Run(RunArgs),
-    /// Print the connection state and the journaled tasks (works while the daemon runs).
-    Status(StatusArgs),
-}
 
 /// `talm-agent run`.
 #[derive(Clone, Debug, Args)]
@@ -91,6 +65,22 @@ pub struct StatusArgs {
     pub output: Output,
 }
 
+impl StatusArgs {
+    /// Prints the status.
+    pub fn run(&self) -> Result<(), CliError> {
+        let view = crate::status::load(&self.state_dir)?;
+        match self.output {
+            Output::Json => {
+                let text = serde_json::to_string_pretty(&view)
+                    .map_err(|e| CliError::Read("status".into(), std::io::Error::other(e)))?;
+                println!("{text}");
+            }
+            Output::Text => print!("{}", crate::status::render_text(&view)),
+        }
+        Ok(())
+    }
+}
+
 /// Errors of the command line.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -139,6 +129,16 @@ impl RunArgs {
             backoff_max: Duration::from_secs(self.backoff_max_secs.max(1)),
             renew_at_fraction: 2.0 / 3.0,
         })
+    }
+
+    /// Runs the daemon until SIGINT/SIGTERM on a single-threaded runtime (the agent is small:
+    /// one thread plus blocking-pool threads for fsyncs, spawned on demand).
+    pub fn run_blocking(&self) -> Result<(), CliError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| CliError::Read("tokio runtime".into(), e))?;
+        rt.block_on(self.run())
     }
 
     /// Runs the daemon until SIGINT/SIGTERM.

@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::{Backoff, random_u64};
 use crate::conn::{self, ConnConfig, ConnError, HubTarget, Identity};
-use crate::host::HostInfo;
+use crate::facts::HostInfo;
 use crate::journal::{Accept, Journal, JournalError, Report, ReportBody, Task, TaskState};
 use crate::runner::{Progress, TaskContext, TaskRunner};
 

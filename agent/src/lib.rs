@@ -1,26 +1,110 @@
-//! talm-agent: the on-node daemon of a single-node OpenShift cluster. It dials the hub over one
-//! mTLS gRPC stream, runs the tasks the hub assigns, and never loses a report.
+//! talm-agent: the on-node agent of a single-node OpenShift cluster. As a daemon (`run`) it
+//! dials the hub over one mTLS gRPC stream, runs the tasks the hub assigns, and never loses a
+//! report; as a tool it takes the pre-upgrade backup and recovers the node.
 //!
 //! # Layout
-//! - [`args`]: the clap command line (`run`, `status`), every flag with an env fallback.
-//! - [`journal`]: the durable journal (accepted tasks, their states, unacknowledged reports),
-//!   written atomically and fsynced on every change.
-//! - [`conn`]: TLS 1.3 connections to the hub, enrollment (bootstrap token + CSR) and rotation.
-//! - [`host`]: host access behind a trait rooted at `--host-root` (statvfs, node facts).
-//! - [`runner`]: task execution (`check-space`; other kinds are rejected until they land).
-//! - [`daemon`]: the session loop, reconnects with jittered capped backoff, heartbeats,
-//!   certificate rotation, and the connection state file read by `talm-agent status`.
-//! - [`backoff`]: the reconnect backoff.
-//! - [`status`]: `talm-agent status` rendering.
+//! - [`host`]: host access behind seams, every path under a configurable host root: the one
+//!   process-spawning module ([`host::exec`]), ostree, disk, the native etcd snapshot client,
+//!   and archives with a safe restore.
+//! - [`backup`]: `talm-agent backup`, the pre-upgrade backup (also a library entry point for the
+//!   hub-driven task: [`backup::run`]).
+//! - [`recovery`]: `talm-agent recover`, the journaled on-node recovery.
+//! - The hub channel (`talm-agent run` and `status`):
+//!   - [`args`]: the clap arguments of `run` and `status`, every flag with an env fallback;
+//!   - [`journal`]: the durable journal (accepted tasks, their states, unacknowledged
+//!     reports), written atomically and fsynced on every change;
+//!   - [`conn`]: TLS 1.3 connections to the hub, enrollment (bootstrap token + CSR), rotation;
+//!   - [`facts`]: node facts for Hello and statvfs, behind a trait rooted at `--host-root`;
+//!   - [`runner`]: task execution (`check-space`; other kinds are rejected until wired);
+//!   - [`daemon`]: the session loop, reconnects with jittered capped backoff, heartbeats,
+//!     certificate rotation, and the connection state file read by `talm-agent status`;
+//!   - [`backoff`]: the reconnect backoff;
+//!   - [`status`]: `talm-agent status` rendering.
 
+/// Host operations (module files in `src/host/`).
+pub mod host {
+    pub mod archive;
+    pub mod disk;
+    pub mod etcd;
+    pub mod exec;
+    pub mod ostree;
+    pub mod root;
+}
 pub mod args;
 pub mod backoff;
+pub mod backup;
 pub mod conn;
 pub mod daemon;
-pub mod host;
+pub mod facts;
 pub mod journal;
+pub mod recovery;
 pub mod runner;
 pub mod status;
 
 /// This agent's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The command line.
+#[derive(Debug, clap::Parser)]
+#[command(name = "talm-agent", version, about = "talm on-node agent")]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Run the daemon: keep a session with the hub and run the tasks it assigns.
+    Run(args::RunArgs),
+    /// Print the daemon's connection state and journaled tasks (works while it runs).
+    Status(args::StatusArgs),
+    /// Take the pre-upgrade backup (ostree pin, etcd snapshot, node files).
+    Backup(backup::cli::BackupArgs),
+    /// Recover the node from its backup after a failed upgrade.
+    Recover(recovery::cli::RecoverArgs),
+}
+
+/// A command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The backup failed.
+    #[error(transparent)]
+    Backup(#[from] backup::BackupError),
+    /// The recovery stopped.
+    #[error(transparent)]
+    Recover(#[from] recovery::RecoverError),
+    /// The daemon or `status` failed.
+    #[error(transparent)]
+    Channel(#[from] args::CliError),
+}
+
+impl Cli {
+    /// Runs the command. The wall clock is read here only (timestamps of file names and of the
+    /// redeployment reason); the daemon gets the clock seam.
+    pub fn run(self) -> Result<(), Error> {
+        let json = std::env::var("TALM_LOG_FORMAT").is_ok_and(|f| f == "json");
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let builder = tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(filter);
+        let _ = if json {
+            builder.json().try_init()
+        } else {
+            builder.try_init()
+        };
+        #[allow(clippy::disallowed_methods)] // the entry point reads the clock
+        let now = jiff::Timestamp::now();
+        match self.command {
+            Command::Run(a) => a.run_blocking()?,
+            Command::Status(a) => a.run()?,
+            Command::Backup(a) => a
+                .run(now.strftime("%Y-%m-%d_%H%M%S").to_string())
+                .map(drop)?,
+            Command::Recover(a) => a.run(&now.to_string()).map(drop)?,
+        }
+        Ok(())
+    }
+}

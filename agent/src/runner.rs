@@ -11,7 +11,7 @@ use std::sync::Arc;
 use talm_proto::v1::{TaskKind, TaskOutcome};
 use tokio::sync::mpsc;
 
-use crate::host::{CONTAINERS_STORAGE, HostInfo};
+use crate::facts::{CONTAINERS_STORAGE, HostInfo};
 use crate::journal::Task;
 
 /// Live progress, forwarded to the hub best-effort (never journaled).
@@ -159,7 +159,7 @@ impl TaskRunner for HostRunner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::FsStats;
+    use crate::facts::FsStats;
 
     #[derive(Debug)]
     struct Fake(FsStats, u32);

@@ -4,6 +4,7 @@
 //! match arm in [`crate::run`]. Every flag that makes sense in a Deployment has an `env`
 //! fallback named `TALM_...`.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -47,6 +48,9 @@ pub enum Command {
     Plan(PlanArgs),
     /// Write (or check) the CRD manifests of the kinds talm owns.
     Crds(CrdsArgs),
+    /// Run the ClusterGroupUpgrade operator against the cluster (in-cluster config or
+    /// KUBECONFIG) until SIGTERM or SIGINT.
+    Run(RunArgs),
 }
 
 /// `talm-hub plan`.
@@ -93,6 +97,54 @@ pub struct CrdsArgs {
     /// Write nothing; exit 1 naming each file that is missing or differs.
     #[arg(long)]
     pub check: bool,
+}
+
+/// `talm-hub run`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct RunArgs {
+    /// Address of the `/metrics` endpoint.
+    #[arg(long, env = "TALM_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Address of the `/healthz` and `/readyz` endpoints (may equal --metrics-addr).
+    #[arg(long, env = "TALM_HEALTH_ADDR", default_value = "0.0.0.0:8081")]
+    pub health_addr: SocketAddr,
+    /// Elect a leader with a Lease; only the leader reconciles (`--leader-elect false` for a
+    /// single replica without a Lease).
+    #[arg(long, env = "TALM_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// Namespace of the leader Lease (default: the pod's namespace, else `default`).
+    #[arg(long, env = "TALM_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// Name of the leader Lease.
+    #[arg(long, env = "TALM_LEASE_NAME", default_value = "talm-hub-leader")]
+    pub lease_name: String,
+    /// This replica's identity (Lease holder, events' reportingInstance); default: the pod
+    /// name (`HOSTNAME`) and the process id.
+    #[arg(long, env = "TALM_IDENTITY")]
+    pub identity: Option<String>,
+    /// Concurrent CGU reconciles; an invalid value or one below 1 means 5 (as in TALM).
+    #[arg(
+        long,
+        env = "TALM_CGU_CTRL_WORKER_COUNT",
+        default_value = "5",
+        value_parser = parse_worker_count
+    )]
+    pub worker_count: u16,
+    /// Answer update-graph lookups from this file (as `talm-hub plan --update-graph`).
+    #[arg(long, value_name = "FILE", env = "TALM_UPDATE_GRAPH")]
+    pub update_graph: Option<PathBuf>,
+    /// Skip TLS verification of update-graph requests (TALM's `INSECURE_GRAPH_CALL`).
+    #[arg(long, env = "TALM_UPDATE_GRAPH_INSECURE", action = clap::ArgAction::SetTrue)]
+    pub update_graph_insecure: bool,
+}
+
+/// TALM's rule for `TALM_CGU_CTRL_WORKER_COUNT`: anything but an integer >= 1 means 5.
+fn parse_worker_count(s: &str) -> Result<u16, std::convert::Infallible> {
+    Ok(s.trim()
+        .parse::<u16>()
+        .ok()
+        .filter(|n| *n >= 1)
+        .unwrap_or(5))
 }
 
 #[cfg(test)]
@@ -151,6 +203,36 @@ mod tests {
         );
         assert_eq!(plan.output, OutputFormat::Yaml);
         assert_eq!(plan.now.as_deref(), Some("2026-01-01T00:00:00Z"));
+    }
+
+    #[test]
+    fn run_defaults_and_worker_count_fallback() {
+        let args = Args::try_parse_from(["talm-hub", "run"]).unwrap();
+        let Command::Run(run) = args.command else {
+            panic!("expected run");
+        };
+        assert!(run.leader_elect);
+        assert_eq!(run.worker_count, 5);
+        assert_eq!(run.metrics_addr, "0.0.0.0:8080".parse().unwrap());
+        let args = Args::try_parse_from([
+            "talm-hub",
+            "run",
+            "--worker-count",
+            "0",
+            "--leader-elect",
+            "false",
+            "--update-graph-insecure",
+        ])
+        .unwrap();
+        let Command::Run(run) = args.command else {
+            panic!("expected run");
+        };
+        assert_eq!(run.worker_count, 5);
+        assert!(!run.leader_elect);
+        assert!(run.update_graph_insecure);
+        for (v, want) in [("12", 12), ("x", 5), ("-3", 5)] {
+            assert_eq!(parse_worker_count(v).unwrap(), want);
+        }
     }
 
     #[test]

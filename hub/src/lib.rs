@@ -6,14 +6,19 @@
 //! - [`crds`]: `talm-hub crds`, the generated CRD manifests and their drift check.
 //! - [`plan`]: `talm-hub plan`, the offline adapter: read objects from files, run the engine to a
 //!   fixed point at a given time, print the resulting objects or a table.
+//! - [`operator`]: `talm-hub run`, the CGU operator (watchers, controller, leader election).
+//! - [`admin`] and [`metrics`]: the operator's `/healthz`, `/readyz` and `/metrics`.
 //! - [`error`]: the library's error type and its exit codes.
 //!
 //! The binary (`main.rs`) only parses arguments and reads the clock; [`main`] does the rest.
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod args;
 pub mod crds;
 pub mod error;
+pub mod metrics;
+pub mod operator;
 pub mod plan;
 pub mod telemetry;
 
@@ -32,6 +37,7 @@ pub fn run(args: Args, now: jiff::Timestamp) -> Result<(), Error> {
     match command {
         Command::Plan(plan_args) => plan::run(&plan_args, now),
         Command::Crds(crds_args) => crds::run(&crds_args),
+        Command::Run(run_args) => operator::cli::run(&run_args),
     }
 }
 

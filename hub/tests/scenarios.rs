@@ -2699,3 +2699,51 @@ fn precache_task_cancelled_when_cluster_leaves_before_start() {
     );
     assert!(w.spoke_agent("spoke1").expect("agent")["spec"]["precache"].is_object());
 }
+
+/// Review finding: when pre-caching drops some clusters and backup fails on all the others, no
+/// cluster is left; the CGU fails ("Backup failed"), it does not report "already compliant".
+#[test]
+fn precache_and_backup_failures_leaving_nothing_fail_the_cgu() {
+    let n = "cgu-nothing-left";
+    let mut w = World::talm();
+    w.add_cgu(
+        n,
+        json!({
+            "clusters": ["spoke1", "spoke2"],
+            "managedPolicies": [P0, P2],
+            "remediationStrategy": {"maxConcurrency": 2},
+            "preCaching": true,
+            "backup": true,
+        }),
+    );
+    w.run();
+    w.report_precache("spoke1", "Succeeded")
+        .report_precache("spoke2", "UnrecoverableError");
+    w.run_after(30);
+    let c = w.cgu(n);
+    assert_condition(
+        c,
+        "PrecachingSuceeded",
+        "True",
+        "PartiallyDone",
+        "Precaching failed for 1 clusters",
+    );
+    w.report_backup("spoke1", "UnrecoverableError");
+    w.run_after(30);
+    let c = w.cgu(n);
+    assert_condition(
+        c,
+        "BackupSuceeded",
+        "False",
+        "Failed",
+        "Backup failed for all clusters",
+    );
+    assert_condition(
+        c,
+        "Succeeded",
+        "False",
+        "Failed",
+        "No clusters available for remediation (Backup failed)",
+    );
+    w.assert_no_event("CguSuccess", "RemediationCompleted");
+}

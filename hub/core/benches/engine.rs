@@ -178,6 +178,21 @@ fn mid_rollout(n: usize) -> (ClusterGroupUpgrade, usize) {
     (cgu, current - 1)
 }
 
+/// The CGU about to start one batch holding every cluster (`maxConcurrency: 0`): the reconcile
+/// initialises the batch and releases all N clusters into the Placements.
+fn one_big_batch(n: usize) -> ClusterGroupUpgrade {
+    let (mut cgu, _) = mid_rollout(n);
+    let st = cgu.status.as_mut().unwrap();
+    st.remediation_plan = Some(vec![(0..n).map(cluster).collect()]);
+    st.computed_max_concurrency = Some(n as i32);
+    st.clusters = None;
+    let us = st.status.as_mut().unwrap();
+    us.current_batch = Some(1);
+    us.current_batch_started_at = None;
+    us.current_batch_remediation_progress = None;
+    cgu
+}
+
 struct Stats {
     min: Duration,
     median: Duration,
@@ -205,8 +220,45 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// Applies a first reconcile's Placement/PlacementBinding writes, so measured reconciles see
+/// the steady state of a running batch (every released cluster already in its Placement).
+fn settle(cgu: &ClusterGroupUpgrade, snap: &mut Snapshot, ctx: &Context<'_>) {
+    let d = reconcile(cgu, snap, ctx);
+    for w in d.writes {
+        match w {
+            talm_hub_core::Write::ApplyPlacement(p) => snap.insert_placement(p),
+            talm_hub_core::Write::ApplyPlacementBinding(b) => snap.insert_placement_binding(b),
+            _ => {}
+        }
+    }
+}
+
+/// `--once N [K]`: build the mid-rollout fleet of N clusters, settle it, and run K reconciles, for
+/// instruction counting under `valgrind --tool=callgrind --toggle-collect=...reconcile...`.
+fn once(n: usize, repeat: usize) {
+    let (cgu, done) = mid_rollout(n);
+    let mut snap = fleet(n, done, false);
+    let ctx = Context {
+        now: t0() + SignedDuration::from_mins(70),
+        graph: &NoUpdateGraph,
+    };
+    settle(&cgu, &mut snap, &ctx);
+    for _ in 0..repeat {
+        let d = reconcile(black_box(&cgu), black_box(&snap), &ctx);
+        assert!(d.writes.is_empty(), "steady state expected");
+    }
+    println!("n={n}: settled, then {repeat} reconciles");
+}
+
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--once") {
+        let n = args.get(i + 1).and_then(|s| s.parse().ok()).unwrap_or(1000);
+        let repeat = args.get(i + 2).and_then(|s| s.parse().ok()).unwrap_or(1);
+        once(n, repeat);
+        return;
+    }
+    let quick = args.iter().any(|a| a == "--quick");
     let rounds = if quick { 10 } else { 60 };
     let now = t0() + SignedDuration::from_mins(70);
     let ctx = Context {
@@ -220,7 +272,8 @@ fn main() {
     let mut mid = BTreeMap::new();
     for n in [1_000usize, 10_000] {
         let (cgu, done) = mid_rollout(n);
-        let snap = fleet(n, done, false);
+        let mut snap = fleet(n, done, false);
+        settle(&cgu, &mut snap, &ctx);
         let s = measure(rounds, || {
             black_box(reconcile(black_box(&cgu), black_box(&snap), &ctx));
         });
@@ -241,6 +294,21 @@ fn main() {
             ms(b.p95)
         );
     }
+    let mut big = BTreeMap::new();
+    for n in [1_000usize, 10_000] {
+        let cgu = one_big_batch(n);
+        let snap = fleet(n, 0, false);
+        let s = measure(rounds.min(20), || {
+            black_box(reconcile(black_box(&cgu), black_box(&snap), &ctx));
+        });
+        println!(
+            "  one-batch start (release all) n={n:>6}: min {:>8.3} ms  median {:>8.3} ms  p95 {:>8.3} ms",
+            ms(s.min),
+            ms(s.median),
+            ms(s.p95)
+        );
+        big.insert(n, s.median);
+    }
     let mut start = BTreeMap::new();
     for n in [1_000usize, 10_000] {
         let mut cgu = base_cgu(n, true);
@@ -259,8 +327,9 @@ fn main() {
     }
     let ratio = |m: &BTreeMap<usize, Duration>| m[&10_000].as_secs_f64() / m[&1_000].as_secs_f64();
     println!(
-        "  ratio 10k/1k: mid-rollout {:.2}x, plan+start {:.2}x",
+        "  ratio 10k/1k: mid-rollout {:.2}x, one-batch start {:.2}x, plan+start {:.2}x",
         ratio(&mid),
+        ratio(&big),
         ratio(&start)
     );
 }

@@ -75,7 +75,10 @@ pub fn fit_annotations(ann: &mut BTreeMap<String, String>, list_keys: &[&str], l
         }
         let over = size(ann) - limit + keys::TRUNCATED.len() + 64;
         if let Some(v) = ann.get_mut(*key) {
-            let keep = v.len().saturating_sub(over);
+            let mut keep = v.len().saturating_sub(over);
+            while keep > 0 && !v.is_char_boundary(keep) {
+                keep -= 1;
+            }
             let cut = v[..keep].rfind(',').unwrap_or(0);
             v.truncate(cut);
             truncated.push(key);
@@ -314,6 +317,20 @@ mod tests {
         assert_eq!(ann[keys::TRUNCATED], keys::BATCH_CLUSTERS);
         assert!(ann[keys::BATCH_CLUSTERS].starts_with("cluster-00000,cluster-00001"));
         assert!(!ann[keys::BATCH_CLUSTERS].ends_with(','));
+    }
+
+    #[test]
+    fn truncation_respects_utf8_boundaries() {
+        for pad in 0..4 {
+            let names: Vec<String> = (0..30_000)
+                .map(|i| format!("{}cé{i:06}", "x".repeat(pad)))
+                .collect();
+            let mut ann: BTreeMap<String, String> = BTreeMap::new();
+            ann.insert(keys::MISSING_CLUSTERS.into(), names.join(","));
+            fit_annotations(&mut ann, &[keys::MISSING_CLUSTERS], ANNOTATION_LIMIT);
+            let total: usize = ann.iter().map(|(k, v)| k.len() + v.len()).sum();
+            assert!(total <= ANNOTATION_LIMIT);
+        }
     }
 
     #[test]

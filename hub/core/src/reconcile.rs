@@ -91,6 +91,7 @@ pub fn reconcile(cgu: &ClusterGroupUpgrade, snap: &Snapshot, ctx: &Context<'_>) 
         requeue: Requeue::Never,
         finalizer: FinalizerChange::None,
         notes: Notes::default(),
+        recorded: None,
     };
     r.run();
     Decision {
@@ -114,6 +115,8 @@ struct Run<'a> {
     requeue: Requeue,
     finalizer: FinalizerChange,
     notes: Notes,
+    /// Names in `status.clusters`, built on first use (O(1) membership at fleet scale).
+    recorded: Option<HashSet<String>>,
 }
 
 /// What the not-started path learned about the policies.
@@ -300,16 +303,12 @@ impl<'a> Run<'a> {
                     reasons::CLUSTER_NOT_FOUND,
                     &message,
                 );
-                if changed {
-                    let items = match &e {
-                        SelectionError::NotManagedCluster { all, .. } => all.clone(),
-                        SelectionError::CanaryNotSelected(c) => vec![c.clone()],
-                        SelectionError::NoneSpecified => Vec::new(),
-                    };
+                // The event exists for clusters that are not ManagedClusters (§2.7).
+                if let (true, SelectionError::NotManagedCluster { all, .. }) = (changed, &e) {
                     self.events.push(events::validation_failure(
                         self.cgu,
                         "missing clusters",
-                        &items,
+                        all,
                     ));
                 }
                 self.notes
@@ -321,6 +320,10 @@ impl<'a> Run<'a> {
         };
         let cmc =
             computed_max_concurrency(spec.remediation_strategy.max_concurrency, clusters.len());
+        if self.status.computed_max_concurrency != Some(cmc) {
+            // TALM writes the new value and comes straight back.
+            self.requeue(Requeue::Immediately);
+        }
         self.status.computed_max_concurrency = Some(cmc);
         self.set_cond(
             types::CLUSTERS_SELECTED,
@@ -465,14 +468,8 @@ impl<'a> Run<'a> {
                 k
             });
             if selected.is_empty() {
-                self.set_cond(
-                    types::PROGRESSING,
-                    false,
+                self.end(
                     reasons::COMPLETED,
-                    msg::NO_CLUSTERS_BLOCKING,
-                );
-                self.set_cond(
-                    types::SUCCEEDED,
                     false,
                     reasons::FAILED,
                     msg::NO_CLUSTERS_BLOCKING,
@@ -501,6 +498,20 @@ impl<'a> Run<'a> {
         } else {
             Some(final_plan.clone())
         };
+        if final_plan.is_empty() && !plan.is_empty() {
+            // Every cluster that needed remediation was dropped: that is a failure, not
+            // "already compliant".
+            let message = if failed.values().any(|r| r.starts_with("backup")) {
+                msg::NO_CLUSTERS_BACKUP
+            } else if !failed.is_empty() {
+                msg::NO_CLUSTERS_PRECACHE
+            } else {
+                msg::NO_CLUSTERS_BLOCKING
+            };
+            self.explain_excluded(&clusters, &nc, &failed, &filtered_out);
+            self.fail_no_clusters(message);
+            return;
+        }
         let after = self
             .cgu
             .spec
@@ -590,22 +601,49 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// Ends the rollout: `Progressing=False/<progressing_reason>` and `Succeeded` with the outcome,
+    /// both with `message`. The completion path runs on the next pass.
+    fn end(
+        &mut self,
+        progressing_reason: &str,
+        succeeded: bool,
+        succeeded_reason: &str,
+        message: &str,
+    ) {
+        self.set_cond(types::PROGRESSING, false, progressing_reason, message);
+        self.set_cond(types::SUCCEEDED, succeeded, succeeded_reason, message);
+    }
+
     fn fail_no_clusters(&mut self, message: &str) {
-        self.set_cond(types::PROGRESSING, false, reasons::COMPLETED, message);
-        self.set_cond(types::SUCCEEDED, false, reasons::FAILED, message);
+        self.end(reasons::COMPLETED, false, reasons::FAILED, message);
         self.requeue(Requeue::Immediately);
     }
 
-    fn record_complete(&mut self, cluster: &str) {
-        let list = self.status.clusters.get_or_insert_with(Vec::new);
-        if !list.iter().any(|c| c.name == cluster) {
-            list.push(ClusterState {
-                name: cluster.to_string(),
-                state: "complete".to_string(),
-                current_policy: None,
-                current_manifest_work: None,
-            });
+    /// Appends a final outcome to `status.clusters` unless the cluster already has one.
+    fn record_outcome(&mut self, entry: ClusterState) {
+        let recorded = self.recorded.get_or_insert_with(|| {
+            self.status
+                .clusters
+                .iter()
+                .flatten()
+                .map(|c| c.name.clone())
+                .collect()
+        });
+        if recorded.insert(entry.name.clone()) {
+            self.status
+                .clusters
+                .get_or_insert_with(Vec::new)
+                .push(entry);
         }
+    }
+
+    fn record_complete(&mut self, cluster: &str) {
+        self.record_outcome(ClusterState {
+            name: cluster.to_string(),
+            state: "complete".to_string(),
+            current_policy: None,
+            current_manifest_work: None,
+        });
     }
 
     /// Policy discovery and validation; sets the Validated condition. `None` means stop here.
@@ -814,11 +852,14 @@ impl<'a> Run<'a> {
                 roots.push(&r.policy);
             }
         }
+        // Compliant policies count for pre-caching too (§4.1); a ClusterVersion problem there
+        // is reported, not silently dropped.
         let image = platform_image(&roots, true, self.graph)
-            .ok()
-            .flatten()
-            .or_else(|| policies.platform_image.clone());
-        let spec = match precache::build_spec(self.cgu, &roots, image.as_deref(), self.snap) {
+            .map(|i| i.or_else(|| policies.platform_image.clone()))
+            .map_err(|e| format!("Precaching spec is incomplete: {e}"));
+        let spec = match image
+            .and_then(|image| precache::build_spec(self.cgu, &roots, image.as_deref(), self.snap))
+        {
             Ok(s) => s,
             Err(e) => {
                 self.set_cond(
@@ -981,16 +1022,11 @@ impl<'a> Run<'a> {
             self.requeue(Requeue::After(THIRTY_S));
             return Gate::Wait;
         }
+        let total = states.len();
         let failed: BTreeMap<String, String> = states
             .into_iter()
             .filter(|(_, s)| s != states::SUCCEEDED)
             .collect();
-        let total = self
-            .status
-            .remediation_plan
-            .as_ref()
-            .map(|p| p.iter().flatten().collect::<HashSet<_>>().len())
-            .unwrap_or(0);
         if failed.is_empty() {
             self.set_cond(cond_type, true, completed.0, completed.1);
             Gate::Done(failed)
@@ -1199,13 +1235,19 @@ impl<'a> Run<'a> {
         })
     }
 
-    fn release(&mut self, cluster: &str, policy: &ManagedPolicyForUpgrade) {
+    /// Adds clusters to a policy's Placement (keeping the order they were released in), with
+    /// one write for the whole call.
+    fn release(&mut self, clusters: &[&str], policy: &ManagedPolicyForUpgrade) {
         let name = self.object_name(policy);
         let mut values = self.current_values(policy, &name);
-        if !values.iter().any(|v| v == cluster) {
-            values.push(cluster.to_string());
-            self.apply_placement(policy, &name, values);
-        } else if self.snap.placement(&policy.namespace, &name).is_none() {
+        let mut present: HashSet<String> = values.iter().cloned().collect();
+        let before = values.len();
+        for c in clusters {
+            if present.insert((*c).to_string()) {
+                values.push((*c).to_string());
+            }
+        }
+        if values.len() != before || self.snap.placement(&policy.namespace, &name).is_none() {
             self.apply_placement(policy, &name, values);
         }
     }
@@ -1313,17 +1355,20 @@ impl<'a> Run<'a> {
     // ----- in progress -----------------------------------------------------------------------
 
     fn in_progress(&mut self) {
-        let plan = self.plan();
+        // The plan is frozen once started: lend it out instead of cloning it (it is the largest
+        // part of the status at fleet scale).
+        let plan = self.status.remediation_plan.take().unwrap_or_default();
+        self.in_progress_with(&plan);
+        if !plan.is_empty() {
+            self.status.remediation_plan = Some(plan);
+        }
+    }
+
+    fn in_progress_with(&mut self, plan: &[Vec<String>]) {
         let policies = self.policies_for_upgrade();
         if plan.is_empty() {
-            self.set_cond(
-                types::PROGRESSING,
-                false,
+            self.end(
                 reasons::COMPLETED,
-                msg::ALL_COMPLIANT,
-            );
-            self.set_cond(
-                types::SUCCEEDED,
                 true,
                 reasons::COMPLETED,
                 msg::ALL_COMPLIANT,
@@ -1383,10 +1428,13 @@ impl<'a> Run<'a> {
             .and_then(|s| s.started_at.as_ref())
             .map(|t| t.0)
             .unwrap_or(now);
-        let next_check = batch_started + SignedDuration::from_mins(5);
-        let wait = next_check.duration_since(now).as_secs();
+        // Timestamps come from an editable status: all arithmetic on them is checked.
+        let wait = batch_started
+            .checked_add(SignedDuration::from_mins(5))
+            .map(|next| next.duration_since(now).as_secs())
+            .unwrap_or(0);
         self.requeue(Requeue::After(if wait > 0 {
-            wait as u64
+            wait.unsigned_abs()
         } else {
             FIVE_MIN
         }));
@@ -1398,21 +1446,20 @@ impl<'a> Run<'a> {
                 self.events
                     .push(events::batch_timed_out(self.cgu, current, &timed_out));
             }
-            self.set_cond(
-                types::PROGRESSING,
+            self.end(
+                reasons::TIMED_OUT,
                 false,
                 reasons::TIMED_OUT,
                 msg::TIMED_OUT,
             );
-            self.set_cond(types::SUCCEEDED, false, reasons::TIMED_OUT, msg::TIMED_OUT);
             self.requeue(Requeue::Immediately);
             return;
         }
-        self.notes.pending_actions.push(format!(
-            "global timeout at {} ({} min from start)",
-            started + SignedDuration::from_mins(i64::from(timeout)),
-            timeout
-        ));
+        if let Ok(at) = started.checked_add(SignedDuration::from_mins(i64::from(timeout))) {
+            self.notes
+                .pending_actions
+                .push(format!("global timeout at {at} ({timeout} min from start)"));
+        }
 
         let mut soaking = false;
         for c in &batch {
@@ -1437,14 +1484,8 @@ impl<'a> Run<'a> {
                 self.events
                     .push(events::batch_completed(self.cgu, current, &batch));
                 self.empty_placements();
-                self.set_cond(
-                    types::PROGRESSING,
-                    false,
+                self.end(
                     reasons::COMPLETED,
-                    msg::ALL_COMPLIANT,
-                );
-                self.set_cond(
-                    types::SUCCEEDED,
                     true,
                     reasons::COMPLETED,
                     msg::ALL_COMPLIANT,
@@ -1472,7 +1513,7 @@ impl<'a> Run<'a> {
         self.remediate_batch(&batch, &policies);
         self.check_placements(&policies);
         if !last {
-            self.check_batch_timeout(current, &batch, &plan, &policies, started, batch_started);
+            self.check_batch_timeout(current, &batch, plan, &policies, started, batch_started);
         }
     }
 
@@ -1607,6 +1648,8 @@ impl<'a> Run<'a> {
     /// Releases each in-progress cluster to the Placement of the policy at its index
     /// (cumulative within the batch).
     fn remediate_batch(&mut self, batch: &[String], policies: &[ManagedPolicyForUpgrade]) {
+        // Group by policy index so each Placement is written once, whatever the batch size.
+        let mut by_policy: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
         for c in batch {
             let p = self.progress_of(c);
             if p.state != IN_PROGRESS {
@@ -1615,10 +1658,12 @@ impl<'a> Run<'a> {
             let Some(idx) = p.policy_index.and_then(|i| usize::try_from(i).ok()) else {
                 continue;
             };
-            if let Some(pol) = policies.get(idx) {
-                let pol = pol.clone();
-                self.release(c, &pol);
+            if idx < policies.len() {
+                by_policy.entry(idx).or_default().push(c.as_str());
             }
+        }
+        for (idx, clusters) in by_policy {
+            self.release(&clusters, &policies[idx]);
         }
         let in_progress = batch
             .iter()
@@ -1680,27 +1725,32 @@ impl<'a> Run<'a> {
     ) -> Vec<String> {
         let mut out = Vec::new();
         for c in batch {
-            let p = self.progress_of(c);
-            if p.state == COMPLETED {
+            // TALM marks clusters InProgress or without a progress entry: not the completed
+            // ones, nor those initialised as NotStarted in this very pass.
+            let entry = self
+                .status
+                .status
+                .as_ref()
+                .and_then(|s| s.current_batch_remediation_progress.as_ref())
+                .and_then(|m| m.get(c));
+            if entry.is_some_and(|e| e.state == COMPLETED || e.state == NOT_STARTED) {
                 continue;
             }
+            let p = self.progress_of(c);
             let idx = usize::try_from(p.policy_index.unwrap_or(0)).unwrap_or(0);
             let policy = policies
                 .get(idx)
                 .map(|p| p.name.clone())
                 .unwrap_or_default();
-            let list = self.status.clusters.get_or_insert_with(Vec::new);
-            if !list.iter().any(|x| x.name == *c) {
-                list.push(ClusterState {
-                    name: c.clone(),
-                    state: "timedout".into(),
-                    current_policy: Some(PolicyStatus {
-                        name: policy,
-                        status: "NonCompliant".into(),
-                    }),
-                    current_manifest_work: None,
-                });
-            }
+            self.record_outcome(ClusterState {
+                name: c.clone(),
+                state: "timedout".into(),
+                current_policy: Some(PolicyStatus {
+                    name: policy,
+                    status: "NonCompliant".into(),
+                }),
+                current_manifest_work: None,
+            });
             out.push(c.clone());
         }
         let set: HashSet<String> = out.iter().cloned().collect();
@@ -1739,24 +1789,19 @@ impl<'a> Run<'a> {
             plan.len(),
             current,
         );
-        let deadline = batch_started + bt;
         if self.now.duration_since(batch_started) <= bt {
-            self.notes
-                .pending_actions
-                .push(format!("batch {current} times out at {deadline}"));
-            let wait = deadline.duration_since(self.now).as_secs().max(1);
-            self.requeue(Requeue::After(u64::try_from(wait).unwrap_or(FIVE_MIN)));
+            if let Ok(deadline) = batch_started.checked_add(bt) {
+                self.notes
+                    .pending_actions
+                    .push(format!("batch {current} times out at {deadline}"));
+                let wait = deadline.duration_since(self.now).as_secs().max(1);
+                self.requeue(Requeue::After(u64::try_from(wait).unwrap_or(FIVE_MIN)));
+            }
             return;
         }
         if current <= self.canary_batches(plan) {
-            self.set_cond(
-                types::PROGRESSING,
-                false,
+            self.end(
                 reasons::TIMED_OUT,
-                msg::TIMED_OUT_CANARY,
-            );
-            self.set_cond(
-                types::SUCCEEDED,
                 false,
                 reasons::TIMED_OUT,
                 msg::TIMED_OUT_CANARY,
@@ -1774,14 +1819,8 @@ impl<'a> Run<'a> {
         self.events
             .push(events::batch_timed_out(self.cgu, current, &timed_out));
         if self.cgu.spec.batch_timeout_action.as_deref() == Some("Abort") {
-            self.set_cond(
-                types::PROGRESSING,
-                false,
+            self.end(
                 reasons::TIMED_OUT,
-                msg::TIMED_OUT_SOME,
-            );
-            self.set_cond(
-                types::SUCCEEDED,
                 false,
                 reasons::TIMED_OUT,
                 msg::TIMED_OUT_SOME,

@@ -121,7 +121,10 @@ pub fn step(
                 Some(TaskChange::Assign(PrecacheTask {
                     id: id.to_string(),
                     spec: (*spec).clone(),
-                    deadline: Time(now + SignedDuration::from_mins(i64::from(*timeout_min))),
+                    deadline: Time(
+                        now.checked_add(SignedDuration::from_mins(i64::from(*timeout_min)))
+                            .unwrap_or(Timestamp::MAX),
+                    ),
                 })),
                 None,
             ),
@@ -129,7 +132,10 @@ pub fn step(
                 None,
                 Some(TaskChange::Assign(BackupTask {
                     id: id.to_string(),
-                    deadline: Time(now + SignedDuration::from_secs(BACKUP_DEADLINE_SECS)),
+                    deadline: Time(
+                        now.checked_add(SignedDuration::from_secs(BACKUP_DEADLINE_SECS))
+                            .unwrap_or(Timestamp::MAX),
+                    ),
                 })),
             ),
         };
@@ -161,6 +167,9 @@ pub fn step(
     });
     let assigned = spec_task.as_ref().is_some_and(|(tid, _)| *tid == id);
     if !assigned {
+        if input.enabled && !input.available {
+            return (states::UNRECOVERABLE_ERROR.to_string(), None);
+        }
         // The SpokeAgent is missing or lost the task: assign it again, keep the state.
         return (current.to_string(), Some(assign()));
     }
@@ -242,7 +251,7 @@ mod tests {
                     spec: PrecachingSpec::default(),
                     deadline: Time(deadline),
                 }),
-                backup: None,
+                ..Default::default()
             },
         );
         a.metadata.namespace = Some("spoke1".into());
@@ -350,6 +359,29 @@ mod tests {
             now(),
         );
         assert_eq!(s, "UnrecoverableError");
+    }
+
+    #[test]
+    fn unavailable_cluster_without_its_task_fails_once_enabled() {
+        let spec = PrecachingSpec::default();
+        let nt = NewTask::Precache(&spec, 240);
+        let (s, w) = step(
+            Kind::Precache,
+            "id1",
+            input(Some("PreparingToStart"), None, false, false),
+            &nt,
+            now(),
+        );
+        assert_eq!(s, "PreparingToStart");
+        assert!(w.is_some(), "re-assigned while not enabled");
+        let (s, w) = step(
+            Kind::Precache,
+            "id1",
+            input(Some("PreparingToStart"), None, false, true),
+            &nt,
+            now(),
+        );
+        assert_eq!((s.as_str(), w), ("UnrecoverableError", None));
     }
 
     #[test]

@@ -13,7 +13,7 @@ pub fn batch_timeout(
 ) -> SignedDuration {
     let total = SignedDuration::from_mins(i64::from(timeout_minutes));
     let used = batch_started_at.duration_since(started_at);
-    let remaining = total - used;
+    let remaining = total.checked_sub(used).unwrap_or(SignedDuration::ZERO);
     let remaining_batches = i64::try_from(plan_len).unwrap_or(i64::MAX)
         - (i64::try_from(current_batch).unwrap_or(0) - 1);
     if remaining_batches <= 1 {

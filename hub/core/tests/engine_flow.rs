@@ -101,73 +101,78 @@ impl Hub {
     /// Reconciles to a fixed point at `now`.
     fn run(&mut self, now: Timestamp) {
         for _ in 0..50 {
-            let d = reconcile(
-                &self.cgu,
-                &self.snapshot(),
-                &Context {
-                    now,
-                    graph: &NoUpdateGraph,
-                },
-            );
-            let mut names: Vec<&str> = d
-                .writes
-                .iter()
-                .filter_map(|w| match w {
-                    Write::ApplyPlacement(p) => p.metadata.name.as_deref(),
-                    _ => None,
-                })
-                .collect();
-            let n = names.len();
-            names.sort();
-            names.dedup();
-            assert_eq!(
-                n,
-                names.len(),
-                "one write per Placement per decision: {:?}",
-                d.writes
-            );
-            self.cgu.status = Some(d.status);
-            match d.finalizer {
-                FinalizerChange::Add => self.cgu.metadata.finalizers = Some(vec![FINALIZER.into()]),
-                FinalizerChange::Remove => self.cgu.metadata.finalizers = None,
-                FinalizerChange::None => {}
-            }
-            for w in d.writes {
-                match w {
-                    Write::ApplyPlacement(p) => {
-                        self.placements.insert(p.metadata.name.clone().unwrap(), p);
-                    }
-                    Write::ApplyPlacementBinding(b) => {
-                        self.bindings.insert(b.metadata.name.clone().unwrap(), b);
-                    }
-                    Write::DeletePlacement { name, .. } => {
-                        self.placements.remove(&name);
-                    }
-                    Write::DeletePlacementBinding { name, .. } => {
-                        self.bindings.remove(&name);
-                    }
-                    Write::PatchManagedCluster {
-                        name,
-                        add_labels,
-                        remove_labels,
-                        ..
-                    } => {
-                        let mc = self.clusters.get_mut(&name).unwrap();
-                        let l = mc.metadata.labels.get_or_insert_with(Default::default);
-                        l.extend(add_labels);
-                        for k in remove_labels {
-                            l.remove(&k);
-                        }
-                    }
-                    Write::SetSpokeAgentTasks { .. } => {}
-                }
-            }
-            self.events.extend(d.events);
-            if d.requeue != Requeue::Immediately {
+            if self.step(now) != Requeue::Immediately {
                 return;
             }
         }
         panic!("no fixed point");
+    }
+
+    /// One reconcile at `now`, its decision applied.
+    fn step(&mut self, now: Timestamp) -> Requeue {
+        let d = reconcile(
+            &self.cgu,
+            &self.snapshot(),
+            &Context {
+                now,
+                graph: &NoUpdateGraph,
+            },
+        );
+        let mut names: Vec<&str> = d
+            .writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::ApplyPlacement(p) => p.metadata.name.as_deref(),
+                _ => None,
+            })
+            .collect();
+        let n = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(
+            n,
+            names.len(),
+            "one write per Placement per decision: {:?}",
+            d.writes
+        );
+        self.cgu.status = Some(d.status);
+        match d.finalizer {
+            FinalizerChange::Add => self.cgu.metadata.finalizers = Some(vec![FINALIZER.into()]),
+            FinalizerChange::Remove => self.cgu.metadata.finalizers = None,
+            FinalizerChange::None => {}
+        }
+        for w in d.writes {
+            match w {
+                Write::ApplyPlacement(p) => {
+                    self.placements.insert(p.metadata.name.clone().unwrap(), p);
+                }
+                Write::ApplyPlacementBinding(b) => {
+                    self.bindings.insert(b.metadata.name.clone().unwrap(), b);
+                }
+                Write::DeletePlacement { name, .. } => {
+                    self.placements.remove(&name);
+                }
+                Write::DeletePlacementBinding { name, .. } => {
+                    self.bindings.remove(&name);
+                }
+                Write::PatchManagedCluster {
+                    name,
+                    add_labels,
+                    remove_labels,
+                    ..
+                } => {
+                    let mc = self.clusters.get_mut(&name).unwrap();
+                    let l = mc.metadata.labels.get_or_insert_with(Default::default);
+                    l.extend(add_labels);
+                    for k in remove_labels {
+                        l.remove(&k);
+                    }
+                }
+                Write::SetSpokeAgentTasks { .. } => {}
+            }
+        }
+        self.events.extend(d.events);
+        d.requeue
     }
 
     fn set_compliance(&mut self, policy: &str, cluster: &str, state: &str) {
@@ -485,4 +490,64 @@ fn one_write_per_placement_per_decision() {
         d.writes
     );
     assert_eq!(hub.placement_values("p1"), ["a", "b", "c"]);
+}
+
+/// Review finding: timestamps and timeouts come from an editable status; absurd values must not
+/// panic the engine (the operator would crash-loop).
+#[test]
+fn absurd_times_do_not_panic() {
+    let mut hub = Hub::new(
+        cgu(json!({
+            "clusters": ["a", "b"], "managedPolicies": ["p1"],
+            "remediationStrategy": {"maxConcurrency": 1, "timeout": i32::MAX}
+        })),
+        &["a", "b"],
+        vec![policy(
+            "p1",
+            &[("a", "NonCompliant"), ("b", "NonCompliant")],
+        )],
+    );
+    hub.run(t(0));
+    let far = Timestamp::MAX - SignedDuration::from_secs(60);
+    {
+        let us = hub.cgu.status.as_mut().unwrap().status.as_mut().unwrap();
+        us.current_batch_started_at = Some(talm_hub_core::api::Time(far));
+        us.started_at = Some(talm_hub_core::api::Time(far));
+    }
+    hub.run(t(10));
+    assert_eq!(hub.last_condition().1, "InProgress");
+    {
+        let us = hub.cgu.status.as_mut().unwrap().status.as_mut().unwrap();
+        us.started_at = Some(talm_hub_core::api::Time(t(0)));
+    }
+    hub.cgu.spec.remediation_strategy.timeout = -5;
+    hub.run(t(20));
+    assert_eq!(hub.last_condition().1, "TimedOut");
+}
+
+/// A batch initialised in the very pass that hits the global timeout never started: its
+/// clusters are not recorded as timed out (TALM marks InProgress clusters only).
+#[test]
+fn global_timeout_skips_clusters_that_never_started() {
+    let mut hub = Hub::new(
+        cgu(json!({
+            "clusters": ["a", "b"], "managedPolicies": ["p1"],
+            "remediationStrategy": {"maxConcurrency": 1, "timeout": 1}
+        })),
+        &["a", "b"],
+        vec![policy(
+            "p1",
+            &[("a", "NonCompliant"), ("b", "NonCompliant")],
+        )],
+    );
+    hub.run(t(0));
+    // a completes just in time; the hub is slow to come back, so the pass that starts batch 2
+    // (b) is also the one that finds the global timeout passed.
+    hub.set_compliance("p1", "a", "Compliant");
+    assert_eq!(hub.step(t(59)), Requeue::Immediately);
+    assert_eq!(hub.status()["status"]["currentBatch"], json!(2));
+    hub.run(t(61));
+    let st = hub.status();
+    assert_eq!(hub.last_condition().1, "TimedOut");
+    assert_eq!(st["clusters"], json!([{"name": "a", "state": "complete"}]));
 }

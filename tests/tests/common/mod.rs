@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use talm_agent::conn::{ConnConfig, HubTarget, Identity};
 use talm_agent::daemon::{Agent, AgentConfig};
-use talm_agent::host::Host;
+use talm_agent::facts::Host;
 use talm_agent::journal::Task;
 use talm_agent::runner::{HostRunner, RunFuture, TaskContext, TaskRunner};
 use talm_gateway::enroll::Enroller;

@@ -1,4 +1,4 @@
-//! Host access, rooted at `--host-root` (the node's `/` as mounted into the agent). Everything
+//! Node facts and filesystem capacity, rooted at `--host-root` (the node's `/` as mounted into the agent). Everything
 //! the agent learns about its node goes through [`HostInfo`], so tests run the real code
 //! against a temp directory and fakes can stand in for orchestration tests.
 
@@ -136,12 +136,12 @@ impl Host {
 impl HostInfo for Host {
     fn statvfs(&self, path: &str) -> io::Result<FsStats> {
         let p = self.existing(path);
-        let s = nix::sys::statvfs::statvfs(&p).map_err(io::Error::from)?;
-        let frag = s.fragment_size().max(1);
+        let s = rustix::fs::statvfs(&p)?;
+        let frag = s.f_frsize.max(1);
         Ok(FsStats {
-            size: s.blocks().saturating_mul(frag),
-            available: s.blocks_available().saturating_mul(frag),
-            free: s.blocks_free().saturating_mul(frag),
+            size: s.f_blocks.saturating_mul(frag),
+            available: s.f_bavail.saturating_mul(frag),
+            free: s.f_bfree.saturating_mul(frag),
         })
     }
 

@@ -1,0 +1,83 @@
+//! `talm-agent recover`: flags (each with an env fallback) and console messages.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Mode, Outcome, RecoverConfig, RecoverError, Reporter};
+use crate::backup::Host;
+use crate::host::disk::RealDisk;
+use crate::host::exec::RealRunner;
+use crate::host::root::HostRoot;
+
+/// `talm-agent recover`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct RecoverArgs {
+    /// The node's `/`.
+    #[arg(long, env = "TALM_HOST_ROOT", default_value = "/")]
+    pub host_root: PathBuf,
+    /// The recovery directory (a host path).
+    #[arg(long, env = "TALM_RECOVERY_DIR", default_value = "/var/recovery")]
+    pub dir: PathBuf,
+    /// Continue a recovery from its journal (after the reboot between stages, or a failure).
+    #[arg(long, conflicts_with = "restart")]
+    pub resume: bool,
+    /// Clear the journal and start over.
+    #[arg(long)]
+    pub restart: bool,
+    /// Run only the next stage.
+    #[arg(long)]
+    pub step: bool,
+    /// Skip the pinned-deployment check.
+    #[arg(long)]
+    pub force: bool,
+    /// kubeconfig for `oc`.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// How long each wait (containers, revisions) may take, in seconds.
+    #[arg(long, env = "TALM_RECOVERY_WAIT_SECONDS", default_value_t = 1200)]
+    pub wait_seconds: u64,
+}
+
+impl RecoverArgs {
+    /// The configuration these flags describe, on the real host.
+    pub fn config(&self, timestamp: &str) -> RecoverConfig {
+        RecoverConfig {
+            host: Host {
+                root: HostRoot::new(&self.host_root),
+                runner: Arc::new(RealRunner::new()),
+                disk: Arc::new(RealDisk),
+            },
+            dir: self.dir.clone(),
+            mode: if self.restart {
+                Mode::Restart
+            } else if self.resume {
+                Mode::Resume
+            } else {
+                Mode::Start
+            },
+            single_stage: self.step,
+            force: self.force,
+            kubeconfig: self.kubeconfig.clone(),
+            poll: Duration::from_secs(10),
+            wait_timeout: Duration::from_secs(self.wait_seconds),
+            redeploy_reason: format!("recovery-{timestamp}"),
+        }
+    }
+
+    /// Runs the recovery, printing its messages.
+    pub fn run(&self, timestamp: &str) -> Result<Outcome, RecoverError> {
+        super::run(&self.config(timestamp), &Console)
+    }
+}
+
+/// Prints messages as `##### <msg>` lines on stdout and logs them.
+#[derive(Debug)]
+struct Console;
+
+impl Reporter for Console {
+    fn say(&self, msg: &str) {
+        println!("##### {msg}");
+        tracing::info!(target: "talm_agent::recovery", "{msg}");
+    }
+}

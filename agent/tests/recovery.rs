@@ -1,0 +1,477 @@
+//! `recovery::run` on a temp host root, with a backup taken by `backup::run` (real etcd) and
+//! the node commands (systemctl, crictl, crio, cluster-restore.sh, oc, ostree, rpm-ostree)
+//! recorded by a fake runner that plays a node: the three stages, the reboot between them, the
+//! journal (a stop after every step, then resume, gives the same files and the same commands),
+//! the OS rollback decision, `--step`, `--restart`, and a corrupt backup refused.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod backup_support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backup_support::{Etcd, config, make_node, put, require};
+use talm_agent::backup::{self, Host};
+use talm_agent::host::disk::RealDisk;
+use talm_agent::host::exec::{Output, RecordingRunner};
+use talm_agent::host::root::HostRoot;
+use talm_agent::recovery::{self, Mode, Outcome, RecoverConfig, RecoverError, Reporter, STAGES};
+
+/// A fake node behind the command seam.
+struct Node {
+    runner: Arc<RecordingRunner>,
+    status: Arc<Mutex<String>>,
+}
+
+fn node() -> Node {
+    let runner = Arc::new(RecordingRunner::new());
+    let status = Arc::new(Mutex::new("* rhcos pre.0\n    Pinned: yes\n".to_owned()));
+    let restored = Arc::new(AtomicBool::new(false));
+    let patched = Arc::new(AtomicBool::new(false));
+    let s = status.clone();
+    runner.on(move |c| {
+        (c.display().starts_with("ostree admin status"))
+            .then(|| Ok(Output::ok(s.lock().unwrap().clone())))
+    });
+    let r = restored.clone();
+    runner.on(move |c| {
+        c.program.ends_with("cluster-restore.sh").then(|| {
+            r.store(true, Ordering::SeqCst);
+            Ok(Output::ok(""))
+        })
+    });
+    let r = restored.clone();
+    runner.on(move |c| {
+        let a = c.arg_strings();
+        (c.program == "crictl" && a.first().map(String::as_str) == Some("ps")).then(|| {
+            let name = a[3].trim_matches(|ch| ch == '^' || ch == '$');
+            let generation = if r.load(Ordering::SeqCst) {
+                "new"
+            } else {
+                "old"
+            };
+            Ok(Output::ok(format!("{generation}-{name}\n")))
+        })
+    });
+    let p = patched.clone();
+    runner.on(move |c| {
+        let a = c.arg_strings();
+        if c.program != "oc" {
+            return None;
+        }
+        if a.first().map(String::as_str) == Some("patch") {
+            p.store(true, Ordering::SeqCst);
+            return Some(Ok(Output::ok("patched")));
+        }
+        let q = a.last().cloned().unwrap_or_default();
+        if q.contains("latestAvailableRevision") {
+            return Some(Ok(Output::ok("5")));
+        }
+        if q.contains("currentRevision") {
+            return Some(Ok(Output::ok(if p.load(Ordering::SeqCst) {
+                "6"
+            } else {
+                "5"
+            })));
+        }
+        None
+    });
+    runner.on_prefix("systemctl is-active", Output::failed(3, ""));
+    Node { runner, status }
+}
+
+#[derive(Default)]
+struct Say {
+    lines: Mutex<Vec<String>>,
+    stop_after: Option<String>,
+}
+
+impl Reporter for Say {
+    fn say(&self, msg: &str) {
+        self.lines.lock().unwrap().push(msg.to_owned());
+    }
+    fn proceed(&self, step: &str) -> bool {
+        self.stop_after.as_deref() != Some(step)
+    }
+}
+
+fn rcfg(root: &Path, n: &Node, mode: Mode) -> RecoverConfig {
+    RecoverConfig {
+        host: Host {
+            root: HostRoot::new(root),
+            runner: n.runner.clone(),
+            disk: Arc::new(RealDisk),
+        },
+        dir: PathBuf::from("/var/recovery"),
+        mode,
+        single_stage: false,
+        force: false,
+        kubeconfig: Some(PathBuf::from("/etc/kubernetes/recovery.kubeconfig")),
+        poll: Duration::from_millis(1),
+        wait_timeout: Duration::from_secs(5),
+        redeploy_reason: "recovery-2026-11-25T12:00:00Z".into(),
+    }
+}
+
+/// Every file under the trees a recovery restores: path → content (or link target).
+fn state(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    fn walk(base: &Path, p: &Path, out: &mut BTreeMap<String, String>) {
+        let Ok(rd) = std::fs::read_dir(p) else { return };
+        for e in rd {
+            let e = e.unwrap();
+            let path = e.path();
+            let rel = path.strip_prefix(base).unwrap().display().to_string();
+            let m = std::fs::symlink_metadata(&path).unwrap();
+            if m.file_type().is_symlink() {
+                out.insert(
+                    rel,
+                    format!("-> {}", std::fs::read_link(&path).unwrap().display()),
+                );
+            } else if m.is_dir() {
+                out.insert(rel.clone(), "dir".into());
+                walk(base, &path, out);
+            } else {
+                out.insert(
+                    rel,
+                    String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned(),
+                );
+            }
+        }
+    }
+    for t in ["etc", "usr/local", "var/lib/kubelet", "opt"] {
+        walk(root, &root.join(t), &mut out);
+    }
+    out
+}
+
+fn set_boot(root: &Path, id: &str) {
+    put(
+        root,
+        "/proc/sys/kernel/random/boot_id",
+        format!("{id}\n").as_bytes(),
+    );
+}
+
+/// A node with a fresh backup, then "upgraded" (files changed). Returns the pre-upgrade state.
+fn prepared(root: &Path, etcd: &Etcd) -> BTreeMap<String, String> {
+    make_node(root);
+    set_boot(root, "boot-0");
+    let b = node();
+    backup::run(
+        &config(
+            root,
+            b.runner.clone(),
+            Arc::new(RealDisk),
+            etcd.access_in(root),
+        ),
+        &backup_support::TestProgress::default(),
+    )
+    .unwrap();
+    let before = state(root);
+    put(root, "/etc/kubernetes/kubelet.conf", b"upgraded\n");
+    put(root, "/etc/new.conf", b"new\n");
+    put(
+        root,
+        "/etc/kubernetes/manifests/new-pod.yaml",
+        b"kept: excluded\n",
+    );
+    put(root, "/usr/local/bin/helper", b"upgraded\n");
+    put(root, "/usr/local/bin/new", b"new\n");
+    put(root, "/var/lib/kubelet/config.json", b"upgraded\n");
+    put(root, "/opt/extra/tool.sh", b"upgraded\n");
+    before
+}
+
+/// What the recovery should leave: the pre-upgrade state plus the excluded path it keeps.
+fn expected(before: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut want = before.clone();
+    want.insert(
+        "etc/kubernetes/manifests/new-pod.yaml".into(),
+        "kept: excluded\n".into(),
+    );
+    want
+}
+
+fn commands(n: &Node) -> Vec<String> {
+    n.runner
+        .lines()
+        .into_iter()
+        .filter(|l| !l.starts_with("ostree admin status"))
+        .collect()
+}
+
+/// Runs until finished, "rebooting" whenever asked. Returns the number of runs.
+fn drive(root: &Path, n: &Node, mut mode: Mode) -> usize {
+    for i in 1..20 {
+        match recovery::run(&rcfg(root, n, mode), &Say::default()) {
+            Ok(Outcome { finished: true, .. }) => return i,
+            Ok(o) => {
+                assert!(
+                    o.next.contains("systemctl reboot") && o.next.contains("--resume"),
+                    "{}",
+                    o.next
+                );
+                set_boot(root, &format!("boot-{i}"));
+            }
+            Err(RecoverError::NotRebooted) => set_boot(root, &format!("boot-{i}")),
+            Err(e) => panic!("{e}"),
+        }
+        mode = Mode::Resume;
+    }
+    panic!("recovery did not finish")
+}
+
+#[test]
+fn three_stages_with_a_reboot_between() {
+    if !require("three_stages_with_a_reboot_between", &["etcd", "etcdctl"]) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let e = Etcd::start("m1", &d.path().join("etcd"), d.path(), None, None);
+    let root = d.path().join("host");
+    let before = prepared(&root, &e);
+    let n = node();
+
+    let say = Say::default();
+    let o = recovery::run(&rcfg(&root, &n, Mode::Start), &say).unwrap();
+    assert!(!o.finished);
+    assert_eq!(
+        o.next,
+        "Please reboot now with 'systemctl reboot', then run 'talm-agent recover --resume'"
+    );
+    let lines = say.lines.lock().unwrap().join("\n");
+    assert!(lines.contains("OS rollback: none needed"), "{lines}");
+    let stage1 = commands(&n);
+    assert_eq!(
+        stage1,
+        [
+            "oc adm upgrade",
+            "oc get co",
+            "oc get nodes -o wide",
+            "oc get mcp",
+            "setenforce 0",
+            "systemctl stop kubelet",
+            "crictl rmp -fa",
+            "systemctl stop crio",
+            "crio wipe -f",
+            "systemctl daemon-reload",
+            "systemctl disable kubelet",
+            "setenforce 1",
+        ]
+    );
+    assert!(
+        n.runner
+            .calls()
+            .iter()
+            .filter(|c| c.program == "oc")
+            .all(|c| c.env.iter().any(|(k, _)| k == "KUBECONFIG"))
+    );
+    // Files are back, except /var/lib/kubelet (stage 2).
+    let now = state(&root);
+    let want = expected(&before);
+    for (k, v) in &want {
+        if !k.starts_with("var/lib/kubelet") {
+            assert_eq!(now.get(k), Some(v), "{k}");
+        }
+    }
+    assert!(!now.contains_key("etc/new.conf") && !now.contains_key("usr/local/bin/new"));
+    assert_eq!(now["var/lib/kubelet/config.json"], "upgraded\n");
+
+    // Not rebooted yet; and a plain rerun refuses.
+    let err = recovery::run(&rcfg(&root, &n, Mode::Resume), &Say::default()).unwrap_err();
+    assert!(matches!(err, RecoverError::NotRebooted), "{err}");
+    assert!(err.to_string().contains("systemctl reboot"));
+    let err = recovery::run(&rcfg(&root, &n, Mode::Start), &Say::default()).unwrap_err();
+    assert!(
+        err.to_string().starts_with("Restore has already started"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("--resume") && err.to_string().contains("--restart"));
+    // A backup is refused while the recovery is in progress.
+    let berr = backup::run(
+        &config(
+            &root,
+            node().runner.clone(),
+            Arc::new(RealDisk),
+            e.access_in(&root),
+        ),
+        &backup_support::TestProgress::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(berr, backup::BackupError::RecoveryInProgress { .. }),
+        "{berr}"
+    );
+
+    set_boot(&root, "boot-1");
+    let o = recovery::run(&rcfg(&root, &n, Mode::Resume), &Say::default()).unwrap();
+    assert!(o.finished, "{}", o.next);
+    assert!(o.next.starts_with("Recovery complete"));
+    assert_eq!(state(&root), want);
+    let all = commands(&n);
+    let rest: Vec<&str> = all[stage1.len()..].iter().map(String::as_str).collect();
+    assert!(
+        rest.contains(&"/usr/local/bin/cluster-restore.sh /var/recovery/backup/cluster"),
+        "{rest:?}"
+    );
+    assert!(rest.contains(&"systemctl start crio"));
+    assert!(
+        rest.contains(
+            &"crictl ps -a --name ^kube-scheduler-operator-container$ -q --state running"
+        )
+    );
+    assert_eq!(
+        rest.iter().filter(|l| l.starts_with("oc patch")).count(),
+        4,
+        "{rest:?}"
+    );
+    assert!(rest.contains(
+        &r#"oc patch kubeapiserver cluster --type=merge -p {"spec":{"forceRedeploymentReason":"recovery-2026-11-25T12:00:00Z"}}"#
+    ));
+    // Finished: a new run starts a new recovery (not "already started"); a backup is allowed.
+    assert!(!backup::recovery_in_progress(&root.join("var/recovery")));
+}
+
+#[test]
+fn a_stop_after_every_step_resumes_to_the_same_result() {
+    if !require(
+        "a_stop_after_every_step_resumes_to_the_same_result",
+        &["etcd", "etcdctl"],
+    ) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let e = Etcd::start("m1", &d.path().join("etcd"), d.path(), None, None);
+
+    // The uninterrupted run.
+    let root = d.path().join("ref");
+    let before = prepared(&root, &e);
+    let n = node();
+    drive(&root, &n, Mode::Start);
+    let want_state = state(&root);
+    assert_eq!(want_state, expected(&before));
+    let want_cmds = commands(&n);
+
+    let mut steps = vec!["os/rollback".to_owned()];
+    for (stage, ss) in STAGES {
+        steps.extend(ss.iter().map(|s| format!("{stage}/{s}")));
+    }
+    for (i, step) in steps.iter().enumerate() {
+        let root = d.path().join(format!("k{i}"));
+        prepared(&root, &e);
+        let n = node();
+        let say = Say {
+            stop_after: Some(step.clone()),
+            ..Say::default()
+        };
+        let mut first = recovery::run(&rcfg(&root, &n, Mode::Start), &say);
+        if matches!(first, Ok(ref o) if !o.finished) {
+            // The stop is past the reboot prompt.
+            set_boot(&root, "boot-x");
+            first = recovery::run(&rcfg(&root, &n, Mode::Resume), &say);
+        }
+        match first {
+            Err(RecoverError::Stopped(s)) => assert_eq!(&s, step),
+            other => panic!("{step}: {other:?}"),
+        }
+        drive(&root, &n, Mode::Resume);
+        assert_eq!(state(&root), want_state, "{step}");
+        assert_eq!(commands(&n), want_cmds, "after a stop at {step}");
+    }
+}
+
+#[test]
+fn os_rollback_decision_force_step_restart_and_a_corrupt_backup() {
+    if !require(
+        "os_rollback_decision_force_step_restart",
+        &["etcd", "etcdctl"],
+    ) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let e = Etcd::start("m1", &d.path().join("etcd"), d.path(), None, None);
+    let root = d.path().join("host");
+    let before = prepared(&root, &e);
+
+    // Booted into the upgrade; the pre-upgrade deployment is pinned and the rollback target.
+    let n = node();
+    *n.status.lock().unwrap() =
+        "* rhcos up.0\n  rhcos mid.0\n  rhcos pre.0 (rollback)\n    Pinned: yes\n".into();
+    let o = recovery::run(&rcfg(&root, &n, Mode::Start), &Say::default()).unwrap();
+    assert!(
+        o.next.contains("rebooting into the pre-upgrade OS (pre.0)") && o.next.contains("--resume"),
+        "{}",
+        o.next
+    );
+    assert_eq!(
+        commands(&n),
+        [
+            "ostree admin undeploy --sysroot=".to_owned()
+                + &root.join("sysroot").display().to_string()
+                + " 1",
+            "rpm-ostree rollback -r".into()
+        ]
+    );
+    // After the reboot the pinned deployment runs: no rollback again, stage 1 proceeds.
+    *n.status.lock().unwrap() = "* rhcos pre.0\n    Pinned: yes\n".into();
+    set_boot(&root, "boot-1");
+    let o = recovery::run(&rcfg(&root, &n, Mode::Resume), &Say::default()).unwrap();
+    assert!(o.next.contains("systemctl reboot"));
+    assert_eq!(
+        commands(&n)
+            .iter()
+            .filter(|c| c.starts_with("rpm-ostree"))
+            .count(),
+        1
+    );
+
+    // --step after the reboot: stage 2 only, then stage 3.
+    set_boot(&root, "boot-2");
+    let mut c = rcfg(&root, &n, Mode::Resume);
+    c.single_stage = true;
+    let o = recovery::run(&c, &Say::default()).unwrap();
+    assert!(!o.finished && o.next.contains("--step"), "{}", o.next);
+    assert!(!commands(&n).iter().any(|l| l.starts_with("oc patch")));
+    let o = recovery::run(&c, &Say::default()).unwrap();
+    assert!(o.finished);
+    assert_eq!(state(&root), expected(&before));
+
+    // No pinned deployment at all: refused unless --force.
+    let n2 = node();
+    *n2.status.lock().unwrap() = "* rhcos up.0\n  rhcos other.0\n".into();
+    let err = recovery::run(&rcfg(&root, &n2, Mode::Start), &Say::default()).unwrap_err();
+    assert!(
+        matches!(err, RecoverError::NotPinned(_)) && err.to_string().contains("--force"),
+        "{err}"
+    );
+    let mut c = rcfg(&root, &n2, Mode::Start);
+    c.force = true;
+    let o = recovery::run(&c, &Say::default()).unwrap();
+    assert!(o.next.contains("systemctl reboot"));
+
+    // --restart clears the journal and runs stage 1 again.
+    let n3 = node();
+    let o = recovery::run(&rcfg(&root, &n3, Mode::Restart), &Say::default()).unwrap();
+    assert!(o.next.contains("systemctl reboot"));
+    assert!(commands(&n3).contains(&"crio wipe -f".to_owned()));
+
+    // A corrupt backup: refused before any command runs.
+    let etc = root.join("var/recovery/backup/etc.tar.zst");
+    let mut bytes = std::fs::read(&etc).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&etc, bytes).unwrap();
+    let n4 = node();
+    let err = recovery::run(&rcfg(&root, &n4, Mode::Restart), &Say::default()).unwrap_err();
+    assert!(matches!(err, RecoverError::Backup(_)), "{err}");
+    assert!(
+        err.to_string().contains("etc.tar.zst")
+            && err.to_string().contains("cannot use this backup"),
+        "{err}"
+    );
+    assert!(n4.runner.lines().is_empty(), "{:?}", n4.runner.lines());
+}

@@ -1,0 +1,336 @@
+//! The hub's Prometheus metrics (prometheus-client), in one registry under the `talm` prefix.
+//!
+//! - `talm_reconcile_runs_total`, `talm_reconcile_failures_total{error}` and
+//!   `talm_reconcile_duration_seconds` (histogram), measured by a drop guard;
+//! - per CGU (`cgu="<ns>/<name>"`): `talm_cgu_clusters{state}` (clusters by rollout state),
+//!   `talm_cgu_current_batch`, `talm_cgu_batch_started_timestamp_seconds` and
+//!   `talm_cgu_time_in_batch_seconds` (as of the last reconcile);
+//! - `talm_watch_events_total{kind}`, `talm_events_published_total`,
+//!   `talm_event_failures_total`, `talm_leader` (1 on the replica holding the Lease).
+
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+use jiff::Timestamp;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use talm_shared::api::cgu::ClusterGroupUpgrade;
+
+/// Labels of the failure counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// [`OperatorError::metric_label`](crate::operator::OperatorError::metric_label).
+    pub error: String,
+}
+
+/// Labels of per-CGU gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CguLabels {
+    /// `namespace/name`.
+    pub cgu: String,
+}
+
+/// Labels of the clusters-by-state gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CguStateLabels {
+    /// `namespace/name`.
+    pub cgu: String,
+    /// `complete`, `timedout`, `in-progress` or `pending`.
+    pub state: String,
+}
+
+/// Labels of the watch-event counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// The watched kind.
+    pub kind: String,
+}
+
+/// The rollout states counted by `talm_cgu_clusters`.
+pub const CLUSTER_STATES: [&str; 4] = ["complete", "timedout", "in-progress", "pending"];
+
+/// Every metric the hub exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Reconciles run.
+    pub reconcile_runs: Counter,
+    /// Reconciles failed, by error kind.
+    pub reconcile_failures: Family<ErrorLabels, Counter>,
+    /// Reconcile duration.
+    pub reconcile_duration: Histogram,
+    /// Clusters by rollout state, per CGU.
+    pub cgu_clusters: Family<CguStateLabels, Gauge>,
+    /// The current batch (1-based; 0 when none), per CGU.
+    pub cgu_current_batch: Family<CguLabels, Gauge>,
+    /// When the current batch started (Unix seconds), per CGU.
+    pub cgu_batch_started: Family<CguLabels, Gauge<f64, AtomicU64>>,
+    /// Seconds in the current batch as of the last reconcile, per CGU.
+    pub cgu_time_in_batch: Family<CguLabels, Gauge<f64, AtomicU64>>,
+    /// Watch events received, by kind.
+    pub watch_events: Family<KindLabels, Counter>,
+    /// Events published.
+    pub events_published: Counter,
+    /// Events that could not be published.
+    pub event_failures: Counter,
+    /// 1 while this replica holds the leader Lease.
+    pub leader: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("talm");
+        let m = Metrics {
+            reconcile_runs: Counter::default(),
+            reconcile_failures: Family::default(),
+            reconcile_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            cgu_clusters: Family::default(),
+            cgu_current_batch: Family::default(),
+            cgu_batch_started: Family::default(),
+            cgu_time_in_batch: Family::default(),
+            watch_events: Family::default(),
+            events_published: Counter::default(),
+            event_failures: Counter::default(),
+            leader: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "reconcile_runs",
+            "CGU reconciles run",
+            m.reconcile_runs.clone(),
+        );
+        registry.register(
+            "reconcile_failures",
+            "CGU reconciles failed, by error kind",
+            m.reconcile_failures.clone(),
+        );
+        registry.register_with_unit(
+            "reconcile_duration",
+            "CGU reconcile duration",
+            prometheus_client::registry::Unit::Seconds,
+            m.reconcile_duration.clone(),
+        );
+        registry.register(
+            "cgu_clusters",
+            "Clusters of a CGU by rollout state",
+            m.cgu_clusters.clone(),
+        );
+        registry.register(
+            "cgu_current_batch",
+            "The current batch of a CGU (1-based, 0 when none)",
+            m.cgu_current_batch.clone(),
+        );
+        registry.register(
+            "cgu_batch_started_timestamp_seconds",
+            "When the current batch of a CGU started (Unix time)",
+            m.cgu_batch_started.clone(),
+        );
+        registry.register(
+            "cgu_time_in_batch_seconds",
+            "Seconds a CGU has been in its current batch, as of its last reconcile",
+            m.cgu_time_in_batch.clone(),
+        );
+        registry.register(
+            "watch_events",
+            "Watch events received, by kind",
+            m.watch_events.clone(),
+        );
+        registry.register(
+            "events_published",
+            "Kubernetes events published",
+            m.events_published.clone(),
+        );
+        registry.register(
+            "event_failures",
+            "Kubernetes events that could not be published",
+            m.event_failures.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease",
+            m.leader.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::warn!(error = %e, "metrics encoding failed");
+        }
+        out
+    }
+
+    /// Starts timing a reconcile; the duration is recorded when the guard drops.
+    pub fn measure(&self) -> ReconcileMeasurer<'_> {
+        self.reconcile_runs.inc();
+        ReconcileMeasurer {
+            start: Instant::now(),
+            metrics: self,
+        }
+    }
+
+    /// Counts a failed reconcile.
+    pub fn failed(&self, label: &str) {
+        self.reconcile_failures
+            .get_or_create(&ErrorLabels {
+                error: label.to_string(),
+            })
+            .inc();
+    }
+
+    /// Updates the per-CGU gauges from its status at `now`.
+    pub fn observe_cgu(&self, key: &str, cgu: &ClusterGroupUpgrade, now: Timestamp) {
+        let status = cgu.status.clone().unwrap_or_default();
+        let mut counts = [0i64; 4];
+        for c in status.clusters.iter().flatten() {
+            match c.state.as_str() {
+                "complete" => counts[0] += 1,
+                "timedout" => counts[1] += 1,
+                _ => {}
+            }
+        }
+        let progress = status
+            .status
+            .as_ref()
+            .and_then(|s| s.current_batch_remediation_progress.as_ref());
+        counts[2] = progress.map_or(0, |p| {
+            p.values()
+                .filter(|v| v.state != "Completed")
+                .count()
+                .try_into()
+                .unwrap_or(i64::MAX)
+        });
+        let planned: i64 = status
+            .remediation_plan
+            .iter()
+            .flatten()
+            .map(Vec::len)
+            .sum::<usize>()
+            .try_into()
+            .unwrap_or(i64::MAX);
+        let done_in_plan = status
+            .clusters
+            .iter()
+            .flatten()
+            .filter(|c| {
+                status
+                    .remediation_plan
+                    .iter()
+                    .flatten()
+                    .any(|b| b.contains(&c.name))
+            })
+            .count();
+        let done_in_plan: i64 = done_in_plan.try_into().unwrap_or(i64::MAX);
+        counts[3] = (planned - done_in_plan - counts[2]).max(0);
+        for (state, n) in CLUSTER_STATES.iter().zip(counts) {
+            self.cgu_clusters
+                .get_or_create(&CguStateLabels {
+                    cgu: key.to_string(),
+                    state: (*state).to_string(),
+                })
+                .set(n);
+        }
+        let labels = CguLabels {
+            cgu: key.to_string(),
+        };
+        let upgrade = status.status.unwrap_or_default();
+        self.cgu_current_batch
+            .get_or_create(&labels)
+            .set(i64::from(upgrade.current_batch.unwrap_or(0)));
+        match upgrade.current_batch_started_at {
+            Some(t) => {
+                let started = t.0.as_millisecond() as f64 / 1000.0;
+                self.cgu_batch_started.get_or_create(&labels).set(started);
+                let secs = now.duration_since(t.0).as_secs_f64().max(0.0);
+                self.cgu_time_in_batch.get_or_create(&labels).set(secs);
+            }
+            None => {
+                self.cgu_batch_started.get_or_create(&labels).set(0.0);
+                self.cgu_time_in_batch.get_or_create(&labels).set(0.0);
+            }
+        }
+    }
+
+    /// Drops the per-CGU series of a deleted CGU.
+    pub fn forget_cgu(&self, key: &str) {
+        for state in CLUSTER_STATES {
+            self.cgu_clusters.remove(&CguStateLabels {
+                cgu: key.to_string(),
+                state: state.to_string(),
+            });
+        }
+        let labels = CguLabels {
+            cgu: key.to_string(),
+        };
+        self.cgu_current_batch.remove(&labels);
+        self.cgu_batch_started.remove(&labels);
+        self.cgu_time_in_batch.remove(&labels);
+    }
+}
+
+/// Records a reconcile's duration when dropped.
+#[derive(Debug)]
+pub struct ReconcileMeasurer<'a> {
+    start: Instant,
+    metrics: &'a Metrics,
+}
+
+impl Drop for ReconcileMeasurer<'_> {
+    fn drop(&mut self) {
+        self.metrics
+            .reconcile_duration
+            .observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn exports_reconcile_and_cgu_metrics() {
+        let m = Metrics::new();
+        {
+            let _g = m.measure();
+        }
+        m.failed("conflict");
+        let cgu: ClusterGroupUpgrade = serde_json::from_value(json!({
+            "metadata": {"name": "c", "namespace": "n"},
+            "spec": {"remediationStrategy": {"maxConcurrency": 1}},
+            "status": {
+                "remediationPlan": [["a"], ["b"], ["c"]],
+                "clusters": [{"name": "a", "state": "complete"}],
+                "status": {"currentBatch": 2, "currentBatchStartedAt": "2026-01-01T00:00:00Z",
+                           "currentBatchRemediationProgress": {"b": {"state": "InProgress"}}}
+            }
+        }))
+        .unwrap();
+        m.observe_cgu("n/c", &cgu, "2026-01-01T00:01:00Z".parse().unwrap());
+        let text = m.encode();
+        assert!(text.contains("talm_reconcile_runs_total 1"), "{text}");
+        assert!(text.contains("talm_reconcile_failures_total{error=\"conflict\"} 1"));
+        assert!(text.contains("talm_reconcile_duration_seconds_count 1"));
+        assert!(text.contains("talm_cgu_current_batch{cgu=\"n/c\"} 2"));
+        assert!(text.contains("talm_cgu_clusters{cgu=\"n/c\",state=\"complete\"} 1"));
+        assert!(text.contains("talm_cgu_clusters{cgu=\"n/c\",state=\"in-progress\"} 1"));
+        assert!(text.contains("talm_cgu_clusters{cgu=\"n/c\",state=\"pending\"} 1"));
+        assert!(text.contains("talm_cgu_time_in_batch_seconds{cgu=\"n/c\"} 60"));
+        m.forget_cgu("n/c");
+        assert!(!m.encode().contains("cgu=\"n/c\""));
+    }
+}

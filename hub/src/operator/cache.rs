@@ -1,0 +1,1066 @@
+//! The operator's one in-memory view of the hub: the engine [`Snapshot`], kept up to date from
+//! watch events and from the operator's own writes, plus the indexes that map an object change
+//! to the CGUs it affects.
+//!
+//! - **One snapshot, incrementally maintained.** Every watched kind feeds [`Cache::apply`];
+//!   a reconcile reads the snapshot under a read lock and never lists.
+//! - **Re-lists.** A watch restart (`Init` … `InitApply`* … `InitDone`) replaces the kind's
+//!   objects: keys not seen again are removed at `InitDone`, as a reflector store would.
+//! - **Write-through.** After a successful write the operator records the server's response
+//!   ([`Cache::record_write`]), so the next reconcile sees it even before the watch catches up.
+//!   Watch events of that object older than the write are then skipped (they would roll the
+//!   snapshot back), and the echo of the operator's own write triggers nothing (the reconcile
+//!   that wrote it already decided what comes next). "Older" compares resourceVersions as
+//!   integers, which is what etcd (and the test double) hand out; when a resourceVersion is
+//!   not an integer the cache falls back to applying every event as it comes (a stale event
+//!   then rolls back until the next one, which level-triggered reconciles tolerate).
+//! - **Indexes.** policy name → CGUs that manage it; cluster → CGUs whose spec or plan holds it;
+//!   blocking CGU → CGUs it blocks; CGUs not yet started that select clusters by label. CGUs
+//!   that have completed are not indexed. TALM instead lists every CGU on every policy update.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+
+use talm_hub_core::Snapshot;
+use talm_hub_core::reconcile::labels;
+use talm_shared::api::cgu::ClusterGroupUpgrade;
+use talm_shared::api::precaching::PreCachingConfig;
+use talm_shared::api::rhacm::{
+    ConfigMapView, ManagedCluster, Placement, PlacementBinding, Policy, ROOT_POLICY_LABEL,
+};
+use talm_shared::api::spokeagent::SpokeAgent;
+
+/// `namespace/name` of a CGU.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CguRef {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl CguRef {
+    /// The reference of a CGU object.
+    pub fn of(cgu: &ClusterGroupUpgrade) -> Self {
+        CguRef {
+            namespace: cgu.metadata.namespace.clone().unwrap_or_default(),
+            name: cgu.metadata.name.clone().unwrap_or_default(),
+        }
+    }
+}
+
+impl fmt::Display for CguRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The kinds the operator watches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// `ClusterGroupUpgrade`.
+    Cgu,
+    /// `ManagedCluster`.
+    ManagedCluster,
+    /// `Policy` (root and child).
+    Policy,
+    /// `Placement` (talm's).
+    Placement,
+    /// `PlacementBinding` (talm's).
+    PlacementBinding,
+    /// `PreCachingConfig`.
+    PreCachingConfig,
+    /// `SpokeAgent`.
+    SpokeAgent,
+    /// The `cluster-group-upgrade-overrides` ConfigMaps.
+    ConfigMap,
+}
+
+impl Kind {
+    /// Every watched kind.
+    pub const ALL: [Kind; 8] = [
+        Kind::Cgu,
+        Kind::ManagedCluster,
+        Kind::Policy,
+        Kind::Placement,
+        Kind::PlacementBinding,
+        Kind::PreCachingConfig,
+        Kind::SpokeAgent,
+        Kind::ConfigMap,
+    ];
+
+    /// Lower-case name, for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Cgu => "clustergroupupgrade",
+            Kind::ManagedCluster => "managedcluster",
+            Kind::Policy => "policy",
+            Kind::Placement => "placement",
+            Kind::PlacementBinding => "placementbinding",
+            Kind::PreCachingConfig => "precachingconfig",
+            Kind::SpokeAgent => "spokeagent",
+            Kind::ConfigMap => "configmap",
+        }
+    }
+}
+
+type Key = (String, String);
+
+/// A watched object as the cache needs it: its kind, key and resourceVersion.
+pub trait Tracked: Clone + Send + Sync + 'static {
+    /// The kind.
+    const KIND: Kind;
+    /// Its metadata.
+    fn meta(&self) -> &talm_shared::api::ObjectMeta;
+}
+
+macro_rules! tracked {
+    ($t:ty, $k:expr) => {
+        impl Tracked for $t {
+            const KIND: Kind = $k;
+            fn meta(&self) -> &talm_shared::api::ObjectMeta {
+                &self.metadata
+            }
+        }
+    };
+}
+tracked!(ClusterGroupUpgrade, Kind::Cgu);
+tracked!(ManagedCluster, Kind::ManagedCluster);
+tracked!(Policy, Kind::Policy);
+tracked!(Placement, Kind::Placement);
+tracked!(PlacementBinding, Kind::PlacementBinding);
+tracked!(PreCachingConfig, Kind::PreCachingConfig);
+tracked!(SpokeAgent, Kind::SpokeAgent);
+tracked!(ConfigMapView, Kind::ConfigMap);
+
+fn key_of(meta: &talm_shared::api::ObjectMeta) -> Key {
+    (
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+/// One watch event, kind-erased into an object of the cache's closed set of kinds.
+// Every variant carries an ObjectMeta (hundreds of bytes); events are moved once and dropped,
+// so boxing them all would only add allocations.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug)]
+pub enum Object {
+    /// A CGU.
+    Cgu(Box<ClusterGroupUpgrade>),
+    /// A ManagedCluster.
+    ManagedCluster(ManagedCluster),
+    /// A Policy.
+    Policy(Policy),
+    /// A Placement.
+    Placement(Placement),
+    /// A PlacementBinding.
+    PlacementBinding(PlacementBinding),
+    /// A PreCachingConfig.
+    PreCachingConfig(PreCachingConfig),
+    /// A SpokeAgent.
+    SpokeAgent(SpokeAgent),
+    /// An overrides ConfigMap.
+    ConfigMap(ConfigMapView),
+}
+
+/// Conversion into [`Object`].
+pub trait IntoObject: Tracked {
+    /// Wraps the object.
+    fn into_object(self) -> Object;
+}
+
+macro_rules! into_object {
+    ($t:ty, $v:ident) => {
+        impl IntoObject for $t {
+            fn into_object(self) -> Object {
+                Object::$v(self)
+            }
+        }
+    };
+}
+impl IntoObject for ClusterGroupUpgrade {
+    fn into_object(self) -> Object {
+        Object::Cgu(Box::new(self))
+    }
+}
+into_object!(ManagedCluster, ManagedCluster);
+into_object!(Policy, Policy);
+into_object!(Placement, Placement);
+into_object!(PlacementBinding, PlacementBinding);
+into_object!(PreCachingConfig, PreCachingConfig);
+into_object!(SpokeAgent, SpokeAgent);
+into_object!(ConfigMapView, ConfigMap);
+
+impl Object {
+    fn kind(&self) -> Kind {
+        match self {
+            Object::Cgu(_) => Kind::Cgu,
+            Object::ManagedCluster(_) => Kind::ManagedCluster,
+            Object::Policy(_) => Kind::Policy,
+            Object::Placement(_) => Kind::Placement,
+            Object::PlacementBinding(_) => Kind::PlacementBinding,
+            Object::PreCachingConfig(_) => Kind::PreCachingConfig,
+            Object::SpokeAgent(_) => Kind::SpokeAgent,
+            Object::ConfigMap(_) => Kind::ConfigMap,
+        }
+    }
+
+    fn meta(&self) -> &talm_shared::api::ObjectMeta {
+        match self {
+            Object::Cgu(o) => &o.metadata,
+            Object::ManagedCluster(o) => &o.metadata,
+            Object::Policy(o) => &o.metadata,
+            Object::Placement(o) => &o.metadata,
+            Object::PlacementBinding(o) => &o.metadata,
+            Object::PreCachingConfig(o) => &o.metadata,
+            Object::SpokeAgent(o) => &o.metadata,
+            Object::ConfigMap(o) => &o.metadata,
+        }
+    }
+}
+
+/// A kind-erased watch event.
+#[derive(Clone, Debug)]
+pub enum WatchEvent {
+    /// The watch (re)started a list.
+    Init(Kind),
+    /// An object of the list.
+    InitApply(Object),
+    /// The list is complete.
+    InitDone(Kind),
+    /// An object was added or changed.
+    Apply(Object),
+    /// An object was deleted.
+    Delete(Object),
+}
+
+/// After one of the operator's own writes: watch events below `min` are stale; the event at
+/// `echo` is the write's own echo.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Floor {
+    min: u64,
+    echo: Option<u64>,
+}
+
+fn rv_of(meta: &talm_shared::api::ObjectMeta) -> Option<u64> {
+    meta.resource_version.as_deref()?.parse().ok()
+}
+
+/// What to do with a watch event given the object's floor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Older than the operator's write: skip.
+    Stale,
+    /// The echo of the operator's write: apply without triggers.
+    Echo,
+    /// Apply normally.
+    Fresh,
+}
+
+/// Per-CGU index entry: what the CGU is indexed under.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Entry {
+    /// `spec.managedPolicies` names.
+    policies: Vec<String>,
+    /// Resolved namespaces (`status.managedPoliciesNs`).
+    policy_ns: BTreeMap<String, String>,
+    /// Clusters from the spec, the canaries and the plan.
+    clusters: HashSet<String>,
+    /// `spec.blockingCRs`.
+    blockers: Vec<CguRef>,
+    /// Not started and selecting clusters by label: any ManagedCluster change may matter.
+    by_selector: bool,
+    /// Not started: every compliance change of a managed policy may change the plan.
+    not_started: bool,
+    /// `spec.preCachingConfigRef`, resolved.
+    precaching_config: Option<Key>,
+}
+
+fn has_condition(cgu: &ClusterGroupUpgrade, type_: &str, status: Option<&str>) -> bool {
+    cgu.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == type_ && status.is_none_or(|v| c.status == v))
+    })
+}
+
+/// Whether the CGU is done for good: completed (Succeeded present and `completedAt` set).
+pub fn is_finished(cgu: &ClusterGroupUpgrade) -> bool {
+    has_condition(cgu, "Succeeded", None)
+        && cgu
+            .status
+            .as_ref()
+            .and_then(|s| s.status.as_ref())
+            .is_some_and(|s| s.completed_at.is_some())
+}
+
+impl Entry {
+    fn of(cgu: &ClusterGroupUpgrade) -> Option<Entry> {
+        if is_finished(cgu) && cgu.metadata.deletion_timestamp.is_none() {
+            return None;
+        }
+        let spec = &cgu.spec;
+        let status = cgu.status.as_ref();
+        let mut clusters: HashSet<String> = HashSet::new();
+        clusters.extend(spec.clusters.iter().flatten().cloned());
+        clusters.extend(spec.remediation_strategy.canaries.iter().flatten().cloned());
+        if let Some(plan) = status.and_then(|s| s.remediation_plan.as_ref()) {
+            clusters.extend(plan.iter().flatten().cloned());
+        }
+        let not_started = !has_condition(cgu, "Progressing", Some("True"));
+        let selects = spec
+            .cluster_label_selectors
+            .as_ref()
+            .is_some_and(|s| !s.is_empty())
+            || spec
+                .cluster_selector
+                .as_ref()
+                .is_some_and(|s| !s.is_empty());
+        let ns = cgu.metadata.namespace.clone().unwrap_or_default();
+        Some(Entry {
+            policies: spec.managed_policies.clone().unwrap_or_default(),
+            policy_ns: status
+                .and_then(|s| s.managed_policies_ns.clone())
+                .unwrap_or_default(),
+            clusters,
+            blockers: spec
+                .blocking_crs
+                .iter()
+                .flatten()
+                .map(|b| CguRef {
+                    namespace: if b.namespace.is_empty() {
+                        ns.clone()
+                    } else {
+                        b.namespace.clone()
+                    },
+                    name: b.name.clone(),
+                })
+                .collect(),
+            by_selector: not_started && selects,
+            not_started,
+            precaching_config: spec.pre_caching_config_ref.as_ref().map(|r| {
+                let rns = if r.namespace.is_empty() {
+                    ns.clone()
+                } else {
+                    r.namespace.clone()
+                };
+                (rns, r.name.clone())
+            }),
+        })
+    }
+}
+
+/// Which clusters' compliance differs between two versions of a root policy; `None` means
+/// "assume every cluster" (the spec changed, or one side has no per-cluster status).
+fn changed_clusters(old: Option<&Policy>, new: Option<&Policy>) -> Option<HashSet<String>> {
+    let (old, new) = match (old, new) {
+        (Some(o), Some(n)) => (o, n),
+        _ => return None,
+    };
+    if old.spec != new.spec {
+        return None;
+    }
+    let entries = |p: &Policy| -> Option<HashMap<String, Option<String>>> {
+        p.status.as_ref()?.status.as_ref().map(|v| {
+            v.iter()
+                .map(|e| (e.clustername.clone(), e.compliant.clone()))
+                .collect()
+        })
+    };
+    let (Some(o), Some(n)) = (entries(old), entries(new)) else {
+        return if entries(old).is_none() && entries(new).is_none() {
+            Some(HashSet::new())
+        } else {
+            None
+        };
+    };
+    let mut changed: HashSet<String> = HashSet::new();
+    for (c, v) in &n {
+        if o.get(c) != Some(v) {
+            changed.insert(c.clone());
+        }
+    }
+    for c in o.keys() {
+        if !n.contains_key(c) {
+            changed.insert(c.clone());
+        }
+    }
+    Some(changed)
+}
+
+/// The cache: snapshot, re-list bookkeeping, write guards and indexes.
+#[derive(Debug, Default)]
+pub struct Cache {
+    snapshot: Snapshot,
+    present: HashMap<Kind, HashSet<Key>>,
+    relisting: HashMap<Kind, HashSet<Key>>,
+    synced: HashSet<Kind>,
+    floors: HashMap<(Kind, Key), Floor>,
+    // Indexes.
+    entries: HashMap<CguRef, Entry>,
+    by_policy: HashMap<String, HashSet<CguRef>>,
+    by_cluster: HashMap<String, HashSet<CguRef>>,
+    by_blocker: HashMap<CguRef, HashSet<CguRef>>,
+    selecting: HashSet<CguRef>,
+}
+
+impl Cache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The engine snapshot.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// Whether every watched kind has finished its first list.
+    pub fn synced(&self) -> bool {
+        Kind::ALL.iter().all(|k| self.synced.contains(k))
+    }
+
+    /// The kinds that have finished their first list.
+    pub fn synced_kinds(&self) -> Vec<Kind> {
+        let mut v: Vec<Kind> = self.synced.iter().copied().collect();
+        v.sort();
+        v
+    }
+
+    /// Every CGU in the cache.
+    pub fn cgu_refs(&self) -> Vec<CguRef> {
+        self.snapshot.cgus().map(CguRef::of).collect()
+    }
+
+    /// The CGUs indexed under a policy name (for tests and diagnostics).
+    pub fn cgus_for_policy(&self, name: &str) -> Vec<CguRef> {
+        let mut v: Vec<CguRef> = self
+            .by_policy
+            .get(name)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The CGUs indexed under a cluster name (for tests and diagnostics).
+    pub fn cgus_for_cluster(&self, name: &str) -> Vec<CguRef> {
+        let mut v: Vec<CguRef> = self
+            .by_cluster
+            .get(name)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Applies one watch event; returns the CGUs to reconcile because of it.
+    pub fn apply(&mut self, event: WatchEvent) -> Vec<CguRef> {
+        let mut triggers = HashSet::new();
+        match event {
+            WatchEvent::Init(kind) => {
+                self.relisting.insert(kind, HashSet::new());
+            }
+            WatchEvent::InitApply(obj) => {
+                let kind = obj.kind();
+                let key = key_of(obj.meta());
+                self.relisting.entry(kind).or_default().insert(key.clone());
+                match self.verdict(kind, &key, obj.meta()) {
+                    Verdict::Stale => {}
+                    Verdict::Echo => self.upsert(obj, &mut HashSet::new()),
+                    Verdict::Fresh => self.upsert(obj, &mut triggers),
+                }
+            }
+            WatchEvent::InitDone(kind) => {
+                let seen = self.relisting.remove(&kind).unwrap_or_default();
+                let gone: Vec<Key> = self
+                    .present
+                    .get(&kind)
+                    .into_iter()
+                    .flatten()
+                    // Objects the operator wrote after the list was taken stay.
+                    .filter(|k| {
+                        !seen.contains(*k) && !self.floors.contains_key(&(kind, (*k).clone()))
+                    })
+                    .cloned()
+                    .collect();
+                for (ns, name) in gone {
+                    self.remove(kind, &ns, &name, &mut triggers);
+                }
+                let kept = self.present.remove(&kind).unwrap_or_default();
+                let mut now_present = seen;
+                now_present.extend(
+                    kept.into_iter()
+                        .filter(|k| self.floors.contains_key(&(kind, k.clone()))),
+                );
+                self.present.insert(kind, now_present);
+                self.synced.insert(kind);
+            }
+            WatchEvent::Apply(obj) => {
+                let kind = obj.kind();
+                let key = key_of(obj.meta());
+                match self.verdict(kind, &key, obj.meta()) {
+                    Verdict::Stale => {}
+                    Verdict::Echo => {
+                        self.present.entry(kind).or_default().insert(key);
+                        self.upsert(obj, &mut HashSet::new());
+                    }
+                    Verdict::Fresh => {
+                        self.present.entry(kind).or_default().insert(key);
+                        self.upsert(obj, &mut triggers);
+                    }
+                }
+            }
+            WatchEvent::Delete(obj) => {
+                let kind = obj.kind();
+                let (ns, name) = key_of(obj.meta());
+                match self.verdict(kind, &(ns.clone(), name.clone()), obj.meta()) {
+                    Verdict::Stale => {}
+                    Verdict::Echo | Verdict::Fresh => self.remove(kind, &ns, &name, &mut triggers),
+                }
+            }
+        }
+        let mut v: Vec<CguRef> = triggers.into_iter().collect();
+        v.sort();
+        v
+    }
+
+    /// Classifies a watch event against the object's floor, clearing the floor once the watch
+    /// has caught up with the operator's write.
+    fn verdict(&mut self, kind: Kind, key: &Key, meta: &talm_shared::api::ObjectMeta) -> Verdict {
+        let fk = (kind, key.clone());
+        let Some(floor) = self.floors.get(&fk).copied() else {
+            return Verdict::Fresh;
+        };
+        let Some(rv) = rv_of(meta) else {
+            self.floors.remove(&fk);
+            return Verdict::Fresh;
+        };
+        if rv < floor.min {
+            return Verdict::Stale;
+        }
+        self.floors.remove(&fk);
+        if floor.echo == Some(rv) {
+            Verdict::Echo
+        } else {
+            Verdict::Fresh
+        }
+    }
+
+    /// The resourceVersion of an object the operator writes, as the snapshot holds it.
+    fn snapshot_rv(&self, kind: Kind, ns: &str, name: &str) -> Option<u64> {
+        let s = &self.snapshot;
+        let meta = match kind {
+            Kind::Cgu => &s.cgu(ns, name)?.metadata,
+            Kind::ManagedCluster => &s.managed_cluster(name)?.metadata,
+            Kind::Placement => &s.placement(ns, name)?.metadata,
+            Kind::PlacementBinding => &s.placement_binding(ns, name)?.metadata,
+            Kind::SpokeAgent => &s.spoke_agent(ns, name)?.metadata,
+            Kind::Policy | Kind::PreCachingConfig | Kind::ConfigMap => return None,
+        };
+        rv_of(meta)
+    }
+
+    /// Records the server's response to one of the operator's writes (or a fresh read).
+    /// Ignored when the watch has already delivered a newer version.
+    pub fn record_write<T: IntoObject>(&mut self, obj: T) {
+        let obj = obj.into_object();
+        let kind = obj.kind();
+        let key = key_of(obj.meta());
+        let rv = rv_of(obj.meta());
+        if let (Some(new), Some(have)) = (rv, self.snapshot_rv(kind, &key.0, &key.1))
+            && have >= new
+        {
+            return;
+        }
+        if let Some(rv) = rv {
+            self.floors.insert(
+                (kind, key.clone()),
+                Floor {
+                    min: rv,
+                    echo: Some(rv),
+                },
+            );
+        }
+        self.present.entry(kind).or_default().insert(key);
+        self.upsert(obj, &mut HashSet::new());
+    }
+
+    /// Records that the operator deleted an object (or removed the last finalizer of one that
+    /// was being deleted): events up to the version the snapshot held are stale.
+    pub fn record_delete(&mut self, kind: Kind, namespace: &str, name: &str) {
+        let key = (namespace.to_string(), name.to_string());
+        if let Some(rv) = self.snapshot_rv(kind, namespace, name) {
+            self.floors.insert(
+                (kind, key),
+                Floor {
+                    min: rv.saturating_add(1),
+                    echo: None,
+                },
+            );
+        }
+        self.remove(kind, namespace, name, &mut HashSet::new());
+    }
+
+    fn upsert(&mut self, obj: Object, triggers: &mut HashSet<CguRef>) {
+        match obj {
+            Object::Cgu(c) => {
+                let r = CguRef::of(&c);
+                triggers.insert(r.clone());
+                if let Some(blocked) = self.by_blocker.get(&r) {
+                    triggers.extend(blocked.iter().cloned());
+                }
+                self.index_cgu(&r, Entry::of(&c));
+                self.snapshot.insert_cgu(*c);
+            }
+            Object::ManagedCluster(mc) => {
+                let name = mc.metadata.name.clone().unwrap_or_default();
+                let old = self.snapshot.managed_cluster(&name);
+                let changed = old.is_none_or(|o| {
+                    o.metadata.labels != mc.metadata.labels
+                        || o.metadata.annotations != mc.metadata.annotations
+                        || o.status != mc.status
+                });
+                if changed {
+                    self.cluster_triggers(&name, triggers);
+                }
+                self.snapshot.insert_managed_cluster(mc);
+            }
+            Object::Policy(p) => {
+                self.policy_triggers(Some(&p), None, triggers);
+                self.snapshot.insert_policy(p);
+            }
+            Object::Placement(p) => {
+                owner_of(&p.metadata).into_iter().for_each(|r| {
+                    triggers.insert(r);
+                });
+                self.snapshot.insert_placement(p);
+            }
+            Object::PlacementBinding(b) => {
+                owner_of(&b.metadata).into_iter().for_each(|r| {
+                    triggers.insert(r);
+                });
+                self.snapshot.insert_placement_binding(b);
+            }
+            Object::PreCachingConfig(p) => {
+                let key = key_of(&p.metadata);
+                self.precaching_triggers(&key, triggers);
+                self.snapshot
+                    .insert_precaching_config(&key.0, &key.1, p.spec);
+            }
+            Object::SpokeAgent(a) => {
+                let name = a.metadata.name.clone().unwrap_or_default();
+                if let Some(set) = self.by_cluster.get(&name) {
+                    triggers.extend(set.iter().cloned());
+                }
+                self.snapshot.insert_spoke_agent(a);
+            }
+            Object::ConfigMap(cm) => {
+                let ns = cm.metadata.namespace.clone().unwrap_or_default();
+                self.namespace_triggers(&ns, triggers);
+                self.snapshot.insert_config_map(cm);
+            }
+        }
+    }
+
+    fn remove(&mut self, kind: Kind, ns: &str, name: &str, triggers: &mut HashSet<CguRef>) {
+        if let Some(set) = self.present.get_mut(&kind) {
+            set.remove(&(ns.to_string(), name.to_string()));
+        }
+        match kind {
+            Kind::Cgu => {
+                let r = CguRef {
+                    namespace: ns.into(),
+                    name: name.into(),
+                };
+                if let Some(blocked) = self.by_blocker.get(&r) {
+                    triggers.extend(blocked.iter().cloned());
+                }
+                self.index_cgu(&r, None);
+                self.snapshot.remove_cgu(ns, name);
+            }
+            Kind::ManagedCluster => {
+                self.cluster_triggers(name, triggers);
+                self.snapshot.remove_managed_cluster(name);
+            }
+            Kind::Policy => {
+                let old = self.policy_in_snapshot(ns, name);
+                if let Some(p) = old {
+                    self.policy_triggers(None, Some(&p), triggers);
+                }
+                self.snapshot.remove_policy(ns, name);
+            }
+            Kind::Placement => {
+                if let Some(p) = self.snapshot.placement(ns, name) {
+                    triggers.extend(owner_of(&p.metadata));
+                }
+                self.snapshot.remove_placement(ns, name);
+            }
+            Kind::PlacementBinding => {
+                if let Some(b) = self.snapshot.placement_binding(ns, name) {
+                    triggers.extend(owner_of(&b.metadata));
+                }
+                self.snapshot.remove_placement_binding(ns, name);
+            }
+            Kind::PreCachingConfig => {
+                self.precaching_triggers(&(ns.to_string(), name.to_string()), triggers);
+                self.snapshot.remove_precaching_config(ns, name);
+            }
+            Kind::SpokeAgent => {
+                if let Some(set) = self.by_cluster.get(name) {
+                    triggers.extend(set.iter().cloned());
+                }
+                self.snapshot.remove_spoke_agent(ns, name);
+            }
+            Kind::ConfigMap => {
+                self.namespace_triggers(ns, triggers);
+                self.snapshot.remove_config_map(ns, name);
+            }
+        }
+    }
+
+    /// A policy (root or child) as the snapshot holds it.
+    fn policy_in_snapshot(&self, ns: &str, name: &str) -> Option<Policy> {
+        if let Some(r) = self.snapshot.root_policy(ns, name) {
+            return Some(r.policy.clone());
+        }
+        let (parent_ns, parent_name) = name.split_once('.')?;
+        self.snapshot
+            .child_policies(ns, parent_name)
+            .iter()
+            .find(|c| c.parent_namespace == parent_ns)
+            .map(|c| c.policy.clone())
+    }
+
+    /// Triggers for a policy change: `new` is the incoming version (None on delete), `gone`
+    /// the deleted one.
+    fn policy_triggers(
+        &self,
+        new: Option<&Policy>,
+        gone: Option<&Policy>,
+        triggers: &mut HashSet<CguRef>,
+    ) {
+        let Some(p) = new.or(gone) else { return };
+        let ns = p.metadata.namespace.clone().unwrap_or_default();
+        let name = p.metadata.name.clone().unwrap_or_default();
+        let is_child = p
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(ROOT_POLICY_LABEL));
+        if is_child {
+            let Some((parent_ns, parent_name)) = name.split_once('.') else {
+                return;
+            };
+            // A child's status churns; the engine reads its labels and spec only.
+            if let Some(n) = new
+                && let Some(old) = self.policy_in_snapshot(&ns, &name)
+                && old.spec == n.spec
+                && old.metadata.labels == n.metadata.labels
+            {
+                return;
+            }
+            for r in self.by_policy.get(parent_name).into_iter().flatten() {
+                let Some(e) = self.entries.get(r) else {
+                    continue;
+                };
+                let ns_ok = e.policy_ns.get(parent_name).is_none_or(|n| n == parent_ns);
+                if ns_ok && (e.not_started || e.clusters.contains(&ns)) {
+                    triggers.insert(r.clone());
+                }
+            }
+            return;
+        }
+        let old = self.snapshot.root_policy(&ns, &name).map(|r| &r.policy);
+        let changed = match (new, gone) {
+            (Some(n), _) => {
+                if old == Some(n) {
+                    return;
+                }
+                changed_clusters(old, Some(n))
+            }
+            _ => None,
+        };
+        if changed.as_ref().is_some_and(HashSet::is_empty) {
+            return;
+        }
+        for r in self.by_policy.get(&name).into_iter().flatten() {
+            let Some(e) = self.entries.get(r) else {
+                continue;
+            };
+            if e.policy_ns.get(&name).is_some_and(|n| *n != ns) {
+                continue;
+            }
+            let relevant = e.not_started
+                || changed
+                    .as_ref()
+                    .is_none_or(|c| c.iter().any(|x| e.clusters.contains(x)));
+            if relevant {
+                triggers.insert(r.clone());
+            }
+        }
+    }
+
+    fn cluster_triggers(&self, cluster: &str, triggers: &mut HashSet<CguRef>) {
+        if let Some(set) = self.by_cluster.get(cluster) {
+            triggers.extend(set.iter().cloned());
+        }
+        triggers.extend(self.selecting.iter().cloned());
+    }
+
+    fn precaching_triggers(&self, key: &Key, triggers: &mut HashSet<CguRef>) {
+        for (r, e) in &self.entries {
+            if e.precaching_config.as_ref() == Some(key) {
+                triggers.insert(r.clone());
+            }
+        }
+    }
+
+    fn namespace_triggers(&self, ns: &str, triggers: &mut HashSet<CguRef>) {
+        for r in self.entries.keys() {
+            if r.namespace == ns {
+                triggers.insert(r.clone());
+            }
+        }
+    }
+
+    /// Replaces the index entry of one CGU.
+    fn index_cgu(&mut self, r: &CguRef, entry: Option<Entry>) {
+        if self.entries.get(r) == entry.as_ref() {
+            return;
+        }
+        if let Some(old) = self.entries.remove(r) {
+            for p in &old.policies {
+                remove_from(&mut self.by_policy, p, r);
+            }
+            for c in &old.clusters {
+                remove_from(&mut self.by_cluster, c, r);
+            }
+            for b in &old.blockers {
+                remove_from(&mut self.by_blocker, b, r);
+            }
+            self.selecting.remove(r);
+        }
+        let Some(e) = entry else { return };
+        for p in &e.policies {
+            self.by_policy
+                .entry(p.clone())
+                .or_default()
+                .insert(r.clone());
+        }
+        for c in &e.clusters {
+            self.by_cluster
+                .entry(c.clone())
+                .or_default()
+                .insert(r.clone());
+        }
+        for b in &e.blockers {
+            self.by_blocker
+                .entry(b.clone())
+                .or_default()
+                .insert(r.clone());
+        }
+        if e.by_selector {
+            self.selecting.insert(r.clone());
+        }
+        self.entries.insert(r.clone(), e);
+    }
+}
+
+fn remove_from<K: std::hash::Hash + Eq + Clone>(
+    map: &mut HashMap<K, HashSet<CguRef>>,
+    key: &K,
+    r: &CguRef,
+) {
+    if let Some(set) = map.get_mut(key) {
+        set.remove(r);
+        if set.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
+/// The CGU a talm Placement or PlacementBinding belongs to, from its labels.
+fn owner_of(meta: &talm_shared::api::ObjectMeta) -> Option<CguRef> {
+    let l = meta.labels.as_ref()?;
+    Some(CguRef {
+        namespace: l.get(labels::CGU_NS)?.clone(),
+        name: l.get(labels::CGU)?.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn cgu(v: serde_json::Value) -> ClusterGroupUpgrade {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn policy(v: serde_json::Value) -> Policy {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn r(ns: &str, name: &str) -> CguRef {
+        CguRef {
+            namespace: ns.into(),
+            name: name.into(),
+        }
+    }
+
+    fn root(rv: &str, compliance: &[(&str, &str)]) -> Policy {
+        let status: Vec<serde_json::Value> = compliance
+            .iter()
+            .map(|(c, s)| json!({"clustername": c, "clusternamespace": c, "compliant": s}))
+            .collect();
+        policy(json!({
+            "metadata": {"name": "p1", "namespace": "ztp", "resourceVersion": rv},
+            "spec": {"remediationAction": "inform"},
+            "status": {"status": status}
+        }))
+    }
+
+    fn started_cgu() -> ClusterGroupUpgrade {
+        cgu(json!({
+            "metadata": {"name": "c1", "namespace": "default", "resourceVersion": "1"},
+            "spec": {"clusters": ["spoke1", "spoke2"], "managedPolicies": ["p1"],
+                     "remediationStrategy": {"maxConcurrency": 1}},
+            "status": {
+                "conditions": [{"type": "Progressing", "status": "True", "reason": "InProgress",
+                                "message": "m", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+                "remediationPlan": [["spoke1"], ["spoke2"]],
+                "managedPoliciesNs": {"p1": "ztp"}
+            }
+        }))
+    }
+
+    #[test]
+    fn policy_status_change_triggers_only_cgus_that_hold_the_changed_cluster() {
+        let mut c = Cache::new();
+        c.apply(WatchEvent::Apply(started_cgu().into_object()));
+        c.apply(WatchEvent::Apply(Object::Policy(root(
+            "1",
+            &[("spoke1", "NonCompliant"), ("spoke9", "NonCompliant")],
+        ))));
+        assert_eq!(c.cgus_for_policy("p1"), vec![r("default", "c1")]);
+        // spoke9 is not in the CGU: no reconcile.
+        let t = c.apply(WatchEvent::Apply(Object::Policy(root(
+            "2",
+            &[("spoke1", "NonCompliant"), ("spoke9", "Compliant")],
+        ))));
+        assert!(t.is_empty(), "{t:?}");
+        // spoke1 is.
+        let t = c.apply(WatchEvent::Apply(Object::Policy(root(
+            "3",
+            &[("spoke1", "Compliant"), ("spoke9", "Compliant")],
+        ))));
+        assert_eq!(t, vec![r("default", "c1")]);
+        // A root of the same name in another namespace is not this CGU's.
+        let mut other = root("4", &[("spoke1", "NonCompliant")]);
+        other.metadata.namespace = Some("elsewhere".into());
+        assert!(c.apply(WatchEvent::Apply(Object::Policy(other))).is_empty());
+    }
+
+    #[test]
+    fn finished_cgus_leave_the_indexes() {
+        let mut c = Cache::new();
+        c.apply(WatchEvent::Apply(started_cgu().into_object()));
+        assert_eq!(c.cgus_for_cluster("spoke2"), vec![r("default", "c1")]);
+        let mut done = started_cgu();
+        if let Some(s) = done.status.as_mut() {
+            s.conditions.push(
+                serde_json::from_value(json!({"type": "Succeeded", "status": "True",
+                    "reason": "Completed", "message": "m",
+                    "lastTransitionTime": "2026-01-01T00:00:00Z"}))
+                .unwrap(),
+            );
+            s.status = Some(Default::default());
+            if let Some(st) = s.status.as_mut() {
+                st.completed_at =
+                    Some(serde_json::from_value(json!("2026-01-01T00:00:00Z")).unwrap());
+            }
+        }
+        done.metadata.resource_version = Some("2".into());
+        c.apply(WatchEvent::Apply(done.into_object()));
+        assert!(c.cgus_for_policy("p1").is_empty());
+        assert!(c.cgus_for_cluster("spoke2").is_empty());
+    }
+
+    #[test]
+    fn own_write_echo_triggers_nothing_and_older_events_are_skipped() {
+        let mut c = Cache::new();
+        let mut v1 = started_cgu();
+        c.apply(WatchEvent::Apply(v1.clone().into_object()));
+        let mut v3 = v1.clone();
+        v3.metadata.resource_version = Some("3".into());
+        v3.spec.remediation_strategy.timeout = 99;
+        c.record_write(v3.clone());
+        // An older event (rv 2) arrives late: skipped, the snapshot keeps rv 3.
+        v1.metadata.resource_version = Some("2".into());
+        assert!(c.apply(WatchEvent::Apply(v1.into_object())).is_empty());
+        let snap_cgu = c.snapshot().cgu("default", "c1").unwrap();
+        assert_eq!(snap_cgu.spec.remediation_strategy.timeout, 99);
+        // The echo: no trigger; later changes trigger again.
+        assert!(
+            c.apply(WatchEvent::Apply(v3.clone().into_object()))
+                .is_empty()
+        );
+        v3.metadata.resource_version = Some("4".into());
+        assert_eq!(
+            c.apply(WatchEvent::Apply(v3.into_object())),
+            vec![r("default", "c1")]
+        );
+    }
+
+    #[test]
+    fn relist_removes_what_is_gone_and_marks_synced() {
+        let mut c = Cache::new();
+        let a: ManagedCluster = serde_json::from_value(json!({"metadata": {"name": "a"}})).unwrap();
+        let b: ManagedCluster = serde_json::from_value(json!({"metadata": {"name": "b"}})).unwrap();
+        c.apply(WatchEvent::Init(Kind::ManagedCluster));
+        c.apply(WatchEvent::InitApply(Object::ManagedCluster(a.clone())));
+        c.apply(WatchEvent::InitApply(Object::ManagedCluster(b)));
+        c.apply(WatchEvent::InitDone(Kind::ManagedCluster));
+        assert!(c.synced_kinds().contains(&Kind::ManagedCluster));
+        assert!(!c.synced());
+        c.apply(WatchEvent::Init(Kind::ManagedCluster));
+        c.apply(WatchEvent::InitApply(Object::ManagedCluster(a)));
+        c.apply(WatchEvent::InitDone(Kind::ManagedCluster));
+        assert!(c.snapshot().managed_cluster("a").is_some());
+        assert!(c.snapshot().managed_cluster("b").is_none());
+    }
+
+    #[test]
+    fn cluster_and_blocker_triggers() {
+        let mut c = Cache::new();
+        c.apply(WatchEvent::Apply(started_cgu().into_object()));
+        let blocked = cgu(json!({
+            "metadata": {"name": "c2", "namespace": "default", "resourceVersion": "1"},
+            "spec": {"clusters": ["spoke7"], "managedPolicies": ["p1"],
+                     "blockingCRs": [{"name": "c1", "namespace": "default"}],
+                     "remediationStrategy": {"maxConcurrency": 1}}
+        }));
+        c.apply(WatchEvent::Apply(blocked.into_object()));
+        let mc: ManagedCluster =
+            serde_json::from_value(json!({"metadata": {"name": "spoke2", "labels": {"a": "b"}}}))
+                .unwrap();
+        assert_eq!(
+            c.apply(WatchEvent::Apply(Object::ManagedCluster(mc))),
+            vec![r("default", "c1")]
+        );
+        let mut c1 = started_cgu();
+        c1.metadata.resource_version = Some("9".into());
+        c1.spec.remediation_strategy.timeout = 1;
+        assert_eq!(
+            c.apply(WatchEvent::Apply(c1.into_object())),
+            vec![r("default", "c1"), r("default", "c2")]
+        );
+    }
+}

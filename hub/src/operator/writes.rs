@@ -1,0 +1,466 @@
+//! Applying one engine [`Decision`] to the API server, with the same semantics as the offline
+//! planner's in-memory application (`plan::apply`):
+//!
+//! 1. object writes, in order: Placement and PlacementBinding by server-side apply (field
+//!    manager `talm-hub`, forced); deletes (404 is success); ManagedCluster label/annotation
+//!    merge patches; SpokeAgent spec merge patch, or create when missing;
+//! 2. the finalizer, by a merge patch of `metadata.finalizers` guarded by `resourceVersion`;
+//! 3. the status, by a merge patch of `/status` holding only what changed (removed fields as
+//!    `null`), guarded by `resourceVersion`, so a stale decision fails with 409 instead of
+//!    overwriting newer progress;
+//! 4. the events (`events.k8s.io/v1`).
+//!
+//! Every successful response is recorded in the [`Cache`](super::cache::Cache) (write-through).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::events::v1::Event as K8sEvent;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::{Map, Value, json};
+use talm_hub_core::{Decision, Event, FinalizerChange, TaskChange, Write};
+use talm_shared::api::ObjectMeta;
+use talm_shared::api::cgu::{ClusterGroupUpgrade, FINALIZER};
+use talm_shared::api::rhacm::{ManagedCluster, Placement, PlacementBinding};
+use talm_shared::api::spokeagent::{SpokeAgent, SpokeAgentSpec};
+
+use super::Shared;
+use super::cache::Kind;
+use super::error::{OperatorError, is_already_exists, is_conflict, is_not_found};
+
+/// The field manager of talm's server-side applies.
+pub const FIELD_MANAGER: &str = "talm-hub";
+/// `reportingController` of talm's events (TALM's value).
+pub const REPORTING_CONTROLLER: &str = "ClusterGroupUpgrade";
+
+/// The outcome of applying the CGU part of a decision.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Everything was written.
+    Done {
+        /// Whether the finalizer or the status was written.
+        changed: bool,
+    },
+    /// The CGU changed since the decision was made (409); decide again on the fresh object.
+    Stale,
+    /// The CGU is gone (deleted, or its last finalizer removed).
+    Gone,
+}
+
+fn nn(ns: &str, name: &str) -> String {
+    if ns.is_empty() {
+        name.to_string()
+    } else {
+        format!("{ns}/{name}")
+    }
+}
+
+fn api_err(
+    verb: &'static str,
+    kind: &'static str,
+    ns: &str,
+    name: &str,
+) -> impl FnOnce(kube::Error) -> OperatorError {
+    let name = nn(ns, name);
+    move |source| OperatorError::Api {
+        verb,
+        kind,
+        name,
+        source,
+    }
+}
+
+/// Applies the object writes of a decision, in order.
+pub async fn apply_writes(shared: &Shared, writes: &[Write]) -> Result<(), OperatorError> {
+    for w in writes {
+        apply_write(shared, w).await?;
+    }
+    Ok(())
+}
+
+async fn apply_write(shared: &Shared, write: &Write) -> Result<(), OperatorError> {
+    let client = shared.client.clone();
+    let apply = PatchParams::apply(FIELD_MANAGER).force();
+    match write {
+        Write::ApplyPlacement(p) => {
+            let (ns, name) = ns_name(&p.metadata);
+            let api: Api<Placement> = Api::namespaced(client, &ns);
+            let mut body = p.clone();
+            body.status = None;
+            let out = api
+                .patch(&name, &apply, &Patch::Apply(&body))
+                .await
+                .map_err(api_err("apply", "Placement", &ns, &name))?;
+            shared.cache_write().record_write(out);
+        }
+        Write::ApplyPlacementBinding(b) => {
+            let (ns, name) = ns_name(&b.metadata);
+            let api: Api<PlacementBinding> = Api::namespaced(client, &ns);
+            let out = api
+                .patch(&name, &apply, &Patch::Apply(b))
+                .await
+                .map_err(api_err("apply", "PlacementBinding", &ns, &name))?;
+            shared.cache_write().record_write(out);
+        }
+        Write::DeletePlacement { namespace, name } => {
+            let api: Api<Placement> = Api::namespaced(client, namespace);
+            delete(&api, namespace, name, "Placement").await?;
+            shared
+                .cache_write()
+                .record_delete(Kind::Placement, namespace, name);
+        }
+        Write::DeletePlacementBinding { namespace, name } => {
+            let api: Api<PlacementBinding> = Api::namespaced(client, namespace);
+            delete(&api, namespace, name, "PlacementBinding").await?;
+            shared
+                .cache_write()
+                .record_delete(Kind::PlacementBinding, namespace, name);
+        }
+        Write::PatchManagedCluster {
+            name,
+            add_labels,
+            remove_labels,
+            add_annotations,
+            remove_annotations,
+        } => {
+            let api: Api<ManagedCluster> = Api::all(client);
+            let body = json!({"metadata": {
+                "labels": string_map_patch(add_labels, remove_labels),
+                "annotations": string_map_patch(add_annotations, remove_annotations),
+            }});
+            match api
+                .patch(name, &PatchParams::default(), &Patch::Merge(&body))
+                .await
+            {
+                Ok(out) => shared.cache_write().record_write(out),
+                Err(e) if is_not_found(&e) => {
+                    tracing::debug!(cluster = %name, "ManagedCluster gone; label patch skipped");
+                }
+                Err(e) => return Err(api_err("patch", "ManagedCluster", "", name)(e)),
+            }
+        }
+        Write::SetSpokeAgentTasks {
+            namespace,
+            name,
+            precache,
+            backup,
+        } => {
+            let api: Api<SpokeAgent> = Api::namespaced(client, namespace);
+            let task = |c: &Option<TaskChange<_>>| -> Result<Option<Value>, OperatorError> {
+                Ok(match c {
+                    None => None,
+                    Some(TaskChange::Clear) => Some(Value::Null),
+                    Some(TaskChange::Assign(t)) => Some(to_value("agent task", t)?),
+                })
+            };
+            let mut spec = Map::new();
+            if let Some(v) = task(precache)? {
+                spec.insert("precache".into(), v);
+            }
+            let backup_v = match backup {
+                None => None,
+                Some(TaskChange::Clear) => Some(Value::Null),
+                Some(TaskChange::Assign(t)) => Some(to_value("agent task", t)?),
+            };
+            if let Some(v) = backup_v {
+                spec.insert("backup".into(), v);
+            }
+            let assigns = spec.values().any(|v| !v.is_null());
+            let body = json!({"spec": Value::Object(spec.clone())});
+            match api
+                .patch(name, &PatchParams::default(), &Patch::Merge(&body))
+                .await
+            {
+                Ok(out) => shared.cache_write().record_write(out),
+                Err(e) if is_not_found(&e) && !assigns => {}
+                Err(e) if is_not_found(&e) => {
+                    let mut spec_obj = SpokeAgentSpec::default();
+                    if let Some(TaskChange::Assign(t)) = precache {
+                        spec_obj.precache = Some(t.clone());
+                    }
+                    if let Some(TaskChange::Assign(t)) = backup {
+                        spec_obj.backup = Some(t.clone());
+                    }
+                    let mut agent = SpokeAgent::new(name, spec_obj);
+                    agent.metadata.namespace = Some(namespace.clone());
+                    let out = api
+                        .create(&PostParams::default(), &agent)
+                        .await
+                        .map_err(api_err("create", "SpokeAgent", namespace, name))?;
+                    shared.cache_write().record_write(out);
+                }
+                Err(e) => return Err(api_err("patch", "SpokeAgent", namespace, name)(e)),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn to_value<T: serde::Serialize>(what: &'static str, v: &T) -> Result<Value, OperatorError> {
+    serde_json::to_value(v).map_err(|source| OperatorError::Serialize { what, source })
+}
+
+fn ns_name(meta: &ObjectMeta) -> (String, String) {
+    (
+        meta.namespace
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "default".into()),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+async fn delete<K>(
+    api: &Api<K>,
+    ns: &str,
+    name: &str,
+    kind: &'static str,
+) -> Result<(), OperatorError>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) => Err(api_err("delete", kind, ns, name)(e)),
+    }
+}
+
+/// A merge-patch fragment for a string map: `add` entries set, `remove` keys `null` (removal
+/// wins over an add of the same key, as in the planner).
+fn string_map_patch(add: &BTreeMap<String, String>, remove: &[String]) -> Value {
+    let mut m: Map<String, Value> = add
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    for k in remove {
+        m.insert(k.clone(), Value::Null);
+    }
+    Value::Object(m)
+}
+
+/// The JSON merge patch (RFC 7386) that turns `old` into `new`; `None` when they are equal.
+pub fn merge_diff(old: &Value, new: &Value) -> Option<Value> {
+    match (old, new) {
+        (Value::Object(o), Value::Object(n)) => {
+            let mut m = Map::new();
+            for (k, nv) in n {
+                match o.get(k) {
+                    Some(ov) => {
+                        if let Some(d) = merge_diff(ov, nv) {
+                            m.insert(k.clone(), d);
+                        }
+                    }
+                    None => {
+                        m.insert(k.clone(), nv.clone());
+                    }
+                }
+            }
+            for k in o.keys() {
+                if !n.contains_key(k) {
+                    m.insert(k.clone(), Value::Null);
+                }
+            }
+            (!m.is_empty()).then_some(Value::Object(m))
+        }
+        _ => (old != new).then(|| new.clone()),
+    }
+}
+
+/// Applies the finalizer and status parts of a decision to the CGU (`cgu` is the version the
+/// decision was made from).
+pub async fn apply_cgu(
+    shared: &Shared,
+    cgu: &ClusterGroupUpgrade,
+    decision: &Decision,
+) -> Result<Outcome, OperatorError> {
+    let (ns, name) = ns_name(&cgu.metadata);
+    let api: Api<ClusterGroupUpgrade> = Api::namespaced(shared.client.clone(), &ns);
+    let mut rv = cgu.metadata.resource_version.clone();
+    let mut changed = false;
+
+    // Finalizer.
+    let current: Vec<String> = cgu.metadata.finalizers.clone().unwrap_or_default();
+    let present = current.iter().any(|f| f == FINALIZER);
+    let wanted: Option<Vec<String>> = match decision.finalizer {
+        FinalizerChange::Add if !present => {
+            let mut l = current.clone();
+            l.push(FINALIZER.into());
+            Some(l)
+        }
+        FinalizerChange::Remove if present => Some(
+            current
+                .iter()
+                .filter(|f| *f != FINALIZER)
+                .cloned()
+                .collect(),
+        ),
+        _ => None,
+    };
+    if let Some(list) = wanted {
+        let body = json!({"metadata": {"finalizers": list, "resourceVersion": rv}});
+        match api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&body))
+            .await
+        {
+            Ok(out) => {
+                let gone = out.metadata.deletion_timestamp.is_some()
+                    && out.metadata.finalizers.as_ref().is_none_or(Vec::is_empty);
+                if gone {
+                    let mut cache = shared.cache_write();
+                    cache.record_write(out);
+                    cache.record_delete(Kind::Cgu, &ns, &name);
+                    return Ok(Outcome::Gone);
+                }
+                rv = out.metadata.resource_version.clone();
+                changed = true;
+                shared.cache_write().record_write(out);
+            }
+            Err(e) if is_not_found(&e) => {
+                shared.cache_write().record_delete(Kind::Cgu, &ns, &name);
+                return Ok(Outcome::Gone);
+            }
+            Err(e) if is_conflict(&e) => return Ok(Outcome::Stale),
+            Err(e) => return Err(api_err("patch", "ClusterGroupUpgrade", &ns, &name)(e)),
+        }
+    }
+
+    // Status.
+    let old = to_value("CGU status", &cgu.status.clone().unwrap_or_default())?;
+    let new = to_value("CGU status", &decision.status)?;
+    if let Some(diff) = merge_diff(&old, &new) {
+        let body = json!({"metadata": {"resourceVersion": rv}, "status": diff});
+        match api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&body))
+            .await
+        {
+            Ok(out) => {
+                changed = true;
+                shared.cache_write().record_write(out);
+            }
+            Err(e) if is_not_found(&e) => {
+                shared.cache_write().record_delete(Kind::Cgu, &ns, &name);
+                return Ok(Outcome::Gone);
+            }
+            Err(e) if is_conflict(&e) => return Ok(Outcome::Stale),
+            Err(e) => {
+                return Err(api_err("patch_status", "ClusterGroupUpgrade", &ns, &name)(
+                    e,
+                ));
+            }
+        }
+    }
+    Ok(Outcome::Done { changed })
+}
+
+static EVENT_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Publishes the events of a decision. A failed event is logged and counted, not retried: the
+/// status it describes is already written, and a retry would decide again from it.
+pub async fn publish_events(
+    shared: &Shared,
+    cgu: &ClusterGroupUpgrade,
+    events: &[Event],
+    now: Timestamp,
+) {
+    let (ns, name) = ns_name(&cgu.metadata);
+    let api: Api<K8sEvent> = Api::namespaced(shared.client.clone(), &ns);
+    for e in events {
+        let ev = k8s_event(shared, cgu, e, now, &ns, &name);
+        let mut result = api.create(&PostParams::default(), &ev).await;
+        if let Err(err) = &result
+            && is_already_exists(err)
+        {
+            let ev = k8s_event(shared, cgu, e, now, &ns, &name);
+            result = api.create(&PostParams::default(), &ev).await;
+        }
+        match result {
+            Ok(_) => {
+                shared.metrics.events_published.inc();
+            }
+            Err(err) => {
+                shared.metrics.event_failures.inc();
+                tracing::warn!(reason = %e.reason, action = %e.action, error = %err, "event not published");
+            }
+        }
+    }
+}
+
+fn k8s_event(
+    shared: &Shared,
+    cgu: &ClusterGroupUpgrade,
+    e: &Event,
+    now: Timestamp,
+    ns: &str,
+    name: &str,
+) -> K8sEvent {
+    let seq = EVENT_SEQ.fetch_add(1, Ordering::Relaxed).to_string();
+    let nanos = now.as_nanosecond().to_string();
+    let uid = cgu.metadata.uid.clone().unwrap_or_default();
+    let h = crate::plan::store::fnv64(7, &[ns, name, &uid, &nanos, &seq, &shared.identity]);
+    let prefix: String = name.chars().take(236).collect();
+    let r = &e.regarding;
+    let regarding_uid = if !r.uid.is_empty() {
+        Some(r.uid.clone())
+    } else if r.kind == "ClusterGroupUpgrade" && r.name == name {
+        cgu.metadata.uid.clone()
+    } else if r.kind == "ManagedCluster" {
+        shared
+            .cache_read()
+            .snapshot()
+            .managed_cluster(&r.name)
+            .and_then(|m| m.metadata.uid.clone())
+    } else {
+        None
+    };
+    K8sEvent {
+        metadata: ObjectMeta {
+            name: Some(format!("{prefix}.{h:016x}")),
+            namespace: Some(ns.to_string()),
+            annotations: (!e.annotations.is_empty()).then(|| e.annotations.clone()),
+            ..Default::default()
+        },
+        event_time: Some(MicroTime(now)),
+        reporting_controller: Some(REPORTING_CONTROLLER.into()),
+        reporting_instance: Some(shared.identity.clone()),
+        action: Some(e.action.clone()),
+        reason: Some(e.reason.clone()),
+        note: Some(e.note.clone()),
+        type_: Some(e.type_.as_str().into()),
+        regarding: Some(ObjectReference {
+            api_version: Some(r.api_version.clone()),
+            kind: Some(r.kind.clone()),
+            namespace: (!r.namespace.is_empty()).then(|| r.namespace.clone()),
+            name: Some(r.name.clone()),
+            uid: regarding_uid,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_diff_sets_changes_and_nulls_removals() {
+        let old = json!({"a": 1, "b": {"x": 1, "y": 2}, "c": [1], "gone": true});
+        let new = json!({"a": 1, "b": {"x": 2, "y": 2}, "c": [1, 2], "new": "v"});
+        assert_eq!(
+            merge_diff(&old, &new),
+            Some(json!({"b": {"x": 2}, "c": [1, 2], "gone": null, "new": "v"}))
+        );
+        assert_eq!(merge_diff(&old, &old), None);
+    }
+
+    #[test]
+    fn string_map_patch_removal_wins() {
+        let add = BTreeMap::from([("a".to_string(), "1".to_string())]);
+        let p = string_map_patch(&add, &["a".into(), "b".into()]);
+        assert_eq!(p, json!({"a": null, "b": null}));
+    }
+}

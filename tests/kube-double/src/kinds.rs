@@ -1,0 +1,151 @@
+//! Registered resource kinds: what the double serves, and the default set the hub uses.
+
+/// One resource kind served by the double (one group/version/plural).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceKind {
+    /// API group, `""` for the core group.
+    pub group: String,
+    /// API version (`v1`, `v1alpha1`, ...).
+    pub version: String,
+    /// Kind (`ClusterGroupUpgrade`).
+    pub kind: String,
+    /// Plural resource name used in URLs (`clustergroupupgrades`).
+    pub plural: String,
+    /// Namespaced (`true`) or cluster-scoped (`false`).
+    pub namespaced: bool,
+    /// Whether the kind has a `/status` subresource (status isolation applies).
+    pub status_subresource: bool,
+    /// A built-in (non-CRD) kind: accepts strategic-merge patches (mapped to merge patches)
+    /// and unconditional PUTs without `metadata.resourceVersion`, like the real apiserver.
+    pub builtin: bool,
+}
+
+impl ResourceKind {
+    fn new(group: &str, version: &str, kind: &str, plural: &str, namespaced: bool) -> Self {
+        Self {
+            group: group.to_string(),
+            version: version.to_string(),
+            kind: kind.to_string(),
+            plural: plural.to_string(),
+            namespaced,
+            status_subresource: false,
+            builtin: false,
+        }
+    }
+
+    /// A namespaced kind (a CRD unless [`ResourceKind::builtin`] is called).
+    pub fn namespaced(group: &str, version: &str, kind: &str, plural: &str) -> Self {
+        Self::new(group, version, kind, plural, true)
+    }
+
+    /// A cluster-scoped kind.
+    pub fn cluster_scoped(group: &str, version: &str, kind: &str, plural: &str) -> Self {
+        Self::new(group, version, kind, plural, false)
+    }
+
+    /// Enables the `/status` subresource.
+    #[must_use]
+    pub fn with_status(mut self) -> Self {
+        self.status_subresource = true;
+        self
+    }
+
+    /// Marks the kind as built-in (see [`ResourceKind::builtin`] field).
+    #[must_use]
+    pub fn builtin(mut self) -> Self {
+        self.builtin = true;
+        self
+    }
+
+    /// `group/version`, or `version` for the core group.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// `plural.group` (or `plural` for the core group), as used in error messages.
+    pub fn qualified(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.clone()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
+    }
+
+    /// The singular name used in discovery (lower-cased kind).
+    pub fn singular(&self) -> String {
+        self.kind.to_lowercase()
+    }
+}
+
+/// The kinds the talm hub reads and writes; registered by default.
+pub fn default_kinds() -> Vec<ResourceKind> {
+    vec![
+        ResourceKind::namespaced(
+            "ran.openshift.io",
+            "v1alpha1",
+            "ClusterGroupUpgrade",
+            "clustergroupupgrades",
+        )
+        .with_status(),
+        ResourceKind::namespaced(
+            "ran.openshift.io",
+            "v1alpha1",
+            "PreCachingConfig",
+            "precachingconfigs",
+        )
+        .with_status(),
+        ResourceKind::namespaced("talm.dev", "v1alpha1", "SpokeAgent", "spokeagents").with_status(),
+        ResourceKind::cluster_scoped(
+            "cluster.open-cluster-management.io",
+            "v1",
+            "ManagedCluster",
+            "managedclusters",
+        )
+        .with_status(),
+        ResourceKind::namespaced(
+            "cluster.open-cluster-management.io",
+            "v1beta1",
+            "Placement",
+            "placements",
+        )
+        .with_status(),
+        ResourceKind::namespaced(
+            "policy.open-cluster-management.io",
+            "v1",
+            "Policy",
+            "policies",
+        )
+        .with_status(),
+        ResourceKind::namespaced(
+            "policy.open-cluster-management.io",
+            "v1",
+            "PlacementBinding",
+            "placementbindings",
+        ),
+        ResourceKind::namespaced(
+            "view.open-cluster-management.io",
+            "v1beta1",
+            "ManagedClusterView",
+            "managedclusterviews",
+        )
+        .with_status(),
+        ResourceKind::namespaced(
+            "action.open-cluster-management.io",
+            "v1beta1",
+            "ManagedClusterAction",
+            "managedclusteractions",
+        )
+        .with_status(),
+        ResourceKind::namespaced("", "v1", "ConfigMap", "configmaps").builtin(),
+        ResourceKind::namespaced("", "v1", "Secret", "secrets").builtin(),
+        ResourceKind::cluster_scoped("", "v1", "Namespace", "namespaces")
+            .builtin()
+            .with_status(),
+        ResourceKind::namespaced("events.k8s.io", "v1", "Event", "events").builtin(),
+        ResourceKind::namespaced("coordination.k8s.io", "v1", "Lease", "leases").builtin(),
+    ]
+}
