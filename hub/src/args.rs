@@ -51,6 +51,11 @@ pub enum Command {
     /// Run the ClusterGroupUpgrade operator against the cluster (in-cluster config or
     /// KUBECONFIG) until SIGTERM or SIGINT.
     Run(RunArgs),
+    /// Serve the agent channel (mTLS gRPC), enrollment and the /agents view, with the
+    /// file-backed enrollment and SpokeAgent stores under --state-dir, until SIGTERM or SIGINT.
+    Gateway(talm_gateway::cli::GatewayArgs),
+    /// Manage agent enrollment: `agents token CLUSTER`, `agents revoke CLUSTER`.
+    Agents(talm_gateway::cli::AgentsArgs),
 }
 
 /// `talm-hub plan`.

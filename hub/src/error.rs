@@ -51,6 +51,9 @@ pub enum Error {
     /// Writing the result to stdout failed (exit 1).
     #[error("writing output: {0}")]
     Output(#[source] std::io::Error),
+    /// `gateway` or `agents` failed (exit 1).
+    #[error("{0}")]
+    Gateway(String),
 }
 
 impl Error {
@@ -62,7 +65,8 @@ impl Error {
             | Error::CrdDrift(_)
             | Error::NotConverged { .. }
             | Error::Internal(_)
-            | Error::Output(_) => 1,
+            | Error::Output(_)
+            | Error::Gateway(_) => 1,
         }
     }
 }

@@ -38,7 +38,37 @@ pub fn run(args: Args, now: jiff::Timestamp) -> Result<(), Error> {
         Command::Plan(plan_args) => plan::run(&plan_args, now),
         Command::Crds(crds_args) => crds::run(&crds_args),
         Command::Run(run_args) => operator::cli::run(&run_args),
+        Command::Gateway(gw_args) => gateway(gw_args),
+        Command::Agents(agents_args) => {
+            let out = talm_gateway::cli::run_agents(&agents_args)
+                .map_err(|e| Error::Gateway(e.to_string()))?;
+            println!("{out}");
+            Ok(())
+        }
     }
+}
+
+/// `talm-hub gateway`: runs until SIGTERM or SIGINT.
+fn gateway(args: talm_gateway::cli::GatewayArgs) -> Result<(), Error> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Gateway(format!("tokio runtime: {e}")))?;
+    rt.block_on(talm_gateway::cli::run_gateway(args, async {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = term => {}
+        }
+    }))
+    .map_err(|e| Error::Gateway(e.to_string()))
 }
 
 /// [`run`], with errors printed as one line on stderr and mapped to the process exit code
