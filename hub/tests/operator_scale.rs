@@ -119,6 +119,9 @@ async fn fleet_rollout_request_budget() {
 
     // The fleet simulator: a released cluster becomes Compliant on that policy.
     let mut done: Vec<HashSet<String>> = vec![HashSet::new(); p];
+    // Reaction: from a compliance flip to the next Placement release (10 ms poll resolution).
+    let mut flipped_at: Option<Instant> = None;
+    let mut reactions: Vec<Duration> = Vec::new();
     let deadline = started + Duration::from_secs(900);
     loop {
         let cgu = double
@@ -142,6 +145,7 @@ async fn fleet_rollout_request_budget() {
             "no success: {:#}",
             cgu["status"]["conditions"]
         );
+        let mut flipped = false;
         for pl in double.list_values(
             "cluster.open-cluster-management.io/v1beta1",
             "Placement",
@@ -166,14 +170,28 @@ async fn fleet_rollout_request_budget() {
             if fresh.is_empty() {
                 continue;
             }
+            if let Some(t) = flipped_at.take() {
+                reactions.push(t.elapsed());
+            }
+            flipped = true;
             for c in &fresh {
                 compliance[j].insert(c.clone(), "Compliant");
                 done[j].insert(c.clone());
             }
             double.put_value(root(j, &compliance[j])).unwrap();
         }
+        if flipped {
+            flipped_at = Some(Instant::now());
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    reactions.sort();
+    let pct = |q: f64| {
+        reactions
+            .get(((reactions.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or_default()
+    };
     let elapsed = started.elapsed();
     let reqs = double.requests();
     let mut by: BTreeMap<String, usize> = BTreeMap::new();
@@ -191,6 +209,13 @@ async fn fleet_rollout_request_budget() {
         "fleet: {n} clusters × {p} policies, maxConcurrency {m}: Succeeded in {elapsed:.1?}, \
          {runs} reconciles, {total} API requests ({:.2} per cluster; {watches} watch requests)",
         total as f64 / n as f64
+    );
+    eprintln!(
+        "  reaction (compliance flip → next Placement release), {} samples: p50 {:?}, p99 {:?}, max {:?}",
+        reactions.len(),
+        pct(0.5),
+        pct(0.99),
+        reactions.last().copied().unwrap_or_default()
     );
     for (k, v) in &by {
         eprintln!("  {v:>7}  {k}");
