@@ -151,27 +151,15 @@ async fn apply_write(shared: &Shared, write: &Write) -> Result<(), OperatorError
             backup,
         } => {
             let api: Api<SpokeAgent> = Api::namespaced(client, namespace);
-            let task = |c: &Option<TaskChange<_>>| -> Result<Option<Value>, OperatorError> {
-                Ok(match c {
-                    None => None,
-                    Some(TaskChange::Clear) => Some(Value::Null),
-                    Some(TaskChange::Assign(t)) => Some(to_value("agent task", t)?),
-                })
-            };
             let mut spec = Map::new();
-            if let Some(v) = task(precache)? {
+            if let Some(v) = task_patch(precache.as_ref())? {
                 spec.insert("precache".into(), v);
             }
-            let backup_v = match backup {
-                None => None,
-                Some(TaskChange::Clear) => Some(Value::Null),
-                Some(TaskChange::Assign(t)) => Some(to_value("agent task", t)?),
-            };
-            if let Some(v) = backup_v {
+            if let Some(v) = task_patch(backup.as_ref())? {
                 spec.insert("backup".into(), v);
             }
             let assigns = spec.values().any(|v| !v.is_null());
-            let body = json!({"spec": Value::Object(spec.clone())});
+            let body = json!({ "spec": spec });
             match api
                 .patch(name, &PatchParams::default(), &Patch::Merge(&body))
                 .await
@@ -199,6 +187,17 @@ async fn apply_write(shared: &Shared, write: &Write) -> Result<(), OperatorError
         }
     }
     Ok(())
+}
+
+/// The merge-patch value of a task change: the task, `null` to clear, or nothing.
+fn task_patch<T: serde::Serialize>(
+    change: Option<&TaskChange<T>>,
+) -> Result<Option<Value>, OperatorError> {
+    Ok(match change {
+        None => None,
+        Some(TaskChange::Clear) => Some(Value::Null),
+        Some(TaskChange::Assign(t)) => Some(to_value("agent task", t)?),
+    })
 }
 
 fn to_value<T: serde::Serialize>(what: &'static str, v: &T) -> Result<Value, OperatorError> {
