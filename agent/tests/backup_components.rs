@@ -140,7 +140,15 @@ fn etcd_without_client_certificate_is_refused_and_corruption_is_detected() {
         "{err}"
     );
 
-    snapshot_to_file(&config(&e, true), &snap, Duration::from_secs(10), &|_| {}).unwrap();
+    // Also callable from inside an async runtime (the hub task runner's context).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        snapshot_to_file(&config(&e, true), &snap, Duration::from_secs(10), &|_| {}).unwrap();
+    });
+    verify_snapshot_file(&snap).unwrap();
     let mut bytes = std::fs::read(&snap).unwrap();
     bytes[100] ^= 0xff;
     std::fs::write(&snap, &bytes).unwrap();

@@ -8,7 +8,7 @@ mod backup_support;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use backup_support::{
     Etcd, RoomyDisk, TestProgress, config, make_node, make_sysroot, make_tls, put, require,
@@ -452,4 +452,56 @@ fn corruption_is_detected_by_the_manifest() {
 
     std::fs::remove_file(b.join(MARKER)).unwrap();
     assert!(matches!(verify(&b), Err(VerifyError::Incomplete { .. })));
+}
+
+/// Sleeps past the deadline when the trees step starts: the archive notices mid-step.
+struct SlowAt(Step, Duration);
+
+impl talm_agent::backup::Progress for SlowAt {
+    fn step(&self, step: Step) {
+        if step == self.0 {
+            std::thread::sleep(self.1);
+        }
+    }
+    fn warn(&self, _: &str) {}
+}
+
+#[test]
+fn the_deadline_is_honoured_inside_a_step() {
+    if !require(
+        "the_deadline_is_honoured_inside_a_step",
+        &["etcd", "etcdctl"],
+    ) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("host");
+    make_node(&root);
+    let e = Etcd::start("m1", &d.path().join("etcd"), d.path(), None, None);
+    let mut cfg = config(
+        &root,
+        pinned_ostree(),
+        Arc::new(RealDisk),
+        e.access_in(&root),
+    );
+    run(&cfg, &TestProgress::default()).unwrap();
+    let before = verify(&root.join("var/recovery").join(CURRENT)).unwrap();
+
+    cfg.deadline = Some(Instant::now() + Duration::from_secs(2));
+    cfg.timestamp = "late".into();
+    let err = run(&cfg, &SlowAt(Step::Trees, Duration::from_secs(3))).unwrap_err();
+    assert!(
+        matches!(err, BackupError::Deadline { step } if step == Step::Trees.name()),
+        "{err}"
+    );
+    assert_eq!(err.talm_state(), "BackupTimeout");
+    assert!(
+        err.to_string().contains("previous backup is intact"),
+        "{err}"
+    );
+    assert_eq!(
+        verify(&root.join("var/recovery").join(CURRENT)).unwrap(),
+        before
+    );
+    assert!(!root.join("var/recovery").join(STAGING).exists());
 }

@@ -1109,3 +1109,47 @@ async fn precache_tasks_flow_through_spoke_agents() {
     op.stop().await;
     double.shutdown().await;
 }
+
+/// The policy index is precise: once a CGU has started, a compliance change of a cluster that
+/// is not in it reconciles nothing, while one of its own clusters reconciles it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_index_ignores_clusters_outside_the_cgu() {
+    use talm_hub_core::snapshot::Compliance;
+
+    let double = fleet().await;
+    double.put_value(upgrade_complete()).unwrap();
+    let op = start(&double, config("replica-a", None));
+    wait_not_enabled(&double).await;
+    enable(&double).await;
+    wait_batch(&double, 1, "spoke1").await;
+    quiesce(&double).await;
+    let seen = |cluster: &str, want: Compliance| {
+        let cache = op.shared.cache_read();
+        (cache
+            .snapshot()
+            .root_policy(NS, P1)
+            .is_some_and(|r| r.compliance(cluster) == want))
+        .then_some(())
+    };
+    let runs = op.shared.metrics.reconcile_runs.get();
+    // spoke2 is not in the CGU.
+    set_compliance(&double, P1, "spoke2", "Compliant").await;
+    wait_for("the operator saw spoke2's change", || {
+        seen("spoke2", Compliance::Compliant)
+    })
+    .await;
+    quiesce(&double).await;
+    assert_eq!(
+        op.shared.metrics.reconcile_runs.get(),
+        runs,
+        "no reconcile for a foreign cluster"
+    );
+    // spoke4 is (in batch 2): the CGU is reconciled.
+    set_compliance(&double, P1, "spoke4", "Pending").await;
+    wait_for("a reconcile for the CGU's own cluster", || {
+        (op.shared.metrics.reconcile_runs.get() > runs).then_some(())
+    })
+    .await;
+    op.stop().await;
+    double.shutdown().await;
+}

@@ -20,7 +20,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::host::archive::{ArchiveError, ArchiveWriter, Compression, FileDigest, digest_file};
+use crate::host::archive::{
+    ArchiveError, ArchiveWriter, Compression, FileDigest, Stop, digest_file,
+};
 use crate::host::disk::Disk;
 use crate::host::etcd::{self, EtcdConfig, EtcdError};
 use crate::host::exec::CommandRunner;
@@ -350,7 +352,7 @@ pub fn run(cfg: &BackupConfig, progress: &dyn Progress) -> Result<BackupReport, 
     })
 }
 
-/// Ticks: progress, and the deadline (as an `Interrupted` error that stops the archive).
+/// Ticks: progress, and the deadline (as a [`Stop`] error that ends the archive).
 fn ticker(
     progress: &dyn Progress,
     deadline: Option<Instant>,
@@ -358,9 +360,7 @@ fn ticker(
     move |n| {
         progress.advance(n);
         match deadline {
-            Some(d) if Instant::now() >= d => {
-                Err(io::Error::new(io::ErrorKind::Interrupted, "deadline"))
-            }
+            Some(d) if Instant::now() >= d => Err(Stop::error("deadline")),
             _ => Ok(()),
         }
     }

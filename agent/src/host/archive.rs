@@ -72,7 +72,7 @@ pub enum ArchiveError {
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ArchiveError + '_ {
     move |source| {
-        if source.kind() == io::ErrorKind::Interrupted {
+        if source.get_ref().is_some_and(|e| e.is::<Stop>()) {
             ArchiveError::Stopped(source.to_string())
         } else {
             ArchiveError::Io {
@@ -80,6 +80,26 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ArchiveError + '_ {
                 source,
             }
         }
+    }
+}
+
+/// The error a [`Tick`] returns to stop an archive (a deadline). Not `Interrupted`: the standard
+/// library retries those.
+#[derive(Debug)]
+pub struct Stop(pub String);
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Stop {}
+
+impl Stop {
+    /// An `io::Error` carrying a `Stop`.
+    pub fn error(why: &str) -> io::Error {
+        io::Error::other(Stop(why.to_owned()))
     }
 }
 
@@ -152,8 +172,8 @@ pub struct FileDigest {
     pub sha256: String,
 }
 
-/// Called with the number of source bytes consumed; an error (use
-/// `io::ErrorKind::Interrupted`) stops the work.
+/// Called with the number of source bytes consumed; an error stops the work (return
+/// [`Stop::error`] to have it reported as [`ArchiveError::Stopped`]).
 pub type Tick<'a> = &'a (dyn Fn(u64) -> io::Result<()> + Sync);
 
 /// Passes reads through, ticking.

@@ -164,26 +164,39 @@ async fn connect(cfg: &EtcdConfig, url: &str) -> Result<Channel, String> {
 }
 
 /// Streams a snapshot of the member into `out` (created or truncated), verifying etcd's
-/// trailing sha256. Blocks the calling thread (a private runtime drives the RPC); from async
-/// code, call it inside `spawn_blocking`.
+/// trailing sha256. Blocks the calling thread (a private runtime drives the RPC; from inside a
+/// runtime it runs on a thread of its own); from async code, prefer `spawn_blocking`.
 pub fn snapshot_to_file(
     cfg: &EtcdConfig,
     out: &Path,
     timeout: Duration,
     on_bytes: &(dyn Fn(u64) + Sync),
 ) -> Result<SnapshotInfo, EtcdError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| EtcdError::Write {
-            path: out.to_owned(),
-            source,
-        })?;
-    rt.block_on(async {
-        tokio::time::timeout(timeout, snapshot_async(cfg, out, on_bytes))
-            .await
-            .map_err(|_| EtcdError::Deadline)?
-    })
+    let run = || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| EtcdError::Write {
+                path: out.to_owned(),
+                source,
+            })?;
+        rt.block_on(async {
+            tokio::time::timeout(timeout, snapshot_async(cfg, out, on_bytes))
+                .await
+                .map_err(|_| EtcdError::Deadline)?
+        })
+    };
+    if tokio::runtime::Handle::try_current().is_ok() {
+        // Called from inside a runtime (an async caller that did not use spawn_blocking): a
+        // runtime cannot be started on this thread, so drive the private one on its own thread.
+        std::thread::scope(|s| {
+            s.spawn(run).join().unwrap_or_else(|_| {
+                Err(EtcdError::Integrity("the snapshot thread panicked".into()))
+            })
+        })
+    } else {
+        run()
+    }
 }
 
 async fn snapshot_async(

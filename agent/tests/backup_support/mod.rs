@@ -28,7 +28,7 @@ pub fn require(test: &str, tools: &[&str]) -> bool {
     for t in tools {
         if !r.available(t) {
             eprintln!(
-                "SKIP {test}: `{t}` is not installed (apt-get install -y --no-install-recommends etcd-server etcd-client ostree e2fsprogs)"
+                "SKIP {test}: `{t}` is not installed (apt-get install -y --no-install-recommends etcd-server etcd-client ostree e2fsprogs attr)"
             );
             return false;
         }

@@ -16,6 +16,9 @@ use crate::plan::graph::FileUpdateGraph;
 /// [`Error::Internal`] with the operator's message (this module cannot add variants to
 /// the CLI's error type).
 pub fn run(args: &RunArgs) -> Result<(), Error> {
+    // One TLS stack (rustls + ring) for kube and the update-graph client, chosen explicitly
+    // so that no other provider can ever be picked up from crate features.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -170,6 +170,14 @@ impl Shared {
         let _ = rx.wait_for(|s| *s).await;
     }
 
+    /// Drops the failure count of a deleted CGU.
+    fn forget_failures(&self, r: &CguRef) {
+        self.failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(r);
+    }
+
     fn set_triggers(&self, tx: Option<TriggerTx>) {
         *self.triggers.lock().unwrap_or_else(PoisonError::into_inner) = tx;
     }

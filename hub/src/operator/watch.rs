@@ -135,7 +135,9 @@ where
         };
         shared.metrics.watch_events.get_or_create(&labels).inc();
         if let WatchEvent::Delete(Object::Cgu(c)) = &event {
-            shared.metrics.forget_cgu(&CguRef::of(c).to_string());
+            let r = CguRef::of(c);
+            shared.metrics.forget_cgu(&r.to_string());
+            shared.forget_failures(&r);
         }
         let (triggers, synced) = {
             let mut cache = shared.cache_write();

@@ -15,6 +15,8 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use futures::StreamExt;
+
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event as K8sEvent;
@@ -149,27 +151,15 @@ async fn apply_write(shared: &Shared, write: &Write) -> Result<(), OperatorError
             backup,
         } => {
             let api: Api<SpokeAgent> = Api::namespaced(client, namespace);
-            let task = |c: &Option<TaskChange<_>>| -> Result<Option<Value>, OperatorError> {
-                Ok(match c {
-                    None => None,
-                    Some(TaskChange::Clear) => Some(Value::Null),
-                    Some(TaskChange::Assign(t)) => Some(to_value("agent task", t)?),
-                })
-            };
             let mut spec = Map::new();
-            if let Some(v) = task(precache)? {
+            if let Some(v) = task_patch(precache.as_ref())? {
                 spec.insert("precache".into(), v);
             }
-            let backup_v = match backup {
-                None => None,
-                Some(TaskChange::Clear) => Some(Value::Null),
-                Some(TaskChange::Assign(t)) => Some(to_value("agent task", t)?),
-            };
-            if let Some(v) = backup_v {
+            if let Some(v) = task_patch(backup.as_ref())? {
                 spec.insert("backup".into(), v);
             }
             let assigns = spec.values().any(|v| !v.is_null());
-            let body = json!({"spec": Value::Object(spec.clone())});
+            let body = json!({ "spec": spec });
             match api
                 .patch(name, &PatchParams::default(), &Patch::Merge(&body))
                 .await
@@ -197,6 +187,17 @@ async fn apply_write(shared: &Shared, write: &Write) -> Result<(), OperatorError
         }
     }
     Ok(())
+}
+
+/// The merge-patch value of a task change: the task, `null` to clear, or nothing.
+fn task_patch<T: serde::Serialize>(
+    change: Option<&TaskChange<T>>,
+) -> Result<Option<Value>, OperatorError> {
+    Ok(match change {
+        None => None,
+        Some(TaskChange::Clear) => Some(Value::Null),
+        Some(TaskChange::Assign(t)) => Some(to_value("agent task", t)?),
+    })
 }
 
 fn to_value<T: serde::Serialize>(what: &'static str, v: &T) -> Result<Value, OperatorError> {
@@ -358,6 +359,9 @@ pub async fn apply_cgu(
 
 static EVENT_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// Events of one decision created in parallel (a batch start has one per cluster).
+pub const EVENT_CONCURRENCY: usize = 16;
+
 /// Publishes the events of a decision. A failed event is logged and counted, not retried: the
 /// status it describes is already written, and a retry would decide again from it.
 pub async fn publish_events(
@@ -368,25 +372,28 @@ pub async fn publish_events(
 ) {
     let (ns, name) = ns_name(&cgu.metadata);
     let api: Api<K8sEvent> = Api::namespaced(shared.client.clone(), &ns);
-    for e in events {
-        let ev = k8s_event(shared, cgu, e, now, &ns, &name);
-        let mut result = api.create(&PostParams::default(), &ev).await;
-        if let Err(err) = &result
-            && is_already_exists(err)
-        {
-            let ev = k8s_event(shared, cgu, e, now, &ns, &name);
-            result = api.create(&PostParams::default(), &ev).await;
-        }
-        match result {
-            Ok(_) => {
-                shared.metrics.events_published.inc();
+    let (ns, name, api) = (&ns, &name, &api);
+    futures::stream::iter(events)
+        .for_each_concurrent(EVENT_CONCURRENCY, |e| async move {
+            let ev = k8s_event(shared, cgu, e, now, ns, name);
+            let mut result = api.create(&PostParams::default(), &ev).await;
+            if let Err(err) = &result
+                && is_already_exists(err)
+            {
+                let ev = k8s_event(shared, cgu, e, now, ns, name);
+                result = api.create(&PostParams::default(), &ev).await;
             }
-            Err(err) => {
-                shared.metrics.event_failures.inc();
-                tracing::warn!(reason = %e.reason, action = %e.action, error = %err, "event not published");
+            match result {
+                Ok(_) => {
+                    shared.metrics.events_published.inc();
+                }
+                Err(err) => {
+                    shared.metrics.event_failures.inc();
+                    tracing::warn!(reason = %e.reason, action = %e.action, error = %err, "event not published");
+                }
             }
-        }
-    }
+        })
+        .await;
 }
 
 fn k8s_event(
