@@ -468,13 +468,7 @@ impl<'a> Run<'a> {
                 k
             });
             if selected.is_empty() {
-                self.end(
-                    reasons::COMPLETED,
-                    false,
-                    reasons::FAILED,
-                    msg::NO_CLUSTERS_BLOCKING,
-                );
-                self.requeue(Requeue::Immediately);
+                self.fail_no_clusters(msg::NO_CLUSTERS_BLOCKING);
                 return;
             }
         }
@@ -602,7 +596,7 @@ impl<'a> Run<'a> {
     }
 
     /// Ends the rollout: `Progressing=False/<progressing_reason>` and `Succeeded` with the outcome,
-    /// both with `message`. The completion path runs on the next pass.
+    /// both with `message`, and requeue at once: the completion path runs on the next pass.
     fn end(
         &mut self,
         progressing_reason: &str,
@@ -612,11 +606,11 @@ impl<'a> Run<'a> {
     ) {
         self.set_cond(types::PROGRESSING, false, progressing_reason, message);
         self.set_cond(types::SUCCEEDED, succeeded, succeeded_reason, message);
+        self.requeue(Requeue::Immediately);
     }
 
     fn fail_no_clusters(&mut self, message: &str) {
         self.end(reasons::COMPLETED, false, reasons::FAILED, message);
-        self.requeue(Requeue::Immediately);
     }
 
     /// Appends a final outcome to `status.clusters` unless the cluster already has one.
@@ -1373,7 +1367,6 @@ impl<'a> Run<'a> {
                 reasons::COMPLETED,
                 msg::ALL_COMPLIANT,
             );
-            self.requeue(Requeue::Immediately);
             return;
         }
         let now = self.now;
@@ -1452,7 +1445,6 @@ impl<'a> Run<'a> {
                 reasons::TIMED_OUT,
                 msg::TIMED_OUT,
             );
-            self.requeue(Requeue::Immediately);
             return;
         }
         if let Ok(at) = started.checked_add(SignedDuration::from_mins(i64::from(timeout))) {
@@ -1490,7 +1482,6 @@ impl<'a> Run<'a> {
                     reasons::COMPLETED,
                     msg::ALL_COMPLIANT,
                 );
-                self.requeue(Requeue::Immediately);
                 return;
             }
             let waiting: Vec<String> = earlier
@@ -1812,7 +1803,6 @@ impl<'a> Run<'a> {
                 .cloned()
                 .collect();
             self.withdraw(&unfinished);
-            self.requeue(Requeue::Immediately);
             return;
         }
         let timed_out = self.time_out_batch(batch, policies);
