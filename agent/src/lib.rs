@@ -37,6 +37,7 @@ pub mod conn;
 pub mod daemon;
 pub mod facts;
 pub mod journal;
+pub mod precache;
 pub mod recovery;
 pub mod runner;
 pub mod status;
