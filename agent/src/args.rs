@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use talm_shared::clock::SystemClock;
 
+use crate::backup::task::BackupTaskConfig;
 use crate::conn::{ConnConfig, HubTarget};
 use crate::daemon::{Agent, AgentConfig, AgentError};
 use crate::facts::Host;
@@ -42,6 +43,9 @@ pub struct RunArgs {
     /// HTTP/2 keepalive interval (dead-link detection), seconds.
     #[arg(long, env = "TALM_AGENT_KEEPALIVE_SECS", default_value_t = 30)]
     pub keepalive_secs: u64,
+    /// Where and how hub-assigned backups are taken (the same settings as `talm-agent backup`).
+    #[command(flatten)]
+    pub backup: crate::backup::cli::BackupOptions,
 }
 
 /// Output format of `status`.
@@ -145,12 +149,13 @@ impl RunArgs {
     pub async fn run(&self) -> Result<(), CliError> {
         let cfg = self.config()?;
         let host = Arc::new(Host::new(&self.host_root));
-        let agent = Agent::new(
-            cfg,
-            host.clone(),
-            Arc::new(HostRunner::new(host)),
-            Arc::new(SystemClock),
-        )?;
+        let clock = Arc::new(SystemClock);
+        let backup = BackupTaskConfig {
+            template: self.backup.config(&self.host_root, String::new(), None),
+            clock: clock.clone(),
+        };
+        let runner = HostRunner::new(host.clone()).with_backup(backup);
+        let agent = Agent::new(cfg, host, Arc::new(runner), clock)?;
         agent.run(shutdown_signal()).await?;
         Ok(())
     }

@@ -15,7 +15,7 @@
 //!     reports), written atomically and fsynced on every change;
 //!   - [`conn`]: TLS 1.3 connections to the hub, enrollment (bootstrap token + CSR), rotation;
 //!   - [`facts`]: node facts for Hello and statvfs, behind a trait rooted at `--host-root`;
-//!   - [`runner`]: task execution (`check-space`; other kinds are rejected until wired);
+//!   - [`runner`]: task execution (`check-space`, and `backup` through [`backup::task`]);
 //!   - [`daemon`]: the session loop, reconnects with jittered capped backoff, heartbeats,
 //!     certificate rotation, and the connection state file read by `talm-agent status`;
 //!   - [`backoff`]: the reconnect backoff;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use talm_proto::v1::{TaskKind, TaskOutcome};
 use tokio::sync::mpsc;
 
+use crate::backup::task::BackupTaskConfig;
 use crate::facts::{CONTAINERS_STORAGE, HostInfo};
 use crate::journal::Task;
 
@@ -43,6 +44,11 @@ impl TaskContext {
         }
     }
 
+    /// The task this context belongs to.
+    pub fn task_id(&self) -> &str {
+        &self.task_id
+    }
+
     /// Reports progress (dropped when the channel is full: progress is best effort).
     pub fn progress(&self, message: &str, done: u64, total: u64) {
         let _ = self.progress.try_send(Progress {
@@ -67,12 +73,19 @@ pub trait TaskRunner: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Clone)]
 pub struct HostRunner {
     host: Arc<dyn HostInfo>,
+    backup: Option<Arc<BackupTaskConfig>>,
 }
 
 impl HostRunner {
-    /// A runner over `host`.
+    /// A runner over `host` (backup tasks are rejected until [`HostRunner::with_backup`]).
     pub fn new(host: Arc<dyn HostInfo>) -> Self {
-        Self { host }
+        Self { host, backup: None }
+    }
+
+    /// Also runs hub-assigned backups with `cfg`.
+    pub fn with_backup(mut self, cfg: BackupTaskConfig) -> Self {
+        self.backup = Some(Arc::new(cfg));
+        self
     }
 }
 
@@ -117,6 +130,7 @@ pub fn check_space(host: &dyn HostInfo, space_required_gib: u64) -> (TaskOutcome
 impl TaskRunner for HostRunner {
     fn run(&self, task: Task, ctx: TaskContext) -> RunFuture {
         let host = self.host.clone();
+        let backup = self.backup.clone();
         Box::pin(async move {
             match TaskKind::try_from(task.kind) {
                 Ok(TaskKind::CheckSpace) => {
@@ -139,7 +153,14 @@ impl TaskRunner for HostRunner {
                     ctx.progress("done", 1, 1);
                     out
                 }
-                Ok(k @ (TaskKind::Precache | TaskKind::Backup)) => (
+                Ok(TaskKind::Backup) => match backup {
+                    Some(cfg) => crate::backup::task::run_task(&cfg, task, ctx).await,
+                    None => (
+                        TaskOutcome::Rejected,
+                        "this agent was started without backup settings".to_string(),
+                    ),
+                },
+                Ok(k @ TaskKind::Precache) => (
                     TaskOutcome::Rejected,
                     format!(
                         "task kind {} is not supported by talm-agent {} yet",

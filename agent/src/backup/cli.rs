@@ -31,6 +31,18 @@ pub struct BackupArgs {
     /// The node's `/` (the agent may run with the host mounted elsewhere).
     #[arg(long, env = "TALM_HOST_ROOT", default_value = "/")]
     pub host_root: PathBuf,
+    /// Where and how to back up.
+    #[command(flatten)]
+    pub options: BackupOptions,
+    /// Give up after this many seconds (TALM's backup job allows 480).
+    #[arg(long, env = "TALM_BACKUP_TIMEOUT_SECONDS")]
+    pub timeout_seconds: Option<u64>,
+}
+
+/// The backup settings shared by `talm-agent backup` and the daemon (`talm-agent run`), which
+/// takes the backups the hub assigns.
+#[derive(Clone, Debug, clap::Args)]
+pub struct BackupOptions {
     /// The recovery directory (a host path).
     #[arg(long, env = "TALM_RECOVERY_DIR", default_value = "/var/recovery")]
     pub dir: PathBuf,
@@ -60,15 +72,43 @@ pub struct BackupArgs {
         default_value = "zstd"
     )]
     pub compression: CompressionArg,
-    /// Give up after this many seconds (TALM's backup job allows 480).
-    #[arg(long, env = "TALM_BACKUP_TIMEOUT_SECONDS")]
-    pub timeout_seconds: Option<u64>,
 }
 
 impl BackupArgs {
     /// The configuration these flags describe, on the real host.
     pub fn config(&self, timestamp: String) -> BackupConfig {
-        let root = HostRoot::new(&self.host_root);
+        let deadline = self
+            .timeout_seconds
+            .map(|s| Instant::now() + Duration::from_secs(s));
+        self.options.config(&self.host_root, timestamp, deadline)
+    }
+
+    /// Runs the backup with console progress.
+    pub fn run(&self, timestamp: String) -> Result<BackupReport, BackupError> {
+        let cfg = self.config(timestamp);
+        let progress = ConsoleProgress::new(std::io::stderr().is_terminal());
+        let report = super::run(&cfg, &progress);
+        progress.done();
+        let report = report?;
+        tracing::info!(
+            dir = %report.dir.display(),
+            bytes = report.bytes,
+            elapsed_ms = report.elapsed.as_millis() as u64,
+            "backup complete"
+        );
+        Ok(report)
+    }
+}
+
+impl BackupOptions {
+    /// The configuration these settings describe, on the real host at `host_root`.
+    pub fn config(
+        &self,
+        host_root: &std::path::Path,
+        timestamp: String,
+        deadline: Option<Instant>,
+    ) -> BackupConfig {
+        let root = HostRoot::new(host_root);
         let node = self.node_name.clone().unwrap_or_else(|| {
             std::fs::read_to_string(root.join("/proc/sys/kernel/hostname"))
                 .or_else(|_| std::fs::read_to_string(root.join("/etc/hostname")))
@@ -97,27 +137,9 @@ impl BackupArgs {
                 CompressionArg::Gzip => Compression::Gzip(6),
                 CompressionArg::None => Compression::None,
             },
-            deadline: self
-                .timeout_seconds
-                .map(|s| Instant::now() + Duration::from_secs(s)),
+            deadline,
             timestamp,
         }
-    }
-
-    /// Runs the backup with console progress.
-    pub fn run(&self, timestamp: String) -> Result<BackupReport, BackupError> {
-        let cfg = self.config(timestamp);
-        let progress = ConsoleProgress::new(std::io::stderr().is_terminal());
-        let report = super::run(&cfg, &progress);
-        progress.done();
-        let report = report?;
-        tracing::info!(
-            dir = %report.dir.display(),
-            bytes = report.bytes,
-            elapsed_ms = report.elapsed.as_millis() as u64,
-            "backup complete"
-        );
-        Ok(report)
     }
 }
 

@@ -14,6 +14,7 @@
 pub mod cli;
 pub mod layout;
 pub mod manifest;
+pub mod task;
 
 use std::io;
 use std::path::{Path, PathBuf};
