@@ -1,6 +1,7 @@
-//! Command-line arguments of `talm-hub gateway` and `talm-hub agents token|revoke|machineconfig`, and their
-//! wiring. The hub binary flattens these into its subcommand enum and calls [`run_gateway`] /
-//! [`run_agents`]. Every flag has an environment fallback.
+//! Command-line arguments of `talm-hub gateway` and `talm-hub agents
+//! token|revoke|machineconfig`, and their wiring. The hub binary flattens these into its
+//! subcommand enum and calls [`run_gateway`] / [`run_agents`]. Every flag has an environment
+//! fallback.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -129,7 +130,13 @@ pub struct MachineconfigArgs {
     /// The cluster the MachineConfig enrolls.
     pub cluster: String,
     /// Output format.
-    #[arg(short = 'o', long, value_enum, default_value_t = MachineconfigOutput::Yaml)]
+    #[arg(
+        short = 'o',
+        long,
+        value_enum,
+        env = "TALM_MACHINECONFIG_OUTPUT",
+        default_value_t = MachineconfigOutput::Yaml
+    )]
     pub output: MachineconfigOutput,
     /// The gateway URL the agent dials: the Route's host (`https://<host>:443`) or the
     /// LoadBalancer's address (`https://<address>:8443`).
@@ -149,10 +156,20 @@ pub struct MachineconfigArgs {
     pub image: Option<String>,
     /// Instead of the image: download the agent binary from this URL (once; checked
     /// against --binary-sha256) and run it under the hardened unit.
-    #[arg(long, value_name = "URL", requires = "binary_sha256")]
+    #[arg(
+        long,
+        env = "TALM_AGENT_BINARY_URL",
+        value_name = "URL",
+        requires = "binary_sha256"
+    )]
     pub binary_url: Option<String>,
     /// SHA-256 (hex) of the binary at --binary-url.
-    #[arg(long, value_name = "HEX", requires = "binary_url")]
+    #[arg(
+        long,
+        env = "TALM_AGENT_BINARY_SHA256",
+        value_name = "HEX",
+        requires = "binary_url"
+    )]
     pub binary_sha256: Option<String>,
     /// Lifetime of the embedded bootstrap token, seconds (it must outlast the MachineConfig's
     /// rollout and the node's reboot).
@@ -163,7 +180,7 @@ pub struct MachineconfigArgs {
     )]
     pub ttl_secs: u64,
     /// The MachineConfigPool role label.
-    #[arg(long, default_value = "master")]
+    #[arg(long, env = "TALM_MACHINECONFIG_ROLE", default_value = "master")]
     pub role: String,
 }
 
