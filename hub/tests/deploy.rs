@@ -1380,3 +1380,31 @@ fn prometheus_rules_name_real_metrics() {
     assert!(alerts >= 8, "{alerts}");
     assert!(used.len() >= 8, "{used:?}");
 }
+
+// ----- the recovery partition example --------------------------------------------------------
+
+#[test]
+fn recovery_partition_example_mounts_its_partition_at_var_recovery() {
+    let mc = &docs("examples/recovery-partition-machineconfig.yaml")[0];
+    assert_eq!(kind(mc), "MachineConfig");
+    assert_eq!(
+        s(mc, "/metadata/labels/machineconfiguration.openshift.io~1role"),
+        "master"
+    );
+    let config = &mc["spec"]["config"];
+    assert!(s(config, "/ignition/version").starts_with("3."));
+    let part = &config["storage"]["disks"][0]["partitions"][0];
+    let label = s(part, "/label");
+    assert!(part["sizeMiB"].as_u64().unwrap() >= 10 * 1024, "room for a backup");
+    let fs = &config["storage"]["filesystems"][0];
+    let device = format!("/dev/disk/by-partlabel/{label}");
+    assert_eq!(s(fs, "/device"), device);
+    assert_eq!(s(fs, "/path"), "/var/recovery");
+    // The mount unit is named after its path (systemd requires it) and mounts that device.
+    let unit = &config["systemd"]["units"][0];
+    assert_eq!(s(unit, "/name"), "var-recovery.mount");
+    let contents = s(unit, "/contents");
+    assert!(contents.contains(&format!("What={device}\n")), "{contents}");
+    assert!(contents.contains("Where=/var/recovery\n"));
+    assert!(contents.contains(&format!("Type={}\n", s(fs, "/format"))));
+}
