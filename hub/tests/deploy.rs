@@ -1388,14 +1388,20 @@ fn recovery_partition_example_mounts_its_partition_at_var_recovery() {
     let mc = &docs("examples/recovery-partition-machineconfig.yaml")[0];
     assert_eq!(kind(mc), "MachineConfig");
     assert_eq!(
-        s(mc, "/metadata/labels/machineconfiguration.openshift.io~1role"),
+        s(
+            mc,
+            "/metadata/labels/machineconfiguration.openshift.io~1role"
+        ),
         "master"
     );
     let config = &mc["spec"]["config"];
     assert!(s(config, "/ignition/version").starts_with("3."));
     let part = &config["storage"]["disks"][0]["partitions"][0];
     let label = s(part, "/label");
-    assert!(part["sizeMiB"].as_u64().unwrap() >= 10 * 1024, "room for a backup");
+    assert!(
+        part["sizeMiB"].as_u64().unwrap() >= 10 * 1024,
+        "room for a backup"
+    );
     let fs = &config["storage"]["filesystems"][0];
     let device = format!("/dev/disk/by-partlabel/{label}");
     assert_eq!(s(fs, "/device"), device);
