@@ -1,6 +1,7 @@
-//! Command-line arguments of `talm-hub gateway` and `talm-hub agents token|revoke`, and their
-//! wiring. The hub binary flattens these into its subcommand enum and calls [`run_gateway`] /
-//! [`run_agents`]. Every flag has an environment fallback.
+//! Command-line arguments of `talm-hub gateway` and `talm-hub agents
+//! token|revoke|machineconfig`, and their wiring. The hub binary flattens these into its
+//! subcommand enum and calls [`run_gateway`] / [`run_agents`]. Every flag has an environment
+//! fallback.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use crate::enroll::{EnrollError, Enroller, issue_token};
 use crate::server::{Gateway, GatewayConfig};
 use crate::store::StoreError;
 use crate::store::file::{FileEnrollmentStore, FileSpokeAgentStore};
+use talm_shared::tls::check_cluster_name;
 
 /// Errors of the gateway commands.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +46,9 @@ pub enum CliError {
     /// A required file is missing.
     #[error("{0}")]
     Missing(String),
+    /// `agents machineconfig` input is invalid.
+    #[error(transparent)]
+    MachineConfig(#[from] crate::machineconfig::MachineConfigError),
 }
 
 /// `talm-hub gateway`: serve the agent channel with the file-backed stores.
@@ -111,6 +116,81 @@ pub enum AgentsCommand {
         /// The cluster.
         cluster: String,
     },
+    /// Print a MachineConfig (role master, Ignition 3.2.0) that installs talm-agent on
+    /// CLUSTER: its systemd unit, /etc/talm/agent.env, the hub CA bundle and a fresh bootstrap
+    /// token (issued like `agents token`). The agent runs from its image with podman
+    /// (`--image`, the default) or from a binary downloaded once and checked
+    /// (`--binary-url` + `--binary-sha256`).
+    Machineconfig(MachineconfigArgs),
+}
+
+/// `talm-hub agents machineconfig`.
+#[derive(Clone, Debug, Args)]
+pub struct MachineconfigArgs {
+    /// The cluster the MachineConfig enrolls.
+    pub cluster: String,
+    /// Output format.
+    #[arg(
+        short = 'o',
+        long,
+        value_enum,
+        env = "TALM_MACHINECONFIG_OUTPUT",
+        default_value_t = MachineconfigOutput::Yaml
+    )]
+    pub output: MachineconfigOutput,
+    /// The gateway URL the agent dials: the Route's host (`https://<host>:443`) or the
+    /// LoadBalancer's address (`https://<address>:8443`).
+    #[arg(long, env = "TALM_HUB_ENDPOINT", value_name = "URL")]
+    pub hub_endpoint: String,
+    /// PEM CA bundle of the gateway's serving certificate (default:
+    /// `<state-dir>/pki/hub-ca.crt`).
+    #[arg(long, env = "TALM_HUB_CA_BUNDLE", value_name = "FILE")]
+    pub ca_bundle: Option<PathBuf>,
+    /// Run the agent from this image with podman.
+    #[arg(
+        long,
+        env = "TALM_AGENT_IMAGE",
+        value_name = "IMAGE",
+        conflicts_with = "binary_url"
+    )]
+    pub image: Option<String>,
+    /// Instead of the image: download the agent binary from this URL (once; checked
+    /// against --binary-sha256) and run it under the hardened unit.
+    #[arg(
+        long,
+        env = "TALM_AGENT_BINARY_URL",
+        value_name = "URL",
+        requires = "binary_sha256"
+    )]
+    pub binary_url: Option<String>,
+    /// SHA-256 (hex) of the binary at --binary-url.
+    #[arg(
+        long,
+        env = "TALM_AGENT_BINARY_SHA256",
+        value_name = "HEX",
+        requires = "binary_url"
+    )]
+    pub binary_sha256: Option<String>,
+    /// Lifetime of the embedded bootstrap token, seconds (it must outlast the MachineConfig's
+    /// rollout and the node's reboot).
+    #[arg(
+        long,
+        env = "TALM_MACHINECONFIG_TOKEN_TTL_SECS",
+        default_value_t = 86_400
+    )]
+    pub ttl_secs: u64,
+    /// The MachineConfigPool role label.
+    #[arg(long, env = "TALM_MACHINECONFIG_ROLE", default_value = "master")]
+    pub role: String,
+}
+
+/// Output format of `agents machineconfig`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MachineconfigOutput {
+    /// YAML.
+    Yaml,
+    /// JSON.
+    Json,
 }
 
 /// Paths of the gateway PKI under `<state-dir>/pki`.
@@ -225,7 +305,71 @@ pub async fn run_gateway(
     Ok(())
 }
 
-/// Runs `agents token|revoke`; returns what to print.
+/// Renders `agents machineconfig`: validates everything, then issues the token (so bad input
+/// burns no token).
+fn machineconfig(
+    store: &FileEnrollmentStore,
+    state_dir: &Path,
+    args: &MachineconfigArgs,
+) -> Result<String, CliError> {
+    use crate::machineconfig::{self as mc, AgentInstall, MachineConfigError};
+    let install = match (&args.binary_url, &args.binary_sha256) {
+        (Some(url), Some(sha256)) => AgentInstall::Binary {
+            url: url.clone(),
+            sha256: sha256.clone(),
+        },
+        _ => AgentInstall::Image(
+            args.image
+                .clone()
+                .unwrap_or_else(|| mc::DEFAULT_AGENT_IMAGE.to_string()),
+        ),
+    };
+    mc::check_endpoint(&args.hub_endpoint)?;
+    mc::check_install(&install)?;
+    check_cluster_name(&args.cluster).map_err(EnrollError::InvalidCluster)?;
+    let ca_path = args
+        .ca_bundle
+        .clone()
+        .unwrap_or_else(|| PkiPaths::under(state_dir).hub_ca);
+    let ca = read(&ca_path)?.ok_or_else(|| {
+        CliError::Missing(format!(
+            "{}: no such file (give --ca-bundle, or run `talm-hub gateway` once to generate the PKI)",
+            ca_path.display()
+        ))
+    })?;
+    let ca_pem = String::from_utf8(ca)
+        .map_err(|_| MachineConfigError::CaBundle(ca_path.display().to_string()))?;
+    if talm_shared::tls::certs_from_pem("CA bundle", ca_pem.as_bytes())
+        .map(|c| c.is_empty())
+        .unwrap_or(true)
+    {
+        return Err(MachineConfigError::CaBundle(ca_path.display().to_string()).into());
+    }
+    let token = issue_token(
+        store,
+        &SystemClock,
+        &args.cluster,
+        Duration::from_secs(args.ttl_secs),
+    )?;
+    let doc = mc::render(&mc::Input {
+        cluster: args.cluster.clone(),
+        hub_endpoint: args.hub_endpoint.clone(),
+        ca_pem,
+        token,
+        install,
+        role: args.role.clone(),
+    })?;
+    match args.output {
+        // The caller prints with a trailing newline.
+        MachineconfigOutput::Json => serde_json::to_string_pretty(&doc)
+            .map_err(|e| CliError::Io("MachineConfig".into(), std::io::Error::other(e))),
+        MachineconfigOutput::Yaml => serde_saphyr::to_string(&doc)
+            .map(|s| s.trim_end().to_string())
+            .map_err(|e| CliError::Io("MachineConfig".into(), std::io::Error::other(e))),
+    }
+}
+
+/// Runs `agents token|revoke|machineconfig`; returns what to print.
 pub fn run_agents(args: &AgentsArgs) -> Result<String, CliError> {
     let dir = args
         .state_dir
@@ -239,6 +383,7 @@ pub fn run_agents(args: &AgentsArgs) -> Result<String, CliError> {
             cluster,
             Duration::from_secs(*ttl_secs),
         )?),
+        AgentsCommand::Machineconfig(mc) => machineconfig(&store, dir, mc),
         AgentsCommand::Revoke { cluster } => {
             use crate::store::EnrollmentStore;
             if store.revoke(cluster)? {

@@ -15,10 +15,12 @@
 //! - [`server`]: TLS 1.3 acceptor, gRPC server, spec/enrollment watchers, and the HTTP admin
 //!   endpoint (`/agents`, `/agents/{cluster}`, `/metrics`, `/healthz`).
 //! - [`metrics`]: prometheus-client metrics.
-//! - [`cli`]: the clap arguments of `talm-hub gateway` and `talm-hub agents token|revoke`.
+//! - [`cli`]: the clap arguments of `talm-hub gateway` and `talm-hub agents token|revoke|machineconfig`.
+//! - [`machineconfig`]: the MachineConfig that installs talm-agent on a SNO node.
 
 pub mod cli;
 pub mod enroll;
+pub mod machineconfig;
 pub mod metrics;
 pub mod registry;
 pub mod server;
