@@ -141,6 +141,10 @@ pub struct RunArgs {
     /// Skip TLS verification of update-graph requests (TALM's `INSECURE_GRAPH_CALL`).
     #[arg(long, env = "TALM_UPDATE_GRAPH_INSECURE", action = clap::ArgAction::SetTrue)]
     pub update_graph_insecure: bool,
+    /// Run the ZTP auto-CGU controller: one CGU `ztp-install/<cluster>` per Available cluster
+    /// without `ztp-done` (`--ztp false` turns it off).
+    #[arg(long, env = "TALM_ZTP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub ztp: bool,
 }
 
 /// TALM's rule for `TALM_CGU_CTRL_WORKER_COUNT`: anything but an integer >= 1 means 5.

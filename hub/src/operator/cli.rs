@@ -77,6 +77,7 @@ async fn run_async(args: &RunArgs) -> Result<(), OperatorError> {
         identity: identity.clone(),
         graph,
         graph_fetcher,
+        ztp: args.ztp,
     };
     tracing::info!(?config, "starting talm-hub operator");
     let operator = Operator::new(client, Arc::new(SystemClock), config);
