@@ -442,6 +442,27 @@ impl Cache {
         v
     }
 
+    /// Whether `kind` has finished its first list.
+    pub fn kind_synced(&self, kind: Kind) -> bool {
+        self.synced.contains(&kind)
+    }
+
+    /// Every SpokeAgent in the snapshot (the gateway reads specs from here instead of listing).
+    pub fn spoke_agents(&self) -> impl Iterator<Item = &SpokeAgent> {
+        let kind = Kind::SpokeAgent;
+        let mut keys: Vec<&Key> = self
+            .present
+            .get(&kind)
+            .into_iter()
+            .flatten()
+            .chain(self.relisting.get(&kind).into_iter().flatten())
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys.into_iter()
+            .filter_map(|(ns, name)| self.snapshot.spoke_agent(ns, name))
+    }
+
     /// Whether the ZTP controller has clusters to look at.
     pub fn ztp_pending(&self) -> bool {
         !self.ztp_pending.is_empty()

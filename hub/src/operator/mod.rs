@@ -14,10 +14,12 @@
 //! - [`graph`]: update-graph lookups over HTTP(S), fetched outside the engine and cached.
 //! - [`error`]: the operator error type, [`OperatorError`].
 //! - [`ztp`]: the ZTP auto-CGU controller (leader only, beside the CGU controller).
+//! - [`agents`]: the agent gateway every replica serves, with Kubernetes-backed stores.
 //!
 //! The library entry point is [`Operator::run`], which takes a `kube::Client`, a clock and a
 //! shutdown future, so tests run the operator in-process against an API double.
 
+pub mod agents;
 pub mod cache;
 pub mod cli;
 pub mod clock;
