@@ -1134,4 +1134,34 @@ mod tests {
             vec![r("default", "c1"), r("default", "c2")]
         );
     }
+
+    #[test]
+    fn ztp_queue_follows_cluster_changes_and_ztp_cgu_deletions() {
+        let mut c = Cache::new();
+        let mc: ManagedCluster =
+            serde_json::from_value(json!({"metadata": {"name": "sno1", "resourceVersion": "1"}}))
+                .unwrap();
+        c.apply(WatchEvent::Apply(Object::ManagedCluster(mc.clone())));
+        assert_eq!(c.take_ztp_pending(), vec!["sno1".to_string()]);
+        // The same object again changes nothing: nothing queued.
+        c.apply(WatchEvent::Apply(Object::ManagedCluster(mc)));
+        assert!(!c.ztp_pending());
+        let z = cgu(json!({
+            "metadata": {"name": "sno1", "namespace": "ztp-install", "resourceVersion": "2"},
+            "spec": {"clusters": ["sno1"], "remediationStrategy": {"maxConcurrency": 1}}
+        }));
+        c.apply(WatchEvent::Apply(z.clone().into_object()));
+        assert!(!c.ztp_pending(), "a new ztp CGU queues nothing");
+        c.apply(WatchEvent::Delete(z.into_object()));
+        assert_eq!(c.take_ztp_pending(), vec!["sno1".to_string()]);
+        let other = cgu(json!({
+            "metadata": {"name": "x", "namespace": "default", "resourceVersion": "3"},
+            "spec": {"clusters": ["sno1"], "remediationStrategy": {"maxConcurrency": 1}}
+        }));
+        c.apply(WatchEvent::Apply(other.clone().into_object()));
+        c.apply(WatchEvent::Delete(other.into_object()));
+        assert!(!c.ztp_pending(), "CGUs elsewhere do not queue");
+        c.mark_all_ztp();
+        assert_eq!(c.take_ztp_pending(), vec!["sno1".to_string()]);
+    }
 }
