@@ -49,12 +49,14 @@ pub enum Command {
     /// Write (or check) the CRD manifests of the kinds talm owns.
     Crds(CrdsArgs),
     /// Run the ClusterGroupUpgrade operator against the cluster (in-cluster config or
-    /// KUBECONFIG) until SIGTERM or SIGINT.
+    /// KUBECONFIG) until SIGTERM or SIGINT. Every replica also serves the agent gateway
+    /// (--grpc-addr), with enrollment in Secrets and SpokeAgent status in the API.
     Run(RunArgs),
     /// Serve the agent channel (mTLS gRPC), enrollment and the /agents view, with the
     /// file-backed enrollment and SpokeAgent stores under --state-dir, until SIGTERM or SIGINT.
     Gateway(talm_gateway::cli::GatewayArgs),
-    /// Manage agent enrollment: `agents token CLUSTER`, `agents revoke CLUSTER`.
+    /// Manage agent enrollment: `agents token CLUSTER`, `agents revoke CLUSTER`. With
+    /// --state-dir, the files of `talm-hub gateway`; without, the Secrets of `talm-hub run`.
     Agents(talm_gateway::cli::AgentsArgs),
 }
 
@@ -141,6 +143,13 @@ pub struct RunArgs {
     /// Skip TLS verification of update-graph requests (TALM's `INSECURE_GRAPH_CALL`).
     #[arg(long, env = "TALM_UPDATE_GRAPH_INSECURE", action = clap::ArgAction::SetTrue)]
     pub update_graph_insecure: bool,
+    /// Run the ZTP auto-CGU controller: one CGU `ztp-install/<cluster>` per Available cluster
+    /// without `ztp-done` (`--ztp false` turns it off).
+    #[arg(long, env = "TALM_ZTP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub ztp: bool,
+    /// The agent gateway every replica serves.
+    #[command(flatten)]
+    pub gateway: crate::operator::agents::GatewayArgs,
 }
 
 /// TALM's rule for `TALM_CGU_CTRL_WORKER_COUNT`: anything but an integer >= 1 means 5.

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use crate::operator::OperatorError;
 use crate::plan::load::InputError;
 
 /// Why a command failed.
@@ -54,6 +55,18 @@ pub enum Error {
     /// `gateway` or `agents` failed (exit 1).
     #[error("{0}")]
     Gateway(String),
+    /// `run` (the operator, its gateway) or `agents` on Secrets failed at run time: no client
+    /// configuration, a listener, the runtime, the gateway's key material (exit 1; exit 2 for
+    /// an unreadable `--update-graph`).
+    #[error(transparent)]
+    Operator(Box<OperatorError>),
+}
+
+impl Error {
+    /// Wraps an operator error.
+    pub fn operator(e: OperatorError) -> Self {
+        Error::Operator(Box::new(e))
+    }
 }
 
 impl Error {
@@ -61,12 +74,14 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Input(_) | Error::Usage { .. } | Error::Telemetry(_) => 2,
+            Error::Operator(e) if matches!(**e, OperatorError::UpdateGraph(_)) => 2,
             Error::Io { .. }
             | Error::CrdDrift(_)
             | Error::NotConverged { .. }
             | Error::Internal(_)
             | Error::Output(_)
-            | Error::Gateway(_) => 1,
+            | Error::Gateway(_)
+            | Error::Operator(_) => 1,
         }
     }
 }

@@ -115,6 +115,7 @@ fn config(identity: &str, leader: Option<LeaderElection>) -> Config {
         identity: identity.into(),
         graph: Arc::new(graph),
         graph_fetcher: None,
+        ztp: false,
     }
 }
 

@@ -34,6 +34,10 @@ fn spawn_hub(kubeconfig: &std::path::Path, health: SocketAddr, metrics: SocketAd
     std::process::Command::new(env!("CARGO_BIN_EXE_talm-hub"))
         .args([
             "run",
+            "--grpc-addr",
+            &free_port().to_string(),
+            "--namespace",
+            "default",
             "--health-addr",
             &health.to_string(),
             "--metrics-addr",
@@ -102,6 +106,18 @@ async fn run_reconciles_serves_admin_and_exits_cleanly_on_sigterm() {
     }
     assert_eq!(http_status(health, "/healthz").await, Some(200));
     assert_eq!(http_status(metrics, "/metrics").await, Some(200));
+    // The agent gateway runs in the replica: its /agents view is on the admin port and its
+    // key material is in Secrets of --namespace.
+    assert_eq!(http_status(health, "/agents").await, Some(200));
+    assert_eq!(http_status(health, "/agents/nope").await, Some(404));
+    for secret in ["talm-agent-ca", "talm-gateway-serving"] {
+        assert!(
+            double
+                .get_value("v1", "Secret", Some("default"), secret)
+                .is_some(),
+            "{secret}"
+        );
+    }
     loop {
         let cgu = double
             .get_value(

@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 
 use talm_shared::api::cgu::ClusterGroupUpgradeStatus;
-use talm_shared::api::rhacm::{Placement, PlacementBinding};
+use talm_shared::api::rhacm::{
+    ManagedClusterAction, ManagedClusterView, Placement, PlacementBinding,
+};
 use talm_shared::api::spokeagent::{BackupTask, PrecacheTask};
 
 /// The outcome of one reconcile of one CGU.
@@ -102,6 +104,19 @@ pub enum Write {
         /// The backup task change, if any.
         backup: Option<TaskChange<BackupTask>>,
     },
+    /// Create the ManagedClusterView, or replace its labels and spec (talm-behaviour.md §3.10).
+    /// Failures are logged, not fatal: the next reconcile retries.
+    ApplyManagedClusterView(ManagedClusterView),
+    /// Delete a ManagedClusterView (404 is success).
+    DeleteManagedClusterView {
+        /// Namespace (the cluster namespace).
+        namespace: String,
+        /// Name.
+        name: String,
+    },
+    /// Create the ManagedClusterAction; one that already exists is left alone (it deletes
+    /// itself once executed). Failures are logged, not fatal.
+    CreateManagedClusterAction(ManagedClusterAction),
 }
 
 /// A change of one desired agent task.

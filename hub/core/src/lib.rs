@@ -20,6 +20,7 @@ pub mod conditions;
 pub mod decision;
 pub mod events;
 pub mod graph;
+pub mod installplan;
 pub mod names;
 pub mod plan;
 pub mod precache;
@@ -29,6 +30,7 @@ pub mod snapshot;
 pub mod tasks;
 pub mod timeouts;
 pub mod validate;
+pub mod ztp;
 
 pub use decision::{
     Decision, Event, EventType, FinalizerChange, Notes, ObjectRef, Requeue, TaskChange, Write,

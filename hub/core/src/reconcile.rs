@@ -26,6 +26,7 @@ use crate::conditions::{self as cond, messages as msg, reasons, types};
 use crate::decision::{Decision, Event, FinalizerChange, Notes, Requeue, Write};
 use crate::events;
 use crate::graph::UpdateGraph;
+use crate::installplan;
 use crate::names;
 use crate::plan::{build_plan, computed_max_concurrency};
 use crate::precache;
@@ -257,6 +258,8 @@ impl<'a> Run<'a> {
             // created keeps enforcing after it ends.
             self.empty_placements();
             self.clear_agent_tasks();
+            self.writes
+                .extend(installplan::cleanup_all(self.cgu, self.snap));
         }
         let succeeded = cond::is_true(&self.status.conditions, types::SUCCEEDED);
         let reason = cond::find(&self.status.conditions, types::SUCCEEDED)
@@ -1319,6 +1322,8 @@ impl<'a> Run<'a> {
             }
         }
         self.clear_agent_tasks();
+        self.writes
+            .extend(installplan::cleanup_all(self.cgu, self.snap));
         self.status.placements = None;
         self.status.placement_bindings = None;
         self.status.safe_resource_names = None;
@@ -1502,6 +1507,7 @@ impl<'a> Run<'a> {
             self.requeue(Requeue::After(THIRTY_S));
         }
         self.remediate_batch(&batch, &policies);
+        self.approve_installplans(&batch, &policies);
         self.check_placements(&policies);
         if !last {
             self.check_batch_timeout(current, &batch, plan, &policies, started, batch_started);
@@ -1604,6 +1610,8 @@ impl<'a> Run<'a> {
                 ));
             }
             self.record_complete(c);
+            self.writes
+                .extend(installplan::cleanup(self.cgu, c, self.snap));
             if let Some(a) = self
                 .cgu
                 .spec
@@ -1634,6 +1642,51 @@ impl<'a> Run<'a> {
             .parse::<i64>()
             .ok()
             .filter(|n| *n >= 0)
+    }
+
+    /// Manual InstallPlan approval (§3.10) for the in-progress clusters whose current policy
+    /// holds Subscriptions; nothing at all when no managed policy has any.
+    fn approve_installplans(&mut self, batch: &[String], policies: &[ManagedPolicyForUpgrade]) {
+        let Some(content) = self
+            .status
+            .managed_policies_content
+            .as_ref()
+            .filter(|c| !c.is_empty())
+        else {
+            return;
+        };
+        let mut subs: BTreeMap<&str, Vec<installplan::SubscriptionRef>> = BTreeMap::new();
+        let mut work: Vec<(String, &str)> = Vec::new();
+        for c in batch {
+            let p = self.progress_of(c);
+            if p.state != IN_PROGRESS {
+                continue;
+            }
+            let Some(pol) = p
+                .policy_index
+                .and_then(|i| usize::try_from(i).ok())
+                .and_then(|i| policies.get(i))
+            else {
+                continue;
+            };
+            let Some(json) = content.get(&pol.name) else {
+                continue;
+            };
+            subs.entry(pol.name.as_str())
+                .or_insert_with(|| installplan::subscriptions(json));
+            work.push((c.clone(), pol.name.as_str()));
+        }
+        if work.is_empty() {
+            return;
+        }
+        let suffix = self.suffix();
+        let mut writes = Vec::new();
+        for (c, pol) in work {
+            if let Some(s) = subs.get(pol) {
+                writes.extend(installplan::approve(self.cgu, &suffix, &c, s, self.snap));
+            }
+        }
+        self.writes.extend(writes);
     }
 
     /// Releases each in-progress cluster to the Placement of the policy at its index

@@ -10,7 +10,8 @@ use std::collections::{BTreeMap, HashMap};
 use talm_shared::api::cgu::ClusterGroupUpgrade;
 use talm_shared::api::precaching::PreCachingConfigSpec;
 use talm_shared::api::rhacm::{
-    ConfigMapView, ManagedCluster, Placement, PlacementBinding, Policy, ROOT_POLICY_LABEL,
+    ConfigMapView, ManagedCluster, ManagedClusterView, Placement, PlacementBinding, Policy,
+    ROOT_POLICY_LABEL,
 };
 use talm_shared::api::spokeagent::SpokeAgent;
 
@@ -128,6 +129,8 @@ pub struct Snapshot {
     config_maps: HashMap<Key, ConfigMapView>,
     spoke_agents: HashMap<Key, SpokeAgent>,
     cgus: HashMap<Key, ClusterGroupUpgrade>,
+    /// talm's ManagedClusterViews, ordered so one cluster namespace is a range.
+    views: BTreeMap<Key, ManagedClusterView>,
 }
 
 impl Snapshot {
@@ -228,6 +231,39 @@ impl Snapshot {
     pub fn insert_cgu(&mut self, c: ClusterGroupUpgrade) {
         let k = key(c.metadata.namespace.as_ref(), c.metadata.name.as_ref());
         self.cgus.insert(k, c);
+    }
+
+    /// Adds (or replaces) a ManagedClusterView.
+    pub fn insert_managed_cluster_view(&mut self, v: ManagedClusterView) {
+        let k = key(v.metadata.namespace.as_ref(), v.metadata.name.as_ref());
+        self.views.insert(k, v);
+    }
+
+    /// Removes a ManagedClusterView.
+    pub fn remove_managed_cluster_view(&mut self, namespace: &str, name: &str) {
+        self.views
+            .remove(&(namespace.to_string(), name.to_string()));
+    }
+
+    /// A ManagedClusterView by namespace and name.
+    pub fn managed_cluster_view(&self, namespace: &str, name: &str) -> Option<&ManagedClusterView> {
+        self.views.get(&(namespace.to_string(), name.to_string()))
+    }
+
+    /// The ManagedClusterViews of one cluster namespace, ordered by name.
+    pub fn managed_cluster_views_in<'s>(
+        &'s self,
+        namespace: &'s str,
+    ) -> impl Iterator<Item = &'s ManagedClusterView> + 's {
+        self.views
+            .range((namespace.to_string(), String::new())..)
+            .take_while(move |((ns, _), _)| ns == namespace)
+            .map(|(_, v)| v)
+    }
+
+    /// Every ManagedClusterView, ordered by namespace and name.
+    pub fn managed_cluster_views(&self) -> impl Iterator<Item = &ManagedClusterView> {
+        self.views.values()
     }
 
     /// Removes a ManagedCluster.

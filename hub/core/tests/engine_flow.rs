@@ -168,7 +168,10 @@ impl Hub {
                         l.remove(&k);
                     }
                 }
-                Write::SetSpokeAgentTasks { .. } => {}
+                Write::SetSpokeAgentTasks { .. }
+                | Write::ApplyManagedClusterView(_)
+                | Write::DeleteManagedClusterView { .. }
+                | Write::CreateManagedClusterAction(_) => {}
             }
         }
         self.events.extend(d.events);

@@ -92,9 +92,15 @@ pub struct GatewayArgs {
 /// `talm-hub agents ...`.
 #[derive(Clone, Debug, Args)]
 pub struct AgentsArgs {
-    /// State directory (as for `gateway`).
+    /// State directory (as for `gateway`). Without it, `talm-hub agents` writes the Secrets of
+    /// the hub's namespace through the Kubernetes API (KUBECONFIG or in-cluster config), for a
+    /// hub running `talm-hub run`.
     #[arg(long, env = "TALM_STATE_DIR", global = true)]
     pub state_dir: Option<PathBuf>,
+    /// Without --state-dir: the namespace of the gateway's Secrets (default: the pod's
+    /// namespace, else `talm-system`).
+    #[arg(long, env = "TALM_NAMESPACE", global = true)]
+    pub namespace: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: AgentsCommand,

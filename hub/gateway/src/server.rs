@@ -198,6 +198,13 @@ impl Gateway {
                             gw.registry.written(&cluster, status);
                             true
                         }
+                        Ok(Err(crate::store::StoreError::NotFound(what))) => {
+                            // Nothing to write to (no SpokeAgent yet, or it was deleted): not
+                            // a failure, and not recorded as written, so the status is
+                            // written once the object appears (its spec change touches it).
+                            debug!(cluster, %what, "status write skipped: no object");
+                            true
+                        }
                         Ok(Err(e)) => {
                             gw.metrics.status_write_errors.inc();
                             warn!(cluster, error = %e, "status write failed");
@@ -397,13 +404,21 @@ async fn accept_loop(
     }
 }
 
+/// The `/agents` and `/agents/{cluster}` routes alone, for a host process that serves them on
+/// its own admin server (`talm-hub run` merges them into its health/metrics endpoints).
+pub fn agents_router(gw: Arc<Gateway>) -> axum::Router {
+    axum::Router::new()
+        .route("/agents", get(agents_all))
+        .route("/agents/{cluster}", get(agents_one))
+        .with_state(gw)
+}
+
 async fn serve_admin(gw: Arc<Gateway>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
     let app = axum::Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/agents", get(agents_all))
-        .route("/agents/{cluster}", get(agents_one))
         .route("/metrics", get(metrics))
-        .with_state(gw);
+        .with_state(gw.clone())
+        .merge(agents_router(gw));
     let stop = async move {
         let _ = stop.changed().await;
     };

@@ -18,7 +18,7 @@
 //!   blocking CGU → CGUs it blocks; CGUs not yet started that select clusters by label. CGUs
 //!   that have completed are not indexed. TALM instead lists every CGU on every policy update.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 
 use talm_hub_core::Snapshot;
@@ -26,7 +26,8 @@ use talm_hub_core::reconcile::labels;
 use talm_shared::api::cgu::ClusterGroupUpgrade;
 use talm_shared::api::precaching::PreCachingConfig;
 use talm_shared::api::rhacm::{
-    ConfigMapView, ManagedCluster, Placement, PlacementBinding, Policy, ROOT_POLICY_LABEL,
+    ConfigMapView, ManagedCluster, ManagedClusterView, Placement, PlacementBinding, Policy,
+    ROOT_POLICY_LABEL,
 };
 use talm_shared::api::spokeagent::SpokeAgent;
 
@@ -74,11 +75,13 @@ pub enum Kind {
     SpokeAgent,
     /// The `cluster-group-upgrade-overrides` ConfigMaps.
     ConfigMap,
+    /// talm's `ManagedClusterView`s (InstallPlan approval).
+    ManagedClusterView,
 }
 
 impl Kind {
     /// Every watched kind.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Cgu,
         Kind::ManagedCluster,
         Kind::Policy,
@@ -87,6 +90,7 @@ impl Kind {
         Kind::PreCachingConfig,
         Kind::SpokeAgent,
         Kind::ConfigMap,
+        Kind::ManagedClusterView,
     ];
 
     /// Lower-case name, for logs and metrics.
@@ -100,6 +104,7 @@ impl Kind {
             Kind::PreCachingConfig => "precachingconfig",
             Kind::SpokeAgent => "spokeagent",
             Kind::ConfigMap => "configmap",
+            Kind::ManagedClusterView => "managedclusterview",
         }
     }
 }
@@ -132,6 +137,7 @@ tracked!(PlacementBinding, Kind::PlacementBinding);
 tracked!(PreCachingConfig, Kind::PreCachingConfig);
 tracked!(SpokeAgent, Kind::SpokeAgent);
 tracked!(ConfigMapView, Kind::ConfigMap);
+tracked!(ManagedClusterView, Kind::ManagedClusterView);
 
 fn key_of(meta: &talm_shared::api::ObjectMeta) -> Key {
     (
@@ -162,6 +168,8 @@ pub enum Object {
     SpokeAgent(SpokeAgent),
     /// An overrides ConfigMap.
     ConfigMap(ConfigMapView),
+    /// A ManagedClusterView.
+    ManagedClusterView(ManagedClusterView),
 }
 
 /// Conversion into [`Object`].
@@ -191,6 +199,7 @@ into_object!(PlacementBinding, PlacementBinding);
 into_object!(PreCachingConfig, PreCachingConfig);
 into_object!(SpokeAgent, SpokeAgent);
 into_object!(ConfigMapView, ConfigMap);
+into_object!(ManagedClusterView, ManagedClusterView);
 
 impl Object {
     fn kind(&self) -> Kind {
@@ -203,6 +212,7 @@ impl Object {
             Object::PreCachingConfig(_) => Kind::PreCachingConfig,
             Object::SpokeAgent(_) => Kind::SpokeAgent,
             Object::ConfigMap(_) => Kind::ConfigMap,
+            Object::ManagedClusterView(_) => Kind::ManagedClusterView,
         }
     }
 
@@ -216,6 +226,7 @@ impl Object {
             Object::PreCachingConfig(o) => &o.metadata,
             Object::SpokeAgent(o) => &o.metadata,
             Object::ConfigMap(o) => &o.metadata,
+            Object::ManagedClusterView(o) => &o.metadata,
         }
     }
 }
@@ -403,6 +414,9 @@ pub struct Cache {
     by_cluster: HashMap<String, HashSet<CguRef>>,
     by_blocker: HashMap<CguRef, HashSet<CguRef>>,
     selecting: HashSet<CguRef>,
+    /// Clusters the ZTP controller must look at again (their ManagedCluster changed, or their
+    /// `ztp-install` CGU was deleted).
+    ztp_pending: BTreeSet<String>,
 }
 
 impl Cache {
@@ -426,6 +440,47 @@ impl Cache {
         let mut v: Vec<Kind> = self.synced.iter().copied().collect();
         v.sort();
         v
+    }
+
+    /// Whether `kind` has finished its first list.
+    pub fn kind_synced(&self, kind: Kind) -> bool {
+        self.synced.contains(&kind)
+    }
+
+    /// Every SpokeAgent in the snapshot (the gateway reads specs from here instead of listing).
+    pub fn spoke_agents(&self) -> impl Iterator<Item = &SpokeAgent> {
+        let kind = Kind::SpokeAgent;
+        let mut keys: Vec<&Key> = self
+            .present
+            .get(&kind)
+            .into_iter()
+            .flatten()
+            .chain(self.relisting.get(&kind).into_iter().flatten())
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys.into_iter()
+            .filter_map(|(ns, name)| self.snapshot.spoke_agent(ns, name))
+    }
+
+    /// Whether the ZTP controller has clusters to look at.
+    pub fn ztp_pending(&self) -> bool {
+        !self.ztp_pending.is_empty()
+    }
+
+    /// Takes the clusters the ZTP controller must look at, in name order.
+    pub fn take_ztp_pending(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.ztp_pending).into_iter().collect()
+    }
+
+    /// Queues every known ManagedCluster for the ZTP controller (when it starts leading).
+    pub fn mark_all_ztp(&mut self) {
+        let names: Vec<String> = self
+            .snapshot
+            .managed_clusters()
+            .filter_map(|m| m.metadata.name.clone())
+            .collect();
+        self.ztp_pending.extend(names);
     }
 
     /// Every CGU in the cache.
@@ -561,6 +616,7 @@ impl Cache {
             Kind::Placement => &s.placement(ns, name)?.metadata,
             Kind::PlacementBinding => &s.placement_binding(ns, name)?.metadata,
             Kind::SpokeAgent => &s.spoke_agent(ns, name)?.metadata,
+            Kind::ManagedClusterView => &s.managed_cluster_view(ns, name)?.metadata,
             Kind::Policy | Kind::PreCachingConfig | Kind::ConfigMap => return None,
         };
         rv_of(meta)
@@ -628,6 +684,7 @@ impl Cache {
                 });
                 if changed {
                     self.cluster_triggers(&name, triggers);
+                    self.ztp_pending.insert(name.clone());
                 }
                 self.snapshot.insert_managed_cluster(mc);
             }
@@ -665,6 +722,10 @@ impl Cache {
                 self.namespace_triggers(&ns, triggers);
                 self.snapshot.insert_config_map(cm);
             }
+            Object::ManagedClusterView(v) => {
+                triggers.extend(owner_of(&v.metadata));
+                self.snapshot.insert_managed_cluster_view(v);
+            }
         }
     }
 
@@ -683,10 +744,14 @@ impl Cache {
                 }
                 self.index_cgu(&r, None);
                 self.snapshot.remove_cgu(ns, name);
+                if ns == talm_hub_core::ztp::ZTP_NAMESPACE {
+                    self.ztp_pending.insert(name.to_string());
+                }
             }
             Kind::ManagedCluster => {
                 self.cluster_triggers(name, triggers);
                 self.snapshot.remove_managed_cluster(name);
+                self.ztp_pending.insert(name.to_string());
             }
             Kind::Policy => {
                 let old = self.policy_in_snapshot(ns, name);
@@ -720,6 +785,12 @@ impl Cache {
             Kind::ConfigMap => {
                 self.namespace_triggers(ns, triggers);
                 self.snapshot.remove_config_map(ns, name);
+            }
+            Kind::ManagedClusterView => {
+                if let Some(v) = self.snapshot.managed_cluster_view(ns, name) {
+                    triggers.extend(owner_of(&v.metadata));
+                }
+                self.snapshot.remove_managed_cluster_view(ns, name);
             }
         }
     }
@@ -1062,5 +1133,35 @@ mod tests {
             c.apply(WatchEvent::Apply(c1.into_object())),
             vec![r("default", "c1"), r("default", "c2")]
         );
+    }
+
+    #[test]
+    fn ztp_queue_follows_cluster_changes_and_ztp_cgu_deletions() {
+        let mut c = Cache::new();
+        let mc: ManagedCluster =
+            serde_json::from_value(json!({"metadata": {"name": "sno1", "resourceVersion": "1"}}))
+                .unwrap();
+        c.apply(WatchEvent::Apply(Object::ManagedCluster(mc.clone())));
+        assert_eq!(c.take_ztp_pending(), vec!["sno1".to_string()]);
+        // The same object again changes nothing: nothing queued.
+        c.apply(WatchEvent::Apply(Object::ManagedCluster(mc)));
+        assert!(!c.ztp_pending());
+        let z = cgu(json!({
+            "metadata": {"name": "sno1", "namespace": "ztp-install", "resourceVersion": "2"},
+            "spec": {"clusters": ["sno1"], "remediationStrategy": {"maxConcurrency": 1}}
+        }));
+        c.apply(WatchEvent::Apply(z.clone().into_object()));
+        assert!(!c.ztp_pending(), "a new ztp CGU queues nothing");
+        c.apply(WatchEvent::Delete(z.into_object()));
+        assert_eq!(c.take_ztp_pending(), vec!["sno1".to_string()]);
+        let other = cgu(json!({
+            "metadata": {"name": "x", "namespace": "default", "resourceVersion": "3"},
+            "spec": {"clusters": ["sno1"], "remediationStrategy": {"maxConcurrency": 1}}
+        }));
+        c.apply(WatchEvent::Apply(other.clone().into_object()));
+        c.apply(WatchEvent::Delete(other.into_object()));
+        assert!(!c.ztp_pending(), "CGUs elsewhere do not queue");
+        c.mark_all_ztp();
+        assert_eq!(c.take_ztp_pending(), vec!["sno1".to_string()]);
     }
 }

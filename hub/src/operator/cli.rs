@@ -12,9 +12,8 @@ use crate::args::RunArgs;
 use crate::error::Error;
 use crate::plan::graph::FileUpdateGraph;
 
-/// Runs the operator until a termination signal. Failures are reported as
-/// [`Error::Internal`] with the operator's message (this module cannot add variants to
-/// the CLI's error type).
+/// Runs the operator (and, in every replica, the agent gateway) until a termination signal.
+/// Failures are [`Error::Operator`].
 pub fn run(args: &RunArgs) -> Result<(), Error> {
     // One TLS stack (rustls + ring) for kube and the update-graph client, chosen explicitly
     // so that no other provider can ever be picked up from crate features.
@@ -22,9 +21,28 @@ pub fn run(args: &RunArgs) -> Result<(), Error> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| Error::Internal(OperatorError::Runtime(e).to_string()))?;
-    rt.block_on(run_async(args))
-        .map_err(|e| Error::Internal(e.to_string()))
+        .map_err(|e| Error::operator(OperatorError::Runtime(e)))?;
+    rt.block_on(run_async(args)).map_err(Error::operator)
+}
+
+/// What `talm-hub run`'s admin servers read: the operator's state plus the gateway's metrics.
+struct RunAdmin {
+    shared: Arc<super::Shared>,
+    gateway: Option<Arc<talm_gateway::Gateway>>,
+}
+
+impl admin::AdminState for RunAdmin {
+    fn ready(&self) -> bool {
+        admin::AdminState::ready(self.shared.as_ref())
+    }
+
+    fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.shared.metrics
+    }
+
+    fn extra_metrics(&self) -> Option<String> {
+        self.gateway.as_ref().map(|g| g.render_metrics())
+    }
 }
 
 fn identity(args: &RunArgs) -> String {
@@ -77,6 +95,7 @@ async fn run_async(args: &RunArgs) -> Result<(), OperatorError> {
         identity: identity.clone(),
         graph,
         graph_fetcher,
+        ztp: args.ztp,
     };
     tracing::info!(?config, "starting talm-hub operator");
     let operator = Operator::new(client, Arc::new(SystemClock), config);
@@ -89,6 +108,32 @@ async fn run_async(args: &RunArgs) -> Result<(), OperatorError> {
         }
     };
     let mut servers = Vec::new();
+    // The agent gateway: every replica, leader or not.
+    let gateway = if args.gateway.enabled {
+        let settings = args.gateway.settings();
+        tracing::info!(namespace = %settings.namespace, grpc = %args.gateway.grpc_addr, "starting the agent gateway");
+        let gw = super::agents::AgentGateway::start(
+            shared.clone(),
+            settings,
+            Arc::new(talm_shared::clock::SystemClock),
+        )
+        .await?;
+        let addr = args.gateway.grpc_addr;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| OperatorError::Gateway(format!("gRPC listener on {addr}: {e}")))?;
+        Some((gw, listener))
+    } else {
+        None
+    };
+    let admin_state = Arc::new(RunAdmin {
+        shared: shared.clone(),
+        gateway: gateway.as_ref().map(|(g, _)| g.gateway.clone()),
+    });
+    let mut gateway_task = None;
+    if let Some((gw, listener)) = gateway {
+        gateway_task = Some(tokio::spawn(gw.serve(listener, stopped())));
+    }
     let mut addrs = vec![args.health_addr];
     if args.metrics_addr != args.health_addr {
         addrs.push(args.metrics_addr);
@@ -98,10 +143,13 @@ async fn run_async(args: &RunArgs) -> Result<(), OperatorError> {
             .await
             .map_err(|source| OperatorError::Admin { addr, source })?;
         tracing::info!(%addr, "admin endpoints listening");
-        let state = shared.clone();
+        let mut router = admin::router(admin_state.clone());
+        if let Some(gw) = &admin_state.gateway {
+            router = router.merge(talm_gateway::server::agents_router(gw.clone()));
+        }
         let stop = stopped();
         servers.push(tokio::spawn(async move {
-            if let Err(e) = admin::serve(listener, state, stop).await {
+            if let Err(e) = admin::serve_router(listener, router, stop).await {
                 tracing::error!(%addr, error = %e, "admin server failed");
             }
         }));
@@ -117,7 +165,13 @@ async fn run_async(args: &RunArgs) -> Result<(), OperatorError> {
     for s in servers {
         let _ = s.await;
     }
-    result
+    let gateway_result = match gateway_task {
+        Some(t) => t
+            .await
+            .unwrap_or_else(|e| Err(OperatorError::Gateway(format!("gateway task: {e}")))),
+        None => Ok(()),
+    };
+    result.and(gateway_result)
 }
 
 async fn wait_for_signal() {

@@ -54,6 +54,10 @@ pub enum OperatorError {
     /// `--update-graph` could not be read.
     #[error("update graph: {0}")]
     UpdateGraph(String),
+    /// The agent gateway could not start or its gRPC server failed (key material, TLS files,
+    /// listener).
+    #[error("agent gateway: {0}")]
+    Gateway(String),
 }
 
 impl OperatorError {
@@ -75,6 +79,7 @@ impl OperatorError {
             OperatorError::Admin { .. } => "admin",
             OperatorError::Runtime(_) => "runtime",
             OperatorError::UpdateGraph(_) => "update_graph",
+            OperatorError::Gateway(_) => "gateway",
         }
     }
 }

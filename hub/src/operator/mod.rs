@@ -13,10 +13,13 @@
 //! - [`clock`]: the injected clock.
 //! - [`graph`]: update-graph lookups over HTTP(S), fetched outside the engine and cached.
 //! - [`error`]: the operator error type, [`OperatorError`].
+//! - [`ztp`]: the ZTP auto-CGU controller (leader only, beside the CGU controller).
+//! - [`agents`]: the agent gateway every replica serves, with Kubernetes-backed stores.
 //!
 //! The library entry point is [`Operator::run`], which takes a `kube::Client`, a clock and a
 //! shutdown future, so tests run the operator in-process against an API double.
 
+pub mod agents;
 pub mod cache;
 pub mod cli;
 pub mod clock;
@@ -26,6 +29,7 @@ pub mod leader;
 pub mod reconciler;
 pub mod watch;
 pub mod writes;
+pub mod ztp;
 
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
@@ -75,6 +79,9 @@ pub struct Config {
     /// When `graph` is this HTTP lookup: the reconciler fetches what it missed, then decides
     /// again.
     pub graph_fetcher: Option<Arc<graph::HttpUpdateGraph>>,
+    /// Run the ZTP auto-CGU controller (`--ztp`, on by default in `talm-hub run`; off in
+    /// [`Config::default`] so library users opt in).
+    pub ztp: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -83,6 +90,7 @@ impl std::fmt::Debug for Config {
             .field("workers", &self.workers)
             .field("leader_election", &self.leader_election)
             .field("identity", &self.identity)
+            .field("ztp", &self.ztp)
             .finish_non_exhaustive()
     }
 }
@@ -95,6 +103,7 @@ impl Default for Config {
             identity: "talm-hub".into(),
             graph: Arc::new(NoUpdateGraph),
             graph_fetcher: None,
+            ztp: false,
         }
     }
 }
@@ -114,6 +123,8 @@ pub struct Shared {
     graph_fetcher: Option<Arc<graph::HttpUpdateGraph>>,
     failures: Mutex<std::collections::HashMap<CguRef, u32>>,
     synced: tokio::sync::watch::Sender<bool>,
+    /// Wakes the ZTP controller when the cache queued clusters for it.
+    ztp_wake: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Shared {
@@ -231,6 +242,7 @@ impl Operator {
             graph_fetcher: config.graph_fetcher.clone(),
             failures: Mutex::new(Default::default()),
             synced: tokio::sync::watch::channel(false).0,
+            ztp_wake: tokio::sync::Notify::new(),
         });
         Self { shared, config }
     }
@@ -302,6 +314,12 @@ impl Operator {
     ) -> bool {
         let (tx, rx) = mpsc::unbounded();
         self.shared.set_triggers(Some(tx));
+        let _ztp = AbortOnDrop(if self.config.ztp {
+            let span = tracing::info_span!("ztp");
+            vec![tokio::spawn(ztp::run(self.shared.clone()).instrument(span))]
+        } else {
+            Vec::new()
+        });
         // Everything already cached gets one reconcile when leadership starts.
         let all = self.shared.cache_read().cgu_refs();
         self.shared.route(all);

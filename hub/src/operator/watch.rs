@@ -3,7 +3,9 @@
 //!
 //! Placements and PlacementBindings are watched by talm's label
 //! (`app=openshift-cluster-group-upgrades`), overrides ConfigMaps by field selector
-//! (`metadata.name=cluster-group-upgrade-overrides`); everything else in all namespaces.
+//! (`metadata.name=cluster-group-upgrade-overrides`), ManagedClusterViews by the CGU label
+//! talm puts on them; everything else in all namespaces. After each event the ZTP controller
+//! is woken when the event queued clusters for it.
 
 use std::sync::Arc;
 
@@ -17,7 +19,8 @@ use talm_hub_core::reconcile::labels;
 use talm_shared::api::cgu::ClusterGroupUpgrade;
 use talm_shared::api::precaching::PreCachingConfig;
 use talm_shared::api::rhacm::{
-    ConfigMapView, ManagedCluster, OVERRIDES_CONFIGMAP, Placement, PlacementBinding, Policy,
+    ConfigMapView, ManagedCluster, ManagedClusterView, OVERRIDES_CONFIGMAP, Placement,
+    PlacementBinding, Policy,
 };
 use talm_shared::api::spokeagent::SpokeAgent;
 use tokio::task::JoinHandle;
@@ -41,6 +44,7 @@ pub fn spawn_all(
     let labelled = watcher::Config::default().labels(&talm_label());
     let overrides =
         watcher::Config::default().fields(&format!("metadata.name={OVERRIDES_CONFIGMAP}"));
+    let views = watcher::Config::default().labels(labels::CGU);
     let cgus = watch_fn(Api::<ClusterGroupUpgrade>::all(client.clone()), all.clone())
         .default_backoff()
         .reflect(cgu_store);
@@ -80,6 +84,12 @@ pub fn spawn_all(
             shared.clone(),
             Kind::SpokeAgent,
             watch_fn(Api::<SpokeAgent>::all(client.clone()), all).default_backoff(),
+            IntoObject::into_object,
+        ),
+        spawn(
+            shared.clone(),
+            Kind::ManagedClusterView,
+            watch_fn(Api::<ManagedClusterView>::all(client.clone()), views).default_backoff(),
             IntoObject::into_object,
         ),
         spawn(
@@ -139,12 +149,15 @@ where
             shared.metrics.forget_cgu(&r.to_string());
             shared.forget_failures(&r);
         }
-        let (triggers, synced) = {
+        let (triggers, synced, ztp) = {
             let mut cache = shared.cache_write();
             let t = cache.apply(event);
-            (t, cache.synced())
+            (t, cache.synced(), cache.ztp_pending())
         };
         shared.note_synced(synced);
+        if ztp {
+            shared.ztp_wake.notify_one();
+        }
         if !triggers.is_empty() {
             tracing::trace!(?triggers, "routing");
         }

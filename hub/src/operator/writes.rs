@@ -3,7 +3,9 @@
 //!
 //! 1. object writes, in order: Placement and PlacementBinding by server-side apply (field
 //!    manager `talm-hub`, forced); deletes (404 is success); ManagedCluster label/annotation
-//!    merge patches; SpokeAgent spec merge patch, or create when missing;
+//!    merge patches; SpokeAgent spec merge patch, or create when missing; ManagedClusterViews
+//!    by server-side apply and ManagedClusterActions by create (409 = already there) — these
+//!    two only log their failures, as TALM does, and the next reconcile retries;
 //! 2. the finalizer, by a merge patch of `metadata.finalizers` guarded by `resourceVersion`;
 //! 3. the status, by a merge patch of `/status` holding only what changed (removed fields as
 //!    `null`), guarded by `resourceVersion`, so a stale decision fails with 409 instead of
@@ -26,7 +28,9 @@ use serde_json::{Map, Value, json};
 use talm_hub_core::{Decision, Event, FinalizerChange, TaskChange, Write};
 use talm_shared::api::ObjectMeta;
 use talm_shared::api::cgu::{ClusterGroupUpgrade, FINALIZER};
-use talm_shared::api::rhacm::{ManagedCluster, Placement, PlacementBinding};
+use talm_shared::api::rhacm::{
+    ManagedCluster, ManagedClusterAction, ManagedClusterView, Placement, PlacementBinding,
+};
 use talm_shared::api::spokeagent::{SpokeAgent, SpokeAgentSpec};
 
 use super::Shared;
@@ -183,6 +187,44 @@ async fn apply_write(shared: &Shared, write: &Write) -> Result<(), OperatorError
                     shared.cache_write().record_write(out);
                 }
                 Err(e) => return Err(api_err("patch", "SpokeAgent", namespace, name)(e)),
+            }
+        }
+        Write::ApplyManagedClusterView(v) => {
+            let (ns, name) = ns_name(&v.metadata);
+            let api: Api<ManagedClusterView> = Api::namespaced(client, &ns);
+            let mut body = v.clone();
+            body.status = None;
+            match api.patch(&name, &apply, &Patch::Apply(&body)).await {
+                Ok(out) => shared.cache_write().record_write(out),
+                Err(e) => {
+                    tracing::warn!(view = %nn(&ns, &name), error = %e, "ManagedClusterView not applied; retried on the next reconcile");
+                }
+            }
+        }
+        Write::DeleteManagedClusterView { namespace, name } => {
+            let api: Api<ManagedClusterView> = Api::namespaced(client, namespace);
+            match delete(&api, namespace, name, "ManagedClusterView").await {
+                Ok(()) => {
+                    shared
+                        .cache_write()
+                        .record_delete(Kind::ManagedClusterView, namespace, name)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "ManagedClusterView not deleted; retried on the next reconcile");
+                }
+            }
+        }
+        Write::CreateManagedClusterAction(a) => {
+            let (ns, name) = ns_name(&a.metadata);
+            let api: Api<ManagedClusterAction> = Api::namespaced(client, &ns);
+            match api.create(&PostParams::default(), a).await {
+                Ok(_) => {
+                    tracing::info!(action = %nn(&ns, &name), "ManagedClusterAction created (InstallPlan approval)");
+                }
+                Err(e) if is_already_exists(&e) => {}
+                Err(e) => {
+                    tracing::warn!(action = %nn(&ns, &name), error = %e, "ManagedClusterAction not created; retried on the next reconcile");
+                }
             }
         }
     }

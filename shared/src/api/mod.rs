@@ -11,7 +11,7 @@ pub mod rhacm;
 pub mod spokeagent;
 
 pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-    Condition, LabelSelector, LabelSelectorRequirement, ObjectMeta, Time,
+    Condition, LabelSelector, LabelSelectorRequirement, ObjectMeta, OwnerReference, Time,
 };
 
 /// Defines the root object of a talm-owned kind when the `kube` feature is off. With the feature

@@ -1,6 +1,6 @@
 //! Typed views of the RHACM (open-cluster-management) objects the hub reads and writes:
-//! ManagedCluster, Policy (root and child), Placement, PlacementBinding, and the
-//! `cluster-group-upgrade-overrides` ConfigMap keys.
+//! ManagedCluster, Policy (root and child), Placement, PlacementBinding, ManagedClusterView,
+//! ManagedClusterAction, and the `cluster-group-upgrade-overrides` ConfigMap keys.
 //!
 //! Views keep only what talm uses and ignore every other field, so they read objects of any
 //! RHACM version. Objects talm creates (Placement, PlacementBinding) are complete.
@@ -425,4 +425,162 @@ pub struct ConfigMapView {
     /// String data.
     #[serde(default)]
     pub data: BTreeMap<String, String>,
+}
+
+fn mcv_api_version() -> String {
+    ManagedClusterView::API_VERSION.into()
+}
+fn mcv_kind() -> String {
+    ManagedClusterView::KIND.into()
+}
+
+/// `view.open-cluster-management.io/v1beta1` ManagedClusterView (in a cluster namespace): a
+/// read of one object on the spoke, copied into `status.result`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedClusterView {
+    /// Always `view.open-cluster-management.io/v1beta1`.
+    #[serde(default = "mcv_api_version")]
+    pub api_version: String,
+    /// Always `ManagedClusterView`.
+    #[serde(default = "mcv_kind")]
+    pub kind: String,
+    /// Metadata.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// What to read.
+    #[serde(default)]
+    pub spec: ManagedClusterViewSpec,
+    /// The read result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<ManagedClusterViewStatus>,
+}
+
+impl ManagedClusterView {
+    /// `apiVersion` of ManagedClusterView.
+    pub const API_VERSION: &'static str = "view.open-cluster-management.io/v1beta1";
+    /// `kind` of ManagedClusterView.
+    pub const KIND: &'static str = "ManagedClusterView";
+
+    /// The viewed object, once the view reports condition `Processing=True` with reason
+    /// `GetResourceProcessing`.
+    pub fn result(&self) -> Option<&serde_json::Value> {
+        let s = self.status.as_ref()?;
+        let ready = s.conditions.iter().any(|c| {
+            c.type_ == "Processing" && c.status == "True" && c.reason == "GetResourceProcessing"
+        });
+        ready.then_some(s.result.as_ref()).flatten()
+    }
+}
+view_resource!(
+    ManagedClusterView,
+    "view.open-cluster-management.io",
+    "v1beta1",
+    "ManagedClusterView",
+    "managedclusterviews",
+    NamespaceResourceScope
+);
+
+/// ManagedClusterView spec.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedClusterViewSpec {
+    /// The object viewed.
+    #[serde(default)]
+    pub scope: ViewScope,
+}
+
+/// The object a ManagedClusterView reads.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ViewScope {
+    /// `<Kind>.<group>` or a plural resource, e.g. `Subscription.operators.coreos.com`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub resource: String,
+    /// Name.
+    #[serde(default)]
+    pub name: String,
+    /// Namespace.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+}
+
+/// ManagedClusterView status.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedClusterViewStatus {
+    /// Conditions, among them `Processing`.
+    #[serde(default)]
+    pub conditions: Vec<ViewCondition>,
+    /// The viewed object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+}
+
+fn mca_api_version() -> String {
+    ManagedClusterAction::API_VERSION.into()
+}
+fn mca_kind() -> String {
+    ManagedClusterAction::KIND.into()
+}
+
+/// `action.open-cluster-management.io/v1beta1` ManagedClusterAction (in a cluster namespace):
+/// a one-shot write on the spoke; it deletes itself once executed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedClusterAction {
+    /// Always `action.open-cluster-management.io/v1beta1`.
+    #[serde(default = "mca_api_version")]
+    pub api_version: String,
+    /// Always `ManagedClusterAction`.
+    #[serde(default = "mca_kind")]
+    pub kind: String,
+    /// Metadata.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// The action.
+    #[serde(default)]
+    pub spec: ManagedClusterActionSpec,
+}
+
+impl ManagedClusterAction {
+    /// `apiVersion` of ManagedClusterAction.
+    pub const API_VERSION: &'static str = "action.open-cluster-management.io/v1beta1";
+    /// `kind` of ManagedClusterAction.
+    pub const KIND: &'static str = "ManagedClusterAction";
+}
+view_resource!(
+    ManagedClusterAction,
+    "action.open-cluster-management.io",
+    "v1beta1",
+    "ManagedClusterAction",
+    "managedclusteractions",
+    NamespaceResourceScope
+);
+
+/// ManagedClusterAction spec.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedClusterActionSpec {
+    /// `Create`, `Update` or `Delete`.
+    #[serde(default)]
+    pub action_type: String,
+    /// The Kubernetes object to act on.
+    #[serde(default)]
+    pub kube: KubeWorkSpec,
+}
+
+/// The object of a ManagedClusterAction.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeWorkSpec {
+    /// Resource, e.g. `installplan`.
+    #[serde(default)]
+    pub resource: String,
+    /// Namespace on the spoke.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    /// The object to write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<serde_json::Value>,
 }

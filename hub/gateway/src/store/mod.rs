@@ -1,7 +1,8 @@
 //! Persistence seams of the gateway. Both traits are synchronous and small: the file-backed
 //! implementations ([`file`]) do short blocking I/O, and the gateway calls them from
 //! `spawn_blocking` where it matters. The Kubernetes-backed implementations (Secrets for
-//! enrollment, the SpokeAgent API for spec/status) come with the operator issue.
+//! enrollment, the SpokeAgent API for spec/status) live in talm-hub (`talm-hub run`), which
+//! bridges these calls onto its async client.
 
 pub mod file;
 
@@ -34,6 +35,27 @@ pub enum StoreError {
     /// A name that cannot be stored (not a DNS-1123 label, or a malformed token id).
     #[error("{0}")]
     InvalidName(String),
+    /// A stored object (e.g. a Kubernetes Secret) holds data that cannot be decoded; `what`
+    /// names the object and the key.
+    #[error("{what}: {message}")]
+    BadData {
+        /// The object and key, e.g. `Secret talm-system/talm-enrollment-sno1, key serials`.
+        what: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The backing API (e.g. the Kubernetes API server) failed or kept conflicting.
+    #[error("{what}: {message}")]
+    Backend {
+        /// The request, e.g. `replace Secret talm-system/talm-token-abc`.
+        what: String,
+        /// The error.
+        message: String,
+    },
+    /// The object a write addresses does not exist (e.g. no SpokeAgent for the cluster yet).
+    /// The status writer treats this as "nothing to persist", not as a failure.
+    #[error("{0} does not exist")]
+    NotFound(String),
 }
 
 /// A bootstrap token as stored: never the secret itself, only its SHA-256.

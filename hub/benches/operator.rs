@@ -1,0 +1,969 @@
+//! Fleet-scale benchmark of `talm-hub run` (issue 6 §6).
+//!
+//! `cargo bench -p talm-hub --bench operator` runs, for each size (default 3,500 then 10,000
+//! ManagedClusters), the real operator binary as a **separate process** (`talm-hub run`, leader
+//! election on, pointed at the API double through a kubeconfig) against `talm-kube-double`
+//! served from this process, with:
+//!
+//! - N ManagedClusters, P inform root policies in `ztp` and their N × P child policies (one per
+//!   cluster namespace), every cluster NonCompliant with every policy;
+//! - one CGU over every cluster and policy, `maxConcurrency` M, run to `Succeeded`;
+//! - a **compliance simulator** that watches talm's Placements (a namespaced watch of its own)
+//!   and, for each cluster released into a policy's Placement, turns that cluster Compliant
+//!   after `--flip-delay-ms` plus a per-(cluster, policy) jitter in `[0, --flip-jitter-ms)`:
+//!   it writes the child policy's `status.compliant`, then the root policy's `status.status`
+//!   entry (as RHACM's status sync does and as TALM's kuttl suite patches). Flips due at the
+//!   same time are grouped: one root write per policy per group.
+//!
+//! Measured, per size:
+//! - API requests made by the operator (the double's request log, minus this benchmark's own
+//!   Placement list/watch), per cluster and by verb and resource;
+//! - the operator's peak RSS (`VmHWM` from `/proc/<pid>/status`), its RSS once its caches are
+//!   synced, and its CPU time (`/proc/<pid>/stat`);
+//! - reconcile latency p50/p99 from the operator's own `talm_reconcile_duration_seconds`
+//!   histogram (scraped from `/metrics` at the end; buckets double from 1 ms, so a percentile is
+//!   given as its bucket's upper bound and, in brackets, linearly interpolated inside the bucket);
+//! - reaction: for every root-policy write, the time from that write to the first Placement
+//!   update it causes, as seen by a watcher (the cluster released into its next policy's
+//!   Placement, or, when the write completed a batch, the Placement update that ends it);
+//! - the rollout's wall time, from the operator's start to `Succeeded`.
+//!
+//! There is no TALM to run here, so the baseline run side by side is the smaller size: the
+//! table gives each figure of the larger sizes as a ratio to the first size.
+//!
+//! `-- --quick` runs one small size (300 clusters × 5 policies, `maxConcurrency` 100), a smoke
+//! run that finishes in seconds. The binary exits non-zero if a rollout does not reach
+//! `Succeeded` within `--timeout-secs` or the operator exits early.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_methods,
+    clippy::print_stderr,
+    clippy::print_stdout
+)]
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use futures::StreamExt;
+use kube::api::Api;
+use kube::runtime::watcher;
+use serde_json::{Value, json};
+use talm_kube_double::{KubeDouble, RequestRecord, Verb};
+use talm_shared::api::rhacm::Placement;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Namespace of the CGU, the root policies and talm's Placements.
+const NS: &str = "ztp";
+/// Name of the CGU.
+const CGU: &str = "fleet";
+/// The Placement label naming its policy.
+const FOR_POLICY: &str = "openshift-cluster-group-upgrades/forPolicy";
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "talm-hub operator fleet benchmark against the API double")]
+struct Args {
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
+    /// Fleet sizes to run, in order (the first is the baseline of the ratios).
+    #[arg(long, value_delimiter = ',', default_values_t = [3500, 10000])]
+    clusters: Vec<usize>,
+    /// Managed policies of the CGU.
+    #[arg(long, default_value_t = 20)]
+    policies: usize,
+    /// The CGU's `remediationStrategy.maxConcurrency`.
+    #[arg(long, default_value_t = 500)]
+    max_concurrency: usize,
+    /// The operator's concurrent reconciles (`--worker-count`).
+    #[arg(long, default_value_t = 5)]
+    workers: u16,
+    /// Smoke run: 300 clusters × 5 policies, maxConcurrency 100 (overrides the three above).
+    #[arg(long)]
+    quick: bool,
+    /// Fixed delay between a cluster's release into a Placement and its compliance flip.
+    #[arg(long, default_value_t = 50)]
+    flip_delay_ms: u64,
+    /// Extra per-(cluster, policy) delay, spread uniformly in [0, this).
+    #[arg(long, default_value_t = 200)]
+    flip_jitter_ms: u64,
+    /// Give up on a size after this long.
+    #[arg(long, default_value_t = 900)]
+    timeout_secs: u64,
+    /// The `talm-hub` binary (default: the one cargo built with this benchmark).
+    #[arg(long)]
+    hub_bin: Option<PathBuf>,
+    /// Keep the operator's log (printed path) instead of deleting it.
+    #[arg(long)]
+    keep_logs: bool,
+}
+
+/// Everything measured for one fleet size.
+#[derive(Debug, Default)]
+struct Outcome {
+    clusters: usize,
+    policies: usize,
+    max_concurrency: usize,
+    succeeded: bool,
+    failure: Option<String>,
+    setup: Duration,
+    synced_after: Duration,
+    rollout: Duration,
+    requests: usize,
+    watch_requests: usize,
+    by_verb: BTreeMap<String, usize>,
+    rss_synced_kib: u64,
+    rss_peak_kib: u64,
+    cpu_secs: f64,
+    reconciles: u64,
+    reconcile_failures: u64,
+    reconcile_p50: Option<Percentile>,
+    reconcile_p99: Option<Percentile>,
+    reconcile_mean: Option<f64>,
+    reactions: Vec<Duration>,
+    root_writes: usize,
+    child_writes: usize,
+    final_to_succeeded: Option<Duration>,
+    placement_events: usize,
+}
+
+/// A percentile read from a histogram: its bucket's upper bound and a linear interpolation.
+#[derive(Debug, Clone, Copy)]
+struct Percentile {
+    bucket_le: f64,
+    interpolated: f64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = Args::parse();
+    if args.quick {
+        args.clusters = vec![300];
+        args.policies = 5;
+        args.max_concurrency = 100;
+    }
+    if args.clusters.is_empty() || args.policies == 0 || args.max_concurrency == 0 {
+        bail!("--clusters, --policies and --max-concurrency must be non-empty and > 0");
+    }
+    let hub_bin = args
+        .hub_bin
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_talm-hub")));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut outcomes = Vec::new();
+    for &n in &args.clusters {
+        eprintln!(
+            "== {n} clusters × {} policies, maxConcurrency {} ({})",
+            args.policies,
+            args.max_concurrency,
+            load_average()
+        );
+        let o = rt.block_on(run_size(&args, &hub_bin, n))?;
+        print_detail(&o);
+        outcomes.push(o);
+    }
+    print_table(&outcomes);
+    let failed: Vec<String> = outcomes
+        .iter()
+        .filter(|o| !o.succeeded)
+        .map(|o| {
+            format!(
+                "{} clusters: {}",
+                o.clusters,
+                o.failure.as_deref().unwrap_or("not Succeeded")
+            )
+        })
+        .collect();
+    if !failed.is_empty() {
+        eprintln!("FAILED: {}", failed.join("; "));
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| {
+            format!(
+                "load average {}",
+                s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+            )
+        })
+        .unwrap_or_default()
+}
+
+fn cluster(i: usize) -> String {
+    format!("sno{i:05}")
+}
+
+fn policy(j: usize) -> String {
+    format!("du-policy-{j:02}")
+}
+
+/// A deterministic jitter in `[0, max_ms)` for (cluster, policy): splitmix64 of the pair.
+fn jitter(i: usize, j: usize, max_ms: u64) -> Duration {
+    if max_ms == 0 {
+        return Duration::ZERO;
+    }
+    let mut z = (i as u64)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(j as u64)
+        .wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    Duration::from_millis(z % max_ms)
+}
+
+fn root_policy(j: usize, compliant: &[bool], names: &[String]) -> Value {
+    let status: Vec<Value> = names
+        .iter()
+        .zip(compliant)
+        .map(|(c, ok)| {
+            json!({"clustername": c, "clusternamespace": c,
+                   "compliant": if *ok { "Compliant" } else { "NonCompliant" }})
+        })
+        .collect();
+    let all = compliant.iter().all(|ok| *ok);
+    json!({
+        "apiVersion": "policy.open-cluster-management.io/v1",
+        "kind": "Policy",
+        "metadata": {"name": policy(j), "namespace": NS},
+        "spec": {"remediationAction": "inform", "disabled": false, "policy-templates": [{
+            "objectDefinition": {"apiVersion": "policy.open-cluster-management.io/v1",
+                "kind": "ConfigurationPolicy", "metadata": {"name": format!("cfg-{j}")},
+                "spec": {"remediationAction": "inform", "object-templates": []}}}]},
+        "status": {"compliant": if all { "Compliant" } else { "NonCompliant" }, "status": status}
+    })
+}
+
+fn child_policy(j: usize, c: &str, compliant: bool) -> Value {
+    let name = format!("{NS}.{}", policy(j));
+    json!({
+        "apiVersion": "policy.open-cluster-management.io/v1",
+        "kind": "Policy",
+        "metadata": {"name": name, "namespace": c,
+            "labels": {"policy.open-cluster-management.io/root-policy": name,
+                       "policy.open-cluster-management.io/cluster-name": c,
+                       "policy.open-cluster-management.io/cluster-namespace": c}},
+        "spec": {"remediationAction": "inform", "disabled": false, "policy-templates": []},
+        "status": {"compliant": if compliant { "Compliant" } else { "NonCompliant" }}
+    })
+}
+
+/// Fills the double with the fleet, the policies and the CGU. The clusters are installed
+/// (`ztp-done`), so the ZTP auto-CGU controller leaves them alone, as on a day-2 upgrade.
+fn populate(double: &KubeDouble, names: &[String], p: usize, m: usize) -> anyhow::Result<()> {
+    for c in names {
+        double
+            .put_value(json!({
+                "apiVersion": "cluster.open-cluster-management.io/v1",
+                "kind": "ManagedCluster",
+                "metadata": {"name": c, "labels": {"name": c, "vendor": "OpenShift", "ztp-done": ""}},
+                "status": {"conditions": [{"type": "ManagedClusterConditionAvailable",
+                    "status": "True", "reason": "Available", "message": "ok",
+                    "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+            }))
+            .context("ManagedCluster")?;
+    }
+    let none = vec![false; names.len()];
+    for j in 0..p {
+        double
+            .put_value(root_policy(j, &none, names))
+            .context("root policy")?;
+        for c in names {
+            double
+                .put_value(child_policy(j, c, false))
+                .context("child policy")?;
+        }
+    }
+    double
+        .put_value(json!({
+            "apiVersion": "ran.openshift.io/v1alpha1",
+            "kind": "ClusterGroupUpgrade",
+            "metadata": {"name": CGU, "namespace": NS},
+            "spec": {"clusters": names, "managedPolicies": (0..p).map(policy).collect::<Vec<_>>(),
+                     "remediationStrategy": {"maxConcurrency": m, "timeout": 6000},
+                     "enable": true}
+        }))
+        .context("CGU")?;
+    Ok(())
+}
+
+fn free_port() -> anyhow::Result<SocketAddr> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?)
+}
+
+fn write_kubeconfig(path: &Path, url: &str) -> anyhow::Result<()> {
+    std::fs::write(
+        path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: double\n  cluster: {{server: \"{url}\"}}\n\
+             contexts:\n- name: double\n  context: {{cluster: double, user: u, namespace: default}}\n\
+             current-context: double\nusers:\n- name: u\n  user: {{}}\n"
+        ),
+    )
+    .with_context(|| format!("writing {}", path.display()))
+}
+
+fn spawn_hub(
+    bin: &Path,
+    kubeconfig: &Path,
+    admin: SocketAddr,
+    workers: u16,
+    log: &Path,
+) -> anyhow::Result<Child> {
+    let log_file = std::fs::File::create(log).with_context(|| log.display().to_string())?;
+    Command::new(bin)
+        .args([
+            "run",
+            "--health-addr",
+            &admin.to_string(),
+            "--metrics-addr",
+            &admin.to_string(),
+            "--lease-namespace",
+            "default",
+            "--identity",
+            "bench",
+            "--worker-count",
+            &workers.to_string(),
+            "--log-format",
+            "json",
+            "--log-level",
+            "info",
+        ])
+        .env_clear()
+        .env("KUBECONFIG", kubeconfig)
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log_file))
+        .spawn()
+        .with_context(|| format!("spawning {}", bin.display()))
+}
+
+/// `VmRSS` and `VmHWM` (KiB) of a process.
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return (0, 0);
+    };
+    let field = |name: &str| {
+        s.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// User + system CPU seconds of a process.
+fn cpu_secs(pid: u32) -> f64 {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat; `rest` starts at field 3.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    let code = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((code, body))
+}
+
+/// The reconcile-duration histogram and counters from a `/metrics` body.
+#[derive(Debug, Default)]
+struct Scraped {
+    buckets: Vec<(f64, u64)>,
+    count: u64,
+    sum: f64,
+    runs: u64,
+    failures: u64,
+}
+
+fn parse_metrics(body: &str) -> Scraped {
+    let mut s = Scraped::default();
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let Some((key, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let v: f64 = value.parse().unwrap_or(0.0);
+        if let Some(rest) = key.strip_prefix("talm_reconcile_duration_seconds_bucket{le=\"") {
+            let le = rest.trim_end_matches("\"}");
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap_or(f64::INFINITY)
+            };
+            s.buckets.push((le, v as u64));
+        } else if key == "talm_reconcile_duration_seconds_count" {
+            s.count = v as u64;
+        } else if key == "talm_reconcile_duration_seconds_sum" {
+            s.sum = v;
+        } else if key == "talm_reconcile_runs_total" {
+            s.runs = v as u64;
+        } else if key.starts_with("talm_reconcile_failures_total") {
+            s.failures += v as u64;
+        }
+    }
+    s.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    s
+}
+
+/// The q-quantile of a cumulative histogram.
+fn histogram_quantile(buckets: &[(f64, u64)], q: f64) -> Option<Percentile> {
+    let total = buckets.last()?.1;
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let mut prev = (0.0, 0u64);
+    for &(le, cum) in buckets {
+        if cum as f64 >= rank {
+            let in_bucket = (cum - prev.1) as f64;
+            let upper = if le.is_finite() { le } else { prev.0 * 2.0 };
+            let frac = if in_bucket > 0.0 {
+                (rank - prev.1 as f64) / in_bucket
+            } else {
+                1.0
+            };
+            return Some(Percentile {
+                bucket_le: le,
+                interpolated: prev.0 + (upper - prev.0) * frac,
+            });
+        }
+        prev = (le, cum);
+    }
+    None
+}
+
+/// Requests this benchmark makes itself (its namespaced Placement watch), left out of counts.
+fn is_own(r: &RequestRecord) -> bool {
+    r.resource == "placements"
+        && r.namespace.as_deref() == Some(NS)
+        && matches!(r.verb, Verb::List | Verb::Watch)
+}
+
+fn cgu_succeeded(double: &KubeDouble) -> Option<bool> {
+    let cgu = double.get_value(
+        "ran.openshift.io/v1alpha1",
+        "ClusterGroupUpgrade",
+        Some(NS),
+        CGU,
+    )?;
+    let conds = cgu.pointer("/status/conditions")?.as_array()?;
+    let succeeded = conds.iter().find(|c| c["type"] == "Succeeded")?;
+    Some(succeeded["status"] == "True")
+}
+
+/// A root-policy write waiting for the Placement update it causes.
+struct Pending {
+    at: Instant,
+    resolved: bool,
+}
+
+/// The compliance simulator's state.
+struct Simulator {
+    names: Vec<String>,
+    index: HashMap<String, usize>,
+    p: usize,
+    compliant: Vec<Vec<bool>>,
+    /// Clusters seen released into each policy's Placement.
+    seen: Vec<HashSet<usize>>,
+    /// Flips due: (when, cluster, policy).
+    due: BinaryHeap<Reverse<(Instant, usize, usize)>>,
+    /// (cluster, policy it should be released into next) → root write that causes it.
+    expect: HashMap<(usize, usize), usize>,
+    /// A root write that completed a batch: resolved by the next Placement event of any kind.
+    expect_any: Vec<usize>,
+    writes: Vec<Pending>,
+    /// Clusters released into the first policy and not yet Compliant with the last one.
+    open: HashSet<usize>,
+    done: usize,
+    reactions: Vec<Duration>,
+    child_writes: usize,
+    final_flip: Option<Instant>,
+    placement_events: usize,
+    delay: Duration,
+    jitter_ms: u64,
+}
+
+impl Simulator {
+    fn new(names: Vec<String>, p: usize, args: &Args) -> Self {
+        let n = names.len();
+        let index = names
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.clone(), i))
+            .collect();
+        Simulator {
+            names,
+            index,
+            p,
+            compliant: vec![vec![false; n]; p],
+            seen: vec![HashSet::new(); p],
+            due: BinaryHeap::new(),
+            expect: HashMap::new(),
+            expect_any: Vec::new(),
+            writes: Vec::new(),
+            open: HashSet::new(),
+            done: 0,
+            reactions: Vec::new(),
+            child_writes: 0,
+            final_flip: None,
+            placement_events: 0,
+            delay: Duration::from_millis(args.flip_delay_ms),
+            jitter_ms: args.flip_jitter_ms,
+        }
+    }
+
+    fn resolve(&mut self, w: usize, now: Instant) {
+        if let Some(pw) = self.writes.get_mut(w)
+            && !pw.resolved
+        {
+            pw.resolved = true;
+            self.reactions.push(now.saturating_duration_since(pw.at));
+        }
+    }
+
+    /// A Placement was added or changed (or deleted: `pl` None).
+    fn on_placement(&mut self, pl: Option<&Placement>, now: Instant) {
+        self.placement_events += 1;
+        for w in std::mem::take(&mut self.expect_any) {
+            self.resolve(w, now);
+        }
+        let Some(pl) = pl else { return };
+        let Some(j) = pl
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(FOR_POLICY))
+            .and_then(|name| (0..self.p).find(|j| policy(*j) == *name))
+        else {
+            return;
+        };
+        let fresh: Vec<usize> = pl
+            .selected_names()
+            .iter()
+            .filter_map(|c| self.index.get(c).copied())
+            .filter(|i| !self.seen[j].contains(i))
+            .collect();
+        for i in fresh {
+            self.seen[j].insert(i);
+            if j == 0 {
+                self.open.insert(i);
+            }
+            if let Some(w) = self.expect.remove(&(i, j)) {
+                self.resolve(w, now);
+            }
+            let at = now + self.delay + jitter(i, j, self.jitter_ms);
+            self.due.push(Reverse((at, i, j)));
+        }
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.due.peek().map(|Reverse((t, _, _))| *t)
+    }
+
+    /// Writes every flip due by `now`: child policies, then one root write per policy.
+    fn flip_due(&mut self, double: &KubeDouble, now: Instant) -> anyhow::Result<()> {
+        let mut by_policy: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        while let Some(Reverse((t, i, j))) = self.due.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.due.pop();
+            by_policy.entry(j).or_default().push(i);
+        }
+        for (j, clusters) in by_policy {
+            for &i in &clusters {
+                self.compliant[j][i] = true;
+                double
+                    .put_value(child_policy(j, &self.names[i], true))
+                    .context("child policy flip")?;
+                self.child_writes += 1;
+            }
+            double
+                .put_value(root_policy(j, &self.compliant[j], &self.names))
+                .context("root policy flip")?;
+            let w = self.writes.len();
+            let at = Instant::now();
+            self.writes.push(Pending {
+                at,
+                resolved: false,
+            });
+            let mut completed_batch = false;
+            for &i in &clusters {
+                if j + 1 < self.p {
+                    self.expect.insert((i, j + 1), w);
+                } else {
+                    self.done += 1;
+                    self.open.remove(&i);
+                    completed_batch = self.open.is_empty();
+                }
+            }
+            if completed_batch {
+                self.expect_any.push(w);
+                if self.done == self.names.len() {
+                    self.final_flip = Some(at);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn run_size(args: &Args, hub_bin: &Path, n: usize) -> anyhow::Result<Outcome> {
+    let (p, m) = (args.policies, args.max_concurrency);
+    let mut out = Outcome {
+        clusters: n,
+        policies: p,
+        max_concurrency: m,
+        ..Outcome::default()
+    };
+    // A real apiserver keeps minutes of watch history; keep enough events that a watcher a few
+    // simulator bursts behind is not sent back to re-list.
+    let history = 16 * (m + p) + 1024;
+    let double = KubeDouble::builder()
+        .history_limit(history)
+        .start()
+        .await
+        .context("starting the API double")?;
+    let names: Vec<String> = (0..n).map(cluster).collect();
+    let t = Instant::now();
+    populate(&double, &names, p, m)?;
+    out.setup = t.elapsed();
+    double.clear_requests();
+
+    let dir = tempfile::Builder::new()
+        .prefix("talm-operator-bench-")
+        .tempdir()?;
+    let kubeconfig = dir.path().join("kubeconfig");
+    write_kubeconfig(&kubeconfig, &double.url())?;
+    let log = dir.path().join("talm-hub.log");
+    let admin = free_port()?;
+    let started = Instant::now();
+    let mut child = spawn_hub(hub_bin, &kubeconfig, admin, args.workers, &log)?;
+    let pid = child.id();
+
+    let mut sim = Simulator::new(names.clone(), p, args);
+    let placements: Api<Placement> = Api::namespaced(double.client(), NS);
+    let mut events = std::pin::pin!(watcher(placements, watcher::Config::default()));
+    let deadline = started + Duration::from_secs(args.timeout_secs);
+    let mut check = tokio::time::interval(Duration::from_millis(200));
+    let mut synced = false;
+    let mut last_progress = Instant::now();
+    let result: anyhow::Result<()> = loop {
+        let sleep_to = sim
+            .next_due()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            ev = events.next() => {
+                let now = Instant::now();
+                match ev {
+                    Some(Ok(watcher::Event::Apply(pl) | watcher::Event::InitApply(pl))) => {
+                        sim.on_placement(Some(&pl), now);
+                    }
+                    Some(Ok(watcher::Event::Delete(_))) => sim.on_placement(None, now),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => eprintln!("  placement watch: {e}"),
+                    None => break Err(anyhow::anyhow!("placement watch ended")),
+                }
+            }
+            () = tokio::time::sleep_until(sleep_to.into()) => {
+                if let Err(e) = sim.flip_due(&double, Instant::now()) {
+                    break Err(e);
+                }
+            }
+            _ = check.tick() => {
+                if let Some(status) = child.try_wait()? {
+                    break Err(anyhow::anyhow!("talm-hub exited early: {status}"));
+                }
+                if !synced && matches!(http_get(admin, "/readyz").await, Some((200, _))) {
+                    synced = true;
+                    out.synced_after = started.elapsed();
+                    out.rss_synced_kib = rss_kib(pid).0;
+                }
+                if cgu_succeeded(&double) == Some(true) {
+                    out.rollout = started.elapsed();
+                    out.final_to_succeeded = sim.final_flip.map(|t| t.elapsed());
+                    break Ok(());
+                }
+                if Instant::now() > deadline {
+                    break Err(anyhow::anyhow!(
+                        "no Succeeded after {}s ({} of {n} clusters done)",
+                        args.timeout_secs, sim.done
+                    ));
+                }
+                if last_progress.elapsed() > Duration::from_secs(15) {
+                    last_progress = Instant::now();
+                    eprintln!(
+                        "  {:>5.0?}: {}/{n} clusters done, {} root writes, operator RSS {} MiB",
+                        started.elapsed(), sim.done, sim.writes.len(), rss_kib(pid).0 / 1024
+                    );
+                }
+            }
+        }
+    };
+    if let Err(e) = &result {
+        out.failure = Some(e.to_string());
+    }
+    out.succeeded = result.is_ok();
+    if out.rollout.is_zero() {
+        out.rollout = started.elapsed();
+    }
+    // Measure before stopping: the scrape, the RSS high-water mark and the CPU time.
+    if let Some((200, body)) = http_get(admin, "/metrics").await {
+        let s = parse_metrics(&body);
+        out.reconciles = s.runs;
+        out.reconcile_failures = s.failures;
+        out.reconcile_p50 = histogram_quantile(&s.buckets, 0.50);
+        out.reconcile_p99 = histogram_quantile(&s.buckets, 0.99);
+        out.reconcile_mean = (s.count > 0).then(|| s.sum / s.count as f64);
+    }
+    (_, out.rss_peak_kib) = rss_kib(pid);
+    out.cpu_secs = cpu_secs(pid);
+    stop(&mut child).await;
+
+    let reqs = double.requests();
+    for r in reqs.iter().filter(|r| !is_own(r)) {
+        match r.verb {
+            Verb::Watch => out.watch_requests += 1,
+            Verb::Discovery => {}
+            v => {
+                out.requests += 1;
+                *out.by_verb
+                    .entry(format!("{} {}", v.as_str(), r.rbac_resource()))
+                    .or_default() += 1;
+            }
+        }
+    }
+    sim.reactions.sort();
+    out.reactions = sim.reactions;
+    out.root_writes = sim.writes.len();
+    out.child_writes = sim.child_writes;
+    out.placement_events = sim.placement_events;
+    if !out.succeeded || args.keep_logs {
+        let kept = std::env::temp_dir().join(format!("talm-operator-bench-{n}.log"));
+        if std::fs::copy(&log, &kept).is_ok() {
+            eprintln!("  operator log: {}", kept.display());
+        }
+    }
+    double.shutdown().await;
+    Ok(out)
+}
+
+/// SIGTERM, then SIGKILL after 30 s.
+async fn stop(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn pct(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn fmt_pct(p: Option<Percentile>) -> String {
+    match p {
+        Some(p) if p.bucket_le.is_finite() => format!(
+            "≤ {:.0} ms ({:.1})",
+            p.bucket_le * 1000.0,
+            p.interpolated * 1000.0
+        ),
+        Some(p) => format!("> 8192 ms ({:.0})", p.interpolated * 1000.0),
+        None => "-".into(),
+    }
+}
+
+fn print_detail(o: &Outcome) {
+    eprintln!(
+        "  {}: rollout {:.1?} (operator synced after {:.1?}; fleet setup {:.1?})",
+        if o.succeeded { "Succeeded" } else { "FAILED" },
+        o.rollout,
+        o.synced_after,
+        o.setup
+    );
+    eprintln!(
+        "  {} API requests ({:.2} per cluster) + {} watch requests; {} reconciles ({} failed)",
+        o.requests,
+        o.requests as f64 / o.clusters as f64,
+        o.watch_requests,
+        o.reconciles,
+        o.reconcile_failures
+    );
+    for (k, v) in &o.by_verb {
+        eprintln!("    {v:>8}  {k}");
+    }
+    eprintln!(
+        "  compliance writes: {} root, {} child; {} Placement events seen",
+        o.root_writes, o.child_writes, o.placement_events
+    );
+    if let Some(d) = o.final_to_succeeded {
+        eprintln!("  last compliance write → Succeeded observed (200 ms poll): {d:.1?}");
+    }
+}
+
+fn print_table(all: &[Outcome]) {
+    let Some(base) = all.first() else { return };
+    let ratio = |a: f64, b: f64| {
+        if b > 0.0 {
+            format!(" ({:.2}×)", a / b)
+        } else {
+            String::new()
+        }
+    };
+    let rows: Vec<(&str, Box<dyn Fn(&Outcome) -> (String, f64)>)> = vec![
+        (
+            "rollout to Succeeded",
+            Box::new(|o: &Outcome| {
+                (
+                    format!("{:.1} s", o.rollout.as_secs_f64()),
+                    o.rollout.as_secs_f64(),
+                )
+            }),
+        ),
+        (
+            "API requests (non-watch)",
+            Box::new(|o: &Outcome| (format!("{}", o.requests), o.requests as f64)),
+        ),
+        (
+            "API requests per cluster",
+            Box::new(|o: &Outcome| {
+                let v = o.requests as f64 / o.clusters as f64;
+                (format!("{v:.2}"), v)
+            }),
+        ),
+        (
+            "peak operator RSS (VmHWM)",
+            Box::new(|o: &Outcome| {
+                let v = o.rss_peak_kib as f64 / 1024.0;
+                (format!("{v:.0} MiB"), v)
+            }),
+        ),
+        (
+            "operator RSS when synced",
+            Box::new(|o: &Outcome| {
+                let v = o.rss_synced_kib as f64 / 1024.0;
+                (format!("{v:.0} MiB"), v)
+            }),
+        ),
+        (
+            "operator CPU time",
+            Box::new(|o: &Outcome| (format!("{:.1} s", o.cpu_secs), o.cpu_secs)),
+        ),
+        (
+            "reconciles",
+            Box::new(|o: &Outcome| (format!("{}", o.reconciles), o.reconciles as f64)),
+        ),
+        (
+            "reconcile p50 (bucket, interpolated)",
+            Box::new(|o: &Outcome| {
+                (
+                    fmt_pct(o.reconcile_p50),
+                    o.reconcile_p50.map_or(0.0, |p| p.interpolated),
+                )
+            }),
+        ),
+        (
+            "reconcile p99 (bucket, interpolated)",
+            Box::new(|o: &Outcome| {
+                (
+                    fmt_pct(o.reconcile_p99),
+                    o.reconcile_p99.map_or(0.0, |p| p.interpolated),
+                )
+            }),
+        ),
+        (
+            "reconcile mean",
+            Box::new(|o: &Outcome| {
+                let v = o.reconcile_mean.unwrap_or(0.0);
+                (format!("{:.1} ms", v * 1000.0), v)
+            }),
+        ),
+        (
+            "reaction samples",
+            Box::new(|o: &Outcome| (format!("{}", o.reactions.len()), o.reactions.len() as f64)),
+        ),
+        (
+            "reaction p50",
+            Box::new(|o: &Outcome| {
+                let v = ms(pct(&o.reactions, 0.5));
+                (format!("{v:.0} ms"), v)
+            }),
+        ),
+        (
+            "reaction p99",
+            Box::new(|o: &Outcome| {
+                let v = ms(pct(&o.reactions, 0.99));
+                (format!("{v:.0} ms"), v)
+            }),
+        ),
+        (
+            "reaction max",
+            Box::new(|o: &Outcome| {
+                let v = ms(o.reactions.last().copied().unwrap_or_default());
+                (format!("{v:.0} ms"), v)
+            }),
+        ),
+    ];
+    let mut header = "| measure |".to_string();
+    let mut rule = "|---|".to_string();
+    for o in all {
+        header.push_str(&format!(
+            " {} × {}, mc {} |",
+            o.clusters, o.policies, o.max_concurrency
+        ));
+        rule.push_str("---|");
+    }
+    println!("\n{header}\n{rule}");
+    for (name, f) in &rows {
+        let (_, b) = f(base);
+        let mut line = format!("| {name} |");
+        for (k, o) in all.iter().enumerate() {
+            let (s, v) = f(o);
+            if k == 0 || !o.succeeded {
+                line.push_str(&format!(" {s} |"));
+            } else {
+                line.push_str(&format!(" {s}{} |", ratio(v, b)));
+            }
+        }
+        println!("{line}");
+    }
+}
