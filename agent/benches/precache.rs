@@ -1,0 +1,3 @@
+//! Pre-caching benchmark (issue 4 §6): work in progress.
+
+fn main() {}
