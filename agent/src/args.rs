@@ -10,7 +10,8 @@ use talm_shared::clock::SystemClock;
 use crate::conn::{ConnConfig, HubTarget};
 use crate::daemon::{Agent, AgentConfig, AgentError};
 use crate::facts::Host;
-use crate::runner::HostRunner;
+use crate::host::exec::RealRunner;
+use crate::runner::{HostRunner, PrecacheSettings};
 
 /// `talm-agent run`.
 #[derive(Clone, Debug, Args)]
@@ -42,6 +43,15 @@ pub struct RunArgs {
     /// HTTP/2 keepalive interval (dead-link detection), seconds.
     #[arg(long, env = "TALM_AGENT_KEEPALIVE_SECS", default_value_t = 30)]
     pub keepalive_secs: u64,
+    /// Pre-cache tasks: images and blob downloads in flight at once.
+    #[arg(long, env = "TALM_PRECACHE_PARALLEL", default_value_t = 4)]
+    pub precache_parallel: usize,
+    /// Pre-cache tasks: node-wide download cap in bytes per second (0: none).
+    #[arg(long, env = "TALM_PRECACHE_BANDWIDTH_LIMIT", default_value_t = 0)]
+    pub precache_bandwidth_limit: u64,
+    /// Pre-cache tasks: containers-storage graph driver.
+    #[arg(long, env = "TALM_PRECACHE_STORAGE_DRIVER", default_value = "overlay")]
+    pub precache_storage_driver: String,
 }
 
 /// Output format of `status`.
@@ -131,6 +141,20 @@ impl RunArgs {
         })
     }
 
+    /// How the daemon runs `Precache` tasks.
+    pub fn precache_settings(&self) -> PrecacheSettings {
+        let runner = RealRunner::new();
+        let mut options = crate::precache::Options::new(&self.state_dir, &self.host_root);
+        options.parallel = self.precache_parallel.max(1);
+        options.bandwidth_limit = self.precache_bandwidth_limit;
+        options.storage_driver = self.precache_storage_driver.clone();
+        options.low_priority_tools = runner.available("ionice") && runner.available("nice");
+        PrecacheSettings {
+            options,
+            runner: Arc::new(runner),
+        }
+    }
+
     /// Runs the daemon until SIGINT/SIGTERM on a single-threaded runtime (the agent is small:
     /// one thread plus blocking-pool threads for fsyncs, spawned on demand).
     pub fn run_blocking(&self) -> Result<(), CliError> {
@@ -148,7 +172,7 @@ impl RunArgs {
         let agent = Agent::new(
             cfg,
             host.clone(),
-            Arc::new(HostRunner::new(host)),
+            Arc::new(HostRunner::new(host).with_precache(self.precache_settings())),
             Arc::new(SystemClock),
         )?;
         agent.run(shutdown_signal()).await?;

@@ -67,12 +67,106 @@ pub trait TaskRunner: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Clone)]
 pub struct HostRunner {
     host: Arc<dyn HostInfo>,
+    precache: Option<PrecacheSettings>,
+}
+
+/// How `Precache` tasks run (the daemon's `--state-dir`, `--host-root` and `--precache-*`
+/// flags).
+#[derive(Clone, Debug)]
+pub struct PrecacheSettings {
+    /// Engine options (the task id and deadline are filled in per task).
+    pub options: crate::precache::Options,
+    /// Runs skopeo.
+    pub runner: Arc<dyn crate::host::exec::CommandRunner>,
 }
 
 impl HostRunner {
-    /// A runner over `host`.
+    /// A runner over `host` (pre-cache tasks are rejected until [`Self::with_precache`]).
     pub fn new(host: Arc<dyn HostInfo>) -> Self {
-        Self { host }
+        Self {
+            host,
+            precache: None,
+        }
+    }
+
+    /// Enables `Precache` tasks.
+    pub fn with_precache(mut self, settings: PrecacheSettings) -> Self {
+        self.precache = Some(settings);
+        self
+    }
+}
+
+/// The engine stops this long before the task's deadline, so that it reports
+/// `PrecacheTimeout` itself (with its status file updated) before the daemon's own timer fires.
+const PRECACHE_DEADLINE_MARGIN_SECS: i64 = 2;
+
+/// Runs a `Precache` task: the params are a `PrecachingSpec` (JSON, camelCase).
+async fn run_precache(
+    settings: PrecacheSettings,
+    host: Arc<dyn HostInfo>,
+    task: Task,
+    ctx: TaskContext,
+    now_unix: i64,
+) -> (TaskOutcome, String) {
+    use crate::precache::{self, PrecacheError};
+    let spec: talm_shared::api::cgu::PrecachingSpec = match serde_json::from_str(&task.params_json)
+    {
+        Ok(s) => s,
+        Err(e) => {
+            return (
+                TaskOutcome::Rejected,
+                format!("the pre-cache spec is not a PrecachingSpec: {e}"),
+            );
+        }
+    };
+    if let Err(e) = precache::spec::validate(&spec) {
+        return (
+            TaskOutcome::Rejected,
+            format!("invalid pre-cache spec: {e}"),
+        );
+    }
+    let mut opts = settings.options.clone();
+    opts.task_id = task.id.clone();
+    if task.deadline_unix > 0 {
+        let left = (task.deadline_unix - now_unix - PRECACHE_DEADLINE_MARGIN_SECS).max(0);
+        opts.deadline = Some(
+            tokio::time::Instant::now() + std::time::Duration::from_secs(left.unsigned_abs()),
+        );
+    }
+    let deps = precache::Deps {
+        host,
+        runner: settings.runner.clone(),
+        now: Arc::new(|| {
+            use talm_shared::clock::Clock;
+            talm_shared::clock::rfc3339(talm_shared::clock::SystemClock.unix())
+        }),
+    };
+    let progress = ctx.clone();
+    let observer: precache::Observer = Arc::new(move |s: &precache::status::PrecacheStatus| {
+        progress.progress(
+            &format!(
+                "{:?}: {}/{} images, {}/s",
+                s.state,
+                s.images_done,
+                s.images_total,
+                precache::status::human_bytes(s.rate_bytes_per_sec)
+            ),
+            s.bytes_done,
+            s.bytes_total,
+        );
+    });
+    match precache::run(&opts, &spec, &deps, observer).await {
+        Ok(s) => (
+            TaskOutcome::Succeeded,
+            format!(
+                "{} images pre-cached ({} already present), {} fetched",
+                s.images_total,
+                s.counters.images_present,
+                precache::status::human_bytes(s.counters.bytes_fetched)
+            ),
+        ),
+        Err(e @ PrecacheError::Deadline { .. }) => (TaskOutcome::TimedOut, e.to_string()),
+        Err(e) => (TaskOutcome::Failed, e.to_string()),
     }
 }
 
@@ -117,6 +211,11 @@ pub fn check_space(host: &dyn HostInfo, space_required_gib: u64) -> (TaskOutcome
 impl TaskRunner for HostRunner {
     fn run(&self, task: Task, ctx: TaskContext) -> RunFuture {
         let host = self.host.clone();
+        let precache = self.precache.clone();
+        let now_unix = {
+            use talm_shared::clock::Clock;
+            talm_shared::clock::SystemClock.unix()
+        };
         Box::pin(async move {
             match TaskKind::try_from(task.kind) {
                 Ok(TaskKind::CheckSpace) => {
@@ -139,7 +238,14 @@ impl TaskRunner for HostRunner {
                     ctx.progress("done", 1, 1);
                     out
                 }
-                Ok(k @ (TaskKind::Precache | TaskKind::Backup)) => (
+                Ok(TaskKind::Precache) => match precache {
+                    Some(p) => run_precache(p, host, task, ctx, now_unix).await,
+                    None => (
+                        TaskOutcome::Rejected,
+                        "pre-caching is not configured in this agent".to_string(),
+                    ),
+                },
+                Ok(k @ TaskKind::Backup) => (
                     TaskOutcome::Rejected,
                     format!(
                         "task kind {} is not supported by talm-agent {} yet",
