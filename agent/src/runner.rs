@@ -281,6 +281,76 @@ mod tests {
         }
     }
 
+    fn precache_task(params: &str, deadline_unix: i64) -> Task {
+        Task {
+            id: "ns/cgu/uid/precache".into(),
+            kind: TaskKind::Precache as i32,
+            params_json: params.into(),
+            deadline_unix,
+            state: crate::journal::TaskState::Running,
+            message: String::new(),
+            starts: 1,
+            accepted_at: 0,
+            finished_at: None,
+        }
+    }
+
+    fn roomy() -> Arc<dyn HostInfo> {
+        Arc::new(Fake(
+            FsStats {
+                size: 100 * GIB,
+                free: 90 * GIB,
+                available: 90 * GIB,
+            },
+            85,
+        ))
+    }
+
+    #[tokio::test]
+    async fn precache_tasks_run_the_engine_and_map_its_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, mut rx) = mpsc::channel(64);
+        let ctx = TaskContext::new("t", tx);
+        // Not configured: rejected.
+        let plain = HostRunner::new(roomy());
+        let (o, _) = plain.run(precache_task("{}", 0), ctx.clone()).await;
+        assert_eq!(o, TaskOutcome::Rejected);
+        let mut options = crate::precache::Options::new(dir.path(), dir.path());
+        options.retry.retries = 0;
+        let runner = HostRunner::new(roomy()).with_precache(PrecacheSettings {
+            options,
+            runner: Arc::new(crate::host::exec::RecordingRunner::new()),
+        });
+        // Not a PrecachingSpec, or an unusable one: rejected with the reason.
+        let (o, msg) = runner.run(precache_task("[1]", 0), ctx.clone()).await;
+        assert_eq!(o, TaskOutcome::Rejected, "{msg}");
+        let (o, msg) = runner
+            .run(precache_task(r#"{"spaceRequired":"3"}"#, 0), ctx.clone())
+            .await;
+        assert_eq!(o, TaskOutcome::Rejected);
+        assert!(msg.contains("no software spec"), "{msg}");
+        // Nothing listens on port 1: Failed (UnrecoverableError), naming the image.
+        let spec = r#"{"additionalImages":["127.0.0.1:1/a/b:v1"],"spaceRequired":"1"}"#;
+        let (o, msg) = runner.run(precache_task(spec, 0), ctx.clone()).await;
+        assert_eq!(o, TaskOutcome::Failed, "{msg}");
+        assert!(msg.contains("127.0.0.1:1/a/b:v1"), "{msg}");
+        let status = crate::precache::status::load(dir.path()).unwrap();
+        assert_eq!(
+            status.state,
+            crate::precache::status::State::UnrecoverableError
+        );
+        assert_eq!(status.task_id, "ns/cgu/uid/precache");
+        // A deadline already past: TimedOut (the hub's PrecacheTimeout).
+        let (o, msg) = runner.run(precache_task(spec, 1), ctx.clone()).await;
+        assert_eq!(o, TaskOutcome::TimedOut, "{msg}");
+        assert_eq!(
+            crate::precache::status::load(dir.path()).unwrap().state,
+            crate::precache::status::State::PrecacheTimeout
+        );
+        // Progress reached the channel.
+        assert!(rx.try_recv().is_ok());
+    }
+
     #[test]
     fn check_space_follows_talms_formula() {
         // 100 GiB disk, 50 GiB used, threshold 85% -> 35 GiB available.
