@@ -5,7 +5,6 @@
 // Tests run the agent binary, the registry and skopeo: spawning processes is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
-#[path = "precache_e2e_support/mod.rs"]
 mod precache_support;
 
 use std::collections::BTreeSet;
