@@ -129,9 +129,8 @@ async fn run_precache(
     opts.task_id = task.id.clone();
     if task.deadline_unix > 0 {
         let left = (task.deadline_unix - now_unix - PRECACHE_DEADLINE_MARGIN_SECS).max(0);
-        opts.deadline = Some(
-            tokio::time::Instant::now() + std::time::Duration::from_secs(left.unsigned_abs()),
-        );
+        opts.deadline =
+            Some(tokio::time::Instant::now() + std::time::Duration::from_secs(left.unsigned_abs()));
     }
     let deps = precache::Deps {
         host,

@@ -29,7 +29,10 @@ impl Node {
         let insecure = !reg.is_tls();
         n.write(
             "etc/containers/registries.conf",
-            &format!("[[registry]]\nlocation = \"{}\"\ninsecure = {insecure}\n", reg.host),
+            &format!(
+                "[[registry]]\nlocation = \"{}\"\ninsecure = {insecure}\n",
+                reg.host
+            ),
         );
         n.trust(reg);
         n
@@ -37,8 +40,14 @@ impl Node {
 
     fn bare() -> Node {
         let n = Node {
-            root: tempfile::Builder::new().prefix("talm-node-").tempdir().unwrap(),
-            state: tempfile::Builder::new().prefix("talm-state-").tempdir().unwrap(),
+            root: tempfile::Builder::new()
+                .prefix("talm-node-")
+                .tempdir()
+                .unwrap(),
+            state: tempfile::Builder::new()
+                .prefix("talm-state-")
+                .tempdir()
+                .unwrap(),
         };
         std::fs::create_dir_all(n.root.path().join("var/lib/containers/storage")).unwrap();
         std::fs::create_dir_all(n.root.path().join("run/containers/storage")).unwrap();
@@ -124,7 +133,10 @@ impl Node {
     fn storage(&self, name: &str) -> String {
         format!(
             "containers-storage:[vfs@{}+{}]{name}",
-            self.root.path().join("var/lib/containers/storage").display(),
+            self.root
+                .path()
+                .join("var/lib/containers/storage")
+                .display(),
             self.root.path().join("run/containers/storage").display()
         )
     }
@@ -202,7 +214,11 @@ fn wait_status(node: &Node, limit: Duration, f: impl Fn(&Value) -> bool) -> Valu
         {
             return s;
         }
-        assert!(t0.elapsed() < limit, "status never got there: {:?}", node.status_file());
+        assert!(
+            t0.elapsed() < limit,
+            "status never got there: {:?}",
+            node.status_file()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -213,7 +229,10 @@ fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
         if let Some(s) = child.try_wait().unwrap() {
             return s;
         }
-        assert!(t0.elapsed() < limit, "the agent did not finish in {limit:?}");
+        assert!(
+            t0.elapsed() < limit,
+            "the agent did not finish in {limit:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -256,7 +275,12 @@ fn full_precache_into_cache_and_vfs_storage_with_excludes_then_skips_present_ima
     let index: Value =
         serde_json::from_slice(&std::fs::read(node.cache().join("index.json")).unwrap()).unwrap();
     assert_eq!(index["manifests"].as_array().unwrap().len(), want.len());
-    for img in [&fx.release, &fx.release_images[5].1, &fx.additional[0], &expected[expected.len() - 1]] {
+    for img in [
+        &fx.release,
+        &fx.release_images[5].1,
+        &fx.additional[0],
+        &expected[expected.len() - 1],
+    ] {
         assert!(node.imported(img), "{img} is not in containers-storage");
     }
     assert!(!node.imported(&by_name.1), "an excluded image was imported");
@@ -268,7 +292,10 @@ fn full_precache_into_cache_and_vfs_storage_with_excludes_then_skips_present_ima
     let s = node.status();
     assert_eq!(s["state"], "Succeeded");
     assert_eq!(image_states(&s), BTreeSet::from(["present".to_string()]));
-    assert_eq!(s["counters"]["imagesPresent"].as_u64(), Some(want.len() as u64));
+    assert_eq!(
+        s["counters"]["imagesPresent"].as_u64(),
+        Some(want.len() as u64)
+    );
     // Only the release and index layers are read again (from the cache: nothing is served).
     assert_eq!(reg.served_blob_bytes(), before);
     // The text status names the state.
@@ -328,7 +355,10 @@ fn mirror_only_site_pulls_everything_from_the_mirror() {
     let s = node.status();
     assert_eq!(s["state"], "Succeeded");
     let names = image_names(&s);
-    assert!(names.iter().all(|n| n.starts_with("quay.example.invalid/")), "{names:?}");
+    assert!(
+        names.iter().all(|n| n.starts_with("quay.example.invalid/")),
+        "{names:?}"
+    );
     for i in s["images"].as_array().unwrap() {
         assert!(
             i["pulledFrom"].as_str().unwrap().starts_with(&reg.host),
@@ -387,7 +417,11 @@ fn killed_mid_pull_resumes_without_refetching_finished_blobs() {
     assert!(out.status.success(), "{}", text(&out));
     let s = node.status();
     assert_eq!(s["state"], "Succeeded");
-    let second: Vec<_> = reg.blob_requests().into_iter().skip(requests_before).collect();
+    let second: Vec<_> = reg
+        .blob_requests()
+        .into_iter()
+        .skip(requests_before)
+        .collect();
     for r in &second {
         assert!(
             !finished.contains(&r.digest),
@@ -398,8 +432,16 @@ fn killed_mid_pull_resumes_without_refetching_finished_blobs() {
     // Partials continued where they stopped (a Range request for the rest only).
     for (d, len) in &partial {
         let size = fx.blob_sizes[d];
-        let got: u64 = second.iter().filter(|r| r.digest == *d).map(|r| r.written).sum();
-        assert_eq!(got, size - len, "blob {d}: {len} of {size} bytes were on disk");
+        let got: u64 = second
+            .iter()
+            .filter(|r| r.digest == *d)
+            .map(|r| r.written)
+            .sum();
+        assert_eq!(
+            got,
+            size - len,
+            "blob {d}: {len} of {size} bytes were on disk"
+        );
     }
     assert!(s["counters"]["blobsResumed"].as_u64().unwrap() >= partial.len() as u64);
     // The second run fetched only what was missing.
@@ -419,13 +461,17 @@ fn registry_stopped_mid_pull_then_restarted_is_retried_to_success() {
     let unique = fx.unique_bytes(&expected);
     let limit = (unique / 6).to_string();
     let mut child = node
-        .command(&spec, &["--no-import", "--bandwidth-limit", &limit, "--retries", "8"])
+        .command(
+            &spec,
+            &["--no-import", "--bandwidth-limit", &limit, "--retries", "8"],
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     wait_status(&node, Duration::from_secs(120), |s| {
-        s["state"] == "Active" && s["bytesDone"].as_u64().unwrap_or(0) * 4 >= s["bytesTotal"].as_u64().unwrap_or(1)
+        s["state"] == "Active"
+            && s["bytesDone"].as_u64().unwrap_or(0) * 4 >= s["bytesTotal"].as_u64().unwrap_or(1)
     });
     reg.stop();
     std::thread::sleep(Duration::from_secs(2));
@@ -468,9 +514,15 @@ fn a_corrupted_blob_is_rejected_by_digest_and_never_cached() {
     assert_eq!(failed.len(), 1, "{s:#}");
     assert_eq!(failed[0]["name"].as_str(), Some(victim.as_str()));
     let err = failed[0]["error"].as_str().unwrap();
-    assert!(err.contains(&digest) && err.contains("digest mismatch"), "{err}");
+    assert!(
+        err.contains(&digest) && err.contains("digest mismatch"),
+        "{err}"
+    );
     assert!(s["counters"]["digestMismatches"].as_u64().unwrap() >= 2);
-    assert!(!node.blob(&digest).exists(), "corrupt content landed in the cache");
+    assert!(
+        !node.blob(&digest).exists(),
+        "corrupt content landed in the cache"
+    );
     assert!(!node.partial(&digest).exists());
     // The other images are fine.
     assert!(image_states(&s).contains("cached"));
@@ -494,7 +546,11 @@ fn too_little_disk_fails_before_pulling_with_needed_and_available() {
         "{msg}"
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("1000000 GiB required"));
-    assert_eq!(reg.served_blob_bytes(), 0, "it pulled before checking the space");
+    assert_eq!(
+        reg.served_blob_bytes(),
+        0,
+        "it pulled before checking the space"
+    );
 
     // The kubelet's image-GC threshold counts: at 1% no space is left at all.
     node.write(
@@ -512,8 +568,14 @@ fn too_little_disk_fails_before_pulling_with_needed_and_available() {
 fn bad_spec_files_are_refused_with_the_reason() {
     let node = Node::bare();
     let cases = [
-        ("platformImage: r.io/a:1\nplatfromImage: typo\n", "platfromImage"),
-        ("additionalImages: [a.io/b:1]\nspaceRequired: 3 XB\n", "spaceRequired"),
+        (
+            "platformImage: r.io/a:1\nplatfromImage: typo\n",
+            "platfromImage",
+        ),
+        (
+            "additionalImages: [a.io/b:1]\nspaceRequired: 3 XB\n",
+            "spaceRequired",
+        ),
         ("operatorsIndexes: [r.io/idx:1]\n", "no packages"),
         ("spaceRequired: 3\n", "no software spec"),
         ("additionalImages: [[[\n", "spec.yaml"),

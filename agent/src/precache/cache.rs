@@ -171,12 +171,8 @@ impl Cache {
             .map_err(|_| CacheError::Locked(dir.display().to_string()))?;
         let layout = dir.join("oci-layout");
         if !layout.exists() {
-            talm_shared::fsutil::atomic_write(
-                &layout,
-                br#"{"imageLayoutVersion":"1.0.0"}"#,
-                0o644,
-            )
-            .map_err(io_err(&layout))?;
+            talm_shared::fsutil::atomic_write(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#, 0o644)
+                .map_err(io_err(&layout))?;
         }
         let index = dir.join("index.json");
         if !index.exists() {
@@ -201,7 +197,9 @@ impl Cache {
 
     /// Where a blob being downloaded lives.
     pub fn partial_path(&self, d: &Digest) -> PathBuf {
-        self.dir.join("blobs/sha256").join(format!("{}.partial", d.hex()))
+        self.dir
+            .join("blobs/sha256")
+            .join(format!("{}.partial", d.hex()))
     }
 
     /// Whether the blob is complete (present under its final name with the right size; only

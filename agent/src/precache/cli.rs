@@ -120,7 +120,9 @@ impl RunArgs {
     pub fn options(&self, now: jiff::Timestamp) -> Result<Options, PrecacheCliError> {
         let mut o = Options::new(&self.state_dir, &self.host_root);
         if self.parallel == 0 {
-            return Err(PrecacheCliError::Usage("--parallel must be at least 1".into()));
+            return Err(PrecacheCliError::Usage(
+                "--parallel must be at least 1".into(),
+            ));
         }
         o.parallel = self.parallel;
         o.bandwidth_limit = self.bandwidth_limit;
@@ -155,7 +157,8 @@ impl RunArgs {
             host: Arc::new(Host::new(&self.host_root)),
             runner: Arc::new(RealRunner::new()),
             now: Arc::new(|| {
-                #[allow(clippy::disallowed_methods)] // a by-hand command: the status file's wall clock
+                #[allow(clippy::disallowed_methods)]
+                // a by-hand command: the status file's wall clock
                 let t = jiff::Timestamp::now();
                 t.to_string()
             }),

@@ -100,7 +100,10 @@ impl Present {
             }
             for n in img.names {
                 if let Ok(r) = n.parse::<ImageRef>() {
-                    p.digests.entry(r.name()).or_default().extend(ds.iter().cloned());
+                    p.digests
+                        .entry(r.name())
+                        .or_default()
+                        .extend(ds.iter().cloned());
                     if let Some(d) = &r.digest {
                         p.digests.entry(r.name()).or_default().insert(d.clone());
                     }
@@ -240,9 +243,11 @@ mod tests {
         imp.import("r.io/a/app:v1", "r.io/a/app:v1").unwrap();
         assert_eq!(
             runner.lines(),
-            ["ionice -c3 nice -n 10 skopeo copy --quiet --override-os linux --override-arch amd64 \
+            [
+                "ionice -c3 nice -n 10 skopeo copy --quiet --override-os linux --override-arch amd64 \
               oci:/s/precache/oci:r.io/a/app:v1 \
-              containers-storage:[vfs@/h/var/lib/containers/storage+/h/run/containers/storage]r.io/a/app:v1"]
+              containers-storage:[vfs@/h/var/lib/containers/storage+/h/run/containers/storage]r.io/a/app:v1"
+            ]
         );
     }
 }

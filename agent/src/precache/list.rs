@@ -125,7 +125,9 @@ pub async fn build(spec: &PrecachingSpec, puller: &Puller) -> Result<ImageList, 
         ));
     }
     if indexes.is_empty() && !packages.is_empty() {
-        tracing::warn!("operatorsPackagesAndChannels is set but there is no operators index: ignored (as TALM)");
+        tracing::warn!(
+            "operatorsPackagesAndChannels is set but there is no operators index: ignored (as TALM)"
+        );
     }
     let mut catalogs = Vec::new();
     for index in &indexes {
@@ -140,9 +142,9 @@ pub async fn build(spec: &PrecachingSpec, puller: &Puller) -> Result<ImageList, 
                 continue;
             }
             found = true;
-            let images = cat.related_images(pkg, channel).map_err(|e| {
-                PrecacheError::Spec(format!("operators index {index}: {e}"))
-            })?;
+            let images = cat
+                .related_images(pkg, channel)
+                .map_err(|e| PrecacheError::Spec(format!("operators index {index}: {e}")))?;
             for img in images {
                 list.push(&mut seen, &img, Origin::Operator);
             }
@@ -189,10 +191,7 @@ async fn release_refs(
     )))
 }
 
-async fn catalog(
-    puller: &Puller,
-    r: &Resolved,
-) -> Result<super::sources::Catalog, PrecacheError> {
+async fn catalog(puller: &Puller, r: &Resolved) -> Result<super::sources::Catalog, PrecacheError> {
     let cache = puller.cache();
     let config = r
         .blobs

@@ -374,17 +374,15 @@ async fn run_inner(
             Err(e) => fail(journal, &name, &e.message),
         }
     }
-    journal.live.bytes_total.store(
-        sizes.values().sum(),
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    journal
+        .live
+        .bytes_total
+        .store(sizes.values().sum(), std::sync::atomic::Ordering::Relaxed);
     // Blobs fetched while building the list were counted as they came; recount from the cache
     // so done ≤ total and the ETA starts right.
     let cached: u64 = sizes
         .iter()
-        .filter(|(d, size)| {
-            cache::Digest::parse(d).is_ok_and(|d| cache.has_blob(&d, **size))
-        })
+        .filter(|(d, size)| cache::Digest::parse(d).is_ok_and(|d| cache.has_blob(&d, **size)))
         .map(|(_, s)| *s)
         .sum();
     journal
@@ -414,7 +412,11 @@ async fn run_inner(
             let name = r.name.clone();
             journal.image(&name, |i| {
                 i.state = ImageState::Pulling;
-                i.pulled_from = r.sources.first().map(|s| s.pull_spec.clone()).unwrap_or_default();
+                i.pulled_from = r
+                    .sources
+                    .first()
+                    .map(|s| s.pull_spec.clone())
+                    .unwrap_or_default();
             });
             if let Err(e) = puller.pull(&r).await {
                 tracing::warn!(image = %name, error = %e.message, "pull failed");

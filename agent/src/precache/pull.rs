@@ -24,7 +24,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use oci_client::client::{BlobResponse, Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::client::{
+    BlobResponse, Certificate, CertificateEncoding, ClientConfig, ClientProtocol,
+};
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
@@ -109,10 +111,11 @@ fn classify(e: &OciDistributionError) -> FailureKind {
             FailureKind::Transient
         }
         E::RegistryError { envelope, .. }
-            if envelope
-                .errors
-                .iter()
-                .any(|x| format!("{:?}", x.code).to_ascii_uppercase().contains("TOOMANY")) =>
+            if envelope.errors.iter().any(|x| {
+                format!("{:?}", x.code)
+                    .to_ascii_uppercase()
+                    .contains("TOOMANY")
+            }) =>
         {
             FailureKind::Transient
         }
@@ -227,11 +230,16 @@ pub fn certs_d(host_root: &Path) -> Vec<Vec<u8>> {
     for f in files {
         match std::fs::read(&f) {
             Ok(b) => out.push(b),
-            Err(e) => tracing::warn!(file = %f.display(), error = %e, "cannot read a CA certificate"),
+            Err(e) => {
+                tracing::warn!(file = %f.display(), error = %e, "cannot read a CA certificate")
+            }
         }
     }
     out
 }
+
+/// The shared outcome of one blob's download (the in-flight map's value).
+type BlobCell = OnceCell<Result<(), PullError>>;
 
 /// Pulls images into the cache.
 pub struct Puller {
@@ -242,12 +250,14 @@ pub struct Puller {
     limiter: Arc<Limiter>,
     journal: Arc<Journal>,
     slots: Semaphore,
-    inflight: Mutex<HashMap<String, Arc<OnceCell<Result<(), PullError>>>>>,
+    inflight: Mutex<HashMap<String, Arc<BlobCell>>>,
 }
 
 impl std::fmt::Debug for Puller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Puller").field("cfg", &self.cfg).finish_non_exhaustive()
+        f.debug_struct("Puller")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
     }
 }
 
@@ -324,9 +334,14 @@ impl Puller {
             .map_err(|e| perm(e.to_string()))?;
         let mut out = Vec::new();
         for c in cands {
-            let r: ImageRef = c.pull_spec.parse().map_err(|e: super::sources::SourceError| perm(e.to_string()))?;
+            let r: ImageRef = c
+                .pull_spec
+                .parse()
+                .map_err(|e: super::sources::SourceError| perm(e.to_string()))?;
             let reference = match &r.digest {
-                Some(d) => Reference::with_digest(r.registry.clone(), r.repository.clone(), d.clone()),
+                Some(d) => {
+                    Reference::with_digest(r.registry.clone(), r.repository.clone(), d.clone())
+                }
                 None => Reference::with_tag(
                     r.registry.clone(),
                     r.repository.clone(),
@@ -428,7 +443,9 @@ impl Puller {
             return Err(PullError::new(
                 image,
                 FailureKind::Mismatch,
-                format!("manifest {reference}: the registry says {digest}, the content hashes to {d}"),
+                format!(
+                    "manifest {reference}: the registry says {digest}, the content hashes to {d}"
+                ),
             ));
         }
         self.cache
@@ -483,7 +500,11 @@ impl Puller {
                 return Err(PullError::new(
                     image,
                     FailureKind::Mismatch,
-                    format!("manifest {cd}: {} bytes, the list says {}", cbody.len(), pick.size),
+                    format!(
+                        "manifest {cd}: {} bytes, the list says {}",
+                        cbody.len(),
+                        pick.size
+                    ),
                 ));
             }
             let _ = &pick.media_type;
@@ -515,7 +536,10 @@ impl Puller {
     pub async fn fetch_all(&self, r: &Resolved) -> Result<(), PullError> {
         let results =
             futures_util::future::join_all(r.blobs.iter().map(|b| self.fetch_blob(r, b))).await;
-        results.into_iter().collect::<Result<Vec<()>, _>>().map(drop)
+        results
+            .into_iter()
+            .collect::<Result<Vec<()>, _>>()
+            .map(drop)
     }
 
     /// Fetches one blob of `r` unless the cache has it; waits for another image's download of
@@ -586,7 +610,13 @@ impl Puller {
     }
 
     /// One download attempt from one source, resuming the partial file.
-    async fn download(&self, image: &str, s: &Source, d: &Digest, size: u64) -> Result<(), PullError> {
+    async fn download(
+        &self,
+        image: &str,
+        s: &Source,
+        d: &Digest,
+        size: u64,
+    ) -> Result<(), PullError> {
         let _slot = self.slots.acquire().await.map_err(|_| {
             PullError::new(image, FailureKind::Permanent, "the download pool is closed")
         })?;
@@ -613,8 +643,10 @@ impl Puller {
             }
         };
         if result.is_err() {
-            live.bytes_done
-                .fetch_sub(counted.min(live.bytes_done.load(std::sync::atomic::Ordering::Relaxed)), std::sync::atomic::Ordering::Relaxed);
+            live.bytes_done.fetch_sub(
+                counted.min(live.bytes_done.load(std::sync::atomic::Ordering::Relaxed)),
+                std::sync::atomic::Ordering::Relaxed,
+            );
         }
         result
     }
@@ -633,7 +665,13 @@ impl Puller {
         }
         let live = self.live();
         let offset = part.len();
-        let net = |e: String| PullError::new(image, FailureKind::Transient, format!("blob {d} from {}: {e}", s.pull_spec));
+        let net = |e: String| {
+            PullError::new(
+                image,
+                FailureKind::Transient,
+                format!("blob {d} from {}: {e}", s.pull_spec),
+            )
+        };
         let cache_err = |e: CacheError| {
             let kind = if matches!(e, CacheError::Mismatch { .. }) {
                 FailureKind::Mismatch
@@ -650,7 +688,11 @@ impl Puller {
             .pull_blob_stream_partial(&s.reference, &d.as_str(), offset, None)
             .await
             .map_err(|e| {
-                PullError::new(image, classify(&e), format!("blob {d} from {}: {e}", s.pull_spec))
+                PullError::new(
+                    image,
+                    classify(&e),
+                    format!("blob {d} from {}: {e}", s.pull_spec),
+                )
             })?;
         let mut stream = match resp {
             BlobResponse::Partial(st) => {

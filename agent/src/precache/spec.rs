@@ -101,9 +101,9 @@ pub fn space_gib(s: &str) -> Result<u64, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| "expected a number of GiB or a value with a unit such as \"40 GiB\"".to_string())?;
+    let value: f64 = num.parse().map_err(|_| {
+        "expected a number of GiB or a value with a unit such as \"40 GiB\"".to_string()
+    })?;
     let unit = unit.trim().to_ascii_lowercase();
     let factor: f64 = match unit.as_str() {
         "b" | "bytes" => 1.0,
@@ -120,7 +120,7 @@ pub fn space_gib(s: &str) -> Result<u64, String> {
         other => return Err(format!("unknown unit {other:?}")),
     };
     let gib = (value * factor / 1024f64.powi(3)).ceil();
-    if !gib.is_finite() || gib < 0.0 || gib > 1e15 {
+    if !gib.is_finite() || !(0.0..=1e15).contains(&gib) {
         return Err("out of range".into());
     }
     Ok(gib as u64)

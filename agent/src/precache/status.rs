@@ -252,9 +252,7 @@ impl Journal {
         f(&mut inner.status);
         let changed = inner.status.state != before;
         self.refresh(&mut inner);
-        let due = inner
-            .last_write
-            .is_none_or(|t| t.elapsed() >= WRITE_EVERY);
+        let due = inner.last_write.is_none_or(|t| t.elapsed() >= WRITE_EVERY);
         if force || changed || due {
             inner.last_write = Some(Instant::now());
             inner.status.updated_at = (self.now)();
@@ -402,7 +400,11 @@ pub fn render_text(s: &PrecacheStatus) -> String {
     if !s.task_id.is_empty() {
         let _ = writeln!(out, "task:     {}", s.task_id);
     }
-    let _ = writeln!(out, "started:  {}   updated: {}", s.started_at, s.updated_at);
+    let _ = writeln!(
+        out,
+        "started:  {}   updated: {}",
+        s.started_at, s.updated_at
+    );
     let _ = writeln!(out, "images:   {}/{}", s.images_done, s.images_total);
     let _ = writeln!(
         out,
@@ -475,7 +477,10 @@ mod tests {
         // A state change is written at once.
         j.set_state(State::Active, "");
         let s = load(dir.path()).unwrap();
-        assert_eq!((s.state, s.images_done, s.bytes_total), (State::Active, 1, 1000));
+        assert_eq!(
+            (s.state, s.images_done, s.bytes_total),
+            (State::Active, 1, 1000)
+        );
         assert_eq!(s.counters.images_imported, 1);
         // After a second, an update is written.
         tokio::time::advance(Duration::from_millis(1100)).await;
@@ -491,7 +496,10 @@ mod tests {
         assert!(s.rate_bytes_per_sec > 0);
         assert!(s.eta_seconds.is_some());
         let text = render_text(&s);
-        assert!(text.contains("state:    Active") && text.contains("b: boom"), "{text}");
+        assert!(
+            text.contains("state:    Active") && text.contains("b: boom"),
+            "{text}"
+        );
     }
 
     #[test]
