@@ -387,9 +387,14 @@ fn killed_mid_pull_resumes_without_refetching_finished_blobs() {
         .spawn()
         .unwrap();
     wait_status(&node, Duration::from_secs(120), |s| {
-        s["bytesTotal"].as_u64().unwrap_or(0) > 0
-            && s["bytesDone"].as_u64().unwrap_or(0) * 2 >= s["bytesTotal"].as_u64().unwrap()
+        s["state"] == "Active"
+            && s["bytesTotal"].as_u64() == Some(unique)
+            && s["bytesDone"].as_u64().unwrap_or(0) * 2 >= unique
     });
+    // `precache status` reads the journal while the run goes on.
+    let live = node.status();
+    assert_eq!(live["state"], "Active", "{live:#}");
+    assert!(live["bytesDone"].as_u64().unwrap() < live["bytesTotal"].as_u64().unwrap());
     child.kill().unwrap();
     child.wait().unwrap();
     // What the cache holds at the kill: finished blobs and partial ones.
@@ -471,7 +476,8 @@ fn registry_stopped_mid_pull_then_restarted_is_retried_to_success() {
         .unwrap();
     wait_status(&node, Duration::from_secs(120), |s| {
         s["state"] == "Active"
-            && s["bytesDone"].as_u64().unwrap_or(0) * 4 >= s["bytesTotal"].as_u64().unwrap_or(1)
+            && s["bytesTotal"].as_u64() == Some(unique)
+            && s["bytesDone"].as_u64().unwrap_or(0) * 4 >= unique
     });
     reg.stop();
     std::thread::sleep(Duration::from_secs(2));
@@ -589,6 +595,25 @@ fn bad_spec_files_are_refused_with_the_reason() {
     let out = node.run(Path::new("/nonexistent/spec.yaml"), &[]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/spec.yaml"));
+    // A deadline that has passed ends in PrecacheTimeout, with a non-zero exit.
+    let spec = node.spec("additionalImages: [\"127.0.0.1:1/a/b:v1\"]\n");
+    let status_before = std::fs::metadata(node.state.path().join("precache/status.json")).is_ok();
+    assert!(!status_before);
+    let out = node.run(&spec, &["--deadline", "2001-01-01T00:00:00Z"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("deadline"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(node.status()["state"], "PrecacheTimeout");
+    let out = node.run(&spec, &["--deadline", "yesterday"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--deadline"),
+        "{}",
+        text(&out)
+    );
+    std::fs::remove_file(node.state.path().join("precache/status.json")).unwrap();
     // No run, no status file: `precache status` says so.
     let out = Command::new(env!("CARGO_BIN_EXE_talm-agent"))
         .args(["precache", "status", "--state-dir"])
