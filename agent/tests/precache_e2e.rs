@@ -397,6 +397,10 @@ fn killed_mid_pull_resumes_without_refetching_finished_blobs() {
     assert!(live["bytesDone"].as_u64().unwrap() < live["bytesTotal"].as_u64().unwrap());
     child.kill().unwrap();
     child.wait().unwrap();
+    // The journal still says Active; `precache status` sees that its writer is gone.
+    let dead = node.status();
+    assert_eq!(dead["state"], "Active");
+    assert_eq!(dead["interrupted"], true, "{dead:#}");
     // What the cache holds at the kill: finished blobs and partial ones.
     let finished: BTreeSet<String> = fx
         .blob_sizes

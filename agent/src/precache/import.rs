@@ -9,8 +9,10 @@
 //!   yet has no images. The file is c/storage's internal format, so a parse failure only means
 //!   "not known to be present" (the image is imported again, which is harmless).
 //! - **Low priority.** `skopeo` runs under `ionice -c3 nice -n 10` when both exist on `PATH`
-//!   (the idle I/O class and a lower CPU priority; both inherit to skopeo's threads). The agent's
-//!   own pre-cache work lowers its priority with `setpriority` (see [`lower_priority`]).
+//!   (the idle I/O class and a lower CPU priority; both inherit to skopeo's threads).
+//!   `precache run` also lowers its own priority to nice 10 with `setpriority` before its
+//!   runtime starts ([`lower_priority`]; every thread inherits it). The daemon does not lower
+//!   itself (the hub channel shares its process): in a hub task only skopeo runs at low priority.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};

@@ -143,6 +143,10 @@ pub struct PrecacheStatus {
     pub counters: Counters,
     /// Per image.
     pub images: Vec<ImageStatus>,
+    /// Set by [`load`] when the state is not final but the process that wrote the file is
+    /// gone (killed mid-run): the run is over, and a new one resumes from the cache.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
 }
 
 impl PrecacheStatus {
@@ -365,12 +369,16 @@ pub fn load(state_dir: &Path) -> Result<PrecacheStatus, std::io::Error> {
             ),
         )
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| {
+    let mut s: PrecacheStatus = serde_json::from_slice(&bytes).map_err(|e| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!("{}: {e}", path.display()),
         )
-    })
+    })?;
+    if !s.state.is_final() && s.pid != 0 && !Path::new(&format!("/proc/{}", s.pid)).exists() {
+        s.interrupted = true;
+    }
+    Ok(s)
 }
 
 /// Human-readable bytes.
@@ -393,7 +401,15 @@ pub fn human_bytes(n: u64) -> String {
 pub fn render_text(s: &PrecacheStatus) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let _ = writeln!(out, "state:    {:?}", s.state);
+    if s.interrupted {
+        let _ = writeln!(
+            out,
+            "state:    {:?} (interrupted: process {} is gone; a new run resumes from the cache)",
+            s.state, s.pid
+        );
+    } else {
+        let _ = writeln!(out, "state:    {:?}", s.state);
+    }
     if !s.message.is_empty() {
         let _ = writeln!(out, "message:  {}", s.message);
     }
@@ -500,6 +516,26 @@ mod tests {
             text.contains("state:    Active") && text.contains("b: boom"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_run_whose_process_is_gone_is_interrupted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = PrecacheStatus {
+            state: State::Active,
+            pid: std::process::id(),
+            ..Default::default()
+        };
+        write_status(&status_path(dir.path()), &s).unwrap();
+        assert!(!load(dir.path()).unwrap().interrupted);
+        s.pid = u32::MAX - 1; // no such process
+        write_status(&status_path(dir.path()), &s).unwrap();
+        let got = load(dir.path()).unwrap();
+        assert!(got.interrupted);
+        assert!(render_text(&got).contains("interrupted"));
+        s.state = State::Succeeded;
+        write_status(&status_path(dir.path()), &s).unwrap();
+        assert!(!load(dir.path()).unwrap().interrupted);
     }
 
     #[test]
