@@ -393,7 +393,7 @@ impl Drop for Registry {
 }
 
 /// One completed blob download, from the registry log.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BlobRequest {
     /// `sha256:<hex>`.
     pub digest: String,
@@ -403,6 +403,38 @@ pub struct BlobRequest {
     pub status: u16,
     /// Body bytes written.
     pub written: u64,
+    /// When the request ended (the log line's RFC 3339 `time`).
+    pub end: String,
+    /// How long the request took, in seconds (`http.response.duration`).
+    pub duration_s: f64,
+}
+
+/// Parses a Go duration (`850.5ms`, `1.2s`, `1m2.5s`, `12µs`) into seconds.
+pub fn go_duration_secs(s: &str) -> Option<f64> {
+    let mut total = 0.0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let n: f64 = rest[..num_end].parse().ok()?;
+        rest = &rest[num_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let mult = match &rest[..unit_end] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "µs" | "us" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        total += n * mult;
+        rest = &rest[unit_end..];
+    }
+    Some(total)
 }
 
 fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
@@ -435,11 +467,21 @@ fn parse_blob_line(line: &str) -> Option<BlobRequest> {
         return None;
     }
     let written = log_field(line, "http.response.written")?.parse().ok()?;
+    let end = line
+        .strip_prefix("time=\"")
+        .and_then(|r| r.split('"').next())
+        .unwrap_or("")
+        .to_owned();
+    let duration_s = log_field(line, "http.response.duration")
+        .and_then(go_duration_secs)
+        .unwrap_or(0.0);
     Some(BlobRequest {
         digest: digest.to_owned(),
         repo: repo.to_owned(),
         status,
         written,
+        end,
+        duration_s,
     })
 }
 
