@@ -627,3 +627,75 @@ fn bad_spec_files_are_refused_with_the_reason() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("status.json"));
 }
+
+#[test]
+fn a_manifest_list_is_cached_whole_and_the_node_platform_is_imported() {
+    let reg = Registry::start_plain();
+    let fx = build_fixture(&reg, 2, None);
+    let node = Node::new(&reg);
+    // Make a two-platform index out of an additional image (both entries name the same image
+    // manifest; only the node's platform entry is followed).
+    let src = &fx.additional[0];
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("l");
+    let mut c = reg.skopeo();
+    c.args(["copy", "--quiet"])
+        .args(reg.skopeo_tls_args(true))
+        .arg(format!("docker://{src}"))
+        .arg(format!("oci:{}:x", layout.display()));
+    assert!(c.status().unwrap().success());
+    let idx: Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let m = idx["manifests"][0].clone();
+    let arch = match std::env::consts::ARCH {
+        "aarch64" => "arm64",
+        _ => "amd64",
+    };
+    let other = if arch == "amd64" { "arm64" } else { "amd64" };
+    let list = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": m["mediaType"], "digest": m["digest"], "size": m["size"],
+             "platform": {"os": "linux", "architecture": other}},
+            {"mediaType": m["mediaType"], "digest": m["digest"], "size": m["size"],
+             "platform": {"os": "linux", "architecture": arch}},
+        ]
+    });
+    let bytes = serde_json::to_vec(&list).unwrap();
+    let hex = {
+        let d = ring::digest::digest(&ring::digest::SHA256, &bytes);
+        d.as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    std::fs::write(layout.join("blobs/sha256").join(&hex), &bytes).unwrap();
+    let top = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "digest": format!("sha256:{hex}"), "size": bytes.len(),
+        "annotations": {"org.opencontainers.image.ref.name": "x"}}]});
+    std::fs::write(layout.join("index.json"), top.to_string()).unwrap();
+    let multi = format!("{}/talm/multi:v1", reg.host);
+    let mut c = reg.skopeo();
+    c.args(["copy", "--quiet", "--all"])
+        .args(reg.skopeo_tls_args(false))
+        .arg(format!("oci:{}:x", layout.display()))
+        .arg(format!("docker://{multi}"));
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+
+    let spec = node.spec(&format!("additionalImages: [\"{multi}\"]\n"));
+    let out = node.run(&spec, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(node.status()["state"], "Succeeded");
+    // The cache names the list itself (so it imports by the same reference) and holds the
+    // chosen platform's blobs.
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(node.cache().join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["manifests"][0]["digest"], format!("sha256:{hex}"));
+    for b in &fx.image_blobs[src] {
+        assert!(node.blob(b).exists(), "{b} missing from the cache");
+    }
+    assert!(node.imported(&multi));
+}
