@@ -170,8 +170,6 @@ struct AnyManifest {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct PlatformDescriptor {
-    #[serde(default)]
-    media_type: String,
     digest: String,
     size: u64,
     #[serde(default)]
@@ -507,7 +505,6 @@ impl Puller {
                     ),
                 ));
             }
-            let _ = &pick.media_type;
             let m: AnyManifest = serde_json::from_slice(&cbody)
                 .map_err(|e| bad(format!("manifest {cd} from {}: {e}", s.pull_spec)))?;
             (m, cd)
@@ -643,10 +640,7 @@ impl Puller {
             }
         };
         if result.is_err() {
-            live.bytes_done.fetch_sub(
-                counted.min(live.bytes_done.load(std::sync::atomic::Ordering::Relaxed)),
-                std::sync::atomic::Ordering::Relaxed,
-            );
+            Live::sub(&live.bytes_done, counted);
         }
         result
     }
@@ -704,10 +698,7 @@ impl Puller {
             BlobResponse::Full(st) => {
                 if offset > 0 {
                     // The server ignored the Range header: start over.
-                    live.bytes_done.fetch_sub(
-                        (*counted).min(live.bytes_done.load(std::sync::atomic::Ordering::Relaxed)),
-                        std::sync::atomic::Ordering::Relaxed,
-                    );
+                    Live::sub(&live.bytes_done, *counted);
                     *counted = 0;
                     part.restart().await.map_err(cache_err)?;
                 }

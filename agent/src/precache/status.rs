@@ -186,6 +186,13 @@ impl Live {
     pub fn add(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Ordering::Relaxed);
     }
+
+    /// Takes from a counter (never below zero).
+    pub fn sub(c: &AtomicU64, n: u64) {
+        let _ = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+            Some(v.saturating_sub(n))
+        });
+    }
 }
 
 /// Wall-clock text for the file (the engine gets it from its clock seam).
