@@ -125,6 +125,8 @@ impl Registry {
         let config = dir.path().join("config.yml");
         let auth_file = dir.path().join("auth.json");
         std::fs::write(&auth_file, "{}").unwrap();
+        // Written once: skopeo runs in parallel read it (rewriting it per call raced with them).
+        std::fs::write(dir.path().join("no-auth.json"), "{}").unwrap();
 
         let mut reg = Registry {
             host: String::new(),
@@ -320,7 +322,6 @@ impl Registry {
             .env("REGISTRY_AUTH_FILE", self.dir.path().join("no-auth.json"))
             .arg("--policy")
             .arg(&self.policy);
-        let _ = std::fs::write(self.dir.path().join("no-auth.json"), "{}");
         c
     }
 
