@@ -324,6 +324,21 @@ fn agent(
     }
 }
 
+/// Unmounts what containers-storage left mounted under `dir` (the overlay driver bind-mounts its
+/// `overlay` directory onto itself), deepest first, so the temp dir can be removed.
+fn unmount_under(dir: &Path) {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let mut points: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        .filter(|m| Path::new(m).starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for m in points {
+        let _ = Command::new("umount").arg(m).status();
+    }
+}
+
 fn tail(p: &Path) -> String {
     let s = std::fs::read_to_string(p).unwrap_or_default();
     let lines: Vec<&str> = s.lines().collect();
@@ -420,6 +435,7 @@ fn main() {
 
     let Some(bin) = o.agent.clone() else {
         println!("talm side skipped: no talm-agent binary (--agent PATH)");
+        unmount_under(work.path());
         return;
     };
 
@@ -524,4 +540,5 @@ fn main() {
         "agent peak RSS over all runs: {:.1} MiB (target < 64 MiB)",
         peak_rss as f64 / 1024.0
     );
+    unmount_under(work.path());
 }
