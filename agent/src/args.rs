@@ -11,7 +11,8 @@ use crate::backup::task::BackupTaskConfig;
 use crate::conn::{ConnConfig, HubTarget};
 use crate::daemon::{Agent, AgentConfig, AgentError};
 use crate::facts::Host;
-use crate::runner::HostRunner;
+use crate::host::exec::RealRunner;
+use crate::runner::{HostRunner, PrecacheSettings};
 
 /// `talm-agent run`.
 #[derive(Clone, Debug, Args)]
@@ -46,6 +47,15 @@ pub struct RunArgs {
     /// Where and how hub-assigned backups are taken (the same settings as `talm-agent backup`).
     #[command(flatten)]
     pub backup: crate::backup::cli::BackupOptions,
+    /// Pre-cache tasks: images and blob downloads in flight at once.
+    #[arg(long, env = "TALM_PRECACHE_PARALLEL", default_value_t = 4)]
+    pub precache_parallel: usize,
+    /// Pre-cache tasks: node-wide download cap in bytes per second (0: none).
+    #[arg(long, env = "TALM_PRECACHE_BANDWIDTH_LIMIT", default_value_t = 0)]
+    pub precache_bandwidth_limit: u64,
+    /// Pre-cache tasks: containers-storage graph driver.
+    #[arg(long, env = "TALM_PRECACHE_STORAGE_DRIVER", default_value = "overlay")]
+    pub precache_storage_driver: String,
 }
 
 /// Output format of `status`.
@@ -135,6 +145,20 @@ impl RunArgs {
         })
     }
 
+    /// How the daemon runs `Precache` tasks.
+    pub fn precache_settings(&self) -> PrecacheSettings {
+        let runner = RealRunner::new();
+        let mut options = crate::precache::Options::new(&self.state_dir, &self.host_root);
+        options.parallel = self.precache_parallel.max(1);
+        options.bandwidth_limit = self.precache_bandwidth_limit;
+        options.storage_driver = self.precache_storage_driver.clone();
+        options.low_priority_tools = runner.available("ionice") && runner.available("nice");
+        PrecacheSettings {
+            options,
+            runner: Arc::new(runner),
+        }
+    }
+
     /// Runs the daemon until SIGINT/SIGTERM on a single-threaded runtime (the agent is small:
     /// one thread plus blocking-pool threads for fsyncs, spawned on demand).
     pub fn run_blocking(&self) -> Result<(), CliError> {
@@ -154,7 +178,9 @@ impl RunArgs {
             template: self.backup.config(&self.host_root, String::new(), None),
             clock: clock.clone(),
         };
-        let runner = HostRunner::new(host.clone()).with_backup(backup);
+        let runner = HostRunner::new(host.clone())
+            .with_precache(self.precache_settings())
+            .with_backup(backup);
         let agent = Agent::new(cfg, host, Arc::new(runner), clock)?;
         agent.run(shutdown_signal()).await?;
         Ok(())

@@ -9,13 +9,17 @@
 //! - [`backup`]: `talm-agent backup`, the pre-upgrade backup (also a library entry point for the
 //!   hub-driven task: [`backup::run`]).
 //! - [`recovery`]: `talm-agent recover`, the journaled on-node recovery.
+//! - [`precache`]: `talm-agent precache run|status` and the engine of the hub's `Precache` task:
+//!   filtered image lists, a resumable content-addressed blob cache, native OCI pulls with
+//!   mirrors, auth, retries and a node-wide bandwidth cap, then import into containers-storage.
 //! - The hub channel (`talm-agent run` and `status`):
 //!   - [`args`]: the clap arguments of `run` and `status`, every flag with an env fallback;
 //!   - [`journal`]: the durable journal (accepted tasks, their states, unacknowledged
 //!     reports), written atomically and fsynced on every change;
 //!   - [`conn`]: TLS 1.3 connections to the hub, enrollment (bootstrap token + CSR), rotation;
 //!   - [`facts`]: node facts for Hello and statvfs, behind a trait rooted at `--host-root`;
-//!   - [`runner`]: task execution (`check-space`, and `backup` through [`backup::task`]);
+//!   - [`runner`]: task execution (`check-space`, `precache`, and `backup` through
+//!     [`backup::task`]);
 //!   - [`daemon`]: the session loop, reconnects with jittered capped backoff, heartbeats,
 //!     certificate rotation, and the connection state file read by `talm-agent status`;
 //!   - [`backoff`]: the reconnect backoff;
@@ -65,6 +69,8 @@ pub enum Command {
     Backup(backup::cli::BackupArgs),
     /// Recover the node from its backup after a failed upgrade.
     Recover(recovery::cli::RecoverArgs),
+    /// Pre-cache images (`run --spec FILE`) or show the pre-cache status (`status`).
+    Precache(precache::cli::PrecacheArgs),
 }
 
 /// A command failed.
@@ -79,6 +85,9 @@ pub enum Error {
     /// The daemon or `status` failed.
     #[error(transparent)]
     Channel(#[from] args::CliError),
+    /// `precache` failed.
+    #[error(transparent)]
+    Precache(#[from] precache::cli::PrecacheCliError),
 }
 
 impl Cli {
@@ -105,6 +114,7 @@ impl Cli {
                 .run(now.strftime("%Y-%m-%d_%H%M%S").to_string())
                 .map(drop)?,
             Command::Recover(a) => a.run(&now.to_string()).map(drop)?,
+            Command::Precache(a) => a.run(now)?,
         }
         Ok(())
     }

@@ -73,19 +73,114 @@ pub trait TaskRunner: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Clone)]
 pub struct HostRunner {
     host: Arc<dyn HostInfo>,
+    precache: Option<PrecacheSettings>,
     backup: Option<Arc<BackupTaskConfig>>,
 }
 
+/// How `Precache` tasks run (the daemon's `--state-dir`, `--host-root` and `--precache-*`
+/// flags).
+#[derive(Clone, Debug)]
+pub struct PrecacheSettings {
+    /// Engine options (the task id and deadline are filled in per task).
+    pub options: crate::precache::Options,
+    /// Runs skopeo.
+    pub runner: Arc<dyn crate::host::exec::CommandRunner>,
+}
+
 impl HostRunner {
-    /// A runner over `host` (backup tasks are rejected until [`HostRunner::with_backup`]).
+    /// A runner over `host` (pre-cache and backup tasks are rejected until
+    /// [`Self::with_precache`] / [`Self::with_backup`]).
     pub fn new(host: Arc<dyn HostInfo>) -> Self {
-        Self { host, backup: None }
+        Self {
+            host,
+            precache: None,
+            backup: None,
+        }
     }
 
     /// Also runs hub-assigned backups with `cfg`.
     pub fn with_backup(mut self, cfg: BackupTaskConfig) -> Self {
         self.backup = Some(Arc::new(cfg));
         self
+    }
+
+    /// Enables `Precache` tasks.
+    pub fn with_precache(mut self, settings: PrecacheSettings) -> Self {
+        self.precache = Some(settings);
+        self
+    }
+}
+
+/// The engine stops this long before the task's deadline, so that it reports
+/// `PrecacheTimeout` itself (with its status file updated) before the daemon's own timer fires.
+const PRECACHE_DEADLINE_MARGIN_SECS: i64 = 2;
+
+/// Runs a `Precache` task: the params are a `PrecachingSpec` (JSON, camelCase).
+async fn run_precache(
+    settings: PrecacheSettings,
+    host: Arc<dyn HostInfo>,
+    task: Task,
+    ctx: TaskContext,
+    now_unix: i64,
+) -> (TaskOutcome, String) {
+    use crate::precache::{self, PrecacheError};
+    let spec: talm_shared::api::cgu::PrecachingSpec = match serde_json::from_str(&task.params_json)
+    {
+        Ok(s) => s,
+        Err(e) => {
+            return (
+                TaskOutcome::Rejected,
+                format!("the pre-cache spec is not a PrecachingSpec: {e}"),
+            );
+        }
+    };
+    if let Err(e) = precache::spec::validate(&spec) {
+        return (
+            TaskOutcome::Rejected,
+            format!("invalid pre-cache spec: {e}"),
+        );
+    }
+    let mut opts = settings.options.clone();
+    opts.task_id = task.id.clone();
+    if task.deadline_unix > 0 {
+        let left = (task.deadline_unix - now_unix - PRECACHE_DEADLINE_MARGIN_SECS).max(0);
+        opts.deadline =
+            Some(tokio::time::Instant::now() + std::time::Duration::from_secs(left.unsigned_abs()));
+    }
+    let deps = precache::Deps {
+        host,
+        runner: settings.runner.clone(),
+        now: Arc::new(|| {
+            use talm_shared::clock::Clock;
+            talm_shared::clock::rfc3339(talm_shared::clock::SystemClock.unix())
+        }),
+    };
+    let progress = ctx.clone();
+    let observer: precache::Observer = Arc::new(move |s: &precache::status::PrecacheStatus| {
+        progress.progress(
+            &format!(
+                "{:?}: {}/{} images, {}/s",
+                s.state,
+                s.images_done,
+                s.images_total,
+                precache::status::human_bytes(s.rate_bytes_per_sec)
+            ),
+            s.bytes_done,
+            s.bytes_total,
+        );
+    });
+    match precache::run(&opts, &spec, &deps, observer).await {
+        Ok(s) => (
+            TaskOutcome::Succeeded,
+            format!(
+                "{} images pre-cached ({} already present), {} fetched",
+                s.images_total,
+                s.counters.images_present,
+                precache::status::human_bytes(s.counters.bytes_fetched)
+            ),
+        ),
+        Err(e @ PrecacheError::Deadline { .. }) => (TaskOutcome::TimedOut, e.to_string()),
+        Err(e) => (TaskOutcome::Failed, e.to_string()),
     }
 }
 
@@ -131,6 +226,11 @@ impl TaskRunner for HostRunner {
     fn run(&self, task: Task, ctx: TaskContext) -> RunFuture {
         let host = self.host.clone();
         let backup = self.backup.clone();
+        let precache = self.precache.clone();
+        let now_unix = {
+            use talm_shared::clock::Clock;
+            talm_shared::clock::SystemClock.unix()
+        };
         Box::pin(async move {
             match TaskKind::try_from(task.kind) {
                 Ok(TaskKind::CheckSpace) => {
@@ -160,14 +260,13 @@ impl TaskRunner for HostRunner {
                         "this agent was started without backup settings".to_string(),
                     ),
                 },
-                Ok(k @ TaskKind::Precache) => (
-                    TaskOutcome::Rejected,
-                    format!(
-                        "task kind {} is not supported by talm-agent {} yet",
-                        k.as_str_name(),
-                        crate::VERSION
+                Ok(TaskKind::Precache) => match precache {
+                    Some(p) => run_precache(p, host, task, ctx, now_unix).await,
+                    None => (
+                        TaskOutcome::Rejected,
+                        "pre-caching is not configured in this agent".to_string(),
                     ),
-                ),
+                },
                 _ => (
                     TaskOutcome::Rejected,
                     format!("unknown task kind {}", task.kind),
@@ -194,6 +293,76 @@ mod tests {
         fn facts(&self) -> talm_proto::v1::NodeFacts {
             Default::default()
         }
+    }
+
+    fn precache_task(params: &str, deadline_unix: i64) -> Task {
+        Task {
+            id: "ns/cgu/uid/precache".into(),
+            kind: TaskKind::Precache as i32,
+            params_json: params.into(),
+            deadline_unix,
+            state: crate::journal::TaskState::Running,
+            message: String::new(),
+            starts: 1,
+            accepted_at: 0,
+            finished_at: None,
+        }
+    }
+
+    fn roomy() -> Arc<dyn HostInfo> {
+        Arc::new(Fake(
+            FsStats {
+                size: 100 * GIB,
+                free: 90 * GIB,
+                available: 90 * GIB,
+            },
+            85,
+        ))
+    }
+
+    #[tokio::test]
+    async fn precache_tasks_run_the_engine_and_map_its_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, mut rx) = mpsc::channel(64);
+        let ctx = TaskContext::new("t", tx);
+        // Not configured: rejected.
+        let plain = HostRunner::new(roomy());
+        let (o, _) = plain.run(precache_task("{}", 0), ctx.clone()).await;
+        assert_eq!(o, TaskOutcome::Rejected);
+        let mut options = crate::precache::Options::new(dir.path(), dir.path());
+        options.retry.retries = 0;
+        let runner = HostRunner::new(roomy()).with_precache(PrecacheSettings {
+            options,
+            runner: Arc::new(crate::host::exec::RecordingRunner::new()),
+        });
+        // Not a PrecachingSpec, or an unusable one: rejected with the reason.
+        let (o, msg) = runner.run(precache_task("[1]", 0), ctx.clone()).await;
+        assert_eq!(o, TaskOutcome::Rejected, "{msg}");
+        let (o, msg) = runner
+            .run(precache_task(r#"{"spaceRequired":"3"}"#, 0), ctx.clone())
+            .await;
+        assert_eq!(o, TaskOutcome::Rejected);
+        assert!(msg.contains("no software spec"), "{msg}");
+        // Nothing listens on port 1: Failed (UnrecoverableError), naming the image.
+        let spec = r#"{"additionalImages":["127.0.0.1:1/a/b:v1"],"spaceRequired":"1"}"#;
+        let (o, msg) = runner.run(precache_task(spec, 0), ctx.clone()).await;
+        assert_eq!(o, TaskOutcome::Failed, "{msg}");
+        assert!(msg.contains("127.0.0.1:1/a/b:v1"), "{msg}");
+        let status = crate::precache::status::load(dir.path()).unwrap();
+        assert_eq!(
+            status.state,
+            crate::precache::status::State::UnrecoverableError
+        );
+        assert_eq!(status.task_id, "ns/cgu/uid/precache");
+        // A deadline already past: TimedOut (the hub's PrecacheTimeout).
+        let (o, msg) = runner.run(precache_task(spec, 1), ctx.clone()).await;
+        assert_eq!(o, TaskOutcome::TimedOut, "{msg}");
+        assert_eq!(
+            crate::precache::status::load(dir.path()).unwrap().state,
+            crate::precache::status::State::PrecacheTimeout
+        );
+        // Progress reached the channel.
+        assert!(rx.try_recv().is_ok());
     }
 
     #[test]

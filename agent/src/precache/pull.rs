@@ -1,0 +1,814 @@
+//! Native OCI pulls into the blob cache.
+//!
+//! - **Sources.** Each image is tried at the candidates `registries.conf` gives
+//!   ([`Mirrors::candidates`]: mirrors in order, then the source unless it is mirror-only). An
+//!   `insecure` candidate is reached over plain HTTP. TLS trusts the system roots plus every
+//!   `<host-root>/etc/containers/certs.d/<host>/*.crt` (podman's convention; client
+//!   certificates there are not used). Credentials come from the pull secret
+//!   (`<host-root>/var/lib/kubelet/config.json`), per candidate.
+//! - **Manifests.** A manifest list / image index is kept as is (so the cache can be imported
+//!   by reference) and the node's platform (`linux/<arch>`) is picked from it; only that
+//!   instance's blobs are fetched. Every manifest is verified against its digest.
+//! - **Blobs.** Fetched once per run even when several images in flight share them (an in-flight
+//!   map of `OnceCell`s), with at most `parallel` downloads at a time, streamed to the cache's
+//!   partial file through the node-wide [`Limiter`]; an interrupted download resumes with a
+//!   Range request from the partial's length; size and sha256 are checked before the blob is
+//!   renamed into place ([`super::cache::Partial::commit`]).
+//! - **Retries.** Network errors, 5xx/429 answers and digest mismatches are retried with capped
+//!   exponential backoff (a mismatch starts the blob over); "not found" and "unauthorized" are
+//!   not retried (the next candidate is still tried).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use oci_client::client::{
+    BlobResponse, Certificate, CertificateEncoding, ClientConfig, ClientProtocol,
+};
+use oci_client::errors::OciDistributionError;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use serde::Deserialize;
+use tokio::sync::{OnceCell, Semaphore};
+
+use super::cache::{Cache, CacheError, Descriptor, Digest};
+use super::limit::Limiter;
+use super::sources::{ImageRef, Mirrors, PullSecret};
+use super::status::{Journal, Live};
+use crate::backoff::{Backoff, random_u64};
+
+/// Media types of manifests.
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// OCI image index.
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// Docker schema 2 manifest.
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// Docker manifest list.
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+const ACCEPTED: [&str; 4] = [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST];
+
+/// How failures are retried.
+#[derive(Clone, Copy, Debug)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt (each over all candidates).
+    pub retries: u32,
+    /// First delay.
+    pub initial: Duration,
+    /// Largest delay.
+    pub max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            retries: 5,
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What kind of failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Worth retrying (network, 5xx, 429).
+    Transient,
+    /// The content was wrong (digest or size): retried from zero.
+    Mismatch,
+    /// Not worth retrying (not found, unauthorized, bad manifest, local I/O).
+    Permanent,
+}
+
+/// A pull failure (cheap to clone: shared by the images that wait for the same blob).
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("image {image}: {message}")]
+pub struct PullError {
+    /// The image being pulled.
+    pub image: String,
+    /// What failed (names the blob digest or the manifest, and where from).
+    pub message: String,
+    /// Whether a retry may help.
+    pub kind: FailureKind,
+}
+
+impl PullError {
+    fn new(image: &str, kind: FailureKind, message: impl Into<String>) -> Self {
+        Self {
+            image: image.to_string(),
+            message: message.into(),
+            kind,
+        }
+    }
+}
+
+fn classify(e: &OciDistributionError) -> FailureKind {
+    use OciDistributionError as E;
+    match e {
+        E::RequestError(_) | E::IoError(_) => FailureKind::Transient,
+        E::ServerError { code, .. } if *code >= 500 || *code == 429 || *code == 408 => {
+            FailureKind::Transient
+        }
+        E::RegistryError { envelope, .. }
+            if envelope.errors.iter().any(|x| {
+                format!("{:?}", x.code)
+                    .to_ascii_uppercase()
+                    .contains("TOOMANY")
+            }) =>
+        {
+            FailureKind::Transient
+        }
+        E::DigestError(_) => FailureKind::Mismatch,
+        _ => FailureKind::Permanent,
+    }
+}
+
+/// One place to pull an image from.
+#[derive(Clone, Debug)]
+pub struct Source {
+    /// The pull spec at that place.
+    pub pull_spec: String,
+    /// Its reference.
+    pub reference: Reference,
+    /// Plain HTTP.
+    pub insecure: bool,
+    /// Credentials.
+    pub auth: RegistryAuth,
+}
+
+/// A resolved image: where it came from and what to fetch.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    /// The name in the image list.
+    pub name: String,
+    /// Every source, the one that answered first.
+    pub sources: Vec<Source>,
+    /// The top manifest (a list, or the image manifest).
+    pub top: Descriptor,
+    /// The platform manifest's config and layers.
+    pub blobs: Vec<Descriptor>,
+    /// The platform manifest's layers only (in order).
+    pub layers: Vec<Descriptor>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AnyManifest {
+    #[serde(default)]
+    schema_version: u32,
+    #[serde(default)]
+    media_type: Option<String>,
+    #[serde(default)]
+    config: Option<Descriptor>,
+    #[serde(default)]
+    layers: Option<Vec<Descriptor>>,
+    #[serde(default)]
+    manifests: Option<Vec<PlatformDescriptor>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PlatformDescriptor {
+    digest: String,
+    size: u64,
+    #[serde(default)]
+    platform: Option<Platform>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Platform {
+    #[serde(default)]
+    os: String,
+    #[serde(default)]
+    architecture: String,
+}
+
+/// The node's architecture in OCI terms.
+pub fn node_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
+}
+
+/// Registry access settings.
+#[derive(Debug)]
+pub struct PullConfig {
+    /// Mirrors from `registries.conf`.
+    pub mirrors: Mirrors,
+    /// The node's pull secret (`None`: anonymous).
+    pub secret: Option<PullSecret>,
+    /// Extra CA certificates (PEM).
+    pub ca_pems: Vec<Vec<u8>>,
+    /// Concurrent blob downloads.
+    pub parallel: usize,
+    /// Retries.
+    pub retry: RetryPolicy,
+    /// Platform architecture to pick from manifest lists.
+    pub arch: String,
+}
+
+/// Reads every `*.crt` under `<root>/etc/containers/certs.d/*/`.
+pub fn certs_d(host_root: &Path) -> Vec<Vec<u8>> {
+    let dir = crate::facts::host_path(host_root, "/etc/containers/certs.d");
+    let mut out = Vec::new();
+    let Ok(hosts) = std::fs::read_dir(&dir) else {
+        return out;
+    };
+    let mut files: Vec<_> = hosts
+        .flatten()
+        .filter_map(|h| std::fs::read_dir(h.path()).ok())
+        .flat_map(|d| d.flatten().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "crt"))
+        .collect();
+    files.sort();
+    for f in files {
+        match std::fs::read(&f) {
+            Ok(b) => out.push(b),
+            Err(e) => {
+                tracing::warn!(file = %f.display(), error = %e, "cannot read a CA certificate")
+            }
+        }
+    }
+    out
+}
+
+/// The shared outcome of one blob's download (the in-flight map's value).
+type BlobCell = OnceCell<Result<(), PullError>>;
+
+/// Pulls images into the cache.
+pub struct Puller {
+    secure: Client,
+    insecure: Client,
+    cfg: PullConfig,
+    cache: Arc<Cache>,
+    limiter: Arc<Limiter>,
+    journal: Arc<Journal>,
+    slots: Semaphore,
+    inflight: Mutex<HashMap<String, Arc<BlobCell>>>,
+}
+
+impl std::fmt::Debug for Puller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Puller")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Installs rustls' ring provider for oci-client (once per process; later calls are no-ops).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+impl Puller {
+    /// A puller writing into `cache`.
+    pub fn new(
+        cfg: PullConfig,
+        cache: Arc<Cache>,
+        limiter: Arc<Limiter>,
+        journal: Arc<Journal>,
+    ) -> Result<Self, PullError> {
+        install_crypto_provider();
+        let make = |protocol: ClientProtocol| {
+            let config = ClientConfig {
+                protocol,
+                extra_root_certificates: cfg
+                    .ca_pems
+                    .iter()
+                    .map(|p| Certificate {
+                        encoding: CertificateEncoding::Pem,
+                        data: p.clone(),
+                    })
+                    .collect(),
+                platform_resolver: None,
+                connect_timeout: Some(Duration::from_secs(15)),
+                read_timeout: Some(Duration::from_secs(60)),
+                user_agent: concat!("talm-agent/", env!("CARGO_PKG_VERSION")),
+                ..ClientConfig::default()
+            };
+            Client::try_from(config).map_err(|e| {
+                PullError::new(
+                    "-",
+                    FailureKind::Permanent,
+                    format!("cannot build the registry client: {e}"),
+                )
+            })
+        };
+        Ok(Self {
+            secure: make(ClientProtocol::Https)?,
+            insecure: make(ClientProtocol::Http)?,
+            slots: Semaphore::new(cfg.parallel.max(1)),
+            cfg,
+            cache,
+            limiter,
+            journal,
+            inflight: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn live(&self) -> &Live {
+        &self.journal.live
+    }
+
+    fn client(&self, s: &Source) -> &Client {
+        if s.insecure {
+            &self.insecure
+        } else {
+            &self.secure
+        }
+    }
+
+    /// The sources of `image`, in the order to try them.
+    pub fn sources(&self, image: &str) -> Result<Vec<Source>, PullError> {
+        let perm = |m: String| PullError::new(image, FailureKind::Permanent, m);
+        let cands = self
+            .cfg
+            .mirrors
+            .candidates(image)
+            .map_err(|e| perm(e.to_string()))?;
+        let mut out = Vec::new();
+        for c in cands {
+            let r: ImageRef = c
+                .pull_spec
+                .parse()
+                .map_err(|e: super::sources::SourceError| perm(e.to_string()))?;
+            let reference = match &r.digest {
+                Some(d) => {
+                    Reference::with_digest(r.registry.clone(), r.repository.clone(), d.clone())
+                }
+                None => Reference::with_tag(
+                    r.registry.clone(),
+                    r.repository.clone(),
+                    r.tag.clone().unwrap_or_else(|| "latest".into()),
+                ),
+            };
+            let auth = self
+                .cfg
+                .secret
+                .as_ref()
+                .and_then(|s| s.credentials(&c.pull_spec))
+                .map_or(RegistryAuth::Anonymous, |(u, p)| RegistryAuth::Basic(u, p));
+            out.push(Source {
+                pull_spec: c.pull_spec.clone(),
+                reference,
+                insecure: c.insecure,
+                auth,
+            });
+        }
+        if out.is_empty() {
+            return Err(perm("no source to pull from".into()));
+        }
+        Ok(out)
+    }
+
+    async fn backoff(&self, b: &mut Backoff) {
+        Live::add(&self.live().retries, 1);
+        tokio::time::sleep(b.next_delay(random_u64())).await;
+    }
+
+    /// Reads the image's manifests (trying every source, with retries), stores them in the
+    /// cache, and returns what to fetch.
+    pub async fn resolve(&self, image: &str) -> Result<Resolved, PullError> {
+        let mut sources = self.sources(image)?;
+        let mut backoff = Backoff::new(self.cfg.retry.initial, self.cfg.retry.max);
+        let mut last = None;
+        for attempt in 0..=self.cfg.retry.retries {
+            if attempt > 0 {
+                self.backoff(&mut backoff).await;
+            }
+            let mut any_retryable = false;
+            for (i, s) in sources.iter().enumerate() {
+                match self.resolve_at(image, s).await {
+                    Ok((top, blobs, layers)) => {
+                        sources.swap(0, i);
+                        return Ok(Resolved {
+                            name: image.to_string(),
+                            sources,
+                            top,
+                            blobs,
+                            layers,
+                        });
+                    }
+                    Err(e) => {
+                        tracing::debug!(image, source = %s.pull_spec, error = %e.message, "manifest");
+                        any_retryable |= e.kind != FailureKind::Permanent;
+                        last = Some(e);
+                    }
+                }
+            }
+            if !any_retryable {
+                break;
+            }
+        }
+        Err(last.unwrap_or_else(|| PullError::new(image, FailureKind::Permanent, "no source")))
+    }
+
+    async fn manifest(
+        &self,
+        image: &str,
+        s: &Source,
+        reference: &Reference,
+    ) -> Result<(bytes::Bytes, Digest), PullError> {
+        let (body, digest) = self
+            .client(s)
+            .pull_manifest_raw(reference, &s.auth, &ACCEPTED)
+            .await
+            .map_err(|e| {
+                PullError::new(
+                    image,
+                    classify(&e),
+                    format!("manifest {reference} from {}: {e}", s.pull_spec),
+                )
+            })?;
+        Live::add(&self.live().bytes_fetched, body.len() as u64);
+        // oci-client checks the body against the digest of a digest reference; check again
+        // (and check tag references against the registry's digest header) here.
+        let d = Digest::of(&body);
+        if let Some(want) = reference.digest()
+            && want != d.as_str()
+        {
+            return Err(PullError::new(
+                image,
+                FailureKind::Mismatch,
+                format!("manifest {reference}: digest mismatch: the content hashes to {d}"),
+            ));
+        }
+        if digest.starts_with("sha256:") && digest != d.as_str() {
+            return Err(PullError::new(
+                image,
+                FailureKind::Mismatch,
+                format!(
+                    "manifest {reference}: the registry says {digest}, the content hashes to {d}"
+                ),
+            ));
+        }
+        self.cache
+            .put_bytes(&d, &body)
+            .await
+            .map_err(|e| PullError::new(image, FailureKind::Permanent, e.to_string()))?;
+        Ok((body, d))
+    }
+
+    async fn resolve_at(
+        &self,
+        image: &str,
+        s: &Source,
+    ) -> Result<(Descriptor, Vec<Descriptor>, Vec<Descriptor>), PullError> {
+        let bad = |m: String| PullError::new(image, FailureKind::Permanent, m);
+        let (body, d) = self.manifest(image, s, &s.reference).await?;
+        let parsed: AnyManifest = serde_json::from_slice(&body)
+            .map_err(|e| bad(format!("manifest {d} from {}: {e}", s.pull_spec)))?;
+        let top_type = media_type(&parsed);
+        let top = Descriptor {
+            media_type: top_type.clone(),
+            digest: d.to_string(),
+            size: body.len() as u64,
+            ..Default::default()
+        };
+        let (manifest, mdigest) = if let Some(list) = &parsed.manifests {
+            let arch = self.cfg.arch.as_str();
+            let pick = list
+                .iter()
+                .find(|m| {
+                    m.platform
+                        .as_ref()
+                        .is_some_and(|p| p.os == "linux" && p.architecture == arch)
+                })
+                .ok_or_else(|| {
+                    bad(format!(
+                        "manifest list {d} has no linux/{arch} image (platforms: {})",
+                        list.iter()
+                            .filter_map(|m| m.platform.as_ref())
+                            .map(|p| format!("{}/{}", p.os, p.architecture))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                })?;
+            let child = Reference::with_digest(
+                s.reference.registry().to_string(),
+                s.reference.repository().to_string(),
+                pick.digest.clone(),
+            );
+            let (cbody, cd) = self.manifest(image, s, &child).await?;
+            if cbody.len() as u64 != pick.size {
+                return Err(PullError::new(
+                    image,
+                    FailureKind::Mismatch,
+                    format!(
+                        "manifest {cd}: {} bytes, the list says {}",
+                        cbody.len(),
+                        pick.size
+                    ),
+                ));
+            }
+            let m: AnyManifest = serde_json::from_slice(&cbody)
+                .map_err(|e| bad(format!("manifest {cd} from {}: {e}", s.pull_spec)))?;
+            (m, cd)
+        } else {
+            (parsed, d)
+        };
+        if manifest.schema_version != 2 {
+            return Err(bad(format!(
+                "manifest {mdigest}: schema version {} is not supported",
+                manifest.schema_version
+            )));
+        }
+        let config = manifest
+            .config
+            .ok_or_else(|| bad(format!("manifest {mdigest} has no config")))?;
+        let layers = manifest.layers.unwrap_or_default();
+        let mut blobs = vec![config];
+        blobs.extend(layers.iter().cloned());
+        for b in &blobs {
+            Digest::parse(&b.digest).map_err(|e| bad(format!("manifest {mdigest}: {e}")))?;
+        }
+        Ok((top, blobs, layers))
+    }
+
+    /// Fetches every blob of `r` (concurrently, each at most once per run).
+    pub async fn fetch_all(&self, r: &Resolved) -> Result<(), PullError> {
+        let results =
+            futures_util::future::join_all(r.blobs.iter().map(|b| self.fetch_blob(r, b))).await;
+        results
+            .into_iter()
+            .collect::<Result<Vec<()>, _>>()
+            .map(drop)
+    }
+
+    /// Fetches one blob of `r` unless the cache has it; waits for another image's download of
+    /// the same blob instead of starting a second one.
+    pub async fn fetch_blob(&self, r: &Resolved, desc: &Descriptor) -> Result<(), PullError> {
+        let cell = {
+            let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(desc.digest.clone())
+                .or_insert_with(|| Arc::new(OnceCell::new()))
+                .clone()
+        };
+        let out = cell
+            .get_or_init(|| self.fetch_blob_retrying(r, desc))
+            .await
+            .clone();
+        if out.is_err() {
+            // Let a later image try again.
+            let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            if map.get(&desc.digest).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                map.remove(&desc.digest);
+            }
+        }
+        out.map_err(|mut e| {
+            if e.image != r.name {
+                e.message = format!("{} (while pulling {})", e.message, e.image);
+                e.image = r.name.clone();
+            }
+            e
+        })
+    }
+
+    async fn fetch_blob_retrying(&self, r: &Resolved, desc: &Descriptor) -> Result<(), PullError> {
+        let d = Digest::parse(&desc.digest)
+            .map_err(|e| PullError::new(&r.name, FailureKind::Permanent, e.to_string()))?;
+        if self.cache.has_blob(&d, desc.size) {
+            Live::add(&self.live().blobs_cached, 1);
+            Live::add(&self.live().bytes_done, desc.size);
+            return Ok(());
+        }
+        let mut backoff = Backoff::new(self.cfg.retry.initial, self.cfg.retry.max);
+        let mut last = None;
+        for attempt in 0..=self.cfg.retry.retries {
+            if attempt > 0 {
+                self.backoff(&mut backoff).await;
+            }
+            let mut any_retryable = false;
+            for s in &r.sources {
+                match self.download(&r.name, s, &d, desc.size).await {
+                    Ok(()) => {
+                        Live::add(&self.live().blobs_fetched, 1);
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        tracing::warn!(image = %r.name, source = %s.pull_spec, attempt, error = %e.message, "blob download failed");
+                        if e.kind == FailureKind::Mismatch {
+                            Live::add(&self.live().digest_mismatches, 1);
+                        }
+                        any_retryable |= e.kind != FailureKind::Permanent;
+                        last = Some(e);
+                    }
+                }
+            }
+            if !any_retryable {
+                break;
+            }
+        }
+        Err(last.unwrap_or_else(|| PullError::new(&r.name, FailureKind::Permanent, "no source")))
+    }
+
+    /// One download attempt from one source, resuming the partial file.
+    async fn download(
+        &self,
+        image: &str,
+        s: &Source,
+        d: &Digest,
+        size: u64,
+    ) -> Result<(), PullError> {
+        let _slot = self.slots.acquire().await.map_err(|_| {
+            PullError::new(image, FailureKind::Permanent, "the download pool is closed")
+        })?;
+        let cache_err = |e: CacheError| {
+            let kind = if matches!(e, CacheError::Mismatch { .. }) {
+                FailureKind::Mismatch
+            } else {
+                FailureKind::Permanent
+            };
+            PullError::new(image, kind, format!("from {}: {e}", s.pull_spec))
+        };
+        let mut part = self.cache.open_partial(d, size).await.map_err(cache_err)?;
+        let live = self.live();
+        // Bytes on disk count as done; an attempt that fails gives back what it counted (the
+        // next one counts the partial again).
+        let mut counted = part.len();
+        Live::add(&live.bytes_done, counted);
+        let result = self.stream_into(image, s, d, &mut part, &mut counted).await;
+        let result = match result {
+            Ok(()) => part.commit().await.map_err(cache_err),
+            Err(e) => {
+                let _ = part.flush().await;
+                Err(e)
+            }
+        };
+        if result.is_err() {
+            Live::sub(&live.bytes_done, counted);
+        }
+        result
+    }
+
+    async fn stream_into(
+        &self,
+        image: &str,
+        s: &Source,
+        d: &Digest,
+        part: &mut super::cache::Partial,
+        counted: &mut u64,
+    ) -> Result<(), PullError> {
+        let size = part.size();
+        if part.len() >= size {
+            return Ok(());
+        }
+        let live = self.live();
+        let offset = part.len();
+        let net = |e: String| {
+            PullError::new(
+                image,
+                FailureKind::Transient,
+                format!("blob {d} from {}: {e}", s.pull_spec),
+            )
+        };
+        let cache_err = |e: CacheError| {
+            let kind = if matches!(e, CacheError::Mismatch { .. }) {
+                FailureKind::Mismatch
+            } else {
+                FailureKind::Permanent
+            };
+            PullError::new(image, kind, format!("from {}: {e}", s.pull_spec))
+        };
+        let client = self.client(s);
+        client
+            .store_auth_if_needed(s.reference.resolve_registry(), &s.auth)
+            .await;
+        let resp = client
+            .pull_blob_stream_partial(&s.reference, &d.as_str(), offset, None)
+            .await
+            .map_err(|e| {
+                PullError::new(
+                    image,
+                    classify(&e),
+                    format!("blob {d} from {}: {e}", s.pull_spec),
+                )
+            })?;
+        let mut stream = match resp {
+            BlobResponse::Partial(st) => {
+                if offset > 0 {
+                    Live::add(&live.blobs_resumed, 1);
+                }
+                st
+            }
+            BlobResponse::Full(st) => {
+                if offset > 0 {
+                    // The server ignored the Range header: start over.
+                    Live::sub(&live.bytes_done, *counted);
+                    *counted = 0;
+                    part.restart().await.map_err(cache_err)?;
+                }
+                st
+            }
+        };
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(bytes) => {
+                    let n = bytes.len() as u64;
+                    self.limiter.acquire(n).await;
+                    part.write(&bytes).await.map_err(cache_err)?;
+                    *counted += n;
+                    Live::add(&live.bytes_fetched, n);
+                    Live::add(&live.bytes_done, n);
+                }
+                // oci-client verifies full responses itself and fails at the end on a mismatch;
+                // with every byte in hand, our own check below gives the clear error.
+                Err(_) if part.len() == size => break,
+                Err(e) => return Err(net(e.to_string())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Pulls `image` into the cache: manifests, then blobs; then names it in `index.json`.
+    pub async fn pull(&self, r: &Resolved) -> Result<(), PullError> {
+        self.fetch_all(r).await?;
+        self.cache
+            .tag(&oci_ref_name(&r.name), r.top.clone())
+            .await
+            .map_err(|e| PullError::new(&r.name, FailureKind::Permanent, e.to_string()))
+    }
+
+    /// The cache.
+    pub fn cache(&self) -> &Arc<Cache> {
+        &self.cache
+    }
+}
+
+fn media_type(m: &AnyManifest) -> String {
+    match &m.media_type {
+        Some(t) if !t.is_empty() => t.clone(),
+        _ if m.manifests.is_some() => OCI_INDEX.to_string(),
+        _ => OCI_MANIFEST.to_string(),
+    }
+}
+
+/// The `org.opencontainers.image.ref.name` of an image in the cache: its pull spec when that is
+/// a valid OCI ref name (`skopeo copy oci:<dir>:<name>` then reads naturally), otherwise
+/// `img-<sha256 of the pull spec>`.
+pub fn oci_ref_name(pull_spec: &str) -> String {
+    static RE: std::sync::OnceLock<Option<regex::Regex>> = std::sync::OnceLock::new();
+    let re = RE.get_or_init(|| {
+        regex::Regex::new(
+            r"^[A-Za-z0-9]+(([-._:@+]|--)[A-Za-z0-9]+)*(/[A-Za-z0-9]+(([-._:@+]|--)[A-Za-z0-9]+)*)*$",
+        )
+        .ok()
+    });
+    if re.as_ref().is_some_and(|re| re.is_match(pull_spec)) {
+        pull_spec.to_string()
+    } else {
+        format!("img-{}", Digest::of(pull_spec.as_bytes()).hex())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ref_names() {
+        assert_eq!(
+            oci_ref_name("127.0.0.1:5000/a/b:v1"),
+            "127.0.0.1:5000/a/b:v1"
+        );
+        let d = format!("q.io/a/b@sha256:{}", "a".repeat(64));
+        assert_eq!(oci_ref_name(&d), d);
+        assert!(oci_ref_name("q.io/a__b:v1").starts_with("img-"));
+    }
+
+    #[test]
+    fn errors_are_classified() {
+        use OciDistributionError as E;
+        let server = |code| E::ServerError {
+            code,
+            url: "u".into(),
+            message: String::new(),
+        };
+        assert_eq!(classify(&server(503)), FailureKind::Transient);
+        assert_eq!(classify(&server(429)), FailureKind::Transient);
+        assert_eq!(classify(&server(404)), FailureKind::Permanent);
+        assert_eq!(
+            classify(&E::UnauthorizedError { url: "u".into() }),
+            FailureKind::Permanent
+        );
+        assert_eq!(
+            classify(&E::IoError(std::io::Error::other("reset"))),
+            FailureKind::Transient
+        );
+    }
+
+    #[test]
+    fn manifest_media_types() {
+        let m: AnyManifest = serde_json::from_str(r#"{"schemaVersion":2,"manifests":[]}"#).unwrap();
+        assert_eq!(media_type(&m), OCI_INDEX);
+        let m: AnyManifest = serde_json::from_str(
+            r#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json"}"#,
+        )
+        .unwrap();
+        assert_eq!(media_type(&m), DOCKER_MANIFEST);
+    }
+}
