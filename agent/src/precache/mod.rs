@@ -23,6 +23,9 @@
 pub mod cache;
 pub mod cli;
 pub mod import;
+
+/// The most `skopeo copy` imports that run at once.
+pub const IMPORT_PARALLEL: usize = 4;
 pub mod limit;
 pub mod list;
 pub mod pull;
@@ -398,8 +401,12 @@ async fn run_inner(
         low_priority: opts.low_priority_tools,
         arch: pull::node_arch().to_string(),
     };
-    // One import at a time: containers-storage serializes writers anyway.
-    let import_slot = Arc::new(tokio::sync::Semaphore::new(1));
+    // Up to IMPORT_PARALLEL imports at once: containers-storage locks its stores itself (TALM's
+    // ten parallel `podman pull`s share one storage the same way), and most of a `skopeo copy`
+    // is process start-up, manifest/config work and layer reuse checks that overlap well.
+    let import_slot = Arc::new(tokio::sync::Semaphore::new(
+        opts.parallel.clamp(1, IMPORT_PARALLEL),
+    ));
     futures_util::stream::iter(ready.into_iter().map(|r| {
         let (puller, journal, importer, slot) = (
             puller.clone(),
