@@ -1361,7 +1361,8 @@ fn csv_matches_rbac_deployments_images_and_crds() {
     // The deployments are deploy/base/core's, image included.
     let mut images = BTreeSet::new();
     assert_eq!(install["deployments"].as_array().unwrap().len(), 1);
-    for file in ["base/core/hub-deployment.yaml"] {
+    {
+        let file = "base/core/hub-deployment.yaml";
         let d = &docs(file)[0];
         let c = install["deployments"]
             .as_array()
