@@ -1597,3 +1597,74 @@ fn recovery_partition_example_mounts_its_partition_at_var_recovery() {
     assert!(contents.contains("Where=/var/recovery\n"));
     assert!(contents.contains(&format!("Type={}\n", s(fs, "/format"))));
 }
+
+// ----- enrollment against the Secrets store ----------------------------------------------------
+
+/// `talm-hub agents machineconfig` without --state-dir, as docs/operations.md runs it: the
+/// token goes into a Secret, the CA is the `ca.crt` of `talm-gateway-serving`; without that
+/// Secret it fails, naming it, and issues no token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn machineconfig_uses_the_secrets_store_and_the_serving_ca() {
+    let double = KubeDouble::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kc,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: d\n  cluster:\n    server: {}\n\
+             contexts:\n- name: d\n  context:\n    cluster: d\n    user: u\n\
+             current-context: d\nusers:\n- name: u\n  user: {{}}\n",
+            double.url()
+        ),
+    )
+    .unwrap();
+    let run = |kc: std::path::PathBuf| {
+        #[allow(clippy::disallowed_methods)] // the test drives the real binary
+        std::process::Command::new(env!("CARGO_BIN_EXE_talm-hub"))
+            .args(["agents", "machineconfig", "sno1", "--namespace", NAMESPACE])
+            .args([
+                "--hub-endpoint",
+                "https://talm-gateway.apps.hub.example.com:443",
+            ])
+            .env("KUBECONFIG", kc)
+            .env_remove("TALM_STATE_DIR")
+            .env_remove("TALM_HUB_CA_BUNDLE")
+            .output()
+            .unwrap()
+    };
+    let tokens = || double.list_values("v1", "Secret", Some(NAMESPACE)).len();
+    let out = tokio::task::spawn_blocking({
+        let kc = kc.clone();
+        move || run(kc)
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("talm-gateway-serving"), "{err}");
+    assert_eq!(tokens(), 0, "no token for a failed render");
+
+    talm_hub::operator::agents::pki::ensure_serving(
+        double.client(),
+        NAMESPACE,
+        &["talm-gateway.apps.hub.example.com".to_string()],
+        std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_772_445_600),
+    )
+    .await
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || run(kc)).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mc = String::from_utf8(out.stdout).unwrap();
+    assert!(mc.contains("50-talm-agent-sno1"), "{mc}");
+    let token_secrets: Vec<Value> = double
+        .list_values("v1", "Secret", Some(NAMESPACE))
+        .into_iter()
+        .filter(|s| name(s).starts_with("talm-token-"))
+        .collect();
+    assert_eq!(token_secrets.len(), 1);
+    double.shutdown().await;
+}
