@@ -23,10 +23,15 @@ use std::time::Duration;
 
 use clap::CommandFactory;
 use serde_json::{Value, json};
+use talm_gateway::GatewayConfig;
+use talm_gateway::enroll::secret_hash;
+use talm_gateway::store::TokenRecord;
+use talm_hub::operator::agents::{AgentGateway, GatewaySettings, ServingTls, secrets};
 use talm_hub::operator::{Config, LeaderElection, LeaseTiming, ManualClock, Operator};
 use talm_hub::plan::graph::FileUpdateGraph;
 use talm_kube_double::{Fault, KubeDouble, Verb};
 use talm_shared::api::cgu::ClusterGroupUpgrade;
+use talm_shared::clock::{Clock, SystemClock};
 
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/talm");
@@ -477,9 +482,9 @@ fn kustomize_base_and_overlays_resolve() {
     let default = built("overlays/default");
     let host = s(find(&default, "Route", "talm-gateway"), "/spec/host");
     assert!(!host.is_empty());
-    let names = env_of(container(find(&default, "Deployment", "talm-gateway")))
-        ["TALM_GATEWAY_SERVER_NAMES"]
-        .clone();
+    let names =
+        env_of(container(find(&default, "Deployment", "talm-hub")))["TALM_GATEWAY_SERVER_NAMES"]
+            .clone();
     assert!(
         names.split(',').any(|n| n == host),
         "the gateway certificate must name the Route host {host}: {names}"
@@ -525,7 +530,7 @@ fn kustomize_base_and_overlays_resolve() {
 fn deployments_are_restricted_v2_and_use_real_flags() {
     let objs = built("base");
     let deps = deployments(&objs);
-    assert_eq!(deps.len(), 2);
+    assert_eq!(deps.len(), 1, "talm-hub run serves the gateway too");
     for d in &deps {
         let n = name(d);
         let pod = &d["spec"]["template"]["spec"];
@@ -638,9 +643,27 @@ fn deployments_are_restricted_v2_and_use_real_flags() {
         .unwrap();
     assert!(args.contains(&format!("--health-addr=0.0.0.0:{}", health["containerPort"]).as_str()));
     assert_eq!(s(hub, "/spec/template/spec/serviceAccountName"), "talm-hub");
-    let gw = find(&objs, "Deployment", "talm-gateway");
-    assert_eq!(gw["spec"]["replicas"], 1, "file-backed state: one replica");
-    assert_eq!(s(gw, "/spec/strategy/type"), "Recreate");
+    // Every replica serves the agents' gateway: the gRPC port, the Secrets' namespace from
+    // the downward API, no volume for state.
+    let grpc = c["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "grpc")
+        .unwrap();
+    assert!(args.contains(&format!("--grpc-addr=0.0.0.0:{}", grpc["containerPort"]).as_str()));
+    let ns = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "TALM_NAMESPACE")
+        .unwrap();
+    assert_eq!(s(ns, "/valueFrom/fieldRef/fieldPath"), "metadata.namespace");
+    assert!(
+        !env_of(c).contains_key("TALM_STATE_DIR")
+            && objs.iter().all(|o| kind(o) != "PersistentVolumeClaim"),
+        "gateway state lives in Secrets"
+    );
 }
 
 #[test]
@@ -700,7 +723,11 @@ fn services_route_monitoring_and_network_policies_fit_the_pods() {
         })
         .map(name)
         .collect();
-    assert_eq!(scraped, ["talm-hub-metrics", "talm-gateway-metrics"]);
+    assert_eq!(
+        scraped,
+        ["talm-hub-metrics"],
+        "talm_gateway_* are on run's port"
+    );
     assert_eq!(s(sm, "/spec/endpoints/0/port"), "metrics");
     // Every container port is allowed in by some NetworkPolicy (after the default deny).
     let policies: Vec<&Value> = objs.iter().filter(|o| kind(o) == "NetworkPolicy").collect();
@@ -795,7 +822,7 @@ fn rules_of(role: &Value) -> Rules {
 fn rbac() -> (Value, Value, Vec<Value>) {
     let objs = docs("base/core/rbac.yaml");
     let cr = find(&objs, "ClusterRole", "talm-hub").clone();
-    let role = find(&objs, "Role", "talm-hub-leader-election").clone();
+    let role = find(&objs, "Role", "talm-hub").clone();
     (cr, role, objs)
 }
 
@@ -835,6 +862,9 @@ fn minus(a: &Rules, b: &Rules) -> Rules {
 const NOT_EXERCISED: &[(&str, &str, &str, &str)] = &[];
 
 const WAIT: Duration = Duration::from_secs(60);
+
+/// (group, resource) the operator uses only in its own namespace: granted by the Role.
+const HUB_NAMESPACE_ONLY: &[(&str, &str)] = &[("coordination.k8s.io", "leases"), ("", "secrets")];
 
 async fn wait_for<T>(what: &str, double: &KubeDouble, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -887,6 +917,19 @@ fn set_compliant(double: &KubeDouble, policy: &str, cluster: &str) {
     double.put_value(p).unwrap();
 }
 
+const MCV: &str = "view.open-cluster-management.io/v1beta1";
+
+/// Plays RHACM's view addon: the spoke object's content in the view's status (written
+/// directly, so the request log holds the operator's calls only).
+fn fill_view(double: &KubeDouble, mut view: Value, result: Value) {
+    view["status"] = json!({
+        "conditions": [{"type": "Processing", "status": "True",
+                        "reason": "GetResourceProcessing", "message": "Watching resources successfully",
+                        "lastTransitionTime": "2026-03-02T10:00:00Z"}],
+        "result": result});
+    double.put_value(view).unwrap();
+}
+
 fn cgu(double: &KubeDouble) -> Option<Value> {
     double.get_value(
         "ran.openshift.io/v1alpha1",
@@ -916,10 +959,40 @@ async fn observed_calls() -> (Rules, Vec<String>) {
         "policies.yaml",
         "child-policies.yaml",
     ] {
-        for o in yaml_docs(&Path::new(FIXTURES).join("objects").join(f)).unwrap() {
+        for mut o in yaml_docs(&Path::new(FIXTURES).join("objects").join(f)).unwrap() {
+            if kind(&o) == "ManagedCluster" {
+                // Only sno-ztp (below) gets a ZTP CGU; the rollout's clusters are done.
+                o["metadata"]["labels"]["ztp-done"] = json!("");
+            }
             double.put_value(o).unwrap();
         }
     }
+    // A freshly installed, Available cluster: the ZTP controller creates ztp-install (the
+    // Namespace) and the CGU ztp-install/sno-ztp.
+    double
+        .put_value(json!({
+            "apiVersion": "cluster.open-cluster-management.io/v1", "kind": "ManagedCluster",
+            "metadata": {"name": "sno-ztp", "labels": {"name": "sno-ztp"}},
+            "spec": {"hubAcceptsClient": true},
+            "status": {"conditions": [{"type": "ManagedClusterConditionAvailable",
+                "status": "True", "reason": "r", "message": "m",
+                "lastTransitionTime": "2026-03-02T10:00:00Z"}]}
+        }))
+        .unwrap();
+    // A bootstrap token for spoke1, as `talm-hub agents token spoke1` (an administrator's
+    // call, not the operator's: written directly, so it stays out of the request log).
+    let token_secret = "s3cr3t-rbac-token";
+    let record = TokenRecord {
+        id: "rbac01".into(),
+        cluster: "spoke1".into(),
+        secret_sha256: secret_hash(token_secret),
+        expires_at: SystemClock.unix() + 3600,
+        used_at: None,
+        used_by: None,
+    };
+    double
+        .put_value(serde_json::to_value(secrets::token_to_secret(NAMESPACE, &record)).unwrap())
+        .unwrap();
     double
         .put_value(json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "cluster-group-upgrade-overrides", "namespace": "default"},
@@ -939,10 +1012,10 @@ async fn observed_calls() -> (Rules, Vec<String>) {
                 "backup": true,
                 "enable": false,
                 "actions": {
-                    "beforeEnable": {"addClusterLabels": {"ztp-running": ""}},
+                    "beforeEnable": {"addClusterLabels": {"rbac-running": ""}},
                     "afterCompletion": {
-                        "addClusterLabels": {"ztp-done": ""},
-                        "deleteClusterLabels": {"ztp-running": ""},
+                        "addClusterLabels": {"rbac-done": ""},
+                        "deleteClusterLabels": {"rbac-running": ""},
                         "deleteObjects": true
                     }
                 }
@@ -972,14 +1045,37 @@ async fn observed_calls() -> (Rules, Vec<String>) {
         identity: "talm-hub-0".into(),
         graph: Arc::new(graph),
         graph_fetcher: None,
+        ztp: true,
     };
     let clock = Arc::new(ManualClock::new("2026-03-02T10:00:00Z".parse().unwrap()));
     let op = Operator::new(double.client(), clock, config);
     let (stop, rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(op.run(async move {
-        let mut rx = rx;
-        let _ = rx.wait_for(|s| *s).await;
-    }));
+    let stopped = move || {
+        let mut rx = rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    // The gateway, as `talm-hub run` starts it in every replica: the agents' CA and the
+    // serving certificate (Secrets, created on first start), the enrollment watch.
+    let gw = AgentGateway::start(
+        op.shared(),
+        GatewaySettings {
+            namespace: NAMESPACE.into(),
+            serving: ServingTls::Generated {
+                names: vec!["talm-gateway.talm-system.svc".into()],
+            },
+            gateway: GatewayConfig::default(),
+            cert_lifetime: Duration::from_secs(3600),
+        },
+        Arc::new(SystemClock),
+    )
+    .await
+    .unwrap();
+    let gateway = gw.gateway.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let serving = tokio::spawn(gw.serve(listener, stopped()));
+    let task = tokio::spawn(op.run(stopped()));
 
     let d = &double;
     wait_for("pre-caching done", d, || {
@@ -1002,6 +1098,48 @@ async fn observed_calls() -> (Rules, Vec<String>) {
         .then_some(())
     })
     .await;
+    // InstallPlan approval (P2 holds a Subscription): once spoke1 reaches P2 the operator
+    // views the Subscription; RHACM fills the view from the spoke; the operator views the
+    // InstallPlan, then approves it with an action.
+    set_compliant(d, P0, "spoke1");
+    set_compliant(d, P1, "spoke1");
+    let sub_view = "cgu-rbac-default-subscription-performance-addon-operator-rbac";
+    let view = wait_for("Subscription view", d, || {
+        d.get_value(MCV, "ManagedClusterView", Some("spoke1"), sub_view)
+    })
+    .await;
+    fill_view(
+        d,
+        view,
+        json!({"apiVersion": "operators.coreos.com/v1alpha1", "kind": "Subscription",
+               "metadata": {"name": "performance-addon-operator",
+                            "namespace": "openshift-performance-addon-operator"},
+               "status": {"state": "UpgradePending",
+                          "install": {"name": "install-rbac", "kind": "InstallPlan"}}}),
+    );
+    let view = wait_for("InstallPlan view", d, || {
+        d.get_value(MCV, "ManagedClusterView", Some("spoke1"), "install-rbac")
+    })
+    .await;
+    fill_view(
+        d,
+        view,
+        json!({"apiVersion": "operators.coreos.com/v1alpha1", "kind": "InstallPlan",
+               "metadata": {"name": "install-rbac",
+                            "namespace": "openshift-performance-addon-operator",
+                            "resourceVersion": "7"},
+               "spec": {"approval": "Manual", "approved": false,
+                        "clusterServiceVersionNames": ["performance-addon-operator.v4.9.0"]}}),
+    );
+    wait_for("InstallPlan approval action", d, || {
+        d.get_value(
+            "action.open-cluster-management.io/v1beta1",
+            "ManagedClusterAction",
+            Some("spoke1"),
+            "install-rbac",
+        )
+    })
+    .await;
     for cluster in ["spoke1", "spoke4"] {
         for p in [P0, P1, P2] {
             set_compliant(d, p, cluster);
@@ -1021,7 +1159,7 @@ async fn observed_calls() -> (Rules, Vec<String>) {
         .unwrap()["metadata"]["labels"]
         .clone();
     assert!(
-        labels.get("ztp-done").is_some(),
+        labels.get("rbac-done").is_some(),
         "afterCompletion ran: {labels}"
     );
     assert!(
@@ -1029,21 +1167,62 @@ async fn observed_calls() -> (Rules, Vec<String>) {
         "{:#}",
         done["status"]
     );
+    // ZTP: sno-ztp got its CGU in ztp-install.
+    wait_for("ZTP CGU", d, || {
+        d.get_value(
+            "ran.openshift.io/v1alpha1",
+            "ClusterGroupUpgrade",
+            Some("ztp-install"),
+            "sno-ztp",
+        )
+    })
+    .await;
+    // The gateway: spoke1's agent enrolls with the token (consumed in its Secret, the
+    // enrollment Secret created), renews its certificate, and reports status (the first
+    // write conflicts: the gateway re-reads the SpokeAgent).
+    double.inject(
+        Fault::error(409)
+            .verb(Verb::Update)
+            .resource("spokeagents")
+            .subresource("status")
+            .times(1),
+    );
+    let gw = gateway.clone();
+    let token = format!("{}.{token_secret}", record.id);
+    tokio::task::spawn_blocking(move || {
+        let (_, csr) = talm_shared::pki::agent_key_and_csr().unwrap();
+        gw.enroller.enroll(&token, &csr).unwrap();
+        let (_, csr) = talm_shared::pki::agent_key_and_csr().unwrap();
+        gw.enroller.renew("spoke1", &csr).unwrap();
+        let mut status = gw.agents.status("spoke1").unwrap().unwrap_or_default();
+        // A heartbeat of the session this replica holds.
+        status.connected = true;
+        status.last_seen = serde_json::from_value(json!("2026-03-02T10:05:00Z")).unwrap();
+        gw.agents.write_status("spoke1", &status).unwrap();
+    })
+    .await
+    .unwrap();
+    assert!(
+        d.get_value("v1", "Secret", Some(NAMESPACE), "talm-enrollment-spoke1")
+            .is_some()
+    );
     // Deletion: the operator cleans up and removes its finalizer.
     d.delete::<ClusterGroupUpgrade>(Some("default"), "cgu-rbac")
         .unwrap();
     wait_for("CGU gone", d, || cgu(d).is_none().then_some(())).await;
     let _ = stop.send(true);
-    tokio::time::timeout(WAIT, task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    for t in [task, serving] {
+        tokio::time::timeout(WAIT, t)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
 
     let requests = double.requests();
     let lease_namespaces: Vec<String> = requests
         .iter()
-        .filter(|r| r.resource == "leases")
+        .filter(|r| HUB_NAMESPACE_ONLY.iter().any(|(_, res)| r.resource == *res))
         .map(|r| r.namespace.clone().unwrap_or_default())
         .filter(|ns| ns != NAMESPACE)
         .collect();
@@ -1064,7 +1243,8 @@ async fn rbac_covers_exactly_the_calls_the_operator_makes() {
     let (observed, foreign_leases) = observed_calls().await;
     assert!(
         foreign_leases.is_empty(),
-        "the Role grants leases in {NAMESPACE} only, but the operator used {foreign_leases:?}"
+        "the Role grants {HUB_NAMESPACE_ONLY:?} in {NAMESPACE} only, but the operator used \
+         them in {foreign_leases:?}"
     );
     let mut granted = rules_of(&cr);
     for (k, v) in rules_of(&role) {
@@ -1074,11 +1254,12 @@ async fn rbac_covers_exactly_the_calls_the_operator_makes() {
         );
         granted.insert(k, v);
     }
-    // The Role is namespaced: only leases belong there.
+    // The Role is namespaced: only the hub namespace's own objects belong there (the leader
+    // Lease, the gateway's Secrets).
     assert!(
         rules_of(&role)
             .keys()
-            .all(|(g, r)| g == "coordination.k8s.io" && r == "leases")
+            .all(|k| HUB_NAMESPACE_ONLY.contains(&(k.0.as_str(), k.1.as_str())))
     );
     let mut allowed_unused = Rules::new();
     for (g, r, v, why) in NOT_EXERCISED {
@@ -1104,7 +1285,7 @@ async fn rbac_covers_exactly_the_calls_the_operator_makes() {
     let sa = s(&hub[0], "/spec/template/spec/serviceAccountName");
     for (bk, rk, rn) in [
         ("ClusterRoleBinding", "ClusterRole", "talm-hub"),
-        ("RoleBinding", "Role", "talm-hub-leader-election"),
+        ("RoleBinding", "Role", "talm-hub"),
     ] {
         let b = objs
             .iter()
@@ -1158,7 +1339,7 @@ fn csv_matches_rbac_deployments_images_and_crds() {
     };
     for (key, role, what) in [
         ("clusterPermissions", &cr, "ClusterRole talm-hub"),
-        ("permissions", &role, "Role talm-hub-leader-election"),
+        ("permissions", &role, "Role talm-hub"),
     ] {
         let (csv_rules, want) = (perms(key, "talm-hub"), rules_of(role));
         assert!(
@@ -1169,13 +1350,19 @@ fn csv_matches_rbac_deployments_images_and_crds() {
             rules_yaml(&minus(&csv_rules, &want))
         );
     }
-    assert!(perms("permissions", "talm-gateway").is_empty());
+    assert!(
+        install["permissions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["serviceAccountName"] == "talm-hub"),
+        "no talm-gateway ServiceAccount: the gateway runs in talm-hub"
+    );
     // The deployments are deploy/base/core's, image included.
     let mut images = BTreeSet::new();
-    for file in [
-        "base/core/hub-deployment.yaml",
-        "base/core/gateway-deployment.yaml",
-    ] {
+    assert_eq!(install["deployments"].as_array().unwrap().len(), 1);
+    {
+        let file = "base/core/hub-deployment.yaml";
         let d = &docs(file)[0];
         let c = install["deployments"]
             .as_array()
@@ -1191,11 +1378,7 @@ fn csv_matches_rbac_deployments_images_and_crds() {
         );
         images.insert(s(container(d), "/image").to_string());
     }
-    assert_eq!(
-        images.len(),
-        1,
-        "hub and gateway run the same image: {images:?}"
-    );
+    assert_eq!(images.len(), 1, "one image: {images:?}");
     let hub_image = images.into_iter().next().unwrap();
     assert_eq!(s(&csv, "/metadata/annotations/containerImage"), hub_image);
     let related: BTreeMap<&str, &str> = csv["spec"]["relatedImages"]
@@ -1413,4 +1596,75 @@ fn recovery_partition_example_mounts_its_partition_at_var_recovery() {
     assert!(contents.contains(&format!("What={device}\n")), "{contents}");
     assert!(contents.contains("Where=/var/recovery\n"));
     assert!(contents.contains(&format!("Type={}\n", s(fs, "/format"))));
+}
+
+// ----- enrollment against the Secrets store ----------------------------------------------------
+
+/// `talm-hub agents machineconfig` without --state-dir, as docs/operations.md runs it: the
+/// token goes into a Secret, the CA is the `ca.crt` of `talm-gateway-serving`; without that
+/// Secret it fails, naming it, and issues no token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn machineconfig_uses_the_secrets_store_and_the_serving_ca() {
+    let double = KubeDouble::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kc,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: d\n  cluster:\n    server: {}\n\
+             contexts:\n- name: d\n  context:\n    cluster: d\n    user: u\n\
+             current-context: d\nusers:\n- name: u\n  user: {{}}\n",
+            double.url()
+        ),
+    )
+    .unwrap();
+    let run = |kc: std::path::PathBuf| {
+        #[allow(clippy::disallowed_methods)] // the test drives the real binary
+        std::process::Command::new(env!("CARGO_BIN_EXE_talm-hub"))
+            .args(["agents", "machineconfig", "sno1", "--namespace", NAMESPACE])
+            .args([
+                "--hub-endpoint",
+                "https://talm-gateway.apps.hub.example.com:443",
+            ])
+            .env("KUBECONFIG", kc)
+            .env_remove("TALM_STATE_DIR")
+            .env_remove("TALM_HUB_CA_BUNDLE")
+            .output()
+            .unwrap()
+    };
+    let tokens = || double.list_values("v1", "Secret", Some(NAMESPACE)).len();
+    let out = tokio::task::spawn_blocking({
+        let kc = kc.clone();
+        move || run(kc)
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("talm-gateway-serving"), "{err}");
+    assert_eq!(tokens(), 0, "no token for a failed render");
+
+    talm_hub::operator::agents::pki::ensure_serving(
+        double.client(),
+        NAMESPACE,
+        &["talm-gateway.apps.hub.example.com".to_string()],
+        std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_772_445_600),
+    )
+    .await
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || run(kc)).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mc = String::from_utf8(out.stdout).unwrap();
+    assert!(mc.contains("50-talm-agent-sno1"), "{mc}");
+    let token_secrets: Vec<Value> = double
+        .list_values("v1", "Secret", Some(NAMESPACE))
+        .into_iter()
+        .filter(|s| name(s).starts_with("talm-token-"))
+        .collect();
+    assert_eq!(token_secrets.len(), 1);
+    double.shutdown().await;
 }

@@ -311,11 +311,13 @@ pub async fn run_gateway(
     Ok(())
 }
 
-/// Renders `agents machineconfig`: validates everything, then issues the token (so bad input
-/// burns no token).
-fn machineconfig(
-    store: &FileEnrollmentStore,
-    state_dir: &Path,
+/// Renders `agents machineconfig`: validates everything, then issues the token into `store`
+/// (so bad input burns no token). The CA bundle is --ca-bundle, else what `default_ca` gives:
+/// `(where it came from, PEM or None when absent)` (the file store's `pki/hub-ca.crt`, or
+/// the `ca.crt` of the `talm-gateway-serving` Secret in Secrets mode).
+pub fn machineconfig(
+    store: &dyn crate::store::EnrollmentStore,
+    default_ca: &dyn Fn() -> Result<(String, Option<Vec<u8>>), CliError>,
     args: &MachineconfigArgs,
 ) -> Result<String, CliError> {
     use crate::machineconfig::{self as mc, AgentInstall, MachineConfigError};
@@ -333,23 +335,23 @@ fn machineconfig(
     mc::check_endpoint(&args.hub_endpoint)?;
     mc::check_install(&install)?;
     check_cluster_name(&args.cluster).map_err(EnrollError::InvalidCluster)?;
-    let ca_path = args
-        .ca_bundle
-        .clone()
-        .unwrap_or_else(|| PkiPaths::under(state_dir).hub_ca);
-    let ca = read(&ca_path)?.ok_or_else(|| {
+    let (ca_origin, ca) = match &args.ca_bundle {
+        Some(path) => (path.display().to_string(), read(path)?),
+        None => default_ca()?,
+    };
+    let ca = ca.ok_or_else(|| {
         CliError::Missing(format!(
-            "{}: no such file (give --ca-bundle, or run `talm-hub gateway` once to generate the PKI)",
-            ca_path.display()
+            "{ca_origin}: not found (give --ca-bundle, or start the gateway once to generate \
+             its certificates)"
         ))
     })?;
-    let ca_pem = String::from_utf8(ca)
-        .map_err(|_| MachineConfigError::CaBundle(ca_path.display().to_string()))?;
+    let ca_pem =
+        String::from_utf8(ca).map_err(|_| MachineConfigError::CaBundle(ca_origin.clone()))?;
     if talm_shared::tls::certs_from_pem("CA bundle", ca_pem.as_bytes())
         .map(|c| c.is_empty())
         .unwrap_or(true)
     {
-        return Err(MachineConfigError::CaBundle(ca_path.display().to_string()).into());
+        return Err(MachineConfigError::CaBundle(ca_origin).into());
     }
     let token = issue_token(
         store,
@@ -389,7 +391,11 @@ pub fn run_agents(args: &AgentsArgs) -> Result<String, CliError> {
             cluster,
             Duration::from_secs(*ttl_secs),
         )?),
-        AgentsCommand::Machineconfig(mc) => machineconfig(&store, dir, mc),
+        AgentsCommand::Machineconfig(mc) => {
+            let hub_ca = PkiPaths::under(dir).hub_ca;
+            let default_ca = || Ok((hub_ca.display().to_string(), read(&hub_ca)?));
+            machineconfig(&store, &default_ca, mc)
+        }
         AgentsCommand::Revoke { cluster } => {
             use crate::store::EnrollmentStore;
             if store.revoke(cluster)? {

@@ -295,9 +295,10 @@ impl GatewayArgs {
     }
 }
 
-/// `talm-hub agents token|revoke` without --state-dir: the same operations on the Secrets of
-/// the hub's namespace (KUBECONFIG or in-cluster config), so tokens can be minted from a
-/// workstation. Returns what to print.
+/// `talm-hub agents token|revoke|machineconfig` without --state-dir: the same operations on
+/// the Secrets of the hub's namespace (KUBECONFIG or in-cluster config), so tokens can be
+/// minted from a workstation. `machineconfig` embeds the `ca.crt` of `talm-gateway-serving`
+/// unless --ca-bundle is given. Returns what to print.
 pub fn run_agents_kube(args: &talm_gateway::cli::AgentsArgs) -> Result<String, OperatorError> {
     use talm_gateway::cli::AgentsCommand;
     use talm_gateway::store::EnrollmentStore;
@@ -311,8 +312,27 @@ pub fn run_agents_kube(args: &talm_gateway::cli::AgentsArgs) -> Result<String, O
         .block_on(kube::Client::try_default())
         .map_err(OperatorError::Client)?;
     let ns = namespace(args.namespace.as_deref());
-    let store = KubeEnrollmentStore::new(client, &ns, rt.handle().clone());
+    let store = KubeEnrollmentStore::new(client.clone(), &ns, rt.handle().clone());
     match &args.command {
+        AgentsCommand::Machineconfig(mc) => {
+            let origin = format!("the ca.crt of Secret {ns}/{}", secrets::SERVING_SECRET);
+            let default_ca = || {
+                let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+                    kube::Api::namespaced(client.clone(), &ns);
+                let secret = rt
+                    .block_on(api.get_opt(secrets::SERVING_SECRET))
+                    .map_err(|e| talm_gateway::cli::CliError::Missing(format!("{origin}: {e}")))?;
+                let pem = match secret {
+                    Some(s) if s.data.as_ref().is_some_and(|d| d.contains_key("ca.crt")) => {
+                        Some(secrets::tls_pem(&s, "ca.crt")?.into_bytes())
+                    }
+                    _ => None,
+                };
+                Ok((origin.clone(), pem))
+            };
+            talm_gateway::cli::machineconfig(&store, &default_ca, mc)
+                .map_err(|e| OperatorError::Gateway(e.to_string()))
+        }
         AgentsCommand::Token { cluster, ttl_secs } => talm_gateway::enroll::issue_token(
             &store,
             &talm_shared::clock::SystemClock,
