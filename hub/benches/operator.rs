@@ -840,6 +840,9 @@ fn print_detail(o: &Outcome) {
     }
 }
 
+/// One summary row: the cell text and the number compared across sizes.
+type Row = Box<dyn Fn(&Outcome) -> (String, f64)>;
+
 fn print_table(all: &[Outcome]) {
     let Some(base) = all.first() else { return };
     let ratio = |a: f64, b: f64| {
@@ -849,7 +852,7 @@ fn print_table(all: &[Outcome]) {
             String::new()
         }
     };
-    let rows: Vec<(&str, Box<dyn Fn(&Outcome) -> (String, f64)>)> = vec![
+    let rows: Vec<(&str, Row)> = vec![
         (
             "rollout to Succeeded",
             Box::new(|o: &Outcome| {
