@@ -371,6 +371,7 @@ async fn revocation_ends_the_session_and_refuses_reconnects() {
     // `talm-hub agents revoke sno-a`, as another process would run it.
     let out = talm_gateway::cli::run_agents(&talm_gateway::cli::AgentsArgs {
         state_dir: Some(state.clone()),
+        namespace: None,
         command: talm_gateway::cli::AgentsCommand::Revoke {
             cluster: "sno-a".into(),
         },
