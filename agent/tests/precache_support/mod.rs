@@ -873,12 +873,25 @@ fn push_all(reg: &Registry, layout: &Layout, pushes: &[Push], workdir: &Path) ->
                     }
                     let p = &pushes[i];
                     let df = workdir.join(format!("digest-{i}"));
-                    let mut c = reg.skopeo();
-                    c.args(["copy", "--quiet", "--digestfile"]).arg(&df);
-                    c.args(reg.skopeo_tls_args(false));
-                    c.arg(format!("oci:{}", layout.image(&p.layout_tag)));
-                    c.arg(format!("docker://{}/{}:{}", reg.host, p.repo, p.tag));
-                    run(&mut c);
+                    let push = || {
+                        let mut c = reg.skopeo();
+                        c.args(["copy", "--quiet", "--digestfile"]).arg(&df);
+                        c.args(reg.skopeo_tls_args(false));
+                        c.arg(format!("oci:{}", layout.image(&p.layout_tag)));
+                        c.arg(format!("docker://{}/{}:{}", reg.host, p.repo, p.tag));
+                        c
+                    };
+                    // docker-registry sometimes answers 500 when several pushes upload the same
+                    // shared blob at once: retry a failed push (the last attempt must succeed).
+                    for _ in 0..3 {
+                        if push().output().is_ok_and(|o| o.status.success()) {
+                            break;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(300));
+                    }
+                    if !df.exists() {
+                        run(&mut push());
+                    }
                     let d = std::fs::read_to_string(&df).unwrap().trim().to_owned();
                     *results[i].lock().unwrap() = Some(d);
                 }
