@@ -25,7 +25,7 @@ use talm_shared::tls::check_cluster_name;
 
 use super::{
     Enrollment, EnrollmentStore, KEPT_SERIALS, SpokeAgentStore, StoreError, TokenRecord,
-    TokenRejection,
+    TokenRejection, TokenUse,
 };
 
 fn io(path: &Path, source: std::io::Error) -> StoreError {
@@ -66,11 +66,6 @@ fn token_id(id: &str) -> Result<(), StoreError> {
         return Err(StoreError::InvalidName(format!("invalid token id {id:?}")));
     }
     Ok(())
-}
-
-/// Compares without an early exit (the inputs are hashes, but keep timing flat anyway).
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A cache entry keyed by file identity, so unchanged files are not re-read.
@@ -186,22 +181,14 @@ impl EnrollmentStore for FileEnrollmentStore {
         let Some(mut t) = read_json::<TokenRecord>(&path)? else {
             return Ok(Err(TokenRejection::Unknown));
         };
-        if !same_bytes(t.secret_sha256.as_bytes(), secret_sha256.as_bytes()) {
-            return Ok(Err(TokenRejection::WrongSecret));
-        }
-        if now >= t.expires_at {
-            return Ok(Err(TokenRejection::Expired));
-        }
-        if t.used_at.is_some() {
-            if t.used_by.as_deref() == Some(csr_sha256) {
-                return Ok(Ok(t.cluster));
+        match t.consume(secret_sha256, csr_sha256, now) {
+            TokenUse::Rejected(r) => Ok(Err(r)),
+            TokenUse::Retried(cluster) => Ok(Ok(cluster)),
+            TokenUse::Consumed(cluster) => {
+                write_json(&path, &t)?;
+                Ok(Ok(cluster))
             }
-            return Ok(Err(TokenRejection::Used));
         }
-        t.used_at = Some(now);
-        t.used_by = Some(csr_sha256.to_string());
-        write_json(&path, &t)?;
-        Ok(Ok(t.cluster))
     }
 
     fn record_certificate(

@@ -79,6 +79,46 @@ pub struct TokenRecord {
     pub used_by: Option<String>,
 }
 
+/// What presenting a token did, decided by [`TokenRecord::consume`] (the same rules for every
+/// store; the store only makes the write atomic).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenUse {
+    /// Refused.
+    Rejected(TokenRejection),
+    /// The same CSR retried an already consumed token: accepted, nothing to write.
+    Retried(String),
+    /// First use: accepted, and the record changed (persist it atomically, then answer).
+    Consumed(String),
+}
+
+impl TokenRecord {
+    /// Checks a presented token against this record (secret, expiry, single use with same-CSR
+    /// retries) and marks it used on first use.
+    pub fn consume(&mut self, secret_sha256: &str, csr_sha256: &str, now: i64) -> TokenUse {
+        if !same_bytes(self.secret_sha256.as_bytes(), secret_sha256.as_bytes()) {
+            return TokenUse::Rejected(TokenRejection::WrongSecret);
+        }
+        if now >= self.expires_at {
+            return TokenUse::Rejected(TokenRejection::Expired);
+        }
+        if self.used_at.is_some() {
+            return if self.used_by.as_deref() == Some(csr_sha256) {
+                TokenUse::Retried(self.cluster.clone())
+            } else {
+                TokenUse::Rejected(TokenRejection::Used)
+            };
+        }
+        self.used_at = Some(now);
+        self.used_by = Some(csr_sha256.to_string());
+        TokenUse::Consumed(self.cluster.clone())
+    }
+}
+
+/// Compares without an early exit (the inputs are hashes, but keep timing flat anyway).
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Why a token was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TokenRejection {

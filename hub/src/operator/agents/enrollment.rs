@@ -21,7 +21,7 @@ use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, watcher as watch_fn};
 use talm_gateway::store::{
-    Enrollment, EnrollmentStore, KEPT_SERIALS, StoreError, TokenRecord, TokenRejection,
+    Enrollment, EnrollmentStore, KEPT_SERIALS, StoreError, TokenRecord, TokenRejection, TokenUse,
 };
 use talm_shared::tls::check_cluster_name;
 use tokio::runtime::Handle;
@@ -173,11 +173,6 @@ fn token_id_ok(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
-/// Compares without an early exit.
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// [`EnrollmentStore`] on Secrets.
 #[derive(Debug, Clone)]
 pub struct KubeEnrollmentStore {
@@ -251,20 +246,11 @@ impl KubeEnrollmentStore {
                 return Ok(Err(TokenRejection::Unknown));
             };
             let mut t = secrets::token_from_secret(&s)?;
-            if !same_bytes(t.secret_sha256.as_bytes(), secret_sha256.as_bytes()) {
-                return Ok(Err(TokenRejection::WrongSecret));
+            match t.consume(secret_sha256, csr_sha256, now) {
+                TokenUse::Rejected(r) => return Ok(Err(r)),
+                TokenUse::Retried(cluster) => return Ok(Ok(cluster)),
+                TokenUse::Consumed(_) => {}
             }
-            if now >= t.expires_at {
-                return Ok(Err(TokenRejection::Expired));
-            }
-            if t.used_at.is_some() {
-                if t.used_by.as_deref() == Some(csr_sha256) {
-                    return Ok(Ok(t.cluster));
-                }
-                return Ok(Err(TokenRejection::Used));
-            }
-            t.used_at = Some(now);
-            t.used_by = Some(csr_sha256.to_string());
             // Keep the read's metadata (resourceVersion): the replace is the atomic step.
             s.data = secrets::token_to_secret(&self.namespace, &t).data;
             match self
