@@ -58,20 +58,10 @@ fn gateway(args: talm_gateway::cli::GatewayArgs) -> Result<(), Error> {
         .enable_all()
         .build()
         .map_err(|e| Error::Gateway(format!("tokio runtime: {e}")))?;
-    rt.block_on(talm_gateway::cli::run_gateway(args, async {
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            () = term => {}
-        }
-    }))
+    rt.block_on(talm_gateway::cli::run_gateway(
+        args,
+        operator::cli::wait_for_signal(),
+    ))
     .map_err(|e| Error::Gateway(e.to_string()))
 }
 

@@ -128,25 +128,15 @@ fn files_named(dir: &Path, prefix: &str) -> Vec<std::path::PathBuf> {
     out
 }
 
-const TOOLS: &[&str] = &["etcd", "etcdctl", "ostree", "chattr"];
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hub_assigned_backup_runs_to_succeeded() {
-    if !require("a_hub_assigned_backup_runs_to_succeeded", TOOLS) {
-        return;
-    }
+/// A hub, a node (real etcd and ostree, commands through `cmds`) and a connected agent that
+/// takes backups on it.
+async fn connected(dir: &Path, cmds: Arc<dyn CommandRunner>) -> (Hub, Node, RunningAgent) {
     init_tracing();
-    let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new();
-    let hub = Hub::start(&dir.path().join("hub"), &pki, fast_config()).await;
-    let n = node(&dir.path().join("node"), Arc::new(RealRunner::new()));
+    let hub = Hub::start(&dir.join("hub"), &pki, fast_config()).await;
+    let n = node(&dir.join("node"), cmds);
     let a = RunningAgent::start(
-        agent_config(
-            &hub.url(),
-            &pki,
-            &dir.path().join("a"),
-            Some(hub.token("sno-a")),
-        ),
+        agent_config(&hub.url(), &pki, &dir.join("a"), Some(hub.token("sno-a"))),
         runner(&n.root, &n.template),
         &n.root,
     );
@@ -154,6 +144,35 @@ async fn a_hub_assigned_backup_runs_to_succeeded() {
         hub.status("sno-a").is_some_and(|s| s.connected)
     })
     .await;
+    (hub, n, a)
+}
+
+/// Once the blocked ostree step is released: the backup reached that step, ended without
+/// completing (no current backup), and no later step ran (no etcd snapshot).
+async fn assert_stopped_after_ostree(n: &Node, slow: &SlowOstree) {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!complete_backup(&n.root));
+    let snaps = files_named(&n.root.join("var/recovery"), "snapshot");
+    assert!(snaps.is_empty(), "no step after ostree may run: {snaps:?}");
+    assert!(
+        slow.log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|c| c.starts_with("ostree")),
+        "the backup reached its ostree step"
+    );
+}
+
+const TOOLS: &[&str] = &["etcd", "etcdctl", "ostree", "chattr"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_assigned_backup_runs_to_succeeded() {
+    if !require("a_hub_assigned_backup_runs_to_succeeded", TOOLS) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, n, a) = connected(dir.path(), Arc::new(RealRunner::new())).await;
     put_backup(&hub, "sno-a", "ns/cgu/uid/backup", 600);
     eventually(120, "backup succeeded", || {
         backup_state(&hub, "sno-a").is_some_and(|(_, s, _)| s == "Succeeded")
@@ -204,26 +223,9 @@ async fn the_deadline_inside_the_backup_gives_backup_timeout_and_no_current_back
     ) {
         return;
     }
-    init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new();
-    let hub = Hub::start(&dir.path().join("hub"), &pki, fast_config()).await;
     let slow = Arc::new(SlowOstree::default());
-    let n = node(&dir.path().join("node"), slow.clone());
-    let a = RunningAgent::start(
-        agent_config(
-            &hub.url(),
-            &pki,
-            &dir.path().join("a"),
-            Some(hub.token("sno-a")),
-        ),
-        runner(&n.root, &n.template),
-        &n.root,
-    );
-    eventually(10, "connected", || {
-        hub.status("sno-a").is_some_and(|s| s.connected)
-    })
-    .await;
+    let (hub, n, a) = connected(dir.path(), slow.clone()).await;
     // The backup blocks in its ostree step until released; the deadline passes meanwhile.
     put_backup(&hub, "sno-a", "b-late", 2);
     eventually(30, "timed out", || {
@@ -232,19 +234,8 @@ async fn the_deadline_inside_the_backup_gives_backup_timeout_and_no_current_back
     .await;
     slow.released.store(true, Ordering::SeqCst);
     // The blocking step returns; the backup sees the stop flag (or its own deadline) and ends
-    // without completing: there is no current backup, and nothing new runs afterwards.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(!complete_backup(&n.root));
-    let snaps = files_named(&n.root.join("var/recovery"), "snapshot");
-    assert!(snaps.is_empty(), "no step after ostree may run: {snaps:?}");
-    assert!(
-        slow.log
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|c| c.starts_with("ostree")),
-        "the backup reached its ostree step"
-    );
+    // without completing.
+    assert_stopped_after_ostree(&n, &slow).await;
     assert_eq!(
         a.agent.journal().task("b-late").unwrap().state,
         TaskState::TimedOut
@@ -260,26 +251,9 @@ async fn removing_the_backup_from_the_spec_cancels_it_at_a_step_boundary() {
     ) {
         return;
     }
-    init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new();
-    let hub = Hub::start(&dir.path().join("hub"), &pki, fast_config()).await;
     let slow = Arc::new(SlowOstree::default());
-    let n = node(&dir.path().join("node"), slow.clone());
-    let a = RunningAgent::start(
-        agent_config(
-            &hub.url(),
-            &pki,
-            &dir.path().join("a"),
-            Some(hub.token("sno-a")),
-        ),
-        runner(&n.root, &n.template),
-        &n.root,
-    );
-    eventually(10, "connected", || {
-        hub.status("sno-a").is_some_and(|s| s.connected)
-    })
-    .await;
+    let (hub, n, a) = connected(dir.path(), slow.clone()).await;
     put_backup(&hub, "sno-a", "b-cancel", 600);
     eventually(30, "backup in its ostree step", || {
         slow.entered.load(Ordering::SeqCst) > 0
@@ -296,17 +270,6 @@ async fn removing_the_backup_from_the_spec_cancels_it_at_a_step_boundary() {
     })
     .await;
     slow.released.store(true, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(!complete_backup(&n.root));
-    let snaps = files_named(&n.root.join("var/recovery"), "snapshot");
-    assert!(snaps.is_empty(), "no step after ostree may run: {snaps:?}");
-    assert!(
-        slow.log
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|c| c.starts_with("ostree")),
-        "the backup reached its ostree step"
-    );
+    assert_stopped_after_ostree(&n, &slow).await;
     a.stop().await.unwrap();
 }

@@ -174,7 +174,8 @@ async fn run_async(args: &RunArgs) -> Result<(), OperatorError> {
     result.and(gateway_result)
 }
 
-async fn wait_for_signal() {
+/// Resolves on SIGTERM or SIGINT (`run` and `gateway`).
+pub(crate) async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
