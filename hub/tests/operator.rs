@@ -1145,8 +1145,35 @@ async fn policy_index_ignores_clusters_outside_the_cgu() {
         runs,
         "no reconcile for a foreign cluster"
     );
-    // spoke4 is (in batch 2): the CGU is reconciled.
+    // spoke4 is (in batch 2), but Pending reads as NonCompliant, as before: nothing the
+    // engine sees changed, so no reconcile either.
+    let rv_before = op
+        .shared
+        .cache_read()
+        .snapshot()
+        .root_policy(NS, P1)
+        .and_then(|p| p.policy.metadata.resource_version.clone())
+        .unwrap_or_default();
     set_compliance(&double, P1, "spoke4", "Pending").await;
+    let pending_seen = |cluster: &str| {
+        let cache = op.shared.cache_read();
+        let p = cache.snapshot().root_policy(NS, P1)?;
+        (p.policy.metadata.resource_version.as_deref() != Some(rv_before.as_str())
+            && p.compliance(cluster) == Compliance::NonCompliant)
+            .then_some(())
+    };
+    wait_for("the operator saw spoke4's Pending", || {
+        pending_seen("spoke4")
+    })
+    .await;
+    quiesce(&double).await;
+    assert_eq!(
+        op.shared.metrics.reconcile_runs.get(),
+        runs,
+        "no reconcile for a change the engine cannot see"
+    );
+    // Compliant is a change: the CGU is reconciled.
+    set_compliance(&double, P1, "spoke4", "Compliant").await;
     wait_for("a reconcile for the CGU's own cluster", || {
         (op.shared.metrics.reconcile_runs.get() > runs).then_some(())
     })

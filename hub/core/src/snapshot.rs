@@ -5,13 +5,13 @@
 //! objects × clusters). The operator keeps one from its reflector stores; `talm-hub plan` builds
 //! one from files.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use talm_shared::api::cgu::ClusterGroupUpgrade;
 use talm_shared::api::precaching::PreCachingConfigSpec;
 use talm_shared::api::rhacm::{
-    ConfigMapView, ManagedCluster, ManagedClusterView, Placement, PlacementBinding, Policy,
-    ROOT_POLICY_LABEL,
+    ClusterCompliance, ConfigMapView, ManagedCluster, ManagedClusterView, Placement,
+    PlacementBinding, Policy, ROOT_POLICY_LABEL,
 };
 use talm_shared::api::spokeagent::SpokeAgent;
 
@@ -43,27 +43,32 @@ impl Compliance {
 /// A root policy with its per-cluster compliance indexed.
 #[derive(Clone, Debug)]
 pub struct RootPolicy {
-    /// The policy.
+    /// The policy, without its per-cluster `status.status` (that is [`Self::compliance`]'s
+    /// index: at 10,000 clusters the list is most of the object).
     pub policy: Policy,
     /// `None` when the policy has no `status.status`: every cluster is NonCompliant.
     compliance: Option<HashMap<String, Compliance>>,
 }
 
+fn compliance_of(e: &ClusterCompliance) -> Compliance {
+    match e.compliant.as_deref() {
+        Some("Compliant") => Compliance::Compliant,
+        _ => Compliance::NonCompliant,
+    }
+}
+
 impl RootPolicy {
-    fn new(policy: Policy) -> Self {
+    fn new(mut policy: Policy) -> Self {
         let compliance = policy
             .status
-            .as_ref()
-            .and_then(|s| s.status.as_ref())
+            .as_mut()
+            .and_then(|s| s.status.take())
             .map(|entries| {
                 entries
-                    .iter()
+                    .into_iter()
                     .map(|e| {
-                        let c = match e.compliant.as_deref() {
-                            Some("Compliant") => Compliance::Compliant,
-                            _ => Compliance::NonCompliant,
-                        };
-                        (e.clustername.clone(), c)
+                        let c = compliance_of(&e);
+                        (e.clustername, c)
                     })
                     .collect()
             });
@@ -77,10 +82,107 @@ impl RootPolicy {
             Some(m) => m.get(cluster).copied().unwrap_or(Compliance::NotMatched),
         }
     }
+
+    /// Replaces the policy with a newer version in place and says which clusters' compliance
+    /// changed: `None` means "assume every cluster" (what the engine reads besides compliance
+    /// changed, or the policy gained or lost its `status.status`). Existing entries are updated
+    /// without allocating, so a status write that flips a few of 10,000 clusters costs a
+    /// lookup per entry.
+    fn update(&mut self, mut policy: Policy) -> Option<HashSet<String>> {
+        let entries = policy.status.as_mut().and_then(|s| s.status.take());
+        let same_meta = self.policy.spec == policy.spec
+            && self.policy.metadata.labels == policy.metadata.labels
+            && self.policy.metadata.annotations == policy.metadata.annotations;
+        self.policy = policy;
+        let changed = match (&mut self.compliance, entries) {
+            (None, None) => Some(HashSet::new()),
+            (Some(map), Some(entries)) => Some(update_compliance(map, &entries)),
+            (slot, entries) => {
+                *slot = entries.map(|v| {
+                    v.into_iter()
+                        .map(|e| {
+                            let c = compliance_of(&e);
+                            (e.clustername, c)
+                        })
+                        .collect()
+                });
+                None
+            }
+        };
+        if same_meta { changed } else { None }
+    }
 }
 
-/// A child (replicated) policy in a cluster namespace, with what validation needs precomputed.
-#[derive(Clone, Debug)]
+/// Brings `map` to `entries` (last entry wins for a repeated cluster); returns the clusters
+/// whose compliance changed, appeared or disappeared.
+fn update_compliance(
+    map: &mut HashMap<String, Compliance>,
+    entries: &[ClusterCompliance],
+) -> HashSet<String> {
+    let mut changed = HashSet::new();
+    let mut seen = 0usize;
+    for e in entries {
+        let c = compliance_of(e);
+        match map.get_mut(e.clustername.as_str()) {
+            Some(v) => {
+                seen += 1;
+                if *v != c {
+                    *v = c;
+                    changed.insert(e.clustername.clone());
+                }
+            }
+            None => {
+                seen += 1;
+                map.insert(e.clustername.clone(), c);
+                changed.insert(e.clustername.clone());
+            }
+        }
+    }
+    // Every entry was counted once: more map keys than entries means some clusters left the
+    // status (with repeated entries the counts differ too; the exact pass below is right
+    // either way).
+    if seen != map.len() {
+        let present: HashSet<&str> = entries.iter().map(|e| e.clustername.as_str()).collect();
+        map.retain(|k, _| {
+            let keep = present.contains(k.as_str());
+            if !keep {
+                changed.insert(k.clone());
+            }
+            keep
+        });
+    }
+    changed
+}
+
+/// What inserting or removing a policy changed, as far as the engine can see.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PolicyChange {
+    /// A child policy appeared, changed what [`ChildPolicy`] holds, or went away.
+    Child {
+        /// The child's namespace (its cluster).
+        cluster_namespace: String,
+        /// Namespace of the root policy.
+        parent_namespace: String,
+        /// Name of the root policy.
+        parent_name: String,
+    },
+    /// A root policy appeared, changed, or went away.
+    Root {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// The clusters whose compliance changed; `None` means every cluster (a new or
+        /// removed policy, or a change of its spec, labels or annotations).
+        clusters: Option<HashSet<String>>,
+    },
+}
+
+/// A child (replicated) policy in a cluster namespace: only what the engine reads from it.
+///
+/// A hub holds one child per cluster and root policy (200,000 at 10,000 clusters × 20
+/// policies), so the snapshot keeps these few derived fields, not the object.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChildPolicy {
     /// Namespace of the root policy.
     pub parent_namespace: String,
@@ -90,8 +192,49 @@ pub struct ChildPolicy {
     pub enforce: bool,
     /// The child's templates still hold `{{hub` (the hub template failed to resolve).
     pub hub_template_error: bool,
-    /// The child policy itself.
-    pub policy: Policy,
+    /// The ZTP deploy wave annotation ([`WAVE_ANNOTATION`](crate::ztp::WAVE_ANNOTATION)), as
+    /// written.
+    pub wave: Option<String>,
+}
+
+impl ChildPolicy {
+    /// The child-policy view of `p` with its cluster namespace, or `None` when `p` is not a
+    /// child: no root-policy label, a legacy TALM copy, or a name that is not
+    /// `<parentNamespace>.<parentName>`.
+    pub fn of(p: &Policy) -> Option<(String, ChildPolicy)> {
+        let labels = p.metadata.labels.as_ref()?;
+        if labels.contains_key(CGU_LABEL) || !labels.contains_key(ROOT_POLICY_LABEL) {
+            return None;
+        }
+        let name = p.metadata.name.as_deref().unwrap_or_default();
+        // `<parentNs>.<parentName>`: namespaces cannot hold dots, names can.
+        let (parent_ns, parent_name) = name.split_once('.')?;
+        if parent_ns.is_empty() || parent_name.is_empty() {
+            return None;
+        }
+        let child = ChildPolicy {
+            parent_namespace: parent_ns.to_string(),
+            parent_name: parent_name.to_string(),
+            enforce: p.spec.remediation_action.eq_ignore_ascii_case("enforce"),
+            hub_template_error: p
+                .spec
+                .policy_templates
+                .iter()
+                .any(|t| value_contains(&t.object_definition, "{{hub")),
+            wave: p
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(crate::ztp::WAVE_ANNOTATION))
+                .cloned(),
+        };
+        Some((p.metadata.namespace.clone().unwrap_or_default(), child))
+    }
+
+    /// The child policy's own name: `<parentNamespace>.<parentName>`.
+    pub fn name(&self) -> String {
+        format!("{}.{}", self.parent_namespace, self.parent_name)
+    }
 }
 
 fn value_contains(v: &serde_json::Value, needle: &str) -> bool {
@@ -146,49 +289,61 @@ impl Snapshot {
     }
 
     /// Adds (or replaces) a Policy: a child when it has the root-policy label, else a root.
-    /// Legacy TALM policy copies are ignored.
-    pub fn insert_policy(&mut self, p: Policy) {
+    /// Legacy TALM policy copies are ignored. A policy that changed from child to root (or
+    /// back) leaves its old place. Returns what changed for the engine (nothing, for a child
+    /// whose status alone changed, or a root whose compliance entries are the same).
+    pub fn insert_policy(&mut self, p: Policy) -> Vec<PolicyChange> {
         let labels = p.metadata.labels.as_ref();
         if labels.is_some_and(|l| l.contains_key(CGU_LABEL)) {
-            return;
+            return Vec::new();
         }
+        let ns = p.metadata.namespace.clone().unwrap_or_default();
+        let name = p.metadata.name.clone().unwrap_or_default();
         if labels.is_some_and(|l| l.contains_key(ROOT_POLICY_LABEL)) {
-            let ns = p.metadata.namespace.clone().unwrap_or_default();
-            let name = p.metadata.name.clone().unwrap_or_default();
-            // `<parentNs>.<parentName>`: namespaces cannot hold dots, names can.
-            let Some((parent_ns, parent_name)) = name.split_once('.') else {
-                return;
-            };
-            if parent_ns.is_empty() || parent_name.is_empty() {
-                return;
+            let mut changes: Vec<PolicyChange> = self.remove_root(&ns, &name).into_iter().collect();
+            if let Some((ns, child)) = ChildPolicy::of(&p) {
+                let list = self
+                    .children
+                    .entry(ns.clone())
+                    .or_default()
+                    .entry(child.parent_name.clone())
+                    .or_default();
+                let old = list
+                    .iter()
+                    .position(|c| c.parent_namespace == child.parent_namespace);
+                if let Some(i) = old {
+                    if list[i] == child {
+                        return changes;
+                    }
+                    list.remove(i);
+                }
+                changes.push(PolicyChange::Child {
+                    cluster_namespace: ns,
+                    parent_namespace: child.parent_namespace.clone(),
+                    parent_name: child.parent_name.clone(),
+                });
+                list.push(child);
             }
-            let enforce = p.spec.remediation_action.eq_ignore_ascii_case("enforce");
-            let hub_template_error = p
-                .spec
-                .policy_templates
-                .iter()
-                .any(|t| value_contains(&t.object_definition, "{{hub"));
-            let list = self
-                .children
-                .entry(ns)
-                .or_default()
-                .entry(parent_name.to_string())
-                .or_default();
-            list.retain(|c| c.parent_namespace != parent_ns);
-            list.push(ChildPolicy {
-                parent_namespace: parent_ns.to_string(),
-                parent_name: parent_name.to_string(),
-                enforce,
-                hub_template_error,
-                policy: p,
-            });
+            changes
         } else {
-            let ns = p.metadata.namespace.clone().unwrap_or_default();
-            let name = p.metadata.name.clone().unwrap_or_default();
-            self.roots
-                .entry(ns)
-                .or_default()
-                .insert(name, RootPolicy::new(p));
+            let mut changes: Vec<PolicyChange> =
+                self.remove_child(&ns, &name).into_iter().collect();
+            let by_name = self.roots.entry(ns.clone()).or_default();
+            let clusters = match by_name.get_mut(&name) {
+                Some(old) => old.update(p),
+                None => {
+                    by_name.insert(name.clone(), RootPolicy::new(p));
+                    None
+                }
+            };
+            if clusters.as_ref().is_none_or(|c| !c.is_empty()) {
+                changes.push(PolicyChange::Root {
+                    namespace: ns,
+                    name,
+                    clusters,
+                });
+            }
+            changes
         }
     }
 
@@ -271,19 +426,55 @@ impl Snapshot {
         self.clusters.remove(name);
     }
 
-    /// Removes a Policy (root or child) by namespace and name.
-    pub fn remove_policy(&mut self, namespace: &str, name: &str) {
-        if let Some(m) = self.roots.get_mut(namespace) {
-            m.remove(name);
+    /// Removes a Policy (root or child) by namespace and name; returns what that changed.
+    pub fn remove_policy(&mut self, namespace: &str, name: &str) -> Vec<PolicyChange> {
+        self.remove_root(namespace, name)
+            .into_iter()
+            .chain(self.remove_child(namespace, name))
+            .collect()
+    }
+
+    fn remove_root(&mut self, namespace: &str, name: &str) -> Option<PolicyChange> {
+        let m = self.roots.get_mut(namespace)?;
+        let gone = m.remove(name);
+        if m.is_empty() {
+            self.roots.remove(namespace);
         }
-        if let Some((parent_ns, parent_name)) = name.split_once('.')
-            && let Some(list) = self
-                .children
-                .get_mut(namespace)
-                .and_then(|m| m.get_mut(parent_name))
-        {
+        gone.map(|_| PolicyChange::Root {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            clusters: None,
+        })
+    }
+
+    fn remove_child(&mut self, namespace: &str, name: &str) -> Option<PolicyChange> {
+        let (parent_ns, parent_name) = name.split_once('.')?;
+        let by_parent = self.children.get_mut(namespace)?;
+        let mut gone = false;
+        if let Some(list) = by_parent.get_mut(parent_name) {
+            let before = list.len();
             list.retain(|c| c.parent_namespace != parent_ns);
+            gone = list.len() != before;
+            if list.is_empty() {
+                by_parent.remove(parent_name);
+            }
         }
+        if by_parent.is_empty() {
+            self.children.remove(namespace);
+        }
+        gone.then(|| PolicyChange::Child {
+            cluster_namespace: namespace.to_string(),
+            parent_namespace: parent_ns.to_string(),
+            parent_name: parent_name.to_string(),
+        })
+    }
+
+    /// The child policy `namespace/name` as the snapshot holds it.
+    pub fn child_policy(&self, namespace: &str, name: &str) -> Option<&ChildPolicy> {
+        let (parent_ns, parent_name) = name.split_once('.')?;
+        self.child_policies(namespace, parent_name)
+            .iter()
+            .find(|c| c.parent_namespace == parent_ns)
     }
 
     /// Removes a Placement.
@@ -459,6 +650,183 @@ mod tests {
         assert!(s.child_policies("a", "p1").is_empty());
         s.remove_policy("ztp", "p1");
         assert!(s.root_policy("ztp", "p1").is_none());
+    }
+
+    fn root_with(rv: &str, entries: &[(&str, &str)], soak: &str) -> Policy {
+        let status: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|(c, s)| json!({"clustername": c, "clusternamespace": c, "compliant": s}))
+            .collect();
+        policy(json!({
+            "metadata": {"name": "p1", "namespace": "ztp", "resourceVersion": rv,
+                "annotations": {"ran.openshift.io/soak-seconds": soak}},
+            "spec": {"remediationAction": "inform"},
+            "status": {"compliant": "NonCompliant", "status": status}
+        }))
+    }
+
+    fn root_change(clusters: Option<&[&str]>) -> Vec<PolicyChange> {
+        vec![PolicyChange::Root {
+            namespace: "ztp".into(),
+            name: "p1".into(),
+            clusters: clusters.map(|c| c.iter().map(|x| x.to_string()).collect()),
+        }]
+    }
+
+    #[test]
+    fn root_updates_report_exactly_the_clusters_whose_compliance_changed() {
+        let mut s = Snapshot::new();
+        let base = [
+            ("a", "NonCompliant"),
+            ("b", "NonCompliant"),
+            ("c", "Compliant"),
+        ];
+        assert_eq!(
+            s.insert_policy(root_with("1", &base, "0")),
+            root_change(None),
+            "a new root: every cluster"
+        );
+        assert!(
+            s.root_policy("ztp", "p1")
+                .unwrap()
+                .policy
+                .status
+                .as_ref()
+                .unwrap()
+                .status
+                .is_none(),
+            "the per-cluster list lives in the index only"
+        );
+        assert!(
+            s.insert_policy(root_with("2", &base, "0")).is_empty(),
+            "same compliance, new resourceVersion"
+        );
+        assert!(
+            s.insert_policy(root_with(
+                "3",
+                &[("a", "Pending"), ("b", "NonCompliant"), ("c", "Compliant")],
+                "0"
+            ))
+            .is_empty(),
+            "Pending reads as NonCompliant: nothing the engine sees changed"
+        );
+        assert_eq!(
+            s.insert_policy(root_with(
+                "4",
+                &[
+                    ("a", "Compliant"),
+                    ("b", "NonCompliant"),
+                    ("c", "Compliant"),
+                    ("d", "Compliant")
+                ],
+                "0"
+            )),
+            root_change(Some(&["a", "d"])),
+            "a flipped, d appeared"
+        );
+        assert_eq!(
+            s.insert_policy(root_with(
+                "5",
+                &[("a", "Compliant"), ("d", "Compliant")],
+                "0"
+            )),
+            root_change(Some(&["b", "c"])),
+            "b and c left the status"
+        );
+        let r = s.root_policy("ztp", "p1").unwrap();
+        assert_eq!(r.compliance("a"), Compliance::Compliant);
+        assert_eq!(r.compliance("b"), Compliance::NotMatched);
+        assert_eq!(
+            s.insert_policy(root_with(
+                "6",
+                &[
+                    ("a", "NonCompliant"),
+                    ("a", "Compliant"),
+                    ("d", "Compliant")
+                ],
+                "0"
+            )),
+            root_change(Some(&["a"])),
+            "a repeated entry may report its cluster (never misses one)"
+        );
+        assert_eq!(
+            s.root_policy("ztp", "p1").unwrap().compliance("a"),
+            Compliance::Compliant,
+            "the last entry wins"
+        );
+        assert_eq!(
+            s.insert_policy(root_with(
+                "7",
+                &[("a", "Compliant"), ("d", "Compliant")],
+                "60"
+            )),
+            root_change(None),
+            "an annotation the engine reads changed: every cluster"
+        );
+        let mut no_status = root_with("8", &[], "60");
+        no_status.status = None;
+        assert_eq!(s.insert_policy(no_status), root_change(None));
+        assert_eq!(
+            s.root_policy("ztp", "p1").unwrap().compliance("a"),
+            Compliance::NonCompliant
+        );
+        assert_eq!(s.remove_policy("ztp", "p1"), root_change(None));
+        assert!(s.remove_policy("ztp", "p1").is_empty());
+    }
+
+    #[test]
+    fn children_keep_only_derived_fields_and_move_when_relabelled() {
+        let mut s = Snapshot::new();
+        let child = |labels: serde_json::Value| {
+            policy(json!({
+                "metadata": {"name": "ztp.p1", "namespace": "a", "labels": labels,
+                    "annotations": {"ran.openshift.io/ztp-deploy-wave": "7"}},
+                "spec": {"remediationAction": "inform", "policy-templates": [
+                    {"objectDefinition": {"kind": "X", "data": "{{hub fromSecret }}"}}]},
+                "status": {"compliant": "NonCompliant"}
+            }))
+        };
+        let labelled = json!({"policy.open-cluster-management.io/root-policy": "ztp.p1"});
+        let p = child(labelled.clone());
+        let (ns, derived) = ChildPolicy::of(&p).unwrap();
+        assert_eq!(ns, "a");
+        assert_eq!(
+            derived,
+            ChildPolicy {
+                parent_namespace: "ztp".into(),
+                parent_name: "p1".into(),
+                enforce: false,
+                hub_template_error: true,
+                wave: Some("7".into()),
+            }
+        );
+        assert_eq!(derived.name(), "ztp.p1");
+        let child_change = PolicyChange::Child {
+            cluster_namespace: "a".into(),
+            parent_namespace: "ztp".into(),
+            parent_name: "p1".into(),
+        };
+        assert_eq!(s.insert_policy(p.clone()), vec![child_change.clone()]);
+        assert_eq!(s.child_policy("a", "ztp.p1"), Some(&derived));
+        assert!(s.child_policy("a", "other.p1").is_none());
+        let mut status_only = p;
+        status_only.status = None;
+        assert!(
+            s.insert_policy(status_only).is_empty(),
+            "status-only change"
+        );
+        // The same object without the root-policy label is a root: it leaves the children.
+        let moved = s.insert_policy(child(json!({})));
+        assert_eq!(moved.len(), 2, "{moved:?}");
+        assert_eq!(moved[0], child_change);
+        assert!(s.child_policy("a", "ztp.p1").is_none());
+        assert!(s.root_policy("a", "ztp.p1").is_some());
+        // And back.
+        s.insert_policy(child(labelled));
+        assert!(s.root_policy("a", "ztp.p1").is_none());
+        assert_eq!(s.child_policy("a", "ztp.p1"), Some(&derived));
+        assert_eq!(s.remove_policy("a", "ztp.p1"), vec![child_change]);
+        assert_eq!(s.all_child_policies("a").count(), 0);
     }
 
     #[test]

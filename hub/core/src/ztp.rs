@@ -75,6 +75,7 @@ fn label<'a>(mc: &'a ManagedCluster, key: &str) -> Option<&'a String> {
 /// The parent names of the wave-annotated, non-enforce child policies, sorted by wave then
 /// name. Policies without the annotation are left out.
 pub fn managed_policies<'a>(
+    cluster_namespace: &str,
     children: impl IntoIterator<Item = &'a ChildPolicy>,
 ) -> Result<Vec<String>, ZtpError> {
     let mut waves: Vec<(i64, String)> = Vec::new();
@@ -82,18 +83,12 @@ pub fn managed_policies<'a>(
         if c.enforce {
             continue;
         }
-        let Some(raw) = c
-            .policy
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(WAVE_ANNOTATION))
-        else {
+        let Some(raw) = &c.wave else {
             continue;
         };
         let wave = raw.trim().parse::<i64>().map_err(|_| ZtpError::BadWave {
-            namespace: c.policy.metadata.namespace.clone().unwrap_or_default(),
-            name: c.policy.metadata.name.clone().unwrap_or_default(),
+            namespace: cluster_namespace.to_string(),
+            name: c.name(),
             value: raw.clone(),
         })?;
         waves.push((wave, c.parent_name.clone()));
@@ -174,7 +169,8 @@ pub fn decide<'a>(
     if cgu_exists {
         return skip(Skip::CguExists);
     }
-    let policies = managed_policies(children)?;
+    let cluster = mc.metadata.name.as_deref().unwrap_or_default();
+    let policies = managed_policies(cluster, children)?;
     Ok(ZtpDecision {
         outcome: Ok(Box::new(ztp_cgu(mc, policies))),
         accelerated_ztp,

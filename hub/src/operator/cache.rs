@@ -23,11 +23,11 @@ use std::fmt;
 
 use talm_hub_core::Snapshot;
 use talm_hub_core::reconcile::labels;
+use talm_hub_core::snapshot::PolicyChange;
 use talm_shared::api::cgu::ClusterGroupUpgrade;
 use talm_shared::api::precaching::PreCachingConfig;
 use talm_shared::api::rhacm::{
     ConfigMapView, ManagedCluster, ManagedClusterView, Placement, PlacementBinding, Policy,
-    ROOT_POLICY_LABEL,
 };
 use talm_shared::api::spokeagent::SpokeAgent;
 
@@ -362,44 +362,6 @@ impl Entry {
     }
 }
 
-/// Which clusters' compliance differs between two versions of a root policy; `None` means
-/// "assume every cluster" (the spec changed, or one side has no per-cluster status).
-fn changed_clusters(old: Option<&Policy>, new: Option<&Policy>) -> Option<HashSet<String>> {
-    let (old, new) = match (old, new) {
-        (Some(o), Some(n)) => (o, n),
-        _ => return None,
-    };
-    if old.spec != new.spec {
-        return None;
-    }
-    let entries = |p: &Policy| -> Option<HashMap<String, Option<String>>> {
-        p.status.as_ref()?.status.as_ref().map(|v| {
-            v.iter()
-                .map(|e| (e.clustername.clone(), e.compliant.clone()))
-                .collect()
-        })
-    };
-    let (Some(o), Some(n)) = (entries(old), entries(new)) else {
-        return if entries(old).is_none() && entries(new).is_none() {
-            Some(HashSet::new())
-        } else {
-            None
-        };
-    };
-    let mut changed: HashSet<String> = HashSet::new();
-    for (c, v) in &n {
-        if o.get(c) != Some(v) {
-            changed.insert(c.clone());
-        }
-    }
-    for c in o.keys() {
-        if !n.contains_key(c) {
-            changed.insert(c.clone());
-        }
-    }
-    Some(changed)
-}
-
 /// The cache: snapshot, re-list bookkeeping, write guards and indexes.
 #[derive(Debug, Default)]
 pub struct Cache {
@@ -689,8 +651,9 @@ impl Cache {
                 self.snapshot.insert_managed_cluster(mc);
             }
             Object::Policy(p) => {
-                self.policy_triggers(Some(&p), None, triggers);
-                self.snapshot.insert_policy(p);
+                for change in self.snapshot.insert_policy(p) {
+                    self.policy_triggers(&change, triggers);
+                }
             }
             Object::Placement(p) => {
                 owner_of(&p.metadata).into_iter().for_each(|r| {
@@ -754,11 +717,9 @@ impl Cache {
                 self.ztp_pending.insert(name.to_string());
             }
             Kind::Policy => {
-                let old = self.policy_in_snapshot(ns, name);
-                if let Some(p) = old {
-                    self.policy_triggers(None, Some(&p), triggers);
+                for change in self.snapshot.remove_policy(ns, name) {
+                    self.policy_triggers(&change, triggers);
                 }
-                self.snapshot.remove_policy(ns, name);
             }
             Kind::Placement => {
                 if let Some(p) = self.snapshot.placement(ns, name) {
@@ -795,84 +756,47 @@ impl Cache {
         }
     }
 
-    /// A policy (root or child) as the snapshot holds it.
-    fn policy_in_snapshot(&self, ns: &str, name: &str) -> Option<Policy> {
-        if let Some(r) = self.snapshot.root_policy(ns, name) {
-            return Some(r.policy.clone());
-        }
-        let (parent_ns, parent_name) = name.split_once('.')?;
-        self.snapshot
-            .child_policies(ns, parent_name)
-            .iter()
-            .find(|c| c.parent_namespace == parent_ns)
-            .map(|c| c.policy.clone())
-    }
-
-    /// Triggers for a policy change: `new` is the incoming version (None on delete), `gone`
-    /// the deleted one.
-    fn policy_triggers(
-        &self,
-        new: Option<&Policy>,
-        gone: Option<&Policy>,
-        triggers: &mut HashSet<CguRef>,
-    ) {
-        let Some(p) = new.or(gone) else { return };
-        let ns = p.metadata.namespace.clone().unwrap_or_default();
-        let name = p.metadata.name.clone().unwrap_or_default();
-        let is_child = p
-            .metadata
-            .labels
-            .as_ref()
-            .is_some_and(|l| l.contains_key(ROOT_POLICY_LABEL));
-        if is_child {
-            let Some((parent_ns, parent_name)) = name.split_once('.') else {
-                return;
-            };
-            // A child's status churns; the engine reads its labels and spec only.
-            if let Some(n) = new
-                && let Some(old) = self.policy_in_snapshot(&ns, &name)
-                && old.spec == n.spec
-                && old.metadata.labels == n.metadata.labels
-            {
-                return;
-            }
-            for r in self.by_policy.get(parent_name).into_iter().flatten() {
-                let Some(e) = self.entries.get(r) else {
-                    continue;
-                };
-                let ns_ok = e.policy_ns.get(parent_name).is_none_or(|n| n == parent_ns);
-                if ns_ok && (e.not_started || e.clusters.contains(&ns)) {
-                    triggers.insert(r.clone());
+    /// Triggers for what a policy insert or removal changed for the engine.
+    fn policy_triggers(&self, change: &PolicyChange, triggers: &mut HashSet<CguRef>) {
+        match change {
+            PolicyChange::Child {
+                cluster_namespace,
+                parent_namespace,
+                parent_name,
+            } => {
+                for r in self.by_policy.get(parent_name).into_iter().flatten() {
+                    let Some(e) = self.entries.get(r) else {
+                        continue;
+                    };
+                    let ns_ok = e
+                        .policy_ns
+                        .get(parent_name)
+                        .is_none_or(|n| n == parent_namespace);
+                    if ns_ok && (e.not_started || e.clusters.contains(cluster_namespace)) {
+                        triggers.insert(r.clone());
+                    }
                 }
             }
-            return;
-        }
-        let old = self.snapshot.root_policy(&ns, &name).map(|r| &r.policy);
-        let changed = match (new, gone) {
-            (Some(n), _) => {
-                if old == Some(n) {
-                    return;
+            PolicyChange::Root {
+                namespace,
+                name,
+                clusters,
+            } => {
+                for r in self.by_policy.get(name).into_iter().flatten() {
+                    let Some(e) = self.entries.get(r) else {
+                        continue;
+                    };
+                    if e.policy_ns.get(name).is_some_and(|n| n != namespace) {
+                        continue;
+                    }
+                    let relevant = e.not_started
+                        || clusters
+                            .as_ref()
+                            .is_none_or(|c| c.iter().any(|x| e.clusters.contains(x)));
+                    if relevant {
+                        triggers.insert(r.clone());
+                    }
                 }
-                changed_clusters(old, Some(n))
-            }
-            _ => None,
-        };
-        if changed.as_ref().is_some_and(HashSet::is_empty) {
-            return;
-        }
-        for r in self.by_policy.get(&name).into_iter().flatten() {
-            let Some(e) = self.entries.get(r) else {
-                continue;
-            };
-            if e.policy_ns.get(&name).is_some_and(|n| *n != ns) {
-                continue;
-            }
-            let relevant = e.not_started
-                || changed
-                    .as_ref()
-                    .is_none_or(|c| c.iter().any(|x| e.clusters.contains(x)));
-            if relevant {
-                triggers.insert(r.clone());
             }
         }
     }
@@ -1037,6 +961,41 @@ mod tests {
         let mut other = root("4", &[("spoke1", "NonCompliant")]);
         other.metadata.namespace = Some("elsewhere".into());
         assert!(c.apply(WatchEvent::Apply(Object::Policy(other))).is_empty());
+    }
+
+    #[test]
+    fn child_changes_trigger_only_when_what_the_engine_reads_changes() {
+        let mut c = Cache::new();
+        c.apply(WatchEvent::Apply(started_cgu().into_object()));
+        let child = |rv: &str, action: &str, compliant: &str| {
+            Object::Policy(policy(json!({
+                "metadata": {"name": "ztp.p1", "namespace": "spoke1", "resourceVersion": rv,
+                    "labels": {"policy.open-cluster-management.io/root-policy": "ztp.p1"}},
+                "spec": {"remediationAction": action},
+                "status": {"compliant": compliant}
+            })))
+        };
+        assert_eq!(
+            c.apply(WatchEvent::Apply(child("1", "inform", "NonCompliant"))),
+            vec![r("default", "c1")],
+            "a new child"
+        );
+        assert!(
+            c.apply(WatchEvent::Apply(child("2", "inform", "Compliant")))
+                .is_empty(),
+            "a status-only change"
+        );
+        assert_eq!(
+            c.apply(WatchEvent::Apply(child("3", "enforce", "Compliant"))),
+            vec![r("default", "c1")],
+            "remediationAction changed"
+        );
+        assert_eq!(
+            c.apply(WatchEvent::Delete(child("4", "enforce", "Compliant"))),
+            vec![r("default", "c1")],
+            "deleted"
+        );
+        assert!(c.snapshot().child_policy("spoke1", "ztp.p1").is_none());
     }
 
     #[test]

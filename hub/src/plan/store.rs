@@ -498,7 +498,9 @@ impl Store {
             match &entry.typed {
                 Typed::ConfigMap(cm) => snap.insert_config_map((**cm).clone()),
                 Typed::ManagedCluster(mc) => snap.insert_managed_cluster((**mc).clone()),
-                Typed::Policy(p) => snap.insert_policy((**p).clone()),
+                Typed::Policy(p) => {
+                    snap.insert_policy((**p).clone());
+                }
                 Typed::PreCachingConfig(pcc) => {
                     snap.insert_precaching_config(&key.namespace, &key.name, pcc.spec.clone());
                 }
