@@ -183,9 +183,11 @@ fn random_suffix() -> String {
 
 fn env_timeout() -> Duration {
     match std::env::var("TALM_TEST_TIMEOUT") {
-        Ok(s) => Duration::from_secs(s.trim().parse().unwrap_or_else(|_| {
-            panic!("TALM_TEST_TIMEOUT={s:?} is not a number of seconds")
-        })),
+        Ok(s) => Duration::from_secs(
+            s.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("TALM_TEST_TIMEOUT={s:?} is not a number of seconds")),
+        ),
         Err(_) => Duration::from_secs(300),
     }
 }
@@ -302,9 +304,14 @@ impl Drop for ScratchGuard {
                 .ok()?;
             rt.block_on(async move {
                 let client = kube::Client::try_from(config).ok()?;
-                let problems =
-                    cleanup(&client, &ns, cluster.as_deref(), &label, Duration::from_secs(60))
-                        .await;
+                let problems = cleanup(
+                    &client,
+                    &ns,
+                    cluster.as_deref(),
+                    &label,
+                    Duration::from_secs(60),
+                )
+                .await;
                 Some(problems)
             })
         })
@@ -348,7 +355,10 @@ async fn cleanup(
                     .await
                     && !is_status(&e, 404)
                 {
-                    problems.push(format!("removing the finalizers of CGU {}: {e}", c.name_any()));
+                    problems.push(format!(
+                        "removing the finalizers of CGU {}: {e}",
+                        c.name_any()
+                    ));
                 }
             }
         }
@@ -359,7 +369,9 @@ async fn cleanup(
         let mcs: Api<DynamicObject> = Api::all_with(client.clone(), &managed_clusters());
         match mcs.get_opt(cluster).await {
             Ok(Some(mc)) if mc.labels().contains_key(label) => {
-                problems.push(format!("label {label} was left on ManagedCluster {cluster}"));
+                problems.push(format!(
+                    "label {label} was left on ManagedCluster {cluster}"
+                ));
                 let patch = Patch::Merge(json!({"metadata": {"labels": {label: null}}}));
                 if let Err(e) = mcs.patch(cluster, &PatchParams::default(), &patch).await {
                     problems.push(format!("removing label {label} from {cluster}: {e}"));
@@ -543,7 +555,10 @@ async fn api_conformance(t: &Target) {
     let pp = PostParams::default();
 
     // Create: server-owned metadata; the status subresource drops `.status`.
-    let created = api.create(&pp, &conformance_cgu(name, &t.ns)).await.unwrap();
+    let created = api
+        .create(&pp, &conformance_cgu(name, &t.ns))
+        .await
+        .unwrap();
     assert_eq!(generation(&created), 1, "generation on create");
     assert!(!rv(&created).is_empty(), "resourceVersion on create");
     assert!(created.meta().uid.is_some(), "uid on create");
@@ -604,12 +619,18 @@ async fn api_conformance(t: &Target) {
 
     // Merge patch (RFC 7386): lists replaced, siblings kept, generation bumped.
     let merge = Patch::Merge(json!({"spec": {"clusters": ["a", "b"]}}));
-    let merged = api.patch(name, &PatchParams::default(), &merge).await.unwrap();
+    let merged = api
+        .patch(name, &PatchParams::default(), &merge)
+        .await
+        .unwrap();
     assert_eq!(
         merged.spec.clusters,
         Some(vec!["a".to_string(), "b".to_string()])
     );
-    assert_eq!(merged.spec.remediation_strategy.timeout, 250, "siblings kept");
+    assert_eq!(
+        merged.spec.remediation_strategy.timeout, 250,
+        "siblings kept"
+    );
     assert_eq!(merged.spec.managed_policies.as_ref().map(Vec::len), Some(1));
     assert_eq!(generation(&merged), 3);
     writes.push((rv(&merged), "merge patch spec.clusters"));
@@ -626,7 +647,10 @@ async fn api_conformance(t: &Target) {
 
     // Finalizers hold a deleted object, with deletionTimestamp set, until they are removed.
     let fin = Patch::Merge(json!({"metadata": {"finalizers": ["talm.dev/e2e-test"]}}));
-    let with_fin = api.patch(name, &PatchParams::default(), &fin).await.unwrap();
+    let with_fin = api
+        .patch(name, &PatchParams::default(), &fin)
+        .await
+        .unwrap();
     writes.push((rv(&with_fin), "add finalizer"));
     api.delete(name, &DeleteParams::default()).await.unwrap();
     let terminating = api
@@ -652,13 +676,15 @@ async fn api_conformance(t: &Target) {
     api.patch(name, &PatchParams::default(), &unfin)
         .await
         .unwrap();
-    wait_until(t, "the CGU gone once its finalizer is removed", async || {
-        match api.get_opt(name).await {
+    wait_until(
+        t,
+        "the CGU gone once its finalizer is removed",
+        async || match api.get_opt(name).await {
             Ok(None) => Ok(()),
             Ok(Some(c)) => Err(format!("still there: {:?}", c.metadata)),
             Err(e) => Err(e.to_string()),
-        }
-    })
+        },
+    )
     .await;
 
     // Watch from the create's resourceVersion: every write above, in order, then DELETED.
@@ -724,13 +750,14 @@ async fn api_conformance(t: &Target) {
         .await
         .unwrap();
     assert_eq!(first.labels().get("b").map(String::as_str), Some("2"));
-    let owned = first
-        .meta()
-        .managed_fields
-        .iter()
-        .flatten()
-        .any(|m| m.manager.as_deref() == Some("talm-e2e") && m.operation.as_deref() == Some("Apply"));
-    assert!(owned, "managedFields records the apply: {:?}", first.meta().managed_fields);
+    let owned = first.meta().managed_fields.iter().flatten().any(|m| {
+        m.manager.as_deref() == Some("talm-e2e") && m.operation.as_deref() == Some("Apply")
+    });
+    assert!(
+        owned,
+        "managedFields records the apply: {:?}",
+        first.meta().managed_fields
+    );
     let second = pls
         .patch(
             "talm-e2e-apply",
@@ -853,9 +880,7 @@ async fn create_user_objects(t: &Target, cluster: &str, cluster_set: &str) {
             let obj = dynamic(body);
             api.create(&PostParams::default(), &obj)
                 .await
-                .unwrap_or_else(|e| {
-                    panic!("creating {} {}: {e}", ar.kind, obj.name_any())
-                });
+                .unwrap_or_else(|e| panic!("creating {} {}: {e}", ar.kind, obj.name_any()));
         }
     };
     create(
@@ -973,8 +998,7 @@ async fn talm_objects(t: &Target, ar: &ApiResource) -> Result<Vec<DynamicObject>
 
 /// The `name In (...)` values of a talm Placement: the clusters it releases.
 fn released(p: &DynamicObject) -> Vec<String> {
-    p.data["spec"]["predicates"][0]["requiredClusterSelector"]["labelSelector"]
-        ["matchExpressions"]
+    p.data["spec"]["predicates"][0]["requiredClusterSelector"]["labelSelector"]["matchExpressions"]
         .as_array()
         .into_iter()
         .flatten()
@@ -993,7 +1017,9 @@ fn condition(c: &ClusterGroupUpgrade, ty: &str) -> Option<(String, String)> {
         .map(|x| (x.status.clone(), x.reason.clone()))
 }
 
-fn labels_and_annotations(mc: &DynamicObject) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+fn labels_and_annotations(
+    mc: &DynamicObject,
+) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
     (mc.labels().clone(), mc.annotations().clone())
 }
 
@@ -1019,12 +1045,14 @@ async fn lifecycle(t: &Target, o: LifecycleOptions) {
     if t.backend == Backend::Double {
         simulate_policy_framework(t, cluster, "NonCompliant").await;
     }
-    wait_until(t, "the cluster NonCompliant with the inform policy", async || {
-        match compliance(t, cluster).await? {
+    wait_until(
+        t,
+        "the cluster NonCompliant with the inform policy",
+        async || match compliance(t, cluster).await? {
             c if c == "NonCompliant" => Ok(()),
             c => Err(format!("compliance {c}")),
-        }
-    })
+        },
+    )
     .await;
 
     // The CGU, not enabled, and the operator (leader election on, Lease in the namespace).
@@ -1063,7 +1091,9 @@ async fn lifecycle(t: &Target, o: LifecycleOptions) {
         if op.shared.leading() {
             Ok(())
         } else {
-            Err("not leading".into())
+            // Not synced: a watched kind is missing (deploy/crds not applied?) or forbidden.
+            let synced = op.shared.cache_read().synced();
+            Err(format!("not leading; caches synced: {synced}"))
         }
     })
     .await;
@@ -1077,7 +1107,15 @@ async fn lifecycle(t: &Target, o: LifecycleOptions) {
         let ok = c.finalizers().iter().any(|f| f == CGU_FINALIZER)
             && condition(&c, "Progressing") == Some(("False".into(), "NotEnabled".into()))
             && remediation_plan(&c) == Some(vec![vec![cluster.to_string()]]);
-        if ok { Ok(()) } else { Err(format!("finalizers {:?}, status {:?}", c.finalizers(), c.status)) }
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "finalizers {:?}, status {:?}",
+                c.finalizers(),
+                c.status
+            ))
+        }
     })
     .await;
 
@@ -1087,14 +1125,33 @@ async fn lifecycle(t: &Target, o: LifecycleOptions) {
         let b = talm_objects(t, &placement_bindings()).await?;
         match (p.as_slice(), b.as_slice()) {
             ([p], [b]) => Ok((p.clone(), b.clone())),
-            _ => Err(format!("{} Placements, {} PlacementBindings", p.len(), b.len())),
+            _ => Err(format!(
+                "{} Placements, {} PlacementBindings",
+                p.len(),
+                b.len()
+            )),
         }
     })
     .await;
-    assert!(released(&placement).is_empty(), "not enabled: releases nobody: {}", value(&placement));
-    assert_eq!(binding.data["subFilter"], "restricted", "{}", value(&binding));
-    assert_eq!(binding.data["bindingOverrides"]["remediationAction"], "enforce");
-    assert_eq!(binding.data["placementRef"]["name"], placement.name_any().as_str());
+    assert!(
+        released(&placement).is_empty(),
+        "not enabled: releases nobody: {}",
+        value(&placement)
+    );
+    assert_eq!(
+        binding.data["subFilter"],
+        "restricted",
+        "{}",
+        value(&binding)
+    );
+    assert_eq!(
+        binding.data["bindingOverrides"]["remediationAction"],
+        "enforce"
+    );
+    assert_eq!(
+        binding.data["placementRef"]["name"],
+        placement.name_any().as_str()
+    );
     assert_eq!(
         binding.data["subjects"],
         json!([{"apiGroup": "policy.open-cluster-management.io", "kind": "Policy", "name": POLICY}])
@@ -1114,16 +1171,20 @@ async fn lifecycle(t: &Target, o: LifecycleOptions) {
         )
         .await
         .unwrap();
-        wait_until(t, "the cluster released and labelled (beforeEnable)", async || {
-            let p = talm_objects(t, &placements()).await?;
-            let mc = mcs.get(cluster).await.map_err(|e| e.to_string())?;
-            let rel: Vec<Vec<String>> = p.iter().map(released).collect();
-            if rel == [vec![cluster.to_string()]] && mc.labels().contains_key(&label) {
-                Ok(())
-            } else {
-                Err(format!("released {rel:?}, labels {:?}", mc.labels()))
-            }
-        })
+        wait_until(
+            t,
+            "the cluster released and labelled (beforeEnable)",
+            async || {
+                let p = talm_objects(t, &placements()).await?;
+                let mc = mcs.get(cluster).await.map_err(|e| e.to_string())?;
+                let rel: Vec<Vec<String>> = p.iter().map(released).collect();
+                if rel == [vec![cluster.to_string()]] && mc.labels().contains_key(&label) {
+                    Ok(())
+                } else {
+                    Err(format!("released {rel:?}, labels {:?}", mc.labels()))
+                }
+            },
+        )
         .await;
         if t.backend == Backend::Double {
             simulate_policy_framework(t, cluster, "Compliant").await;
@@ -1136,16 +1197,25 @@ async fn lifecycle(t: &Target, o: LifecycleOptions) {
             }
         })
         .await;
-        wait_until(t, "enforcement objects deleted and label removed (afterCompletion)", async || {
-            let p = talm_objects(t, &placements()).await?;
-            let b = talm_objects(t, &placement_bindings()).await?;
-            let mc = mcs.get(cluster).await.map_err(|e| e.to_string())?;
-            if p.is_empty() && b.is_empty() && !mc.labels().contains_key(&label) {
-                Ok(())
-            } else {
-                Err(format!("{} Placements, {} bindings, labels {:?}", p.len(), b.len(), mc.labels()))
-            }
-        })
+        wait_until(
+            t,
+            "enforcement objects deleted and label removed (afterCompletion)",
+            async || {
+                let p = talm_objects(t, &placements()).await?;
+                let b = talm_objects(t, &placement_bindings()).await?;
+                let mc = mcs.get(cluster).await.map_err(|e| e.to_string())?;
+                if p.is_empty() && b.is_empty() && !mc.labels().contains_key(&label) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{} Placements, {} bindings, labels {:?}",
+                        p.len(),
+                        b.len(),
+                        mc.labels()
+                    ))
+                }
+            },
+        )
         .await;
     }
 
@@ -1153,15 +1223,22 @@ async fn lifecycle(t: &Target, o: LifecycleOptions) {
     cgus.delete(LIFECYCLE_CGU, &DeleteParams::default())
         .await
         .unwrap();
-    wait_until(t, "the CGU gone", async || match cgus.get_opt(LIFECYCLE_CGU).await {
-        Ok(None) => Ok(()),
-        Ok(Some(c)) => Err(format!("finalizers {:?}", c.finalizers())),
-        Err(e) => Err(e.to_string()),
+    wait_until(t, "the CGU gone", async || {
+        match cgus.get_opt(LIFECYCLE_CGU).await {
+            Ok(None) => Ok(()),
+            Ok(Some(c)) => Err(format!("finalizers {:?}", c.finalizers())),
+            Err(e) => Err(e.to_string()),
+        }
     })
     .await;
     let p = talm_objects(t, &placements()).await.unwrap();
     let b = talm_objects(t, &placement_bindings()).await.unwrap();
-    assert!(p.is_empty() && b.is_empty(), "talm left {} Placements and {} bindings", p.len(), b.len());
+    assert!(
+        p.is_empty() && b.is_empty(),
+        "talm left {} Placements and {} bindings",
+        p.len(),
+        b.len()
+    );
     op.stop().await;
     let lease = leases.get("talm-e2e-leader").await.unwrap();
     assert_ne!(
@@ -1326,13 +1403,25 @@ async fn operator_lifecycle_on_the_double() {
             DOUBLE_CLUSTER,
         )
         .unwrap();
-    assert_eq!(mc_after["metadata"]["labels"], mc_before["metadata"]["labels"]);
+    assert_eq!(
+        mc_after["metadata"]["labels"],
+        mc_before["metadata"]["labels"]
+    );
     let namespaces: Vec<String> = double
         .list_values("v1", "Namespace", None)
         .iter()
-        .map(|n| n["metadata"]["name"].as_str().unwrap_or_default().to_string())
+        .map(|n| {
+            n["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
         .collect();
-    assert_eq!(namespaces, [DOUBLE_CLUSTER], "the test namespace is deleted");
+    assert_eq!(
+        namespaces,
+        [DOUBLE_CLUSTER],
+        "the test namespace is deleted"
+    );
     double.shutdown().await;
 }
 
@@ -1404,7 +1493,9 @@ async fn installed_crds_match_the_build_on_the_double() {
     let name = "clustergroupupgrades.ran.openshift.io";
     let mut crd = api.get(name).await.unwrap();
     crd.spec.versions[0].served = false;
-    api.replace(name, &PostParams::default(), &crd).await.unwrap();
+    api.replace(name, &PostParams::default(), &crd)
+        .await
+        .unwrap();
     let problems = crd_problems(&client).await;
     assert!(
         problems
