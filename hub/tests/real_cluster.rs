@@ -1512,3 +1512,132 @@ async fn installed_crds_match_the_build_on_a_real_cluster() {
     let (client, _) = real_cluster().await;
     assert_crds_match(&client).await;
 }
+
+/// A failing scenario still gets its namespace deleted, its CGU's finalizer removed and the
+/// test's label taken off the ManagedCluster, and its panic is what the test reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scratch_is_cleaned_up_after_a_failure_on_the_double() {
+    let double = hub_double().await;
+    let seen = Arc::new(std::sync::Mutex::new(None::<(String, String)>));
+    let seen_in = seen.clone();
+    let outcome = AssertUnwindSafe(with_scratch(
+        double.client(),
+        double_config(&double),
+        Backend::Double,
+        Some(DOUBLE_CLUSTER),
+        async move |t| {
+            let label = action_label(&t.suffix);
+            *seen_in.lock().unwrap() = Some((t.ns.clone(), label.clone()));
+            let cgus: Api<ClusterGroupUpgrade> = Api::namespaced(t.client.clone(), &t.ns);
+            let mut c = conformance_cgu("left-behind", &t.ns);
+            c.metadata.finalizers = Some(vec![CGU_FINALIZER.into()]);
+            cgus.create(&PostParams::default(), &c).await.unwrap();
+            let mcs: Api<DynamicObject> = Api::all_with(t.client.clone(), &managed_clusters());
+            let patch = Patch::Merge(json!({"metadata": {"labels": {label: ""}}}));
+            mcs.patch(DOUBLE_CLUSTER, &PatchParams::default(), &patch)
+                .await
+                .unwrap();
+            panic!("scenario failed on purpose");
+        },
+    ))
+    .catch_unwind()
+    .await;
+    let panic = outcome.expect_err("the scenario's panic is passed on");
+    assert_eq!(
+        panic.downcast_ref::<&str>().copied(),
+        Some("scenario failed on purpose")
+    );
+    let (ns, label) = seen.lock().unwrap().clone().unwrap();
+    let cgu = double.get_value(
+        "ran.openshift.io/v1alpha1",
+        "ClusterGroupUpgrade",
+        Some(&ns),
+        "left-behind",
+    );
+    assert!(
+        cgu.as_ref()
+            .is_none_or(|c| c["metadata"]["finalizers"].is_null()),
+        "finalizer removed: {cgu:?}"
+    );
+    assert!(
+        double.get_value("v1", "Namespace", None, &ns).is_none(),
+        "namespace {ns} deleted"
+    );
+    let mc = double
+        .get_value(
+            "cluster.open-cluster-management.io/v1",
+            "ManagedCluster",
+            None,
+            DOUBLE_CLUSTER,
+        )
+        .unwrap();
+    assert!(
+        mc["metadata"]["labels"].get(&label).is_none(),
+        "label {label} removed: {}",
+        mc["metadata"]["labels"]
+    );
+    double.shutdown().await;
+}
+
+/// The scenarios that write refuse to run beside CGUs in other namespaces (the in-process
+/// operator would reconcile them) or a live TALM / talm-hub Lease; a stale Lease is fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_to_run_beside_other_cgus_or_a_live_controller_on_the_double() {
+    let double = hub_double().await;
+    let guard_message = async |double: &KubeDouble| {
+        let outcome = AssertUnwindSafe(with_scratch(
+            double.client(),
+            double_config(double),
+            Backend::Double,
+            None,
+            async |t| assert_no_other_cgu_controller(&t).await,
+        ))
+        .catch_unwind()
+        .await;
+        outcome.err().map(|p| {
+            p.downcast_ref::<String>()
+                .cloned()
+                .unwrap_or_else(|| "<non-string panic>".into())
+        })
+    };
+    assert_eq!(guard_message(&double).await, None, "an empty hub is fine");
+    for ns in ["openshift-cluster-group-upgrades", "ztp-install"] {
+        double
+            .put_value(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
+            .unwrap();
+    }
+
+    let lease = |renew: String| {
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+               "metadata": {"name": "9a2365a3.openshift.io",
+                            "namespace": "openshift-cluster-group-upgrades"},
+               "spec": {"holderIdentity": "talm-controller-manager-abc",
+                        "leaseDurationSeconds": 137, "renewTime": renew}})
+    };
+    double
+        .put_value(lease("2020-01-01T00:00:00.000000Z".into()))
+        .unwrap();
+    assert_eq!(guard_message(&double).await, None, "a stale Lease is fine");
+    let now = SystemClock
+        .now()
+        .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string();
+    double.put_value(lease(now)).unwrap();
+    let msg = guard_message(&double).await.expect("a live Lease refuses");
+    assert!(msg.contains("9a2365a3.openshift.io"), "{msg}");
+    assert!(msg.contains("talm-controller-manager-abc"), "{msg}");
+    double
+        .remove::<k8s_openapi::api::coordination::v1::Lease>(
+            Some("openshift-cluster-group-upgrades"),
+            "9a2365a3.openshift.io",
+        )
+        .unwrap();
+
+    let mut foreign =
+        serde_json::to_value(conformance_cgu("someone-elses", "ztp-install")).unwrap();
+    foreign["status"] = Value::Null;
+    double.put_value(foreign).unwrap();
+    let msg = guard_message(&double).await.expect("a foreign CGU refuses");
+    assert!(msg.contains("ztp-install/someone-elses"), "{msg}");
+    double.shutdown().await;
+}
