@@ -108,6 +108,12 @@ fn require_environment() {
 
 // ----- harness -----------------------------------------------------------------------------
 
+/// When the test started (for the progress lines it prints).
+fn started() -> Instant {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
 async fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
@@ -613,6 +619,10 @@ async fn simulate_compliance(
                         (s("id"), s("state"))
                     })
                     .unwrap_or_default();
+                eprintln!(
+                    "[{:?}] released {cluster} into {policy} (backup {backup_state})",
+                    started().elapsed()
+                );
                 log.lock().unwrap().push(Release {
                     policy: policy.to_string(),
                     cluster: cluster.clone(),
@@ -684,7 +694,7 @@ fn expected_images(fx: &Fixture, excluded: &str) -> BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cgu_with_precaching_and_backup_succeeds_with_three_real_agents() {
     require_environment();
-    let t0 = Instant::now();
+    let t0 = started();
     let agent_bin = agent_binary();
     let hub_dir = tempfile::tempdir().unwrap();
 
@@ -780,6 +790,7 @@ async fn a_cgu_with_precaching_and_backup_succeeds_with_three_real_agents() {
         all_in_state(&c, "precaching", "Succeeded").then_some(c)
     })
     .await;
+    eprintln!("pre-caching Succeeded after {:?}", t0.elapsed());
     let c = wait_for("CGU not enabled after pre-caching", || {
         cgu(&double).filter(|c| {
             condition(c, "Progressing").is_some_and(|(s, r, _)| s == "False" && r == "NotEnabled")
@@ -884,6 +895,7 @@ async fn a_cgu_with_precaching_and_backup_succeeds_with_three_real_agents() {
         "blob bytes served for 3 nodes"
     );
 
+    eprintln!("pre-cache checks done after {:?}; enabling", t0.elapsed());
     // Enable: backups, then the batches.
     let api: Api<ClusterGroupUpgrade> = Api::namespaced(double.client(), NS);
     api.patch(
