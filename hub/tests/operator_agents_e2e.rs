@@ -32,10 +32,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 #[path = "../../agent/tests/backup_support/mod.rs"]
 mod backup_support;
-#[allow(dead_code)]
 #[path = "../../agent/tests/precache_support/mod.rs"]
 mod precache_support;
 
@@ -137,7 +136,10 @@ fn agent_binary() -> PathBuf {
     if bin.exists() {
         return bin;
     }
-    let own = profile_dir.parent().unwrap().join("operator-agents-e2e-agent");
+    let own = profile_dir
+        .parent()
+        .unwrap()
+        .join("operator-agents-e2e-agent");
     #[allow(clippy::disallowed_methods)] // the test builds the real agent binary
     let st = Command::new(env!("CARGO"))
         .args([
@@ -272,7 +274,10 @@ impl Drop for Spoke {
         if std::thread::panicking() {
             let log = self.agent_log();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("--- {} agent log (last 40 lines, newest first) ---", self.name);
+            eprintln!(
+                "--- {} agent log (last 40 lines, newest first) ---",
+                self.name
+            );
             for l in tail {
                 eprintln!("{l}");
             }
@@ -373,7 +378,12 @@ impl Spoke {
             .args(["--etcd-key", &format!("{ETCD_CERTS}/client.key")])
             .args(["--node-name", self.name, "--space-margin-gib", "0"])
             // Pre-caching: vfs (no overlay mounts in a temp root).
-            .args(["--precache-storage-driver", "vfs", "--precache-parallel", "4"])
+            .args([
+                "--precache-storage-driver",
+                "vfs",
+                "--precache-parallel",
+                "4",
+            ])
             .env("RUST_LOG", "info")
             .env_remove("TALM_AGENT_STATE_DIR")
             .env_remove("TALM_HOST_ROOT")
@@ -607,11 +617,15 @@ async fn simulate_compliance(
                     continue;
                 }
                 let backup_state = cgu(&double)
-                    .and_then(|c| c["status"]["backup"]["status"][&cluster].as_str().map(str::to_string))
+                    .and_then(|c| {
+                        c["status"]["backup"]["status"][&cluster]
+                            .as_str()
+                            .map(str::to_string)
+                    })
                     .unwrap_or_default();
-                let backup_on_node = roots.get(cluster.as_str()).is_some_and(|r| {
-                    r.join("var/recovery").join(CURRENT).join(MARKER).exists()
-                });
+                let backup_on_node = roots
+                    .get(cluster.as_str())
+                    .is_some_and(|r| r.join("var/recovery").join(CURRENT).join(MARKER).exists());
                 let agent_backup = spoke_agent(&double, &cluster)
                     .map(|a| {
                         let r = &a["status"]["backup"];
@@ -743,7 +757,12 @@ async fn a_cgu_with_precaching_and_backup_succeeds_with_three_real_agents() {
     }
     for c in CLUSTERS {
         wait_for(&format!("{c} enrolled"), || {
-            double.get_value("v1", "Secret", Some(HUB_NS), &format!("talm-enrollment-{c}"))
+            double.get_value(
+                "v1",
+                "Secret",
+                Some(HUB_NS),
+                &format!("talm-enrollment-{c}"),
+            )
         })
         .await;
     }
@@ -779,6 +798,7 @@ async fn a_cgu_with_precaching_and_backup_succeeds_with_three_real_agents() {
         }))
         .unwrap();
 
+    eprintln!("CGU created after {:?}", t0.elapsed());
     // Pre-caching: the engine derives the spec and every agent reports Succeeded.
     wait_for("pre-caching succeeded on every cluster", || {
         let c = cgu(&double)?;
@@ -877,7 +897,11 @@ async fn a_cgu_with_precaching_and_backup_succeeds_with_three_real_agents() {
         );
         tokio::task::block_in_place(|| {
             for img in &expected {
-                assert!(s.imported(img), "{}: {img} is not in containers-storage", s.name);
+                assert!(
+                    s.imported(img),
+                    "{}: {img} is not in containers-storage",
+                    s.name
+                );
             }
             assert!(
                 !s.imported(&excluded_spec),
@@ -943,7 +967,11 @@ async fn a_cgu_with_precaching_and_backup_succeeds_with_three_real_agents() {
             "Backup is completed for all clusters".into()
         ))
     );
-    assert!(all_in_state(&c, "precaching", "Succeeded"), "{:#}", c["status"]);
+    assert!(
+        all_in_state(&c, "precaching", "Succeeded"),
+        "{:#}",
+        c["status"]
+    );
     assert!(all_in_state(&c, "backup", "Succeeded"), "{:#}", c["status"]);
     let done: BTreeSet<String> = c["status"]["clusters"]
         .as_array()
@@ -964,7 +992,11 @@ async fn a_cgu_with_precaching_and_backup_succeeds_with_three_real_agents() {
                     .is_some_and(|n| n.to_string_lossy().starts_with("snapshot"))
             })
             .collect();
-        assert!(!snaps.is_empty(), "{}: no etcd snapshot in the backup", s.name);
+        assert!(
+            !snaps.is_empty(),
+            "{}: no etcd snapshot in the backup",
+            s.name
+        );
     }
 
     // Releases: every (policy, cluster) once, batch 1 before batch 2, and never before the
@@ -972,19 +1004,22 @@ async fn a_cgu_with_precaching_and_backup_succeeds_with_three_real_agents() {
     let log = releases.lock().unwrap().clone();
     assert_eq!(log.len(), 2 * CLUSTERS.len(), "{log:#?}");
     for r in &log {
-        assert_eq!(r.backup_state, "Succeeded", "released before its backup: {r:?}");
+        assert_eq!(
+            r.backup_state, "Succeeded",
+            "released before its backup: {r:?}"
+        );
         assert_eq!(
             r.agent_backup,
             (backup_id.clone(), "Succeeded".to_string()),
             "the agent's report of the hub's backup task: {r:?}"
         );
-        assert!(r.backup_on_node, "released before its node had a backup: {r:?}");
+        assert!(
+            r.backup_on_node,
+            "released before its node had a backup: {r:?}"
+        );
     }
     let first_sno3 = log.iter().position(|r| r.cluster == "sno-3").unwrap();
-    let batch1_done = log
-        .iter()
-        .rposition(|r| r.cluster != "sno-3")
-        .unwrap();
+    let batch1_done = log.iter().rposition(|r| r.cluster != "sno-3").unwrap();
     assert!(batch1_done < first_sno3, "batch order: {log:#?}");
     for cluster in CLUSTERS {
         let order: Vec<&str> = log
@@ -999,32 +1034,51 @@ async fn a_cgu_with_precaching_and_backup_succeeds_with_three_real_agents() {
     // agents keep what they did.
     wait_for("enforcement objects and agent tasks cleared", || {
         let placements = double
-            .list_values("cluster.open-cluster-management.io/v1beta1", "Placement", None)
+            .list_values(
+                "cluster.open-cluster-management.io/v1beta1",
+                "Placement",
+                None,
+            )
             .len();
         let bindings = double
-            .list_values("policy.open-cluster-management.io/v1", "PlacementBinding", None)
+            .list_values(
+                "policy.open-cluster-management.io/v1",
+                "PlacementBinding",
+                None,
+            )
             .len();
         let tasks_left = CLUSTERS.iter().any(|c| {
-            spoke_agent(&double, c).is_none_or(|a| {
-                !a["spec"]["precache"].is_null() || !a["spec"]["backup"].is_null()
-            })
+            spoke_agent(&double, c)
+                .is_none_or(|a| !a["spec"]["precache"].is_null() || !a["spec"]["backup"].is_null())
         });
         (placements == 0 && bindings == 0 && !tasks_left).then_some(())
     })
     .await;
     // The status follows the spec: no task, no task report; the agents stay connected.
     for c in CLUSTERS {
-        wait_for(&format!("{c}: SpokeAgent status without task reports"), || {
-            spoke_agent(&double, c).filter(|a| {
-                let st = &a["status"];
-                st["connected"] == true && st["precache"].is_null() && st["backup"].is_null()
-            })
-        })
+        wait_for(
+            &format!("{c}: SpokeAgent status without task reports"),
+            || {
+                spoke_agent(&double, c).filter(|a| {
+                    let st = &a["status"];
+                    st["connected"] == true && st["precache"].is_null() && st["backup"].is_null()
+                })
+            },
+        )
         .await;
     }
     for s in &mut spokes {
-        assert!(s.agent_alive(), "{} agent exited:\n{}", s.name, s.agent_log());
-        assert!(s.backup_complete(), "{}: clearing the task removed the backup", s.name);
+        assert!(
+            s.agent_alive(),
+            "{} agent exited:\n{}",
+            s.name,
+            s.agent_log()
+        );
+        assert!(
+            s.backup_complete(),
+            "{}: clearing the task removed the backup",
+            s.name
+        );
         let j = s.precache_journal().unwrap();
         assert_eq!(j["state"], "Succeeded", "{}", s.name);
     }
