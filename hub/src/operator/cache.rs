@@ -587,7 +587,23 @@ impl Cache {
     /// Records the server's response to one of the operator's writes (or a fresh read).
     /// Ignored when the watch has already delivered a newer version.
     pub fn record_write<T: IntoObject>(&mut self, obj: T) {
-        let obj = obj.into_object();
+        self.record(obj.into_object(), &mut HashSet::new());
+    }
+
+    /// Records a write the operator's process made for someone else: the gateway writing an
+    /// agent's report into its SpokeAgent status. As [`Self::record_write`] (the snapshot has
+    /// it at once, its echo triggers nothing), but it returns the CGUs to reconcile: no
+    /// reconcile decided this change, and the echo will not announce it. Empty when the watch
+    /// delivered the object first (that event triggered them).
+    pub fn record_report<T: IntoObject>(&mut self, obj: T) -> Vec<CguRef> {
+        let mut triggers = HashSet::new();
+        self.record(obj.into_object(), &mut triggers);
+        let mut v: Vec<CguRef> = triggers.into_iter().collect();
+        v.sort();
+        v
+    }
+
+    fn record(&mut self, obj: Object, triggers: &mut HashSet<CguRef>) {
         let kind = obj.kind();
         let key = key_of(obj.meta());
         let rv = rv_of(obj.meta());
@@ -606,7 +622,7 @@ impl Cache {
             );
         }
         self.present.entry(kind).or_default().insert(key);
-        self.upsert(obj, &mut HashSet::new());
+        self.upsert(obj, triggers);
     }
 
     /// Records that the operator deleted an object (or removed the last finalizer of one that
@@ -1046,6 +1062,39 @@ mod tests {
         assert_eq!(
             c.apply(WatchEvent::Apply(v3.into_object())),
             vec![r("default", "c1")]
+        );
+    }
+
+    #[test]
+    fn a_recorded_agent_report_triggers_the_cgus_of_its_cluster() {
+        let mut c = Cache::new();
+        c.apply(WatchEvent::Apply(started_cgu().into_object()));
+        let report = |rv: &str| -> SpokeAgent {
+            serde_json::from_value(json!({
+                "metadata": {"name": "spoke1", "namespace": "spoke1", "resourceVersion": rv},
+                "spec": {},
+                "status": {"connected": true, "backup": {"id": "b", "state": rv}}
+            }))
+            .unwrap()
+        };
+        // The gateway's status write: the CGU holding spoke1 is reconciled, and the write's
+        // echo triggers nothing more.
+        assert_eq!(c.record_report(report("5")), vec![r("default", "c1")]);
+        assert!(
+            c.apply(WatchEvent::Apply(report("5").into_object()))
+                .is_empty()
+        );
+        // The watch was first: its event triggered the CGU; recording the write adds nothing.
+        assert_eq!(
+            c.apply(WatchEvent::Apply(report("6").into_object())),
+            vec![r("default", "c1")]
+        );
+        assert!(c.record_report(report("6")).is_empty());
+        // The operator's own writes still trigger nothing.
+        c.record_write(report("7"));
+        assert!(
+            c.apply(WatchEvent::Apply(report("7").into_object()))
+                .is_empty()
         );
     }
 

@@ -9,6 +9,9 @@
 //!   live session with its own "disconnected": a `connected: false` write is skipped when the
 //!   stored status says connected and is not what this replica last wrote (the agent moved to
 //!   another replica).
+//! - A written status goes into the cache at once, and the CGUs of the cluster are reconciled
+//!   then: the watch echo of a write the cache recorded triggers nothing, so without this an
+//!   agent's report reached the engine only at the CGU's next timed requeue.
 //! - The engine creates SpokeAgents (`writes.rs`); the gateway does not. A status write for a
 //!   missing SpokeAgent is [`StoreError::NotFound`], which the gateway's writer treats as
 //!   "nothing to persist yet".
@@ -155,7 +158,10 @@ impl KubeSpokeAgentStore {
             {
                 Ok(out) => {
                     self.remember(cluster, status);
-                    self.shared.cache_write().record_write(out);
+                    // The engine has not seen this report: reconcile the CGUs of the cluster
+                    // now (the watch echo of a recorded write triggers nothing).
+                    let triggers = self.shared.cache_write().record_report(out);
+                    self.shared.route(triggers);
                     return Ok(());
                 }
                 Err(e) if is_conflict(&e) => continue,
