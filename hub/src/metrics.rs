@@ -193,7 +193,8 @@ impl Metrics {
 
     /// Updates the per-CGU gauges from its status at `now`.
     pub fn observe_cgu(&self, key: &str, cgu: &ClusterGroupUpgrade, now: Timestamp) {
-        let status = cgu.status.clone().unwrap_or_default();
+        let default = talm_shared::api::cgu::ClusterGroupUpgradeStatus::default();
+        let status = cgu.status.as_ref().unwrap_or(&default);
         let mut counts = [0i64; 4];
         for c in status.clusters.iter().flatten() {
             match c.state.as_str() {
@@ -213,26 +214,22 @@ impl Metrics {
                 .try_into()
                 .unwrap_or(i64::MAX)
         });
-        let planned: i64 = status
+        // One pass over the plan, one lookup per recorded cluster: this runs after every
+        // reconcile, on plans of 10,000 clusters.
+        let planned: std::collections::HashSet<&str> = status
             .remediation_plan
             .iter()
             .flatten()
-            .map(Vec::len)
-            .sum::<usize>()
-            .try_into()
-            .unwrap_or(i64::MAX);
+            .flatten()
+            .map(String::as_str)
+            .collect();
         let done_in_plan = status
             .clusters
             .iter()
             .flatten()
-            .filter(|c| {
-                status
-                    .remediation_plan
-                    .iter()
-                    .flatten()
-                    .any(|b| b.contains(&c.name))
-            })
+            .filter(|c| planned.contains(c.name.as_str()))
             .count();
+        let planned: i64 = planned.len().try_into().unwrap_or(i64::MAX);
         let done_in_plan: i64 = done_in_plan.try_into().unwrap_or(i64::MAX);
         counts[3] = (planned - done_in_plan - counts[2]).max(0);
         for (state, n) in CLUSTER_STATES.iter().zip(counts) {
@@ -246,11 +243,11 @@ impl Metrics {
         let labels = CguLabels {
             cgu: key.to_string(),
         };
-        let upgrade = status.status.unwrap_or_default();
-        self.cgu_current_batch
-            .get_or_create(&labels)
-            .set(i64::from(upgrade.current_batch.unwrap_or(0)));
-        match upgrade.current_batch_started_at {
+        let upgrade = status.status.as_ref();
+        self.cgu_current_batch.get_or_create(&labels).set(i64::from(
+            upgrade.and_then(|u| u.current_batch).unwrap_or(0),
+        ));
+        match upgrade.and_then(|u| u.current_batch_started_at.as_ref()) {
             Some(t) => {
                 let started = t.0.as_millisecond() as f64 / 1000.0;
                 self.cgu_batch_started.get_or_create(&labels).set(started);
