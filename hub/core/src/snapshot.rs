@@ -6,6 +6,7 @@
 //! one from files.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use talm_shared::api::cgu::ClusterGroupUpgrade;
 use talm_shared::api::precaching::PreCachingConfigSpec;
@@ -271,7 +272,8 @@ pub struct Snapshot {
     precaching_configs: HashMap<Key, PreCachingConfigSpec>,
     config_maps: HashMap<Key, ConfigMapView>,
     spoke_agents: HashMap<Key, SpokeAgent>,
-    cgus: HashMap<Key, ClusterGroupUpgrade>,
+    /// Shared, so a reconcile takes its CGU out of the snapshot without a deep copy.
+    cgus: HashMap<Key, Arc<ClusterGroupUpgrade>>,
     /// talm's ManagedClusterViews, ordered so one cluster namespace is a range.
     views: BTreeMap<Key, ManagedClusterView>,
 }
@@ -385,7 +387,7 @@ impl Snapshot {
     /// Adds (or replaces) a CGU (other CGUs are read for blocking).
     pub fn insert_cgu(&mut self, c: ClusterGroupUpgrade) {
         let k = key(c.metadata.namespace.as_ref(), c.metadata.name.as_ref());
-        self.cgus.insert(k, c);
+        self.cgus.insert(k, Arc::new(c));
     }
 
     /// Adds (or replaces) a ManagedClusterView.
@@ -514,7 +516,7 @@ impl Snapshot {
 
     /// Every CGU, in no particular order.
     pub fn cgus(&self) -> impl Iterator<Item = &ClusterGroupUpgrade> {
-        self.cgus.values()
+        self.cgus.values().map(|c| &**c)
     }
 
     /// A ManagedCluster by name.
@@ -595,7 +597,16 @@ impl Snapshot {
 
     /// A CGU by namespace and name.
     pub fn cgu(&self, namespace: &str, name: &str) -> Option<&ClusterGroupUpgrade> {
-        self.cgus.get(&(namespace.to_string(), name.to_string()))
+        self.cgus
+            .get(&(namespace.to_string(), name.to_string()))
+            .map(|c| &**c)
+    }
+
+    /// A CGU by namespace and name, shared (no copy of its status).
+    pub fn cgu_shared(&self, namespace: &str, name: &str) -> Option<Arc<ClusterGroupUpgrade>> {
+        self.cgus
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
     }
 }
 

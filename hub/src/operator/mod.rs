@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use futures::channel::mpsc;
 use futures::{FutureExt, StreamExt};
+use kube::core::PartialObjectMeta;
 use kube::runtime::Controller;
 use kube::runtime::controller::Config as ControllerConfig;
 use kube::runtime::reflector::{self, ObjectRef};
@@ -108,7 +109,12 @@ impl Default for Config {
     }
 }
 
-type TriggerTx = mpsc::UnboundedSender<ObjectRef<ClusterGroupUpgrade>>;
+/// What the controller's store holds of a CGU: its metadata only. The reconcile reads the CGU
+/// from the cache, so a full copy per version (the status of a 10,000-cluster CGU is about a
+/// megabyte) would be waste.
+pub type CguMeta = PartialObjectMeta<ClusterGroupUpgrade>;
+
+type TriggerTx = mpsc::UnboundedSender<ObjectRef<CguMeta>>;
 
 /// What the watchers, the reconciler and the admin server share.
 pub struct Shared {
@@ -217,7 +223,7 @@ impl Drop for AbortOnDrop {
     }
 }
 
-fn object_ref(r: &CguRef) -> ObjectRef<ClusterGroupUpgrade> {
+fn object_ref(r: &CguRef) -> ObjectRef<CguMeta> {
     ObjectRef::new(&r.name).within(&r.namespace)
 }
 
@@ -260,7 +266,7 @@ impl Operator {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), OperatorError> {
         let shutdown = shutdown.shared();
-        let (reader, writer) = reflector::store::<ClusterGroupUpgrade>();
+        let (reader, writer) = reflector::store::<CguMeta>();
         let watchers = AbortOnDrop(watch::spawn_all(self.shared.clone(), writer));
         let lock = self.config.leader_election.as_ref().map(|le| {
             LeaseLock::new(
@@ -308,7 +314,7 @@ impl Operator {
     /// Runs the controller until leadership is lost (false) or shutdown (true).
     async fn lead(
         &self,
-        reader: reflector::Store<ClusterGroupUpgrade>,
+        reader: reflector::Store<CguMeta>,
         lock: Option<&LeaseLock>,
         shutdown: futures::future::Shared<impl Future<Output = ()> + Send + 'static>,
     ) -> bool {

@@ -14,10 +14,10 @@ use talm_hub_core::{Context, Requeue};
 use talm_shared::api::cgu::ClusterGroupUpgrade;
 use tracing::Instrument;
 
-use super::Shared;
 use super::cache::CguRef;
 use super::error::OperatorError;
 use super::writes::{self, Outcome};
+use super::{CguMeta, Shared};
 
 /// Decisions attempted per reconcile before giving up on conflicts.
 pub const MAX_ATTEMPTS: usize = 4;
@@ -41,11 +41,8 @@ pub fn action(requeue: Requeue) -> Action {
 }
 
 /// The controller's reconcile function.
-pub async fn reconcile(
-    obj: Arc<ClusterGroupUpgrade>,
-    shared: Arc<Shared>,
-) -> Result<Action, OperatorError> {
-    let key = CguRef::of(&obj);
+pub async fn reconcile(obj: Arc<CguMeta>, shared: Arc<Shared>) -> Result<Action, OperatorError> {
+    let key = CguRef::of_meta(&obj.metadata);
     let span = tracing::info_span!("reconcile", cgu = %key);
     let result = {
         let _measure = shared.metrics.measure();
@@ -65,12 +62,8 @@ pub async fn reconcile(
 }
 
 /// The controller's error policy: log, and back off exponentially per CGU.
-pub fn error_policy(
-    obj: Arc<ClusterGroupUpgrade>,
-    error: &OperatorError,
-    shared: Arc<Shared>,
-) -> Action {
-    let key = CguRef::of(&obj);
+pub fn error_policy(obj: Arc<CguMeta>, error: &OperatorError, shared: Arc<Shared>) -> Action {
+    let key = CguRef::of_meta(&obj.metadata);
     let n = {
         let mut f = shared
             .failures
@@ -101,8 +94,7 @@ async fn reconcile_cgu(key: &CguRef, shared: &Shared) -> Result<Action, Operator
             let cache = shared.cache_read();
             cache
                 .snapshot()
-                .cgu(&key.namespace, &key.name)
-                .cloned()
+                .cgu_shared(&key.namespace, &key.name)
                 .map(|cgu| {
                     let ctx = Context {
                         now,

@@ -9,9 +9,10 @@
 
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
+use kube::core::{ObjectMeta, PartialObjectMetaExt};
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, watcher as watch_fn};
@@ -26,8 +27,8 @@ use talm_shared::api::spokeagent::SpokeAgent;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use super::Shared;
 use super::cache::{CguRef, IntoObject, Kind, Object, WatchEvent};
+use super::{CguMeta, Shared};
 use crate::metrics::KindLabels;
 
 fn talm_label() -> String {
@@ -35,10 +36,7 @@ fn talm_label() -> String {
 }
 
 /// Starts every watcher; `cgu_store` is the controller's reflector store for CGUs.
-pub fn spawn_all(
-    shared: Arc<Shared>,
-    cgu_store: Writer<ClusterGroupUpgrade>,
-) -> Vec<JoinHandle<()>> {
+pub fn spawn_all(shared: Arc<Shared>, mut cgu_store: Writer<CguMeta>) -> Vec<JoinHandle<()>> {
     let client = shared.client.clone();
     let all = watcher::Config::default();
     let labelled = watcher::Config::default().labels(&talm_label());
@@ -47,7 +45,10 @@ pub fn spawn_all(
     let views = watcher::Config::default().labels(labels::CGU);
     let cgus = watch_fn(Api::<ClusterGroupUpgrade>::all(client.clone()), all.clone())
         .default_backoff()
-        .reflect(cgu_store);
+        .map_ok(move |ev| {
+            cgu_store.apply_watcher_event(&meta_event(&ev));
+            ev
+        });
     vec![
         spawn(shared.clone(), Kind::Cgu, cgus, IntoObject::into_object),
         spawn(
@@ -99,6 +100,27 @@ pub fn spawn_all(
             config_map,
         ),
     ]
+}
+
+/// The metadata-only form of a CGU event, for the controller's store.
+fn meta_event(ev: &Event<ClusterGroupUpgrade>) -> Event<CguMeta> {
+    let meta = |c: &ClusterGroupUpgrade| {
+        ObjectMeta {
+            name: c.metadata.name.clone(),
+            namespace: c.metadata.namespace.clone(),
+            uid: c.metadata.uid.clone(),
+            resource_version: c.metadata.resource_version.clone(),
+            ..ObjectMeta::default()
+        }
+        .into_request_partial::<ClusterGroupUpgrade>()
+    };
+    match ev {
+        Event::Init => Event::Init,
+        Event::InitApply(c) => Event::InitApply(meta(c)),
+        Event::InitDone => Event::InitDone,
+        Event::Apply(c) => Event::Apply(meta(c)),
+        Event::Delete(c) => Event::Delete(meta(c)),
+    }
 }
 
 fn config_map(cm: ConfigMap) -> Object {

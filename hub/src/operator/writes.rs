@@ -27,7 +27,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Map, Value, json};
 use talm_hub_core::{Decision, Event, FinalizerChange, TaskChange, Write};
 use talm_shared::api::ObjectMeta;
-use talm_shared::api::cgu::{ClusterGroupUpgrade, FINALIZER};
+use talm_shared::api::cgu::{ClusterGroupUpgrade, ClusterGroupUpgradeStatus, FINALIZER};
 use talm_shared::api::rhacm::{
     ManagedCluster, ManagedClusterAction, ManagedClusterView, Placement, PlacementBinding,
 };
@@ -372,9 +372,8 @@ pub async fn apply_cgu(
     }
 
     // Status.
-    let old = to_value("CGU status", &cgu.status.clone().unwrap_or_default())?;
-    let new = to_value("CGU status", &decision.status)?;
-    if let Some(diff) = merge_diff(&old, &new) {
+    let empty = ClusterGroupUpgradeStatus::default();
+    if let Some(diff) = status_patch(cgu.status.as_ref().unwrap_or(&empty), &decision.status)? {
         let body = json!({"metadata": {"resourceVersion": rv}, "status": diff});
         match api
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&body))
@@ -397,6 +396,101 @@ pub async fn apply_cgu(
         }
     }
     Ok(Outcome::Done { changed })
+}
+
+/// The merge patch from status `old` to `new`: exactly `merge_diff` of their JSON, computed
+/// without serializing the large fields (the plan, the per-cluster lists and maps) when they
+/// are equal, which is most reconciles at fleet scale.
+pub fn status_patch(
+    old: &ClusterGroupUpgradeStatus,
+    new: &ClusterGroupUpgradeStatus,
+) -> Result<Option<Value>, OperatorError> {
+    if old == new {
+        return Ok(None);
+    }
+    let mut patch = match merge_diff(
+        &to_value("CGU status", &light(old))?,
+        &to_value("CGU status", &light(new))?,
+    ) {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    // The fields `light` leaves out, with their serde skip rules: absent when `None` (and for
+    // `clusters` also when empty).
+    let clusters = |s: &ClusterGroupUpgradeStatus| s.clusters.clone().filter(|c| !c.is_empty());
+    heavy(
+        &mut patch,
+        "remediationPlan",
+        &old.remediation_plan,
+        &new.remediation_plan,
+    )?;
+    if old.clusters != new.clusters {
+        heavy(&mut patch, "clusters", &clusters(old), &clusters(new))?;
+    }
+    heavy(&mut patch, "status", &old.status, &new.status)?;
+    heavy(&mut patch, "precaching", &old.precaching, &new.precaching)?;
+    heavy(&mut patch, "backup", &old.backup, &new.backup)?;
+    Ok((!patch.is_empty()).then_some(Value::Object(patch)))
+}
+
+/// The status without its large fields (exhaustive: a new status field must be placed).
+fn light(s: &ClusterGroupUpgradeStatus) -> ClusterGroupUpgradeStatus {
+    let ClusterGroupUpgradeStatus {
+        conditions,
+        computed_max_concurrency,
+        remediation_plan: _,
+        managed_policies_for_upgrade,
+        managed_policies_compliant_before_upgrade,
+        managed_policies_ns,
+        managed_policies_content,
+        placements,
+        placement_bindings,
+        safe_resource_names,
+        clusters: _,
+        status: _,
+        precaching: _,
+        backup: _,
+        copied_policies,
+    } = s;
+    ClusterGroupUpgradeStatus {
+        conditions: conditions.clone(),
+        computed_max_concurrency: *computed_max_concurrency,
+        remediation_plan: None,
+        managed_policies_for_upgrade: managed_policies_for_upgrade.clone(),
+        managed_policies_compliant_before_upgrade: managed_policies_compliant_before_upgrade
+            .clone(),
+        managed_policies_ns: managed_policies_ns.clone(),
+        managed_policies_content: managed_policies_content.clone(),
+        placements: placements.clone(),
+        placement_bindings: placement_bindings.clone(),
+        safe_resource_names: safe_resource_names.clone(),
+        clusters: None,
+        status: None,
+        precaching: None,
+        backup: None,
+        copied_policies: copied_policies.clone(),
+    }
+}
+
+/// Adds the patch of one large optional field, serialized only when it changed.
+fn heavy<T: serde::Serialize + PartialEq>(
+    patch: &mut Map<String, Value>,
+    key: &str,
+    old: &Option<T>,
+    new: &Option<T>,
+) -> Result<(), OperatorError> {
+    if old == new {
+        return Ok(());
+    }
+    let d = match (old, new) {
+        (_, None) => Some(Value::Null),
+        (None, Some(n)) => Some(to_value("CGU status", n)?),
+        (Some(o), Some(n)) => merge_diff(&to_value("CGU status", o)?, &to_value("CGU status", n)?),
+    };
+    if let Some(d) = d {
+        patch.insert(key.to_string(), d);
+    }
+    Ok(())
 }
 
 static EVENT_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -504,6 +598,58 @@ mod tests {
             Some(json!({"b": {"x": 2}, "c": [1, 2], "gone": null, "new": "v"}))
         );
         assert_eq!(merge_diff(&old, &old), None);
+    }
+
+    #[test]
+    fn status_patch_equals_the_full_merge_diff() {
+        let status = |v: Value| -> ClusterGroupUpgradeStatus { serde_json::from_value(v).unwrap() };
+        let cond = |r: &str| {
+            json!([{"type": "Progressing", "status": "True", "reason": r,
+            "message": "m", "lastTransitionTime": "2026-01-01T00:00:00Z"}])
+        };
+        let a = status(json!({
+            "conditions": cond("InProgress"),
+            "remediationPlan": [["s1", "s2"], ["s3"]],
+            "clusters": [{"name": "s0", "state": "complete"}],
+            "status": {"currentBatch": 1, "currentBatchRemediationProgress": {
+                "s1": {"state": "InProgress", "policyIndex": 0},
+                "s2": {"state": "NotStarted"}}},
+            "precaching": {"status": {"s1": "Succeeded", "s2": "Active"}},
+            "managedPoliciesNs": {"p": "ztp"}
+        }));
+        let variants = [
+            status(json!({})),
+            a.clone(),
+            status(json!({
+                "conditions": cond("InProgress"),
+                "remediationPlan": [["s1", "s2"], ["s3"]],
+                "clusters": [{"name": "s0", "state": "complete"}],
+                "status": {"currentBatch": 1, "currentBatchRemediationProgress": {
+                    "s1": {"state": "Completed"},
+                    "s2": {"state": "NotStarted"}}},
+                "precaching": {"status": {"s1": "Succeeded", "s2": "Active"}},
+                "managedPoliciesNs": {"p": "ztp"}
+            })),
+            status(json!({
+                "conditions": cond("Completed"),
+                "remediationPlan": [["s1", "s2"], ["s3"]],
+                "clusters": [],
+                "backup": {"status": {"s1": "Succeeded"}},
+                "managedPoliciesNs": {"p": "ztp", "q": "other"}
+            })),
+            status(json!({"conditions": cond("InProgress"), "clusters": [
+                {"name": "s0", "state": "complete"}, {"name": "s1", "state": "timedout"}]})),
+        ];
+        for old in &variants {
+            for new in &variants {
+                let full = merge_diff(
+                    &serde_json::to_value(old).unwrap(),
+                    &serde_json::to_value(new).unwrap(),
+                );
+                assert_eq!(status_patch(old, new).unwrap(), full, "{old:?} -> {new:?}");
+            }
+        }
+        assert!(status_patch(&a, &a).unwrap().is_none());
     }
 
     #[test]
