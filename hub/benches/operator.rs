@@ -932,6 +932,13 @@ fn print_table(all: &[Outcome]) {
             }),
         ),
         (
+            "reaction p90",
+            Box::new(|o: &Outcome| {
+                let v = ms(pct(&o.reactions, 0.9));
+                (format!("{v:.0} ms"), v)
+            }),
+        ),
+        (
             "reaction p99",
             Box::new(|o: &Outcome| {
                 let v = ms(pct(&o.reactions, 0.99));

@@ -104,7 +104,7 @@ async fn reconcile_cgu(key: &CguRef, shared: &Shared) -> Result<Action, Operator
                     (cgu, d)
                 })
         };
-        let Some((cgu, decision)) = decided else {
+        let Some((cgu, mut decision)) = decided else {
             return Ok(Action::await_change());
         };
         // The engine asked for update graphs not fetched yet: fetch them (outside the cache
@@ -127,7 +127,7 @@ async fn reconcile_cgu(key: &CguRef, shared: &Shared) -> Result<Action, Operator
             "decided"
         );
         writes::apply_writes(shared, &decision.writes).await?;
-        match writes::apply_cgu(shared, &cgu, &decision).await? {
+        match writes::apply_cgu(shared, &cgu, &mut decision).await? {
             Outcome::Done { changed } => {
                 writes::publish_events(shared, &cgu, &decision.events, now).await;
                 if let Some(updated) = shared

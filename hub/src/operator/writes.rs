@@ -318,7 +318,7 @@ pub fn merge_diff(old: &Value, new: &Value) -> Option<Value> {
 pub async fn apply_cgu(
     shared: &Shared,
     cgu: &ClusterGroupUpgrade,
-    decision: &Decision,
+    decision: &mut Decision,
 ) -> Result<Outcome, OperatorError> {
     let (ns, name) = ns_name(&cgu.metadata);
     let api: Api<ClusterGroupUpgrade> = Api::namespaced(shared.client.clone(), &ns);
@@ -375,13 +375,18 @@ pub async fn apply_cgu(
     let empty = ClusterGroupUpgradeStatus::default();
     if let Some(diff) = status_patch(cgu.status.as_ref().unwrap_or(&empty), &decision.status)? {
         let body = json!({"metadata": {"resourceVersion": rv}, "status": diff});
-        match api
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&body))
-            .await
-        {
-            Ok(out) => {
+        match patch_status_meta(shared, &ns, &name, &body).await {
+            Ok(meta) => {
                 changed = true;
-                shared.cache_write().record_write(out);
+                // The server applied this diff to the version the decision was made from
+                // (the resourceVersion guard), so the result is the decided status: record
+                // that instead of parsing the megabyte the server echoes at fleet scale.
+                let written = ClusterGroupUpgrade {
+                    metadata: meta,
+                    spec: cgu.spec.clone(),
+                    status: Some(std::mem::take(&mut decision.status)),
+                };
+                shared.cache_write().record_write(written);
             }
             Err(e) if is_not_found(&e) => {
                 shared.cache_write().record_delete(Kind::Cgu, &ns, &name);
@@ -396,6 +401,29 @@ pub async fn apply_cgu(
         }
     }
     Ok(Outcome::Done { changed })
+}
+
+/// Only the metadata of a response (serde skips the rest without building it).
+#[derive(serde::Deserialize)]
+struct MetaOnly {
+    #[serde(default)]
+    metadata: ObjectMeta,
+}
+
+/// A merge patch of a CGU's status subresource, keeping only the response's metadata.
+async fn patch_status_meta(
+    shared: &Shared,
+    ns: &str,
+    name: &str,
+    body: &Value,
+) -> Result<ObjectMeta, kube::Error> {
+    use kube::Resource as _;
+    let url = ClusterGroupUpgrade::url_path(&(), Some(ns));
+    let req = kube::core::Request::new(url)
+        .patch_subresource("status", name, &PatchParams::default(), &Patch::Merge(body))
+        .map_err(kube::Error::BuildRequest)?;
+    let out: MetaOnly = shared.client.request(req).await?;
+    Ok(out.metadata)
 }
 
 /// The merge patch from status `old` to `new`: exactly `merge_diff` of their JSON, computed
