@@ -91,8 +91,11 @@ impl SpokeAgentStore for Recording {
         self.inner.status(c)
     }
     fn write_status(&self, c: &str, s: &SpokeAgentStatus) -> Result<(), StoreError> {
+        // The log lock is held across the write, so the log has every write the store has,
+        // in the store's order (a reader never sees a status the log is still missing).
+        let mut log = self.writes.lock().unwrap();
         self.inner.write_status(c, s)?;
-        self.writes.lock().unwrap().push((c.to_string(), s.clone()));
+        log.push((c.to_string(), s.clone()));
         Ok(())
     }
 }
