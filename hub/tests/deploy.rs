@@ -16,18 +16,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod operator_support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::CommandFactory;
+use operator_support::{GatewayHub, find_condition};
 use serde_json::{Value, json};
 use talm_gateway::GatewayConfig;
 use talm_gateway::enroll::secret_hash;
 use talm_gateway::store::TokenRecord;
-use talm_hub::operator::agents::{AgentGateway, GatewaySettings, ServingTls, secrets};
-use talm_hub::operator::{Config, LeaderElection, LeaseTiming, ManualClock, Operator};
+use talm_hub::operator::agents::{GatewaySettings, ServingTls, secrets};
+use talm_hub::operator::{Config, LeaderElection, LeaseTiming, Operator};
 use talm_hub::plan::graph::FileUpdateGraph;
 use talm_kube_double::{Fault, KubeDouble, Verb};
 use talm_shared::api::cgu::ClusterGroupUpgrade;
@@ -866,18 +869,13 @@ const WAIT: Duration = Duration::from_secs(60);
 /// (group, resource) the operator uses only in its own namespace: granted by the Role.
 const HUB_NAMESPACE_ONLY: &[(&str, &str)] = &[("coordination.k8s.io", "leases"), ("", "secrets")];
 
+/// Waits until `f` holds, playing the agents ([`answer_agent_tasks`]) before every poll.
 async fn wait_for<T>(what: &str, double: &KubeDouble, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    operator_support::wait_for_within(WAIT, Duration::from_millis(20), what, || {
         answer_agent_tasks(double);
-        if let Some(v) = f() {
-            return v;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!("timed out waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        f()
+    })
+    .await
 }
 
 /// Plays the agents: every assigned pre-cache or backup task is reported `Succeeded` in the
@@ -931,20 +929,11 @@ fn fill_view(double: &KubeDouble, mut view: Value, result: Value) {
 }
 
 fn cgu(double: &KubeDouble) -> Option<Value> {
-    double.get_value(
-        "ran.openshift.io/v1alpha1",
-        "ClusterGroupUpgrade",
-        Some("default"),
-        "cgu-rbac",
-    )
+    operator_support::cgu(double, "default", "cgu-rbac")
 }
 
 fn condition_reason(c: &Value, t: &str) -> Option<String> {
-    c["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|x| x["type"] == t)
-        .map(|x| format!("{}/{}", s(x, "/status"), s(x, "/reason")))
+    find_condition(c, t).map(|x| format!("{}/{}", s(x, "/status"), s(x, "/reason")))
 }
 
 /// Runs the operator through a rollout that makes every kind of call it can make, and
@@ -1047,19 +1036,11 @@ async fn observed_calls() -> (Rules, Vec<String>) {
         graph_fetcher: None,
         ztp: true,
     };
-    let clock = Arc::new(ManualClock::new("2026-03-02T10:00:00Z".parse().unwrap()));
-    let op = Operator::new(double.client(), clock, config);
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
+    let op = Operator::new(double.client(), operator_support::manual_clock(), config);
     // The gateway, as `talm-hub run` starts it in every replica: the agents' CA and the
     // serving certificate (Secrets, created on first start), the enrollment watch.
-    let gw = AgentGateway::start(
-        op.shared(),
+    let hub = GatewayHub::start(
+        op,
         GatewaySettings {
             namespace: NAMESPACE.into(),
             serving: ServingTls::Generated {
@@ -1068,14 +1049,9 @@ async fn observed_calls() -> (Rules, Vec<String>) {
             gateway: GatewayConfig::default(),
             cert_lifetime: Duration::from_secs(3600),
         },
-        Arc::new(SystemClock),
     )
-    .await
-    .unwrap();
-    let gateway = gw.gateway.clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let serving = tokio::spawn(gw.serve(listener, stopped()));
-    let task = tokio::spawn(op.run(stopped()));
+    .await;
+    let gateway = hub.gateway.clone();
 
     let d = &double;
     wait_for("pre-caching done", d, || {
@@ -1210,14 +1186,7 @@ async fn observed_calls() -> (Rules, Vec<String>) {
     d.delete::<ClusterGroupUpgrade>(Some("default"), "cgu-rbac")
         .unwrap();
     wait_for("CGU gone", d, || cgu(d).is_none().then_some(())).await;
-    let _ = stop.send(true);
-    for t in [task, serving] {
-        tokio::time::timeout(WAIT, t)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-    }
+    hub.stop().await;
 
     let requests = double.requests();
     let lease_namespaces: Vec<String> = requests
@@ -1607,17 +1576,7 @@ fn recovery_partition_example_mounts_its_partition_at_var_recovery() {
 async fn machineconfig_uses_the_secrets_store_and_the_serving_ca() {
     let double = KubeDouble::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let kc = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kc,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: d\n  cluster:\n    server: {}\n\
-             contexts:\n- name: d\n  context:\n    cluster: d\n    user: u\n\
-             current-context: d\nusers:\n- name: u\n  user: {{}}\n",
-            double.url()
-        ),
-    )
-    .unwrap();
+    let kc = operator_support::kubeconfig(&double, dir.path());
     let run = |kc: std::path::PathBuf| {
         #[allow(clippy::disallowed_methods)] // the test drives the real binary
         std::process::Command::new(env!("CARGO_BIN_EXE_talm-hub"))

@@ -10,28 +10,28 @@
 // Test helpers may unwrap: a panic there is a test failure with a backtrace.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod operator_support;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use serde_json::{Value, json};
-use talm_hub::operator::{
-    Config, LeaderElection, LeaseTiming, ManualClock, Operator, OperatorError, Shared,
+use operator_support::{
+    RunningOperator, StopSwitch, find_condition, root_status_entries, text, ztp_labels,
 };
+use serde_json::{Value, json};
+use talm_hub::operator::{Config, LeaderElection, LeaseTiming, ManualClock, Operator};
 use talm_hub::plan::graph::FileUpdateGraph;
 use talm_kube_double::{Fault, KubeDouble, PatchType, RequestRecord, Verb};
 use talm_shared::api::cgu::ClusterGroupUpgrade;
 use talm_shared::api::rhacm::Policy;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/talm");
 const NS: &str = "default";
 const P1: &str = "policy1-common-cluster-version-policy";
 const P2: &str = "policy2-common-pao-sub-policy";
 const CGU: &str = "cgu-upgrade-complete";
-const T0: &str = "2026-03-02T10:00:00Z";
 const WAIT: Duration = Duration::from_secs(30);
 
 // ----- harness -----------------------------------------------------------------------------
@@ -83,27 +83,28 @@ fn upgrade_complete() -> Value {
     })
 }
 
+/// The operator with the [`ManualClock`] it runs on.
 struct Running {
-    shared: Arc<Shared>,
+    op: RunningOperator,
     clock: Arc<ManualClock>,
-    stop: watch::Sender<bool>,
-    task: JoinHandle<Result<(), OperatorError>>,
+}
+
+impl std::ops::Deref for Running {
+    type Target = RunningOperator;
+
+    fn deref(&self) -> &RunningOperator {
+        &self.op
+    }
 }
 
 impl Running {
     /// Ends the operator without any cleanup (no Lease release), as a crash would.
     async fn crash(self) {
-        self.task.abort();
-        assert!(self.task.await.unwrap_err().is_cancelled());
+        self.op.crash().await;
     }
 
     async fn stop(self) {
-        let _ = self.stop.send(true);
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("operator stops")
-            .expect("operator task")
-            .expect("operator result");
+        self.op.stop(WAIT).await;
     }
 }
 
@@ -120,56 +121,22 @@ fn config(identity: &str, leader: Option<LeaderElection>) -> Config {
 }
 
 fn start(double: &KubeDouble, config: Config) -> Running {
-    let clock = Arc::new(ManualClock::new(T0.parse().unwrap()));
-    let op = Operator::new(double.client(), clock.clone(), config);
-    let shared = op.shared();
-    let (stop, rx) = watch::channel(false);
-    let task = tokio::spawn(op.run(async move {
-        let mut rx = rx;
-        let _ = rx.wait_for(|s| *s).await;
-    }));
-    Running {
-        shared,
-        clock,
-        stop,
-        task,
-    }
+    let clock = operator_support::manual_clock();
+    let op = RunningOperator::start(double.client(), clock.clone(), config);
+    Running { op, clock }
 }
 
 /// Waits until `f` holds, polling; panics with `what` and the last state after [`WAIT`].
-async fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!("timed out waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    operator_support::wait_for_within(WAIT, Duration::from_millis(20), what, f).await
 }
 
 fn cgu(double: &KubeDouble) -> Option<Value> {
-    double.get_value(
-        "ran.openshift.io/v1alpha1",
-        "ClusterGroupUpgrade",
-        Some(NS),
-        CGU,
-    )
+    operator_support::cgu(double, NS, CGU)
 }
 
 fn condition(c: &Value, type_: &str) -> Option<(String, String)> {
-    c["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|x| x["type"] == type_)
-        .map(|x| {
-            (
-                x["status"].as_str().unwrap_or_default().to_string(),
-                x["reason"].as_str().unwrap_or_default().to_string(),
-            )
-        })
+    find_condition(c, type_).map(|x| (text(x, "status"), text(x, "reason")))
 }
 
 fn current_batch(c: &Value) -> i64 {
@@ -181,21 +148,7 @@ fn placement_name(policy: &str) -> String {
 }
 
 fn placement_values(double: &KubeDouble, policy: &str) -> Option<Vec<String>> {
-    let p = double.get_value(
-        "cluster.open-cluster-management.io/v1beta1",
-        "Placement",
-        Some(NS),
-        &placement_name(policy),
-    )?;
-    Some(
-        p["spec"]["predicates"][0]["requiredClusterSelector"]["labelSelector"]["matchExpressions"]
-            [0]["values"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect(),
-    )
+    operator_support::placement_values(double, NS, &placement_name(policy))
 }
 
 fn owned_count(double: &KubeDouble, api_version: &str, kind: &str) -> usize {
@@ -206,26 +159,6 @@ fn owned_count(double: &KubeDouble, api_version: &str, kind: &str) -> usize {
             o["metadata"]["labels"]["openshift-cluster-group-upgrades/clusterGroupUpgrade"] == CGU
         })
         .count()
-}
-
-fn labels(double: &KubeDouble, cluster: &str) -> Vec<String> {
-    let mc = double
-        .get_value(
-            "cluster.open-cluster-management.io/v1",
-            "ManagedCluster",
-            None,
-            cluster,
-        )
-        .unwrap();
-    let mut v: Vec<String> = mc["metadata"]["labels"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(k, _)| k.clone())
-        .filter(|k| k.starts_with("ztp-"))
-        .collect();
-    v.sort();
-    v
 }
 
 fn events(double: &KubeDouble, action: &str) -> Vec<Value> {
@@ -240,15 +173,8 @@ fn events(double: &KubeDouble, action: &str) -> Vec<Value> {
 /// kuttl's `oc patch --subresource=status --type=merge` does.
 async fn set_compliance(double: &KubeDouble, policy: &str, cluster: &str, compliant: &str) {
     let api: Api<Policy> = Api::namespaced(double.client(), NS);
-    let p = api.get_status(policy).await.unwrap();
-    let mut entries: Vec<Value> = p
-        .status
-        .and_then(|s| s.status)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|e| serde_json::to_value(e).unwrap())
-        .filter(|e| e["clustername"] != cluster)
-        .collect();
+    let mut entries = root_status_entries(&api, policy).await;
+    entries.retain(|e| e["clustername"] != cluster);
     entries
         .push(json!({"clustername": cluster, "clusternamespace": cluster, "compliant": compliant}));
     api.patch_status(
@@ -261,14 +187,7 @@ async fn set_compliance(double: &KubeDouble, policy: &str, cluster: &str, compli
 }
 
 async fn enable(double: &KubeDouble) {
-    let api: Api<ClusterGroupUpgrade> = Api::namespaced(double.client(), NS);
-    api.patch(
-        CGU,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"enable": true}})),
-    )
-    .await
-    .unwrap();
+    operator_support::enable_cgu(double.client(), NS, CGU).await;
 }
 
 async fn wait_not_enabled(double: &KubeDouble) -> Value {
@@ -375,8 +294,8 @@ async fn upgrade_complete_end_to_end() {
     enable(&double).await;
     wait_batch(&double, 1, "spoke1").await;
     wait_for("beforeEnable labels", || {
-        (labels(&double, "spoke1") == ["ztp-running"]
-            && labels(&double, "spoke4") == ["ztp-running"])
+        (ztp_labels(&double, "spoke1") == ["ztp-running"]
+            && ztp_labels(&double, "spoke4") == ["ztp-running"])
         .then_some(())
     })
     .await;
@@ -389,7 +308,7 @@ async fn upgrade_complete_end_to_end() {
         c["status"]["clusters"],
         json!([{"name": "spoke6", "state": "complete"}])
     );
-    assert_eq!(labels(&double, "spoke6"), ["ztp-done"]);
+    assert_eq!(ztp_labels(&double, "spoke6"), ["ztp-done"]);
     let started = wait_for("RemediationStarted", || {
         let e = events(&double, "RemediationStarted");
         (!e.is_empty()).then_some(e)
@@ -413,7 +332,7 @@ async fn upgrade_complete_end_to_end() {
     set_compliance(&double, P2, "spoke1", "Compliant").await;
     wait_batch(&double, 2, "spoke4").await;
     wait_for("afterCompletion labels on spoke1", || {
-        (labels(&double, "spoke1") == ["ztp-done"]).then_some(())
+        (ztp_labels(&double, "spoke1") == ["ztp-done"]).then_some(())
     })
     .await;
     let reqs = api_requests(&double);
@@ -493,7 +412,7 @@ async fn upgrade_complete_end_to_end() {
     })
     .await;
     wait_for("spoke4 done", || {
-        (labels(&double, "spoke4") == ["ztp-done"]).then_some(())
+        (ztp_labels(&double, "spoke4") == ["ztp-done"]).then_some(())
     })
     .await;
     wait_for("completion events", || {
@@ -745,7 +664,7 @@ async fn batch_timeout_ends_the_rollout_and_its_enforcement() {
         e["metadata"]["annotations"]["cgu.openshift.io/timedout-clusters"],
         "spoke4"
     );
-    assert_eq!(labels(&double, "spoke4"), ["ztp-running"]);
+    assert_eq!(ztp_labels(&double, "spoke4"), ["ztp-running"]);
     wait_for("enforcement objects deleted", || {
         (owned_count(
             &double,
@@ -787,21 +706,22 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_endpoints_report_health_readiness_and_metrics() {
     let double = fleet().await;
-    let clock = Arc::new(ManualClock::new(T0.parse().unwrap()));
-    let op = Operator::new(double.client(), clock, config("replica-a", None));
+    let op = Operator::new(
+        double.client(),
+        operator_support::manual_clock(),
+        config("replica-a", None),
+    );
     let shared = op.shared();
     let listener = talm_hub::admin::bind("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let addr = listener.local_addr().unwrap();
-    let (stop, rx) = watch::channel(false);
-    let stopped = move || {
-        let mut rx = rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
-    let admin = tokio::spawn(talm_hub::admin::serve(listener, shared.clone(), stopped()));
+    let stop = StopSwitch::new();
+    let admin = tokio::spawn(talm_hub::admin::serve(
+        listener,
+        shared.clone(),
+        stop.stopped(),
+    ));
     assert_eq!(http_get(addr, "/healthz").await.0, 200);
     assert_eq!(
         http_get(addr, "/readyz").await.0,
@@ -809,7 +729,7 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
         "not synced before run"
     );
     double.put_value(upgrade_complete()).unwrap();
-    let task = tokio::spawn(op.run(stopped()));
+    let task = tokio::spawn(op.run(stop.stopped()));
     wait_for("ready", || shared.cache_read().synced().then_some(())).await;
     assert_eq!(http_get(addr, "/readyz").await.0, 200);
     wait_not_enabled(&double).await;
@@ -823,7 +743,7 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
     ] {
         assert!(body.contains(needle), "{needle} in {body}");
     }
-    let _ = stop.send(true);
+    stop.stop();
     task.await.unwrap().unwrap();
     admin.await.unwrap().unwrap();
     double.shutdown().await;

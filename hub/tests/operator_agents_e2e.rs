@@ -27,14 +27,15 @@
 //! install. Nothing waits a fixed time: every assertion waits (with a generous timeout) for the
 //! state it expects.
 //!
-//! Some harness helpers (`agent_binary`, `kubeconfig`, `talm_hub_agents`, `wait_for`) repeat
-//! those of `operator_gateway.rs`: each integration test file is its own crate.
+//! The harness shared with the other operator tests (the hub with its gateway, the agent
+//! binary, the kubeconfig, `talm-hub agents`, readers of the double) is `operator_support`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[allow(unused_imports)]
 #[path = "../../agent/tests/backup_support/mod.rs"]
 mod backup_support;
+mod operator_support;
 #[path = "../../agent/tests/precache_support/mod.rs"]
 mod precache_support;
 
@@ -48,23 +49,21 @@ use std::time::{Duration, Instant};
 use backup_support::{Etcd, make_node, make_sysroot, make_tls, unlock_sysroot};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
+use operator_support::{
+    GatewayHub, HUB_NS, agent_binary, agent_command, child_policy, enable_cgu, find_condition,
+    kubeconfig, loopback_gateway_settings, musthave, policy_templates, root_status_entries,
+    spoke_agent, talm_hub_agents, text,
+};
 use precache_support::{Fixture, Registry, build_fixture};
 use serde_json::{Value, json};
 use talm_agent::backup::layout::{CURRENT, MARKER};
-use talm_gateway::GatewayConfig;
-use talm_hub::operator::agents::{AgentGateway, GatewaySettings, ServingTls};
-use talm_hub::operator::{Config, Operator, OperatorError, SystemClock as OperatorClock};
+use talm_hub::operator::{Config, Operator, SystemClock as OperatorClock};
 use talm_kube_double::KubeDouble;
-use talm_shared::api::cgu::ClusterGroupUpgrade;
 use talm_shared::api::rhacm::Policy;
-use talm_shared::clock::SystemClock;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 /// Namespace of the CGU, the root policies and the PreCachingConfig.
 const NS: &str = "default";
-/// Namespace of the gateway's Secrets (agent CA, serving certificate, tokens, enrollments).
-const HUB_NS: &str = "talm-system";
 const CGU: &str = "cgu-e2e";
 const SUFFIX: &str = "e2e";
 const P_CV: &str = "e2e-cluster-version";
@@ -113,149 +112,19 @@ fn started() -> Instant {
     *START.get_or_init(Instant::now)
 }
 
-async fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!("timed out waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The talm-agent binary of this workspace: `target/debug/talm-agent` when it is built
-/// (`cargo build -p talm-agent`); otherwise it is built into a target directory of its own
-/// (cargo holds the workspace target's lock while tests run).
-fn agent_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-    let bin = profile_dir.join("talm-agent");
-    if bin.exists() {
-        return bin;
-    }
-    let own = profile_dir
-        .parent()
-        .unwrap()
-        .join("operator-agents-e2e-agent");
-    #[allow(clippy::disallowed_methods)] // the test builds the real agent binary
-    let st = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "-p",
-            "talm-agent",
-            "--bin",
-            "talm-agent",
-            "--target-dir",
-        ])
-        .arg(&own)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo build -p talm-agent");
-    assert!(st.success(), "cargo build -p talm-agent failed");
-    let bin = own.join("debug").join("talm-agent");
-    assert!(bin.exists(), "{} missing", bin.display());
-    bin
-}
-
-/// A kubeconfig pointing at the double (plain HTTP, no credentials).
-fn kubeconfig(double: &KubeDouble, dir: &Path) -> PathBuf {
-    let path = dir.join("kubeconfig");
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: double\n  cluster:\n    server: {}\n\
-         contexts:\n- name: double\n  context:\n    cluster: double\n    user: test\n\
-         current-context: double\nusers:\n- name: test\n  user: {{}}\n",
-        double.url()
-    );
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// `talm-hub agents ARGS...` against the double (Secrets mode); returns stdout.
-fn talm_hub_agents(kubeconfig: &Path, args: &[&str]) -> String {
-    #[allow(clippy::disallowed_methods)] // the test drives the real binary
-    let out = Command::new(env!("CARGO_BIN_EXE_talm-hub"))
-        .arg("agents")
-        .args(args)
-        .args(["--namespace", HUB_NS])
-        .env("KUBECONFIG", kubeconfig)
-        .env_remove("TALM_STATE_DIR")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "talm-hub agents {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+async fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    operator_support::wait_for_within(WAIT, Duration::from_millis(50), what, f).await
 }
 
 /// The operator and its gateway.
-struct Hub {
-    grpc: std::net::SocketAddr,
-    hub_ca: String,
-    stop: watch::Sender<bool>,
-    operator: JoinHandle<Result<(), OperatorError>>,
-    serving: JoinHandle<Result<(), OperatorError>>,
-}
-
-async fn start_hub(double: &KubeDouble) -> Hub {
+async fn start_hub(double: &KubeDouble) -> GatewayHub {
     let config = Config {
         identity: "talm-hub-e2e".into(),
         ..Config::default()
     };
     // The real clock: the engine's task deadlines are read by agents on real time.
     let op = Operator::new(double.client(), Arc::new(OperatorClock), config);
-    let settings = GatewaySettings {
-        namespace: HUB_NS.into(),
-        serving: ServingTls::Generated {
-            names: vec!["127.0.0.1".into(), "localhost".into()],
-        },
-        gateway: GatewayConfig {
-            heartbeat_interval: Duration::from_secs(1),
-            heartbeat_timeout: Duration::from_secs(10),
-            poll_interval: Duration::from_millis(100),
-            ..GatewayConfig::default()
-        },
-        cert_lifetime: Duration::from_secs(3600),
-    };
-    let gw = AgentGateway::start(op.shared(), settings, Arc::new(SystemClock))
-        .await
-        .unwrap();
-    let (stop, rx) = watch::channel(false);
-    let stopped = move || {
-        let mut rx = rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let grpc = listener.local_addr().unwrap();
-    let hub_ca = gw.serving.ca_pem.clone().unwrap();
-    let serving = tokio::spawn(gw.serve(listener, stopped()));
-    let operator = tokio::spawn(op.run(stopped()));
-    Hub {
-        grpc,
-        hub_ca,
-        stop,
-        operator,
-        serving,
-    }
-}
-
-impl Hub {
-    async fn stop(self) {
-        let _ = self.stop.send(true);
-        for t in [self.operator, self.serving] {
-            tokio::time::timeout(Duration::from_secs(60), t)
-                .await
-                .expect("hub stops")
-                .expect("hub task")
-                .expect("hub result");
-        }
-    }
+    GatewayHub::start(op, loopback_gateway_settings(HUB_NS)).await
 }
 
 /// One fake single-node cluster: host root, etcd, and (once spawned) its agent. Dropping it
@@ -345,54 +214,40 @@ impl Spoke {
         }
     }
 
-    fn spawn_agent(&mut self, bin: &Path, hub: &Hub, token: &str) {
+    fn spawn_agent(&mut self, bin: &Path, hub: &GatewayHub, token: &str) {
         let d = self.dir.path();
-        std::fs::write(d.join("hub-ca.pem"), &hub.hub_ca).unwrap();
-        std::fs::write(d.join("token"), token).unwrap();
         let etcd = self.etcd.as_ref().unwrap();
         let log = std::fs::File::create(d.join("agent.log")).unwrap();
-        #[allow(clippy::disallowed_methods)] // the test runs the real agent
-        let child = Command::new(bin)
-            .arg("run")
-            .args(["--hub", &format!("https://{}", hub.grpc)])
-            .arg("--ca")
-            .arg(d.join("hub-ca.pem"))
-            .arg("--state-dir")
-            .arg(&self.state)
-            .arg("--bootstrap-token-file")
-            .arg(d.join("token"))
-            .arg("--host-root")
-            .arg(&self.root)
-            .args([
-                "--backoff-initial-ms",
-                "100",
-                "--backoff-max-secs",
-                "1",
-                "--keepalive-secs",
-                "2",
-            ])
-            // Backups: the node's etcd, no space margin (the temp root shares the build disk).
-            .args(["--etcd-endpoints", &etcd.client_url])
-            .args(["--etcd-cacert", &format!("{ETCD_CERTS}/ca.crt")])
-            .args(["--etcd-cert", &format!("{ETCD_CERTS}/client.crt")])
-            .args(["--etcd-key", &format!("{ETCD_CERTS}/client.key")])
-            .args(["--node-name", self.name, "--space-margin-gib", "0"])
-            // Pre-caching: vfs (no overlay mounts in a temp root).
-            .args([
-                "--precache-storage-driver",
-                "vfs",
-                "--precache-parallel",
-                "4",
-            ])
-            .env("RUST_LOG", "info")
-            .env_remove("TALM_AGENT_STATE_DIR")
-            .env_remove("TALM_HOST_ROOT")
-            .env_remove("ETCDCTL_ENDPOINTS")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = agent_command(
+            bin,
+            hub.grpc,
+            &hub.hub_ca,
+            token,
+            d,
+            &self.state,
+            &self.root,
+        )
+        // Backups: the node's etcd, no space margin (the temp root shares the build disk).
+        .args(["--etcd-endpoints", &etcd.client_url])
+        .args(["--etcd-cacert", &format!("{ETCD_CERTS}/ca.crt")])
+        .args(["--etcd-cert", &format!("{ETCD_CERTS}/client.crt")])
+        .args(["--etcd-key", &format!("{ETCD_CERTS}/client.key")])
+        .args(["--node-name", self.name, "--space-margin-gib", "0"])
+        // Pre-caching: vfs (no overlay mounts in a temp root).
+        .args([
+            "--precache-storage-driver",
+            "vfs",
+            "--precache-parallel",
+            "4",
+        ])
+        .env_remove("TALM_AGENT_STATE_DIR")
+        .env_remove("TALM_HOST_ROOT")
+        .env_remove("ETCDCTL_ENDPOINTS")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
         self.agent = Some(child);
     }
 
@@ -453,16 +308,7 @@ fn managed_cluster(name: &str) -> Value {
 
 /// A ConfigurationPolicy template holding one `musthave` object.
 fn templates(policy: &str, object: Value) -> Value {
-    json!([{"objectDefinition": {
-        "apiVersion": "policy.open-cluster-management.io/v1",
-        "kind": "ConfigurationPolicy",
-        "metadata": {"name": format!("{policy}-config")},
-        "spec": {
-            "remediationAction": "inform",
-            "severity": "low",
-            "object-templates": [{"complianceType": "musthave", "objectDefinition": object}]
-        }
-    }}])
+    policy_templates(&format!("{policy}-config"), json!([musthave(object)]))
 }
 
 /// The two managed policies: the platform upgrade (its ClusterVersion's desired image is the
@@ -513,19 +359,9 @@ fn seed_policies(double: &KubeDouble, release_image: &str) {
             }))
             .unwrap();
         for c in CLUSTERS {
-            let root = format!("{NS}.{name}");
-            double
-                .put_value(json!({
-                    "apiVersion": "policy.open-cluster-management.io/v1",
-                    "kind": "Policy",
-                    "metadata": {"name": root, "namespace": c, "labels": {
-                        "policy.open-cluster-management.io/cluster-name": c,
-                        "policy.open-cluster-management.io/cluster-namespace": c,
-                        "policy.open-cluster-management.io/root-policy": root}},
-                    "spec": spec,
-                    "status": {"compliant": "NonCompliant"}
-                }))
-                .unwrap();
+            let mut child = child_policy(NS, name, c, spec.clone());
+            child["status"] = json!({"compliant": "NonCompliant"});
+            double.put_value(child).unwrap();
         }
     }
 }
@@ -536,51 +372,21 @@ fn placement_name(policy: &str) -> String {
 
 /// The clusters a policy's Placement releases (None while it does not exist).
 fn released(double: &KubeDouble, policy: &str) -> Option<Vec<String>> {
-    let p = double.get_value(
-        "cluster.open-cluster-management.io/v1beta1",
-        "Placement",
-        Some(NS),
-        &placement_name(policy),
-    )?;
-    Some(
-        p["spec"]["predicates"][0]["requiredClusterSelector"]["labelSelector"]["matchExpressions"]
-            [0]["values"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect(),
-    )
+    operator_support::placement_values(double, NS, &placement_name(policy))
 }
 
 fn cgu(double: &KubeDouble) -> Option<Value> {
-    double.get_value(
-        "ran.openshift.io/v1alpha1",
-        "ClusterGroupUpgrade",
-        Some(NS),
-        CGU,
-    )
+    operator_support::cgu(double, NS, CGU)
 }
 
 fn condition(c: &Value, type_: &str) -> Option<(String, String, String)> {
-    c["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|x| x["type"] == type_)
-        .map(|x| {
-            let s = |k: &str| x[k].as_str().unwrap_or_default().to_string();
-            (s("status"), s("reason"), s("message"))
-        })
+    find_condition(c, type_).map(|x| (text(x, "status"), text(x, "reason"), text(x, "message")))
 }
 
 /// `status.<field>.status` of the CGU when every cluster has `want`.
 fn all_in_state(c: &Value, field: &str, want: &str) -> bool {
     let states = &c["status"][field]["status"];
     CLUSTERS.iter().all(|cl| states[*cl] == want)
-}
-
-fn spoke_agent(double: &KubeDouble, cluster: &str) -> Option<Value> {
-    double.get_value("talm.dev/v1alpha1", "SpokeAgent", Some(cluster), cluster)
 }
 
 // ----- the compliance simulator ------------------------------------------------------------
@@ -654,14 +460,7 @@ async fn simulate_compliance(
                     .await
                     .unwrap();
                 let root: Api<Policy> = Api::namespaced(client.clone(), NS);
-                let p = root.get_status(policy).await.unwrap();
-                let mut entries: Vec<Value> = p
-                    .status
-                    .and_then(|s| s.status)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|e| serde_json::to_value(e).unwrap())
-                    .collect();
+                let mut entries = root_status_entries(&root, policy).await;
                 for e in &mut entries {
                     if e["clustername"] == cluster.as_str() {
                         e["compliant"] = json!("Compliant");
@@ -709,7 +508,7 @@ fn expected_images(fx: &Fixture, excluded: &str) -> BTreeSet<String> {
 async fn a_cgu_with_precaching_and_backup_succeeds_with_three_real_agents() {
     require_environment();
     let t0 = started();
-    let agent_bin = agent_binary();
+    let agent_bin = agent_binary("operator-agents-e2e-agent");
     let hub_dir = tempfile::tempdir().unwrap();
 
     // A real registry with a small release (3 payload images) and the fixture's extras.
@@ -921,14 +720,7 @@ async fn a_cgu_with_precaching_and_backup_succeeds_with_three_real_agents() {
 
     eprintln!("pre-cache checks done after {:?}; enabling", t0.elapsed());
     // Enable: backups, then the batches.
-    let api: Api<ClusterGroupUpgrade> = Api::namespaced(double.client(), NS);
-    api.patch(
-        CGU,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"enable": true}})),
-    )
-    .await
-    .unwrap();
+    enable_cgu(double.client(), NS, CGU).await;
 
     let c = wait_for("CGU Succeeded", || {
         let c = cgu(&double)?;

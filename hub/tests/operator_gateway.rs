@@ -16,77 +16,40 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod operator_support;
+
+use std::path::Path;
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use operator_support::{
+    GatewayHub, HUB_NS, agent_binary, agent_command, kubeconfig, loopback_gateway_settings,
+    spoke_agent, talm_hub_agents,
+};
 use serde_json::json;
-use talm_gateway::GatewayConfig;
 use talm_gateway::enroll::{issue_token, secret_hash};
 use talm_gateway::store::{EnrollmentStore, TokenRejection};
-use talm_hub::operator::agents::{
-    AgentGateway, GatewaySettings, KubeEnrollmentStore, ServingTls, pki, secrets,
-};
-use talm_hub::operator::{
-    Config, LeaderElection, LeaseTiming, ManualClock, Operator, OperatorError, Shared,
-};
+use talm_hub::operator::agents::{KubeEnrollmentStore, pki, secrets};
+use talm_hub::operator::{Config, LeaderElection, LeaseTiming, Operator};
 use talm_kube_double::{Fault, KubeDouble, Verb};
 use talm_shared::api::spokeagent::{SpokeAgent, SpokeAgentSpec};
 use talm_shared::clock::{Clock, SystemClock};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
-const NS: &str = "talm-system";
+const NS: &str = HUB_NS;
 const WAIT: Duration = Duration::from_secs(60);
-const T0: &str = "2026-03-02T10:00:00Z";
 
 // ----- harness -----------------------------------------------------------------------------
 
-async fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!("timed out waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+async fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    operator_support::wait_for_within(WAIT, Duration::from_millis(25), what, f).await
 }
 
-/// One replica: the operator and its gateway.
-struct Replica {
-    shared: Arc<Shared>,
-    gateway: Arc<talm_gateway::Gateway>,
-    hub_ca: String,
-    grpc: std::net::SocketAddr,
-    stop: watch::Sender<bool>,
-    operator: JoinHandle<Result<(), OperatorError>>,
-    serving: JoinHandle<Result<(), OperatorError>>,
-}
-
-fn settings() -> GatewaySettings {
-    GatewaySettings {
-        namespace: NS.into(),
-        serving: ServingTls::Generated {
-            names: vec!["127.0.0.1".into(), "localhost".into()],
-        },
-        gateway: GatewayConfig {
-            heartbeat_interval: Duration::from_secs(1),
-            heartbeat_timeout: Duration::from_secs(10),
-            poll_interval: Duration::from_millis(100),
-            ..GatewayConfig::default()
-        },
-        cert_lifetime: Duration::from_secs(3600),
-    }
-}
-
-async fn replica(double: &KubeDouble, identity: &str) -> Replica {
+/// One replica: the operator (leader election on) and its gateway.
+async fn replica(double: &KubeDouble, identity: &str) -> GatewayHub {
     let le = LeaderElection {
         namespace: NS.into(),
         name: "talm-hub-leader".into(),
@@ -101,111 +64,8 @@ async fn replica(double: &KubeDouble, identity: &str) -> Replica {
         identity: identity.into(),
         ..Config::default()
     };
-    let clock = Arc::new(ManualClock::new(T0.parse().unwrap()));
-    let op = Operator::new(double.client(), clock, config);
-    let shared = op.shared();
-    let gw = AgentGateway::start(shared.clone(), settings(), Arc::new(SystemClock))
-        .await
-        .unwrap();
-    let (stop, rx) = watch::channel(false);
-    let stopped = move || {
-        let mut rx = rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let grpc = listener.local_addr().unwrap();
-    let gateway = gw.gateway.clone();
-    let hub_ca = gw.serving.ca_pem.clone().unwrap();
-    let serving = tokio::spawn(gw.serve(listener, stopped()));
-    let operator = tokio::spawn(op.run(stopped()));
-    Replica {
-        shared,
-        gateway,
-        hub_ca,
-        grpc,
-        stop,
-        operator,
-        serving,
-    }
-}
-
-impl Replica {
-    async fn stop(self) {
-        let _ = self.stop.send(true);
-        for t in [self.operator, self.serving] {
-            tokio::time::timeout(WAIT, t)
-                .await
-                .expect("replica stops")
-                .expect("replica task")
-                .expect("replica result");
-        }
-    }
-}
-
-/// The talm-agent binary of this workspace: `target/debug/talm-agent` when it is built
-/// (`cargo build -p talm-agent`, or any build of the agent's tests); otherwise it is built into
-/// a target directory of its own (cargo holds the workspace target's lock while tests run).
-fn agent_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-    let bin = profile_dir.join("talm-agent");
-    if bin.exists() {
-        return bin;
-    }
-    let own = profile_dir.parent().unwrap().join("operator-gateway-agent");
-    #[allow(clippy::disallowed_methods)] // the test builds the real agent binary
-    let st = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "-p",
-            "talm-agent",
-            "--bin",
-            "talm-agent",
-            "--target-dir",
-        ])
-        .arg(&own)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo build -p talm-agent");
-    assert!(st.success(), "cargo build -p talm-agent failed");
-    let bin = own.join("debug").join("talm-agent");
-    assert!(bin.exists(), "{} missing", bin.display());
-    bin
-}
-
-/// A kubeconfig pointing at the double (plain HTTP, no credentials).
-fn kubeconfig(double: &KubeDouble, dir: &Path) -> PathBuf {
-    let path = dir.join("kubeconfig");
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: double\n  cluster:\n    server: {}\n\
-         contexts:\n- name: double\n  context:\n    cluster: double\n    user: test\n\
-         current-context: double\nusers:\n- name: test\n  user: {{}}\n",
-        double.url()
-    );
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// `talm-hub agents ARGS...` against the double (Secrets mode); returns stdout.
-fn talm_hub_agents(kubeconfig: &Path, args: &[&str]) -> String {
-    let bin = env!("CARGO_BIN_EXE_talm-hub");
-    #[allow(clippy::disallowed_methods)] // the test drives the real binary
-    let out = Command::new(bin)
-        .arg("agents")
-        .args(args)
-        .args(["--namespace", NS])
-        .env("KUBECONFIG", kubeconfig)
-        .env_remove("TALM_STATE_DIR")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "talm-hub agents {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    let op = Operator::new(double.client(), operator_support::manual_clock(), config);
+    GatewayHub::start(op, loopback_gateway_settings(NS)).await
 }
 
 struct AgentProcess(Child);
@@ -226,29 +86,7 @@ fn spawn_agent(
 ) -> AgentProcess {
     let host = dir.join("host");
     std::fs::create_dir_all(host.join("var/lib/containers")).unwrap();
-    std::fs::write(dir.join("hub-ca.pem"), ca).unwrap();
-    std::fs::write(dir.join("token"), token).unwrap();
-    #[allow(clippy::disallowed_methods)] // the test runs the real agent
-    let child = Command::new(bin)
-        .arg("run")
-        .args(["--hub", &format!("https://{hub}")])
-        .arg("--ca")
-        .arg(dir.join("hub-ca.pem"))
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .arg("--bootstrap-token-file")
-        .arg(dir.join("token"))
-        .arg("--host-root")
-        .arg(&host)
-        .args([
-            "--backoff-initial-ms",
-            "100",
-            "--backoff-max-secs",
-            "1",
-            "--keepalive-secs",
-            "2",
-        ])
-        .env("RUST_LOG", "info")
+    let child = agent_command(bin, hub, ca, token, dir, &dir.join("state"), &host)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -257,9 +95,7 @@ fn spawn_agent(
 }
 
 fn spoke_status(double: &KubeDouble, cluster: &str) -> Option<serde_json::Value> {
-    double
-        .get_value("talm.dev/v1alpha1", "SpokeAgent", Some(cluster), cluster)
-        .map(|a| a["status"].clone())
+    spoke_agent(double, cluster).map(|a| a["status"].clone())
 }
 
 // ----- tests -------------------------------------------------------------------------------
@@ -267,7 +103,7 @@ fn spoke_status(double: &KubeDouble, cluster: &str) -> Option<serde_json::Value>
 /// The whole path through a standby replica, with a real agent process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_agent_enrolls_through_the_standby_and_reports_into_spokeagent_status() {
-    let agent_bin = agent_binary();
+    let agent_bin = agent_binary("operator-gateway-agent");
     let dir = tempfile::tempdir().unwrap();
     let double = KubeDouble::start().await.unwrap();
     let (a, b) = tokio::join!(replica(&double, "replica-a"), replica(&double, "replica-b"));

@@ -8,67 +8,34 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
+mod operator_support;
+
 use std::time::Duration;
 
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use operator_support::{RunningOperator, T0, child_policy, musthave, policy_templates, ztp_labels};
 use serde_json::{Value, json};
-use talm_hub::operator::{Config, ManualClock, Operator, OperatorError};
+use talm_hub::operator::Config;
 use talm_kube_double::KubeDouble;
 use talm_shared::api::rhacm::{ManagedCluster, ManagedClusterView, Policy};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 const WAIT: Duration = Duration::from_secs(30);
-const T0: &str = "2026-03-02T10:00:00Z";
 const POLICY_NS: &str = "ztp-common";
 const CGU_V: &str = "ran.openshift.io/v1alpha1";
 const MC_V: &str = "cluster.open-cluster-management.io/v1";
 const MCV_V: &str = "view.open-cluster-management.io/v1beta1";
 const MCA_V: &str = "action.open-cluster-management.io/v1beta1";
 
-struct Running {
-    stop: watch::Sender<bool>,
-    task: JoinHandle<Result<(), OperatorError>>,
-}
-
-impl Running {
-    async fn stop(self) {
-        let _ = self.stop.send(true);
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("operator stops")
-            .expect("operator task")
-            .expect("operator result");
-    }
-}
-
-fn start(double: &KubeDouble, ztp: bool) -> Running {
-    let clock = Arc::new(ManualClock::new(T0.parse().unwrap()));
+fn start(double: &KubeDouble, ztp: bool) -> RunningOperator {
     let config = Config {
         ztp,
         ..Config::default()
     };
-    let op = Operator::new(double.client(), clock, config);
-    let (stop, rx) = watch::channel(false);
-    let task = tokio::spawn(op.run(async move {
-        let mut rx = rx;
-        let _ = rx.wait_for(|s| *s).await;
-    }));
-    Running { stop, task }
+    RunningOperator::start(double.client(), operator_support::manual_clock(), config)
 }
 
-async fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!("timed out waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    operator_support::wait_for_within(WAIT, Duration::from_millis(20), what, f).await
 }
 
 fn managed_cluster(name: &str, available: bool) -> Value {
@@ -83,27 +50,21 @@ fn managed_cluster(name: &str, available: bool) -> Value {
 }
 
 fn config_policy(objects: Value) -> Value {
-    json!([{"objectDefinition": {
-        "apiVersion": "policy.open-cluster-management.io/v1",
-        "kind": "ConfigurationPolicy",
-        "metadata": {"name": "cfg"},
-        "spec": {"remediationAction": "inform", "severity": "low",
-                 "object-templates": objects}
-    }}])
+    policy_templates("cfg", objects)
 }
 
 fn namespace_object(name: &str) -> Value {
-    json!([{"complianceType": "musthave", "objectDefinition": {
-        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}}])
+    json!([musthave(json!({
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}))])
 }
 
 fn subscription_object() -> Value {
-    json!([{"complianceType": "musthave", "objectDefinition": {
+    json!([musthave(json!({
         "apiVersion": "operators.coreos.com/v1alpha1", "kind": "Subscription",
         "metadata": {"name": "ptp-operator-subscription", "namespace": "openshift-ptp"},
         "spec": {"channel": "stable", "name": "ptp-operator", "installPlanApproval": "Manual",
                  "source": "redhat-operators", "sourceNamespace": "openshift-marketplace"},
-        "status": {"state": "AtLatestKnown"}}}])
+        "status": {"state": "AtLatestKnown"}}))])
 }
 
 /// A root policy in `ns` and its child in `cluster`'s namespace (with `wave`, if any).
@@ -130,18 +91,11 @@ fn put_policy(
     if let Some(w) = wave {
         annotations.insert("ran.openshift.io/ztp-deploy-wave".into(), json!(w));
     }
-    double
-        .put_value(json!({
-            "apiVersion": "policy.open-cluster-management.io/v1", "kind": "Policy",
-            "metadata": {"name": format!("{ns}.{name}"), "namespace": cluster,
-                "labels": {"policy.open-cluster-management.io/root-policy": format!("{ns}.{name}"),
-                           "policy.open-cluster-management.io/cluster-name": cluster,
-                           "policy.open-cluster-management.io/cluster-namespace": cluster},
-                "annotations": annotations},
-            "spec": {"remediationAction": "inform", "disabled": false,
-                     "policy-templates": templates}
-        }))
-        .unwrap();
+    let spec = json!({"remediationAction": "inform", "disabled": false,
+                      "policy-templates": templates});
+    let mut child = child_policy(ns, name, cluster, spec);
+    child["metadata"]["annotations"] = annotations.into();
+    double.put_value(child).unwrap();
 }
 
 async fn set_compliance(double: &KubeDouble, ns: &str, policy: &str, cluster: &str, c: &str) {
@@ -157,22 +111,7 @@ async fn set_compliance(double: &KubeDouble, ns: &str, policy: &str, cluster: &s
 }
 
 fn ztp_cgu(double: &KubeDouble, cluster: &str) -> Option<Value> {
-    double.get_value(CGU_V, "ClusterGroupUpgrade", Some("ztp-install"), cluster)
-}
-
-fn ztp_labels(double: &KubeDouble, cluster: &str) -> Vec<String> {
-    let mc = double
-        .get_value(MC_V, "ManagedCluster", None, cluster)
-        .unwrap();
-    let mut v: Vec<String> = mc["metadata"]["labels"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(k, _)| k.clone())
-        .filter(|k| k.starts_with("ztp-"))
-        .collect();
-    v.sort();
-    v
+    operator_support::cgu(double, "ztp-install", cluster)
 }
 
 fn succeeded(cgu: &Value) -> bool {
@@ -313,7 +252,7 @@ async fn available_cluster_gets_a_ztp_cgu_that_runs_to_ztp_done_and_is_recreated
             .is_some(),
         "the ZTP namespace is created"
     );
-    op.stop().await;
+    op.stop(WAIT).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -333,7 +272,7 @@ async fn ztp_off_creates_nothing_and_bad_waves_create_nothing() {
     // The good cluster is handled (so the bad one was looked at too).
     wait_for("ZTP CGU for sno-ok", || ztp_cgu(&double, "sno-ok")).await;
     assert!(ztp_cgu(&double, "sno-bad").is_none());
-    op.stop().await;
+    op.stop(WAIT).await;
 
     let double = KubeDouble::start().await.unwrap();
     double.put_value(managed_cluster("sno-off", true)).unwrap();
@@ -352,7 +291,7 @@ async fn ztp_off_creates_nothing_and_bad_waves_create_nothing() {
     })
     .await;
     assert!(ztp_cgu(&double, "sno-off").is_none());
-    op.stop().await;
+    op.stop(WAIT).await;
 }
 
 async fn fill_view(double: &KubeDouble, ns: &str, name: &str, result: Value) {
@@ -480,5 +419,5 @@ async fn subscription_policy_gets_views_then_an_approval_action() {
             .then_some(())
     })
     .await;
-    op.stop().await;
+    op.stop(WAIT).await;
 }

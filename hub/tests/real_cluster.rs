@@ -19,6 +19,8 @@
 // Test helpers may unwrap and panic: a panic is a test failure with a message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod operator_support;
+
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -32,15 +34,11 @@ use kube::api::{
     PatchParams, PostParams, WatchEvent, WatchParams,
 };
 use kube::{Resource, ResourceExt};
+use operator_support::{RunningOperator, child_policy, musthave, policy_templates};
 use serde_json::{Value, json};
-use talm_hub::operator::{
-    Clock, Config, LeaderElection, LeaseTiming, ManualClock, Operator, OperatorError, Shared,
-    SystemClock,
-};
+use talm_hub::operator::{Clock, Config, LeaderElection, LeaseTiming, SystemClock};
 use talm_kube_double::{KubeDouble, ResourceKind};
 use talm_shared::api::cgu::ClusterGroupUpgrade;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 /// talm's label on every Placement and PlacementBinding it creates.
 const TALM_APP_LABEL: (&str, &str) = ("app", "openshift-cluster-group-upgrades");
@@ -790,83 +788,26 @@ struct LifecycleOptions {
     clock: Arc<dyn Clock>,
 }
 
-/// The operator, running in-process; aborted when dropped (a failing test must not leave it
-/// writing).
-struct RunningOperator {
-    shared: Arc<Shared>,
-    stop: watch::Sender<bool>,
-    task: Option<JoinHandle<Result<(), OperatorError>>>,
-}
-
-impl RunningOperator {
-    fn start(client: kube::Client, clock: Arc<dyn Clock>, config: Config) -> Self {
-        let op = Operator::new(client, clock, config);
-        let shared = op.shared();
-        let (stop, rx) = watch::channel(false);
-        let task = tokio::spawn(op.run(async move {
-            let mut rx = rx;
-            let _ = rx.wait_for(|s| *s).await;
-        }));
-        Self {
-            shared,
-            stop,
-            task: Some(task),
-        }
-    }
-
-    /// Stops it as SIGTERM would (the controller drains, the Lease is released).
-    async fn stop(mut self) {
-        let _ = self.stop.send(true);
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(60), task)
-                .await
-                .expect("the operator stops within 60s")
-                .expect("operator task")
-                .expect("operator result");
-        }
-    }
-}
-
-impl Drop for RunningOperator {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
-}
-
 /// The inform root policy: a ConfigurationPolicy wanting a ConfigMap on the spoke that does
 /// not exist there (so the cluster is NonCompliant). `DeleteIfCreated` makes the spoke delete
 /// the ConfigMap again when the policy goes, if enforcement created it.
 fn root_policy(t: &Target) -> Value {
+    let name = format!("talm-e2e-{}", t.suffix);
+    let mut templates = policy_templates(
+        &name,
+        json!([musthave(json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": "default"},
+            "data": {"purpose": "talm real-cluster test; deleted with its policy"}
+        }))]),
+    );
+    templates[0]["objectDefinition"]["spec"]["pruneObjectBehavior"] = json!("DeleteIfCreated");
     json!({
         "apiVersion": "policy.open-cluster-management.io/v1",
         "kind": "Policy",
         "metadata": {"name": POLICY, "namespace": t.ns},
-        "spec": {
-            "disabled": false,
-            "remediationAction": "inform",
-            "policy-templates": [{"objectDefinition": {
-                "apiVersion": "policy.open-cluster-management.io/v1",
-                "kind": "ConfigurationPolicy",
-                "metadata": {"name": format!("talm-e2e-{}", t.suffix)},
-                "spec": {
-                    "remediationAction": "inform",
-                    "severity": "low",
-                    "pruneObjectBehavior": "DeleteIfCreated",
-                    "object-templates": [{
-                        "complianceType": "musthave",
-                        "objectDefinition": {
-                            "apiVersion": "v1",
-                            "kind": "ConfigMap",
-                            "metadata": {"name": format!("talm-e2e-{}", t.suffix),
-                                         "namespace": "default"},
-                            "data": {"purpose": "talm real-cluster test; deleted with its policy"}
-                        }
-                    }]
-                }
-            }}]
-        }
+        "spec": {"disabled": false, "remediationAction": "inform", "policy-templates": templates}
     })
 }
 
@@ -935,15 +876,7 @@ async fn simulate_policy_framework(t: &Target, cluster: &str, compliant: &str) {
     let child_name = format!("{}.{POLICY}", t.ns);
     if children.get_opt(&child_name).await.unwrap().is_none() {
         let root = roots.get(POLICY).await.unwrap();
-        let child = json!({
-            "apiVersion": "policy.open-cluster-management.io/v1",
-            "kind": "Policy",
-            "metadata": {"name": child_name, "namespace": cluster, "labels": {
-                "policy.open-cluster-management.io/cluster-name": cluster,
-                "policy.open-cluster-management.io/cluster-namespace": cluster,
-                "policy.open-cluster-management.io/root-policy": child_name}},
-            "spec": root.data["spec"]
-        });
+        let child = child_policy(&t.ns, POLICY, cluster, root.data["spec"].clone());
         children
             .create(&PostParams::default(), &dynamic(child))
             .await
@@ -1164,13 +1097,7 @@ async fn lifecycle(t: &Target, o: LifecycleOptions) {
     }
 
     if o.enforce {
-        cgus.patch(
-            LIFECYCLE_CGU,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"enable": true}})),
-        )
-        .await
-        .unwrap();
+        operator_support::enable_cgu(t.client.clone(), &t.ns, LIFECYCLE_CGU).await;
         wait_until(
             t,
             "the cluster released and labelled (beforeEnable)",
@@ -1239,7 +1166,7 @@ async fn lifecycle(t: &Target, o: LifecycleOptions) {
         p.len(),
         b.len()
     );
-    op.stop().await;
+    op.stop(Duration::from_secs(60)).await;
     let lease = leases.get("talm-e2e-leader").await.unwrap();
     assert_ne!(
         lease.data["spec"]["holderIdentity"],
@@ -1334,21 +1261,51 @@ async fn install_deploy_crds(client: &kube::Client) {
 
 // ----- the tests ------------------------------------------------------------------------------
 
-fn double_config(double: &KubeDouble) -> kube::Config {
-    double.config()
+/// Runs `scenario` in a scratch namespace on the double (see [`with_scratch`]).
+async fn on_the_double(
+    double: &KubeDouble,
+    cluster: Option<&str>,
+    scenario: impl AsyncFnOnce(Target),
+) {
+    with_scratch(
+        double.client(),
+        double.config(),
+        Backend::Double,
+        cluster,
+        scenario,
+    )
+    .await;
+}
+
+/// [`lifecycle`] on the double's [`DOUBLE_CLUSTER`], on a manual clock.
+async fn lifecycle_on_the_double(double: &KubeDouble, enforce: bool) {
+    on_the_double(double, Some(DOUBLE_CLUSTER), async |t| {
+        let options = LifecycleOptions {
+            cluster: DOUBLE_CLUSTER.into(),
+            enforce,
+            clock: operator_support::manual_clock(),
+        };
+        lifecycle(&t, options).await;
+    })
+    .await;
+}
+
+/// The double's [`DOUBLE_CLUSTER`] ManagedCluster.
+fn double_cluster(double: &KubeDouble) -> Value {
+    double
+        .get_value(
+            "cluster.open-cluster-management.io/v1",
+            "ManagedCluster",
+            None,
+            DOUBLE_CLUSTER,
+        )
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_conformance_on_the_double() {
     let double = hub_double().await;
-    with_scratch(
-        double.client(),
-        double_config(&double),
-        Backend::Double,
-        None,
-        async |t| api_conformance(&t).await,
-    )
-    .await;
+    on_the_double(&double, None, async |t| api_conformance(&t).await).await;
     double.shutdown().await;
 }
 
@@ -1366,43 +1323,11 @@ async fn api_conformance_on_a_real_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_lifecycle_on_the_double() {
     let double = hub_double().await;
-    let mc_before = double
-        .get_value(
-            "cluster.open-cluster-management.io/v1",
-            "ManagedCluster",
-            None,
-            DOUBLE_CLUSTER,
-        )
-        .unwrap();
-    with_scratch(
-        double.client(),
-        double_config(&double),
-        Backend::Double,
-        Some(DOUBLE_CLUSTER),
-        async |t| {
-            let clock = Arc::new(ManualClock::new("2026-03-02T10:00:00Z".parse().unwrap()));
-            lifecycle(
-                &t,
-                LifecycleOptions {
-                    cluster: DOUBLE_CLUSTER.into(),
-                    enforce: true,
-                    clock,
-                },
-            )
-            .await;
-        },
-    )
-    .await;
+    let mc_before = double_cluster(&double);
+    lifecycle_on_the_double(&double, true).await;
     // Only the test namespace and the one ManagedCluster were written: the cluster is back
     // as it was, and the namespace is gone.
-    let mc_after = double
-        .get_value(
-            "cluster.open-cluster-management.io/v1",
-            "ManagedCluster",
-            None,
-            DOUBLE_CLUSTER,
-        )
-        .unwrap();
+    let mc_after = double_cluster(&double);
     assert_eq!(
         mc_after["metadata"]["labels"],
         mc_before["metadata"]["labels"]
@@ -1429,25 +1354,7 @@ async fn operator_lifecycle_on_the_double() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_lifecycle_without_enforcement_on_the_double() {
     let double = hub_double().await;
-    with_scratch(
-        double.client(),
-        double_config(&double),
-        Backend::Double,
-        Some(DOUBLE_CLUSTER),
-        async |t| {
-            let clock = Arc::new(ManualClock::new("2026-03-02T10:00:00Z".parse().unwrap()));
-            lifecycle(
-                &t,
-                LifecycleOptions {
-                    cluster: DOUBLE_CLUSTER.into(),
-                    enforce: false,
-                    clock,
-                },
-            )
-            .await;
-        },
-    )
-    .await;
+    lifecycle_on_the_double(&double, false).await;
     double.shutdown().await;
 }
 
@@ -1520,10 +1427,8 @@ async fn scratch_is_cleaned_up_after_a_failure_on_the_double() {
     let double = hub_double().await;
     let seen = Arc::new(std::sync::Mutex::new(None::<(String, String)>));
     let seen_in = seen.clone();
-    let outcome = AssertUnwindSafe(with_scratch(
-        double.client(),
-        double_config(&double),
-        Backend::Double,
+    let outcome = AssertUnwindSafe(on_the_double(
+        &double,
         Some(DOUBLE_CLUSTER),
         async move |t| {
             let label = action_label(&t.suffix);
@@ -1548,12 +1453,7 @@ async fn scratch_is_cleaned_up_after_a_failure_on_the_double() {
         Some("scenario failed on purpose")
     );
     let (ns, label) = seen.lock().unwrap().clone().unwrap();
-    let cgu = double.get_value(
-        "ran.openshift.io/v1alpha1",
-        "ClusterGroupUpgrade",
-        Some(&ns),
-        "left-behind",
-    );
+    let cgu = operator_support::cgu(&double, &ns, "left-behind");
     assert!(
         cgu.as_ref()
             .is_none_or(|c| c["metadata"]["finalizers"].is_null()),
@@ -1563,14 +1463,7 @@ async fn scratch_is_cleaned_up_after_a_failure_on_the_double() {
         double.get_value("v1", "Namespace", None, &ns).is_none(),
         "namespace {ns} deleted"
     );
-    let mc = double
-        .get_value(
-            "cluster.open-cluster-management.io/v1",
-            "ManagedCluster",
-            None,
-            DOUBLE_CLUSTER,
-        )
-        .unwrap();
+    let mc = double_cluster(&double);
     assert!(
         mc["metadata"]["labels"].get(&label).is_none(),
         "label {label} removed: {}",
@@ -1585,13 +1478,9 @@ async fn scratch_is_cleaned_up_after_a_failure_on_the_double() {
 async fn refuses_to_run_beside_other_cgus_or_a_live_controller_on_the_double() {
     let double = hub_double().await;
     let guard_message = async |double: &KubeDouble| {
-        let outcome = AssertUnwindSafe(with_scratch(
-            double.client(),
-            double_config(double),
-            Backend::Double,
-            None,
-            async |t| assert_no_other_cgu_controller(&t).await,
-        ))
+        let outcome = AssertUnwindSafe(on_the_double(double, None, async |t| {
+            assert_no_other_cgu_controller(&t).await
+        }))
         .catch_unwind()
         .await;
         outcome.err().map(|p| {
