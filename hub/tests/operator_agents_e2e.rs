@@ -777,7 +777,7 @@ async fn a_cgu_with_precaching_and_backup_succeeds_with_three_real_agents() {
     // Every node holds a completed backup of its own etcd; the agents report the hub's task.
     for s in &spokes {
         assert!(s.backup_complete(), "{}: no completed backup", s.name);
-        let snaps: Vec<_> = walk(&s.root.join("var/recovery").join(CURRENT))
+        let snaps: Vec<_> = backup_support::files_under(&s.root.join("var/recovery").join(CURRENT))
             .into_iter()
             .filter(|p| {
                 p.file_name()
@@ -881,21 +881,4 @@ async fn a_cgu_with_precaching_and_backup_succeeds_with_three_real_agents() {
     hub.stop().await;
     double.shutdown().await;
     eprintln!("end to end in {:?}", t0.elapsed());
-}
-
-/// Every file under `dir`.
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }

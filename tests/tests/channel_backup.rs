@@ -113,19 +113,13 @@ fn complete_backup(root: &Path) -> bool {
 
 /// Files under `dir` whose name starts with `prefix`.
 fn files_named(dir: &Path, prefix: &str) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if e.file_name().to_string_lossy().starts_with(prefix) {
-                out.push(p);
-            }
-        }
-    }
-    out
+    backup_support::files_under(dir)
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+        })
+        .collect()
 }
 
 /// A hub, a node (real etcd and ostree, commands through `cmds`) and a connected agent that

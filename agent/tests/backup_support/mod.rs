@@ -15,6 +15,23 @@ use talm_agent::host::disk::{Disk, FsStats, RealDisk};
 use talm_agent::host::exec::{Background, Cmd, CommandRunner, RealRunner};
 use talm_agent::host::root::HostRoot;
 
+/// Every file under `dir` (depth first; unreadable directories are skipped).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
 /// Whether the test can run: root and these programs. Prints why not.
 pub fn require(test: &str, tools: &[&str]) -> bool {
     let uid = std::fs::metadata("/proc/self")
