@@ -19,7 +19,8 @@
 //! - API requests made by the operator (the double's request log, minus this benchmark's own
 //!   Placement list/watch), per cluster and by verb and resource;
 //! - the operator's peak RSS (`VmHWM` from `/proc/<pid>/status`), its RSS once its caches are
-//!   synced, and its CPU time (`/proc/<pid>/stat`);
+//!   synced, and its CPU time (`/proc/<pid>/stat`), beside this process's own CPU time over the
+//!   same span (the double and the simulator share the machine with the operator);
 //! - reconcile latency p50/p99 from the operator's own `talm_reconcile_duration_seconds`
 //!   histogram (scraped from `/metrics` at the end; buckets double from 1 ms, so a percentile is
 //!   given as its bucket's upper bound and, in brackets, linearly interpolated inside the bucket);
@@ -122,6 +123,8 @@ struct Outcome {
     rss_synced_kib: u64,
     rss_peak_kib: u64,
     cpu_secs: f64,
+    /// CPU time of this benchmark process (the double and the simulator) during the rollout.
+    bench_cpu_secs: f64,
     reconciles: u64,
     reconcile_failures: u64,
     reconcile_p50: Option<Percentile>,
@@ -662,6 +665,7 @@ async fn run_size(args: &Args, hub_bin: &Path, n: usize) -> anyhow::Result<Outco
     let log = dir.path().join("talm-hub.log");
     let admin = free_port()?;
     let started = Instant::now();
+    let bench_cpu_start = cpu_secs(std::process::id());
     let mut child = spawn_hub(hub_bin, &kubeconfig, admin, args.workers, &log)?;
     let pid = child.id();
 
@@ -742,6 +746,7 @@ async fn run_size(args: &Args, hub_bin: &Path, n: usize) -> anyhow::Result<Outco
     }
     (_, out.rss_peak_kib) = rss_kib(pid);
     out.cpu_secs = cpu_secs(pid);
+    out.bench_cpu_secs = cpu_secs(std::process::id()) - bench_cpu_start;
     stop(&mut child).await;
 
     let reqs = double.requests();
@@ -890,6 +895,10 @@ fn print_table(all: &[Outcome]) {
         (
             "operator CPU time",
             Box::new(|o: &Outcome| (format!("{:.1} s", o.cpu_secs), o.cpu_secs)),
+        ),
+        (
+            "benchmark process CPU time (double + simulator)",
+            Box::new(|o: &Outcome| (format!("{:.1} s", o.bench_cpu_secs), o.bench_cpu_secs)),
         ),
         (
             "reconciles",
