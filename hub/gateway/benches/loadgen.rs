@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use talm_agent::backoff::{Backoff, random_u64};
 use talm_agent::conn::{ConnConfig, HubTarget, Identity, session_client};
-use talm_gateway::cli::{GatewayArgs, PkiPaths, run_gateway};
+use talm_gateway::cli::{GatewayArgs, PkiPaths, SessionArgs, run_gateway};
 use talm_gateway::store::file::{FileEnrollmentStore, FileSpokeAgentStore};
 use talm_gateway::store::{EnrollmentStore, SpokeAgentStore};
 use talm_proto::v1::{self, AgentMessage, agent_message, hub_message, task_report};
@@ -108,10 +108,12 @@ fn main() -> anyhow::Result<()> {
                 state_dir,
                 listen,
                 admin_listen: admin,
-                server_names: vec!["127.0.0.1".into()],
-                heartbeat_interval_secs: heartbeat_secs,
-                heartbeat_timeout_secs: heartbeat_secs * 3,
-                cert_lifetime_secs: 86_400,
+                session: SessionArgs {
+                    server_names: vec!["127.0.0.1".into()],
+                    heartbeat_interval_secs: heartbeat_secs,
+                    heartbeat_timeout_secs: heartbeat_secs * 3,
+                    cert_lifetime_secs: 86_400,
+                },
                 poll_interval_ms: 2000,
             };
             run_gateway(args, async {

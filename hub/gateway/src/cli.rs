@@ -51,23 +51,10 @@ pub enum CliError {
     MachineConfig(#[from] crate::machineconfig::MachineConfigError),
 }
 
-/// `talm-hub gateway`: serve the agent channel with the file-backed stores.
+/// The gateway flags shared by `talm-hub gateway` and `talm-hub run` (flattened into both).
 #[derive(Clone, Debug, Args)]
-pub struct GatewayArgs {
-    /// State directory: enrollment, SpokeAgent spec/status, and the PKI (`pki/`).
-    #[arg(long, env = "TALM_STATE_DIR")]
-    pub state_dir: PathBuf,
-    /// Address of the agent channel (gRPC over TLS 1.3).
-    #[arg(long, env = "TALM_GATEWAY_LISTEN", default_value = "0.0.0.0:8443")]
-    pub listen: SocketAddr,
-    /// Address of the HTTP admin endpoint (/agents, /metrics, /healthz).
-    #[arg(
-        long,
-        env = "TALM_GATEWAY_ADMIN_LISTEN",
-        default_value = "127.0.0.1:8081"
-    )]
-    pub admin_listen: SocketAddr,
-    /// Names (DNS or IP) for the serving certificate when the PKI is generated.
+pub struct SessionArgs {
+    /// Names (DNS or IP) of a generated serving certificate: the host agents dial.
     #[arg(
         long,
         env = "TALM_GATEWAY_SERVER_NAMES",
@@ -84,6 +71,27 @@ pub struct GatewayArgs {
     /// Lifetime of issued agent certificates, seconds.
     #[arg(long, env = "TALM_AGENT_CERT_LIFETIME_SECS", default_value_t = 86_400)]
     pub cert_lifetime_secs: u64,
+}
+
+/// `talm-hub gateway`: serve the agent channel with the file-backed stores.
+#[derive(Clone, Debug, Args)]
+pub struct GatewayArgs {
+    /// State directory: enrollment, SpokeAgent spec/status, and the PKI (`pki/`).
+    #[arg(long, env = "TALM_STATE_DIR")]
+    pub state_dir: PathBuf,
+    /// Address of the agent channel (gRPC over TLS 1.3).
+    #[arg(long, env = "TALM_GATEWAY_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// Address of the HTTP admin endpoint (/agents, /metrics, /healthz).
+    #[arg(
+        long,
+        env = "TALM_GATEWAY_ADMIN_LISTEN",
+        default_value = "127.0.0.1:8081"
+    )]
+    pub admin_listen: SocketAddr,
+    /// Serving names, heartbeats and certificate lifetime.
+    #[command(flatten)]
+    pub session: SessionArgs,
     /// How often SpokeAgent specs and enrollments are re-read, milliseconds.
     #[arg(long, env = "TALM_POLL_INTERVAL_MS", default_value_t = 2000)]
     pub poll_interval_ms: u64,
@@ -281,15 +289,15 @@ pub async fn run_gateway(
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let (cert, key, agent_ca) = ensure_pki(
         &PkiPaths::under(&args.state_dir),
-        &args.server_names,
+        &args.session.server_names,
         clock.as_ref(),
     )?;
     let tls = talm_shared::tls::server_config(&cert, &key, agent_ca.cert_pem.as_bytes())?;
     let enroll_store = Arc::new(FileEnrollmentStore::new(&args.state_dir)?);
     let agents = Arc::new(FileSpokeAgentStore::new(&args.state_dir)?);
     let cfg = GatewayConfig {
-        heartbeat_interval: Duration::from_secs(args.heartbeat_interval_secs.max(1)),
-        heartbeat_timeout: Duration::from_secs(args.heartbeat_timeout_secs.max(1)),
+        heartbeat_interval: Duration::from_secs(args.session.heartbeat_interval_secs.max(1)),
+        heartbeat_timeout: Duration::from_secs(args.session.heartbeat_timeout_secs.max(1)),
         poll_interval: Duration::from_millis(args.poll_interval_ms.max(50)),
         ..GatewayConfig::default()
     };
@@ -297,7 +305,7 @@ pub async fn run_gateway(
         agent_ca,
         enroll_store,
         clock.clone(),
-        Duration::from_secs(args.cert_lifetime_secs.max(60)),
+        Duration::from_secs(args.session.cert_lifetime_secs.max(60)),
     );
     let gw = Gateway::new(cfg, clock, enroller, agents);
     let grpc = TcpListener::bind(args.listen)

@@ -247,23 +247,9 @@ pub struct GatewayArgs {
     /// Serving key of the gRPC port (PEM file, with --grpc-tls-cert).
     #[arg(long, env = "TALM_GRPC_TLS_KEY", requires = "grpc_tls_cert")]
     pub grpc_tls_key: Option<PathBuf>,
-    /// Names (DNS or IP) of a generated serving certificate.
-    #[arg(
-        long,
-        env = "TALM_GATEWAY_SERVER_NAMES",
-        value_delimiter = ',',
-        default_value = "localhost,127.0.0.1"
-    )]
-    pub server_names: Vec<String>,
-    /// Heartbeat interval told to agents, seconds.
-    #[arg(long, env = "TALM_HEARTBEAT_INTERVAL_SECS", default_value_t = 30)]
-    pub heartbeat_interval_secs: u64,
-    /// Silence after which an agent is marked disconnected, seconds.
-    #[arg(long, env = "TALM_HEARTBEAT_TIMEOUT_SECS", default_value_t = 90)]
-    pub heartbeat_timeout_secs: u64,
-    /// Lifetime of issued agent certificates, seconds.
-    #[arg(long, env = "TALM_AGENT_CERT_LIFETIME_SECS", default_value_t = 86_400)]
-    pub cert_lifetime_secs: u64,
+    /// Serving names, heartbeats and certificate lifetime (as `talm-hub gateway`).
+    #[command(flatten)]
+    pub session: talm_gateway::cli::SessionArgs,
     /// How often the gateway compares the cached SpokeAgent specs and enrollments with its
     /// sessions (assignments, revocations), milliseconds. Reads memory only.
     #[arg(long, env = "TALM_GATEWAY_POLL_INTERVAL_MS", default_value_t = 500)]
@@ -281,16 +267,18 @@ impl GatewayArgs {
                     key: key.clone(),
                 },
                 _ => ServingTls::Generated {
-                    names: self.server_names.clone(),
+                    names: self.session.server_names.clone(),
                 },
             },
             gateway: GatewayConfig {
-                heartbeat_interval: Duration::from_secs(self.heartbeat_interval_secs.max(1)),
-                heartbeat_timeout: Duration::from_secs(self.heartbeat_timeout_secs.max(1)),
+                heartbeat_interval: Duration::from_secs(
+                    self.session.heartbeat_interval_secs.max(1),
+                ),
+                heartbeat_timeout: Duration::from_secs(self.session.heartbeat_timeout_secs.max(1)),
                 poll_interval: Duration::from_millis(self.poll_interval_ms.max(50)),
                 ..GatewayConfig::default()
             },
-            cert_lifetime: Duration::from_secs(self.cert_lifetime_secs.max(60)),
+            cert_lifetime: Duration::from_secs(self.session.cert_lifetime_secs.max(60)),
         }
     }
 }
