@@ -6,7 +6,7 @@ use talm_shared::api::cgu::ClusterGroupUpgradeStatus;
 use talm_shared::api::rhacm::{
     ManagedClusterAction, ManagedClusterView, Placement, PlacementBinding,
 };
-use talm_shared::api::spokeagent::{BackupTask, PrecacheTask};
+use talm_shared::api::spokeagent::{BackupTask, InstallPlanTask, PrecacheTask};
 
 /// The outcome of one reconcile of one CGU.
 #[derive(Clone, Debug, PartialEq)]
@@ -103,6 +103,8 @@ pub enum Write {
         precache: Option<TaskChange<PrecacheTask>>,
         /// The backup task change, if any.
         backup: Option<TaskChange<BackupTask>>,
+        /// The InstallPlan-approval task change, if any.
+        install_plans: Option<TaskChange<InstallPlanTask>>,
     },
     /// Create the ManagedClusterView, or replace its labels and spec (talm-behaviour.md §3.10).
     /// Failures are logged, not fatal: the next reconcile retries.

@@ -14,21 +14,29 @@
 //! When the cluster completes, its views of this CGU are deleted ([`cleanup`]). MCAs delete
 //! themselves once executed. Compliance stays the policy's business.
 //!
-//! This is the path talm takes today; approval by the on-spoke agent (which has local API
-//! access) is not implemented.
+//! When the cluster's talm-agent is connected, the agent does it instead: the engine puts an
+//! InstallPlan-approval task in the cluster's SpokeAgent ([`agent_task`]) and the agent applies
+//! the same rule through the spoke's own API server, with no views and no actions. The engine
+//! falls back to views and actions while the agent is not connected, or once it reported the
+//! task failed, timed out or rejected (an agent that predates the task kind rejects it). The
+//! agent task is cleared when the cluster completes or moves to a policy without Subscriptions
+//! ([`clear_agent_task`]), and when the CGU ends.
 
 use std::collections::BTreeMap;
 
+use jiff::Timestamp;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use talm_shared::api::ObjectMeta;
+use talm_shared::api::Time;
 use talm_shared::api::cgu::ClusterGroupUpgrade;
 use talm_shared::api::rhacm::{
     KubeWorkSpec, ManagedClusterAction, ManagedClusterActionSpec, ManagedClusterView,
     ManagedClusterViewSpec, ViewScope,
 };
+use talm_shared::api::spokeagent::{InstallPlanTask, SpokeAgent, SubscriptionTarget};
 
-use crate::decision::Write;
+use crate::decision::{TaskChange, Write};
 use crate::names;
 use crate::reconcile::labels;
 use crate::snapshot::Snapshot;
@@ -268,6 +276,92 @@ pub fn approve(
         }
     }
     writes
+}
+
+/// The id of the agent's approval task for `policy`: unique per CGU (by uid) and policy, so a
+/// cluster moving to its next policy gets a new task.
+pub fn agent_task_id(cgu: &ClusterGroupUpgrade, policy: &str) -> String {
+    format!("{}installplans/{policy}", crate::tasks::task_id_prefix(cgu))
+}
+
+/// Agent states after which the engine stops relying on the agent for this task id and uses
+/// views and actions instead.
+fn agent_gave_up(state: &str) -> bool {
+    matches!(
+        state,
+        "UnrecoverableError" | "TimedOut" | "Cancelled" | "PrecacheTimeout" | "BackupTimeout"
+    )
+}
+
+/// Whether the agent approves InstallPlans for this CGU's task `id`: the agent is connected,
+/// its approval slot is free or holds a task of this CGU (another CGU's task is never
+/// overwritten), and it has not reported task `id` failed, rejected, timed out or cancelled.
+pub fn agent_path(cgu: &ClusterGroupUpgrade, agent: Option<&SpokeAgent>, id: &str) -> bool {
+    let Some(a) = agent else { return false };
+    let Some(st) = a.status.as_ref() else {
+        return false;
+    };
+    let prefix = crate::tasks::task_id_prefix(cgu);
+    st.connected
+        && a.spec
+            .install_plans
+            .as_ref()
+            .is_none_or(|t| t.id.starts_with(&prefix))
+        && !st
+            .install_plans
+            .as_ref()
+            .is_some_and(|r| r.id == id && agent_gave_up(&r.state))
+}
+
+/// The write that gives `cluster`'s agent the approval task `id` for `subs` (none when its
+/// SpokeAgent already holds that task).
+pub fn agent_task(
+    cluster: &str,
+    agent: Option<&SpokeAgent>,
+    id: &str,
+    subs: &[SubscriptionRef],
+    deadline: Timestamp,
+) -> Option<Write> {
+    let have = agent.and_then(|a| a.spec.install_plans.as_ref());
+    if have.is_some_and(|t| t.id == id) {
+        return None;
+    }
+    Some(Write::SetSpokeAgentTasks {
+        namespace: cluster.to_string(),
+        name: cluster.to_string(),
+        precache: None,
+        backup: None,
+        install_plans: Some(TaskChange::Assign(InstallPlanTask {
+            id: id.to_string(),
+            subscriptions: subs
+                .iter()
+                .map(|s| SubscriptionTarget {
+                    name: s.name.clone(),
+                    namespace: s.namespace.clone(),
+                })
+                .collect(),
+            deadline: Time(deadline),
+        })),
+    })
+}
+
+/// The write that clears this CGU's approval task from `cluster`'s agent, if it holds one.
+pub fn clear_agent_task(
+    cgu: &ClusterGroupUpgrade,
+    cluster: &str,
+    snap: &Snapshot,
+) -> Option<Write> {
+    let prefix = crate::tasks::task_id_prefix(cgu);
+    snap.spoke_agent(cluster, cluster)
+        .and_then(|a| a.spec.install_plans.as_ref())
+        .filter(|t| t.id.starts_with(&prefix))
+        .map(|_| Write::SetSpokeAgentTasks {
+            namespace: cluster.to_string(),
+            name: cluster.to_string(),
+            precache: None,
+            backup: None,
+            install_plans: Some(TaskChange::Clear),
+        })
 }
 
 /// Deletes this CGU's views in one cluster namespace (the cluster completed).

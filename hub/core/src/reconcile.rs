@@ -1329,26 +1329,15 @@ impl<'a> Run<'a> {
         self.status.safe_resource_names = None;
     }
 
+    /// Clears every task of this CGU from the agents (pre-cache and backup tasks of the
+    /// clusters in its status, and InstallPlan-approval tasks, which any planned cluster may hold).
     fn clear_agent_tasks(&mut self) {
-        let mut clusters: BTreeSet<String> = BTreeSet::new();
-        if let Some(s) = self
-            .status
-            .precaching
-            .as_ref()
-            .and_then(|p| p.status.as_ref())
-        {
-            clusters.extend(s.keys().cloned());
-        }
-        if let Some(s) = self.status.backup.as_ref().and_then(|p| p.status.as_ref()) {
-            clusters.extend(s.keys().cloned());
-        }
-        for c in clusters {
-            if let Some(a) = self.snap.spoke_agent(&c, &c)
-                && let Some(w) = tasks::clear_tasks(self.cgu, a)
-            {
-                self.writes.push(w);
-            }
-        }
+        let writes: Vec<Write> = self
+            .snap
+            .spoke_agents()
+            .filter_map(|a| tasks::clear_tasks(self.cgu, a))
+            .collect();
+        self.writes.extend(writes);
     }
 
     // ----- in progress -----------------------------------------------------------------------
@@ -1507,7 +1496,10 @@ impl<'a> Run<'a> {
             self.requeue(Requeue::After(THIRTY_S));
         }
         self.remediate_batch(&batch, &policies);
-        self.approve_installplans(&batch, &policies);
+        let deadline = started
+            .checked_add(SignedDuration::from_mins(i64::from(self.timeout_minutes())))
+            .unwrap_or(Timestamp::MAX);
+        self.approve_installplans(&batch, &policies, deadline);
         self.check_placements(&policies);
         if !last {
             self.check_batch_timeout(current, &batch, plan, &policies, started, batch_started);
@@ -1612,6 +1604,8 @@ impl<'a> Run<'a> {
             self.record_complete(c);
             self.writes
                 .extend(installplan::cleanup(self.cgu, c, self.snap));
+            self.writes
+                .extend(installplan::clear_agent_task(self.cgu, c, self.snap));
             if let Some(a) = self
                 .cgu
                 .spec
@@ -1646,7 +1640,13 @@ impl<'a> Run<'a> {
 
     /// Manual InstallPlan approval (§3.10) for the in-progress clusters whose current policy
     /// holds Subscriptions; nothing at all when no managed policy has any.
-    fn approve_installplans(&mut self, batch: &[String], policies: &[ManagedPolicyForUpgrade]) {
+    /// The agent path runs the approval until the CGU's global timeout (`deadline`).
+    fn approve_installplans(
+        &mut self,
+        batch: &[String],
+        policies: &[ManagedPolicyForUpgrade],
+        deadline: Timestamp,
+    ) {
         let Some(content) = self
             .status
             .managed_policies_content
@@ -1669,11 +1669,12 @@ impl<'a> Run<'a> {
             else {
                 continue;
             };
-            let Some(json) = content.get(&pol.name) else {
-                continue;
-            };
-            subs.entry(pol.name.as_str())
-                .or_insert_with(|| installplan::subscriptions(json));
+            subs.entry(pol.name.as_str()).or_insert_with(|| {
+                content
+                    .get(&pol.name)
+                    .map(|json| installplan::subscriptions(json))
+                    .unwrap_or_default()
+            });
             work.push((c.clone(), pol.name.as_str()));
         }
         if work.is_empty() {
@@ -1682,7 +1683,17 @@ impl<'a> Run<'a> {
         let suffix = self.suffix();
         let mut writes = Vec::new();
         for (c, pol) in work {
-            if let Some(s) = subs.get(pol) {
+            let Some(s) = subs.get(pol).filter(|s| !s.is_empty()) else {
+                // The cluster's current policy holds no Subscriptions: an approval task left
+                // from its previous policy goes.
+                writes.extend(installplan::clear_agent_task(self.cgu, &c, self.snap));
+                continue;
+            };
+            let agent = self.snap.spoke_agent(&c, &c);
+            let id = installplan::agent_task_id(self.cgu, pol);
+            if installplan::agent_path(self.cgu, agent, &id) {
+                writes.extend(installplan::agent_task(&c, agent, &id, s, deadline));
+            } else {
                 writes.extend(installplan::approve(self.cgu, &suffix, &c, s, self.snap));
             }
         }

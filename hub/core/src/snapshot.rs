@@ -595,6 +595,11 @@ impl Snapshot {
             .get(&(namespace.to_string(), name.to_string()))
     }
 
+    /// Every SpokeAgent.
+    pub fn spoke_agents(&self) -> impl Iterator<Item = &SpokeAgent> {
+        self.spoke_agents.values()
+    }
+
     /// A CGU by namespace and name.
     pub fn cgu(&self, namespace: &str, name: &str) -> Option<&ClusterGroupUpgrade> {
         self.cgus

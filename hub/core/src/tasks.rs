@@ -144,6 +144,7 @@ pub fn step(
             name: input.cluster.to_string(),
             precache,
             backup,
+            install_plans: None,
         }
     };
     let current = match input.state {
@@ -218,7 +219,13 @@ pub fn clear_tasks(cgu: &ClusterGroupUpgrade, agent: &SpokeAgent) -> Option<Writ
         .as_ref()
         .filter(|t| t.id.starts_with(&prefix))
         .map(|_| TaskChange::Clear);
-    if precache.is_none() && backup.is_none() {
+    let install_plans = agent
+        .spec
+        .install_plans
+        .as_ref()
+        .filter(|t| t.id.starts_with(&prefix))
+        .map(|_| TaskChange::Clear);
+    if precache.is_none() && backup.is_none() && install_plans.is_none() {
         return None;
     }
     Some(Write::SetSpokeAgentTasks {
@@ -226,6 +233,7 @@ pub fn clear_tasks(cgu: &ClusterGroupUpgrade, agent: &SpokeAgent) -> Option<Writ
         name: agent.metadata.name.clone().unwrap_or_default(),
         precache,
         backup,
+        install_plans,
     })
 }
 

@@ -8,9 +8,12 @@ use std::collections::BTreeMap;
 use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
 use talm_hub_core::api::cgu::{ClusterGroupUpgrade, FINALIZER};
-use talm_hub_core::api::rhacm::{ManagedCluster, Placement, PlacementBinding, Policy};
+use talm_hub_core::api::rhacm::{
+    ManagedCluster, ManagedClusterView, Placement, PlacementBinding, Policy,
+};
+use talm_hub_core::api::spokeagent::{SpokeAgent, SpokeAgentSpec, SpokeAgentStatus, TaskReport};
 use talm_hub_core::{
-    Context, Event, FinalizerChange, NoUpdateGraph, Requeue, Snapshot, Write, reconcile,
+    Context, Event, FinalizerChange, NoUpdateGraph, Requeue, Snapshot, TaskChange, Write, reconcile,
 };
 
 struct Hub {
@@ -20,6 +23,9 @@ struct Hub {
     placements: BTreeMap<String, Placement>,
     bindings: BTreeMap<String, PlacementBinding>,
     events: Vec<Event>,
+    agents: BTreeMap<String, SpokeAgent>,
+    /// Every ManagedClusterView the engine applied, in order.
+    views: Vec<ManagedClusterView>,
 }
 
 fn mc(name: &str) -> ManagedCluster {
@@ -77,6 +83,8 @@ impl Hub {
             placements: BTreeMap::new(),
             bindings: BTreeMap::new(),
             events: Vec::new(),
+            agents: BTreeMap::new(),
+            views: Vec::new(),
         }
     }
 
@@ -93,6 +101,9 @@ impl Hub {
         }
         for b in self.bindings.values() {
             s.insert_placement_binding(b.clone());
+        }
+        for a in self.agents.values() {
+            s.insert_spoke_agent(a.clone());
         }
         s.insert_cgu(self.cgu.clone());
         s
@@ -168,10 +179,21 @@ impl Hub {
                         l.remove(&k);
                     }
                 }
-                Write::SetSpokeAgentTasks { .. }
-                | Write::ApplyManagedClusterView(_)
-                | Write::DeleteManagedClusterView { .. }
-                | Write::CreateManagedClusterAction(_) => {}
+                Write::SetSpokeAgentTasks {
+                    name,
+                    install_plans,
+                    ..
+                } => {
+                    if let Some(a) = self.agents.get_mut(&name) {
+                        match install_plans {
+                            Some(TaskChange::Assign(t)) => a.spec.install_plans = Some(t),
+                            Some(TaskChange::Clear) => a.spec.install_plans = None,
+                            None => {}
+                        }
+                    }
+                }
+                Write::ApplyManagedClusterView(v) => self.views.push(v),
+                Write::DeleteManagedClusterView { .. } | Write::CreateManagedClusterAction(_) => {}
             }
         }
         self.events.extend(d.events);
@@ -553,4 +575,148 @@ fn global_timeout_skips_clusters_that_never_started() {
     let st = hub.status();
     assert_eq!(hub.last_condition().1, "TimedOut");
     assert_eq!(st["clusters"], json!([{"name": "a", "state": "complete"}]));
+}
+
+fn connected_agent(cluster: &str) -> SpokeAgent {
+    let mut a = SpokeAgent::new(cluster, SpokeAgentSpec::default());
+    a.metadata.namespace = Some(cluster.into());
+    a.status = Some(SpokeAgentStatus {
+        connected: true,
+        ..Default::default()
+    });
+    a
+}
+
+/// Manual InstallPlan approval (§3.10): a cluster whose agent is connected gets an approval
+/// task per policy instead of views; one without an agent, or whose agent gave the task up,
+/// gets views; the task goes when the cluster completes.
+#[test]
+fn connected_agents_approve_install_plans_and_others_get_views() {
+    let mut hub = Hub::new(
+        cgu(json!({
+            "clusters": ["spoke1", "spoke4"],
+            "managedPolicies": ["p1", "p2"],
+            "remediationStrategy": {"maxConcurrency": 2, "timeout": 60},
+            "enable": true,
+        })),
+        &["spoke1", "spoke4"],
+        vec![
+            policy(
+                "p1",
+                &[("spoke1", "NonCompliant"), ("spoke4", "NonCompliant")],
+            ),
+            policy(
+                "p2",
+                &[("spoke1", "NonCompliant"), ("spoke4", "NonCompliant")],
+            ),
+        ],
+    );
+    hub.agents
+        .insert("spoke1".into(), connected_agent("spoke1"));
+    hub.run(t(0));
+    let task = hub.agents["spoke1"].spec.install_plans.clone().unwrap();
+    assert_eq!(task.id, "default/cgu/u1/installplans/p1");
+    assert_eq!(
+        serde_json::to_value(&task.subscriptions).unwrap(),
+        json!([{"name": "p1-sub", "namespace": "openshift-x"}])
+    );
+    let started = hub.cgu.status.as_ref().unwrap().status.as_ref().unwrap();
+    let started = started.started_at.as_ref().unwrap().0;
+    assert_eq!(task.deadline.0, started + SignedDuration::from_mins(60));
+    let view_ns = |h: &Hub| -> Vec<String> {
+        let mut v: Vec<String> = h
+            .views
+            .iter()
+            .map(|v| v.metadata.namespace.clone().unwrap())
+            .collect();
+        v.dedup();
+        v
+    };
+    assert_eq!(
+        view_ns(&hub),
+        ["spoke4"],
+        "views only where no agent is connected"
+    );
+
+    // spoke1 moves on to p2: its task follows the policy.
+    hub.set_compliance("p1", "spoke1", "Compliant");
+    hub.run(t(20));
+    let task = hub.agents["spoke1"].spec.install_plans.clone().unwrap();
+    assert_eq!(task.id, "default/cgu/u1/installplans/p2");
+    assert_eq!(task.subscriptions[0].name, "p2-sub");
+    assert_eq!(view_ns(&hub), ["spoke4"]);
+
+    // The agent rejects the task (an agent that predates the kind): views take over.
+    hub.agents.get_mut("spoke1").unwrap().status = Some(SpokeAgentStatus {
+        connected: true,
+        install_plans: Some(TaskReport {
+            id: task.id.clone(),
+            state: "UnrecoverableError".into(),
+            message: "unknown task kind 4".into(),
+        }),
+        ..Default::default()
+    });
+    hub.run(t(30));
+    assert!(
+        hub.views
+            .iter()
+            .any(|v| v.metadata.namespace.as_deref() == Some("spoke1")),
+        "fallback to views"
+    );
+
+    // spoke1 completes: the CGU's task is cleared from its agent.
+    hub.set_compliance("p2", "spoke1", "Compliant");
+    hub.run(t(40));
+    assert!(hub.agents["spoke1"].spec.install_plans.is_none());
+}
+
+/// A disconnected agent is not relied upon; a task of another CGU is left alone at the end.
+#[test]
+fn disconnected_agents_get_views_and_foreign_tasks_survive() {
+    let mut hub = Hub::new(
+        cgu(json!({
+            "clusters": ["spoke1"],
+            "managedPolicies": ["p1"],
+            "remediationStrategy": {"maxConcurrency": 1},
+            "enable": true,
+        })),
+        &["spoke1"],
+        vec![policy("p1", &[("spoke1", "NonCompliant")])],
+    );
+    let mut a = connected_agent("spoke1");
+    a.status.as_mut().unwrap().connected = false;
+    hub.agents.insert("spoke1".into(), a);
+    hub.run(t(0));
+    assert!(hub.agents["spoke1"].spec.install_plans.is_none());
+    assert_eq!(hub.views.len(), 1);
+    assert_eq!(hub.views[0].metadata.namespace.as_deref(), Some("spoke1"));
+
+    // Reconnected: the agent takes over.
+    hub.agents
+        .get_mut("spoke1")
+        .unwrap()
+        .status
+        .as_mut()
+        .unwrap()
+        .connected = true;
+    hub.run(t(10));
+    let mut task = hub.agents["spoke1"].spec.install_plans.clone().unwrap();
+    assert_eq!(task.id, "default/cgu/u1/installplans/p1");
+    // Another CGU's task in the slot is neither overwritten (views are used instead) nor
+    // cleared by this CGU's completion.
+    task.id = "default/other/u9/installplans/p1".into();
+    hub.agents.get_mut("spoke1").unwrap().spec.install_plans = Some(task);
+    let views = hub.views.len();
+    hub.run(t(15));
+    assert_eq!(
+        hub.agents["spoke1"].spec.install_plans.as_ref().unwrap().id,
+        "default/other/u9/installplans/p1"
+    );
+    assert!(hub.views.len() > views, "views while the slot is taken");
+    hub.set_compliance("p1", "spoke1", "Compliant");
+    hub.run(t(20));
+    assert_eq!(
+        hub.agents["spoke1"].spec.install_plans.as_ref().unwrap().id,
+        "default/other/u9/installplans/p1"
+    );
 }

@@ -234,6 +234,7 @@ impl Registry {
             (Slot::Precache, &st.precache),
             (Slot::Backup, &st.backup),
             (Slot::CheckSpace, &st.check_space),
+            (Slot::InstallPlans, &st.install_plans),
         ] {
             if let Some(r) = rep {
                 let kind = kinds
@@ -480,6 +481,7 @@ impl Registry {
                 Slot::Precache => st.precache = rep,
                 Slot::Backup => st.backup = rep,
                 Slot::CheckSpace => st.check_space = rep,
+                Slot::InstallPlans => st.install_plans = rep,
             }
         }
         Some(st)

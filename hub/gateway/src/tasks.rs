@@ -47,6 +47,8 @@ pub enum Slot {
     Backup,
     /// `spec.checkSpace` / `status.checkSpace`.
     CheckSpace,
+    /// `spec.installPlans` / `status.installPlans`.
+    InstallPlans,
 }
 
 impl Slot {
@@ -56,6 +58,7 @@ impl Slot {
             Slot::Precache => TaskKind::Precache,
             Slot::Backup => TaskKind::Backup,
             Slot::CheckSpace => TaskKind::CheckSpace,
+            Slot::InstallPlans => TaskKind::ApproveInstallPlans,
         }
     }
 }
@@ -100,6 +103,14 @@ pub fn desired(spec: &SpokeAgentSpec) -> Vec<DesiredTask> {
             deadline_unix: t.deadline.0.as_second(),
         });
     }
+    if let Some(t) = &spec.install_plans {
+        out.push(DesiredTask {
+            id: t.id.clone(),
+            slot: Slot::InstallPlans,
+            params_json: serde_json::json!({ "subscriptions": t.subscriptions }).to_string(),
+            deadline_unix: t.deadline.0.as_second(),
+        });
+    }
     out
 }
 
@@ -125,6 +136,7 @@ pub fn kind_name(kind: TaskKind) -> &'static str {
         TaskKind::CheckSpace => "check-space",
         TaskKind::Precache => "precache",
         TaskKind::Backup => "backup",
+        TaskKind::ApproveInstallPlans => "approve-install-plans",
         TaskKind::Unspecified => "unspecified",
     }
 }
@@ -164,5 +176,37 @@ mod tests {
             "UnrecoverableError"
         );
         assert!(is_final("Succeeded") && !is_final("Active"));
+    }
+
+    #[test]
+    fn install_plan_tasks_carry_their_subscriptions() {
+        use talm_shared::api::spokeagent::{InstallPlanTask, SubscriptionTarget};
+        let spec = SpokeAgentSpec {
+            install_plans: Some(InstallPlanTask {
+                id: "ns/cgu/uid/installplans/p1".into(),
+                subscriptions: vec![SubscriptionTarget {
+                    name: "ptp".into(),
+                    namespace: "openshift-ptp".into(),
+                }],
+                deadline: Time(jiff::Timestamp::from_second(2_000_000_000).unwrap()),
+            }),
+            ..Default::default()
+        };
+        let d = desired(&spec);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].slot, Slot::InstallPlans);
+        assert_eq!(d[0].slot.kind(), TaskKind::ApproveInstallPlans);
+        assert_eq!(
+            d[0].params_json,
+            r#"{"subscriptions":[{"name":"ptp","namespace":"openshift-ptp"}]}"#
+        );
+        assert_eq!(
+            result_state(TaskKind::ApproveInstallPlans, TaskOutcome::TimedOut),
+            "TimedOut"
+        );
+        assert_eq!(
+            kind_name(TaskKind::ApproveInstallPlans),
+            "approve-install-plans"
+        );
     }
 }

@@ -153,6 +153,7 @@ async fn apply_write(shared: &Shared, write: &Write) -> Result<(), OperatorError
             name,
             precache,
             backup,
+            install_plans,
         } => {
             let api: Api<SpokeAgent> = Api::namespaced(client, namespace);
             let mut spec = Map::new();
@@ -161,6 +162,9 @@ async fn apply_write(shared: &Shared, write: &Write) -> Result<(), OperatorError
             }
             if let Some(v) = task_patch(backup.as_ref())? {
                 spec.insert("backup".into(), v);
+            }
+            if let Some(v) = task_patch(install_plans.as_ref())? {
+                spec.insert("installPlans".into(), v);
             }
             let assigns = spec.values().any(|v| !v.is_null());
             let body = json!({ "spec": spec });
@@ -177,6 +181,9 @@ async fn apply_write(shared: &Shared, write: &Write) -> Result<(), OperatorError
                     }
                     if let Some(TaskChange::Assign(t)) = backup {
                         spec_obj.backup = Some(t.clone());
+                    }
+                    if let Some(TaskChange::Assign(t)) = install_plans {
+                        spec_obj.install_plans = Some(t.clone());
                     }
                     let mut agent = SpokeAgent::new(name, spec_obj);
                     agent.metadata.namespace = Some(namespace.clone());

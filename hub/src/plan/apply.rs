@@ -168,10 +168,12 @@ pub fn apply_write(
             name,
             precache,
             backup,
+            install_plans,
         } => {
             let key = ObjectKey::typed(Kind::SpokeAgent, "SpokeAgent", namespace, name);
             let assigns = matches!(precache, Some(TaskChange::Assign(_)))
-                || matches!(backup, Some(TaskChange::Assign(_)));
+                || matches!(backup, Some(TaskChange::Assign(_)))
+                || matches!(install_plans, Some(TaskChange::Assign(_)));
             let mut raw = match store.get(&key) {
                 Some(entry) => entry.raw.clone(),
                 // Clearing tasks of an agent that does not exist changes nothing.
@@ -198,8 +200,16 @@ pub fn apply_write(
                 .as_ref()
                 .map(|c| task_value("backup", c))
                 .transpose()?;
+            let install_plans = install_plans
+                .as_ref()
+                .map(|c| task_value("install-plans", c))
+                .transpose()?;
             edit_object(&mut raw, "spec", |spec| {
-                for (field, change) in [("precache", precache), ("backup", backup)] {
+                for (field, change) in [
+                    ("precache", precache),
+                    ("backup", backup),
+                    ("installPlans", install_plans),
+                ] {
                     match change {
                         None => {}
                         Some(None) => {
@@ -467,7 +477,9 @@ mod tests {
     use talm_shared::api::ObjectMeta;
     use talm_shared::api::cgu::ClusterGroupUpgradeStatus;
     use talm_shared::api::rhacm::{BindingOverrides, PlacementSpec, PlacementSubject, Toleration};
-    use talm_shared::api::spokeagent::{BackupTask, PrecacheTask};
+    use talm_shared::api::spokeagent::{
+        BackupTask, InstallPlanTask, PrecacheTask, SubscriptionTarget,
+    };
 
     use super::*;
     use crate::plan::load::load_yaml_str;
@@ -822,6 +834,14 @@ metadata: {name: spoke2}
                 id: "b".into(),
                 deadline: talm_shared::api::Time(now()),
             })),
+            install_plans: Some(TaskChange::Assign(InstallPlanTask {
+                id: "ns/cgu-1/uid/installplans/p1".into(),
+                subscriptions: vec![SubscriptionTarget {
+                    name: "ptp".into(),
+                    namespace: "openshift-ptp".into(),
+                }],
+                deadline: talm_shared::api::Time(now()),
+            })),
         };
         assert_eq!(
             apply_write(&mut s, &assign, now()).unwrap().unwrap().verb,
@@ -832,12 +852,19 @@ metadata: {name: spoke2}
         assert_eq!(a["spec"]["precache"]["id"], "ns/cgu-1/uid/precache");
         assert_eq!(a["spec"]["precache"]["deadline"], "2026-01-01T10:00:00Z");
         assert_eq!(a["spec"]["backup"]["id"], "b");
+        assert_eq!(
+            a["spec"]["installPlans"],
+            json!({"id": "ns/cgu-1/uid/installplans/p1",
+                   "subscriptions": [{"name": "ptp", "namespace": "openshift-ptp"}],
+                   "deadline": "2026-01-01T10:00:00Z"})
+        );
         assert!(a["metadata"]["uid"].is_string());
         let clear_backup = Write::SetSpokeAgentTasks {
             namespace: "spoke1".into(),
             name: "spoke1".into(),
             precache: None,
             backup: Some(TaskChange::Clear),
+            install_plans: Some(TaskChange::Clear),
         };
         assert_eq!(
             apply_write(&mut s, &clear_backup, now())
@@ -848,6 +875,7 @@ metadata: {name: spoke2}
         );
         let a = raw(&s, Kind::SpokeAgent, "SpokeAgent", "spoke1", "spoke1").unwrap();
         assert!(a["spec"].get("backup").is_none());
+        assert!(a["spec"].get("installPlans").is_none());
         assert_eq!(
             a["spec"]["precache"]["id"], "ns/cgu-1/uid/precache",
             "untouched"
@@ -859,6 +887,7 @@ metadata: {name: spoke2}
             name: "spoke2".into(),
             precache: Some(TaskChange::Clear),
             backup: None,
+            install_plans: None,
         };
         assert_eq!(apply_write(&mut s, &clear_missing, now()).unwrap(), None);
         assert!(raw(&s, Kind::SpokeAgent, "SpokeAgent", "spoke2", "spoke2").is_none());

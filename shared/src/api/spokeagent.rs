@@ -51,6 +51,35 @@ pub struct SpokeAgentSpec {
     /// The desired check-space task, if any (TALM's `check_space`, on its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check_space: Option<CheckSpaceTask>,
+    /// The desired InstallPlan-approval task, if any (talm-behaviour.md §3.10, done by the
+    /// agent through the spoke's own API server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_plans: Option<InstallPlanTask>,
+}
+
+/// An InstallPlan-approval task: while it runs, the agent approves the `Manual` InstallPlan of
+/// each listed OLM Subscription once that Subscription is `UpgradePending` (the same rule as
+/// TALM's ManagedClusterView/Action path). It runs until the hub clears it or its deadline.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InstallPlanTask {
+    /// Unique per CGU, policy and task:
+    /// `<cgu namespace>/<cgu name>/<cgu uid>/installplans/<policy>`.
+    pub id: String,
+    /// The Subscriptions whose InstallPlans to approve.
+    pub subscriptions: Vec<SubscriptionTarget>,
+    /// The agent stops (state `TimedOut`) after this time.
+    pub deadline: Time,
+}
+
+/// An OLM Subscription on the spoke.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SubscriptionTarget {
+    /// Name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
 }
 
 /// A pre-cache task.
@@ -107,6 +136,9 @@ pub struct SpokeAgentStatus {
     /// The check-space task's state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check_space: Option<TaskReport>,
+    /// The InstallPlan-approval task's state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_plans: Option<TaskReport>,
 }
 
 /// A task's reported state.
