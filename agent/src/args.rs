@@ -56,6 +56,14 @@ pub struct RunArgs {
     /// Pre-cache tasks: containers-storage graph driver.
     #[arg(long, env = "TALM_PRECACHE_STORAGE_DRIVER", default_value = "overlay")]
     pub precache_storage_driver: String,
+    /// InstallPlan-approval tasks: kubeconfig of the spoke's own API server (default: the
+    /// node's `localhost.kubeconfig` under the host root,
+    /// `etc/kubernetes/static-pod-resources/kube-apiserver-certs/secrets/node-kubeconfigs/`).
+    #[arg(long, env = "TALM_AGENT_SPOKE_KUBECONFIG")]
+    pub spoke_kubeconfig: Option<PathBuf>,
+    /// InstallPlan-approval tasks: seconds between passes over the Subscriptions.
+    #[arg(long, env = "TALM_AGENT_APPROVAL_POLL_SECS", default_value_t = 10)]
+    pub approval_poll_secs: u64,
 }
 
 /// Output format of `status`.
@@ -159,6 +167,16 @@ impl RunArgs {
         }
     }
 
+    /// How the daemon runs `ApproveInstallPlans` tasks.
+    pub fn approval_settings(&self) -> crate::installplans::ApprovalSettings {
+        let mut s = crate::installplans::ApprovalSettings::new(
+            &self.host_root,
+            self.spoke_kubeconfig.as_deref(),
+        );
+        s.poll = Duration::from_secs(self.approval_poll_secs.max(1));
+        s
+    }
+
     /// Runs the daemon until SIGINT/SIGTERM on a single-threaded runtime (the agent is small:
     /// one thread plus blocking-pool threads for fsyncs, spawned on demand).
     pub fn run_blocking(&self) -> Result<(), CliError> {
@@ -180,7 +198,8 @@ impl RunArgs {
         };
         let runner = HostRunner::new(host.clone())
             .with_precache(self.precache_settings())
-            .with_backup(backup);
+            .with_backup(backup)
+            .with_approvals(self.approval_settings());
         let agent = Agent::new(cfg, host, Arc::new(runner), clock)?;
         agent.run(shutdown_signal()).await?;
         Ok(())

@@ -125,6 +125,7 @@ impl Task {
             Ok(TaskKind::CheckSpace) => "check-space",
             Ok(TaskKind::Precache) => "precache",
             Ok(TaskKind::Backup) => "backup",
+            Ok(TaskKind::ApproveInstallPlans) => "approve-install-plans",
             _ => "unknown",
         }
     }

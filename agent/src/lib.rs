@@ -18,8 +18,8 @@
 //!     reports), written atomically and fsynced on every change;
 //!   - [`conn`]: TLS 1.3 connections to the hub, enrollment (bootstrap token + CSR), rotation;
 //!   - [`facts`]: node facts for Hello and statvfs, behind a trait rooted at `--host-root`;
-//!   - [`runner`]: task execution (`check-space`, `precache`, and `backup` through
-//!     [`backup::task`]);
+//!   - [`runner`]: task execution (`check-space`, `precache`, `backup` through
+//!     [`backup::task`], and `approve-install-plans` through [`installplans`]);
 //!   - [`daemon`]: the session loop, reconnects with jittered capped backoff, heartbeats,
 //!     certificate rotation, and the connection state file read by `talm-agent status`;
 //!   - [`backoff`]: the reconnect backoff;
@@ -40,6 +40,7 @@ pub mod backup;
 pub mod conn;
 pub mod daemon;
 pub mod facts;
+pub mod installplans;
 pub mod journal;
 pub mod precache;
 pub mod recovery;

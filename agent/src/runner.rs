@@ -75,6 +75,7 @@ pub struct HostRunner {
     host: Arc<dyn HostInfo>,
     precache: Option<PrecacheSettings>,
     backup: Option<Arc<BackupTaskConfig>>,
+    approvals: Option<crate::installplans::ApprovalSettings>,
 }
 
 /// How `Precache` tasks run (the daemon's `--state-dir`, `--host-root` and `--precache-*`
@@ -88,14 +89,21 @@ pub struct PrecacheSettings {
 }
 
 impl HostRunner {
-    /// A runner over `host` (pre-cache and backup tasks are rejected until
-    /// [`Self::with_precache`] / [`Self::with_backup`]).
+    /// A runner over `host` (pre-cache, backup and InstallPlan-approval tasks are rejected
+    /// until [`Self::with_precache`] / [`Self::with_backup`] / [`Self::with_approvals`]).
     pub fn new(host: Arc<dyn HostInfo>) -> Self {
         Self {
             host,
             precache: None,
             backup: None,
+            approvals: None,
         }
+    }
+
+    /// Enables `ApproveInstallPlans` tasks.
+    pub fn with_approvals(mut self, settings: crate::installplans::ApprovalSettings) -> Self {
+        self.approvals = Some(settings);
+        self
     }
 
     /// Also runs hub-assigned backups with `cfg`.
@@ -227,6 +235,7 @@ impl TaskRunner for HostRunner {
         let host = self.host.clone();
         let backup = self.backup.clone();
         let precache = self.precache.clone();
+        let approvals = self.approvals.clone();
         let now_unix = {
             use talm_shared::clock::Clock;
             talm_shared::clock::SystemClock.unix()
@@ -265,6 +274,13 @@ impl TaskRunner for HostRunner {
                     None => (
                         TaskOutcome::Rejected,
                         "pre-caching is not configured in this agent".to_string(),
+                    ),
+                },
+                Ok(TaskKind::ApproveInstallPlans) => match approvals {
+                    Some(a) => crate::installplans::run_task(&a, &task.params_json, ctx).await,
+                    None => (
+                        TaskOutcome::Rejected,
+                        "InstallPlan approval is not configured in this agent".to_string(),
                     ),
                 },
                 _ => (
