@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use operator_support::{
     GatewayHub, HUB_NS, agent_binary, agent_command, kubeconfig, loopback_gateway_settings,
     spoke_agent, talm_hub_agents,
@@ -36,7 +36,7 @@ use talm_gateway::store::{EnrollmentStore, TokenRejection};
 use talm_hub::operator::agents::{KubeEnrollmentStore, pki, secrets};
 use talm_hub::operator::{Config, LeaderElection, LeaseTiming, Operator};
 use talm_kube_double::{Fault, KubeDouble, Verb};
-use talm_shared::api::spokeagent::{SpokeAgent, SpokeAgentSpec};
+use talm_shared::api::spokeagent::SpokeAgent;
 use talm_shared::clock::{Clock, SystemClock};
 
 const NS: &str = HUB_NS;
@@ -135,8 +135,8 @@ async fn an_agent_enrolls_through_the_standby_and_reports_into_spokeagent_status
         "the token's secret must never be stored"
     );
 
-    // The agent enrolls and connects through the standby. No SpokeAgent exists yet: its
-    // status writes are skipped, not failed.
+    // The agent enrolls and connects through the standby. No SpokeAgent exists yet: the
+    // standby's gateway creates one (empty spec) to record the connection.
     let _agent = spawn_agent(
         &agent_bin,
         standby.grpc,
@@ -154,11 +154,20 @@ async fn an_agent_enrolls_through_the_standby_and_reports_into_spokeagent_status
     .await;
     assert!(leader.gateway.registry.session("sno1").is_none());
 
+    let created = wait_for("SpokeAgent created with the connection", || {
+        double
+            .get_value("talm.dev/v1alpha1", "SpokeAgent", Some("sno1"), "sno1")
+            .filter(|a| a["status"]["connected"] == true)
+    })
+    .await;
+    assert_eq!(
+        created["spec"],
+        json!({}),
+        "no task until the engine assigns one"
+    );
+
     // The task arrives through the SpokeAgent spec (as the engine writes it).
     let api: Api<SpokeAgent> = Api::namespaced(double.client(), "sno1");
-    let mut agent = SpokeAgent::new("sno1", SpokeAgentSpec::default());
-    agent.metadata.namespace = Some("sno1".into());
-    api.create(&PostParams::default(), &agent).await.unwrap();
     let deadline = jiff::Timestamp::from_second(SystemClock.unix() + 3600).unwrap();
     api.patch(
         "sno1",

@@ -13,11 +13,14 @@ mod operator_support;
 use std::time::Duration;
 
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use operator_support::{RunningOperator, T0, child_policy, musthave, policy_templates, ztp_labels};
+use operator_support::{
+    RunningOperator, T0, musthave, policy_templates, put_policy, set_compliance,
+    subscription_object, ztp_labels,
+};
 use serde_json::{Value, json};
 use talm_hub::operator::Config;
 use talm_kube_double::KubeDouble;
-use talm_shared::api::rhacm::{ManagedCluster, ManagedClusterView, Policy};
+use talm_shared::api::rhacm::{ManagedCluster, ManagedClusterView};
 
 const WAIT: Duration = Duration::from_secs(30);
 const POLICY_NS: &str = "ztp-common";
@@ -56,58 +59,6 @@ fn config_policy(objects: Value) -> Value {
 fn namespace_object(name: &str) -> Value {
     json!([musthave(json!({
         "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}))])
-}
-
-fn subscription_object() -> Value {
-    json!([musthave(json!({
-        "apiVersion": "operators.coreos.com/v1alpha1", "kind": "Subscription",
-        "metadata": {"name": "ptp-operator-subscription", "namespace": "openshift-ptp"},
-        "spec": {"channel": "stable", "name": "ptp-operator", "installPlanApproval": "Manual",
-                 "source": "redhat-operators", "sourceNamespace": "openshift-marketplace"},
-        "status": {"state": "AtLatestKnown"}}))])
-}
-
-/// A root policy in `ns` and its child in `cluster`'s namespace (with `wave`, if any).
-fn put_policy(
-    double: &KubeDouble,
-    ns: &str,
-    name: &str,
-    cluster: &str,
-    wave: Option<&str>,
-    templates: Value,
-) {
-    double
-        .put_value(json!({
-            "apiVersion": "policy.open-cluster-management.io/v1", "kind": "Policy",
-            "metadata": {"name": name, "namespace": ns},
-            "spec": {"remediationAction": "inform", "disabled": false,
-                     "policy-templates": templates},
-            "status": {"compliant": "NonCompliant", "status": [
-                {"clustername": cluster, "clusternamespace": cluster,
-                 "compliant": "NonCompliant"}]}
-        }))
-        .unwrap();
-    let mut annotations = serde_json::Map::new();
-    if let Some(w) = wave {
-        annotations.insert("ran.openshift.io/ztp-deploy-wave".into(), json!(w));
-    }
-    let spec = json!({"remediationAction": "inform", "disabled": false,
-                      "policy-templates": templates});
-    let mut child = child_policy(ns, name, cluster, spec);
-    child["metadata"]["annotations"] = annotations.into();
-    double.put_value(child).unwrap();
-}
-
-async fn set_compliance(double: &KubeDouble, ns: &str, policy: &str, cluster: &str, c: &str) {
-    let api: Api<Policy> = Api::namespaced(double.client(), ns);
-    api.patch_status(
-        policy,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": {"status": [
-            {"clustername": cluster, "clusternamespace": cluster, "compliant": c}]}})),
-    )
-    .await
-    .unwrap();
 }
 
 fn ztp_cgu(double: &KubeDouble, cluster: &str) -> Option<Value> {

@@ -452,3 +452,59 @@ pub async fn root_status_entries(api: &Api<Policy>, policy: &str) -> Vec<Value> 
         .map(|e| serde_json::to_value(e).unwrap())
         .collect()
 }
+
+/// The object templates of a policy holding one OLM Subscription (`ptp-operator-subscription` in
+/// `openshift-ptp`, Manual approval).
+pub fn subscription_object() -> Value {
+    json!([musthave(json!({
+        "apiVersion": "operators.coreos.com/v1alpha1", "kind": "Subscription",
+        "metadata": {"name": "ptp-operator-subscription", "namespace": "openshift-ptp"},
+        "spec": {"channel": "stable", "name": "ptp-operator", "installPlanApproval": "Manual",
+                 "source": "redhat-operators", "sourceNamespace": "openshift-marketplace"},
+        "status": {"state": "AtLatestKnown"}}))])
+}
+
+/// A root policy in `ns` and its child in `cluster`'s namespace (with `wave`, if any).
+pub fn put_policy(
+    double: &KubeDouble,
+    ns: &str,
+    name: &str,
+    cluster: &str,
+    wave: Option<&str>,
+    templates: Value,
+) {
+    double
+        .put_value(json!({
+            "apiVersion": "policy.open-cluster-management.io/v1", "kind": "Policy",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"remediationAction": "inform", "disabled": false,
+                     "policy-templates": templates},
+            "status": {"compliant": "NonCompliant", "status": [
+                {"clustername": cluster, "clusternamespace": cluster,
+                 "compliant": "NonCompliant"}]}
+        }))
+        .unwrap();
+    let mut annotations = serde_json::Map::new();
+    if let Some(w) = wave {
+        annotations.insert("ran.openshift.io/ztp-deploy-wave".into(), json!(w));
+    }
+    let spec = json!({"remediationAction": "inform", "disabled": false,
+                      "policy-templates": templates});
+    let mut child = child_policy(ns, name, cluster, spec);
+    child["metadata"]["annotations"] = annotations.into();
+    double.put_value(child).unwrap();
+}
+
+/// Sets `cluster`'s entry of root policy `ns/policy` to `c` through the status subresource, as
+/// TALM's kuttl suite does.
+pub async fn set_compliance(double: &KubeDouble, ns: &str, policy: &str, cluster: &str, c: &str) {
+    let api: Api<Policy> = Api::namespaced(double.client(), ns);
+    api.patch_status(
+        policy,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"status": [
+            {"clustername": cluster, "clusternamespace": cluster, "compliant": c}]}})),
+    )
+    .await
+    .unwrap();
+}

@@ -12,9 +12,12 @@
 //! - A written status goes into the cache at once, and the CGUs of the cluster are reconciled
 //!   then: the watch echo of a write the cache recorded triggers nothing, so without this an
 //!   agent's report reached the engine only at the CGU's next timed requeue.
-//! - The engine creates SpokeAgents (`writes.rs`); the gateway does not. A status write for a
-//!   missing SpokeAgent is [`StoreError::NotFound`], which the gateway's writer treats as
-//!   "nothing to persist yet".
+//! - The engine creates a SpokeAgent when it assigns a task (`writes.rs`); the gateway creates
+//!   one (empty spec) when an agent connects and its cluster has none yet, so every connected
+//!   agent is visible (`kubectl get spokeagents -A`) and the engine can choose the agent for
+//!   InstallPlan approval. A "disconnected" status for a missing SpokeAgent, or one whose
+//!   cluster namespace does not exist, is [`StoreError::NotFound`], which the gateway's writer
+//!   treats as "nothing to persist yet".
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -30,7 +33,7 @@ use tokio::runtime::Handle;
 use super::{Bridge, backend};
 use crate::operator::Shared;
 use crate::operator::cache::Kind;
-use crate::operator::error::{is_conflict, is_not_found};
+use crate::operator::error::{is_already_exists, is_conflict, is_not_found};
 
 const ATTEMPTS: usize = 8;
 
@@ -88,7 +91,7 @@ impl KubeSpokeAgentStore {
             message: e.to_string(),
         })?;
         if let Value::Object(m) = &mut value {
-            for k in ["precache", "backup", "checkSpace"] {
+            for k in ["precache", "backup", "checkSpace", "installPlans"] {
                 m.entry(k).or_insert(Value::Null);
             }
         }
@@ -133,8 +136,26 @@ impl KubeSpokeAgentStore {
                     .await
                     .map_err(backend("get", &what(cluster)))?;
             }
-            let Some(mut obj) = current.take() else {
-                return Err(StoreError::NotFound(what(cluster)));
+            let mut obj = match current.take() {
+                Some(o) => o,
+                None if !status.connected => return Err(StoreError::NotFound(what(cluster))),
+                None => {
+                    let mut agent = SpokeAgent::new(cluster, SpokeAgentSpec::default());
+                    agent.metadata.namespace = Some(cluster.to_string());
+                    match api.create(&PostParams::default(), &agent).await {
+                        Ok(out) => {
+                            tracing::info!(cluster, "SpokeAgent created for a connected agent");
+                            self.shared.cache_write().record_write(out.clone());
+                            out
+                        }
+                        // Created meanwhile (by the engine or another replica): read it.
+                        Err(e) if is_already_exists(&e) => continue,
+                        Err(e) if is_not_found(&e) => {
+                            return Err(StoreError::NotFound(what(cluster)));
+                        }
+                        Err(e) => return Err(backend("create", &what(cluster))(e)),
+                    }
+                }
             };
             if obj.status.as_ref() == Some(status) {
                 self.remember(cluster, status);
