@@ -162,10 +162,21 @@ pub enum SubState {
     Waiting(String),
 }
 
-fn is_denied(e: &kube::Error) -> Option<String> {
+/// The outcome of a failed call: a denial (401/403) ends the task, anything else waits for the
+/// next pass with `waiting` and the error.
+fn failed(
+    e: &kube::Error,
+    verb: &'static str,
+    what: &str,
+    waiting: &str,
+) -> Result<SubState, ApprovalError> {
     match e {
-        kube::Error::Api(s) if s.code == 401 || s.code == 403 => Some(s.message.clone()),
-        _ => None,
+        kube::Error::Api(s) if s.code == 401 || s.code == 403 => Err(ApprovalError::Denied {
+            verb,
+            what: what.to_string(),
+            reason: s.message.clone(),
+        }),
+        _ => Ok(SubState::Waiting(format!("{waiting}: {e}"))),
     }
 }
 
@@ -189,16 +200,7 @@ pub async fn pass_one(
     let s = match subs.get(&sub.name).await {
         Ok(s) => s.data,
         Err(e) if is_not_found(&e) => return Ok(SubState::Waiting("not created yet".into())),
-        Err(e) => {
-            if let Some(reason) = is_denied(&e) {
-                return Err(ApprovalError::Denied {
-                    verb: "get",
-                    what,
-                    reason,
-                });
-            }
-            return Ok(SubState::Waiting(format!("reading it failed: {e}")));
-        }
+        Err(e) => return failed(&e, "get", &what, "reading it failed"),
     };
     let state = str_at(&s, "/status/state").unwrap_or("");
     if state != "UpgradePending" {
@@ -218,16 +220,7 @@ pub async fn pass_one(
         Err(e) if is_not_found(&e) => {
             return Ok(SubState::Waiting(format!("{what} not found yet")));
         }
-        Err(e) => {
-            if let Some(reason) = is_denied(&e) {
-                return Err(ApprovalError::Denied {
-                    verb: "get",
-                    what,
-                    reason,
-                });
-            }
-            return Ok(SubState::Waiting(format!("reading {what} failed: {e}")));
-        }
+        Err(e) => return failed(&e, "get", &what, &format!("reading {what} failed")),
     };
     let manual = str_at(&plan.data, "/spec/approval") == Some("Manual");
     let approved = plan.data.pointer("/spec/approved").and_then(Value::as_bool) == Some(true);
@@ -243,17 +236,8 @@ pub async fn pass_one(
         .await
     {
         Ok(_) => Ok(SubState::Approved(what)),
-        Err(e) => {
-            if let Some(reason) = is_denied(&e) {
-                return Err(ApprovalError::Denied {
-                    verb: "patch",
-                    what,
-                    reason,
-                });
-            }
-            // 409: the plan changed since it was read; the next pass reads it again.
-            Ok(SubState::Waiting(format!("approving {what} failed: {e}")))
-        }
+        // 409: the plan changed since it was read; the next pass reads it again.
+        Err(e) => failed(&e, "patch", &what, &format!("approving {what} failed")),
     }
 }
 

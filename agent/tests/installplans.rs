@@ -12,7 +12,7 @@ use talm_agent::facts::Host;
 use talm_agent::installplans::ApprovalSettings;
 use talm_agent::journal::{Task, TaskState};
 use talm_agent::runner::{HostRunner, Progress, TaskContext, TaskRunner};
-use talm_kube_double::{Fault, KubeDouble, ResourceKind, Verb};
+use talm_kube_double::{Fault, KubeDouble, Verb, olm_kinds};
 use talm_proto::v1::{TaskKind, TaskOutcome};
 use tokio::sync::mpsc;
 
@@ -21,24 +21,7 @@ const OLM: &str = "operators.coreos.com/v1alpha1";
 async fn spoke() -> KubeDouble {
     KubeDouble::builder()
         .no_default_kinds()
-        .kind(
-            ResourceKind::namespaced(
-                "operators.coreos.com",
-                "v1alpha1",
-                "Subscription",
-                "subscriptions",
-            )
-            .with_status(),
-        )
-        .kind(
-            ResourceKind::namespaced(
-                "operators.coreos.com",
-                "v1alpha1",
-                "InstallPlan",
-                "installplans",
-            )
-            .with_status(),
-        )
+        .kinds(olm_kinds())
         .start()
         .await
         .unwrap()
@@ -75,6 +58,18 @@ fn install_plan(name: &str, ns: &str, approval: &str, approved: bool) -> Value {
            "metadata": {"name": name, "namespace": ns},
            "spec": {"approval": approval, "approved": approved,
                     "clusterServiceVersionNames": [format!("{name}.v1")]}})
+}
+
+/// Seeds Subscription `name` in `ns` in `state`, waiting on InstallPlan `install-<name>` with
+/// `approval`, not approved.
+fn seed(double: &KubeDouble, name: &str, ns: &str, state: &str, approval: &str) {
+    let plan = format!("install-{name}");
+    double
+        .put_value(install_plan(&plan, ns, approval, false))
+        .unwrap();
+    double
+        .put_value(subscription(name, ns, state, Some(&plan)))
+        .unwrap();
 }
 
 fn approved(double: &KubeDouble, ns: &str, name: &str) -> Option<bool> {
@@ -127,41 +122,11 @@ async fn approves_manual_plans_of_upgrade_pending_subscriptions_only() {
     let dir = tempfile::tempdir().unwrap();
     let kc = kubeconfig(&double, dir.path());
     // a: UpgradePending, Manual, not approved -> approved.
-    double
-        .put_value(subscription(
-            "a",
-            "ns-a",
-            "UpgradePending",
-            Some("install-a"),
-        ))
-        .unwrap();
-    double
-        .put_value(install_plan("install-a", "ns-a", "Manual", false))
-        .unwrap();
+    seed(&double, "a", "ns-a", "UpgradePending", "Manual");
     // b: at its latest version, with an unapproved Manual plan lying around -> untouched.
-    double
-        .put_value(subscription(
-            "b",
-            "ns-b",
-            "AtLatestKnown",
-            Some("install-b"),
-        ))
-        .unwrap();
-    double
-        .put_value(install_plan("install-b", "ns-b", "Manual", false))
-        .unwrap();
+    seed(&double, "b", "ns-b", "AtLatestKnown", "Manual");
     // c: UpgradePending, but Automatic -> untouched.
-    double
-        .put_value(subscription(
-            "c",
-            "ns-c",
-            "UpgradePending",
-            Some("install-c"),
-        ))
-        .unwrap();
-    double
-        .put_value(install_plan("install-c", "ns-c", "Automatic", false))
-        .unwrap();
+    seed(&double, "c", "ns-c", "UpgradePending", "Automatic");
     // d: does not exist yet.
     let params = json!({"subscriptions": [
         {"name": "a", "namespace": "ns-a"}, {"name": "b", "namespace": "ns-b"},
@@ -186,17 +151,7 @@ async fn approves_manual_plans_of_upgrade_pending_subscriptions_only() {
     );
 
     // d appears later (the policy's enforcement created it) and goes UpgradePending.
-    double
-        .put_value(install_plan("install-d", "ns-d", "Manual", false))
-        .unwrap();
-    double
-        .put_value(subscription(
-            "d",
-            "ns-d",
-            "UpgradePending",
-            Some("install-d"),
-        ))
-        .unwrap();
+    seed(&double, "d", "ns-d", "UpgradePending", "Manual");
     wait_until("install-d approved", || {
         approved(&double, "ns-d", "install-d") == Some(true)
     })
@@ -238,17 +193,7 @@ async fn a_conflict_is_retried_and_a_denial_fails_the_task() {
     let double = spoke().await;
     let dir = tempfile::tempdir().unwrap();
     let kc = kubeconfig(&double, dir.path());
-    double
-        .put_value(subscription(
-            "a",
-            "ns-a",
-            "UpgradePending",
-            Some("install-a"),
-        ))
-        .unwrap();
-    double
-        .put_value(install_plan("install-a", "ns-a", "Manual", false))
-        .unwrap();
+    seed(&double, "a", "ns-a", "UpgradePending", "Manual");
     // The first approval loses a race (409): the next pass re-reads and approves.
     double.inject(
         Fault::error(409)

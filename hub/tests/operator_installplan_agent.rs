@@ -25,7 +25,7 @@ use operator_support::{
 };
 use serde_json::{Value, json};
 use talm_hub::operator::{Config, Operator, SystemClock as OperatorClock};
-use talm_kube_double::{KubeDouble, ResourceKind, Verb};
+use talm_kube_double::{KubeDouble, Verb, olm_kinds};
 
 const WAIT: Duration = Duration::from_secs(120);
 const CLUSTER: &str = "spoke1";
@@ -68,24 +68,7 @@ async fn hub_double() -> KubeDouble {
 async fn spoke_double() -> KubeDouble {
     let double = KubeDouble::builder()
         .no_default_kinds()
-        .kind(
-            ResourceKind::namespaced(
-                "operators.coreos.com",
-                "v1alpha1",
-                "Subscription",
-                "subscriptions",
-            )
-            .with_status(),
-        )
-        .kind(
-            ResourceKind::namespaced(
-                "operators.coreos.com",
-                "v1alpha1",
-                "InstallPlan",
-                "installplans",
-            )
-            .with_status(),
-        )
+        .kinds(olm_kinds())
         .start()
         .await
         .unwrap();

@@ -287,10 +287,7 @@ pub fn agent_task_id(cgu: &ClusterGroupUpgrade, policy: &str) -> String {
 /// Agent states after which the engine stops relying on the agent for this task id and uses
 /// views and actions instead.
 fn agent_gave_up(state: &str) -> bool {
-    matches!(
-        state,
-        "UnrecoverableError" | "TimedOut" | "Cancelled" | "PrecacheTimeout" | "BackupTimeout"
-    )
+    matches!(state, "UnrecoverableError" | "TimedOut" | "Cancelled")
 }
 
 /// Whether the agent approves InstallPlans for this CGU's task `id`: the agent is connected,

@@ -149,3 +149,25 @@ pub fn default_kinds() -> Vec<ResourceKind> {
         ResourceKind::namespaced("coordination.k8s.io", "v1", "Lease", "leases").builtin(),
     ]
 }
+
+/// OLM's Subscription and InstallPlan (`operators.coreos.com/v1alpha1`, namespaced, with
+/// status): what a spoke's own API server serves to the agent's InstallPlan approval. Not in
+/// [`default_kinds`] (the hub never reads them directly).
+pub fn olm_kinds() -> Vec<ResourceKind> {
+    vec![
+        ResourceKind::namespaced(
+            "operators.coreos.com",
+            "v1alpha1",
+            "Subscription",
+            "subscriptions",
+        )
+        .with_status(),
+        ResourceKind::namespaced(
+            "operators.coreos.com",
+            "v1alpha1",
+            "InstallPlan",
+            "installplans",
+        )
+        .with_status(),
+    ]
+}

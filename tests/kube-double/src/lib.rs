@@ -127,7 +127,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use error::ApiError;
-pub use kinds::{ResourceKind, default_kinds};
+pub use kinds::{ResourceKind, default_kinds, olm_kinds};
 pub use log::{Fault, RequestRecord, Verb};
 pub use patch::PatchType;
 pub use store::{Clock, EventType};
@@ -173,6 +173,13 @@ impl Builder {
     #[must_use]
     pub fn kind(mut self, kind: ResourceKind) -> Self {
         self.kinds.push(kind);
+        self
+    }
+
+    /// Registers extra kinds (e.g. [`olm_kinds`]).
+    #[must_use]
+    pub fn kinds(mut self, kinds: impl IntoIterator<Item = ResourceKind>) -> Self {
+        self.kinds.extend(kinds);
         self
     }
 
