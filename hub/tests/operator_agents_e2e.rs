@@ -51,13 +51,12 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use operator_support::{
     GatewayHub, HUB_NS, agent_binary, agent_command, child_policy, enable_cgu, find_condition,
-    kubeconfig, loopback_gateway_settings, musthave, policy_templates, root_status_entries,
-    spoke_agent, talm_hub_agents, text,
+    kubeconfig, musthave, policy_templates, root_status_entries, spoke_agent, start_hub_for_agents,
+    talm_hub_agents, text,
 };
 use precache_support::{Fixture, Registry, build_fixture};
 use serde_json::{Value, json};
 use talm_agent::backup::layout::{CURRENT, MARKER};
-use talm_hub::operator::{Config, Operator, SystemClock as OperatorClock};
 use talm_kube_double::KubeDouble;
 use talm_shared::api::rhacm::Policy;
 use tokio::sync::watch;
@@ -114,17 +113,6 @@ fn started() -> Instant {
 
 async fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
     operator_support::wait_for_within(WAIT, Duration::from_millis(50), what, f).await
-}
-
-/// The operator and its gateway.
-async fn start_hub(double: &KubeDouble) -> GatewayHub {
-    let config = Config {
-        identity: "talm-hub-e2e".into(),
-        ..Config::default()
-    };
-    // The real clock: the engine's task deadlines are read by agents on real time.
-    let op = Operator::new(double.client(), Arc::new(OperatorClock), config);
-    GatewayHub::start(op, loopback_gateway_settings(HUB_NS)).await
 }
 
 /// One fake single-node cluster: host root, etcd, and (once spawned) its agent. Dropping it
@@ -546,7 +534,7 @@ async fn a_cgu_with_precaching_and_backup_succeeds_with_three_real_agents() {
             }
         }))
         .unwrap();
-    let hub = start_hub(&double).await;
+    let hub = start_hub_for_agents(&double, "talm-hub-e2e").await;
 
     // Enroll the agents with tokens minted the way an operator would (Secrets through the API).
     let kc = kubeconfig(&double, hub_dir.path());

@@ -16,15 +16,13 @@ mod operator_support;
 
 use std::path::Path;
 use std::process::{Child, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use operator_support::{
-    GatewayHub, HUB_NS, agent_binary, agent_command, kubeconfig, loopback_gateway_settings,
-    put_policy, set_compliance, spoke_agent, subscription_object, talm_hub_agents,
+    GatewayHub, agent_binary, agent_command, kubeconfig, put_policy, set_compliance, spoke_agent,
+    start_hub_for_agents, subscription_object, talm_hub_agents,
 };
 use serde_json::{Value, json};
-use talm_hub::operator::{Config, Operator, SystemClock as OperatorClock};
 use talm_kube_double::{KubeDouble, Verb, olm_kinds};
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -86,16 +84,6 @@ async fn spoke_double() -> KubeDouble {
                      "clusterServiceVersionNames": ["ptp-operator.v4.16.0"]}}))
         .unwrap();
     double
-}
-
-async fn start_hub(double: &KubeDouble) -> GatewayHub {
-    let config = Config {
-        identity: "talm-hub-installplans".into(),
-        ..Config::default()
-    };
-    // The real clock: the agent reads task deadlines on real time.
-    let op = Operator::new(double.client(), Arc::new(OperatorClock), config);
-    GatewayHub::start(op, loopback_gateway_settings(HUB_NS)).await
 }
 
 struct Agent(Child, std::path::PathBuf);
@@ -182,7 +170,7 @@ async fn a_connected_agent_approves_the_install_plan_on_its_spoke() {
     // The spoke's kubeconfig (its own directory: `kubeconfig` writes a fixed file name).
     let spoke_dir = tempfile::tempdir().unwrap();
     let spoke_kc = kubeconfig(&spoke, spoke_dir.path());
-    let hub = start_hub(&double).await;
+    let hub = start_hub_for_agents(&double, "talm-hub-installplans").await;
     let agent = spawn_agent(&hub, &double, dir.path(), &spoke_kc);
     connected(&double).await;
     put_cgu(&double);
@@ -265,7 +253,7 @@ async fn a_connected_agent_approves_the_install_plan_on_its_spoke() {
 async fn an_agent_without_spoke_access_rejects_the_task_and_views_take_over() {
     let double = hub_double().await;
     let dir = tempfile::tempdir().unwrap();
-    let hub = start_hub(&double).await;
+    let hub = start_hub_for_agents(&double, "talm-hub-installplans").await;
     let missing = dir.path().join("no-such.kubeconfig");
     let agent = spawn_agent(&hub, &double, dir.path(), &missing);
     connected(&double).await;

@@ -215,6 +215,22 @@ impl GatewayHub {
     }
 }
 
+/// One hub replica for tests with real agents: the operator on the real clock (agents read
+/// task deadlines and certificate times on real time) with leader identity `identity`, and its
+/// gateway with [`loopback_gateway_settings`].
+pub async fn start_hub_for_agents(double: &KubeDouble, identity: &str) -> GatewayHub {
+    let config = talm_hub::operator::Config {
+        identity: identity.into(),
+        ..talm_hub::operator::Config::default()
+    };
+    let op = Operator::new(
+        double.client(),
+        Arc::new(talm_hub::operator::SystemClock),
+        config,
+    );
+    GatewayHub::start(op, loopback_gateway_settings(HUB_NS)).await
+}
+
 // ----- agents and the CLI --------------------------------------------------------------------
 
 /// The talm-agent binary of this workspace: `target/debug/talm-agent` when it is built
