@@ -5,7 +5,9 @@
 //! - per CGU (`cgu="<ns>/<name>"`): `talm_cgu_clusters{state}` (clusters by rollout state),
 //!   `talm_cgu_current_batch`, `talm_cgu_batch_started_timestamp_seconds` and
 //!   `talm_cgu_time_in_batch_seconds` (as of the last reconcile);
-//! - `talm_watch_events_total{kind}`, `talm_events_published_total`,
+//! - `talm_watch_events_total{kind}`, `talm_watch_bodies_skipped_total` (CGU watch events
+//!   read for their metadata only, as echoes of the operator's own writes),
+//!   `talm_events_published_total`,
 //!   `talm_event_failures_total`, `talm_leader` (1 on the replica holding the Lease).
 
 use std::sync::atomic::AtomicU64;
@@ -73,6 +75,9 @@ pub struct Metrics {
     pub cgu_time_in_batch: Family<CguLabels, Gauge<f64, AtomicU64>>,
     /// Watch events received, by kind.
     pub watch_events: Family<KindLabels, Counter>,
+    /// CGU watch events whose spec and status were skipped: echoes of the operator's own
+    /// writes (or older), which the cache already holds.
+    pub watch_bodies_skipped: Counter,
     /// Events published.
     pub events_published: Counter,
     /// Events that could not be published.
@@ -100,6 +105,7 @@ impl Metrics {
             cgu_batch_started: Family::default(),
             cgu_time_in_batch: Family::default(),
             watch_events: Family::default(),
+            watch_bodies_skipped: Counter::default(),
             events_published: Counter::default(),
             event_failures: Counter::default(),
             leader: Gauge::default(),
@@ -145,6 +151,11 @@ impl Metrics {
             "watch_events",
             "Watch events received, by kind",
             m.watch_events.clone(),
+        );
+        registry.register(
+            "watch_bodies_skipped",
+            "CGU watch events read for their metadata only, as echoes of the operator's own writes",
+            m.watch_bodies_skipped.clone(),
         );
         registry.register(
             "events_published",

@@ -8,11 +8,13 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
+use serde::{Deserialize, Deserializer};
+use talm_shared::api::ObjectMeta;
 use talm_shared::api::cgu::ClusterGroupUpgrade;
 use talm_shared::api::precaching::PreCachingConfigSpec;
 use talm_shared::api::rhacm::{
     ClusterCompliance, ConfigMapView, ManagedCluster, ManagedClusterView, Placement,
-    PlacementBinding, Policy, ROOT_POLICY_LABEL,
+    PlacementBinding, Policy, PolicySpec, PolicyStatus, ROOT_POLICY_LABEL,
 };
 use talm_shared::api::spokeagent::SpokeAgent;
 
@@ -41,6 +43,112 @@ impl Compliance {
     }
 }
 
+/// A Policy as the snapshot reads it: metadata, spec, the aggregate compliance and the
+/// per-cluster compliance as compact `(cluster, compliance)` entries.
+///
+/// The operator deserializes its Policy watch events straight into this type: a root policy's
+/// `status.status` holds one entry per cluster (10,000 at fleet scale), and this form skips
+/// every other field of an entry (`clusternamespace`) and of the status (`details`, ...) and
+/// keeps the compliance as an enum instead of a string.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct PolicyView {
+    /// Metadata: child policies carry the root-policy label; annotations hold soak and wave.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// The policy spec.
+    #[serde(default)]
+    pub spec: PolicySpec,
+    /// The aggregate and per-cluster compliance.
+    #[serde(default)]
+    pub status: Option<PolicyViewStatus>,
+}
+
+/// [`PolicyView`]'s status.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct PolicyViewStatus {
+    /// Aggregate compliance.
+    #[serde(default)]
+    pub compliant: Option<String>,
+    /// Per-cluster compliance; absent means every cluster is NonCompliant.
+    #[serde(default)]
+    pub status: Option<Vec<ClusterEntry>>,
+}
+
+/// One `status.status` entry of a root policy: the cluster and whether it is Compliant.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(from = "RawEntry")]
+pub struct ClusterEntry {
+    /// `clustername`.
+    pub cluster: String,
+    /// [`Compliance::Compliant`] for `compliant: Compliant`, else
+    /// [`Compliance::NonCompliant`].
+    pub compliance: Compliance,
+}
+
+/// The wire form of [`ClusterEntry`]; unknown fields are skipped without being built.
+#[derive(Deserialize)]
+struct RawEntry {
+    #[serde(default)]
+    clustername: String,
+    #[serde(default)]
+    compliant: Option<IsCompliant>,
+}
+
+impl From<RawEntry> for ClusterEntry {
+    fn from(e: RawEntry) -> Self {
+        ClusterEntry {
+            cluster: e.clustername,
+            compliance: match e.compliant {
+                Some(IsCompliant(true)) => Compliance::Compliant,
+                _ => Compliance::NonCompliant,
+            },
+        }
+    }
+}
+
+/// Whether a `compliant` string is `Compliant`, read without allocating.
+struct IsCompliant(bool);
+
+impl<'de> Deserialize<'de> for IsCompliant {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = IsCompliant;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a compliance string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<IsCompliant, E> {
+                Ok(IsCompliant(v == "Compliant"))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl From<&ClusterCompliance> for ClusterEntry {
+    fn from(e: &ClusterCompliance) -> Self {
+        ClusterEntry {
+            cluster: e.clustername.clone(),
+            compliance: compliance_of(e),
+        }
+    }
+}
+
+impl From<Policy> for PolicyView {
+    fn from(p: Policy) -> Self {
+        PolicyView {
+            metadata: p.metadata,
+            spec: p.spec,
+            status: p.status.map(|s| PolicyViewStatus {
+                compliant: s.compliant,
+                status: s
+                    .status
+                    .map(|entries| entries.iter().map(ClusterEntry::from).collect()),
+            }),
+        }
+    }
+}
+
 /// A root policy with its per-cluster compliance indexed.
 #[derive(Clone, Debug)]
 pub struct RootPolicy {
@@ -58,22 +166,39 @@ fn compliance_of(e: &ClusterCompliance) -> Compliance {
     }
 }
 
+/// Splits a policy view into the stored policy (without `status.status`) and its entries.
+fn split(view: PolicyView) -> (Policy, Option<Vec<ClusterEntry>>) {
+    let (compliant, entries) = match view.status {
+        Some(s) => (Some(s.compliant), s.status),
+        None => (None, None),
+    };
+    let policy = Policy {
+        api_version: Policy::API_VERSION.to_string(),
+        kind: Policy::KIND.to_string(),
+        metadata: view.metadata,
+        spec: view.spec,
+        status: compliant.map(|compliant| PolicyStatus {
+            compliant,
+            status: None,
+        }),
+    };
+    (policy, entries)
+}
+
+fn index(entries: Vec<ClusterEntry>) -> HashMap<String, Compliance> {
+    entries
+        .into_iter()
+        .map(|e| (e.cluster, e.compliance))
+        .collect()
+}
+
 impl RootPolicy {
-    fn new(mut policy: Policy) -> Self {
-        let compliance = policy
-            .status
-            .as_mut()
-            .and_then(|s| s.status.take())
-            .map(|entries| {
-                entries
-                    .into_iter()
-                    .map(|e| {
-                        let c = compliance_of(&e);
-                        (e.clustername, c)
-                    })
-                    .collect()
-            });
-        RootPolicy { policy, compliance }
+    fn new(view: PolicyView) -> Self {
+        let (policy, entries) = split(view);
+        RootPolicy {
+            policy,
+            compliance: entries.map(index),
+        }
     }
 
     /// The cluster's compliance with this policy.
@@ -89,8 +214,8 @@ impl RootPolicy {
     /// changed, or the policy gained or lost its `status.status`). Existing entries are updated
     /// without allocating, so a status write that flips a few of 10,000 clusters costs a
     /// lookup per entry.
-    fn update(&mut self, mut policy: Policy) -> Option<HashSet<String>> {
-        let entries = policy.status.as_mut().and_then(|s| s.status.take());
+    fn update(&mut self, view: PolicyView) -> Option<HashSet<String>> {
+        let (policy, entries) = split(view);
         let same_meta = self.policy.spec == policy.spec
             && self.policy.metadata.labels == policy.metadata.labels
             && self.policy.metadata.annotations == policy.metadata.annotations;
@@ -99,14 +224,7 @@ impl RootPolicy {
             (None, None) => Some(HashSet::new()),
             (Some(map), Some(entries)) => Some(update_compliance(map, &entries)),
             (slot, entries) => {
-                *slot = entries.map(|v| {
-                    v.into_iter()
-                        .map(|e| {
-                            let c = compliance_of(&e);
-                            (e.clustername, c)
-                        })
-                        .collect()
-                });
+                *slot = entries.map(index);
                 None
             }
         };
@@ -118,24 +236,24 @@ impl RootPolicy {
 /// whose compliance changed, appeared or disappeared.
 fn update_compliance(
     map: &mut HashMap<String, Compliance>,
-    entries: &[ClusterCompliance],
+    entries: &[ClusterEntry],
 ) -> HashSet<String> {
     let mut changed = HashSet::new();
     let mut seen = 0usize;
     for e in entries {
-        let c = compliance_of(e);
-        match map.get_mut(e.clustername.as_str()) {
+        let c = e.compliance;
+        match map.get_mut(e.cluster.as_str()) {
             Some(v) => {
                 seen += 1;
                 if *v != c {
                     *v = c;
-                    changed.insert(e.clustername.clone());
+                    changed.insert(e.cluster.clone());
                 }
             }
             None => {
                 seen += 1;
-                map.insert(e.clustername.clone(), c);
-                changed.insert(e.clustername.clone());
+                map.insert(e.cluster.clone(), c);
+                changed.insert(e.cluster.clone());
             }
         }
     }
@@ -143,7 +261,7 @@ fn update_compliance(
     // status (with repeated entries the counts differ too; the exact pass below is right
     // either way).
     if seen != map.len() {
-        let present: HashSet<&str> = entries.iter().map(|e| e.clustername.as_str()).collect();
+        let present: HashSet<&str> = entries.iter().map(|e| e.cluster.as_str()).collect();
         map.retain(|k, _| {
             let keep = present.contains(k.as_str());
             if !keep {
@@ -203,11 +321,16 @@ impl ChildPolicy {
     /// child: no root-policy label, a legacy TALM copy, or a name that is not
     /// `<parentNamespace>.<parentName>`.
     pub fn of(p: &Policy) -> Option<(String, ChildPolicy)> {
-        let labels = p.metadata.labels.as_ref()?;
+        Self::of_parts(&p.metadata, &p.spec)
+    }
+
+    /// [`Self::of`] from a policy's metadata and spec.
+    pub fn of_parts(metadata: &ObjectMeta, spec: &PolicySpec) -> Option<(String, ChildPolicy)> {
+        let labels = metadata.labels.as_ref()?;
         if labels.contains_key(CGU_LABEL) || !labels.contains_key(ROOT_POLICY_LABEL) {
             return None;
         }
-        let name = p.metadata.name.as_deref().unwrap_or_default();
+        let name = metadata.name.as_deref().unwrap_or_default();
         // `<parentNs>.<parentName>`: namespaces cannot hold dots, names can.
         let (parent_ns, parent_name) = name.split_once('.')?;
         if parent_ns.is_empty() || parent_name.is_empty() {
@@ -216,20 +339,18 @@ impl ChildPolicy {
         let child = ChildPolicy {
             parent_namespace: parent_ns.to_string(),
             parent_name: parent_name.to_string(),
-            enforce: p.spec.remediation_action.eq_ignore_ascii_case("enforce"),
-            hub_template_error: p
-                .spec
+            enforce: spec.remediation_action.eq_ignore_ascii_case("enforce"),
+            hub_template_error: spec
                 .policy_templates
                 .iter()
                 .any(|t| value_contains(&t.object_definition, "{{hub")),
-            wave: p
-                .metadata
+            wave: metadata
                 .annotations
                 .as_ref()
                 .and_then(|a| a.get(crate::ztp::WAVE_ANNOTATION))
                 .cloned(),
         };
-        Some((p.metadata.namespace.clone().unwrap_or_default(), child))
+        Some((metadata.namespace.clone().unwrap_or_default(), child))
     }
 
     /// The child policy's own name: `<parentNamespace>.<parentName>`.
@@ -295,6 +416,11 @@ impl Snapshot {
     /// back) leaves its old place. Returns what changed for the engine (nothing, for a child
     /// whose status alone changed, or a root whose compliance entries are the same).
     pub fn insert_policy(&mut self, p: Policy) -> Vec<PolicyChange> {
+        self.insert_policy_view(PolicyView::from(p))
+    }
+
+    /// [`Self::insert_policy`] for a policy read as a [`PolicyView`].
+    pub fn insert_policy_view(&mut self, p: PolicyView) -> Vec<PolicyChange> {
         let labels = p.metadata.labels.as_ref();
         if labels.is_some_and(|l| l.contains_key(CGU_LABEL)) {
             return Vec::new();
@@ -303,7 +429,7 @@ impl Snapshot {
         let name = p.metadata.name.clone().unwrap_or_default();
         if labels.is_some_and(|l| l.contains_key(ROOT_POLICY_LABEL)) {
             let mut changes: Vec<PolicyChange> = self.remove_root(&ns, &name).into_iter().collect();
-            if let Some((ns, child)) = ChildPolicy::of(&p) {
+            if let Some((ns, child)) = ChildPolicy::of_parts(&p.metadata, &p.spec) {
                 let list = self
                     .children
                     .entry(ns.clone())
@@ -853,5 +979,57 @@ mod tests {
             s.root_policy("n", "p").unwrap().compliance("x"),
             Compliance::NonCompliant
         );
+    }
+
+    #[test]
+    fn policy_view_read_from_json_indexes_like_the_full_policy() {
+        let v = json!({
+            "apiVersion": "policy.open-cluster-management.io/v1",
+            "kind": "Policy",
+            "metadata": {"name": "p", "namespace": "n", "resourceVersion": "7",
+                         "annotations": {"ran.openshift.io/soak-seconds": "30"}},
+            "spec": {"remediationAction": "inform", "disabled": false,
+                     "policy-templates": [{"objectDefinition": {"kind": "ConfigurationPolicy"}}]},
+            "status": {
+                "compliant": "NonCompliant",
+                "placement": [{"placement": "x"}],
+                "status": [
+                    {"clustername": "a", "clusternamespace": "a", "compliant": "Compliant"},
+                    {"clustername": "b", "clusternamespace": "b", "compliant": "NonCompliant"},
+                    {"clustername": "c", "clusternamespace": "c", "compliant": "Pending"},
+                    {"clustername": "d", "clusternamespace": "d"},
+                    {"clustername": "e", "compliant": null},
+                    {"compliant": "Compliant", "clusternamespace": "f", "clustername": "f"}
+                ]
+            }
+        });
+        let view: PolicyView = serde_json::from_value(v.clone()).unwrap();
+        let mut from_view = Snapshot::new();
+        let mut from_full = Snapshot::new();
+        assert_eq!(
+            from_view.insert_policy_view(view),
+            from_full.insert_policy(policy(v))
+        );
+        let (rv, rf) = (
+            from_view.root_policy("n", "p").unwrap(),
+            from_full.root_policy("n", "p").unwrap(),
+        );
+        assert_eq!(rv.policy, rf.policy);
+        for (c, want) in [
+            ("a", Compliance::Compliant),
+            ("b", Compliance::NonCompliant),
+            ("c", Compliance::NonCompliant),
+            ("d", Compliance::NonCompliant),
+            ("e", Compliance::NonCompliant),
+            ("f", Compliance::Compliant),
+            ("g", Compliance::NotMatched),
+        ] {
+            assert_eq!(rv.compliance(c), want, "{c}");
+            assert_eq!(rf.compliance(c), want, "{c}");
+        }
+        // A compliance that is not a string is refused, as the full policy refuses it.
+        let bad = json!({"metadata": {"name": "p"}, "status": {"status": [{"clustername": "a", "compliant": 1}]}});
+        assert!(serde_json::from_value::<PolicyView>(bad.clone()).is_err());
+        assert!(serde_json::from_value::<Policy>(bad).is_err());
     }
 }

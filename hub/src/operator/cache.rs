@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use talm_hub_core::Snapshot;
 use talm_hub_core::reconcile::labels;
-use talm_hub_core::snapshot::PolicyChange;
+use talm_hub_core::snapshot::{PolicyChange, PolicyView};
 use talm_shared::api::cgu::ClusterGroupUpgrade;
 use talm_shared::api::precaching::PreCachingConfig;
 use talm_shared::api::rhacm::{
@@ -138,6 +138,7 @@ macro_rules! tracked {
 tracked!(ClusterGroupUpgrade, Kind::Cgu);
 tracked!(ManagedCluster, Kind::ManagedCluster);
 tracked!(Policy, Kind::Policy);
+tracked!(PolicyView, Kind::Policy);
 tracked!(Placement, Kind::Placement);
 tracked!(PlacementBinding, Kind::PlacementBinding);
 tracked!(PreCachingConfig, Kind::PreCachingConfig);
@@ -160,10 +161,14 @@ fn key_of(meta: &talm_shared::api::ObjectMeta) -> Key {
 pub enum Object {
     /// A CGU.
     Cgu(Box<ClusterGroupUpgrade>),
+    /// The metadata of a CGU watch event whose spec and status were not read because the
+    /// cache expected it to be the echo of the operator's own write, or older
+    /// ([`Cache::is_echo_or_stale`]).
+    CguEcho(talm_shared::api::ObjectMeta),
     /// A ManagedCluster.
     ManagedCluster(ManagedCluster),
-    /// A Policy.
-    Policy(Policy),
+    /// A Policy, as the snapshot reads it.
+    Policy(PolicyView),
     /// A Placement.
     Placement(Placement),
     /// A PlacementBinding.
@@ -199,7 +204,12 @@ impl IntoObject for ClusterGroupUpgrade {
     }
 }
 into_object!(ManagedCluster, ManagedCluster);
-into_object!(Policy, Policy);
+into_object!(PolicyView, Policy);
+impl IntoObject for Policy {
+    fn into_object(self) -> Object {
+        Object::Policy(PolicyView::from(self))
+    }
+}
 into_object!(Placement, Placement);
 into_object!(PlacementBinding, PlacementBinding);
 into_object!(PreCachingConfig, PreCachingConfig);
@@ -210,7 +220,7 @@ into_object!(ManagedClusterView, ManagedClusterView);
 impl Object {
     fn kind(&self) -> Kind {
         match self {
-            Object::Cgu(_) => Kind::Cgu,
+            Object::Cgu(_) | Object::CguEcho(_) => Kind::Cgu,
             Object::ManagedCluster(_) => Kind::ManagedCluster,
             Object::Policy(_) => Kind::Policy,
             Object::Placement(_) => Kind::Placement,
@@ -225,6 +235,7 @@ impl Object {
     fn meta(&self) -> &talm_shared::api::ObjectMeta {
         match self {
             Object::Cgu(o) => &o.metadata,
+            Object::CguEcho(m) => m,
             Object::ManagedCluster(o) => &o.metadata,
             Object::Policy(o) => &o.metadata,
             Object::Placement(o) => &o.metadata,
@@ -273,6 +284,18 @@ enum Verdict {
     Echo,
     /// Apply normally.
     Fresh,
+}
+
+/// A watch event about to be applied as new: a CGU whose body was skipped as an echo should
+/// never be one (the floor it was skipped for only goes when the watch reaches it).
+fn fresh(obj: Object) -> Object {
+    if let Object::CguEcho(meta) = &obj {
+        tracing::warn!(
+            cgu = %CguRef::of_meta(meta),
+            "a CGU event skipped as an echo was not one; reconciling it"
+        );
+    }
+    obj
 }
 
 /// Per-CGU index entry: what the CGU is indexed under.
@@ -502,7 +525,7 @@ impl Cache {
                 match self.verdict(kind, &key, obj.meta()) {
                     Verdict::Stale => {}
                     Verdict::Echo => self.upsert(obj, &mut HashSet::new()),
-                    Verdict::Fresh => self.upsert(obj, &mut triggers),
+                    Verdict::Fresh => self.upsert(fresh(obj), &mut triggers),
                 }
             }
             WatchEvent::InitDone(kind) => {
@@ -541,7 +564,7 @@ impl Cache {
                     }
                     Verdict::Fresh => {
                         self.present.entry(kind).or_default().insert(key);
-                        self.upsert(obj, &mut triggers);
+                        self.upsert(fresh(obj), &mut triggers);
                     }
                 }
             }
@@ -579,6 +602,15 @@ impl Cache {
         } else {
             Verdict::Fresh
         }
+    }
+
+    /// Whether a watch event of this object is the echo of the operator's own write or older
+    /// than it: the cache will then not read it beyond its metadata.
+    pub fn is_echo_or_stale(&self, kind: Kind, meta: &talm_shared::api::ObjectMeta) -> bool {
+        let Some(floor) = self.floors.get(&(kind, key_of(meta))) else {
+            return false;
+        };
+        rv_of(meta).is_some_and(|rv| rv < floor.min || floor.echo == Some(rv))
     }
 
     /// The resourceVersion of an object the operator writes, as the snapshot holds it.
@@ -655,6 +687,13 @@ impl Cache {
 
     fn upsert(&mut self, obj: Object, triggers: &mut HashSet<CguRef>) {
         match obj {
+            Object::CguEcho(meta) => {
+                // The snapshot already holds this version (an echo), or, should the floor
+                // the event was skipped for have gone (see `fresh`), an older one: the
+                // reconcile this then triggers gets a conflict on its guarded status write
+                // and reads the CGU again.
+                triggers.insert(CguRef::of_meta(&meta));
+            }
             Object::Cgu(c) => {
                 let r = CguRef::of(&c);
                 triggers.insert(r.clone());
@@ -691,7 +730,7 @@ impl Cache {
                 self.snapshot.insert_managed_cluster(mc);
             }
             Object::Policy(p) => {
-                for change in self.snapshot.insert_policy(p) {
+                for change in self.snapshot.insert_policy_view(p) {
                     self.policy_triggers(&change, triggers);
                 }
             }
@@ -948,7 +987,7 @@ mod tests {
         serde_json::from_value(v).unwrap()
     }
 
-    fn policy(v: serde_json::Value) -> Policy {
+    fn policy(v: serde_json::Value) -> PolicyView {
         serde_json::from_value(v).unwrap()
     }
 
@@ -959,7 +998,7 @@ mod tests {
         }
     }
 
-    fn root(rv: &str, compliance: &[(&str, &str)]) -> Policy {
+    fn root(rv: &str, compliance: &[(&str, &str)]) -> PolicyView {
         let status: Vec<serde_json::Value> = compliance
             .iter()
             .map(|(c, s)| json!({"clustername": c, "clusternamespace": c, "compliant": s}))
@@ -1096,6 +1135,47 @@ mod tests {
             c.apply(WatchEvent::Apply(v3.into_object())),
             vec![r("default", "c1")]
         );
+    }
+
+    #[test]
+    fn echoes_whose_body_was_skipped_keep_the_recorded_cgu() {
+        let mut c = Cache::new();
+        let v1 = started_cgu();
+        c.apply(WatchEvent::Apply(v1.clone().into_object()));
+        let meta = |rv: &str| talm_shared::api::ObjectMeta {
+            resource_version: Some(rv.into()),
+            ..v1.metadata.clone()
+        };
+        // Nothing written yet: every event is read in full.
+        assert!(!c.is_echo_or_stale(Kind::Cgu, &meta("1")));
+        let mut v3 = v1.clone();
+        v3.metadata.resource_version = Some("3".into());
+        v3.spec.remediation_strategy.timeout = 99;
+        c.record_write(v3.clone());
+        assert!(c.is_echo_or_stale(Kind::Cgu, &meta("2")), "older");
+        assert!(c.is_echo_or_stale(Kind::Cgu, &meta("3")), "the echo");
+        assert!(!c.is_echo_or_stale(Kind::Cgu, &meta("4")), "newer");
+        assert!(
+            !c.is_echo_or_stale(Kind::Placement, &meta("3")),
+            "another kind"
+        );
+        // The body-less echo triggers nothing and keeps the recorded CGU.
+        assert!(
+            c.apply(WatchEvent::Apply(Object::CguEcho(meta("3"))))
+                .is_empty()
+        );
+        let snap_cgu = c.snapshot().cgu("default", "c1").unwrap();
+        assert_eq!(snap_cgu.spec.remediation_strategy.timeout, 99);
+        assert_eq!(snap_cgu.metadata.resource_version.as_deref(), Some("3"));
+        // The floor is gone: the next version is read in full, and should a body-less event
+        // arrive unexpected, it triggers a reconcile without touching the snapshot.
+        assert!(!c.is_echo_or_stale(Kind::Cgu, &meta("3")));
+        assert_eq!(
+            c.apply(WatchEvent::Apply(Object::CguEcho(meta("4")))),
+            vec![r("default", "c1")]
+        );
+        let snap_cgu = c.snapshot().cgu("default", "c1").unwrap();
+        assert_eq!(snap_cgu.metadata.resource_version.as_deref(), Some("3"));
     }
 
     #[test]

@@ -399,10 +399,17 @@ impl KubeDouble {
     /// without preconditions, **status included**. Server-owned metadata is stamped, the
     /// generation bumps as usual, and watchers see the change. Returns the stored object.
     pub fn put_value(&self, obj: Value) -> Result<Value, ApiError> {
+        self.put_value_shared(obj).map(|a| (*a).clone())
+    }
+
+    /// [`Self::put_value`] returning the stored object as the store shares it, without a
+    /// copy (for callers writing large objects, such as the operator benchmark's compliance
+    /// simulator).
+    pub fn put_value_shared(&self, obj: Value) -> Result<Arc<Value>, ApiError> {
         let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
         let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
         let kid = self.kid_of_api_version(api_version, kind)?;
-        self.shared().store().put(kid, obj).map(|a| (*a).clone())
+        self.shared().store().put(kid, obj)
     }
 
     /// Number of stored objects of a kind.
