@@ -331,6 +331,9 @@ fn spawn_hub(
     log: &Path,
 ) -> anyhow::Result<Child> {
     let log_file = std::fs::File::create(log).with_context(|| log.display().to_string())?;
+    // The gateway's gRPC port on a free loopback port: nothing else (another bench, a stray
+    // hub) may hold the default 8443.
+    let grpc = free_port()?;
     Command::new(bin)
         .args([
             "run",
@@ -344,6 +347,8 @@ fn spawn_hub(
             "bench",
             "--worker-count",
             &workers.to_string(),
+            "--grpc-addr",
+            &grpc.to_string(),
             "--log-format",
             "json",
             "--log-level",
@@ -670,8 +675,16 @@ async fn run_size(args: &Args, hub_bin: &Path, n: usize) -> anyhow::Result<Outco
     // A real apiserver keeps minutes of watch history; keep enough events that a watcher a few
     // simulator bursts behind is not sent back to re-list.
     let history = 16 * (m + p) + 1024;
+    // CGU versions are the big ones (about a megabyte each at 10,000 clusters, and the
+    // operator writes thousands): a history of that many would hold gigabytes. Only the
+    // operator watches CGUs, and it never falls minutes behind; keep 256 of them.
+    let cgus = talm_kube_double::default_kinds()
+        .into_iter()
+        .filter(|k| k.plural == "clustergroupupgrades")
+        .map(|k| k.with_history_limit(256));
     let double = KubeDouble::builder()
         .history_limit(history)
+        .kinds(cgus)
         .start()
         .await
         .context("starting the API double")?;

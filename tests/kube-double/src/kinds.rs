@@ -18,6 +18,9 @@ pub struct ResourceKind {
     /// A built-in (non-CRD) kind: accepts strategic-merge patches (mapped to merge patches)
     /// and unconditional PUTs without `metadata.resourceVersion`, like the real apiserver.
     pub builtin: bool,
+    /// This kind's watch-history length, overriding [`crate::Builder::history_limit`] (a real
+    /// apiserver sizes its watch cache per resource too).
+    pub history_limit: Option<usize>,
 }
 
 impl ResourceKind {
@@ -30,6 +33,7 @@ impl ResourceKind {
             namespaced,
             status_subresource: false,
             builtin: false,
+            history_limit: None,
         }
     }
 
@@ -47,6 +51,13 @@ impl ResourceKind {
     #[must_use]
     pub fn with_status(mut self) -> Self {
         self.status_subresource = true;
+        self
+    }
+
+    /// Keeps `n` events of this kind's watch history instead of the double's default.
+    #[must_use]
+    pub fn with_history_limit(mut self, n: usize) -> Self {
+        self.history_limit = Some(n);
         self
     }
 

@@ -489,8 +489,8 @@ impl Store {
     }
 
     fn record(&mut self, kid: usize, rec: Record) {
-        let limit = self.history_limit;
         let k = &mut self.kinds[kid];
+        let limit = k.spec.history_limit.unwrap_or(self.history_limit).max(1);
         let rv = rec.rv;
         k.history.push_back(Arc::new(rec));
         while k.history.len() > limit {

@@ -249,6 +249,50 @@ async fn too_old_resource_version_is_410_expired() {
     );
 }
 
+/// A kind's own history limit overrides the double's: the CGU history keeps 2 events while
+/// the default (100) would keep all of them.
+#[tokio::test]
+async fn a_kinds_own_history_limit_wins() {
+    let cgus = talm_kube_double::default_kinds()
+        .into_iter()
+        .find(|k| k.plural == "clustergroupupgrades")
+        .unwrap()
+        .with_history_limit(2);
+    let d = KubeDouble::builder()
+        .history_limit(100)
+        .kind(cgus)
+        .start()
+        .await
+        .unwrap();
+    let api: Api<ClusterGroupUpgrade> = Api::namespaced(d.client(), "ns");
+    api.create(&PostParams::default(), &cgu("a", "ns"))
+        .await
+        .unwrap();
+    let old = d.resource_version().to_string();
+    for i in 0..3 {
+        let p = json!({"spec": {"clusters": [format!("c{i}")]}});
+        api.patch("a", &PatchParams::default(), &Patch::Merge(&p))
+            .await
+            .unwrap();
+    }
+    let mut s = api
+        .watch(&WatchParams::default(), &old)
+        .await
+        .unwrap()
+        .boxed();
+    assert_eq!(
+        summary(&next_event(&mut s).await),
+        ("ERROR".into(), "410".into())
+    );
+    let recent = (d.resource_version() - 2).to_string();
+    let mut s = api
+        .watch(&WatchParams::default(), &recent)
+        .await
+        .unwrap()
+        .boxed();
+    assert_eq!(summary(&next_event(&mut s).await).0, "MODIFIED");
+}
+
 #[tokio::test]
 async fn watcher_recovers_from_410_by_relisting() {
     let d = KubeDouble::start().await.unwrap();
