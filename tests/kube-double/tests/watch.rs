@@ -199,6 +199,36 @@ async fn bookmarks_and_initial_events_end() {
     );
 }
 
+/// Creates CGU `ns/a` and patches it `patches` times; returns the resourceVersion right after
+/// the create.
+async fn create_then_patch(
+    d: &KubeDouble,
+    api: &Api<ClusterGroupUpgrade>,
+    patches: usize,
+) -> String {
+    api.create(&PostParams::default(), &cgu("a", "ns"))
+        .await
+        .unwrap();
+    let old = d.resource_version().to_string();
+    for i in 0..patches {
+        let p = json!({"spec": {"clusters": [format!("c{i}")]}});
+        api.patch("a", &PatchParams::default(), &Patch::Merge(&p))
+            .await
+            .unwrap();
+    }
+    old
+}
+
+/// The first event of a watch of `api` from `rv`.
+async fn first_event_from(api: &Api<ClusterGroupUpgrade>, rv: &str) -> (String, String) {
+    let mut s = api
+        .watch(&WatchParams::default(), rv)
+        .await
+        .unwrap()
+        .boxed();
+    summary(&next_event(&mut s).await)
+}
+
 #[tokio::test]
 async fn too_old_resource_version_is_410_expired() {
     let d = KubeDouble::builder()
@@ -207,16 +237,7 @@ async fn too_old_resource_version_is_410_expired() {
         .await
         .unwrap();
     let api: Api<ClusterGroupUpgrade> = Api::namespaced(d.client(), "ns");
-    api.create(&PostParams::default(), &cgu("a", "ns"))
-        .await
-        .unwrap();
-    let old = d.resource_version().to_string();
-    for i in 0..5 {
-        let p = json!({"spec": {"clusters": [format!("c{i}")]}});
-        api.patch("a", &PatchParams::default(), &Patch::Merge(&p))
-            .await
-            .unwrap();
-    }
+    let old = create_then_patch(&d, &api, 5).await;
     let mut s = api
         .watch(&WatchParams::default(), &old)
         .await
@@ -265,32 +286,13 @@ async fn a_kinds_own_history_limit_wins() {
         .await
         .unwrap();
     let api: Api<ClusterGroupUpgrade> = Api::namespaced(d.client(), "ns");
-    api.create(&PostParams::default(), &cgu("a", "ns"))
-        .await
-        .unwrap();
-    let old = d.resource_version().to_string();
-    for i in 0..3 {
-        let p = json!({"spec": {"clusters": [format!("c{i}")]}});
-        api.patch("a", &PatchParams::default(), &Patch::Merge(&p))
-            .await
-            .unwrap();
-    }
-    let mut s = api
-        .watch(&WatchParams::default(), &old)
-        .await
-        .unwrap()
-        .boxed();
+    let old = create_then_patch(&d, &api, 3).await;
     assert_eq!(
-        summary(&next_event(&mut s).await),
+        first_event_from(&api, &old).await,
         ("ERROR".into(), "410".into())
     );
     let recent = (d.resource_version() - 2).to_string();
-    let mut s = api
-        .watch(&WatchParams::default(), &recent)
-        .await
-        .unwrap()
-        .boxed();
-    assert_eq!(summary(&next_event(&mut s).await).0, "MODIFIED");
+    assert_eq!(first_event_from(&api, &recent).await.0, "MODIFIED");
 }
 
 #[tokio::test]
