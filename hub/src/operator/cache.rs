@@ -28,7 +28,7 @@ use talm_hub_core::snapshot::{PolicyChange, PolicyView};
 use talm_shared::api::cgu::ClusterGroupUpgrade;
 use talm_shared::api::precaching::PreCachingConfig;
 use talm_shared::api::rhacm::{
-    ConfigMapView, ManagedCluster, ManagedClusterView, Placement, PlacementBinding, Policy,
+    ConfigMapView, ManagedCluster, ManagedClusterView, Placement, PlacementBinding,
 };
 use talm_shared::api::spokeagent::SpokeAgent;
 
@@ -137,7 +137,6 @@ macro_rules! tracked {
 }
 tracked!(ClusterGroupUpgrade, Kind::Cgu);
 tracked!(ManagedCluster, Kind::ManagedCluster);
-tracked!(Policy, Kind::Policy);
 tracked!(PolicyView, Kind::Policy);
 tracked!(Placement, Kind::Placement);
 tracked!(PlacementBinding, Kind::PlacementBinding);
@@ -205,11 +204,6 @@ impl IntoObject for ClusterGroupUpgrade {
 }
 into_object!(ManagedCluster, ManagedCluster);
 into_object!(PolicyView, Policy);
-impl IntoObject for Policy {
-    fn into_object(self) -> Object {
-        Object::Policy(PolicyView::from(self))
-    }
-}
 into_object!(Placement, Placement);
 into_object!(PlacementBinding, PlacementBinding);
 into_object!(PreCachingConfig, PreCachingConfig);
