@@ -26,7 +26,10 @@
 //!   given as its bucket's upper bound and, in brackets, linearly interpolated inside the bucket);
 //! - reaction: for every root-policy write, the time from that write to the first Placement
 //!   update it causes, as seen by a watcher (the cluster released into its next policy's
-//!   Placement, or, when the write completed a batch, the Placement update that ends it);
+//!   Placement, or, when the write completed a batch, the Placement update that ends it). The
+//!   watcher runs on a thread of its own and stamps each event as it arrives; the same
+//!   reactions stamped when the simulator's loop handled the event (the measure before
+//!   session 5, which adds the loop's own busy time) and that lag are printed too;
 //! - the rollout's wall time, from the operator's start to `Succeeded`;
 //! - the CGU watch events the operator read for their metadata only (echoes of its own writes,
 //!   `talm_watch_bodies_skipped_total`), and the load average at the start and end of each size.
@@ -134,7 +137,14 @@ struct Outcome {
     reconcile_p50: Option<Percentile>,
     reconcile_p99: Option<Percentile>,
     reconcile_mean: Option<f64>,
+    /// Per reconcile phase (`talm_reconcile_phase_duration_seconds`): count, mean, p50, p99.
+    phases: Vec<PhaseFigures>,
     reactions: Vec<Duration>,
+    /// The same reactions, measured when the simulator's loop handled the Placement event
+    /// (the measure of sessions 1–4; it adds the time the loop was busy writing flips).
+    reactions_handled: Vec<Duration>,
+    /// How long after its arrival the simulator's loop handled each Placement event.
+    handling_lag: Vec<Duration>,
     root_writes: usize,
     child_writes: usize,
     final_to_succeeded: Option<Duration>,
@@ -411,6 +421,40 @@ struct Scraped {
     runs: u64,
     failures: u64,
     bodies_skipped: u64,
+    /// Per reconcile phase.
+    phases: BTreeMap<String, PhaseScrape>,
+}
+
+/// One reconcile phase's histogram, as scraped.
+#[derive(Debug, Default)]
+struct PhaseScrape {
+    buckets: Vec<(f64, u64)>,
+    count: u64,
+    sum: f64,
+}
+
+/// One reconcile phase's figures.
+#[derive(Debug)]
+struct PhaseFigures {
+    name: String,
+    count: u64,
+    mean: f64,
+    p50: Option<Percentile>,
+    p99: Option<Percentile>,
+}
+
+fn parse_le(le: &str) -> f64 {
+    if le == "+Inf" {
+        f64::INFINITY
+    } else {
+        le.parse().unwrap_or(f64::INFINITY)
+    }
+}
+
+/// The phase label of a `talm_reconcile_phase_duration_seconds*` sample's labels.
+fn phase_label(labels: &str) -> Option<String> {
+    let rest = labels.split("phase=\"").nth(1)?;
+    Some(rest.split('"').next()?.to_string())
 }
 
 fn parse_metrics(body: &str) -> Scraped {
@@ -421,17 +465,25 @@ fn parse_metrics(body: &str) -> Scraped {
         };
         let v: f64 = value.parse().unwrap_or(0.0);
         if let Some(rest) = key.strip_prefix("talm_reconcile_duration_seconds_bucket{le=\"") {
-            let le = rest.trim_end_matches("\"}");
-            let le = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().unwrap_or(f64::INFINITY)
-            };
-            s.buckets.push((le, v as u64));
+            s.buckets
+                .push((parse_le(rest.trim_end_matches("\"}")), v as u64));
         } else if key == "talm_reconcile_duration_seconds_count" {
             s.count = v as u64;
         } else if key == "talm_reconcile_duration_seconds_sum" {
             s.sum = v;
+        } else if let Some(rest) = key.strip_prefix("talm_reconcile_phase_duration_seconds_") {
+            let Some(phase) = phase_label(rest) else {
+                continue;
+            };
+            let e = s.phases.entry(phase).or_default();
+            if let Some(labels) = rest.strip_prefix("bucket{le=\"") {
+                let le = labels.split('"').next().unwrap_or("+Inf");
+                e.buckets.push((parse_le(le), v as u64));
+            } else if rest.starts_with("count") {
+                e.count = v as u64;
+            } else if rest.starts_with("sum") {
+                e.sum = v;
+            }
         } else if key == "talm_watch_bodies_skipped_total" {
             s.bodies_skipped = v as u64;
         } else if key == "talm_reconcile_runs_total" {
@@ -441,6 +493,9 @@ fn parse_metrics(body: &str) -> Scraped {
         }
     }
     s.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for ph in s.phases.values_mut() {
+        ph.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
     s
 }
 
@@ -519,6 +574,8 @@ struct Simulator {
     open: HashSet<usize>,
     done: usize,
     reactions: Vec<Duration>,
+    reactions_handled: Vec<Duration>,
+    handling_lag: Vec<Duration>,
     child_writes: usize,
     final_flip: Option<Instant>,
     placement_events: usize,
@@ -548,6 +605,8 @@ impl Simulator {
             open: HashSet::new(),
             done: 0,
             reactions: Vec::new(),
+            reactions_handled: Vec::new(),
+            handling_lag: Vec::new(),
             child_writes: 0,
             final_flip: None,
             placement_events: 0,
@@ -556,20 +615,29 @@ impl Simulator {
         }
     }
 
-    fn resolve(&mut self, w: usize, now: Instant) {
+    /// Records the reaction to root write `w`: the Placement update it caused arrived at
+    /// `seen` and is being handled at `handled`.
+    fn resolve(&mut self, w: usize, seen: Instant, handled: Instant) {
         if let Some(pw) = self.writes.get_mut(w)
             && !pw.resolved
         {
             pw.resolved = true;
-            self.reactions.push(now.saturating_duration_since(pw.at));
+            self.reactions.push(seen.saturating_duration_since(pw.at));
+            self.reactions_handled
+                .push(handled.saturating_duration_since(pw.at));
         }
     }
 
-    /// A Placement was added or changed (or deleted: `pl` None).
-    fn on_placement(&mut self, pl: Option<&Placement>, now: Instant) {
+    /// A Placement was added or changed (or deleted: `pl` None). `seen` is when the watch event
+    /// arrived (on the watcher's own thread); flips are scheduled from then.
+    fn on_placement(&mut self, pl: Option<&Placement>, seen: Instant) {
+        let handled = Instant::now();
         self.placement_events += 1;
+        self.handling_lag
+            .push(handled.saturating_duration_since(seen));
+        let now = seen;
         for w in std::mem::take(&mut self.expect_any) {
-            self.resolve(w, now);
+            self.resolve(w, now, handled);
         }
         let Some(pl) = pl else { return };
         let Some(j) = pl
@@ -593,7 +661,7 @@ impl Simulator {
                 self.open.insert(i);
             }
             if let Some(w) = self.expect.remove(&(i, j)) {
-                self.resolve(w, now);
+                self.resolve(w, now, handled);
             }
             let at = now + self.delay + jitter(i, j, self.jitter_ms);
             self.due.push(Reverse((at, i, j)));
@@ -707,8 +775,7 @@ async fn run_size(args: &Args, hub_bin: &Path, n: usize) -> anyhow::Result<Outco
     let pid = child.id();
 
     let mut sim = Simulator::new(names.clone(), p, args);
-    let placements: Api<Placement> = Api::namespaced(double.client(), NS);
-    let mut events = std::pin::pin!(watcher(placements, watcher::Config::default()));
+    let mut events = spawn_placement_watch(double.config())?;
     let deadline = started + Duration::from_secs(args.timeout_secs);
     let mut check = tokio::time::interval(Duration::from_millis(200));
     let mut synced = false;
@@ -718,15 +785,14 @@ async fn run_size(args: &Args, hub_bin: &Path, n: usize) -> anyhow::Result<Outco
             .next_due()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
-            ev = events.next() => {
-                let now = Instant::now();
+            ev = events.recv() => {
                 match ev {
-                    Some(Ok(watcher::Event::Apply(pl) | watcher::Event::InitApply(pl))) => {
-                        sim.on_placement(Some(&pl), now);
+                    Some((seen, Ok(watcher::Event::Apply(pl) | watcher::Event::InitApply(pl)))) => {
+                        sim.on_placement(Some(&pl), seen);
                     }
-                    Some(Ok(watcher::Event::Delete(_))) => sim.on_placement(None, now),
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => eprintln!("  placement watch: {e}"),
+                    Some((seen, Ok(watcher::Event::Delete(_)))) => sim.on_placement(None, seen),
+                    Some((_, Ok(_))) => {}
+                    Some((_, Err(e))) => eprintln!("  placement watch: {e}"),
                     None => break Err(anyhow::anyhow!("placement watch ended")),
                 }
             }
@@ -781,6 +847,21 @@ async fn run_size(args: &Args, hub_bin: &Path, n: usize) -> anyhow::Result<Outco
         out.reconcile_p50 = histogram_quantile(&s.buckets, 0.50);
         out.reconcile_p99 = histogram_quantile(&s.buckets, 0.99);
         out.reconcile_mean = (s.count > 0).then(|| s.sum / s.count as f64);
+        out.phases = s
+            .phases
+            .iter()
+            .map(|(name, ph)| PhaseFigures {
+                name: name.clone(),
+                count: ph.count,
+                mean: if ph.count > 0 {
+                    ph.sum / ph.count as f64
+                } else {
+                    0.0
+                },
+                p50: histogram_quantile(&ph.buckets, 0.5),
+                p99: histogram_quantile(&ph.buckets, 0.99),
+            })
+            .collect();
     }
     (_, out.rss_peak_kib) = rss_kib(pid);
     out.cpu_secs = cpu_secs(pid);
@@ -800,8 +881,14 @@ async fn run_size(args: &Args, hub_bin: &Path, n: usize) -> anyhow::Result<Outco
             }
         }
     }
+    // Ends the watcher thread (its next event finds the receiver gone).
+    drop(events);
     sim.reactions.sort();
     out.reactions = sim.reactions;
+    sim.reactions_handled.sort();
+    out.reactions_handled = sim.reactions_handled;
+    sim.handling_lag.sort();
+    out.handling_lag = sim.handling_lag;
     out.root_writes = sim.writes.len();
     out.child_writes = sim.child_writes;
     out.placement_events = sim.placement_events;
@@ -813,6 +900,54 @@ async fn run_size(args: &Args, hub_bin: &Path, n: usize) -> anyhow::Result<Outco
     }
     double.shutdown().await;
     Ok(out)
+}
+
+/// A Placement watch event and when it arrived.
+type Stamped = (Instant, Result<watcher::Event<Placement>, watcher::Error>);
+
+/// Watches talm's Placements on a thread of its own (a current-thread runtime and its own
+/// client), timestamping each event as it arrives. The simulator's loop also writes the
+/// compliance flips, and a burst of them (hundreds of child policies and several
+/// 10,000-entry root policies) keeps it busy for milliseconds: an event stamped when the loop
+/// gets to it would charge that time to the operator's reaction.
+fn spawn_placement_watch(
+    config: kube::Config,
+) -> anyhow::Result<tokio::sync::mpsc::UnboundedReceiver<Stamped>> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Stamped>();
+    std::thread::Builder::new()
+        .name("placement-watch".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("  placement watch: no runtime: {e}");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let client = match kube::Client::try_from(config) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("  placement watch: no client: {e}");
+                        return;
+                    }
+                };
+                let api: Api<Placement> = Api::namespaced(client, NS);
+                let mut events = std::pin::pin!(kube::runtime::WatchStreamExt::default_backoff(
+                    watcher(api, watcher::Config::default())
+                ));
+                while let Some(ev) = events.next().await {
+                    if tx.send((Instant::now(), ev)).is_err() {
+                        break;
+                    }
+                }
+            });
+        })
+        .context("starting the Placement watch thread")?;
+    Ok(rx)
 }
 
 /// SIGTERM, then SIGKILL after 30 s.
@@ -878,6 +1013,16 @@ fn print_detail(o: &Outcome) {
     );
     for (k, v) in &o.by_verb {
         eprintln!("    {v:>8}  {k}");
+    }
+    for ph in &o.phases {
+        eprintln!(
+            "  reconcile phase {:<7} {:>6} runs, mean {:.1} ms, p50 {}, p99 {}",
+            ph.name,
+            ph.count,
+            ph.mean * 1000.0,
+            fmt_pct(ph.p50),
+            fmt_pct(ph.p99)
+        );
     }
     eprintln!(
         "  compliance writes: {} root, {} child; {} Placement events seen",
@@ -1002,6 +1147,27 @@ fn print_table(all: &[Outcome]) {
             Box::new(|o: &Outcome| {
                 let v = ms(o.reactions.last().copied().unwrap_or_default());
                 (format!("{v:.0} ms"), v)
+            }),
+        ),
+        (
+            "reaction p50 / p99, as handled by the simulator's loop",
+            Box::new(|o: &Outcome| {
+                let (a, b) = (
+                    ms(pct(&o.reactions_handled, 0.5)),
+                    ms(pct(&o.reactions_handled, 0.99)),
+                );
+                (format!("{a:.0} / {b:.0} ms"), b)
+            }),
+        ),
+        (
+            "Placement event arrival → handled by the loop, p50 / p99 / max",
+            Box::new(|o: &Outcome| {
+                let (a, b, c) = (
+                    ms(pct(&o.handling_lag, 0.5)),
+                    ms(pct(&o.handling_lag, 0.99)),
+                    ms(o.handling_lag.last().copied().unwrap_or_default()),
+                );
+                (format!("{a:.1} / {b:.1} / {c:.1} ms"), b)
             }),
         ),
     ];

@@ -1,7 +1,10 @@
 //! The hub's Prometheus metrics (prometheus-client), in one registry under the `talm` prefix.
 //!
 //! - `talm_reconcile_runs_total`, `talm_reconcile_failures_total{error}` and
-//!   `talm_reconcile_duration_seconds` (histogram), measured by a drop guard;
+//!   `talm_reconcile_duration_seconds` (histogram), measured by a drop guard, and
+//!   `talm_reconcile_phase_duration_seconds{phase}` (histogram): the time of each part of a
+//!   reconcile (`decide`: the engine on the cached snapshot; `writes`: the Placement,
+//!   binding, label and agent writes; `status`: the finalizer and status writes; `events`);
 //! - per CGU (`cgu="<ns>/<name>"`): `talm_cgu_clusters{state}` (clusters by rollout state),
 //!   `talm_cgu_current_batch`, `talm_cgu_batch_started_timestamp_seconds` and
 //!   `talm_cgu_time_in_batch_seconds` (as of the last reconcile);
@@ -45,6 +48,18 @@ pub struct CguStateLabels {
     pub state: String,
 }
 
+/// Labels of the reconcile-phase histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    /// `decide`, `writes`, `status` or `events`.
+    pub phase: &'static str,
+}
+
+/// The buckets of the reconcile histograms: 1 ms doubling to 8.192 s.
+fn reconcile_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 14))
+}
+
 /// Labels of the watch-event counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
@@ -65,6 +80,8 @@ pub struct Metrics {
     pub reconcile_failures: Family<ErrorLabels, Counter>,
     /// Reconcile duration.
     pub reconcile_duration: Histogram,
+    /// Duration of each phase of a reconcile.
+    pub reconcile_phase: Family<PhaseLabels, Histogram, fn() -> Histogram>,
     /// Clusters by rollout state, per CGU.
     pub cgu_clusters: Family<CguStateLabels, Gauge>,
     /// The current batch (1-based; 0 when none), per CGU.
@@ -99,7 +116,8 @@ impl Metrics {
         let m = Metrics {
             reconcile_runs: Counter::default(),
             reconcile_failures: Family::default(),
-            reconcile_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            reconcile_duration: reconcile_buckets(),
+            reconcile_phase: Family::new_with_constructor(reconcile_buckets),
             cgu_clusters: Family::default(),
             cgu_current_batch: Family::default(),
             cgu_batch_started: Family::default(),
@@ -126,6 +144,12 @@ impl Metrics {
             "CGU reconcile duration",
             prometheus_client::registry::Unit::Seconds,
             m.reconcile_duration.clone(),
+        );
+        registry.register_with_unit(
+            "reconcile_phase_duration",
+            "Duration of each phase of a CGU reconcile",
+            prometheus_client::registry::Unit::Seconds,
+            m.reconcile_phase.clone(),
         );
         registry.register(
             "cgu_clusters",
@@ -191,6 +215,13 @@ impl Metrics {
             start: Instant::now(),
             metrics: self,
         }
+    }
+
+    /// Records how long one phase of a reconcile took.
+    pub fn phase(&self, phase: &'static str, took: std::time::Duration) {
+        self.reconcile_phase
+            .get_or_create(&PhaseLabels { phase })
+            .observe(took.as_secs_f64());
     }
 
     /// Counts a failed reconcile.
@@ -317,6 +348,9 @@ mod tests {
             let _g = m.measure();
         }
         m.failed("conflict");
+        m.phase("decide", std::time::Duration::from_millis(3));
+        m.phase("decide", std::time::Duration::from_millis(300));
+        m.phase("status", std::time::Duration::from_millis(20));
         let cgu: ClusterGroupUpgrade = serde_json::from_value(json!({
             "metadata": {"name": "c", "namespace": "n"},
             "spec": {"remediationStrategy": {"maxConcurrency": 1}},
@@ -333,6 +367,15 @@ mod tests {
         assert!(text.contains("talm_reconcile_runs_total 1"), "{text}");
         assert!(text.contains("talm_reconcile_failures_total{error=\"conflict\"} 1"));
         assert!(text.contains("talm_reconcile_duration_seconds_count 1"));
+        assert!(
+            text.contains("talm_reconcile_phase_duration_seconds_count{phase=\"decide\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("talm_reconcile_phase_duration_seconds_sum{phase=\"status\"} 0.02"));
+        // 3 ms falls in the 4 ms bucket, 300 ms does not.
+        assert!(text.contains(
+            "talm_reconcile_phase_duration_seconds_bucket{le=\"0.004\",phase=\"decide\"} 1"
+        ));
         assert!(text.contains("talm_cgu_current_batch{cgu=\"n/c\"} 2"));
         assert!(text.contains("talm_cgu_clusters{cgu=\"n/c\",state=\"complete\"} 1"));
         assert!(text.contains("talm_cgu_clusters{cgu=\"n/c\",state=\"in-progress\"} 1"));

@@ -90,6 +90,7 @@ async fn reconcile_cgu(key: &CguRef, shared: &Shared) -> Result<Action, Operator
     while attempt < MAX_ATTEMPTS {
         attempt += 1;
         let now = shared.clock.now();
+        let started = std::time::Instant::now();
         let decided = {
             let cache = shared.cache_read();
             cache
@@ -104,6 +105,7 @@ async fn reconcile_cgu(key: &CguRef, shared: &Shared) -> Result<Action, Operator
                     (cgu, d)
                 })
         };
+        shared.metrics.phase("decide", started.elapsed());
         let Some((cgu, mut decision)) = decided else {
             return Ok(Action::await_change());
         };
@@ -126,10 +128,17 @@ async fn reconcile_cgu(key: &CguRef, shared: &Shared) -> Result<Action, Operator
             requeue = ?decision.requeue,
             "decided"
         );
+        let started = std::time::Instant::now();
         writes::apply_writes(shared, &decision.writes).await?;
-        match writes::apply_cgu(shared, &cgu, &mut decision).await? {
+        shared.metrics.phase("writes", started.elapsed());
+        let started = std::time::Instant::now();
+        let outcome = writes::apply_cgu(shared, &cgu, &mut decision).await?;
+        shared.metrics.phase("status", started.elapsed());
+        match outcome {
             Outcome::Done { changed } => {
+                let started = std::time::Instant::now();
                 writes::publish_events(shared, &cgu, &decision.events, now).await;
+                shared.metrics.phase("events", started.elapsed());
                 if let Some(updated) = shared
                     .cache_read()
                     .snapshot()
