@@ -372,6 +372,15 @@ async fn upgrade_complete_end_to_end() {
     for r in reqs.iter().filter(|r| r.resource == "clustergroupupgrades") {
         assert_eq!(r.subresource.as_deref(), Some("status"), "status only");
         assert_eq!(r.patch_type, Some(PatchType::Merge));
+        // Answered with metadata only: the hub keeps the resourceVersion and records the
+        // status it decided, so the server need not echo the (megabyte-sized) status.
+        assert!(
+            r.accept
+                .as_deref()
+                .is_some_and(|a| a.contains("as=PartialObjectMetadata;g=meta.k8s.io;v=v1")),
+            "status write without the metadata Accept: {:?}",
+            r.accept
+        );
     }
     assert_eq!(lists, 0, "no list per reconcile: {summary:?}");
     assert_eq!(

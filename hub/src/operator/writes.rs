@@ -410,14 +410,13 @@ pub async fn apply_cgu(
     Ok(Outcome::Done { changed })
 }
 
-/// Only the metadata of a response (serde skips the rest without building it).
-#[derive(serde::Deserialize)]
-struct MetaOnly {
-    #[serde(default)]
-    metadata: ObjectMeta,
-}
+/// `Accept` for a write answered with the object's metadata only (`PartialObjectMetadata`,
+/// served by the apiserver on every object response; kube's `patch_metadata` sends the same).
+const ACCEPT_METADATA: &str = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
 
-/// A merge patch of a CGU's status subresource, keeping only the response's metadata.
+/// A merge patch of a CGU's status subresource, answered with the CGU's metadata only: at
+/// fleet scale the status is about a megabyte, which the server would otherwise serialize and
+/// the hub read back for every status write, only to keep the resourceVersion.
 async fn patch_status_meta(
     shared: &Shared,
     ns: &str,
@@ -426,10 +425,15 @@ async fn patch_status_meta(
 ) -> Result<ObjectMeta, kube::Error> {
     use kube::Resource as _;
     let url = ClusterGroupUpgrade::url_path(&(), Some(ns));
-    let req = kube::core::Request::new(url)
+    let mut req = kube::core::Request::new(url)
         .patch_subresource("status", name, &PatchParams::default(), &Patch::Merge(body))
         .map_err(kube::Error::BuildRequest)?;
-    let out: MetaOnly = shared.client.request(req).await?;
+    req.headers_mut().insert(
+        http::header::ACCEPT,
+        http::HeaderValue::from_static(ACCEPT_METADATA),
+    );
+    let out: kube::core::PartialObjectMeta<ClusterGroupUpgrade> =
+        shared.client.request(req).await?;
     Ok(out.metadata)
 }
 

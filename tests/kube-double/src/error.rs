@@ -105,6 +105,17 @@ impl ApiError {
         )
     }
 
+    /// 406 NotAcceptable: no media range of `Accept` can be served.
+    pub fn not_acceptable(accept: &str, why: &str) -> Self {
+        Self::new(
+            406,
+            "NotAcceptable",
+            format!(
+                "{why}; the double serves application/json, optionally as=PartialObjectMetadata (objects, watch) or as=PartialObjectMetadataList (lists) with g=meta.k8s.io and v=v1 or v1beta1; got Accept {accept:?}"
+            ),
+        )
+    }
+
     /// 405 MethodNotAllowed.
     pub fn method_not_allowed(method: &str) -> Self {
         Self::new(

@@ -77,10 +77,18 @@
 //!   from a resourceVersion older than it gets HTTP 200 and one ERROR event carrying a 410
 //!   `Status` with reason `Expired` (as the apiserver's watch cache does), so
 //!   `kube::runtime::watcher` re-lists.
+//! - **Metadata-only responses**: `Accept: application/json;as=PartialObjectMetadata;
+//!   g=meta.k8s.io;v=v1` (or `v1beta1`) answers get, create, update, patch (also of `/status`),
+//!   pending deletes and watch events with `PartialObjectMetadata` objects, and
+//!   `as=PartialObjectMetadataList` answers lists with a `PartialObjectMetadataList`, as the
+//!   apiserver does (kube's `get_metadata`, `list_metadata`, `watch_metadata`,
+//!   `patch_metadata`). `Status` objects are never transformed. An `Accept` with no servable
+//!   range (`as=Table`, protobuf only, the list form on an object or the reverse) is 406
+//!   `NotAcceptable`, naming the header.
 //! - **Errors** are `meta/v1` `Status` objects: 400 BadRequest (undecodable bodies, like the
-//!   apiserver), 404 NotFound, 405, 409 AlreadyExists/Conflict, 410 Expired, 415, 422 Invalid
-//!   (names, labels, annotations, finalizers, missing resourceVersion on PUT, failed JSON-patch
-//!   operations). Malformed requests never panic the server.
+//!   apiserver), 404 NotFound, 405, 406 NotAcceptable, 409 AlreadyExists/Conflict, 410
+//!   Expired, 415, 422 Invalid (names, labels, annotations, finalizers, missing resourceVersion
+//!   on PUT, failed JSON-patch operations). Malformed requests never panic the server.
 //!
 //! ## Not implemented
 //! Authentication/authorisation (every request is allowed), admission, OpenAPI schema
@@ -100,8 +108,8 @@
 //! ## Performance
 //! One `BTreeMap<(namespace, name), Arc<Value>>` per kind: get/create/update/patch/delete are
 //! O(log n) plus the cost of the object itself; lists and watch events share `Arc`s instead of
-//! cloning objects. Everything sits behind one mutex; lists copy `Arc`s under it and serialise
-//! outside it.
+//! cloning objects. Everything sits behind one mutex; every response (objects and lists) is
+//! serialised after it is released.
 
 // Test-support crate: the only `expect` is in `KubeDouble::client`, where the config is built
 // from a URL the double itself formatted.

@@ -74,6 +74,8 @@ pub struct RequestRecord {
     pub patch_type: Option<PatchType>,
     /// `fieldManager` query parameter, if any.
     pub field_manager: Option<String>,
+    /// The `Accept` header, if any.
+    pub accept: Option<String>,
     /// HTTP status code returned (200 for a started watch, even if it then sends an ERROR
     /// event).
     pub status: u16,

@@ -112,6 +112,108 @@ fn error_response(e: &ApiError) -> Response<Body> {
     json_response(e.code, &e.to_status())
 }
 
+/// The form of the objects in a response, from `Accept` (`;as=...;g=meta.k8s.io;v=...`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Output {
+    /// The objects as stored.
+    Full,
+    /// `PartialObjectMetadata` of this `meta.k8s.io` version (objects and watch events).
+    Metadata(&'static str),
+    /// `PartialObjectMetadataList` of this `meta.k8s.io` version (lists).
+    MetadataList(&'static str),
+}
+
+impl Output {
+    /// The first media range of `accept` the double can serve: JSON, as stored or as
+    /// metadata. No `Accept` (or `*/*`) is JSON as stored.
+    fn from_accept(accept: &str) -> Result<Output, ApiError> {
+        if accept.trim().is_empty() {
+            return Ok(Output::Full);
+        }
+        for range in accept.split(',') {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or("");
+            if !matches!(media, "application/json" | "application/*" | "*/*") {
+                continue;
+            }
+            let (mut as_, mut group, mut version) = (None, None, None);
+            for p in parts {
+                match p.split_once('=').map(|(k, v)| (k.trim(), v.trim())) {
+                    Some(("as", v)) => as_ = Some(v),
+                    Some(("g", v)) => group = Some(v),
+                    Some(("v", v)) => version = Some(v),
+                    _ => {}
+                }
+            }
+            let Some(as_) = as_ else {
+                return Ok(Output::Full);
+            };
+            let api_version = match (group, version) {
+                (Some("meta.k8s.io"), Some("v1")) => "meta.k8s.io/v1",
+                (Some("meta.k8s.io"), Some("v1beta1")) => "meta.k8s.io/v1beta1",
+                _ => continue,
+            };
+            match as_ {
+                "PartialObjectMetadata" => return Ok(Output::Metadata(api_version)),
+                "PartialObjectMetadataList" => return Ok(Output::MetadataList(api_version)),
+                _ => {}
+            }
+        }
+        Err(ApiError::not_acceptable(
+            accept,
+            "no acceptable media range",
+        ))
+    }
+
+    /// Checks the form fits the verb: lists take the list form, everything else the object
+    /// form (as the apiserver, which refuses the mismatch).
+    fn check(self, verb: Verb, accept: &str) -> Result<Self, ApiError> {
+        let list = matches!(verb, Verb::List | Verb::DeleteCollection);
+        match self {
+            Output::Metadata(_) if list => Err(ApiError::not_acceptable(
+                accept,
+                "a list is served as PartialObjectMetadataList, not PartialObjectMetadata",
+            )),
+            Output::MetadataList(_) if !list => Err(ApiError::not_acceptable(
+                accept,
+                "only a list is served as PartialObjectMetadataList",
+            )),
+            o => Ok(o),
+        }
+    }
+
+    /// One object in this form (a `Status` is never transformed).
+    fn object(self, obj: &Value) -> std::borrow::Cow<'_, Value> {
+        match self {
+            Output::Metadata(api_version) | Output::MetadataList(api_version)
+                if obj.get("kind").and_then(Value::as_str) != Some("Status") =>
+            {
+                std::borrow::Cow::Owned(json!({
+                    "apiVersion": api_version,
+                    "kind": "PartialObjectMetadata",
+                    "metadata": obj.get("metadata").cloned().unwrap_or_else(|| json!({})),
+                }))
+            }
+            _ => std::borrow::Cow::Borrowed(obj),
+        }
+    }
+
+    /// A list's `apiVersion` and `kind` in this form.
+    fn list_type(self, spec: &ResourceKind) -> (String, String) {
+        match self {
+            Output::Full => (spec.api_version(), format!("{}List", spec.kind)),
+            Output::Metadata(v) | Output::MetadataList(v) => {
+                (v.to_string(), "PartialObjectMetadataList".to_string())
+            }
+        }
+    }
+}
+
+/// An object response in the requested form.
+fn object_response(code: u16, obj: &Value, output: Output) -> Response<Body> {
+    json_response(code, &*output.object(obj))
+}
+
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct ListMetaOut {
@@ -128,7 +230,7 @@ struct ListOut<'a> {
     api_version: String,
     kind: String,
     metadata: ListMetaOut,
-    items: Vec<&'a Value>,
+    items: Vec<std::borrow::Cow<'a, Value>>,
 }
 
 #[derive(Serialize)]
@@ -184,6 +286,7 @@ fn parse_request(
         name: None,
         patch_type: None,
         field_manager: query.get("fieldManager").cloned(),
+        accept: None,
         status: 0,
     };
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
@@ -311,11 +414,18 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let Parsed {
         target,
         mut record,
         query,
     } = parse_request(&shared, &method, &path, &raw_query, &content_type);
+    record.accept = (!accept.is_empty()).then(|| accept.clone());
 
     // Fault injection.
     let fault = {
@@ -353,7 +463,20 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
                         )));
                     }
                 };
-                match dispatch(&shared, &method, t, &query, &record, &content_type, &body) {
+                let output =
+                    Output::from_accept(&accept).and_then(|o| o.check(record.verb, &accept));
+                match output.and_then(|output| {
+                    dispatch(
+                        &shared,
+                        &method,
+                        t,
+                        &query,
+                        &record,
+                        &content_type,
+                        &body,
+                        output,
+                    )
+                }) {
                     Ok(r) => r,
                     Err(e) => error_response(&e),
                 }
@@ -383,6 +506,9 @@ fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("error decoding body: {e}")))
 }
 
+/// Serves one resource request. Responses are serialized after the store's lock is released,
+/// so a megabyte-sized object does not hold up every other request while it is written out.
+#[allow(clippy::too_many_arguments)]
 fn dispatch(
     shared: &Arc<Shared>,
     method: &Method,
@@ -391,6 +517,7 @@ fn dispatch(
     record: &RequestRecord,
     content_type: &str,
     body: &[u8],
+    output: Output,
 ) -> Result<Response<Body>, ApiError> {
     let (kid, ns, name, status) = match target {
         Target::Resource {
@@ -411,7 +538,7 @@ fn dispatch(
     match record.verb {
         Verb::Get => {
             let obj = shared.store().get(kid, ns, name.as_deref().unwrap_or(""))?;
-            Ok(json_response(200, &*obj))
+            Ok(object_response(200, &obj, output))
         }
         Verb::List => {
             let filter = filter_from(q)?;
@@ -427,23 +554,24 @@ fn dispatch(
                 )?;
                 (res, store.spec(kid).clone())
             };
+            let (api_version, kind) = output.list_type(&spec);
             let out = ListOut {
-                api_version: spec.api_version(),
-                kind: format!("{}List", spec.kind),
+                api_version,
+                kind,
                 metadata: ListMetaOut {
                     resource_version: res.resource_version.to_string(),
                     continue_: res.continue_token,
                     remaining_item_count: res.remaining,
                 },
-                items: res.items.iter().map(|a| a.as_ref()).collect(),
+                items: res.items.iter().map(|a| output.object(a)).collect(),
             };
             Ok(json_response(200, &out))
         }
-        Verb::Watch => start_watch(shared, kid, ns, q),
+        Verb::Watch => start_watch(shared, kid, ns, q, output),
         Verb::Create => {
             let body = parse_body(body)?;
             let obj = shared.store().create(kid, ns, body, dry_run, false)?;
-            Ok(json_response(201, &*obj))
+            Ok(object_response(201, &obj, output))
         }
         Verb::Update => {
             let body = parse_body(body)?;
@@ -455,14 +583,13 @@ fn dispatch(
                 status,
                 dry_run,
             )?;
-            Ok(json_response(200, &*obj))
+            Ok(object_response(200, &obj, output))
         }
         Verb::Patch => {
             let ty = record
                 .patch_type
                 .ok_or_else(|| ApiError::unsupported_media_type(content_type))?;
-            let mut store = shared.store();
-            if ty == PatchType::StrategicMerge && !store.spec(kid).builtin {
+            if ty == PatchType::StrategicMerge && !shared.store().spec(kid).builtin {
                 return Err(ApiError::unsupported_media_type(content_type));
             }
             let patch = PatchBody::decode(
@@ -471,7 +598,7 @@ fn dispatch(
                 q.get("fieldManager").map(String::as_str),
                 q_bool(q, "force"),
             )?;
-            let (obj, created) = store.patch(
+            let (obj, created) = shared.store().patch(
                 kid,
                 ns,
                 name.as_deref().unwrap_or(""),
@@ -479,15 +606,22 @@ fn dispatch(
                 status,
                 dry_run,
             )?;
-            Ok(json_response(if created { 201 } else { 200 }, &*obj))
+            Ok(object_response(
+                if created { 201 } else { 200 },
+                &obj,
+                output,
+            ))
         }
         Verb::Delete => {
             let pre = delete_preconditions(body)?;
-            let mut store = shared.store();
-            let spec = store.spec(kid).clone();
             let name = name.as_deref().unwrap_or("");
-            match store.delete(kid, ns, name, &pre, dry_run)? {
-                Deleted::Pending(obj) => Ok(json_response(200, &*obj)),
+            let (deleted, spec) = {
+                let mut store = shared.store();
+                let spec = store.spec(kid).clone();
+                (store.delete(kid, ns, name, &pre, dry_run)?, spec)
+            };
+            match deleted {
+                Deleted::Pending(obj) => Ok(object_response(200, &obj, output)),
                 Deleted::Gone(obj) => Ok(json_response(
                     200,
                     &success_status(json!({
@@ -506,15 +640,16 @@ fn dispatch(
             let items = store.delete_collection(kid, ns, &filter, dry_run)?;
             let rv = store.resource_version();
             drop(store);
+            let (api_version, kind) = output.list_type(&spec);
             let out = ListOut {
-                api_version: spec.api_version(),
-                kind: format!("{}List", spec.kind),
+                api_version,
+                kind,
                 metadata: ListMetaOut {
                     resource_version: rv.to_string(),
                     continue_: None,
                     remaining_item_count: None,
                 },
-                items: items.iter().map(|a| a.as_ref()).collect(),
+                items: items.iter().map(|a| output.object(a)).collect(),
             };
             Ok(json_response(200, &out))
         }
@@ -558,6 +693,7 @@ fn start_watch(
     kid: usize,
     ns: Option<&str>,
     q: &HashMap<String, String>,
+    output: Output,
 ) -> Result<Response<Body>, ApiError> {
     let filter = filter_from(q)?;
     let send_initial = q_bool(q, "sendInitialEvents");
@@ -616,6 +752,7 @@ fn start_watch(
             send_initial,
             bookmarks,
             timeout,
+            output,
             tx,
         )
         .await;
@@ -634,8 +771,10 @@ async fn run_watch(
     send_initial: bool,
     bookmarks: bool,
     timeout: Option<Duration>,
+    output: Output,
     tx: mpsc::Sender<Bytes>,
 ) {
+    let event_line = |ty: &str, obj: &Value| event_line(ty, &output.object(obj));
     let crate::store::WatchStart {
         initial,
         mut cursor,
