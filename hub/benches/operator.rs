@@ -145,6 +145,8 @@ struct Outcome {
     reactions_handled: Vec<Duration>,
     /// How long after its arrival the simulator's loop handled each Placement event.
     handling_lag: Vec<Duration>,
+    /// The slowest reactions, described.
+    slowest: Vec<String>,
     root_writes: usize,
     child_writes: usize,
     final_to_succeeded: Option<Duration>,
@@ -546,9 +548,19 @@ fn cgu_succeeded(double: &KubeDouble) -> Option<bool> {
 }
 
 /// A root-policy write waiting for the Placement update it causes.
+/// How many of the slowest reactions are described at the end of a size.
+const SLOWEST: usize = 8;
+
 struct Pending {
     at: Instant,
     resolved: bool,
+    /// The policy whose root was written, and how many clusters it turned Compliant.
+    policy: usize,
+    flips: usize,
+    /// Clusters done (Compliant with every policy) before this write, and whether this write
+    /// completed a batch.
+    done_before: usize,
+    completed_batch: bool,
 }
 
 /// The compliance simulator's state.
@@ -576,6 +588,8 @@ struct Simulator {
     reactions: Vec<Duration>,
     reactions_handled: Vec<Duration>,
     handling_lag: Vec<Duration>,
+    /// The slowest reactions: (reaction, root write).
+    slowest: Vec<(Duration, usize)>,
     child_writes: usize,
     final_flip: Option<Instant>,
     placement_events: usize,
@@ -607,6 +621,7 @@ impl Simulator {
             reactions: Vec::new(),
             reactions_handled: Vec::new(),
             handling_lag: Vec::new(),
+            slowest: Vec::new(),
             child_writes: 0,
             final_flip: None,
             placement_events: 0,
@@ -622,7 +637,11 @@ impl Simulator {
             && !pw.resolved
         {
             pw.resolved = true;
-            self.reactions.push(seen.saturating_duration_since(pw.at));
+            let took = seen.saturating_duration_since(pw.at);
+            self.reactions.push(took);
+            self.slowest.push((took, w));
+            self.slowest.sort_by_key(|&(took, _)| Reverse(took));
+            self.slowest.truncate(SLOWEST);
             self.reactions_handled
                 .push(handled.saturating_duration_since(pw.at));
         }
@@ -710,6 +729,10 @@ impl Simulator {
             self.writes.push(Pending {
                 at,
                 resolved: false,
+                policy: j,
+                flips: clusters.len(),
+                done_before: self.done,
+                completed_batch: false,
             });
             let mut completed_batch = false;
             for &i in &clusters {
@@ -722,6 +745,9 @@ impl Simulator {
                 }
             }
             if completed_batch {
+                if let Some(pw) = self.writes.get_mut(w) {
+                    pw.completed_batch = true;
+                }
                 self.expect_any.push(w);
                 if self.done == self.names.len() {
                     self.final_flip = Some(at);
@@ -889,6 +915,26 @@ async fn run_size(args: &Args, hub_bin: &Path, n: usize) -> anyhow::Result<Outco
     out.reactions_handled = sim.reactions_handled;
     sim.handling_lag.sort();
     out.handling_lag = sim.handling_lag;
+    out.slowest = sim
+        .slowest
+        .iter()
+        .filter_map(|&(took, w)| {
+            let pw = sim.writes.get(w)?;
+            Some(format!(
+                "{:>5.0} ms: root write at {:>6.1} s, policy {}, {} flip(s), batch {}{}",
+                ms(took),
+                pw.at.saturating_duration_since(started).as_secs_f64(),
+                pw.policy,
+                pw.flips,
+                pw.done_before / m + 1,
+                if pw.completed_batch {
+                    " (completed the batch)"
+                } else {
+                    ""
+                }
+            ))
+        })
+        .collect();
     out.root_writes = sim.writes.len();
     out.child_writes = sim.child_writes;
     out.placement_events = sim.placement_events;
@@ -1028,6 +1074,12 @@ fn print_detail(o: &Outcome) {
         "  compliance writes: {} root, {} child; {} Placement events seen",
         o.root_writes, o.child_writes, o.placement_events
     );
+    if !o.slowest.is_empty() {
+        eprintln!("  slowest reactions:");
+        for line in &o.slowest {
+            eprintln!("    {line}");
+        }
+    }
     if let Some(d) = o.final_to_succeeded {
         eprintln!("  last compliance write → Succeeded observed (200 ms poll): {d:.1?}");
     }
