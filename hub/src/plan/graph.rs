@@ -37,7 +37,7 @@ impl FileUpdateGraph {
         let doc: Value = if is_json {
             serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?
         } else {
-            serde_saphyr::from_str_with_options(&text, super::load::yaml_options()).map_err(
+            serde_saphyr::from_str_with_options(&text, talm_shared::yaml::options()).map_err(
                 |e| {
                     bad(format!(
                         "invalid YAML: {}",

@@ -273,25 +273,10 @@ fn parse_documents(file: &str, text: &str, syntax: Syntax) -> Result<Vec<Value>,
             .into_iter::<Value>()
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| syntax_error(format!("invalid JSON: {e}"))),
-        Syntax::Yaml => serde_saphyr::from_multiple_with_options::<Value>(text, yaml_options())
-            .map_err(|e| syntax_error(format!("invalid YAML: {e}"))),
-    }
-}
-
-/// YAML parser options for `plan` input: no source snippets in errors (messages are one
-/// line), and size budgets raised far above serde-saphyr's defaults (1,024 documents, 250,000
-/// nodes), which a fleet's worth of objects exceeds. Alias and anchor limits keep their
-/// defaults, which guard against alias bombs.
-pub fn yaml_options() -> serde_saphyr::Options {
-    serde_saphyr::options! {
-        with_snippet: false,
-        budget: serde_saphyr::budget! {
-            max_documents: 10_000_000,
-            max_nodes: 500_000_000,
-            max_events: 1_000_000_000,
-            max_total_scalar_bytes: 4 * 1024 * 1024 * 1024,
-            max_depth: 256,
-        },
+        Syntax::Yaml => {
+            serde_saphyr::from_multiple_with_options::<Value>(text, talm_shared::yaml::options())
+                .map_err(|e| syntax_error(format!("invalid YAML: {e}")))
+        }
     }
 }
 

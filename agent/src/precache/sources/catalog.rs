@@ -186,20 +186,6 @@ impl Meta {
     }
 }
 
-/// YAML limits generous enough for the largest public catalogs.
-fn yaml_options() -> serde_saphyr::Options {
-    serde_saphyr::options! {
-        with_snippet: false,
-        budget: serde_saphyr::budget! {
-            max_documents: 10_000_000,
-            max_nodes: 500_000_000,
-            max_events: 1_000_000_000,
-            max_total_scalar_bytes: 4 * 1024 * 1024 * 1024,
-            max_depth: 256,
-        },
-    }
-}
-
 /// Parses one catalog file from its tar entry. JSON is streamed object by object.
 fn parse_file<R: Read>(reader: R, yaml: bool) -> Result<FileData, String> {
     let mut data = FileData::default();
@@ -208,8 +194,9 @@ fn parse_file<R: Read>(reader: R, yaml: bool) -> Result<FileData, String> {
         BufReader::new(reader)
             .read_to_string(&mut text)
             .map_err(|e| format!("reading: {e}"))?;
-        let docs: Vec<Value> = serde_saphyr::from_multiple_with_options(&text, yaml_options())
-            .map_err(|e| format!("invalid YAML: {e}"))?;
+        let docs: Vec<Value> =
+            serde_saphyr::from_multiple_with_options(&text, talm_shared::yaml::options())
+                .map_err(|e| format!("invalid YAML: {e}"))?;
         let mut index = 0;
         for doc in docs {
             if doc.is_null() {
