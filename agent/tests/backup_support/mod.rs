@@ -9,11 +9,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "../tls_support/mod.rs"]
+mod tls_support;
+
 use talm_agent::backup::{BackupConfig, EtcdAccess, Host, Progress, Step};
 use talm_agent::host::archive::Compression;
 use talm_agent::host::disk::{Disk, FsStats, RealDisk};
 use talm_agent::host::exec::{Background, Cmd, CommandRunner, RealRunner};
 use talm_agent::host::root::HostRoot;
+use tls_support::TestCa;
 
 /// Every file under `dir` (depth first; unreadable directories are skipped).
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
@@ -73,44 +77,24 @@ pub struct Tls {
 
 /// Generates a CA, a server certificate (127.0.0.1, localhost) and a client certificate.
 pub fn make_tls(dir: &Path) -> Tls {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose, SanType,
-    };
+    use rcgen::ExtendedKeyUsagePurpose;
     std::fs::create_dir_all(dir).unwrap();
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "talm test etcd CA");
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let leaf = |cn: &str, eku: Vec<ExtendedKeyUsagePurpose>| {
-        let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-        p.subject_alt_names
-            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-        p.distinguished_name.push(DnType::CommonName, cn);
-        p.extended_key_usages = eku;
-        let cert = p.signed_by(&key, &issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    let (sc, sk) = leaf(
+    let ca = TestCa::new("talm test etcd CA");
+    let (sc, sk) = ca.loopback_leaf(
         "etcd-server",
         vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ],
     );
-    let (cc, ck) = leaf("etcd-peer-node", vec![ExtendedKeyUsagePurpose::ClientAuth]);
+    let (cc, ck) = ca.loopback_leaf("etcd-peer-node", vec![ExtendedKeyUsagePurpose::ClientAuth]);
     let w = |n: &str, s: &str| {
         let p = dir.join(n);
         std::fs::write(&p, s).unwrap();
         p
     };
     Tls {
-        ca: w("ca.crt", &ca_cert.pem()),
+        ca: w("ca.crt", &ca.cert_pem),
         server_cert: w("server.crt", &sc),
         server_key: w("server.key", &sk),
         client_cert: w("client.crt", &cc),

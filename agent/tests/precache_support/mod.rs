@@ -30,7 +30,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "../tls_support/mod.rs"]
+mod tls_support;
+
 use serde_json::{Value, json};
+use tls_support::TestCa;
 
 /// The apt packages that provide every tool these helpers run.
 pub const APT_HINT: &str = "apt-get install -y --no-install-recommends docker-registry skopeo umoci podman runc uidmap fuse-overlayfs (see .ci/run)";
@@ -549,39 +553,24 @@ struct TlsFiles {
 }
 
 fn make_tls(dir: &Path) -> TlsFiles {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose, SanType,
-    };
     std::fs::create_dir_all(dir).unwrap();
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "talm test registry CA");
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-    p.subject_alt_names
-        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-    p.distinguished_name.push(DnType::CommonName, "127.0.0.1");
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let cert = p.signed_by(&key, &issuer).unwrap();
+    let ca = TestCa::new("talm test registry CA");
+    let (cert, key) = ca.loopback_leaf(
+        "127.0.0.1",
+        vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth],
+    );
     let ca_pem = dir.join("ca.pem");
-    std::fs::write(&ca_pem, ca_cert.pem()).unwrap();
+    std::fs::write(&ca_pem, &ca.cert_pem).unwrap();
     let cert_dir = dir.join("certs.d");
     std::fs::create_dir_all(&cert_dir).unwrap();
-    std::fs::write(cert_dir.join("ca.crt"), ca_cert.pem()).unwrap();
+    std::fs::write(cert_dir.join("ca.crt"), &ca.cert_pem).unwrap();
     let cert_path = dir.join("server.crt");
     let key_path = dir.join("server.key");
-    // The registry wants the chain in the certificate file.
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    std::fs::write(&cert_path, cert).unwrap();
+    std::fs::write(&key_path, key).unwrap();
     TlsFiles {
         ca_pem,
-        ca_der: ca_cert.der().to_vec(),
+        ca_der: ca.cert_der,
         cert_dir,
         cert: cert_path,
         key: key_path,
