@@ -122,11 +122,8 @@ impl Task {
     /// Kind name for display.
     pub fn kind_name(&self) -> &'static str {
         match TaskKind::try_from(self.kind) {
-            Ok(TaskKind::CheckSpace) => "check-space",
-            Ok(TaskKind::Precache) => "precache",
-            Ok(TaskKind::Backup) => "backup",
-            Ok(TaskKind::ApproveInstallPlans) => "approve-install-plans",
-            _ => "unknown",
+            Ok(TaskKind::Unspecified) | Err(_) => "unknown",
+            Ok(kind) => kind.display_name(),
         }
     }
 }
@@ -437,6 +434,29 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kind_names_for_display() {
+        let task = |kind| Task {
+            id: "t".into(),
+            kind,
+            params_json: "{}".into(),
+            deadline_unix: 0,
+            state: TaskState::Accepted,
+            message: String::new(),
+            starts: 0,
+            accepted_at: 0,
+            finished_at: None,
+        };
+        assert_eq!(task(TaskKind::Precache as i32).kind_name(), "precache");
+        assert_eq!(
+            task(TaskKind::ApproveInstallPlans as i32).kind_name(),
+            "approve-install-plans"
+        );
+        // The zero value and kinds newer than this agent are both "unknown" here.
+        assert_eq!(task(0).kind_name(), "unknown");
+        assert_eq!(task(99).kind_name(), "unknown");
+    }
 
     #[test]
     fn survives_reopen_and_never_reruns_finished_work() {

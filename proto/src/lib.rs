@@ -22,5 +22,42 @@ pub mod v1 {
     tonic::include_proto!("talm.agent.v1");
 }
 
+impl v1::TaskKind {
+    /// The kind's name in logs, status and the agent's journal (`check-space`, `precache`,
+    /// `backup`, `approve-install-plans`; `unspecified` for the zero value).
+    pub fn display_name(self) -> &'static str {
+        match self {
+            v1::TaskKind::CheckSpace => "check-space",
+            v1::TaskKind::Precache => "precache",
+            v1::TaskKind::Backup => "backup",
+            v1::TaskKind::ApproveInstallPlans => "approve-install-plans",
+            v1::TaskKind::Unspecified => "unspecified",
+        }
+    }
+}
+
 /// Largest encoded message either side accepts (64 KiB).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::v1::TaskKind;
+
+    #[test]
+    fn every_task_kind_has_its_own_display_name() {
+        let names: Vec<&str> = (0..)
+            .map_while(|n| TaskKind::try_from(n).ok())
+            .map(TaskKind::display_name)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "unspecified",
+                "check-space",
+                "precache",
+                "backup",
+                "approve-install-plans"
+            ]
+        );
+    }
+}

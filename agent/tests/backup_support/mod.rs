@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+// A test that includes both support modules gets two copies of this one; that is fine.
+#[allow(clippy::duplicate_mod)]
 #[path = "../tls_support/mod.rs"]
 mod tls_support;
 

@@ -132,13 +132,7 @@ pub fn result_state(kind: TaskKind, outcome: TaskOutcome) -> &'static str {
 
 /// Short wire-kind name, for views and logs.
 pub fn kind_name(kind: TaskKind) -> &'static str {
-    match kind {
-        TaskKind::CheckSpace => "check-space",
-        TaskKind::Precache => "precache",
-        TaskKind::Backup => "backup",
-        TaskKind::ApproveInstallPlans => "approve-install-plans",
-        TaskKind::Unspecified => "unspecified",
-    }
+    kind.display_name()
 }
 
 #[cfg(test)]
