@@ -109,6 +109,11 @@ struct Args {
     /// Keep the operator's log (printed path) instead of deleting it.
     #[arg(long)]
     keep_logs: bool,
+    /// The operator's log filter (`--log-level`), e.g.
+    /// `info,talm_hub::operator::reconciler=debug` with `--keep-logs` to look into a slow
+    /// reaction (the log is JSON, with timestamps).
+    #[arg(long, default_value = "info")]
+    hub_log: String,
 }
 
 /// Everything measured for one fleet size.
@@ -339,7 +344,7 @@ fn spawn_hub(
     bin: &Path,
     kubeconfig: &Path,
     admin: SocketAddr,
-    workers: u16,
+    args: &Args,
     log: &Path,
 ) -> anyhow::Result<Child> {
     let log_file = std::fs::File::create(log).with_context(|| log.display().to_string())?;
@@ -358,13 +363,13 @@ fn spawn_hub(
             "--identity",
             "bench",
             "--worker-count",
-            &workers.to_string(),
+            &args.workers.to_string(),
             "--grpc-addr",
             &grpc.to_string(),
             "--log-format",
             "json",
             "--log-level",
-            "info",
+            &args.hub_log,
         ])
         .env_clear()
         .env("KUBECONFIG", kubeconfig)
@@ -797,7 +802,14 @@ async fn run_size(args: &Args, hub_bin: &Path, n: usize) -> anyhow::Result<Outco
     let admin = free_port()?;
     let started = Instant::now();
     let bench_cpu_start = cpu_secs(std::process::id());
-    let mut child = spawn_hub(hub_bin, &kubeconfig, admin, args.workers, &log)?;
+    let mut child = spawn_hub(hub_bin, &kubeconfig, admin, args, &log)?;
+    if args.keep_logs {
+        // To line the "N s into the run" figures up with the log's timestamps.
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        eprintln!("  operator started at Unix time {:.3}", unix.as_secs_f64());
+    }
     let pid = child.id();
 
     let mut sim = Simulator::new(names.clone(), p, args);
