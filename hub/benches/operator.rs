@@ -422,22 +422,41 @@ async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
 /// The reconcile-duration histogram and counters from a `/metrics` body.
 #[derive(Debug, Default)]
 struct Scraped {
-    buckets: Vec<(f64, u64)>,
-    count: u64,
-    sum: f64,
+    /// `talm_reconcile_duration_seconds`.
+    reconcile: Histo,
     runs: u64,
     failures: u64,
     bodies_skipped: u64,
-    /// Per reconcile phase.
-    phases: BTreeMap<String, PhaseScrape>,
+    /// Per reconcile phase (`talm_reconcile_phase_duration_seconds`).
+    phases: BTreeMap<String, Histo>,
 }
 
-/// One reconcile phase's histogram, as scraped.
+/// One histogram, as scraped.
 #[derive(Debug, Default)]
-struct PhaseScrape {
+struct Histo {
+    /// Cumulative `(le, count)` buckets.
     buckets: Vec<(f64, u64)>,
     count: u64,
     sum: f64,
+}
+
+impl Histo {
+    /// Records one `_bucket{le=...}` (labels after `le` ignored), `_count` or `_sum` sample;
+    /// `rest` is the sample name after the histogram's name and `_`.
+    fn sample(&mut self, rest: &str, v: f64) {
+        if let Some(labels) = rest.strip_prefix("bucket{le=\"") {
+            let le = labels.split('"').next().unwrap_or("+Inf");
+            self.buckets.push((parse_le(le), v as u64));
+        } else if rest.starts_with("count") {
+            self.count = v as u64;
+        } else if rest.starts_with("sum") {
+            self.sum = v;
+        }
+    }
+
+    fn mean(&self) -> Option<f64> {
+        (self.count > 0).then(|| self.sum / self.count as f64)
+    }
 }
 
 /// One reconcile phase's figures.
@@ -471,26 +490,13 @@ fn parse_metrics(body: &str) -> Scraped {
             continue;
         };
         let v: f64 = value.parse().unwrap_or(0.0);
-        if let Some(rest) = key.strip_prefix("talm_reconcile_duration_seconds_bucket{le=\"") {
-            s.buckets
-                .push((parse_le(rest.trim_end_matches("\"}")), v as u64));
-        } else if key == "talm_reconcile_duration_seconds_count" {
-            s.count = v as u64;
-        } else if key == "talm_reconcile_duration_seconds_sum" {
-            s.sum = v;
+        if let Some(rest) = key.strip_prefix("talm_reconcile_duration_seconds_") {
+            s.reconcile.sample(rest, v);
         } else if let Some(rest) = key.strip_prefix("talm_reconcile_phase_duration_seconds_") {
             let Some(phase) = phase_label(rest) else {
                 continue;
             };
-            let e = s.phases.entry(phase).or_default();
-            if let Some(labels) = rest.strip_prefix("bucket{le=\"") {
-                let le = labels.split('"').next().unwrap_or("+Inf");
-                e.buckets.push((parse_le(le), v as u64));
-            } else if rest.starts_with("count") {
-                e.count = v as u64;
-            } else if rest.starts_with("sum") {
-                e.sum = v;
-            }
+            s.phases.entry(phase).or_default().sample(rest, v);
         } else if key == "talm_watch_bodies_skipped_total" {
             s.bodies_skipped = v as u64;
         } else if key == "talm_reconcile_runs_total" {
@@ -499,9 +505,8 @@ fn parse_metrics(body: &str) -> Scraped {
             s.failures += v as u64;
         }
     }
-    s.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    for ph in s.phases.values_mut() {
-        ph.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for h in std::iter::once(&mut s.reconcile).chain(s.phases.values_mut()) {
+        h.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
     }
     s
 }
@@ -882,20 +887,16 @@ async fn run_size(args: &Args, hub_bin: &Path, n: usize) -> anyhow::Result<Outco
         out.reconciles = s.runs;
         out.reconcile_failures = s.failures;
         out.bodies_skipped = s.bodies_skipped;
-        out.reconcile_p50 = histogram_quantile(&s.buckets, 0.50);
-        out.reconcile_p99 = histogram_quantile(&s.buckets, 0.99);
-        out.reconcile_mean = (s.count > 0).then(|| s.sum / s.count as f64);
+        out.reconcile_p50 = histogram_quantile(&s.reconcile.buckets, 0.50);
+        out.reconcile_p99 = histogram_quantile(&s.reconcile.buckets, 0.99);
+        out.reconcile_mean = s.reconcile.mean();
         out.phases = s
             .phases
             .iter()
             .map(|(name, ph)| PhaseFigures {
                 name: name.clone(),
                 count: ph.count,
-                mean: if ph.count > 0 {
-                    ph.sum / ph.count as f64
-                } else {
-                    0.0
-                },
+                mean: ph.mean().unwrap_or(0.0),
                 p50: histogram_quantile(&ph.buckets, 0.5),
                 p99: histogram_quantile(&ph.buckets, 0.99),
             })
