@@ -243,7 +243,7 @@ impl Registry {
                     .map_or(slot.kind(), |d| d.slot.kind());
                 a.tasks.entry(r.id.clone()).or_insert(TaskView {
                     id: r.id.clone(),
-                    kind: tasks::kind_name(kind).into(),
+                    kind: kind.display_name().into(),
                     state: r.state.clone(),
                     message: r.message.clone(),
                     progress: None,
@@ -342,7 +342,7 @@ impl Registry {
             Some(task_report::Body::Accepted(acc)) => {
                 let kind = TaskKind::try_from(acc.kind).unwrap_or(TaskKind::Unspecified);
                 t.wire_kind = kind;
-                t.kind = tasks::kind_name(kind).into();
+                t.kind = kind.display_name().into();
                 if t.state.is_empty() || !tasks::is_final(&t.state) && t.state != states::ACTIVE {
                     t.state = states::STARTING.into();
                 }
@@ -389,7 +389,7 @@ impl Registry {
             wire_kind: kind,
         });
         t.wire_kind = kind;
-        t.kind = tasks::kind_name(kind).into();
+        t.kind = kind.display_name().into();
     }
 
     /// Whether `id` is known to be in a final state.

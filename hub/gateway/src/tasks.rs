@@ -130,11 +130,6 @@ pub fn result_state(kind: TaskKind, outcome: TaskOutcome) -> &'static str {
     }
 }
 
-/// Short wire-kind name, for views and logs.
-pub fn kind_name(kind: TaskKind) -> &'static str {
-    kind.display_name()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,7 +194,7 @@ mod tests {
             "TimedOut"
         );
         assert_eq!(
-            kind_name(TaskKind::ApproveInstallPlans),
+            TaskKind::ApproveInstallPlans.display_name(),
             "approve-install-plans"
         );
     }
