@@ -17,7 +17,8 @@ use talm_kube_double::KubeDouble;
 const META: &str = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
 const META_LIST: &str = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1";
 
-/// A raw request with this `Accept`; the status code and the JSON body.
+/// A raw request with this `Accept`: `(200, body)` for any success (kube's `request_text` does
+/// not expose which 2xx it was), else `(code, {reason, message})` of the error.
 async fn raw(d: &KubeDouble, mut req: http::Request<Vec<u8>>, accept: &str) -> (u16, Value) {
     req.headers_mut()
         .insert(http::header::ACCEPT, accept.parse().unwrap());
