@@ -5,7 +5,7 @@
 //!    matches the manifest; every archive passes a complete dry run of its restore (no absolute
 //!    names, no `..`, no links out of the host root, not truncated, the layout its step expects,
 //!    not empty where the live tree is not); every destination is a real directory reached from
-//!    the host root without following a link ([`check_dir_beneath`]).
+//!    the host root without following a link ([`crate::host::root::check_dir_beneath`]).
 //! 2. OS: from `ostree admin status`, roll back to the pinned deployment (reboots), or say that
 //!    none is needed. Without a pinned deployment, stop unless `--force`.
 //! 3. `restore_files`: stop kubelet and the pods, wipe CRI-O, restore `/usr/local`, `/etc`
@@ -30,8 +30,6 @@ use crate::backup::{Host, RECOVERY_JOURNAL};
 use crate::host::archive::{self, ArchiveError, RestoreOptions};
 use crate::host::exec::{Cmd, ExecError};
 use crate::host::ostree::{Ostree, OstreeError, RollbackPlan};
-#[cfg(doc)]
-use crate::host::root::check_dir_beneath;
 use journal::{Journal, JournalError};
 
 /// How this run relates to an earlier one.
