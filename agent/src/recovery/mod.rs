@@ -459,7 +459,7 @@ fn mirror_layout(
     keep: &dyn Fn(&Path) -> bool,
 ) -> Result<(), String> {
     if names.is_empty() {
-        let live: Vec<String> = match std::fs::read_dir(dest) {
+        let mut live: Vec<String> = match std::fs::read_dir(dest) {
             Ok(rd) => rd
                 .filter_map(Result::ok)
                 .map(|e| e.file_name())
@@ -469,6 +469,7 @@ fn mirror_layout(
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(format!("{}: {e}", dest.display())),
         };
+        live.sort();
         if !live.is_empty() {
             let more = if live.len() > 3 { ", ..." } else { "" };
             return Err(format!(
