@@ -181,6 +181,7 @@ fn real_files_round_trip_with_every_compression() {
             jail: &dst,
             allow_absolute_symlinks: false,
             mirror_keep: None,
+            host_paths: false,
         };
         let stats = restore(&ar, &dst, &opts).unwrap();
         assert!(stats.entries >= 12);
@@ -223,6 +224,7 @@ fn mirrored_restore_deletes_strays_but_keeps_exclusions() {
         jail: d.path(),
         allow_absolute_symlinks: true,
         mirror_keep: Some(&excluded),
+        host_paths: false,
     };
     let stats = restore(&ar, &src, &opts).unwrap();
     assert_eq!(stats.deleted, 2, "new-file and new-dir");
@@ -334,6 +336,7 @@ fn hostile_archives_are_refused_before_anything_is_written() {
             jail: &dst,
             allow_absolute_symlinks: false,
             mirror_keep: None,
+            host_paths: false,
         };
         let err = restore(&ar, &dst, &opts).unwrap_err();
         assert!(matches!(err, ArchiveError::Unsafe { .. }), "{name}: {err}");
@@ -353,6 +356,7 @@ fn hostile_archives_are_refused_before_anything_is_written() {
         jail: &dst,
         allow_absolute_symlinks: false,
         mirror_keep: None,
+        host_paths: false,
     };
     let err = restore(&ar, &dst, &opts).unwrap_err();
     assert!(err.to_string().contains("symlink on disk"), "{err}");
@@ -381,6 +385,7 @@ fn the_dry_run_refuses_truncated_and_damaged_archives() {
         jail: &dst,
         allow_absolute_symlinks: false,
         mirror_keep: None,
+        host_paths: false,
     };
     let names = check(&plain, &dst, &opts).unwrap();
     assert_eq!(names.len(), 5, "{names:?}");
@@ -456,6 +461,7 @@ fn links_on_disk_are_refused_unless_the_archive_replaces_them() {
         jail: &jail,
         allow_absolute_symlinks: true,
         mirror_keep: None,
+        host_paths: false,
     };
 
     // Only the file: it would be written through the link.
@@ -491,4 +497,91 @@ fn links_on_disk_are_refused_unless_the_archive_replaces_them() {
         "{err}"
     );
     assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+}
+
+/// An archive of host paths (the extras) restored at the host root: the directories on the way
+/// to each entry are resolved inside the root as the host resolves them (RHCOS: `/opt` is a
+/// link to `var/opt`), absolute links included, so the files land in the root's real
+/// directories and the links stay links; a link leading to nothing is refused before anything
+/// is written; and such an archive is only ever restored at the root itself.
+#[test]
+fn host_paths_are_restored_through_the_roots_own_links() {
+    let d = tempfile::tempdir().unwrap();
+    let jail = d.path().join("root");
+    let unique = format!("talm-test-{}", std::process::id());
+    for dir in ["var/opt", "var/srv", "var/usrlocal"] {
+        fs::create_dir_all(jail.join(dir)).unwrap();
+    }
+    std::os::unix::fs::symlink("var/opt", jail.join("opt")).unwrap();
+    // Absolute: followed by the OS, it would lead to the machine's own /var/srv.
+    std::os::unix::fs::symlink("/var/srv", jail.join("srv")).unwrap();
+    let opts = RestoreOptions {
+        jail: &jail,
+        allow_absolute_symlinks: true,
+        mirror_keep: None,
+        host_paths: true,
+    };
+    let ar = d.path().join("extras.tar");
+    let srv_file = format!("srv/{unique}/conf");
+    hostile(
+        &ar,
+        &[
+            ("opt/extra/tool.sh", tar::EntryType::Regular, ""),
+            (
+                "opt/extra/tool-link.sh",
+                tar::EntryType::Link,
+                "opt/extra/tool.sh",
+            ),
+            (&srv_file, tar::EntryType::Regular, ""),
+            ("var/new/file", tar::EntryType::Regular, ""),
+        ],
+    );
+    let names = check(&ar, &jail, &opts).unwrap();
+    assert_eq!(names.len(), 4);
+    restore(&ar, &jail, &opts).unwrap();
+    let tool = jail.join("var/opt/extra/tool.sh");
+    assert_eq!(fs::read(&tool).unwrap(), b"pwned\n");
+    let link = jail.join("var/opt/extra/tool-link.sh");
+    assert_eq!(
+        fs::metadata(&link).unwrap().ino(),
+        fs::metadata(&tool).unwrap().ino()
+    );
+    assert_eq!(
+        fs::read(jail.join("var/srv").join(&unique).join("conf")).unwrap(),
+        b"pwned\n"
+    );
+    assert!(!Path::new("/var/srv").join(&unique).exists());
+    assert_eq!(fs::read(jail.join("var/new/file")).unwrap(), b"pwned\n");
+    for l in ["opt", "srv"] {
+        assert!(
+            fs::symlink_metadata(jail.join(l)).unwrap().is_symlink(),
+            "{l}"
+        );
+    }
+
+    // A link to nothing (a /var not mounted): refused, nothing created.
+    std::os::unix::fs::symlink("var/home", jail.join("home")).unwrap();
+    let ar = d.path().join("dangling.tar");
+    hostile(
+        &ar,
+        &[
+            ("var/usrlocal/first", tar::EntryType::Regular, ""),
+            (
+                "home/core/.ssh/authorized_keys",
+                tar::EntryType::Regular,
+                "",
+            ),
+        ],
+    );
+    let err = restore(&ar, &jail, &opts).unwrap_err();
+    assert!(
+        matches!(err, ArchiveError::OnDisk { .. }) && err.to_string().contains("does not exist"),
+        "{err}"
+    );
+    assert!(!jail.join("var/home").exists());
+    assert!(!jail.join("var/usrlocal/first").exists());
+
+    // Host paths are restored at the root only.
+    let err = check(&ar, &jail.join("var"), &opts).unwrap_err();
+    assert!(err.to_string().contains("host root"), "{err}");
 }

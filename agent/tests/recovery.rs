@@ -335,7 +335,7 @@ fn three_stages_with_a_reboot_between() {
         &r#"oc patch kubeapiserver cluster --type=merge -p {"spec":{"forceRedeploymentReason":"recovery-2026-11-25T12:00:00Z"}}"#
     ));
     // Finished: a new run starts a new recovery (not "already started"); a backup is allowed.
-    assert!(!backup::recovery_in_progress(&root.join("var/recovery")));
+    assert!(!backup::recovery_in_progress(&root.join("var/recovery")).unwrap());
 }
 
 #[test]
@@ -726,8 +726,13 @@ fn a_bad_archive_is_refused_before_anything_is_changed() {
     assert!(!d.path().join("escaped").exists());
 }
 
-/// Item 3: a destination reached through a symlink is refused before anything changes, and
-/// nothing is written or deleted where the link points.
+/// Item 3, with links followed as the host follows them but never out of the host root. A
+/// destination behind a link to an absolute path elsewhere on the machine resolves inside the
+/// root, where there is nothing: refused. One whose link leads, inside the root, to a place that
+/// is not a destination of its own (the root itself, through `..` clamped at the root; `/var`,
+/// which holds `/var/lib/kubelet` and the recovery directory): refused too. Each before any
+/// command runs, with the host tree as it was and nothing written or deleted where a link
+/// points (the real trees were moved there).
 #[test]
 fn a_destination_behind_a_symlink_is_refused_before_anything_is_changed() {
     if !require(
@@ -738,31 +743,69 @@ fn a_destination_behind_a_symlink_is_refused_before_anything_is_changed() {
     }
     let d = tempfile::tempdir().unwrap();
     let e = Etcd::start("m1", &d.path().join("etcd"), d.path(), None, None);
-    // (host path replaced by a link, the destination named in the error)
-    let cases = [
-        ("etc", "/etc"),
-        ("usr", "/usr/local"),
-        ("var/lib", "/var/lib/kubelet"),
-        ("opt", "/opt"),
+    // (host path replaced by a link, its target (None: the moved tree, outside the host
+    // root), the destination named in the error, what the error says)
+    let cases: [(&str, Option<&str>, &str, &str); 6] = [
+        ("etc", None, "/etc", "does not exist inside the host root"),
+        (
+            "usr",
+            None,
+            "/usr/local",
+            "does not exist inside the host root",
+        ),
+        (
+            "var/lib",
+            None,
+            "/var/lib/kubelet",
+            "does not exist inside the host root",
+        ),
+        ("opt", None, "/", "does not exist inside the host root"),
+        (
+            "usr/local",
+            Some("../../../../../../../.."),
+            "/usr/local",
+            "is the host root itself",
+        ),
+        ("etc", Some("/var"), "/etc", "holds /var/lib/kubelet"),
     ];
-    for (i, (link, dest)) in cases.iter().enumerate() {
+    for (i, (link, to, dest, says)) in cases.iter().enumerate() {
         let root = d.path().join(format!("c{i}"));
         prepared(&root, &e);
         let outside = d.path().join(format!("outside{i}"));
         std::fs::create_dir_all(&outside).unwrap();
-        let target = outside.join("moved");
-        std::fs::rename(root.join(link), &target).unwrap();
+        let moved = outside.join("moved");
+        std::fs::rename(root.join(link), &moved).unwrap();
+        let target = to.map_or(moved.clone(), PathBuf::from);
         std::os::unix::fs::symlink(&target, root.join(link)).unwrap();
         let outside_before = tree(&outside);
         let host_before = tree(&root);
         let n = node();
         let err = recovery::run(&rcfg(&root, &n, Mode::Start), &Say::default()).expect_err(link);
         let msg = err.to_string();
-        let link_path = root.join(link).display().to_string();
         assert!(
-            msg.contains(&link_path) && msg.contains("symlink") && msg.contains(dest),
+            matches!(err, RecoverError::Destination { .. })
+                && msg.starts_with(&format!("destination {dest}: "))
+                && msg.contains(says)
+                && msg.contains("nothing was changed"),
             "{link}: {msg}"
         );
+        if to.is_none() {
+            // Named: the link, where it points, and what is missing of that inside the root.
+            let link_path = root.join(link).display().to_string();
+            let first = moved
+                .strip_prefix("/")
+                .unwrap()
+                .components()
+                .next()
+                .unwrap();
+            let inside = format!("{} is missing", root.join(first).display());
+            assert!(
+                msg.contains(&link_path)
+                    && msg.contains(&moved.display().to_string())
+                    && msg.contains(&inside),
+                "{link}: {msg}"
+            );
+        }
         assert!(commands(&n).is_empty(), "{link}: ran {:?}", commands(&n));
         assert_eq!(
             tree(&outside),
@@ -771,6 +814,93 @@ fn a_destination_behind_a_symlink_is_refused_before_anything_is_changed() {
         );
         assert_eq!(tree(&root), host_before, "{link}: the host changed");
     }
+}
+
+/// RHCOS keeps `/usr/local` and `/opt` in `/var` (`/usr/local -> ../var/usrlocal`,
+/// `/opt -> var/opt`). The backup archives the content the host sees there (not the link, not
+/// an empty tree); the recovery restores it into `/var/usrlocal` and `/var/opt` through the
+/// links, which stay links, with the same result as on a node without them.
+#[test]
+fn an_rhcos_tree_with_symlinked_usr_local_and_opt_is_backed_up_and_recovered() {
+    if !require(
+        "an_rhcos_tree_with_symlinked_usr_local_and_opt_is_backed_up_and_recovered",
+        &["etcd", "etcdctl"],
+    ) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let e = Etcd::start("m1", &d.path().join("etcd"), d.path(), None, None);
+    let root = d.path().join("host");
+    for dir in ["var/usrlocal", "var/opt", "usr"] {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    std::os::unix::fs::symlink("../var/usrlocal", root.join("usr/local")).unwrap();
+    std::os::unix::fs::symlink("var/opt", root.join("opt")).unwrap();
+    // The node's files are written through the links, into /var.
+    let before = prepared(&root, &e);
+    assert!(root.join("var/usrlocal/bin/helper").is_file());
+    assert!(root.join("var/opt/extra/tool.sh").is_file());
+
+    // What the backup holds: the content of /usr/local, and /opt's file under its host path.
+    let entries = |prefix: &str| -> Vec<(String, tar::EntryType)> {
+        let f = std::fs::File::open(backup_file(&root, &artifact_named(&root, prefix))).unwrap();
+        let mut ar = tar::Archive::new(zstd::Decoder::new(f).unwrap());
+        ar.entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let kind = e.header().entry_type();
+                (e.path().unwrap().display().to_string(), kind)
+            })
+            .filter(|(_, kind)| *kind != tar::EntryType::XHeader)
+            .collect()
+    };
+    assert_eq!(
+        entries("local.tar"),
+        [
+            ("bin".to_owned(), tar::EntryType::Directory),
+            ("bin/helper".to_owned(), tar::EntryType::Regular),
+            ("bin/helper-link".to_owned(), tar::EntryType::Symlink),
+        ]
+    );
+    assert_eq!(
+        entries("extras.tar"),
+        [("opt/extra/tool.sh".to_owned(), tar::EntryType::Regular)]
+    );
+
+    let n = node();
+    let say = Say::default();
+    let o = recovery::run(&rcfg(&root, &n, Mode::Start), &say).unwrap();
+    assert!(o.next.contains("systemctl reboot"), "{}", o.next);
+    let lines = say.lines.lock().unwrap().join("\n");
+    let usrlocal = root.join("var/usrlocal").display().to_string();
+    assert!(
+        lines.contains(&format!(
+            "restore-usr-local: 3 entries restored into /usr/local (resolved to {usrlocal}), 1 stale paths removed"
+        )),
+        "{lines}"
+    );
+    set_boot(&root, "boot-1");
+    let o = recovery::run(&rcfg(&root, &n, Mode::Resume), &Say::default()).unwrap();
+    assert!(o.finished, "{}", o.next);
+
+    assert_eq!(state(&root), expected(&before));
+    for (link, target) in [("usr/local", "../var/usrlocal"), ("opt", "var/opt")] {
+        assert_eq!(
+            std::fs::read_link(root.join(link)).unwrap(),
+            Path::new(target),
+            "{link} is still the same link"
+        );
+    }
+    assert_eq!(
+        std::fs::read(root.join("var/usrlocal/bin/helper")).unwrap(),
+        b"#!/bin/sh\necho helper\n"
+    );
+    assert!(!root.join("var/usrlocal/bin/new").exists());
+    assert_eq!(
+        std::fs::read(root.join("var/opt/extra/tool.sh")).unwrap(),
+        b"#!/bin/sh\necho extra\n"
+    );
 }
 
 /// Item 4: `--restart` works whatever the journal holds; the bad journal is kept beside it.

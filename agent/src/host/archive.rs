@@ -8,9 +8,11 @@
 //!
 //! Restoring checks the whole archive first ([`check`], a complete dry run that reads every
 //! byte), then extracts: absolute names, `..`, hard links to outside the archive, symlinks that
-//! resolve outside the jail, writes through symlinks (in the archive or on disk, see
-//! [`check_dir_beneath`]), and truncated or damaged archives are refused before anything is
-//! written.
+//! resolve outside the jail, writes through symlinks (in the archive, or on disk below the
+//! target, see [`check_dir_beneath`]), and truncated or damaged archives are refused before
+//! anything is written. An archive of host paths restored at the host root
+//! ([`RestoreOptions::host_paths`]) is the exception on disk: the directories on the way to
+//! each entry are resolved inside the root as the host resolves them ([`resolve_in_root`]).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
@@ -21,7 +23,7 @@ use std::path::{Component, Path, PathBuf};
 use ring::digest;
 
 use super::etcd::hex;
-use super::root::{InRootError, check_dir_beneath};
+use super::root::{InRootError, check_dir_beneath, resolve_in_root};
 
 /// Compression of an archive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -549,6 +551,12 @@ pub struct RestoreOptions<'a> {
     /// When set, mirror the archive: after extracting, delete what is in the target but not in
     /// the archive, except the paths (relative to the target) this function keeps.
     pub mirror_keep: Option<&'a dyn Fn(&Path) -> bool>,
+    /// The entries are host paths and the target is the host root (`jail` itself; no mirror):
+    /// the directories on the way to each entry are resolved inside the root as the host
+    /// resolves them ([`resolve_in_root`]: links followed, never out of the root), and the
+    /// entry is written where they lead (`opt/x` into `var/opt/x` on RHCOS). Otherwise every
+    /// directory on the way to an entry must be a real one ([`check_dir_beneath`]).
+    pub host_paths: bool,
 }
 
 impl std::fmt::Debug for RestoreOptions<'_> {
@@ -557,6 +565,7 @@ impl std::fmt::Debug for RestoreOptions<'_> {
             .field("jail", &self.jail)
             .field("allow_absolute_symlinks", &self.allow_absolute_symlinks)
             .field("mirror", &self.mirror_keep.is_some())
+            .field("host_paths", &self.host_paths)
             .finish()
     }
 }
@@ -607,9 +616,11 @@ impl<R: Read> Read for EofReader<'_, R> {
 /// name (no absolute paths, no `..`), type, link target (hard links only to earlier entries;
 /// symlinks not out of the jail) and data (read to the end: a truncated entry, a damaged
 /// compressed stream or a missing end-of-archive marker is refused); and the disk: `dest` is
-/// reached from the jail through real directories only, and so is every entry's parent, except
-/// where an earlier directory entry of the archive replaces what is on disk (the rule of
-/// [`check_dir_beneath`]). Returns the entry names, in archive order.
+/// reached from the jail through real directories only (a caller resolves it first), and so is
+/// every entry's parent, except where an earlier directory entry of the archive replaces what
+/// is on disk (the rule of [`check_dir_beneath`]); with [`RestoreOptions::host_paths`], every
+/// entry's parent (and directory) resolves inside the jail instead ([`resolve_in_root`]).
+/// Returns the entry names, in archive order.
 pub fn check(
     archive: &Path,
     dest: &Path,
@@ -625,6 +636,17 @@ pub fn check(
                 "target {} is outside the jail {}",
                 dest.display(),
                 opts.jail.display()
+            ),
+        });
+    }
+    if opts.host_paths && (dest_abs != jail || opts.mirror_keep.is_some()) {
+        return Err(ArchiveError::Unsafe {
+            archive: archive.to_owned(),
+            entry: String::new(),
+            reason: format!(
+                "an archive of host paths is restored at the host root {} itself, without a mirror (not into {})",
+                opts.jail.display(),
+                dest.display()
             ),
         });
     }
@@ -687,15 +709,26 @@ pub fn check(
                 )));
             }
         }
-        if let Some(parent) = name.parent().filter(|p| !p.as_os_str().is_empty()) {
-            match check_dir_beneath(dest, &dest.join(parent)) {
-                Ok(()) => {}
-                // The archive's own directory replaces it before this entry is written.
-                Err(InRootError::Symlink { path, .. } | InRootError::NotDir { path })
-                    if path.strip_prefix(dest).is_ok_and(|r| dirs.contains(r)) => {}
-                Err(e) => return Err(on_disk(e)),
+        let parent = name.parent().unwrap_or(Path::new(""));
+        // Where the entry's parent is on disk.
+        let at = if opts.host_paths {
+            let at = resolve_in_root(opts.jail, parent).map_err(on_disk)?;
+            if entry.header().entry_type() == tar::EntryType::Directory {
+                resolve_in_root(opts.jail, &name).map_err(on_disk)?;
             }
-        }
+            at
+        } else {
+            if !parent.as_os_str().is_empty() {
+                match check_dir_beneath(dest, &dest.join(parent)) {
+                    Ok(()) => {}
+                    // The archive's own directory replaces it before this entry is written.
+                    Err(InRootError::Symlink { path, .. } | InRootError::NotDir { path })
+                        if path.strip_prefix(dest).is_ok_and(|r| dirs.contains(r)) => {}
+                    Err(e) => return Err(on_disk(e)),
+                }
+            }
+            dest_abs.join(parent)
+        };
         let kind = entry.header().entry_type();
         match kind {
             tar::EntryType::Directory => {
@@ -720,8 +753,7 @@ pub fn check(
                         )));
                     }
                 } else {
-                    let parent = name.parent().unwrap_or(Path::new(""));
-                    let resolved = normalize_abs(&dest_abs.join(parent).join(&target));
+                    let resolved = normalize_abs(&at.join(&target));
                     if !resolved.starts_with(&jail) {
                         return Err(unsafe_entry(format!(
                             "symlink to {} escapes {}",
@@ -835,6 +867,8 @@ pub fn restore(
     ar.set_overwrite(true);
     let mut stats = RestoreStats::default();
     let mut dirs: Vec<(PathBuf, u64)> = Vec::new();
+    // Where each entry was written (host paths: for the hard links to it).
+    let mut written: HashMap<PathBuf, PathBuf> = HashMap::new();
     for entry in ar.entries().map_err(io_at(archive))? {
         let mut entry = entry.map_err(io_at(archive))?;
         let raw = entry.path().map_err(io_at(archive))?.into_owned();
@@ -846,16 +880,32 @@ pub fn restore(
         if name.as_os_str().is_empty() {
             continue;
         }
-        let target = dest.join(&name);
-        // Never write through a symlink that is on disk now (the rule `check` applied).
-        if let Some(parent) = name.parent() {
-            check_dir_beneath(dest, &dest.join(parent)).map_err(|e| ArchiveError::Unsafe {
-                archive: archive.to_owned(),
-                entry: raw.display().to_string(),
-                reason: e.to_string(),
-            })?;
-        }
         let is_dir = entry.header().entry_type() == tar::EntryType::Directory;
+        let on_disk = |e: InRootError| ArchiveError::Unsafe {
+            archive: archive.to_owned(),
+            entry: raw.display().to_string(),
+            reason: e.to_string(),
+        };
+        // The rule `check` applied, again: the disk may have changed since.
+        let parent = name.parent().unwrap_or(Path::new(""));
+        let target = if opts.host_paths {
+            let target = if is_dir {
+                resolve_in_root(opts.jail, &name).map_err(on_disk)?
+            } else {
+                resolve_in_root(opts.jail, parent)
+                    .map_err(on_disk)?
+                    .join(name.file_name().unwrap_or_default())
+            };
+            // What is missing on the way was in the entry's name (not a link's target).
+            if let Some(at) = target.parent() {
+                fs::create_dir_all(at).map_err(io_at(at))?;
+            }
+            target
+        } else {
+            // Never write through a symlink that is on disk now.
+            check_dir_beneath(dest, &dest.join(parent)).map_err(on_disk)?;
+            dest.join(&name)
+        };
         if let Ok(m) = fs::symlink_metadata(&target) {
             if m.is_dir() && !is_dir {
                 fs::remove_dir_all(&target).map_err(io_at(&target))?;
@@ -872,8 +922,29 @@ pub fn restore(
             tar::EntryType::Fifo | tar::EntryType::Char | tar::EntryType::Block
         ) {
             make_special(&entry, kind, &target).map_err(io_at(&target))?;
-        } else {
+        } else if !opts.host_paths {
             entry.unpack_in(dest).map_err(io_at(&target))?;
+        } else if kind == tar::EntryType::Link {
+            // To where the earlier entry was written (`check` made sure there is one).
+            let first = entry
+                .link_name()
+                .map_err(io_at(archive))?
+                .and_then(|l| safe_name(&l).ok())
+                .and_then(|l| written.get(&l).cloned())
+                .ok_or_else(|| ArchiveError::Unsafe {
+                    archive: archive.to_owned(),
+                    entry: raw.display().to_string(),
+                    reason: "hard link to an entry not written".into(),
+                })?;
+            if fs::symlink_metadata(&target).is_ok() {
+                fs::remove_file(&target).map_err(io_at(&target))?;
+            }
+            fs::hard_link(&first, &target).map_err(io_at(&target))?;
+        } else {
+            entry.unpack(&target).map_err(io_at(&target))?;
+        }
+        if opts.host_paths && !is_dir {
+            written.insert(name, target.clone());
         }
         if is_dir {
             // The tar crate sets xattrs on files only.

@@ -63,7 +63,7 @@ pub enum InRootError {
     },
     /// A symbolic link on the way points to nothing inside the root.
     #[error(
-        "{} is a symlink to {}, which does not exist inside the host root (it resolves to {}); nothing is created where a link points",
+        "{} is a symlink to {}, which does not exist inside the host root ({} is missing); nothing is created where a link points",
         link.display(),
         target.display(),
         resolved.display()
@@ -73,7 +73,7 @@ pub enum InRootError {
         link: PathBuf,
         /// What it points to.
         target: PathBuf,
-        /// Where that is, inside the root (the first missing component).
+        /// The first missing component of where it leads, inside the root.
         resolved: PathBuf,
     },
     /// Too many links were followed (a loop).

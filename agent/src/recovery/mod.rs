@@ -4,8 +4,11 @@
 //! 1. Preflight, every run, before anything changes: the backup is complete and every artifact
 //!    matches the manifest; every archive passes a complete dry run of its restore (no absolute
 //!    names, no `..`, no links out of the host root, not truncated, the layout its step expects,
-//!    not empty where the live tree is not); every destination is a real directory reached from
-//!    the host root without following a link ([`crate::host::root::check_dir_beneath`]).
+//!    not empty where the live tree is not); every destination is resolved inside the host root
+//!    as the host resolves it ([`crate::host::root::resolve_in_root`]: `/usr/local` is
+//!    `/var/usrlocal` on RHCOS; nothing outside the root, no dangling link) to a place of its
+//!    own ([`destination`]), and the archive's entries are written below it through real
+//!    directories only (the extras, host paths, are each resolved the same way).
 //! 2. OS: from `ostree admin status`, roll back to the pinned deployment (reboots), or say that
 //!    none is needed. Without a pinned deployment, stop unless `--force`.
 //! 3. `restore_files`: stop kubelet and the pods, wipe CRI-O, restore `/usr/local`, `/etc`
@@ -386,23 +389,27 @@ fn preflight(
         .filter(|l| !l.trim().is_empty())
         .map(str::to_owned)
         .collect();
-    let destination = |dest: &str, reason: String| RecoverError::Destination {
+    let on_disk = |dest: &str, reason: String| RecoverError::Destination {
         dest: dest.into(),
         reason,
     };
     let check = |name: &str, host_dir: &str, keep: Option<&dyn Fn(&Path) -> bool>| {
-        let dest = root
-            .resolve_dir(host_dir)
-            .map_err(|e| destination(host_dir, e.to_string()))?;
+        let dest = if keep.is_some() {
+            destination(cfg, host_dir)?
+        } else {
+            root.resolve_dir(host_dir)
+                .map_err(|e| on_disk(host_dir, e.to_string()))?
+        };
         let opts = RestoreOptions {
             jail: root.path(),
             allow_absolute_symlinks: true,
             mirror_keep: keep,
+            host_paths: host_dir == "/",
         };
         archive::check(&backup.join(name), &dest, &opts)
             .map(|names| (dest, names))
             .map_err(|e| match e {
-                ArchiveError::OnDisk { .. } => destination(host_dir, e.to_string()),
+                ArchiveError::OnDisk { .. } => on_disk(host_dir, e.to_string()),
                 e => RecoverError::Archive {
                     name: name.into(),
                     reason: e.to_string(),
@@ -448,6 +455,60 @@ fn preflight(
         });
     }
     Ok(exclusions)
+}
+
+/// Where the mirrored restore of `host_dir` writes: the directory resolved inside the host root
+/// as the host resolves it ([`crate::host::root::resolve_in_root`]; `/usr/local` is
+/// `<root>/var/usrlocal` on RHCOS), which must be a place of its own: not the root itself, and
+/// neither holding nor held by another mirrored destination or the recovery directory (the
+/// mirror deletes what its archive does not hold). A link that leads elsewhere inside the root
+/// is followed as the host follows it; one that leads to nothing is refused.
+fn destination(cfg: &RecoverConfig, host_dir: &str) -> Result<PathBuf, RecoverError> {
+    let root = &cfg.host.root;
+    let refuse = |reason: String| RecoverError::Destination {
+        dest: host_dir.into(),
+        reason,
+    };
+    let dest = root
+        .resolve_dir(host_dir)
+        .map_err(|e| refuse(e.to_string()))?;
+    let shown = if dest == root.join(host_dir) {
+        dest.display().to_string()
+    } else {
+        format!("it resolves through symlinks to {}, which", dest.display())
+    };
+    if dest == root.path() {
+        return Err(refuse(format!(
+            "{shown} is the host root itself; a mirrored restore there would delete everything its archive does not hold"
+        )));
+    }
+    let recovery_dir = cfg.dir.display().to_string();
+    let others = RESTORES
+        .iter()
+        .filter(|(_, _, other, mirror)| *mirror && *other != host_dir)
+        .map(|(_, _, other, _)| (*other, other.to_string()))
+        .chain([(
+            recovery_dir.as_str(),
+            format!("the recovery directory {recovery_dir}"),
+        )]);
+    for (other, what) in others {
+        // One that does not resolve is refused by its own check.
+        let Ok(at) = root.resolve_dir(other) else {
+            continue;
+        };
+        let clash = if at.starts_with(&dest) {
+            "holds"
+        } else if dest.starts_with(&at) {
+            "is inside"
+        } else {
+            continue;
+        };
+        return Err(refuse(format!(
+            "{shown} {clash} {what} ({}); a mirrored restore of {host_dir} must not reach it",
+            at.display()
+        )));
+    }
+    Ok(dest)
 }
 
 /// The layout of a mirrored tree's archive: the tree's content (not the directory itself), and
@@ -645,13 +706,27 @@ impl Run<'_> {
     ) -> Result<(), RecoverError> {
         let archive_path = self.artifact(base)?;
         let root = &self.cfg.host.root;
-        let dest = root.join(host_dir);
+        // The preflight's rule again (the host may have changed since).
+        let dest = if mirror {
+            destination(self.cfg, host_dir).map_err(|e| RecoverError::Step {
+                step: step.into(),
+                reason: match e {
+                    RecoverError::Destination { dest, reason } => {
+                        format!("destination {dest}: {reason}")
+                    }
+                    e => e.to_string(),
+                },
+            })?
+        } else {
+            root.path().to_owned()
+        };
         let exclusions: &[String] = if base == "etc" { &self.exclusions } else { &[] };
         let keep = |rel: &Path| crate::backup::layout::is_excluded(exclusions, rel);
         let opts = RestoreOptions {
             jail: root.path(),
             allow_absolute_symlinks: true,
             mirror_keep: mirror.then_some(&keep as &dyn Fn(&Path) -> bool),
+            host_paths: host_dir == "/",
         };
         let stats = archive::restore(&archive_path, &dest, &opts).map_err(|e: ArchiveError| {
             RecoverError::Step {
@@ -659,8 +734,13 @@ impl Run<'_> {
                 reason: e.to_string(),
             }
         })?;
+        let resolved = if dest == root.join(host_dir) {
+            String::new()
+        } else {
+            format!(" (resolved to {})", dest.display())
+        };
         self.rep.say(&format!(
-            "{step}: {} entries restored into {host_dir}, {} stale paths removed",
+            "{step}: {} entries restored into {host_dir}{resolved}, {} stale paths removed",
             stats.entries, stats.deleted
         ));
         Ok(())
