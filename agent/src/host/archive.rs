@@ -79,7 +79,8 @@ pub enum ArchiveError {
         reason: String,
     },
     /// The restore would write or delete through something on disk that is not a real
-    /// directory (a symlink, a file): the target or a directory on the way to an entry.
+    /// directory (a symlink, a file): the target or a directory on the way to an entry; or,
+    /// for host paths, a directory on the way that does not resolve inside the jail.
     #[error("refusing to restore {archive} into {dest}: {source}")]
     OnDisk {
         /// The archive.

@@ -117,8 +117,10 @@ pub enum RecoverError {
         /// What is wrong.
         reason: String,
     },
-    /// A destination, or a directory on the way to it or to one of its entries, is a symlink
-    /// or not a directory. Found by the preflight: nothing was changed.
+    /// A destination cannot be restored into: a link on the way to it leads to nothing inside
+    /// the host root, it resolves to the root or overlaps another restored tree or the recovery
+    /// directory, a directory on the way to it or to one of its entries is not a directory (or,
+    /// below the destination, is a symlink). Found by the preflight: nothing was changed.
     #[error(
         "destination {dest}: {reason}. Put the real directory in its place, then run the same command again; nothing was changed"
     )]
