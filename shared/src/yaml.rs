@@ -454,11 +454,12 @@ mod tests {
         assert_eq!(from_str_value("").unwrap(), Value::Null);
     }
 
-    /// A 64 KiB scalar aliased 1,000 times: 64 MiB once expanded, from a 70 KiB text.
+    /// A 256 KiB scalar aliased 99 times (serde-saphyr's alias/anchor ratio check starts at
+    /// 100 aliases): 25 MiB once expanded, from a 257 KiB text.
     fn wide_bomb() -> String {
-        let big = "x".repeat(64 * 1024);
+        let big = "x".repeat(256 * 1024);
         let mut text = format!("a: &s {big}\nb:\n");
-        for _ in 0..1_000 {
+        for _ in 0..99 {
             text.push_str("- *s\n");
         }
         text
