@@ -34,7 +34,7 @@ use crate::selection::{SelectionError, select_clusters};
 use crate::snapshot::{Compliance, Snapshot};
 use crate::tasks::{self, ClusterInput, Kind, NewTask, states};
 use crate::timeouts::{batch_timeout, global_timed_out};
-use crate::validate::{dependency_order, platform_image, validate_policies};
+use crate::validate::{dependency_order, platform_image, spec_failure, validate_policies};
 
 /// Everything a reconcile needs besides the CGU and the snapshot.
 #[derive(Clone, Copy)]
@@ -647,7 +647,7 @@ impl<'a> Run<'a> {
     fn validate(&mut self, clusters: &[String]) -> Option<Policies> {
         let managed = self.cgu.spec.managed_policies.clone().unwrap_or_default();
         let v = validate_policies(&managed, clusters, self.snap);
-        if let Some(f) = v.failure() {
+        if let Some(f) = spec_failure(&self.cgu.spec).or_else(|| v.failure()) {
             let changed =
                 self.cond_message(types::VALIDATED).as_deref() != Some(f.message.as_str());
             self.set_cond(types::VALIDATED, false, f.reason, &f.message);
