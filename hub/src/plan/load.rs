@@ -5,8 +5,8 @@
 //! objects of the kinds the engine reads are also parsed into their typed views here, so bad
 //! input fails before the engine runs, with one line naming file, document and field path.
 //!
-//! Hostile input is refused in memory bounded by its size ([`Limits`]): at most
-//! [`MAX_INPUT_BYTES`] and [`MAX_OBJECTS`] in all, YAML aliases counted at their expanded size,
+//! Hostile input is refused in memory bounded by its size: at most [`MAX_INPUT_BYTES`] and
+//! [`MAX_OBJECTS`] in all, YAML aliases counted at their expanded size,
 //! duplicate keys refused in JSON as in YAML. The objects the engine reads are checked as the
 //! API server and TALM's validation would (names, label selectors, `maxConcurrency`, repeated
 //! `managedPolicies`).
@@ -30,11 +30,11 @@ pub const MAX_OBJECTS: usize = 500_000;
 
 /// How much input one run accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
+struct Limits {
     /// Bytes, all inputs together.
-    pub bytes: u64,
+    bytes: u64,
     /// Objects, all inputs together.
-    pub objects: usize,
+    objects: usize,
 }
 
 impl Default for Limits {
@@ -49,7 +49,7 @@ impl Default for Limits {
 impl Limits {
     /// The byte limit as the README states it.
     fn bytes_shown(&self) -> String {
-        if self.bytes % (1024 * 1024) == 0 {
+        if self.bytes.is_multiple_of(1024 * 1024) {
             format!("{} MiB", self.bytes / (1024 * 1024))
         } else {
             format!("{} bytes", self.bytes)
@@ -135,7 +135,7 @@ pub enum InputError {
     /// `-` was given more than once.
     #[error("-: stdin can only be read once")]
     StdinTwice,
-    /// The inputs together are larger than [`Limits::bytes`].
+    /// The inputs together are larger than [`MAX_INPUT_BYTES`].
     #[error("{path}: the input is larger than {limit} (all files together), the most `plan` reads")]
     TooLarge {
         /// The input that crossed the limit.
@@ -143,7 +143,7 @@ pub enum InputError {
         /// The limit, e.g. `256 MiB`.
         limit: String,
     },
-    /// The inputs together hold more than [`Limits::objects`] objects.
+    /// The inputs together hold more than [`MAX_OBJECTS`] objects.
     #[error(
         "{path}: the input holds more than {limit} objects (all files together), the most `plan` reads"
     )]
@@ -202,20 +202,11 @@ enum Syntax {
 }
 
 /// Reads every object from `paths` (`-` reads `stdin`). Directories contribute their
-/// `*.yaml`, `*.yml` and `*.json` files sorted by name (not recursive). The default [`Limits`]
-/// apply.
+/// `*.yaml`, `*.yml` and `*.json` files sorted by name (not recursive). At most
+/// [`MAX_INPUT_BYTES`] and [`MAX_OBJECTS`] in all.
 pub fn load_paths(paths: &[PathBuf], stdin: &mut dyn Read) -> Result<Vec<Loaded>, InputError> {
-    load_paths_with(paths, stdin, Limits::default())
-}
-
-/// [`load_paths`] with explicit limits.
-pub fn load_paths_with(
-    paths: &[PathBuf],
-    stdin: &mut dyn Read,
-    limits: Limits,
-) -> Result<Vec<Loaded>, InputError> {
     let mut reader = Reader {
-        limits,
+        limits: Limits::default(),
         bytes: 0,
         out: Vec::new(),
     };
