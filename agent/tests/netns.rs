@@ -160,7 +160,7 @@ async fn partition_and_heal_across_network_namespaces() {
         }
     };
     let dir = tempfile::tempdir().unwrap();
-    let now = SystemClock.now();
+    let now = SystemClock.system_time();
     let year = Duration::from_secs(365 * 86_400);
     let hub_ca = talm_shared::pki::new_ca("netns hub CA", now, year).unwrap();
     let leaf = talm_shared::pki::server_cert(&hub_ca, &[hub_ip.to_string()], now, year).unwrap();

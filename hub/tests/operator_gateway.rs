@@ -338,7 +338,7 @@ async fn replicas_starting_at_once_share_one_agent_ca() {
             .verb(Verb::Create)
             .resource("secrets"),
     );
-    let now = SystemClock.now();
+    let now = SystemClock.system_time();
     let names = vec!["127.0.0.1".to_string()];
     let (c1, c2) = (double.client(), double.client());
     let (ca1, ca2, s1, s2) = tokio::join!(

@@ -38,6 +38,7 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use talm_shared::api::cgu::PrecachingSpec;
+use talm_shared::clock::Clock;
 use tokio::time::Instant;
 
 use self::cache::{Cache, CacheError};
@@ -161,23 +162,14 @@ impl Options {
 }
 
 /// What the engine needs from the node.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Deps {
     /// statvfs and the kubelet threshold (the space check).
     pub host: Arc<dyn HostInfo>,
     /// Runs skopeo.
     pub runner: Arc<dyn CommandRunner>,
-    /// The wall clock as RFC 3339 text (for the status file).
-    pub now: status::Now,
-}
-
-impl std::fmt::Debug for Deps {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Deps")
-            .field("host", &self.host)
-            .field("runner", &self.runner)
-            .finish_non_exhaustive()
-    }
+    /// The wall clock (for the status file's times).
+    pub clock: Arc<dyn Clock>,
 }
 
 /// Called about twice a second with the current status (progress bars, hub progress).
@@ -196,7 +188,7 @@ pub async fn run(
         &opts.state_dir,
         &opts.task_id,
         &spec::hash(spec),
-        deps.now.clone(),
+        deps.clock.clone(),
     ));
     journal.set_state(State::Starting, "");
     let ticker = {

@@ -252,7 +252,7 @@ pub fn ensure_pki(
     clock: &dyn Clock,
 ) -> Result<(Vec<u8>, Vec<u8>, Authority), CliError> {
     let ten_years = Duration::from_secs(10 * 365 * 86_400);
-    let now = clock.now();
+    let now = clock.system_time();
     let agent_ca = match (read(&paths.agent_ca_cert)?, read(&paths.agent_ca_key)?) {
         (Some(c), Some(k)) => Authority {
             cert_pem: String::from_utf8_lossy(&c).into_owned(),

@@ -182,7 +182,7 @@ impl Enroller {
     }
 
     fn sign(&self, cluster: &str, csr_pem: &str) -> Result<Issued, EnrollError> {
-        let now = self.clock.now();
+        let now = self.clock.system_time();
         let mut serial = random(16)?;
         serial[0] &= 0x7f;
         serial[0] |= 0x01;

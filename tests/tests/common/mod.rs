@@ -49,7 +49,7 @@ impl Pki {
     }
 
     pub fn with_names(names: &[String]) -> Self {
-        let now = SystemClock.now();
+        let now = SystemClock.system_time();
         let year = Duration::from_secs(365 * 86_400);
         let hub_ca = pki::new_ca("test hub CA", now, year).unwrap();
         let leaf = pki::server_cert(&hub_ca, names, now, year).unwrap();

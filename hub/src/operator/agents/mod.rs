@@ -151,7 +151,7 @@ impl AgentGateway {
     ) -> Result<Self, OperatorError> {
         let client = shared.client.clone();
         let ns = settings.namespace.as_str();
-        let agent_ca = pki::ensure_agent_ca(client.clone(), ns, clock.now())
+        let agent_ca = pki::ensure_agent_ca(client.clone(), ns, clock.system_time())
             .await
             .map_err(gateway_err("agent CA"))?;
         let serving = match &settings.serving {
@@ -161,7 +161,7 @@ impl AgentGateway {
                 ca_pem: None,
             },
             ServingTls::Generated { names } => {
-                pki::ensure_serving(client.clone(), ns, names, clock.now())
+                pki::ensure_serving(client.clone(), ns, names, clock.system_time())
                     .await
                     .map_err(gateway_err("serving certificate"))?
             }
