@@ -105,7 +105,7 @@ impl Node {
             .arg("--storage-driver")
             .arg("vfs")
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env("TALM_LOG_LEVEL", "info")
             .env_remove("TALM_AGENT_STATE_DIR")
             .stdin(Stdio::null());
         c

@@ -103,7 +103,7 @@ fn main() -> anyhow::Result<()> {
             talm_shared::telemetry::init(&talm_shared::telemetry::LogArgs {
                 log_level: "warn".into(),
                 log_format: talm_shared::telemetry::LogFormat::Plain,
-            });
+            })?;
             let args = GatewayArgs {
                 state_dir,
                 listen,
