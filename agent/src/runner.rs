@@ -13,7 +13,7 @@ use talm_shared::clock::{Clock, SystemClock};
 use tokio::sync::mpsc;
 
 use crate::backup::task::BackupTaskConfig;
-use crate::facts::{CONTAINERS_STORAGE, HostInfo};
+use crate::facts::{CONTAINERS_STORAGE, HostInfo, host_stats};
 use crate::journal::Task;
 
 /// Live progress, forwarded to the hub best-effort (never journaled).
@@ -204,7 +204,7 @@ const GIB: u64 = 1024 * 1024 * 1024;
 /// TALM's `check_space`: with `high` the image-GC threshold, `avail = high% × size − used`;
 /// the check passes when `avail ≥ required` (or, with no requirement, when `avail > 0`).
 pub fn check_space(host: &dyn HostInfo, space_required_gib: u64) -> (TaskOutcome, String) {
-    let stats = match host.statvfs(CONTAINERS_STORAGE) {
+    let stats = match host_stats(host, CONTAINERS_STORAGE) {
         Ok(s) => s,
         Err(e) => {
             return (
@@ -299,13 +299,22 @@ impl TaskRunner for HostRunner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::facts::FsStats;
+    use crate::host::disk::{Disk, FsStats};
+    use crate::host::root::HostRoot;
 
     #[derive(Debug)]
-    struct Fake(FsStats, u32);
-    impl HostInfo for Fake {
-        fn statvfs(&self, _: &str) -> std::io::Result<FsStats> {
+    struct Fake(FsStats, u32, HostRoot);
+    impl Disk for Fake {
+        fn stats(&self, _: &std::path::Path) -> std::io::Result<FsStats> {
             Ok(self.0)
+        }
+        fn is_mount_point(&self, _: &std::path::Path) -> std::io::Result<bool> {
+            Ok(false)
+        }
+    }
+    impl HostInfo for Fake {
+        fn root(&self) -> &HostRoot {
+            &self.2
         }
         fn image_gc_high_threshold(&self) -> u32 {
             self.1
@@ -337,6 +346,7 @@ mod tests {
                 available: 90 * GIB,
             },
             85,
+            HostRoot::new("/"),
         ))
     }
 
@@ -395,6 +405,7 @@ mod tests {
                 available: 50 * GIB,
             },
             85,
+            HostRoot::new("/"),
         );
         assert_eq!(check_space(&h, 35).0, TaskOutcome::Succeeded);
         let (o, msg) = check_space(&h, 36);
@@ -408,6 +419,7 @@ mod tests {
                 available: 10 * GIB,
             },
             85,
+            HostRoot::new("/"),
         );
         assert_eq!(check_space(&full, 0).0, TaskOutcome::Failed);
         assert_eq!(check_space(&h, 0).0, TaskOutcome::Succeeded);

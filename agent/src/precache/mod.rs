@@ -49,6 +49,7 @@ use self::sources::{Mirrors, PullSecret, SourceError};
 use self::status::{ImageState, ImageStatus, Journal, PrecacheStatus, State};
 use crate::facts::HostInfo;
 use crate::host::exec::{CommandRunner, ExecError};
+use crate::host::root::HostRoot;
 
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
@@ -263,7 +264,7 @@ fn space_check(host: &Arc<dyn HostInfo>, gib: u64) -> Result<String, PrecacheErr
 
 fn pull_config(opts: &Options) -> Result<PullConfig, PrecacheError> {
     let mirrors = Mirrors::load(&opts.host_root)?;
-    let secret_path = crate::facts::host_path(&opts.host_root, "/var/lib/kubelet/config.json");
+    let secret_path = HostRoot::new(&opts.host_root).join("/var/lib/kubelet/config.json");
     let secret = if secret_path.exists() {
         Some(PullSecret::load(&secret_path)?)
     } else {
