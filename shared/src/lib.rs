@@ -2,10 +2,11 @@
 //!
 //! - [`api`]: the API types talm owns (`ClusterGroupUpgrade`, `PreCachingConfig`, `SpokeAgent`)
 //!   and typed views of the RHACM objects the hub reads and writes.
+//! - [`hex`]: lower-case hex encoding.
 //! - With the `runtime` feature, helpers for the two daemons: [`tls`] (rustls/ring, TLS 1.3,
 //!   certificate identity), [`pki`] (rcgen CAs, CSRs, signing), [`fsutil`] (atomic durable
-//!   writes), [`clock`] (the time seam), [`telemetry`] (tracing setup) and [`yaml`] (parser
-//!   budgets for large YAML inputs).
+//!   writes), [`clock`] (the clock seam and a manual test clock), [`telemetry`] (the logging
+//!   flags and setup of both binaries) and [`yaml`] (parser budgets for large YAML inputs).
 //!
 //! With the `kube` feature the types also carry kube's `CustomResource`/`Resource` derives, so the
 //! hub can use them with `kube::Api` and generate CRDs. Without it (the engine's build) they are
@@ -17,6 +18,7 @@ pub mod api;
 pub mod clock;
 #[cfg(feature = "runtime")]
 pub mod fsutil;
+pub mod hex;
 #[cfg(feature = "runtime")]
 pub mod pki;
 #[cfg(feature = "runtime")]

@@ -6,8 +6,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-
-use crate::host::root::write_atomic;
+use talm_shared::fsutil::atomic_write;
 
 /// The journal's content.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,7 +57,7 @@ impl Journal {
             path: path.to_owned(),
             reason: e.to_string(),
         })?;
-        write_atomic(path, &text).map_err(|e| JournalError {
+        atomic_write(path, &text, 0o644).map_err(|e| JournalError {
             path: path.to_owned(),
             reason: e.to_string(),
         })

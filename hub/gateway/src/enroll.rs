@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use ring::rand::{SecureRandom, SystemRandom};
 use talm_shared::clock::Clock;
+use talm_shared::hex;
 use talm_shared::pki::{Authority, PkiError, sign_agent_csr};
 use talm_shared::tls::{cert_info, certs_from_pem, check_cluster_name};
 use tonic::Status;
@@ -68,10 +69,6 @@ impl From<EnrollError> for Status {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn random(n: usize) -> Result<Vec<u8>, EnrollError> {
     let mut v = vec![0u8; n];
     SystemRandom::new()
@@ -82,7 +79,7 @@ fn random(n: usize) -> Result<Vec<u8>, EnrollError> {
 
 /// Hex SHA-256 of a token secret.
 pub fn secret_hash(secret: &str) -> String {
-    hex(ring::digest::digest(&ring::digest::SHA256, secret.as_bytes()).as_ref())
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, secret.as_bytes()).as_ref())
 }
 
 /// Issues a bootstrap token for `cluster`, valid for `ttl`. Returns `<id>.<secret>`; only the
@@ -94,8 +91,8 @@ pub fn issue_token(
     ttl: Duration,
 ) -> Result<String, EnrollError> {
     check_cluster_name(cluster).map_err(EnrollError::InvalidCluster)?;
-    let id = hex(&random(6)?);
-    let secret = hex(&random(16)?);
+    let id = hex::encode(&random(6)?);
+    let secret = hex::encode(&random(16)?);
     let ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
     store.add_token(&TokenRecord {
         id: id.clone(),
