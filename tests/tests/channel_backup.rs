@@ -87,7 +87,7 @@ fn runner(root: &Path, template: &talm_agent::backup::BackupConfig) -> Arc<dyn T
     }))
 }
 
-fn put_backup(hub: &Hub, cluster: &str, id: &str, deadline_in: i64) {
+async fn put_backup(hub: &Hub, cluster: &str, id: &str, deadline_in: i64) {
     let spec = SpokeAgentSpec {
         backup: Some(BackupTask {
             id: id.into(),
@@ -95,7 +95,7 @@ fn put_backup(hub: &Hub, cluster: &str, id: &str, deadline_in: i64) {
         }),
         ..Default::default()
     };
-    hub.agents.put_spec(cluster, &spec).unwrap();
+    hub.agents.put_spec(cluster, &spec).await.unwrap();
 }
 
 fn backup_state(hub: &Hub, cluster: &str) -> Option<(String, String, String)> {
@@ -130,7 +130,12 @@ async fn connected(dir: &Path, cmds: Arc<dyn CommandRunner>) -> (Hub, Node, Runn
     let hub = Hub::start(&dir.join("hub"), &pki, fast_config()).await;
     let n = node(&dir.join("node"), cmds);
     let a = RunningAgent::start(
-        agent_config(&hub.url(), &pki, &dir.join("a"), Some(hub.token("sno-a"))),
+        agent_config(
+            &hub.url(),
+            &pki,
+            &dir.join("a"),
+            Some(hub.token("sno-a").await),
+        ),
         runner(&n.root, &n.template),
         &n.root,
     );
@@ -167,7 +172,7 @@ async fn a_hub_assigned_backup_runs_to_succeeded() {
     }
     let dir = tempfile::tempdir().unwrap();
     let (hub, n, a) = connected(dir.path(), Arc::new(RealRunner::new())).await;
-    put_backup(&hub, "sno-a", "ns/cgu/uid/backup", 600);
+    put_backup(&hub, "sno-a", "ns/cgu/uid/backup", 600).await;
     eventually(120, "backup succeeded", || {
         backup_state(&hub, "sno-a").is_some_and(|(_, s, _)| s == "Succeeded")
     })
@@ -194,12 +199,12 @@ async fn an_agent_without_backup_settings_rejects_the_task() {
             &hub.url(),
             &pki,
             &dir.path().join("a"),
-            Some(hub.token("sno-a")),
+            Some(hub.token("sno-a").await),
         ),
         RunningAgent::host_runner(&root),
         &root,
     );
-    put_backup(&hub, "sno-a", "b-1", 600);
+    put_backup(&hub, "sno-a", "b-1", 600).await;
     eventually(10, "rejected", || {
         backup_state(&hub, "sno-a").is_some_and(|(_, s, _)| s == "UnrecoverableError")
     })
@@ -221,7 +226,7 @@ async fn the_deadline_inside_the_backup_gives_backup_timeout_and_no_current_back
     let slow = Arc::new(SlowOstree::default());
     let (hub, n, a) = connected(dir.path(), slow.clone()).await;
     // The backup blocks in its ostree step until released; the deadline passes meanwhile.
-    put_backup(&hub, "sno-a", "b-late", 2);
+    put_backup(&hub, "sno-a", "b-late", 2).await;
     eventually(30, "timed out", || {
         backup_state(&hub, "sno-a").is_some_and(|(_, s, _)| s == "BackupTimeout")
     })
@@ -248,13 +253,14 @@ async fn removing_the_backup_from_the_spec_cancels_it_at_a_step_boundary() {
     let dir = tempfile::tempdir().unwrap();
     let slow = Arc::new(SlowOstree::default());
     let (hub, n, a) = connected(dir.path(), slow.clone()).await;
-    put_backup(&hub, "sno-a", "b-cancel", 600);
+    put_backup(&hub, "sno-a", "b-cancel", 600).await;
     eventually(30, "backup in its ostree step", || {
         slow.entered.load(Ordering::SeqCst) > 0
     })
     .await;
     hub.agents
         .put_spec("sno-a", &SpokeAgentSpec::default())
+        .await
         .unwrap();
     eventually(10, "cancelled", || {
         a.agent

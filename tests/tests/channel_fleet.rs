@@ -36,7 +36,7 @@ async fn one_thousand_agents_enroll_run_a_task_and_report() {
             &hub.url(),
             &pki,
             &dir.path().join(&cluster),
-            Some(hub.token(&cluster)),
+            Some(hub.token(&cluster).await),
         );
         c.backoff_initial = Duration::from_millis(200);
         c.backoff_max = Duration::from_secs(2);
@@ -52,7 +52,8 @@ async fn one_thousand_agents_enroll_run_a_task_and_report() {
     .await;
     eprintln!("{n} agents connected after {:?}", started.elapsed());
     for i in 0..n {
-        hub.put_check_space(&format!("sno-{i:04}"), &format!("cs-{i}"), "1");
+        hub.put_check_space(&format!("sno-{i:04}"), &format!("cs-{i}"), "1")
+            .await;
     }
     eventually(120, "all succeeded", || {
         (0..n).all(|i| {
@@ -102,7 +103,7 @@ async fn rotation_happens_before_expiry_without_interrupting_the_session_or_a_ta
             &hub.url(),
             &pki,
             &dir.path().join("a"),
-            Some(hub.token("sno-a")),
+            Some(hub.token("sno-a").await),
         ),
         gate.arc(),
         &root,
@@ -113,7 +114,7 @@ async fn rotation_happens_before_expiry_without_interrupting_the_session_or_a_ta
     .await;
     let session = hub.gw.registry.session("sno-a").unwrap().id;
     let first = a.agent.identity().unwrap().info;
-    hub.put_check_space("sno-a", "t-1", "1");
+    hub.put_check_space("sno-a", "t-1", "1").await;
     eventually(10, "task started", || gate.starts("t-1") == 1).await;
 
     eventually(15, "rotated", || {
@@ -128,6 +129,7 @@ async fn rotation_happens_before_expiry_without_interrupting_the_session_or_a_ta
             .enroller
             .store()
             .get("sno-a")
+            .await
             .unwrap()
             .unwrap()
             .serials

@@ -54,7 +54,7 @@ async fn check_space_runs_and_only_transitions_reach_status() {
             &hub.url(),
             &pki,
             &dir.path().join("a"),
-            Some(hub.token("sno-a")),
+            Some(hub.token("sno-a").await),
         ),
         RunningAgent::host_runner(&root),
         &root,
@@ -64,7 +64,7 @@ async fn check_space_runs_and_only_transitions_reach_status() {
     })
     .await;
 
-    hub.put_check_space("sno-a", "cs-1", "1");
+    hub.put_check_space("sno-a", "cs-1", "1").await;
     eventually(10, "cs-1 succeeded", || {
         state_of(&hub, "sno-a").as_deref() == Some("Succeeded")
     })
@@ -79,7 +79,7 @@ async fn check_space_runs_and_only_transitions_reach_status() {
     );
 
     // More than the disk can hold: the TALM failure message, as UnrecoverableError.
-    hub.put_check_space("sno-a", "cs-2", "1000000");
+    hub.put_check_space("sno-a", "cs-2", "1000000").await;
     eventually(10, "cs-2 failed", || {
         state_of(&hub, "sno-a").as_deref() == Some("UnrecoverableError")
     })
@@ -126,7 +126,12 @@ async fn a_task_survives_a_hub_restart_mid_task_exactly_once() {
     let root = host_root(dir.path());
     let gate = GateRunner::new();
     let a = RunningAgent::start(
-        agent_config(&url, &pki, &dir.path().join("a"), Some(hub.token("sno-a"))),
+        agent_config(
+            &url,
+            &pki,
+            &dir.path().join("a"),
+            Some(hub.token("sno-a").await),
+        ),
         gate.arc(),
         &root,
     );
@@ -134,7 +139,7 @@ async fn a_task_survives_a_hub_restart_mid_task_exactly_once() {
         hub.status("sno-a").is_some_and(|s| s.connected)
     })
     .await;
-    hub.put_check_space("sno-a", "t-1", "1");
+    hub.put_check_space("sno-a", "t-1", "1").await;
     eventually(10, "task started", || gate.starts("t-1") == 1).await;
     eventually(10, "hub saw it start", || {
         matches!(
@@ -192,14 +197,14 @@ async fn a_task_survives_an_agent_restart_mid_task_exactly_once() {
         &hub.url(),
         &pki,
         &dir.path().join("a"),
-        Some(hub.token("sno-a")),
+        Some(hub.token("sno-a").await),
     );
     let a = RunningAgent::start(cfg.clone(), gate.arc(), &root);
     eventually(10, "connected", || {
         hub.status("sno-a").is_some_and(|s| s.connected)
     })
     .await;
-    hub.put_check_space("sno-a", "t-1", "1");
+    hub.put_check_space("sno-a", "t-1", "1").await;
     eventually(10, "task started", || gate.starts("t-1") == 1).await;
 
     // The agent process dies mid-task (its runner is dropped with it).
@@ -253,7 +258,7 @@ async fn removing_a_task_from_the_spec_cancels_it() {
             &hub.url(),
             &pki,
             &dir.path().join("a"),
-            Some(hub.token("sno-a")),
+            Some(hub.token("sno-a").await),
         ),
         gate.arc(),
         &root,
@@ -262,10 +267,11 @@ async fn removing_a_task_from_the_spec_cancels_it() {
         hub.gw.registry.session("sno-a").is_some()
     })
     .await;
-    hub.put_check_space("sno-a", "t-1", "1");
+    hub.put_check_space("sno-a", "t-1", "1").await;
     eventually(10, "task started", || gate.starts("t-1") == 1).await;
     hub.agents
         .put_spec("sno-a", &SpokeAgentSpec::default())
+        .await
         .unwrap();
     eventually(10, "cancelled", || {
         a.agent
@@ -297,7 +303,7 @@ async fn a_silent_agent_is_marked_disconnected_after_the_heartbeat_timeout() {
     cfg.heartbeat_timeout = Duration::from_secs(1);
     let hub = Hub::start(&dir.path().join("hub"), &pki, cfg).await;
     let now = SystemClock.unix();
-    let id = hub.issue_identity(&pki, "sno-q", now - 60, now + 600);
+    let id = hub.issue_identity(&pki, "sno-q", now - 60, now + 600).await;
     let target = talm_agent::conn::HubTarget::parse(&hub.url(), None).unwrap();
     let mut client = talm_agent::conn::session_client(
         &target,
@@ -361,12 +367,12 @@ async fn a_restarted_hub_keeps_persisted_status_and_does_not_reassign_finished_t
             &hub.url(),
             &pki,
             &dir.path().join("a"),
-            Some(hub.token("sno-a")),
+            Some(hub.token("sno-a").await),
         ),
         RunningAgent::host_runner(&root),
         &root,
     );
-    hub.put_check_space("sno-a", "cs-1", "1");
+    hub.put_check_space("sno-a", "cs-1", "1").await;
     eventually(10, "succeeded", || {
         state_of(&hub, "sno-a").as_deref() == Some("Succeeded")
     })

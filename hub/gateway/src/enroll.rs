@@ -84,7 +84,7 @@ pub fn secret_hash(secret: &str) -> String {
 
 /// Issues a bootstrap token for `cluster`, valid for `ttl`. Returns `<id>.<secret>`; only the
 /// secret's hash is stored.
-pub fn issue_token(
+pub async fn issue_token(
     store: &dyn EnrollmentStore,
     clock: &dyn Clock,
     cluster: &str,
@@ -94,14 +94,15 @@ pub fn issue_token(
     let id = hex::encode(&random(6)?);
     let secret = hex::encode(&random(16)?);
     let ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
-    store.add_token(&TokenRecord {
+    let record = TokenRecord {
         id: id.clone(),
         cluster: cluster.to_string(),
         secret_sha256: secret_hash(&secret),
         expires_at: clock.unix().saturating_add(ttl),
         used_at: None,
         used_by: None,
-    })?;
+    };
+    store.add_token(&record).await?;
     Ok(format!("{id}.{secret}"))
 }
 
@@ -152,7 +153,7 @@ impl Enroller {
     }
 
     /// Exchanges a bootstrap token and a CSR for a certificate.
-    pub fn enroll(&self, token: &str, csr_pem: &str) -> Result<Issued, EnrollError> {
+    pub async fn enroll(&self, token: &str, csr_pem: &str) -> Result<Issued, EnrollError> {
         let (id, secret) = token
             .trim()
             .split_once('.')
@@ -165,20 +166,21 @@ impl Enroller {
         let now = self.clock.unix();
         let cluster = self
             .store
-            .consume_token(id, &secret_hash(secret), &secret_hash(csr_pem.trim()), now)?
+            .consume_token(id, &secret_hash(secret), &secret_hash(csr_pem.trim()), now)
+            .await?
             .map_err(EnrollError::Token)?;
-        self.sign(&cluster, csr_pem)
+        self.sign(&cluster, csr_pem).await
     }
 
     /// Signs a CSR for an already enrolled cluster (rotation).
-    pub fn renew(&self, cluster: &str, csr_pem: &str) -> Result<Issued, EnrollError> {
-        if self.store.get(cluster)?.is_none() {
+    pub async fn renew(&self, cluster: &str, csr_pem: &str) -> Result<Issued, EnrollError> {
+        if self.store.get(cluster).await?.is_none() {
             return Err(EnrollError::NotEnrolled(cluster.to_string()));
         }
-        self.sign(cluster, csr_pem)
+        self.sign(cluster, csr_pem).await
     }
 
-    fn sign(&self, cluster: &str, csr_pem: &str) -> Result<Issued, EnrollError> {
+    async fn sign(&self, cluster: &str, csr_pem: &str) -> Result<Issued, EnrollError> {
         let now = self.clock.system_time();
         let mut serial = random(16)?;
         serial[0] &= 0x7f;
@@ -201,7 +203,8 @@ impl Enroller {
             .ok_or(EnrollError::Random)?;
         let info = cert_info(&der).map_err(|_| EnrollError::Random)?;
         self.store
-            .record_certificate(cluster, &info.serial, info.not_after, self.clock.unix())?;
+            .record_certificate(cluster, &info.serial, info.not_after, self.clock.unix())
+            .await?;
         Ok(Issued {
             cert_pem: pem,
             cluster: cluster.to_string(),

@@ -263,11 +263,16 @@ fn image_mode_machineconfig_is_ignition_and_its_token_enrolls_once() {
     // The token enrolls sno-1, once.
     let token = String::from_utf8(files[mc::TOKEN_PATH].0.clone()).unwrap();
     let enroller = hub.enroller();
+    // `run` above runs the command on a runtime of its own; the enroller needs one here.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let (_, csr) = talm_shared::pki::agent_key_and_csr().unwrap();
-    let issued = enroller.enroll(token.trim(), &csr).unwrap();
+    let issued = rt.block_on(enroller.enroll(token.trim(), &csr)).unwrap();
     assert_eq!(issued.cluster, "sno-1");
     let (_, other_csr) = talm_shared::pki::agent_key_and_csr().unwrap();
-    match enroller.enroll(token.trim(), &other_csr) {
+    match rt.block_on(enroller.enroll(token.trim(), &other_csr)) {
         Err(EnrollError::Token(TokenRejection::Used)) => {}
         other => panic!("a second enrollment with the token: {other:?}"),
     }
