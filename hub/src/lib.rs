@@ -39,11 +39,16 @@ pub fn run(args: Args, now: jiff::Timestamp) -> Result<(), Error> {
         Command::Run(run_args) => operator::cli::run(&run_args),
         Command::Gateway(gw_args) => gateway(gw_args),
         Command::Agents(agents_args) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Error::Gateway(format!("tokio runtime: {e}")))?;
             let out = if agents_args.state_dir.is_some() {
-                talm_gateway::cli::run_agents(&agents_args)
+                rt.block_on(talm_gateway::cli::run_agents(&agents_args))
                     .map_err(|e| Error::Gateway(e.to_string()))?
             } else {
-                operator::agents::run_agents_kube(&agents_args).map_err(Error::operator)?
+                rt.block_on(operator::agents::run_agents_kube(&agents_args))
+                    .map_err(Error::operator)?
             };
             println!("{out}");
             Ok(())

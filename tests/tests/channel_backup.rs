@@ -98,8 +98,9 @@ async fn put_backup(hub: &Hub, cluster: &str, id: &str, deadline_in: i64) {
     hub.agents.put_spec(cluster, &spec).await.unwrap();
 }
 
-fn backup_state(hub: &Hub, cluster: &str) -> Option<(String, String, String)> {
+async fn backup_state(hub: &Hub, cluster: &str) -> Option<(String, String, String)> {
     hub.status(cluster)
+        .await
         .and_then(|s| s.backup)
         .map(|r| (r.id, r.state, r.message))
 }
@@ -139,8 +140,8 @@ async fn connected(dir: &Path, cmds: Arc<dyn CommandRunner>) -> (Hub, Node, Runn
         runner(&n.root, &n.template),
         &n.root,
     );
-    eventually(10, "connected", || {
-        hub.status("sno-a").is_some_and(|s| s.connected)
+    eventually(10, "connected", async || {
+        hub.status("sno-a").await.is_some_and(|s| s.connected)
     })
     .await;
     (hub, n, a)
@@ -173,11 +174,13 @@ async fn a_hub_assigned_backup_runs_to_succeeded() {
     let dir = tempfile::tempdir().unwrap();
     let (hub, n, a) = connected(dir.path(), Arc::new(RealRunner::new())).await;
     put_backup(&hub, "sno-a", "ns/cgu/uid/backup", 600).await;
-    eventually(120, "backup succeeded", || {
-        backup_state(&hub, "sno-a").is_some_and(|(_, s, _)| s == "Succeeded")
+    eventually(120, "backup succeeded", async || {
+        backup_state(&hub, "sno-a")
+            .await
+            .is_some_and(|(_, s, _)| s == "Succeeded")
     })
     .await;
-    let (id, _, message) = backup_state(&hub, "sno-a").unwrap();
+    let (id, _, message) = backup_state(&hub, "sno-a").await.unwrap();
     assert_eq!(id, "ns/cgu/uid/backup");
     assert!(message.starts_with("backup complete: "), "{message}");
     assert!(complete_backup(&n.root), "the backup's completion marker");
@@ -205,11 +208,13 @@ async fn an_agent_without_backup_settings_rejects_the_task() {
         &root,
     );
     put_backup(&hub, "sno-a", "b-1", 600).await;
-    eventually(10, "rejected", || {
-        backup_state(&hub, "sno-a").is_some_and(|(_, s, _)| s == "UnrecoverableError")
+    eventually(10, "rejected", async || {
+        backup_state(&hub, "sno-a")
+            .await
+            .is_some_and(|(_, s, _)| s == "UnrecoverableError")
     })
     .await;
-    let (_, _, message) = backup_state(&hub, "sno-a").unwrap();
+    let (_, _, message) = backup_state(&hub, "sno-a").await.unwrap();
     assert!(message.contains("without backup settings"), "{message}");
     a.stop().await.unwrap();
 }
@@ -227,8 +232,10 @@ async fn the_deadline_inside_the_backup_gives_backup_timeout_and_no_current_back
     let (hub, n, a) = connected(dir.path(), slow.clone()).await;
     // The backup blocks in its ostree step until released; the deadline passes meanwhile.
     put_backup(&hub, "sno-a", "b-late", 2).await;
-    eventually(30, "timed out", || {
-        backup_state(&hub, "sno-a").is_some_and(|(_, s, _)| s == "BackupTimeout")
+    eventually(30, "timed out", async || {
+        backup_state(&hub, "sno-a")
+            .await
+            .is_some_and(|(_, s, _)| s == "BackupTimeout")
     })
     .await;
     slow.released.store(true, Ordering::SeqCst);
@@ -254,7 +261,7 @@ async fn removing_the_backup_from_the_spec_cancels_it_at_a_step_boundary() {
     let slow = Arc::new(SlowOstree::default());
     let (hub, n, a) = connected(dir.path(), slow.clone()).await;
     put_backup(&hub, "sno-a", "b-cancel", 600).await;
-    eventually(30, "backup in its ostree step", || {
+    eventually(30, "backup in its ostree step", async || {
         slow.entered.load(Ordering::SeqCst) > 0
     })
     .await;
@@ -262,7 +269,7 @@ async fn removing_the_backup_from_the_spec_cancels_it_at_a_step_boundary() {
         .put_spec("sno-a", &SpokeAgentSpec::default())
         .await
         .unwrap();
-    eventually(10, "cancelled", || {
+    eventually(10, "cancelled", async || {
         a.agent
             .journal()
             .task("b-cancel")

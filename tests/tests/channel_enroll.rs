@@ -85,8 +85,8 @@ async fn enrollment_end_to_end_and_token_rules() {
         RunningAgent::host_runner(&root),
         &root,
     );
-    eventually(10, "sno-a connected", || {
-        hub.status("sno-a").is_some_and(|s| s.connected)
+    eventually(10, "sno-a connected", async || {
+        hub.status("sno-a").await.is_some_and(|s| s.connected)
     })
     .await;
     let id = a.agent.identity().unwrap();
@@ -367,7 +367,7 @@ async fn revocation_ends_the_session_and_refuses_reconnects() {
         RunningAgent::host_runner(&root),
         &root,
     );
-    eventually(10, "connected", || {
+    eventually(10, "connected", async || {
         hub.gw.registry.session("sno-a").is_some()
     })
     .await;
@@ -379,14 +379,15 @@ async fn revocation_ends_the_session_and_refuses_reconnects() {
             cluster: "sno-a".into(),
         },
     })
+    .await
     .unwrap();
     assert!(out.contains("revoked"), "{out}");
-    eventually(10, "session ended", || {
+    eventually(10, "session ended", async || {
         hub.gw.registry.session("sno-a").is_none()
     })
     .await;
-    eventually(10, "status disconnected", || {
-        hub.status("sno-a").is_some_and(|s| !s.connected)
+    eventually(10, "status disconnected", async || {
+        hub.status("sno-a").await.is_some_and(|s| !s.connected)
     })
     .await;
     // The agent keeps trying; every attempt is refused.

@@ -386,16 +386,8 @@ pub async fn machineconfig(
     }
 }
 
-/// Runs `agents token|revoke|machineconfig` (on a runtime of its own); returns what to print.
-pub fn run_agents(args: &AgentsArgs) -> Result<String, CliError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::Io("tokio runtime".into(), e))?;
-    rt.block_on(agents(args))
-}
-
-async fn agents(args: &AgentsArgs) -> Result<String, CliError> {
+/// Runs `agents token|revoke|machineconfig`; returns what to print.
+pub async fn run_agents(args: &AgentsArgs) -> Result<String, CliError> {
     let dir = args
         .state_dir
         .as_ref()

@@ -71,7 +71,7 @@ impl Hub {
         let cli = Cli::try_parse_from(std::iter::once("talm-hub").chain(argv.iter().copied()))
             .unwrap_or_else(|e| panic!("{argv:?}: {e}"));
         let Cli::Agents(agents) = cli;
-        run_agents(&agents)
+        runtime().block_on(run_agents(&agents))
     }
 
     fn tokens(&self) -> usize {
@@ -91,6 +91,14 @@ impl Hub {
             Duration::from_secs(3600),
         )
     }
+}
+
+/// A runtime for the async commands and the enroller (the tests themselves are synchronous).
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// Decodes a `data:` URL (base64 or percent-encoded).
@@ -263,11 +271,7 @@ fn image_mode_machineconfig_is_ignition_and_its_token_enrolls_once() {
     // The token enrolls sno-1, once.
     let token = String::from_utf8(files[mc::TOKEN_PATH].0.clone()).unwrap();
     let enroller = hub.enroller();
-    // `run` above runs the command on a runtime of its own; the enroller needs one here.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let (_, csr) = talm_shared::pki::agent_key_and_csr().unwrap();
     let issued = rt.block_on(enroller.enroll(token.trim(), &csr)).unwrap();
     assert_eq!(issued.cluster, "sno-1");

@@ -87,16 +87,6 @@ impl Recording {
             order: tokio::sync::Mutex::new(()),
         }
     }
-
-    /// The last status written for `cluster`: every status write goes through this store, so
-    /// this is what the store holds.
-    pub fn last_status(&self, cluster: &str) -> Option<SpokeAgentStatus> {
-        let log = self.writes.lock().unwrap();
-        log.iter()
-            .rev()
-            .find(|(c, _)| c == cluster)
-            .map(|(_, s)| s.clone())
-    }
 }
 
 impl SpokeAgentStore for Recording {
@@ -226,9 +216,9 @@ impl Hub {
         }
     }
 
-    /// The cluster's SpokeAgent status as last written.
-    pub fn status(&self, cluster: &str) -> Option<SpokeAgentStatus> {
-        self.agents.last_status(cluster)
+    /// The cluster's SpokeAgent status, as stored.
+    pub async fn status(&self, cluster: &str) -> Option<SpokeAgentStatus> {
+        self.agents.status(cluster).await.unwrap()
     }
 
     pub async fn put_check_space(&self, cluster: &str, id: &str, gib: &str) {
@@ -450,10 +440,10 @@ impl TaskRunner for GateRunner {
 }
 
 /// Polls `f` until it returns true (or panics after `secs`).
-pub async fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+pub async fn eventually(secs: u64, what: &str, mut f: impl AsyncFnMut() -> bool) {
     let end = tokio::time::Instant::now() + Duration::from_secs(secs);
     loop {
-        if f() {
+        if f().await {
             return;
         }
         if tokio::time::Instant::now() > end {

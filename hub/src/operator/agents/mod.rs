@@ -258,17 +258,11 @@ impl GatewayArgs {
 /// the Secrets of the hub's namespace (KUBECONFIG or in-cluster config), so tokens can be
 /// minted from a workstation. `machineconfig` embeds the `ca.crt` of `talm-gateway-serving`
 /// unless --ca-bundle is given. Returns what to print.
-pub fn run_agents_kube(args: &talm_gateway::cli::AgentsArgs) -> Result<String, OperatorError> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(OperatorError::Runtime)?;
-    rt.block_on(agents_kube(args))
-}
-
-async fn agents_kube(args: &talm_gateway::cli::AgentsArgs) -> Result<String, OperatorError> {
+pub async fn run_agents_kube(
+    args: &talm_gateway::cli::AgentsArgs,
+) -> Result<String, OperatorError> {
     use talm_gateway::cli::AgentsCommand;
+    let _ = rustls::crypto::ring::default_provider().install_default();
     use talm_gateway::store::EnrollmentStore;
     let client = kube::Client::try_default()
         .await
