@@ -465,7 +465,7 @@ impl Partial {
             .await
             .map_err(io_err(&self.dest))?;
         let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || File::open(&dir).and_then(|d| d.sync_all()))
+        tokio::task::spawn_blocking(move || talm_shared::fsutil::fsync_dir(&dir))
             .await
             .map_err(|e| CacheError::Io {
                 path: self.dir.display().to_string(),

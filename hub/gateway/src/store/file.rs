@@ -21,7 +21,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use talm_shared::api::spokeagent::{SpokeAgentSpec, SpokeAgentStatus};
-use talm_shared::fsutil::{atomic_write, read_optional};
+use talm_shared::fsutil::{atomic_write, fsync_dir, read_optional};
 use talm_shared::tls::check_cluster_name;
 
 use super::{
@@ -325,9 +325,7 @@ impl EnrollmentFiles {
         let path = self.cluster_path(cluster);
         match fs::remove_file(&path) {
             Ok(()) => {
-                File::open(self.root.join("clusters"))
-                    .and_then(|d| d.sync_all())
-                    .map_err(|e| io(&path, e))?;
+                fsync_dir(&self.root.join("clusters")).map_err(|e| io(&path, e))?;
                 Ok(true)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
