@@ -282,7 +282,7 @@ fn agent(
         .arg(format!("--parallel={}", a.parallel))
         .arg(format!("--bandwidth-limit={cap}"))
         .arg("--storage-driver=overlay")
-        .env("RUST_LOG", "info")
+        .env("TALM_LOG_LEVEL", "info")
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out);

@@ -197,6 +197,7 @@ impl RunArgs {
             clock: clock.clone(),
         };
         let runner = HostRunner::new(host.clone())
+            .with_clock(clock.clone())
             .with_precache(self.precache_settings())
             .with_backup(backup)
             .with_approvals(self.approval_settings());

@@ -1,6 +1,7 @@
-//! Node facts and filesystem capacity, rooted at `--host-root` (the node's `/` as mounted into the agent). Everything
+//! Node facts, rooted at `--host-root` (the node's `/` as mounted into the agent). Everything
 //! the agent learns about its node goes through [`HostInfo`], so tests run the real code
-//! against a temp directory and fakes can stand in for orchestration tests.
+//! against a temp directory and fakes can stand in for orchestration tests. Capacity comes from
+//! the agent's one disk seam, [`Disk`], which every [`HostInfo`] is.
 
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -8,29 +9,14 @@ use std::path::{Path, PathBuf};
 
 use talm_proto::v1::{ContainersStorage, NodeFacts, OstreeDeployment, RecoveryDir};
 
-/// Filesystem capacity.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FsStats {
-    /// Total bytes.
-    pub size: u64,
-    /// Bytes free for unprivileged users (statvfs `f_bavail`).
-    pub available: u64,
-    /// Bytes free in total (statvfs `f_bfree`).
-    pub free: u64,
-}
+use crate::host::disk::{Disk, FsStats, RealDisk};
+use crate::host::root::HostRoot;
 
-impl FsStats {
-    /// Bytes in use.
-    pub fn used(&self) -> u64 {
-        self.size.saturating_sub(self.free)
-    }
-}
-
-/// The node, as the agent sees it.
-pub trait HostInfo: Send + Sync + std::fmt::Debug {
-    /// statvfs of a host path (absolute, relative to the host root). A path that does not exist
-    /// is measured at its nearest existing parent.
-    fn statvfs(&self, path: &str) -> io::Result<FsStats>;
+/// The node, as the agent sees it: a [`Disk`] (statvfs of real paths, i.e. paths under
+/// [`HostInfo::root`]) plus what the agent reads from the node's files.
+pub trait HostInfo: Disk {
+    /// The host root every host path is taken under.
+    fn root(&self) -> &HostRoot;
     /// Kubelet's `imageGCHighThresholdPercent` (85 when unset or out of 1..=99).
     fn image_gc_high_threshold(&self) -> u32;
     /// Everything for Hello.
@@ -46,31 +32,28 @@ pub const KUBELET_CONFIG: &str = "/etc/kubernetes/kubelet.conf";
 /// Default image GC threshold.
 pub const DEFAULT_GC_THRESHOLD: u32 = 85;
 
+/// statvfs of a host path (such as [`CONTAINERS_STORAGE`]) under `host`'s root.
+pub fn host_stats(host: &dyn HostInfo, path: &str) -> io::Result<FsStats> {
+    host.stats(&host.root().join(path))
+}
+
 /// The real host.
 #[derive(Clone, Debug)]
 pub struct Host {
-    root: PathBuf,
+    root: HostRoot,
 }
 
 impl Host {
     /// A host rooted at `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
-    }
-
-    fn path(&self, p: &str) -> PathBuf {
-        self.root.join(p.trim_start_matches('/'))
-    }
-
-    fn existing(&self, p: &str) -> PathBuf {
-        let mut path = self.path(p);
-        while !path.exists() {
-            match path.parent() {
-                Some(parent) if path != self.root => path = parent.to_path_buf(),
-                _ => break,
-            }
+        Self {
+            root: HostRoot::new(root),
         }
-        path
+    }
+
+    /// A host path under the root (`..` components are dropped: see [`HostRoot::join`]).
+    fn path(&self, p: &str) -> PathBuf {
+        self.root.join(p)
     }
 
     fn deployments(&self) -> Vec<OstreeDeployment> {
@@ -133,16 +116,19 @@ impl Host {
     }
 }
 
+impl Disk for Host {
+    fn stats(&self, path: &Path) -> io::Result<FsStats> {
+        RealDisk.stats(path)
+    }
+
+    fn is_mount_point(&self, path: &Path) -> io::Result<bool> {
+        RealDisk.is_mount_point(path)
+    }
+}
+
 impl HostInfo for Host {
-    fn statvfs(&self, path: &str) -> io::Result<FsStats> {
-        let p = self.existing(path);
-        let s = rustix::fs::statvfs(&p)?;
-        let frag = s.f_frsize.max(1);
-        Ok(FsStats {
-            size: s.f_blocks.saturating_mul(frag),
-            available: s.f_bavail.saturating_mul(frag),
-            free: s.f_bfree.saturating_mul(frag),
-        })
+    fn root(&self) -> &HostRoot {
+        &self.root
     }
 
     fn image_gc_high_threshold(&self) -> u32 {
@@ -151,8 +137,8 @@ impl HostInfo for Host {
     }
 
     fn facts(&self) -> NodeFacts {
-        let cs = self.statvfs(CONTAINERS_STORAGE).unwrap_or_default();
-        let rec = self.statvfs(RECOVERY_DIR).unwrap_or_default();
+        let cs = host_stats(self, CONTAINERS_STORAGE).unwrap_or_default();
+        let rec = host_stats(self, RECOVERY_DIR).unwrap_or_default();
         let rec_path = self.path(RECOVERY_DIR);
         let separate = match (
             std::fs::metadata(&rec_path),
@@ -186,11 +172,6 @@ pub fn parse_gc_threshold(text: &str) -> Option<u32> {
     let rest = rest.trim_start_matches(|c: char| c == '"' || c == ':' || c.is_whitespace());
     let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
     digits.parse().ok().filter(|v| (1..=99).contains(v))
-}
-
-/// A path under `root` (for tests and callers that need the real path).
-pub fn host_path(root: &Path, p: &str) -> PathBuf {
-    root.join(p.trim_start_matches('/'))
 }
 
 #[cfg(test)]
@@ -269,8 +250,33 @@ mod tests {
         assert_eq!(pinned, vec!["abc123"]);
         // statvfs agrees with itself for a missing path (measured at its parent).
         assert_eq!(
-            h.statvfs("/var/recovery").unwrap().size,
-            h.statvfs("/var").unwrap().size
+            host_stats(&h, "/var/recovery").unwrap().size,
+            host_stats(&h, "/var").unwrap().size
+        );
+    }
+
+    #[test]
+    fn host_paths_cannot_escape_the_host_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        // A file beside the root, which `..` from the root would reach.
+        std::fs::write(dir.path().join("os-release"), "outside").unwrap();
+        std::fs::write(root.join("os-release"), "inside").unwrap();
+        let h = Host::new(&root);
+        // `..` components are dropped, not followed (HostRoot::join).
+        assert_eq!(
+            h.path("/../../etc/../os-release"),
+            root.join("etc/os-release")
+        );
+        assert_eq!(h.path("../os-release"), root.join("os-release"));
+        assert!(h.path("/../../../../..").starts_with(&root));
+        // The kernel command line is the node's text: `ostree=` with `..` stays under the root.
+        std::fs::create_dir_all(root.join("proc")).unwrap();
+        std::fs::write(root.join("proc/cmdline"), "ostree=/../os-release").unwrap();
+        assert_eq!(
+            h.booted_deployment(),
+            Some(std::fs::canonicalize(root.join("os-release")).unwrap())
         );
     }
 }

@@ -54,6 +54,9 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 #[derive(Debug, clap::Parser)]
 #[command(name = "talm-agent", version, about = "talm on-node agent")]
 pub struct Cli {
+    /// Logging flags (accepted before or after the subcommand), shared with talm-hub.
+    #[command(flatten)]
+    pub log: talm_shared::telemetry::LogArgs,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -89,23 +92,16 @@ pub enum Error {
     /// `precache` failed.
     #[error(transparent)]
     Precache(#[from] precache::cli::PrecacheCliError),
+    /// Logging could not be set up (`--log-level`).
+    #[error("logging: {0}")]
+    Logging(#[from] talm_shared::telemetry::TelemetryError),
 }
 
 impl Cli {
     /// Runs the command. The wall clock is read here only (timestamps of file names and of the
     /// redeployment reason); the daemon gets the clock seam.
     pub fn run(self) -> Result<(), Error> {
-        let json = std::env::var("TALM_LOG_FORMAT").is_ok_and(|f| f == "json");
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-        let builder = tracing_subscriber::fmt()
-            .with_writer(std::io::stderr)
-            .with_env_filter(filter);
-        let _ = if json {
-            builder.json().try_init()
-        } else {
-            builder.try_init()
-        };
+        talm_shared::telemetry::init(&self.log)?;
         #[allow(clippy::disallowed_methods)] // the entry point reads the clock
         let now = jiff::Timestamp::now();
         match self.command {

@@ -9,10 +9,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use talm_proto::v1::{TaskKind, TaskOutcome};
+use talm_shared::clock::{Clock, SystemClock};
 use tokio::sync::mpsc;
 
 use crate::backup::task::BackupTaskConfig;
-use crate::facts::{CONTAINERS_STORAGE, HostInfo};
+use crate::facts::{CONTAINERS_STORAGE, HostInfo, host_stats};
 use crate::journal::Task;
 
 /// Live progress, forwarded to the hub best-effort (never journaled).
@@ -73,6 +74,7 @@ pub trait TaskRunner: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Clone)]
 pub struct HostRunner {
     host: Arc<dyn HostInfo>,
+    clock: Arc<dyn Clock>,
     precache: Option<PrecacheSettings>,
     backup: Option<Arc<BackupTaskConfig>>,
     approvals: Option<crate::installplans::ApprovalSettings>,
@@ -90,14 +92,22 @@ pub struct PrecacheSettings {
 
 impl HostRunner {
     /// A runner over `host` (pre-cache, backup and InstallPlan-approval tasks are rejected
-    /// until [`Self::with_precache`] / [`Self::with_backup`] / [`Self::with_approvals`]).
+    /// until [`Self::with_precache`] / [`Self::with_backup`] / [`Self::with_approvals`]), on
+    /// the system clock until [`Self::with_clock`].
     pub fn new(host: Arc<dyn HostInfo>) -> Self {
         Self {
             host,
+            clock: Arc::new(SystemClock),
             precache: None,
             backup: None,
             approvals: None,
         }
+    }
+
+    /// Reads the time (pre-cache deadlines and status times) from `clock`.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Enables `ApproveInstallPlans` tasks.
@@ -127,9 +137,9 @@ const PRECACHE_DEADLINE_MARGIN_SECS: i64 = 2;
 async fn run_precache(
     settings: PrecacheSettings,
     host: Arc<dyn HostInfo>,
+    clock: Arc<dyn Clock>,
     task: Task,
     ctx: TaskContext,
-    now_unix: i64,
 ) -> (TaskOutcome, String) {
     use crate::precache::{self, PrecacheError};
     let spec: talm_shared::api::cgu::PrecachingSpec = match serde_json::from_str(&task.params_json)
@@ -151,17 +161,14 @@ async fn run_precache(
     let mut opts = settings.options.clone();
     opts.task_id = task.id.clone();
     if task.deadline_unix > 0 {
-        let left = (task.deadline_unix - now_unix - PRECACHE_DEADLINE_MARGIN_SECS).max(0);
+        let left = (task.deadline_unix - clock.unix() - PRECACHE_DEADLINE_MARGIN_SECS).max(0);
         opts.deadline =
             Some(tokio::time::Instant::now() + std::time::Duration::from_secs(left.unsigned_abs()));
     }
     let deps = precache::Deps {
         host,
         runner: settings.runner.clone(),
-        now: Arc::new(|| {
-            use talm_shared::clock::Clock;
-            talm_shared::clock::rfc3339(talm_shared::clock::SystemClock.unix())
-        }),
+        clock,
     };
     let progress = ctx.clone();
     let observer: precache::Observer = Arc::new(move |s: &precache::status::PrecacheStatus| {
@@ -197,7 +204,7 @@ const GIB: u64 = 1024 * 1024 * 1024;
 /// TALM's `check_space`: with `high` the image-GC threshold, `avail = high% × size − used`;
 /// the check passes when `avail ≥ required` (or, with no requirement, when `avail > 0`).
 pub fn check_space(host: &dyn HostInfo, space_required_gib: u64) -> (TaskOutcome, String) {
-    let stats = match host.statvfs(CONTAINERS_STORAGE) {
+    let stats = match host_stats(host, CONTAINERS_STORAGE) {
         Ok(s) => s,
         Err(e) => {
             return (
@@ -236,10 +243,7 @@ impl TaskRunner for HostRunner {
         let backup = self.backup.clone();
         let precache = self.precache.clone();
         let approvals = self.approvals.clone();
-        let now_unix = {
-            use talm_shared::clock::Clock;
-            talm_shared::clock::SystemClock.unix()
-        };
+        let clock = self.clock.clone();
         Box::pin(async move {
             match TaskKind::try_from(task.kind) {
                 Ok(TaskKind::CheckSpace) => {
@@ -270,7 +274,7 @@ impl TaskRunner for HostRunner {
                     ),
                 },
                 Ok(TaskKind::Precache) => match precache {
-                    Some(p) => run_precache(p, host, task, ctx, now_unix).await,
+                    Some(p) => run_precache(p, host, clock, task, ctx).await,
                     None => (
                         TaskOutcome::Rejected,
                         "pre-caching is not configured in this agent".to_string(),
@@ -295,13 +299,22 @@ impl TaskRunner for HostRunner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::facts::FsStats;
+    use crate::host::disk::{Disk, FsStats};
+    use crate::host::root::HostRoot;
 
     #[derive(Debug)]
-    struct Fake(FsStats, u32);
-    impl HostInfo for Fake {
-        fn statvfs(&self, _: &str) -> std::io::Result<FsStats> {
+    struct Fake(FsStats, u32, HostRoot);
+    impl Disk for Fake {
+        fn stats(&self, _: &std::path::Path) -> std::io::Result<FsStats> {
             Ok(self.0)
+        }
+        fn is_mount_point(&self, _: &std::path::Path) -> std::io::Result<bool> {
+            Ok(false)
+        }
+    }
+    impl HostInfo for Fake {
+        fn root(&self) -> &HostRoot {
+            &self.2
         }
         fn image_gc_high_threshold(&self) -> u32 {
             self.1
@@ -333,6 +346,7 @@ mod tests {
                 available: 90 * GIB,
             },
             85,
+            HostRoot::new("/"),
         ))
     }
 
@@ -391,6 +405,7 @@ mod tests {
                 available: 50 * GIB,
             },
             85,
+            HostRoot::new("/"),
         );
         assert_eq!(check_space(&h, 35).0, TaskOutcome::Succeeded);
         let (o, msg) = check_space(&h, 36);
@@ -404,6 +419,7 @@ mod tests {
                 available: 10 * GIB,
             },
             85,
+            HostRoot::new("/"),
         );
         assert_eq!(check_space(&full, 0).0, TaskOutcome::Failed);
         assert_eq!(check_space(&h, 0).0, TaskOutcome::Succeeded);

@@ -77,10 +77,7 @@ fn rustix_set(p: &Path, name: &str, value: &[u8]) {
         .run(
             &Cmd::new("setfattr")
                 .args(["-n", name, "-v"])
-                .arg(format!(
-                    "0x{}",
-                    value.iter().map(|b| format!("{b:02x}")).collect::<String>()
-                ))
+                .arg(format!("0x{}", talm_shared::hex::encode(value)))
                 .arg(p),
         )
         .unwrap();

@@ -40,7 +40,7 @@ fn backup_command_on_a_host_root_then_recover_refuses_without_a_backup() {
                 ])
                 .env("TALM_HOST_ROOT", root.display().to_string())
                 .env("TALM_BACKUP_COMPRESSION", "gzip")
-                .env("RUST_LOG", "info"),
+                .env("TALM_LOG_LEVEL", "info"),
         )
         .unwrap();
     let log = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -96,7 +96,7 @@ fn sigkill_during_a_backup_keeps_the_previous_one_and_the_next_run_completes() {
             ])
             .arg("--host-root")
             .arg(&root)
-            .env("RUST_LOG", "warn")
+            .env("TALM_LOG_LEVEL", "warn")
     };
     assert!(RealRunner::new().output(&backup()).unwrap().success());
     let first = verify(&root.join("var/recovery/backup")).unwrap();

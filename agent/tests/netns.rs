@@ -102,9 +102,9 @@ impl Drop for Daemon {
     }
 }
 
-async fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+async fn eventually(secs: u64, what: &str, mut f: impl AsyncFnMut() -> bool) {
     let end = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while !f() {
+    while !f().await {
         assert!(
             tokio::time::Instant::now() < end,
             "timed out waiting for: {what}"
@@ -160,7 +160,7 @@ async fn partition_and_heal_across_network_namespaces() {
         }
     };
     let dir = tempfile::tempdir().unwrap();
-    let now = SystemClock.now();
+    let now = SystemClock.system_time();
     let year = Duration::from_secs(365 * 86_400);
     let hub_ca = talm_shared::pki::new_ca("netns hub CA", now, year).unwrap();
     let leaf = talm_shared::pki::server_cert(&hub_ca, &[hub_ip.to_string()], now, year).unwrap();
@@ -203,6 +203,7 @@ async fn partition_and_heal_across_network_namespaces() {
         "sno-ns",
         Duration::from_secs(600),
     )
+    .await
     .unwrap();
     std::fs::write(dir.path().join("token"), token).unwrap();
     std::fs::write(dir.path().join("hub-ca.pem"), &hub_ca.cert_pem).unwrap();
@@ -241,24 +242,29 @@ async fn partition_and_heal_across_network_namespaces() {
         .unwrap();
     let _daemon = Daemon(child);
 
-    let connected = || {
+    let connected = async || {
         agents
             .status("sno-ns")
+            .await
             .unwrap()
             .is_some_and(|s| s.connected)
     };
-    let task_state = |id: &str| {
+    let task_state = async |id: &str| {
         agents
             .status("sno-ns")
+            .await
             .unwrap()
             .and_then(|s| s.check_space)
             .filter(|r| r.id == id)
             .map(|r| r.state)
     };
     eventually(30, "agent connected", connected).await;
-    agents.put_spec("sno-ns", &check_space("before")).unwrap();
-    eventually(15, "task before the partition", || {
-        task_state("before").as_deref() == Some("Succeeded")
+    agents
+        .put_spec("sno-ns", &check_space("before"))
+        .await
+        .unwrap();
+    eventually(15, "task before the partition", async || {
+        task_state("before").await.as_deref() == Some("Succeeded")
     })
     .await;
     let s = agent_status(&net.ns, &agent_state);
@@ -268,19 +274,29 @@ async fn partition_and_heal_across_network_namespaces() {
 
     // Partition.
     net.link(false);
-    eventually(15, "hub marks the agent disconnected", || !connected()).await;
-    agents.put_spec("sno-ns", &check_space("during")).unwrap();
-    eventually(15, "the agent notices", || {
+    eventually(15, "hub marks the agent disconnected", async || {
+        !connected().await
+    })
+    .await;
+    agents
+        .put_spec("sno-ns", &check_space("during"))
+        .await
+        .unwrap();
+    eventually(15, "the agent notices", async || {
         agent_status(&net.ns, &agent_state)["connection"]["state"] != "connected"
     })
     .await;
-    assert_eq!(task_state("during"), None, "nothing crosses a partition");
+    assert_eq!(
+        task_state("during").await,
+        None,
+        "nothing crosses a partition"
+    );
 
     // Heal.
     net.link(true);
     eventually(30, "reconnected", connected).await;
-    eventually(15, "task assigned during the partition", || {
-        task_state("during").as_deref() == Some("Succeeded")
+    eventually(15, "task assigned during the partition", async || {
+        task_state("during").await.as_deref() == Some("Succeeded")
     })
     .await;
     let s = agent_status(&net.ns, &agent_state);

@@ -105,7 +105,7 @@ impl Node {
             .arg("--storage-driver")
             .arg("vfs")
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env("TALM_LOG_LEVEL", "info")
             .env_remove("TALM_AGENT_STATE_DIR")
             .stdin(Stdio::null());
         c
@@ -675,10 +675,7 @@ fn a_manifest_list_is_cached_whole_and_the_node_platform_is_imported() {
     let bytes = serde_json::to_vec(&list).unwrap();
     let hex = {
         let d = ring::digest::digest(&ring::digest::SHA256, &bytes);
-        d.as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
+        talm_shared::hex::encode(d.as_ref())
     };
     std::fs::write(layout.join("blobs/sha256").join(&hex), &bytes).unwrap();
     let top = serde_json::json!({"schemaVersion": 2, "manifests": [{

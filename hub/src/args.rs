@@ -8,37 +8,18 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use talm_shared::telemetry::LogArgs;
 
 /// talm hub: rolls RHACM policies out to fleets of clusters in batches.
 #[derive(Clone, Debug, Parser)]
 #[command(name = "talm-hub", version, about, propagate_version = true)]
 pub struct Args {
-    /// Logging flags (accepted before or after the subcommand).
+    /// Logging flags (accepted before or after the subcommand), shared with talm-agent.
     #[command(flatten)]
     pub log: LogArgs,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
-}
-
-/// Logging flags shared by every subcommand.
-#[derive(Clone, Debug, clap::Args)]
-pub struct LogArgs {
-    /// Log line format on stderr.
-    #[arg(long, global = true, value_enum, env = "TALM_LOG_FORMAT", default_value_t = LogFormat::Plain)]
-    pub log_format: LogFormat,
-    /// Log filter directives, e.g. `info` or `talm_hub=debug,warn`.
-    #[arg(long, global = true, env = "RUST_LOG", default_value = "info")]
-    pub log_level: String,
-}
-
-/// Log line format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Plain,
-    /// One JSON object per line.
-    Json,
 }
 
 /// The subcommands.
@@ -164,6 +145,7 @@ fn parse_worker_count(s: &str) -> Result<u16, std::convert::Infallible> {
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
+    use talm_shared::telemetry::LogFormat;
 
     use super::*;
 

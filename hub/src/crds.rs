@@ -2,15 +2,17 @@
 //! (`kube_core::CustomResourceExt::crd()`), one file per CRD, byte-for-byte deterministic.
 //!
 //! `--check` writes nothing and fails (exit 1) naming every file that is missing or differs,
-//! which is CI's drift check. Files are written atomically (temp file + rename).
+//! which is CI's drift check. Files are written atomically and durably
+//! ([`talm_shared::fsutil::atomic_write`]).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube_core::CustomResourceExt;
 use talm_shared::api::cgu::ClusterGroupUpgrade;
 use talm_shared::api::precaching::PreCachingConfig;
 use talm_shared::api::spokeagent::SpokeAgent;
+use talm_shared::fsutil::atomic_write;
 
 use crate::args::CrdsArgs;
 use crate::error::Error;
@@ -243,7 +245,10 @@ pub fn run(args: &CrdsArgs) -> Result<(), Error> {
     })?;
     for m in &manifests {
         let path = args.dir.join(&m.file_name);
-        write_atomically(&path, m.content.as_bytes())?;
+        atomic_write(&path, m.content.as_bytes(), 0o644).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
         tracing::info!(path = %path.display(), "wrote CRD manifest");
     }
     Ok(())
@@ -267,28 +272,10 @@ pub fn check(dir: &Path, manifests: &[Manifest]) -> Result<Vec<String>, Error> {
     Ok(drift)
 }
 
-/// Writes `bytes` to a temporary file next to `path`, then renames it over `path`, so readers
-/// never see a half-written file.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let io = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp: PathBuf = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
-    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
-    if result.is_err() {
-        // Best effort: do not leave the temp file behind.
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use serde_json::{Value, json};
 
     use super::*;

@@ -22,7 +22,7 @@ pub enum Error {
     },
     /// The log filter or subscriber could not be set up (exit 2).
     #[error("logging: {0}")]
-    Telemetry(String),
+    Telemetry(#[from] talm_shared::telemetry::TelemetryError),
     /// A file could not be written or read back (exit 1).
     #[error("{}: {source}", path.display())]
     Io {

@@ -1,8 +1,8 @@
 //! talm-hub: the hub side of talm.
 //!
 //! # Layout
-//! - [`args`]: the command line (clap derive): global logging flags and one subcommand each.
-//! - [`telemetry`]: tracing-subscriber setup (plain or JSON logs on stderr).
+//! - [`args`]: the command line (clap derive): the global logging flags of
+//!   [`talm_shared::telemetry`] (which also sets up the logs) and one subcommand each.
 //! - [`crds`]: `talm-hub crds`, the generated CRD manifests and their drift check.
 //! - [`plan`]: `talm-hub plan`, the offline adapter: read objects from files, run the engine to a
 //!   fixed point at a given time, print the resulting objects or a table.
@@ -20,7 +20,6 @@ pub mod error;
 pub mod metrics;
 pub mod operator;
 pub mod plan;
-pub mod telemetry;
 
 use std::process::ExitCode;
 
@@ -33,18 +32,23 @@ use args::Command;
 /// take `--now` use it as their default.
 pub fn run(args: Args, now: jiff::Timestamp) -> Result<(), Error> {
     let Args { log, command } = args;
-    telemetry::init(&log)?;
+    talm_shared::telemetry::init(&log)?;
     match command {
         Command::Plan(plan_args) => plan::run(&plan_args, now),
         Command::Crds(crds_args) => crds::run(&crds_args),
         Command::Run(run_args) => operator::cli::run(&run_args),
         Command::Gateway(gw_args) => gateway(gw_args),
         Command::Agents(agents_args) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Error::Gateway(format!("tokio runtime: {e}")))?;
             let out = if agents_args.state_dir.is_some() {
-                talm_gateway::cli::run_agents(&agents_args)
+                rt.block_on(talm_gateway::cli::run_agents(&agents_args))
                     .map_err(|e| Error::Gateway(e.to_string()))?
             } else {
-                operator::agents::run_agents_kube(&agents_args).map_err(Error::operator)?
+                rt.block_on(operator::agents::run_agents_kube(&agents_args))
+                    .map_err(Error::operator)?
             };
             println!("{out}");
             Ok(())

@@ -1064,19 +1064,20 @@ async fn observed_calls() -> (Rules, Vec<String>) {
     );
     let gw = gateway.clone();
     let token = format!("{}.{token_secret}", record.id);
-    tokio::task::spawn_blocking(move || {
-        let (_, csr) = talm_shared::pki::agent_key_and_csr().unwrap();
-        gw.enroller.enroll(&token, &csr).unwrap();
-        let (_, csr) = talm_shared::pki::agent_key_and_csr().unwrap();
-        gw.enroller.renew("spoke1", &csr).unwrap();
-        let mut status = gw.agents.status("spoke1").unwrap().unwrap_or_default();
-        // A heartbeat of the session this replica holds.
-        status.connected = true;
-        status.last_seen = serde_json::from_value(json!("2026-03-02T10:05:00Z")).unwrap();
-        gw.agents.write_status("spoke1", &status).unwrap();
-    })
-    .await
-    .unwrap();
+    let (_, csr) = talm_shared::pki::agent_key_and_csr().unwrap();
+    gw.enroller.enroll(&token, &csr).await.unwrap();
+    let (_, csr) = talm_shared::pki::agent_key_and_csr().unwrap();
+    gw.enroller.renew("spoke1", &csr).await.unwrap();
+    let mut status = gw
+        .agents
+        .status("spoke1")
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    // A heartbeat of the session this replica holds.
+    status.connected = true;
+    status.last_seen = serde_json::from_value(json!("2026-03-02T10:05:00Z")).unwrap();
+    gw.agents.write_status("spoke1", &status).await.unwrap();
     assert!(
         d.get_value("v1", "Secret", Some(NAMESPACE), "talm-enrollment-spoke1")
             .is_some()

@@ -258,22 +258,12 @@ async fn an_agent_enrolls_through_the_standby_and_reports_into_spokeagent_status
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_token_is_consumed_once_across_replicas() {
     let double = KubeDouble::start().await.unwrap();
-    let handle = tokio::runtime::Handle::current();
-    let r1 = Arc::new(KubeEnrollmentStore::new(
-        double.client(),
-        NS,
-        handle.clone(),
-    ));
-    let r2 = Arc::new(KubeEnrollmentStore::new(double.client(), NS, handle));
+    let r1 = Arc::new(KubeEnrollmentStore::new(double.client(), NS));
+    let r2 = Arc::new(KubeEnrollmentStore::new(double.client(), NS));
     for round in 0..4 {
-        let token = {
-            let r1 = r1.clone();
-            tokio::task::spawn_blocking(move || {
-                issue_token(r1.as_ref(), &SystemClock, "sno1", Duration::from_secs(600)).unwrap()
-            })
+        let token = issue_token(r1.as_ref(), &SystemClock, "sno1", Duration::from_secs(600))
             .await
-            .unwrap()
-        };
+            .unwrap();
         let (id, secret) = token.split_once('.').unwrap();
         if round % 2 == 0 {
             // Hold the first replace back so both reads happen before either write.
@@ -288,9 +278,10 @@ async fn a_token_is_consumed_once_across_replicas() {
         for i in 0..6 {
             let store = if i % 2 == 0 { r1.clone() } else { r2.clone() };
             let (id, hash) = (id.to_string(), secret_hash(secret));
-            tasks.push(tokio::task::spawn_blocking(move || {
+            tasks.push(tokio::spawn(async move {
                 store
                     .consume_token(&id, &hash, &format!("csr-{i}"), SystemClock.unix())
+                    .await
                     .unwrap()
             }));
         }
@@ -306,18 +297,14 @@ async fn a_token_is_consumed_once_across_replicas() {
         }
         assert_eq!(wins.len(), 1, "round {round}: winners {wins:?}");
         // The winner may retry with the same CSR (a lost answer); anyone else may not.
-        let (r1c, idc, hash) = (r1.clone(), id.to_string(), secret_hash(secret));
+        let hash = secret_hash(secret);
         let winner = wins[0];
-        let (again, other) = tokio::task::spawn_blocking(move || {
-            let now = SystemClock.unix();
-            (
-                r1c.consume_token(&idc, &hash, &format!("csr-{winner}"), now)
-                    .unwrap(),
-                r1c.consume_token(&idc, &hash, "csr-late", now).unwrap(),
-            )
-        })
-        .await
-        .unwrap();
+        let now = SystemClock.unix();
+        let again = r1
+            .consume_token(id, &hash, &format!("csr-{winner}"), now)
+            .await
+            .unwrap();
+        let other = r1.consume_token(id, &hash, "csr-late", now).await.unwrap();
         assert_eq!(again, Ok("sno1".to_string()));
         assert_eq!(other, Err(TokenRejection::Used));
     }
@@ -338,7 +325,7 @@ async fn replicas_starting_at_once_share_one_agent_ca() {
             .verb(Verb::Create)
             .resource("secrets"),
     );
-    let now = SystemClock.now();
+    let now = SystemClock.system_time();
     let names = vec!["127.0.0.1".to_string()];
     let (c1, c2) = (double.client(), double.client());
     let (ca1, ca2, s1, s2) = tokio::join!(

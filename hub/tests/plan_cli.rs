@@ -70,8 +70,8 @@ impl Drop for Scratch {
     }
 }
 
-/// Runs the binary with `args` (and `stdin`), with a clean environment so no `TALM_*` or
-/// `RUST_LOG` of the caller leaks in.
+/// Runs the binary with `args` (and `stdin`), with a clean environment so no `TALM_*` variable
+/// of the caller (such as `TALM_LOG_LEVEL`) leaks in.
 #[allow(clippy::disallowed_methods)] // tests run the binary under test
 fn talm_hub(args: &[&str], stdin: Option<&str>, cwd: Option<&Path>) -> Output {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_talm-hub"));

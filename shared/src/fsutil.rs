@@ -1,14 +1,15 @@
-//! Durable, atomic file writes: write a temp file in the same directory, fsync it, rename it
-//! over the target, then fsync the directory. A crash leaves either the old or the new content,
-//! never a torn file.
+//! Durable, atomic file writes, the one implementation for the workspace: write a temp file in
+//! the same directory, fsync it, rename it over the target, then fsync the directory. A crash
+//! leaves either the old or the new content, never a torn file. Also [`fsync_dir`] (make a new
+//! or renamed entry durable) and [`read_optional`].
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-/// Atomically replaces `path` with `bytes`; `mode` sets the permissions of the new file
-/// (0o600 for keys and tokens).
+/// Atomically replaces `path` with `bytes`, creating its directory if needed; `mode` sets the
+/// permissions of the new file (0o600 for keys and tokens, 0o644 otherwise).
 pub fn atomic_write(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let dir = path
         .parent()
@@ -33,12 +34,17 @@ pub fn atomic_write(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
         f.sync_all()?;
         drop(f);
         fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
+        fsync_dir(dir)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// fsyncs a directory, so that a rename into it or a new entry in it is durable.
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 /// Reads `path`, or `None` when it does not exist.

@@ -2,9 +2,11 @@
 //!
 //! - [`api`]: the API types talm owns (`ClusterGroupUpgrade`, `PreCachingConfig`, `SpokeAgent`)
 //!   and typed views of the RHACM objects the hub reads and writes.
+//! - [`hex`]: lower-case hex encoding.
 //! - With the `runtime` feature, helpers for the two daemons: [`tls`] (rustls/ring, TLS 1.3,
 //!   certificate identity), [`pki`] (rcgen CAs, CSRs, signing), [`fsutil`] (atomic durable
-//!   writes), [`clock`] (the time seam) and [`telemetry`] (tracing setup).
+//!   writes), [`clock`] (the clock seam and a manual test clock) and [`telemetry`] (the logging
+//!   flags and setup of both binaries).
 //! - With the `yaml` feature (part of `runtime`; the engine turns it on alone), [`yaml`]:
 //!   reading YAML/JSON documents from untrusted text with bounded alias expansion.
 //!
@@ -18,6 +20,7 @@ pub mod api;
 pub mod clock;
 #[cfg(feature = "runtime")]
 pub mod fsutil;
+pub mod hex;
 #[cfg(feature = "runtime")]
 pub mod pki;
 #[cfg(feature = "runtime")]

@@ -169,7 +169,7 @@ mod tests {
 
     #[test]
     fn signed_agent_cert_names_the_cluster_from_the_hub_not_the_csr() {
-        let now = SystemClock.now();
+        let now = SystemClock.system_time();
         let ca = new_ca("agents", now, Duration::from_secs(3600)).unwrap();
         let (_key, csr) = agent_key_and_csr().unwrap();
         let pem = sign_agent_csr(

@@ -160,7 +160,7 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, TlsError> {
     check_cluster_name(&cluster).map_err(TlsError::Identity)?;
     Ok(CertInfo {
         cluster,
-        serial: cert.tbs_certificate.raw_serial_as_string().replace(':', ""),
+        serial: crate::hex::encode(cert.tbs_certificate.raw_serial()),
         not_after: cert.validity().not_after.timestamp(),
         not_before: cert.validity().not_before.timestamp(),
     })

@@ -87,7 +87,7 @@ fn runner(root: &Path, template: &talm_agent::backup::BackupConfig) -> Arc<dyn T
     }))
 }
 
-fn put_backup(hub: &Hub, cluster: &str, id: &str, deadline_in: i64) {
+async fn put_backup(hub: &Hub, cluster: &str, id: &str, deadline_in: i64) {
     let spec = SpokeAgentSpec {
         backup: Some(BackupTask {
             id: id.into(),
@@ -95,11 +95,12 @@ fn put_backup(hub: &Hub, cluster: &str, id: &str, deadline_in: i64) {
         }),
         ..Default::default()
     };
-    hub.agents.put_spec(cluster, &spec).unwrap();
+    hub.agents.put_spec(cluster, &spec).await.unwrap();
 }
 
-fn backup_state(hub: &Hub, cluster: &str) -> Option<(String, String, String)> {
+async fn backup_state(hub: &Hub, cluster: &str) -> Option<(String, String, String)> {
     hub.status(cluster)
+        .await
         .and_then(|s| s.backup)
         .map(|r| (r.id, r.state, r.message))
 }
@@ -130,12 +131,17 @@ async fn connected(dir: &Path, cmds: Arc<dyn CommandRunner>) -> (Hub, Node, Runn
     let hub = Hub::start(&dir.join("hub"), &pki, fast_config()).await;
     let n = node(&dir.join("node"), cmds);
     let a = RunningAgent::start(
-        agent_config(&hub.url(), &pki, &dir.join("a"), Some(hub.token("sno-a"))),
+        agent_config(
+            &hub.url(),
+            &pki,
+            &dir.join("a"),
+            Some(hub.token("sno-a").await),
+        ),
         runner(&n.root, &n.template),
         &n.root,
     );
-    eventually(10, "connected", || {
-        hub.status("sno-a").is_some_and(|s| s.connected)
+    eventually(10, "connected", async || {
+        hub.status("sno-a").await.is_some_and(|s| s.connected)
     })
     .await;
     (hub, n, a)
@@ -167,12 +173,14 @@ async fn a_hub_assigned_backup_runs_to_succeeded() {
     }
     let dir = tempfile::tempdir().unwrap();
     let (hub, n, a) = connected(dir.path(), Arc::new(RealRunner::new())).await;
-    put_backup(&hub, "sno-a", "ns/cgu/uid/backup", 600);
-    eventually(120, "backup succeeded", || {
-        backup_state(&hub, "sno-a").is_some_and(|(_, s, _)| s == "Succeeded")
+    put_backup(&hub, "sno-a", "ns/cgu/uid/backup", 600).await;
+    eventually(120, "backup succeeded", async || {
+        backup_state(&hub, "sno-a")
+            .await
+            .is_some_and(|(_, s, _)| s == "Succeeded")
     })
     .await;
-    let (id, _, message) = backup_state(&hub, "sno-a").unwrap();
+    let (id, _, message) = backup_state(&hub, "sno-a").await.unwrap();
     assert_eq!(id, "ns/cgu/uid/backup");
     assert!(message.starts_with("backup complete: "), "{message}");
     assert!(complete_backup(&n.root), "the backup's completion marker");
@@ -194,17 +202,19 @@ async fn an_agent_without_backup_settings_rejects_the_task() {
             &hub.url(),
             &pki,
             &dir.path().join("a"),
-            Some(hub.token("sno-a")),
+            Some(hub.token("sno-a").await),
         ),
         RunningAgent::host_runner(&root),
         &root,
     );
-    put_backup(&hub, "sno-a", "b-1", 600);
-    eventually(10, "rejected", || {
-        backup_state(&hub, "sno-a").is_some_and(|(_, s, _)| s == "UnrecoverableError")
+    put_backup(&hub, "sno-a", "b-1", 600).await;
+    eventually(10, "rejected", async || {
+        backup_state(&hub, "sno-a")
+            .await
+            .is_some_and(|(_, s, _)| s == "UnrecoverableError")
     })
     .await;
-    let (_, _, message) = backup_state(&hub, "sno-a").unwrap();
+    let (_, _, message) = backup_state(&hub, "sno-a").await.unwrap();
     assert!(message.contains("without backup settings"), "{message}");
     a.stop().await.unwrap();
 }
@@ -221,9 +231,11 @@ async fn the_deadline_inside_the_backup_gives_backup_timeout_and_no_current_back
     let slow = Arc::new(SlowOstree::default());
     let (hub, n, a) = connected(dir.path(), slow.clone()).await;
     // The backup blocks in its ostree step until released; the deadline passes meanwhile.
-    put_backup(&hub, "sno-a", "b-late", 2);
-    eventually(30, "timed out", || {
-        backup_state(&hub, "sno-a").is_some_and(|(_, s, _)| s == "BackupTimeout")
+    put_backup(&hub, "sno-a", "b-late", 2).await;
+    eventually(30, "timed out", async || {
+        backup_state(&hub, "sno-a")
+            .await
+            .is_some_and(|(_, s, _)| s == "BackupTimeout")
     })
     .await;
     slow.released.store(true, Ordering::SeqCst);
@@ -248,15 +260,16 @@ async fn removing_the_backup_from_the_spec_cancels_it_at_a_step_boundary() {
     let dir = tempfile::tempdir().unwrap();
     let slow = Arc::new(SlowOstree::default());
     let (hub, n, a) = connected(dir.path(), slow.clone()).await;
-    put_backup(&hub, "sno-a", "b-cancel", 600);
-    eventually(30, "backup in its ostree step", || {
+    put_backup(&hub, "sno-a", "b-cancel", 600).await;
+    eventually(30, "backup in its ostree step", async || {
         slow.entered.load(Ordering::SeqCst) > 0
     })
     .await;
     hub.agents
         .put_spec("sno-a", &SpokeAgentSpec::default())
+        .await
         .unwrap();
-    eventually(10, "cancelled", || {
+    eventually(10, "cancelled", async || {
         a.agent
             .journal()
             .task("b-cancel")

@@ -79,14 +79,14 @@ async fn enrollment_end_to_end_and_token_rules() {
     let root = host_root(dir.path());
 
     // A fresh agent with a token enrolls, connects, and reports its facts.
-    let token = hub.token("sno-a");
+    let token = hub.token("sno-a").await;
     let a = RunningAgent::start(
         agent_config(&hub.url(), &pki, &dir.path().join("a"), Some(token.clone())),
         RunningAgent::host_runner(&root),
         &root,
     );
-    eventually(10, "sno-a connected", || {
-        hub.status("sno-a").is_some_and(|s| s.connected)
+    eventually(10, "sno-a connected", async || {
+        hub.status("sno-a").await.is_some_and(|s| s.connected)
     })
     .await;
     let id = a.agent.identity().unwrap();
@@ -127,6 +127,7 @@ async fn enrollment_end_to_end_and_token_rules() {
         "sno-c",
         Duration::ZERO,
     )
+    .await
     .unwrap();
     let err = conn::enroll(
         &target(&hub),
@@ -189,7 +190,7 @@ async fn wrong_ca_and_expired_certificates_fail_the_handshake() {
     let now = SystemClock.unix();
 
     // A certificate from another CA, naming an enrolled cluster.
-    let good = hub.issue_identity(&pki, "sno-a", now - 60, now + 600);
+    let good = hub.issue_identity(&pki, "sno-a", now - 60, now + 600).await;
     let foreign = Pki::new();
     let (key, csr) = talm_shared::pki::agent_key_and_csr().unwrap();
     let cert = talm_shared::pki::sign_agent_csr(
@@ -214,7 +215,9 @@ async fn wrong_ca_and_expired_certificates_fail_the_handshake() {
     assert!(refused >= 1.0, "{metrics}");
 
     // An expired certificate from the right CA.
-    let expired = hub.issue_identity(&pki, "sno-b", now - 7200, now - 3600);
+    let expired = hub
+        .issue_identity(&pki, "sno-b", now - 7200, now - 3600)
+        .await;
     raw_session(&hub, &pki, &expired, vec![hello("")])
         .await
         .unwrap_err();
@@ -256,8 +259,8 @@ async fn a_certificate_for_a_cannot_speak_for_b() {
     let pki = Pki::new();
     let hub = Hub::start(&dir.path().join("hub"), &pki, fast_config()).await;
     let now = SystemClock.unix();
-    let a = hub.issue_identity(&pki, "sno-a", now - 60, now + 600);
-    hub.issue_identity(&pki, "sno-b", now - 60, now + 600);
+    let a = hub.issue_identity(&pki, "sno-a", now - 60, now + 600).await;
+    hub.issue_identity(&pki, "sno-b", now - 60, now + 600).await;
 
     // Hello claiming B.
     let err = raw_session(&hub, &pki, &a, vec![hello("sno-b")])
@@ -359,12 +362,12 @@ async fn revocation_ends_the_session_and_refuses_reconnects() {
             &hub.url(),
             &pki,
             &dir.path().join("a"),
-            Some(hub.token("sno-a")),
+            Some(hub.token("sno-a").await),
         ),
         RunningAgent::host_runner(&root),
         &root,
     );
-    eventually(10, "connected", || {
+    eventually(10, "connected", async || {
         hub.gw.registry.session("sno-a").is_some()
     })
     .await;
@@ -376,14 +379,15 @@ async fn revocation_ends_the_session_and_refuses_reconnects() {
             cluster: "sno-a".into(),
         },
     })
+    .await
     .unwrap();
     assert!(out.contains("revoked"), "{out}");
-    eventually(10, "session ended", || {
+    eventually(10, "session ended", async || {
         hub.gw.registry.session("sno-a").is_none()
     })
     .await;
-    eventually(10, "status disconnected", || {
-        hub.status("sno-a").is_some_and(|s| !s.connected)
+    eventually(10, "status disconnected", async || {
+        hub.status("sno-a").await.is_some_and(|s| !s.connected)
     })
     .await;
     // The agent keeps trying; every attempt is refused.

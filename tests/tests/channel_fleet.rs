@@ -36,7 +36,7 @@ async fn one_thousand_agents_enroll_run_a_task_and_report() {
             &hub.url(),
             &pki,
             &dir.path().join(&cluster),
-            Some(hub.token(&cluster)),
+            Some(hub.token(&cluster).await),
         );
         c.backoff_initial = Duration::from_millis(200);
         c.backoff_max = Duration::from_secs(2);
@@ -46,20 +46,27 @@ async fn one_thousand_agents_enroll_run_a_task_and_report() {
         agents.push(RunningAgent::start(c, runner.clone(), &root));
     }
     eprintln!("{n} agents started in {:?}", started.elapsed());
-    eventually(120, "all connected", || {
+    eventually(120, "all connected", async || {
         hub.gw.registry.connected_count() == n
     })
     .await;
     eprintln!("{n} agents connected after {:?}", started.elapsed());
     for i in 0..n {
-        hub.put_check_space(&format!("sno-{i:04}"), &format!("cs-{i}"), "1");
+        hub.put_check_space(&format!("sno-{i:04}"), &format!("cs-{i}"), "1")
+            .await;
     }
-    eventually(120, "all succeeded", || {
-        (0..n).all(|i| {
-            hub.status(&format!("sno-{i:04}"))
+    eventually(120, "all succeeded", async || {
+        for i in 0..n {
+            let done = hub
+                .status(&format!("sno-{i:04}"))
+                .await
                 .and_then(|s| s.check_space)
-                .is_some_and(|r| r.id == format!("cs-{i}") && r.state == "Succeeded")
-        })
+                .is_some_and(|r| r.id == format!("cs-{i}") && r.state == "Succeeded");
+            if !done {
+                return false;
+            }
+        }
+        true
     })
     .await;
     eprintln!("{n} tasks succeeded after {:?}", started.elapsed());
@@ -102,21 +109,21 @@ async fn rotation_happens_before_expiry_without_interrupting_the_session_or_a_ta
             &hub.url(),
             &pki,
             &dir.path().join("a"),
-            Some(hub.token("sno-a")),
+            Some(hub.token("sno-a").await),
         ),
         gate.arc(),
         &root,
     );
-    eventually(10, "connected", || {
+    eventually(10, "connected", async || {
         hub.gw.registry.session("sno-a").is_some()
     })
     .await;
     let session = hub.gw.registry.session("sno-a").unwrap().id;
     let first = a.agent.identity().unwrap().info;
-    hub.put_check_space("sno-a", "t-1", "1");
-    eventually(10, "task started", || gate.starts("t-1") == 1).await;
+    hub.put_check_space("sno-a", "t-1", "1").await;
+    eventually(10, "task started", async || gate.starts("t-1") == 1).await;
 
-    eventually(15, "rotated", || {
+    eventually(15, "rotated", async || {
         a.agent.identity().unwrap().info.serial != first.serial
     })
     .await;
@@ -128,6 +135,7 @@ async fn rotation_happens_before_expiry_without_interrupting_the_session_or_a_ta
             .enroller
             .store()
             .get("sno-a")
+            .await
             .unwrap()
             .unwrap()
             .serials
@@ -148,8 +156,9 @@ async fn rotation_happens_before_expiry_without_interrupting_the_session_or_a_ta
     ))
     .await;
     gate.release(1);
-    eventually(10, "succeeded", || {
+    eventually(10, "succeeded", async || {
         hub.status("sno-a")
+            .await
             .and_then(|s| s.check_space)
             .is_some_and(|r| r.state == "Succeeded")
     })
@@ -165,7 +174,7 @@ async fn rotation_happens_before_expiry_without_interrupting_the_session_or_a_ta
         .session("sno-a")
         .unwrap()
         .end(Code::Unavailable, "test: drop the session");
-    eventually(10, "reconnected", || {
+    eventually(10, "reconnected", async || {
         hub.gw
             .registry
             .session("sno-a")

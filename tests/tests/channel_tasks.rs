@@ -16,8 +16,9 @@ use talm_shared::api::spokeagent::SpokeAgentSpec;
 use talm_shared::clock::{Clock, SystemClock};
 use tokio_stream::wrappers::ReceiverStream;
 
-fn state_of(hub: &Hub, cluster: &str) -> Option<String> {
+async fn state_of(hub: &Hub, cluster: &str) -> Option<String> {
     hub.status(cluster)
+        .await
         .and_then(|s| s.check_space)
         .map(|r| r.state)
 }
@@ -54,22 +55,22 @@ async fn check_space_runs_and_only_transitions_reach_status() {
             &hub.url(),
             &pki,
             &dir.path().join("a"),
-            Some(hub.token("sno-a")),
+            Some(hub.token("sno-a").await),
         ),
         RunningAgent::host_runner(&root),
         &root,
     );
-    eventually(10, "connected", || {
-        hub.status("sno-a").is_some_and(|s| s.connected)
+    eventually(10, "connected", async || {
+        hub.status("sno-a").await.is_some_and(|s| s.connected)
     })
     .await;
 
-    hub.put_check_space("sno-a", "cs-1", "1");
-    eventually(10, "cs-1 succeeded", || {
-        state_of(&hub, "sno-a").as_deref() == Some("Succeeded")
+    hub.put_check_space("sno-a", "cs-1", "1").await;
+    eventually(10, "cs-1 succeeded", async || {
+        state_of(&hub, "sno-a").await.as_deref() == Some("Succeeded")
     })
     .await;
-    let st = hub.status("sno-a").unwrap().check_space.unwrap();
+    let st = hub.status("sno-a").await.unwrap().check_space.unwrap();
     assert_eq!(st.id, "cs-1");
     assert!(
         st.message
@@ -79,12 +80,12 @@ async fn check_space_runs_and_only_transitions_reach_status() {
     );
 
     // More than the disk can hold: the TALM failure message, as UnrecoverableError.
-    hub.put_check_space("sno-a", "cs-2", "1000000");
-    eventually(10, "cs-2 failed", || {
-        state_of(&hub, "sno-a").as_deref() == Some("UnrecoverableError")
+    hub.put_check_space("sno-a", "cs-2", "1000000").await;
+    eventually(10, "cs-2 failed", async || {
+        state_of(&hub, "sno-a").await.as_deref() == Some("UnrecoverableError")
     })
     .await;
-    let st = hub.status("sno-a").unwrap().check_space.unwrap();
+    let st = hub.status("sno-a").await.unwrap().check_space.unwrap();
     assert!(
         st.message.starts_with("not enough space for precaching"),
         "{}",
@@ -106,7 +107,7 @@ async fn check_space_runs_and_only_transitions_reach_status() {
     let tasks = v[0]["tasks"].as_array().unwrap();
     assert_eq!(tasks.len(), 2);
     assert_eq!(tasks[0]["kind"], "check-space");
-    eventually(5, "all acked", || {
+    eventually(5, "all acked", async || {
         a.agent.journal().pending_after(0).is_empty()
     })
     .await;
@@ -126,19 +127,24 @@ async fn a_task_survives_a_hub_restart_mid_task_exactly_once() {
     let root = host_root(dir.path());
     let gate = GateRunner::new();
     let a = RunningAgent::start(
-        agent_config(&url, &pki, &dir.path().join("a"), Some(hub.token("sno-a"))),
+        agent_config(
+            &url,
+            &pki,
+            &dir.path().join("a"),
+            Some(hub.token("sno-a").await),
+        ),
         gate.arc(),
         &root,
     );
-    eventually(10, "connected", || {
-        hub.status("sno-a").is_some_and(|s| s.connected)
+    eventually(10, "connected", async || {
+        hub.status("sno-a").await.is_some_and(|s| s.connected)
     })
     .await;
-    hub.put_check_space("sno-a", "t-1", "1");
-    eventually(10, "task started", || gate.starts("t-1") == 1).await;
-    eventually(10, "hub saw it start", || {
+    hub.put_check_space("sno-a", "t-1", "1").await;
+    eventually(10, "task started", async || gate.starts("t-1") == 1).await;
+    eventually(10, "hub saw it start", async || {
         matches!(
-            state_of(&hub, "sno-a").as_deref(),
+            state_of(&hub, "sno-a").await.as_deref(),
             Some("Starting" | "Active")
         )
     })
@@ -147,7 +153,7 @@ async fn a_task_survives_a_hub_restart_mid_task_exactly_once() {
     // The hub goes away mid-task; the task finishes while it is down.
     hub.stop().await;
     gate.release(1);
-    eventually(10, "finished locally", || {
+    eventually(10, "finished locally", async || {
         a.agent
             .journal()
             .task("t-1")
@@ -162,11 +168,11 @@ async fn a_task_survives_a_hub_restart_mid_task_exactly_once() {
 
     // A new hub process on the same state dir and address.
     let hub = Hub::start_on(&state, &pki, fast_config(), addr, Duration::from_secs(3600)).await;
-    eventually(15, "result delivered", || {
-        state_of(&hub, "sno-a").as_deref() == Some("Succeeded")
+    eventually(15, "result delivered", async || {
+        state_of(&hub, "sno-a").await.as_deref() == Some("Succeeded")
     })
     .await;
-    eventually(5, "acknowledged", || {
+    eventually(5, "acknowledged", async || {
         a.agent.journal().pending_after(0).is_empty()
     })
     .await;
@@ -175,7 +181,7 @@ async fn a_task_survives_a_hub_restart_mid_task_exactly_once() {
     assert_eq!(gate.starts("t-1"), 1);
     assert_eq!(gate.effects("t-1"), 1);
     assert_eq!(transitions_into(&hub, "sno-a", "t-1", "Succeeded"), 1);
-    assert!(hub.status("sno-a").unwrap().connected);
+    assert!(hub.status("sno-a").await.unwrap().connected);
     a.stop().await.unwrap();
     hub.stop().await;
 }
@@ -192,15 +198,15 @@ async fn a_task_survives_an_agent_restart_mid_task_exactly_once() {
         &hub.url(),
         &pki,
         &dir.path().join("a"),
-        Some(hub.token("sno-a")),
+        Some(hub.token("sno-a").await),
     );
     let a = RunningAgent::start(cfg.clone(), gate.arc(), &root);
-    eventually(10, "connected", || {
-        hub.status("sno-a").is_some_and(|s| s.connected)
+    eventually(10, "connected", async || {
+        hub.status("sno-a").await.is_some_and(|s| s.connected)
     })
     .await;
-    hub.put_check_space("sno-a", "t-1", "1");
-    eventually(10, "task started", || gate.starts("t-1") == 1).await;
+    hub.put_check_space("sno-a", "t-1", "1").await;
+    eventually(10, "task started", async || gate.starts("t-1") == 1).await;
 
     // The agent process dies mid-task (its runner is dropped with it).
     a.stop().await.unwrap();
@@ -209,14 +215,14 @@ async fn a_task_survives_an_agent_restart_mid_task_exactly_once() {
     let mut cfg2 = cfg.clone();
     cfg2.bootstrap_token = None;
     let a = RunningAgent::start(cfg2.clone(), gate.arc(), &root);
-    eventually(10, "resumed", || gate.starts("t-1") == 2).await;
+    eventually(10, "resumed", async || gate.starts("t-1") == 2).await;
     gate.release(1);
-    eventually(10, "succeeded at the hub", || {
-        state_of(&hub, "sno-a").as_deref() == Some("Succeeded")
+    eventually(10, "succeeded at the hub", async || {
+        state_of(&hub, "sno-a").await.as_deref() == Some("Succeeded")
     })
     .await;
     assert_eq!(gate.effects("t-1"), 1);
-    eventually(5, "acknowledged", || {
+    eventually(5, "acknowledged", async || {
         a.agent.journal().pending_after(0).is_empty()
     })
     .await;
@@ -224,7 +230,7 @@ async fn a_task_survives_an_agent_restart_mid_task_exactly_once() {
     // Another restart after completion: nothing runs again, nothing is reported twice.
     a.stop().await.unwrap();
     let a = RunningAgent::start(cfg2, gate.arc(), &root);
-    eventually(10, "reconnected", || {
+    eventually(10, "reconnected", async || {
         hub.gw.registry.session("sno-a").is_some()
     })
     .await;
@@ -253,21 +259,22 @@ async fn removing_a_task_from_the_spec_cancels_it() {
             &hub.url(),
             &pki,
             &dir.path().join("a"),
-            Some(hub.token("sno-a")),
+            Some(hub.token("sno-a").await),
         ),
         gate.arc(),
         &root,
     );
-    eventually(10, "connected", || {
+    eventually(10, "connected", async || {
         hub.gw.registry.session("sno-a").is_some()
     })
     .await;
-    hub.put_check_space("sno-a", "t-1", "1");
-    eventually(10, "task started", || gate.starts("t-1") == 1).await;
+    hub.put_check_space("sno-a", "t-1", "1").await;
+    eventually(10, "task started", async || gate.starts("t-1") == 1).await;
     hub.agents
         .put_spec("sno-a", &SpokeAgentSpec::default())
+        .await
         .unwrap();
-    eventually(10, "cancelled", || {
+    eventually(10, "cancelled", async || {
         a.agent
             .journal()
             .task("t-1")
@@ -277,7 +284,7 @@ async fn removing_a_task_from_the_spec_cancels_it() {
     gate.release(1);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(gate.effects("t-1"), 0);
-    eventually(5, "acknowledged", || {
+    eventually(5, "acknowledged", async || {
         a.agent.journal().pending_after(0).is_empty()
     })
     .await;
@@ -297,7 +304,7 @@ async fn a_silent_agent_is_marked_disconnected_after_the_heartbeat_timeout() {
     cfg.heartbeat_timeout = Duration::from_secs(1);
     let hub = Hub::start(&dir.path().join("hub"), &pki, cfg).await;
     let now = SystemClock.unix();
-    let id = hub.issue_identity(&pki, "sno-q", now - 60, now + 600);
+    let id = hub.issue_identity(&pki, "sno-q", now - 60, now + 600).await;
     let target = talm_agent::conn::HubTarget::parse(&hub.url(), None).unwrap();
     let mut client = talm_agent::conn::session_client(
         &target,
@@ -322,8 +329,8 @@ async fn a_silent_agent_is_marked_disconnected_after_the_heartbeat_timeout() {
         .unwrap()
         .into_inner();
     assert!(inbound.message().await.unwrap().is_some(), "welcome");
-    eventually(5, "connected", || {
-        hub.status("sno-q").is_some_and(|s| s.connected)
+    eventually(5, "connected", async || {
+        hub.status("sno-q").await.is_some_and(|s| s.connected)
     })
     .await;
     // Say nothing (the stream stays open): the hub ends it and marks the agent disconnected.
@@ -332,8 +339,9 @@ async fn a_silent_agent_is_marked_disconnected_after_the_heartbeat_timeout() {
         .unwrap()
         .unwrap_err();
     assert_eq!(err.message(), "heartbeat timeout");
-    eventually(5, "disconnected", || {
+    eventually(5, "disconnected", async || {
         hub.status("sno-q")
+            .await
             .is_some_and(|s| !s.connected && s.last_seen.is_some())
     })
     .await;
@@ -361,20 +369,20 @@ async fn a_restarted_hub_keeps_persisted_status_and_does_not_reassign_finished_t
             &hub.url(),
             &pki,
             &dir.path().join("a"),
-            Some(hub.token("sno-a")),
+            Some(hub.token("sno-a").await),
         ),
         RunningAgent::host_runner(&root),
         &root,
     );
-    hub.put_check_space("sno-a", "cs-1", "1");
-    eventually(10, "succeeded", || {
-        state_of(&hub, "sno-a").as_deref() == Some("Succeeded")
+    hub.put_check_space("sno-a", "cs-1", "1").await;
+    eventually(10, "succeeded", async || {
+        state_of(&hub, "sno-a").await.as_deref() == Some("Succeeded")
     })
     .await;
     let identity = a.agent.identity().unwrap();
     a.stop().await.unwrap();
-    eventually(10, "disconnected", || {
-        hub.status("sno-a").is_some_and(|s| !s.connected)
+    eventually(10, "disconnected", async || {
+        hub.status("sno-a").await.is_some_and(|s| !s.connected)
     })
     .await;
     hub.stop().await;
@@ -382,7 +390,7 @@ async fn a_restarted_hub_keeps_persisted_status_and_does_not_reassign_finished_t
     // A new hub that has not heard from the agent yet leaves the status alone...
     let hub = Hub::start(&state, &pki, fast_config()).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(state_of(&hub, "sno-a").as_deref(), Some("Succeeded"));
+    assert_eq!(state_of(&hub, "sno-a").await.as_deref(), Some("Succeeded"));
     assert!(
         hub.agents.writes.lock().unwrap().is_empty(),
         "no writes for unseen clusters"
@@ -418,11 +426,11 @@ async fn a_restarted_hub_keeps_persisted_status_and_does_not_reassign_finished_t
     ));
     let next = tokio::time::timeout(Duration::from_millis(700), inbound.message()).await;
     assert!(next.is_err(), "no assignment expected, got {next:?}");
-    eventually(5, "connected", || {
-        hub.status("sno-a").is_some_and(|s| s.connected)
+    eventually(5, "connected", async || {
+        hub.status("sno-a").await.is_some_and(|s| s.connected)
     })
     .await;
-    assert_eq!(state_of(&hub, "sno-a").as_deref(), Some("Succeeded"));
+    assert_eq!(state_of(&hub, "sno-a").await.as_deref(), Some("Succeeded"));
     drop(tx);
     hub.stop().await;
 }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::layout::{MANIFEST, MARKER};
 use crate::host::archive::digest_file;
-use crate::host::etcd::hex;
+use talm_shared::hex;
 
 /// One file of a backup.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,7 +103,9 @@ pub fn verify(dir: &Path) -> Result<Manifest, VerifyError> {
         path: manifest_path.clone(),
         reason: e.to_string(),
     })?;
-    if hex(ring::digest::digest(&ring::digest::SHA256, &text).as_ref()) != marker.manifest_sha256 {
+    if hex::encode(ring::digest::digest(&ring::digest::SHA256, &text).as_ref())
+        != marker.manifest_sha256
+    {
         return Err(VerifyError::Corrupt {
             dir: dir.to_owned(),
             name: MANIFEST.into(),

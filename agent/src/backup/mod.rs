@@ -28,10 +28,11 @@ use crate::host::disk::Disk;
 use crate::host::etcd::{self, EtcdConfig, EtcdError};
 use crate::host::exec::CommandRunner;
 use crate::host::ostree::{Ostree, OstreeError};
-use crate::host::root::{HostRoot, InRootError, fsync_dir, remove_tree, write_atomic};
+use crate::host::root::{HostRoot, InRootError, remove_tree};
 use crate::recovery::journal::{Journal, JournalError};
 use layout::{CLUSTER_DIR, CURRENT, ETC_EXCLUDE, MANIFEST, MARKER, STAGING};
 use manifest::{Artifact, Manifest, Marker};
+use talm_shared::fsutil::{atomic_write, fsync_dir};
 
 /// One GiB.
 pub const GIB: u64 = 1 << 30;
@@ -616,7 +617,7 @@ fn steps(ctx: &mut Ctx<'_>, dir: &Path) -> Result<Manifest, BackupError> {
         source: io::Error::other(e),
     })?;
     let manifest_path = ctx.staging.join(MANIFEST);
-    write_atomic(&manifest_path, &text).map_err(io_err(&manifest_path))?;
+    atomic_write(&manifest_path, &text, 0o644).map_err(io_err(&manifest_path))?;
     // Everything durable before the marker says so.
     for a in &manifest.artifacts {
         let p = ctx.staging.join(&a.name);
@@ -626,14 +627,16 @@ fn steps(ctx: &mut Ctx<'_>, dir: &Path) -> Result<Manifest, BackupError> {
     }
     fsync_dir(&ctx.staging.join(CLUSTER_DIR)).map_err(io_err(&ctx.staging))?;
     let marker = Marker {
-        manifest_sha256: etcd::hex(ring::digest::digest(&ring::digest::SHA256, &text).as_ref()),
+        manifest_sha256: talm_shared::hex::encode(
+            ring::digest::digest(&ring::digest::SHA256, &text).as_ref(),
+        ),
     };
     let marker_text = serde_json::to_vec(&marker).map_err(|e| BackupError::Io {
         path: ctx.staging.join(MARKER),
         source: io::Error::other(e),
     })?;
     let marker_path = ctx.staging.join(MARKER);
-    write_atomic(&marker_path, &marker_text).map_err(io_err(&marker_path))?;
+    atomic_write(&marker_path, &marker_text, 0o644).map_err(io_err(&marker_path))?;
     end(ctx, Step::Seal)?;
 
     // -- commit: swap atomically with the previous backup, then drop the previous one

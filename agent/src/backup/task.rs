@@ -168,15 +168,7 @@ mod tests {
     use crate::host::root::HostRoot;
     use crate::journal::TaskState;
     use std::path::PathBuf;
-    use std::time::SystemTime;
-
-    #[derive(Debug)]
-    struct At(i64);
-    impl Clock for At {
-        fn now(&self) -> SystemTime {
-            SystemTime::UNIX_EPOCH + Duration::from_secs(self.0.unsigned_abs())
-        }
-    }
+    use talm_shared::clock::ManualClock;
 
     fn cfg(now: i64) -> BackupTaskConfig {
         BackupTaskConfig {
@@ -198,7 +190,7 @@ mod tests {
                 deadline: None,
                 timestamp: String::new(),
             },
-            clock: Arc::new(At(now)),
+            clock: Arc::new(ManualClock::at_unix(now)),
         }
     }
 

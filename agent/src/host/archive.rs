@@ -22,7 +22,7 @@ use std::path::{Component, Path, PathBuf};
 
 use ring::digest;
 
-use super::etcd::hex;
+use talm_shared::hex;
 use super::root::{InRootError, check_dir_beneath, resolve_in_root};
 
 /// Compression of an archive.
@@ -483,7 +483,7 @@ impl<'a> ArchiveWriter<'a> {
         file.sync_all().map_err(io_at(&path))?;
         Ok(FileDigest {
             size: base.len,
-            sha256: hex(base.ctx.finish().as_ref()),
+            sha256: hex::encode(base.ctx.finish().as_ref()),
         })
     }
 }
@@ -517,7 +517,7 @@ pub fn digest_file(path: &Path) -> io::Result<FileDigest> {
     }
     Ok(FileDigest {
         size,
-        sha256: hex(ctx.finish().as_ref()),
+        sha256: hex::encode(ctx.finish().as_ref()),
     })
 }
 

@@ -1,22 +1,33 @@
-//! Disk facts: free space (statvfs), whether a directory is its own mount, and how many bytes
-//! a tree holds (for the backup's space estimate).
+//! The disk seam, the one for the agent: filesystem capacity (statvfs) and whether a directory
+//! is its own mount, behind [`Disk`] so orchestration tests can fake them; plus how many bytes a
+//! tree holds (for the backup's space estimate).
 
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-/// Filesystem capacity of the filesystem holding a path.
+/// Capacity of the filesystem holding a path.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FsStats {
     /// Total bytes.
     pub size: u64,
     /// Bytes available to unprivileged users (`f_bavail * f_frsize`).
     pub available: u64,
+    /// Bytes free in total (`f_bfree * f_frsize`).
+    pub free: u64,
+}
+
+impl FsStats {
+    /// Bytes in use.
+    pub fn used(&self) -> u64 {
+        self.size.saturating_sub(self.free)
+    }
 }
 
 /// Disk queries, behind a trait so orchestration tests can fake them.
 pub trait Disk: Send + Sync + std::fmt::Debug {
-    /// statvfs of `path`.
+    /// statvfs of the filesystem `path` is on, or would be created on: a path that does not
+    /// exist is measured at its nearest existing ancestor.
     fn stats(&self, path: &Path) -> io::Result<FsStats>;
     /// Whether `path` is the root of its own filesystem (a different device from its parent).
     fn is_mount_point(&self, path: &Path) -> io::Result<bool>;
@@ -28,10 +39,19 @@ pub struct RealDisk;
 
 impl Disk for RealDisk {
     fn stats(&self, path: &Path) -> io::Result<FsStats> {
-        let s = rustix::fs::statvfs(path)?;
+        let mut at = path;
+        while !at.exists() {
+            match at.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => at = parent,
+                _ => break,
+            }
+        }
+        let s = rustix::fs::statvfs(at)?;
+        let frag = s.f_frsize.max(1);
         Ok(FsStats {
-            size: s.f_blocks.saturating_mul(s.f_frsize),
-            available: s.f_bavail.saturating_mul(s.f_frsize),
+            size: s.f_blocks.saturating_mul(frag),
+            available: s.f_bavail.saturating_mul(frag),
+            free: s.f_bfree.saturating_mul(frag),
         })
     }
 
@@ -80,7 +100,11 @@ mod tests {
         let some = tree_size(d.path(), &["bin"]);
         assert!(all > some && some >= 10_000, "{all} {some}");
         let s = RealDisk.stats(d.path()).unwrap();
-        assert!(s.size > 0 && s.available <= s.size);
+        assert!(s.size > 0 && s.available <= s.free && s.free <= s.size);
+        assert_eq!(s.used(), s.size - s.free);
+        // A missing path is measured where it would be created.
+        let missing = RealDisk.stats(&d.path().join("no/such/dir")).unwrap();
+        assert_eq!(missing.size, s.size);
         assert!(RealDisk.is_mount_point(Path::new("/")).unwrap());
         assert!(!RealDisk.is_mount_point(d.path()).unwrap() || d.path().starts_with("/tmp"));
     }

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ring::digest;
+use talm_shared::hex;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// OpenShift's etcd endpoint on a control-plane node.
@@ -284,7 +285,7 @@ async fn snapshot_async(
     }
     Ok(SnapshotInfo {
         size,
-        file_sha256: hex(file_hash.finish().as_ref()),
+        file_sha256: hex::encode(file_hash.finish().as_ref()),
         revision,
         endpoint,
     })
@@ -324,14 +325,4 @@ pub fn verify_snapshot_file(path: &Path) -> Result<(), EtcdError> {
             path.display()
         )))
     }
-}
-
-/// Lower-case hex.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
 }

@@ -2,8 +2,8 @@
 //! a temp dir in tests); the two rules for directories a restore writes into or deletes from
 //! ([`resolve_in_root`]: a host path resolved as the host resolves it, links followed but
 //! never out of the root; [`check_dir_beneath`]: a path below a trusted directory, reached
-//! without following any link); plus crash-safe file writes (temp file, fsync, rename, fsync
-//! dir).
+//! without following any link); and tree removal. Crash-safe writes are
+//! [`talm_shared::fsutil::atomic_write`].
 
 use std::ffi::OsString;
 use std::fs;
@@ -318,33 +318,6 @@ pub fn resolve_in_root(root: &Path, dir: &Path) -> Result<PathBuf, InRootError> 
     Ok(here(&names))
 }
 
-/// fsyncs a directory (so a rename or a new entry in it is durable).
-pub fn fsync_dir(dir: &Path) -> io::Result<()> {
-    fs::File::open(dir)?.sync_all()
-}
-
-/// Writes `data` to `path` atomically: a temp file beside it, fsync, rename, fsync the parent.
-/// A crash leaves either the old content or the new one, never a mix.
-pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    let parent = path
-        .parent()
-        .ok_or_else(|| io::Error::other(format!("{}: no parent directory", path.display())))?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::other(format!("{}: no file name", path.display())))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(".tmp");
-    let tmp = parent.join(tmp_name);
-    {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    fsync_dir(parent)
-}
-
 /// Removes a file or a tree. A missing path is fine.
 pub fn remove_tree(path: &Path) -> io::Result<()> {
     match fs::symlink_metadata(path) {
@@ -534,15 +507,5 @@ mod tests {
             Path::new("/tmp/h/etc/kubernetes")
         );
         assert_eq!(r.join("../../etc/../x"), Path::new("/tmp/h/etc/x"));
-    }
-
-    #[test]
-    fn atomic_write_replaces() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("f");
-        write_atomic(&p, b"one").unwrap();
-        write_atomic(&p, b"two").unwrap();
-        assert_eq!(fs::read(&p).unwrap(), b"two");
-        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
     }
 }

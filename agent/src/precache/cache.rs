@@ -18,6 +18,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use talm_shared::hex;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 /// The annotation that names an image in an OCI layout.
@@ -91,7 +92,7 @@ impl Digest {
     pub fn of(bytes: &[u8]) -> Self {
         Self(format!(
             "sha256:{}",
-            hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+            hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
         ))
     }
 
@@ -110,15 +111,6 @@ impl std::fmt::Display for Digest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
 }
 
 /// An OCI descriptor (the fields the cache needs).
@@ -456,7 +448,10 @@ impl Partial {
                 detail: format!("got {} bytes, the descriptor says {}", self.len, self.size),
             });
         }
-        let got = format!("sha256:{}", hex(self.hasher.clone().finish().as_ref()));
+        let got = format!(
+            "sha256:{}",
+            hex::encode(self.hasher.clone().finish().as_ref())
+        );
         if got != self.digest.as_str() {
             self.discard().await;
             return Err(CacheError::Mismatch {
@@ -470,7 +465,7 @@ impl Partial {
             .await
             .map_err(io_err(&self.dest))?;
         let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || File::open(&dir).and_then(|d| d.sync_all()))
+        tokio::task::spawn_blocking(move || talm_shared::fsutil::fsync_dir(&dir))
             .await
             .map_err(|e| CacheError::Io {
                 path: self.dir.display().to_string(),

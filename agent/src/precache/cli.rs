@@ -156,12 +156,7 @@ impl RunArgs {
         let deps = Deps {
             host: Arc::new(Host::new(&self.host_root)),
             runner: Arc::new(RealRunner::new()),
-            now: Arc::new(|| {
-                #[allow(clippy::disallowed_methods)]
-                // a by-hand command: the status file's wall clock
-                let t = jiff::Timestamp::now();
-                t.to_string()
-            }),
+            clock: Arc::new(talm_shared::clock::SystemClock),
         };
         let console = Arc::new(Console::new(std::io::stderr().is_terminal()));
         let c2 = console.clone();

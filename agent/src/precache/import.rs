@@ -23,6 +23,7 @@ use serde::Deserialize;
 
 use super::sources::ImageRef;
 use crate::host::exec::{Cmd, CommandRunner, ExecError};
+use crate::host::root::HostRoot;
 
 /// containers-storage as seen under the host root.
 #[derive(Clone, Debug)]
@@ -38,10 +39,11 @@ pub struct Storage {
 impl Storage {
     /// The node's storage under `host_root`.
     pub fn under(host_root: &Path, driver: &str) -> Self {
+        let root = HostRoot::new(host_root);
         Self {
             driver: driver.to_string(),
-            graph_root: crate::facts::host_path(host_root, "/var/lib/containers/storage"),
-            run_root: crate::facts::host_path(host_root, "/run/containers/storage"),
+            graph_root: root.join("/var/lib/containers/storage"),
+            run_root: root.join("/run/containers/storage"),
         }
     }
 

@@ -38,6 +38,7 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use talm_shared::api::cgu::PrecachingSpec;
+use talm_shared::clock::Clock;
 use tokio::time::Instant;
 
 use self::cache::{Cache, CacheError};
@@ -48,6 +49,7 @@ use self::sources::{Mirrors, PullSecret, SourceError};
 use self::status::{ImageState, ImageStatus, Journal, PrecacheStatus, State};
 use crate::facts::HostInfo;
 use crate::host::exec::{CommandRunner, ExecError};
+use crate::host::root::HostRoot;
 
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
@@ -161,23 +163,14 @@ impl Options {
 }
 
 /// What the engine needs from the node.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Deps {
     /// statvfs and the kubelet threshold (the space check).
     pub host: Arc<dyn HostInfo>,
     /// Runs skopeo.
     pub runner: Arc<dyn CommandRunner>,
-    /// The wall clock as RFC 3339 text (for the status file).
-    pub now: status::Now,
-}
-
-impl std::fmt::Debug for Deps {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Deps")
-            .field("host", &self.host)
-            .field("runner", &self.runner)
-            .finish_non_exhaustive()
-    }
+    /// The wall clock (for the status file's times).
+    pub clock: Arc<dyn Clock>,
 }
 
 /// Called about twice a second with the current status (progress bars, hub progress).
@@ -196,7 +189,7 @@ pub async fn run(
         &opts.state_dir,
         &opts.task_id,
         &spec::hash(spec),
-        deps.now.clone(),
+        deps.clock.clone(),
     ));
     journal.set_state(State::Starting, "");
     let ticker = {
@@ -271,7 +264,7 @@ fn space_check(host: &Arc<dyn HostInfo>, gib: u64) -> Result<String, PrecacheErr
 
 fn pull_config(opts: &Options) -> Result<PullConfig, PrecacheError> {
     let mirrors = Mirrors::load(&opts.host_root)?;
-    let secret_path = crate::facts::host_path(&opts.host_root, "/var/lib/kubelet/config.json");
+    let secret_path = HostRoot::new(&opts.host_root).join("/var/lib/kubelet/config.json");
     let secret = if secret_path.exists() {
         Some(PullSecret::load(&secret_path)?)
     } else {

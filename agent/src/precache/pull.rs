@@ -38,6 +38,7 @@ use super::limit::Limiter;
 use super::sources::{ImageRef, Mirrors, PullSecret};
 use super::status::{Journal, Live};
 use crate::backoff::{Backoff, random_u64};
+use crate::host::root::HostRoot;
 
 /// Media types of manifests.
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -213,7 +214,7 @@ pub struct PullConfig {
 
 /// Reads every `*.crt` under `<root>/etc/containers/certs.d/*/`.
 pub fn certs_d(host_root: &Path) -> Vec<Vec<u8>> {
-    let dir = crate::facts::host_path(host_root, "/etc/containers/certs.d");
+    let dir = HostRoot::new(host_root).join("/etc/containers/certs.d");
     let mut out = Vec::new();
     let Ok(hosts) = std::fs::read_dir(&dir) else {
         return out;

@@ -7,11 +7,12 @@
 //! images, retries): the agent has no metrics endpoint, so this file is where they are read.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use talm_shared::clock::{Clock, rfc3339};
 use tokio::time::Instant;
 
 /// The file name under `<state-dir>/precache/`.
@@ -195,16 +196,13 @@ impl Live {
     }
 }
 
-/// Wall-clock text for the file (the engine gets it from its clock seam).
-pub type Now = std::sync::Arc<dyn Fn() -> String + Send + Sync>;
-
 /// Writes the status file.
 pub struct Journal {
     path: PathBuf,
     inner: Mutex<Inner>,
     /// Counters updated lock-free by the downloads.
     pub live: Live,
-    now: Now,
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -229,8 +227,8 @@ const WRITE_EVERY: Duration = Duration::from_secs(1);
 
 impl Journal {
     /// A journal writing `<state_dir>/precache/status.json`.
-    pub fn new(state_dir: &Path, task_id: &str, spec_hash: &str, now: Now) -> Self {
-        let started = now();
+    pub fn new(state_dir: &Path, task_id: &str, spec_hash: &str, clock: Arc<dyn Clock>) -> Self {
+        let started = rfc3339(clock.unix());
         Self {
             path: status_path(state_dir),
             inner: Mutex::new(Inner {
@@ -246,7 +244,7 @@ impl Journal {
                 samples: Default::default(),
             }),
             live: Live::default(),
-            now,
+            clock,
         }
     }
 
@@ -266,7 +264,7 @@ impl Journal {
         let due = inner.last_write.is_none_or(|t| t.elapsed() >= WRITE_EVERY);
         if force || changed || due {
             inner.last_write = Some(Instant::now());
-            inner.status.updated_at = (self.now)();
+            inner.status.updated_at = rfc3339(self.clock.unix());
             if let Err(e) = write_status(&self.path, &inner.status) {
                 tracing::warn!(path = %self.path.display(), error = %e, "cannot write the pre-cache status");
             }
@@ -470,10 +468,11 @@ pub fn render_text(s: &PrecacheStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
+    use talm_shared::clock::ManualClock;
 
     fn journal(dir: &Path) -> Journal {
-        Journal::new(dir, "t1", "abc", Arc::new(|| "2026-01-01T00:00:00Z".into()))
+        let clock = ManualClock::new("2026-01-01T00:00:00Z".parse().unwrap());
+        Journal::new(dir, "t1", "abc", Arc::new(clock))
     }
 
     #[tokio::test(start_paused = true)]

@@ -6,8 +6,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-
-use crate::host::root::write_atomic;
+use talm_shared::fsutil::atomic_write;
 
 /// What to do about a journal that cannot be read.
 const RESTART_HINT: &str = "inspect it, or start over with `talm-agent recover --restart`, which moves it aside (to recovery.journal.bad) and keeps it";
@@ -94,7 +93,7 @@ impl Journal {
             path: path.to_owned(),
             reason: e.to_string(),
         })?;
-        write_atomic(path, &text).map_err(|e| JournalError {
+        atomic_write(path, &text, 0o644).map_err(|e| JournalError {
             path: path.to_owned(),
             reason: e.to_string(),
         })

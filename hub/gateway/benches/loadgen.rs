@@ -106,7 +106,7 @@ fn main() -> anyhow::Result<()> {
             talm_shared::telemetry::init(&talm_shared::telemetry::LogArgs {
                 log_level: "warn".into(),
                 log_format: talm_shared::telemetry::LogFormat::Plain,
-            });
+            })?;
             let args = GatewayArgs {
                 state_dir,
                 listen,
@@ -307,18 +307,22 @@ async fn run(
             &serial,
         )?;
         let id = Identity::from_pem(cert.into_bytes(), key.into_bytes())?;
-        enroll.record_certificate(&cluster, &id.info.serial, id.info.not_after, now)?;
-        agents.put_spec(
-            &cluster,
-            &SpokeAgentSpec {
-                check_space: Some(CheckSpaceTask {
-                    id: format!("{cluster}/cs-1"),
-                    space_required: "1".into(),
-                    deadline: deadline.clone(),
-                }),
-                ..Default::default()
-            },
-        )?;
+        enroll
+            .record_certificate(&cluster, &id.info.serial, id.info.not_after, now)
+            .await?;
+        agents
+            .put_spec(
+                &cluster,
+                &SpokeAgentSpec {
+                    check_space: Some(CheckSpaceTask {
+                        id: format!("{cluster}/cs-1"),
+                        space_required: "1".into(),
+                        deadline: deadline.clone(),
+                    }),
+                    ..Default::default()
+                },
+            )
+            .await?;
         ids.push(id);
     }
     eprintln!("enrolled {n} clusters in {:.1}s", t.elapsed().as_secs_f64());
@@ -548,7 +552,8 @@ async fn measure_agent(
         &SystemClock,
         "sno-real",
         Duration::from_secs(600),
-    )?;
+    )
+    .await?;
     let token_file = dir.join("token");
     std::fs::write(&token_file, token)?;
     let host = dir.join("host");

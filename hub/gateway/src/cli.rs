@@ -252,7 +252,7 @@ pub fn ensure_pki(
     clock: &dyn Clock,
 ) -> Result<(Vec<u8>, Vec<u8>, Authority), CliError> {
     let ten_years = Duration::from_secs(10 * 365 * 86_400);
-    let now = clock.now();
+    let now = clock.system_time();
     let agent_ca = match (read(&paths.agent_ca_cert)?, read(&paths.agent_ca_key)?) {
         (Some(c), Some(k)) => Authority {
             cert_pem: String::from_utf8_lossy(&c).into_owned(),
@@ -320,12 +320,12 @@ pub async fn run_gateway(
 }
 
 /// Renders `agents machineconfig`: validates everything, then issues the token into `store`
-/// (so bad input burns no token). The CA bundle is --ca-bundle, else what `default_ca` gives:
-/// `(where it came from, PEM or None when absent)` (the file store's `pki/hub-ca.crt`, or
-/// the `ca.crt` of the `talm-gateway-serving` Secret in Secrets mode).
-pub fn machineconfig(
+/// (so bad input burns no token). The CA bundle is --ca-bundle, else what `default_ca` gives
+/// (awaited only then): `(where it came from, PEM or None when absent)` (the file store's
+/// `pki/hub-ca.crt`, or the `ca.crt` of the `talm-gateway-serving` Secret in Secrets mode).
+pub async fn machineconfig(
     store: &dyn crate::store::EnrollmentStore,
-    default_ca: &dyn Fn() -> Result<(String, Option<Vec<u8>>), CliError>,
+    default_ca: impl Future<Output = Result<(String, Option<Vec<u8>>), CliError>>,
     args: &MachineconfigArgs,
 ) -> Result<String, CliError> {
     use crate::machineconfig::{self as mc, AgentInstall, MachineConfigError};
@@ -345,7 +345,7 @@ pub fn machineconfig(
     check_cluster_name(&args.cluster).map_err(EnrollError::InvalidCluster)?;
     let (ca_origin, ca) = match &args.ca_bundle {
         Some(path) => (path.display().to_string(), read(path)?),
-        None => default_ca()?,
+        None => default_ca.await?,
     };
     let ca = ca.ok_or_else(|| {
         CliError::Missing(format!(
@@ -366,7 +366,8 @@ pub fn machineconfig(
         &SystemClock,
         &args.cluster,
         Duration::from_secs(args.ttl_secs),
-    )?;
+    )
+    .await?;
     let doc = mc::render(&mc::Input {
         cluster: args.cluster.clone(),
         hub_endpoint: args.hub_endpoint.clone(),
@@ -386,7 +387,7 @@ pub fn machineconfig(
 }
 
 /// Runs `agents token|revoke|machineconfig`; returns what to print.
-pub fn run_agents(args: &AgentsArgs) -> Result<String, CliError> {
+pub async fn run_agents(args: &AgentsArgs) -> Result<String, CliError> {
     let dir = args
         .state_dir
         .as_ref()
@@ -398,15 +399,16 @@ pub fn run_agents(args: &AgentsArgs) -> Result<String, CliError> {
             &SystemClock,
             cluster,
             Duration::from_secs(*ttl_secs),
-        )?),
+        )
+        .await?),
         AgentsCommand::Machineconfig(mc) => {
             let hub_ca = PkiPaths::under(dir).hub_ca;
-            let default_ca = || Ok((hub_ca.display().to_string(), read(&hub_ca)?));
-            machineconfig(&store, &default_ca, mc)
+            let default_ca = async { Ok((hub_ca.display().to_string(), read(&hub_ca)?)) };
+            machineconfig(&store, default_ca, mc).await
         }
         AgentsCommand::Revoke { cluster } => {
             use crate::store::EnrollmentStore;
-            if store.revoke(cluster)? {
+            if store.revoke(cluster).await? {
                 Ok(format!("revoked the enrollment of cluster {cluster}"))
             } else {
                 Ok(format!(

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use ring::rand::{SecureRandom, SystemRandom};
 use talm_shared::clock::Clock;
+use talm_shared::hex;
 use talm_shared::pki::{Authority, PkiError, sign_agent_csr};
 use talm_shared::tls::{cert_info, certs_from_pem, check_cluster_name};
 use tonic::Status;
@@ -68,10 +69,6 @@ impl From<EnrollError> for Status {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn random(n: usize) -> Result<Vec<u8>, EnrollError> {
     let mut v = vec![0u8; n];
     SystemRandom::new()
@@ -82,29 +79,30 @@ fn random(n: usize) -> Result<Vec<u8>, EnrollError> {
 
 /// Hex SHA-256 of a token secret.
 pub fn secret_hash(secret: &str) -> String {
-    hex(ring::digest::digest(&ring::digest::SHA256, secret.as_bytes()).as_ref())
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, secret.as_bytes()).as_ref())
 }
 
 /// Issues a bootstrap token for `cluster`, valid for `ttl`. Returns `<id>.<secret>`; only the
 /// secret's hash is stored.
-pub fn issue_token(
+pub async fn issue_token(
     store: &dyn EnrollmentStore,
     clock: &dyn Clock,
     cluster: &str,
     ttl: Duration,
 ) -> Result<String, EnrollError> {
     check_cluster_name(cluster).map_err(EnrollError::InvalidCluster)?;
-    let id = hex(&random(6)?);
-    let secret = hex(&random(16)?);
+    let id = hex::encode(&random(6)?);
+    let secret = hex::encode(&random(16)?);
     let ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
-    store.add_token(&TokenRecord {
+    let record = TokenRecord {
         id: id.clone(),
         cluster: cluster.to_string(),
         secret_sha256: secret_hash(&secret),
         expires_at: clock.unix().saturating_add(ttl),
         used_at: None,
         used_by: None,
-    })?;
+    };
+    store.add_token(&record).await?;
     Ok(format!("{id}.{secret}"))
 }
 
@@ -155,7 +153,7 @@ impl Enroller {
     }
 
     /// Exchanges a bootstrap token and a CSR for a certificate.
-    pub fn enroll(&self, token: &str, csr_pem: &str) -> Result<Issued, EnrollError> {
+    pub async fn enroll(&self, token: &str, csr_pem: &str) -> Result<Issued, EnrollError> {
         let (id, secret) = token
             .trim()
             .split_once('.')
@@ -168,21 +166,22 @@ impl Enroller {
         let now = self.clock.unix();
         let cluster = self
             .store
-            .consume_token(id, &secret_hash(secret), &secret_hash(csr_pem.trim()), now)?
+            .consume_token(id, &secret_hash(secret), &secret_hash(csr_pem.trim()), now)
+            .await?
             .map_err(EnrollError::Token)?;
-        self.sign(&cluster, csr_pem)
+        self.sign(&cluster, csr_pem).await
     }
 
     /// Signs a CSR for an already enrolled cluster (rotation).
-    pub fn renew(&self, cluster: &str, csr_pem: &str) -> Result<Issued, EnrollError> {
-        if self.store.get(cluster)?.is_none() {
+    pub async fn renew(&self, cluster: &str, csr_pem: &str) -> Result<Issued, EnrollError> {
+        if self.store.get(cluster).await?.is_none() {
             return Err(EnrollError::NotEnrolled(cluster.to_string()));
         }
-        self.sign(cluster, csr_pem)
+        self.sign(cluster, csr_pem).await
     }
 
-    fn sign(&self, cluster: &str, csr_pem: &str) -> Result<Issued, EnrollError> {
-        let now = self.clock.now();
+    async fn sign(&self, cluster: &str, csr_pem: &str) -> Result<Issued, EnrollError> {
+        let now = self.clock.system_time();
         let mut serial = random(16)?;
         serial[0] &= 0x7f;
         serial[0] |= 0x01;
@@ -204,7 +203,8 @@ impl Enroller {
             .ok_or(EnrollError::Random)?;
         let info = cert_info(&der).map_err(|_| EnrollError::Random)?;
         self.store
-            .record_certificate(cluster, &info.serial, info.not_after, self.clock.unix())?;
+            .record_certificate(cluster, &info.serial, info.not_after, self.clock.unix())
+            .await?;
         Ok(Issued {
             cert_pem: pem,
             cluster: cluster.to_string(),

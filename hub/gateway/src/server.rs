@@ -187,38 +187,30 @@ impl Gateway {
                 let batch = gw.status.begin(&cluster);
                 let spec = gw.cached_spec(&cluster);
                 let status = gw.registry.compose_status(&cluster, spec.as_ref());
-                let ok = if let Some(status) =
-                    status.filter(|s| gw.registry.needs_write(&cluster, s))
-                {
-                    let store = gw.agents.clone();
-                    let (c, s) = (cluster.clone(), status.clone());
-                    match tokio::task::spawn_blocking(move || store.write_status(&c, &s)).await {
-                        Ok(Ok(())) => {
-                            gw.metrics.status_writes.inc();
-                            gw.registry.written(&cluster, status);
-                            true
+                let ok =
+                    if let Some(status) = status.filter(|s| gw.registry.needs_write(&cluster, s)) {
+                        match gw.agents.write_status(&cluster, &status).await {
+                            Ok(()) => {
+                                gw.metrics.status_writes.inc();
+                                gw.registry.written(&cluster, status);
+                                true
+                            }
+                            Err(crate::store::StoreError::NotFound(what)) => {
+                                // Nothing to write to (no SpokeAgent yet, or it was deleted): not
+                                // a failure, and not recorded as written, so the status is
+                                // written once the object appears (its spec change touches it).
+                                debug!(cluster, %what, "status write skipped: no object");
+                                true
+                            }
+                            Err(e) => {
+                                gw.metrics.status_write_errors.inc();
+                                warn!(cluster, error = %e, "status write failed");
+                                false
+                            }
                         }
-                        Ok(Err(crate::store::StoreError::NotFound(what))) => {
-                            // Nothing to write to (no SpokeAgent yet, or it was deleted): not
-                            // a failure, and not recorded as written, so the status is
-                            // written once the object appears (its spec change touches it).
-                            debug!(cluster, %what, "status write skipped: no object");
-                            true
-                        }
-                        Ok(Err(e)) => {
-                            gw.metrics.status_write_errors.inc();
-                            warn!(cluster, error = %e, "status write failed");
-                            false
-                        }
-                        Err(e) => {
-                            gw.metrics.status_write_errors.inc();
-                            warn!(cluster, error = %e, "status write task failed");
-                            false
-                        }
-                    }
-                } else {
-                    true
-                };
+                    } else {
+                        true
+                    };
                 gw.status.finish(batch, ok);
                 drop(permit);
             });
@@ -242,10 +234,7 @@ impl Gateway {
 
     /// One watcher pass (tests call it directly).
     pub async fn poll_once(&self) {
-        let agents = self.agents.clone();
-        let store = self.enroller.store().clone();
-        let res = tokio::task::spawn_blocking(move || (agents.specs(), store.list())).await;
-        let Ok((specs, enrolled)) = res else { return };
+        let (specs, enrolled) = tokio::join!(self.agents.specs(), self.enroller.store().list());
         match enrolled {
             Ok(enrolled) => {
                 for (cluster, session) in self.registry.sessions() {

@@ -16,7 +16,7 @@ use talm_proto::v1::{
     agent_message, hub_message, task_report,
 };
 use talm_proto::validate;
-use talm_shared::tls::cert_info;
+use talm_shared::tls::{CertInfo, cert_info};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -37,21 +37,26 @@ pub struct Peer {
     pub enrolled_at: i64,
 }
 
-/// Identity from the peer certificate, plus the enrollment check (revoked clusters and
-/// superseded certificates are refused).
-pub fn authenticate<T>(gw: &Gateway, req: &Request<T>) -> Result<Peer, Status> {
+/// The identity in the verified peer certificate of `req`.
+pub fn peer_identity<T>(gw: &Gateway, req: &Request<T>) -> Result<CertInfo, Status> {
     let certs = req.peer_certs().filter(|c| !c.is_empty()).ok_or_else(|| {
         gw.metrics.reject("no_client_certificate");
         Status::unauthenticated("a client certificate is required (enroll first)")
     })?;
-    let info = cert_info(&certs[0]).map_err(|e| {
+    cert_info(&certs[0]).map_err(|e| {
         gw.metrics.reject("bad_identity");
         Status::unauthenticated(e.to_string())
-    })?;
+    })
+}
+
+/// The enrollment check of a peer identity ([`peer_identity`]): revoked clusters and superseded
+/// certificates are refused.
+pub async fn authenticate(gw: &Gateway, info: CertInfo) -> Result<Peer, Status> {
     let enrolled = gw
         .enroller
         .store()
         .get(&info.cluster)
+        .await
         .map_err(|e| Status::internal(format!("enrollment store: {e}")))?;
     match enrolled {
         None => {
@@ -116,7 +121,7 @@ impl AgentService for AgentSvc {
         &self,
         req: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        let peer = authenticate(&self.gw, &req)?;
+        let peer = authenticate(&self.gw, peer_identity(&self.gw, &req)?).await?;
         let (tx, rx) = mpsc::channel(64);
         let gw = self.gw.clone();
         tokio::spawn(run_session(gw, peer, req.into_inner(), tx));
@@ -127,16 +132,16 @@ impl AgentService for AgentSvc {
         &self,
         req: Request<RenewRequest>,
     ) -> Result<Response<CertificateResponse>, Status> {
-        let peer = authenticate(&self.gw, &req)?;
+        let peer = authenticate(&self.gw, peer_identity(&self.gw, &req)?).await?;
         let csr = req.into_inner().csr_pem;
         if csr.len() > validate::MAX_PARAMS_BYTES {
             return Err(Status::invalid_argument("csr_pem is too large"));
         }
-        let gw = self.gw.clone();
-        let cluster = peer.cluster.clone();
-        let issued = tokio::task::spawn_blocking(move || gw.enroller.renew(&cluster, &csr))
+        let issued = self
+            .gw
+            .enroller
+            .renew(&peer.cluster, &csr)
             .await
-            .map_err(|e| Status::internal(e.to_string()))?
             .inspect_err(|e| self.gw.metrics.reject(e.label()))?;
         self.gw
             .metrics
@@ -178,10 +183,11 @@ impl EnrollmentService for EnrollSvc {
         if r.csr_pem.len() > validate::MAX_PARAMS_BYTES || r.token.len() > 256 {
             return Err(Status::invalid_argument("token or csr_pem is too large"));
         }
-        let gw = self.gw.clone();
-        let issued = tokio::task::spawn_blocking(move || gw.enroller.enroll(&r.token, &r.csr_pem))
+        let issued = self
+            .gw
+            .enroller
+            .enroll(&r.token, &r.csr_pem)
             .await
-            .map_err(|e| Status::internal(e.to_string()))?
             .inspect_err(|e| {
                 self.gw.metrics.reject(e.label());
                 warn!(error = %e, "enrollment refused");
@@ -263,17 +269,13 @@ async fn run_session(
 
     // 2. Seed from the persisted status (first contact since the hub started) and load the spec.
     if !gw.registry.is_seeded(&cluster) {
-        let store = gw.agents.clone();
-        let c = cluster.clone();
-        let loaded = tokio::task::spawn_blocking(move || (store.status(&c), store.spec(&c))).await;
-        if let Ok((status, spec)) = loaded {
-            let spec = spec.ok().flatten();
-            if spec.is_some() {
-                gw.set_spec(&cluster, spec.clone());
-            }
-            gw.registry
-                .seed(&cluster, status.ok().flatten(), spec.as_ref());
+        let (status, spec) = tokio::join!(gw.agents.status(&cluster), gw.agents.spec(&cluster));
+        let spec = spec.ok().flatten();
+        if spec.is_some() {
+            gw.set_spec(&cluster, spec.clone());
         }
+        gw.registry
+            .seed(&cluster, status.ok().flatten(), spec.as_ref());
     }
     if let Some(old) = gw
         .registry

@@ -73,7 +73,7 @@ impl Hub {
         let cli = Cli::try_parse_from(std::iter::once("talm-hub").chain(argv.iter().copied()))
             .unwrap_or_else(|e| panic!("{argv:?}: {e}"));
         let Cli::Agents(agents) = cli;
-        run_agents(&agents)
+        runtime().block_on(run_agents(&agents))
     }
 
     fn tokens(&self) -> usize {
@@ -93,6 +93,14 @@ impl Hub {
             Duration::from_secs(3600),
         )
     }
+}
+
+/// A runtime for the async commands and the enroller (the tests themselves are synchronous).
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// Decodes a `data:` URL (base64 or percent-encoded).
@@ -215,17 +223,14 @@ fn agent_env_names() -> BTreeMap<String, BTreeSet<String>> {
         .collect()
 }
 
-/// Variables the agent reads outside clap: its logging setup in `Cli::run`.
-fn logging_env_names() -> Vec<&'static str> {
-    let lib = std::fs::read_to_string(Path::new(REPO).join("agent/src/lib.rs")).unwrap();
-    let mut v = Vec::new();
-    if lib.contains("\"TALM_LOG_FORMAT\"") {
-        v.push("TALM_LOG_FORMAT");
-    }
-    if lib.contains("EnvFilter::try_from_default_env") {
-        v.push("RUST_LOG");
-    }
-    v
+/// The `env` names of the agent's global flags (the logging flags, valid with every
+/// subcommand).
+fn logging_env_names() -> Vec<String> {
+    talm_agent::Cli::command()
+        .get_arguments()
+        .filter(|a| a.is_global_set())
+        .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+        .collect()
 }
 
 #[test]
@@ -268,11 +273,12 @@ fn image_mode_machineconfig_is_ignition_and_its_token_enrolls_once() {
     // The token enrolls sno-1, once.
     let token = String::from_utf8(files[mc::TOKEN_PATH].0.clone()).unwrap();
     let enroller = hub.enroller();
+    let rt = runtime();
     let (_, csr) = talm_shared::pki::agent_key_and_csr().unwrap();
-    let issued = enroller.enroll(token.trim(), &csr).unwrap();
+    let issued = rt.block_on(enroller.enroll(token.trim(), &csr)).unwrap();
     assert_eq!(issued.cluster, "sno-1");
     let (_, other_csr) = talm_shared::pki::agent_key_and_csr().unwrap();
-    match enroller.enroll(token.trim(), &other_csr) {
+    match rt.block_on(enroller.enroll(token.trim(), &other_csr)) {
         Err(EnrollError::Token(TokenRejection::Used)) => {}
         other => panic!("a second enrollment with the token: {other:?}"),
     }
@@ -468,7 +474,7 @@ fn env_example_uses_real_env_names_and_documents_every_run_variable() {
         .values()
         .flatten()
         .cloned()
-        .chain(logging_env_names().into_iter().map(String::from))
+        .chain(logging_env_names())
         .collect();
     let mut keys = BTreeSet::new();
     for line in text.lines() {
@@ -492,8 +498,10 @@ fn env_example_uses_real_env_names_and_documents_every_run_variable() {
             "{k} (talm-agent run) is not documented in agent.env.example"
         );
     }
-    for k in logging_env_names() {
-        assert!(keys.contains(k), "{k} is not documented");
+    let logging = logging_env_names();
+    assert_eq!(logging, ["TALM_LOG_LEVEL", "TALM_LOG_FORMAT"]);
+    for k in logging {
+        assert!(keys.contains(&k), "{k} is not documented");
     }
     // The active (uncommented) lines set exactly the required flags of `run`.
     let active: BTreeSet<String> = env_lines(&text).into_keys().collect();

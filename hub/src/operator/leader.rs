@@ -19,8 +19,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, PostParams};
 use talm_shared::api::ObjectMeta;
 
-use super::clock::Clock;
 use super::error::{OperatorError, is_already_exists, is_conflict};
+use talm_shared::clock::Clock;
 
 /// Lease timing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

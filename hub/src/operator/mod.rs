@@ -10,7 +10,6 @@
 //! - [`leader`]: Lease-based leader election; only the leader runs the controller, every
 //!   replica keeps its caches warm and serves the admin endpoints.
 //! - [`cli`]: `talm-hub run` (flags → client, admin servers, signals).
-//! - [`clock`]: the injected clock.
 //! - [`graph`]: update-graph lookups over HTTP(S), fetched outside the engine and cached.
 //! - [`error`]: the operator error type, [`OperatorError`].
 //! - [`ztp`]: the ZTP auto-CGU controller (leader only, beside the CGU controller).
@@ -22,7 +21,6 @@
 pub mod agents;
 pub mod cache;
 pub mod cli;
-pub mod clock;
 pub mod error;
 pub mod graph;
 pub mod leader;
@@ -45,9 +43,10 @@ use talm_shared::api::cgu::ClusterGroupUpgrade;
 use tracing::Instrument;
 
 pub use self::cache::{Cache, CguRef};
-pub use self::clock::{Clock, ManualClock, SystemClock};
 pub use self::error::OperatorError;
 pub use self::leader::{LeaseLock, LeaseTiming};
+// The workspace's one clock seam, re-exported because [`Operator::new`] takes one.
+pub use talm_shared::clock::{Clock, ManualClock, SystemClock};
 
 use crate::admin::AdminState;
 use crate::metrics::Metrics;

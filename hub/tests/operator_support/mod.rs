@@ -300,7 +300,7 @@ pub fn agent_command(
             "--keepalive-secs",
             "2",
         ])
-        .env("RUST_LOG", "info");
+        .env("TALM_LOG_LEVEL", "info");
     cmd
 }
 

@@ -17,7 +17,7 @@ use talm_agent::journal::Task;
 use talm_agent::runner::{HostRunner, RunFuture, TaskContext, TaskRunner};
 use talm_gateway::enroll::Enroller;
 use talm_gateway::store::file::{FileEnrollmentStore, FileSpokeAgentStore};
-use talm_gateway::store::{EnrollmentStore, SpokeAgentStore, StoreError};
+use talm_gateway::store::{EnrollmentStore, SpokeAgentStore, StoreFuture};
 use talm_gateway::{Gateway, GatewayConfig};
 use talm_proto::v1::TaskOutcome;
 use talm_shared::api::Time;
@@ -49,7 +49,7 @@ impl Pki {
     }
 
     pub fn with_names(names: &[String]) -> Self {
-        let now = SystemClock.now();
+        let now = SystemClock.system_time();
         let year = Duration::from_secs(365 * 86_400);
         let hub_ca = pki::new_ca("test hub CA", now, year).unwrap();
         let leaf = pki::server_cert(&hub_ca, names, now, year).unwrap();
@@ -75,28 +75,40 @@ impl Pki {
 pub struct Recording {
     pub inner: FileSpokeAgentStore,
     pub writes: Mutex<Vec<(String, SpokeAgentStatus)>>,
+    /// Held across a write and its log entry, so the log has the store's order.
+    order: tokio::sync::Mutex<()>,
+}
+
+impl Recording {
+    pub fn new(inner: FileSpokeAgentStore) -> Self {
+        Self {
+            inner,
+            writes: Mutex::new(Vec::new()),
+            order: tokio::sync::Mutex::new(()),
+        }
+    }
 }
 
 impl SpokeAgentStore for Recording {
-    fn specs(&self) -> Result<std::collections::BTreeMap<String, SpokeAgentSpec>, StoreError> {
+    fn specs(&self) -> StoreFuture<'_, std::collections::BTreeMap<String, SpokeAgentSpec>> {
         self.inner.specs()
     }
-    fn spec(&self, c: &str) -> Result<Option<SpokeAgentSpec>, StoreError> {
+    fn spec<'a>(&'a self, c: &'a str) -> StoreFuture<'a, Option<SpokeAgentSpec>> {
         self.inner.spec(c)
     }
-    fn put_spec(&self, c: &str, s: &SpokeAgentSpec) -> Result<(), StoreError> {
+    fn put_spec<'a>(&'a self, c: &'a str, s: &'a SpokeAgentSpec) -> StoreFuture<'a, ()> {
         self.inner.put_spec(c, s)
     }
-    fn status(&self, c: &str) -> Result<Option<SpokeAgentStatus>, StoreError> {
+    fn status<'a>(&'a self, c: &'a str) -> StoreFuture<'a, Option<SpokeAgentStatus>> {
         self.inner.status(c)
     }
-    fn write_status(&self, c: &str, s: &SpokeAgentStatus) -> Result<(), StoreError> {
-        // The log lock is held across the write, so the log has every write the store has,
-        // in the store's order (a reader never sees a status the log is still missing).
-        let mut log = self.writes.lock().unwrap();
-        self.inner.write_status(c, s)?;
-        log.push((c.to_string(), s.clone()));
-        Ok(())
+    fn write_status<'a>(&'a self, c: &'a str, s: &'a SpokeAgentStatus) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let _order = self.order.lock().await;
+            self.inner.write_status(c, s).await?;
+            self.writes.lock().unwrap().push((c.to_string(), s.clone()));
+            Ok(())
+        })
     }
 }
 
@@ -140,10 +152,7 @@ impl Hub {
         cert_lifetime: Duration,
     ) -> Self {
         let enroll = Arc::new(FileEnrollmentStore::new(state).unwrap());
-        let agents = Arc::new(Recording {
-            inner: FileSpokeAgentStore::new(state).unwrap(),
-            writes: Mutex::new(Vec::new()),
-        });
+        let agents = Arc::new(Recording::new(FileSpokeAgentStore::new(state).unwrap()));
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let enroller = Enroller::new(
             pki.agent_ca_copy(),
@@ -183,13 +192,14 @@ impl Hub {
         format!("https://{}", self.addr)
     }
 
-    pub fn token(&self, cluster: &str) -> String {
+    pub async fn token(&self, cluster: &str) -> String {
         talm_gateway::enroll::issue_token(
             self.enroll.as_ref(),
             &SystemClock,
             cluster,
             Duration::from_secs(600),
         )
+        .await
         .unwrap()
     }
 
@@ -206,11 +216,12 @@ impl Hub {
         }
     }
 
-    pub fn status(&self, cluster: &str) -> Option<SpokeAgentStatus> {
-        self.agents.status(cluster).unwrap()
+    /// The cluster's SpokeAgent status, as stored.
+    pub async fn status(&self, cluster: &str) -> Option<SpokeAgentStatus> {
+        self.agents.status(cluster).await.unwrap()
     }
 
-    pub fn put_check_space(&self, cluster: &str, id: &str, gib: &str) {
+    pub async fn put_check_space(&self, cluster: &str, id: &str, gib: &str) {
         let spec = SpokeAgentSpec {
             check_space: Some(CheckSpaceTask {
                 id: id.into(),
@@ -219,11 +230,11 @@ impl Hub {
             }),
             ..Default::default()
         };
-        self.agents.put_spec(cluster, &spec).unwrap();
+        self.agents.put_spec(cluster, &spec).await.unwrap();
     }
 
     /// Issues a certificate directly (no enrollment RPC) and records it as enrolled.
-    pub fn issue_identity(
+    pub async fn issue_identity(
         &self,
         pki: &Pki,
         cluster: &str,
@@ -248,6 +259,7 @@ impl Hub {
         let id = Identity::from_pem(cert.into_bytes(), key.into_bytes()).unwrap();
         self.enroll
             .record_certificate(cluster, &id.info.serial, not_after, not_before)
+            .await
             .unwrap();
         id
     }
@@ -428,10 +440,10 @@ impl TaskRunner for GateRunner {
 }
 
 /// Polls `f` until it returns true (or panics after `secs`).
-pub async fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+pub async fn eventually(secs: u64, what: &str, mut f: impl AsyncFnMut() -> bool) {
     let end = tokio::time::Instant::now() + Duration::from_secs(secs);
     loop {
-        if f() {
+        if f().await {
             return;
         }
         if tokio::time::Instant::now() > end {

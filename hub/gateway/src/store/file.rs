@@ -1,7 +1,8 @@
 //! File-backed stores under `--state-dir`. Every write is atomic and durable
 //! ([`talm_shared::fsutil::atomic_write`]); read-modify-write of enrollment state happens under
 //! an exclusive `flock` on `enrollment/.lock`, so `talm-hub agents token|revoke` can run while
-//! the gateway is up.
+//! the gateway is up. The I/O is blocking, so each store call runs on tokio's blocking pool
+//! (callers need a tokio runtime).
 //!
 //! Layout:
 //! ```text
@@ -14,19 +15,33 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use talm_shared::api::spokeagent::{SpokeAgentSpec, SpokeAgentStatus};
-use talm_shared::fsutil::{atomic_write, read_optional};
+use talm_shared::fsutil::{atomic_write, fsync_dir, read_optional};
 use talm_shared::tls::check_cluster_name;
 
 use super::{
-    Enrollment, EnrollmentStore, KEPT_SERIALS, SpokeAgentStore, StoreError, TokenRecord,
-    TokenRejection, TokenUse,
+    Enrollment, EnrollmentStore, KEPT_SERIALS, SpokeAgentStore, StoreError, StoreFuture,
+    TokenRecord, TokenRejection, TokenUse,
 };
+
+/// Runs `f` (blocking file I/O) on tokio's blocking pool.
+fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> StoreFuture<'static, T> {
+    Box::pin(async move {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| StoreError::Backend {
+                what: "file store".into(),
+                message: format!("blocking task failed: {e}"),
+            })?
+    })
+}
 
 fn io(path: &Path, source: std::io::Error) -> StoreError {
     StoreError::Io {
@@ -118,10 +133,9 @@ fn cached_dir_read<T: DeserializeOwned + Clone>(
 }
 
 /// [`EnrollmentStore`] on files.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct FileEnrollmentStore {
-    root: PathBuf,
-    cache: Mutex<HashMap<String, Cached<Enrollment>>>,
+    files: Arc<EnrollmentFiles>,
 }
 
 impl FileEnrollmentStore {
@@ -132,11 +146,72 @@ impl FileEnrollmentStore {
             fs::create_dir_all(&d).map_err(|e| io(&d, e))?;
         }
         Ok(Self {
-            root,
-            cache: Mutex::new(HashMap::new()),
+            files: Arc::new(EnrollmentFiles {
+                root,
+                cache: Mutex::new(HashMap::new()),
+            }),
         })
     }
+}
 
+impl EnrollmentStore for FileEnrollmentStore {
+    fn add_token<'a>(&'a self, token: &'a TokenRecord) -> StoreFuture<'a, ()> {
+        let (files, token) = (self.files.clone(), token.clone());
+        blocking(move || files.add_token(&token))
+    }
+
+    fn consume_token<'a>(
+        &'a self,
+        id: &'a str,
+        secret_sha256: &'a str,
+        csr_sha256: &'a str,
+        now: i64,
+    ) -> StoreFuture<'a, Result<String, TokenRejection>> {
+        let files = self.files.clone();
+        let (id, secret, csr) = (
+            id.to_owned(),
+            secret_sha256.to_owned(),
+            csr_sha256.to_owned(),
+        );
+        blocking(move || files.consume_token(&id, &secret, &csr, now))
+    }
+
+    fn record_certificate<'a>(
+        &'a self,
+        cluster: &'a str,
+        serial: &'a str,
+        not_after: i64,
+        now: i64,
+    ) -> StoreFuture<'a, ()> {
+        let files = self.files.clone();
+        let (cluster, serial) = (cluster.to_owned(), serial.to_owned());
+        blocking(move || files.record_certificate(&cluster, &serial, not_after, now))
+    }
+
+    fn get<'a>(&'a self, cluster: &'a str) -> StoreFuture<'a, Option<Enrollment>> {
+        let (files, cluster) = (self.files.clone(), cluster.to_owned());
+        blocking(move || files.get(&cluster))
+    }
+
+    fn list(&self) -> StoreFuture<'_, BTreeMap<String, Enrollment>> {
+        let files = self.files.clone();
+        blocking(move || files.list())
+    }
+
+    fn revoke<'a>(&'a self, cluster: &'a str) -> StoreFuture<'a, bool> {
+        let (files, cluster) = (self.files.clone(), cluster.to_owned());
+        blocking(move || files.revoke(&cluster))
+    }
+}
+
+/// The enrollment files (blocking).
+#[derive(Debug)]
+struct EnrollmentFiles {
+    root: PathBuf,
+    cache: Mutex<HashMap<String, Cached<Enrollment>>>,
+}
+
+impl EnrollmentFiles {
     fn lock(&self) -> Result<File, StoreError> {
         let p = self.root.join(".lock");
         let f = OpenOptions::new()
@@ -156,9 +231,7 @@ impl FileEnrollmentStore {
     fn cluster_path(&self, cluster: &str) -> PathBuf {
         self.root.join("clusters").join(format!("{cluster}.json"))
     }
-}
 
-impl EnrollmentStore for FileEnrollmentStore {
     fn add_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
         token_id(&token.id)?;
         cluster_name(&token.cluster)?;
@@ -252,9 +325,7 @@ impl EnrollmentStore for FileEnrollmentStore {
         let path = self.cluster_path(cluster);
         match fs::remove_file(&path) {
             Ok(()) => {
-                File::open(self.root.join("clusters"))
-                    .and_then(|d| d.sync_all())
-                    .map_err(|e| io(&path, e))?;
+                fsync_dir(&self.root.join("clusters")).map_err(|e| io(&path, e))?;
                 Ok(true)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
@@ -264,10 +335,9 @@ impl EnrollmentStore for FileEnrollmentStore {
 }
 
 /// [`SpokeAgentStore`] on files.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct FileSpokeAgentStore {
-    root: PathBuf,
-    cache: Mutex<HashMap<String, Cached<SpokeAgentSpec>>>,
+    files: Arc<SpokeAgentFiles>,
 }
 
 impl FileSpokeAgentStore {
@@ -276,18 +346,58 @@ impl FileSpokeAgentStore {
         let root = state_dir.join("spokeagents");
         fs::create_dir_all(&root).map_err(|e| io(&root, e))?;
         Ok(Self {
-            root,
-            cache: Mutex::new(HashMap::new()),
+            files: Arc::new(SpokeAgentFiles {
+                root,
+                cache: Mutex::new(HashMap::new()),
+            }),
         })
-    }
-
-    fn dir(&self, cluster: &str) -> Result<PathBuf, StoreError> {
-        cluster_name(cluster)?;
-        Ok(self.root.join(cluster))
     }
 }
 
 impl SpokeAgentStore for FileSpokeAgentStore {
+    fn specs(&self) -> StoreFuture<'_, BTreeMap<String, SpokeAgentSpec>> {
+        let files = self.files.clone();
+        blocking(move || files.specs())
+    }
+
+    fn spec<'a>(&'a self, cluster: &'a str) -> StoreFuture<'a, Option<SpokeAgentSpec>> {
+        let (files, cluster) = (self.files.clone(), cluster.to_owned());
+        blocking(move || read_json(&files.dir(&cluster)?.join("spec.json")))
+    }
+
+    fn put_spec<'a>(&'a self, cluster: &'a str, spec: &'a SpokeAgentSpec) -> StoreFuture<'a, ()> {
+        let (files, cluster, spec) = (self.files.clone(), cluster.to_owned(), spec.clone());
+        blocking(move || write_json(&files.dir(&cluster)?.join("spec.json"), &spec))
+    }
+
+    fn status<'a>(&'a self, cluster: &'a str) -> StoreFuture<'a, Option<SpokeAgentStatus>> {
+        let (files, cluster) = (self.files.clone(), cluster.to_owned());
+        blocking(move || read_json(&files.dir(&cluster)?.join("status.json")))
+    }
+
+    fn write_status<'a>(
+        &'a self,
+        cluster: &'a str,
+        status: &'a SpokeAgentStatus,
+    ) -> StoreFuture<'a, ()> {
+        let (files, cluster, status) = (self.files.clone(), cluster.to_owned(), status.clone());
+        blocking(move || write_json(&files.dir(&cluster)?.join("status.json"), &status))
+    }
+}
+
+/// The SpokeAgent files (blocking).
+#[derive(Debug)]
+struct SpokeAgentFiles {
+    root: PathBuf,
+    cache: Mutex<HashMap<String, Cached<SpokeAgentSpec>>>,
+}
+
+impl SpokeAgentFiles {
+    fn dir(&self, cluster: &str) -> Result<PathBuf, StoreError> {
+        cluster_name(cluster)?;
+        Ok(self.root.join(cluster))
+    }
+
     fn specs(&self) -> Result<BTreeMap<String, SpokeAgentSpec>, StoreError> {
         let mut entries = Vec::new();
         for ent in fs::read_dir(&self.root).map_err(|e| io(&self.root, e))? {
@@ -298,22 +408,6 @@ impl SpokeAgentStore for FileSpokeAgentStore {
             }
         }
         cached_dir_read(&self.cache, entries)
-    }
-
-    fn spec(&self, cluster: &str) -> Result<Option<SpokeAgentSpec>, StoreError> {
-        read_json(&self.dir(cluster)?.join("spec.json"))
-    }
-
-    fn put_spec(&self, cluster: &str, spec: &SpokeAgentSpec) -> Result<(), StoreError> {
-        write_json(&self.dir(cluster)?.join("spec.json"), spec)
-    }
-
-    fn status(&self, cluster: &str) -> Result<Option<SpokeAgentStatus>, StoreError> {
-        read_json(&self.dir(cluster)?.join("status.json"))
-    }
-
-    fn write_status(&self, cluster: &str, status: &SpokeAgentStatus) -> Result<(), StoreError> {
-        write_json(&self.dir(cluster)?.join("status.json"), status)
     }
 }
 
@@ -332,89 +426,89 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_token_is_consumed_once_and_expires() {
+    #[tokio::test]
+    async fn a_token_is_consumed_once_and_expires() {
         let dir = tempfile::tempdir().unwrap();
         let s = FileEnrollmentStore::new(dir.path()).unwrap();
-        s.add_token(&token("abc", "sno1", "h1", 100)).unwrap();
-        s.add_token(&token("old", "sno1", "h2", 100)).unwrap();
+        s.add_token(&token("abc", "sno1", "h1", 100)).await.unwrap();
+        s.add_token(&token("old", "sno1", "h2", 100)).await.unwrap();
         assert_eq!(
-            s.consume_token("abc", "nope", "csr1", 10).unwrap(),
+            s.consume_token("abc", "nope", "csr1", 10).await.unwrap(),
             Err(TokenRejection::WrongSecret)
         );
         assert_eq!(
-            s.consume_token("abc", "h1", "csr1", 10).unwrap(),
+            s.consume_token("abc", "h1", "csr1", 10).await.unwrap(),
             Ok("sno1".to_string())
         );
         assert_eq!(
-            s.consume_token("abc", "h1", "other-csr", 11).unwrap(),
+            s.consume_token("abc", "h1", "other-csr", 11).await.unwrap(),
             Err(TokenRejection::Used)
         );
         assert_eq!(
-            s.consume_token("old", "h2", "csr1", 100).unwrap(),
+            s.consume_token("old", "h2", "csr1", 100).await.unwrap(),
             Err(TokenRejection::Expired)
         );
         assert_eq!(
-            s.consume_token("zzz", "h2", "csr1", 1).unwrap(),
+            s.consume_token("zzz", "h2", "csr1", 1).await.unwrap(),
             Err(TokenRejection::Unknown)
         );
         assert_eq!(
-            s.consume_token("../x", "h2", "csr1", 1).unwrap(),
+            s.consume_token("../x", "h2", "csr1", 1).await.unwrap(),
             Err(TokenRejection::Unknown)
         );
         // The same CSR may retry (a lost answer); another may not.
         assert_eq!(
-            s.consume_token("abc", "h1", "csr1", 13).unwrap(),
+            s.consume_token("abc", "h1", "csr1", 13).await.unwrap(),
             Ok("sno1".to_string())
         );
         assert_eq!(
-            s.consume_token("abc", "h1", "csr2", 13).unwrap(),
+            s.consume_token("abc", "h1", "csr2", 13).await.unwrap(),
             Err(TokenRejection::Used)
         );
         // A second store over the same directory (another process) sees the same state.
         let s2 = FileEnrollmentStore::new(dir.path()).unwrap();
         assert_eq!(
-            s2.consume_token("abc", "h1", "csr9", 12).unwrap(),
+            s2.consume_token("abc", "h1", "csr9", 12).await.unwrap(),
             Err(TokenRejection::Used)
         );
     }
 
-    #[test]
-    fn certificates_rotate_and_revocation_removes_the_enrollment() {
+    #[tokio::test]
+    async fn certificates_rotate_and_revocation_removes_the_enrollment() {
         let dir = tempfile::tempdir().unwrap();
         let s = FileEnrollmentStore::new(dir.path()).unwrap();
-        s.record_certificate("sno1", "01", 50, 1).unwrap();
-        s.record_certificate("sno1", "02", 60, 2).unwrap();
-        s.record_certificate("sno1", "03", 70, 3).unwrap();
-        let e = s.get("sno1").unwrap().unwrap();
+        s.record_certificate("sno1", "01", 50, 1).await.unwrap();
+        s.record_certificate("sno1", "02", 60, 2).await.unwrap();
+        s.record_certificate("sno1", "03", 70, 3).await.unwrap();
+        let e = s.get("sno1").await.unwrap().unwrap();
         assert_eq!(e.serials, vec!["03", "02"]);
         assert_eq!((e.not_after, e.enrolled_at), (70, 1));
-        assert_eq!(s.list().unwrap().len(), 1);
-        s.add_token(&token("t1", "sno1", "h", 99)).unwrap();
-        assert!(s.revoke("sno1").unwrap());
-        assert!(!s.revoke("sno1").unwrap());
-        assert_eq!(s.get("sno1").unwrap(), None);
-        assert!(s.list().unwrap().is_empty());
+        assert_eq!(s.list().await.unwrap().len(), 1);
+        s.add_token(&token("t1", "sno1", "h", 99)).await.unwrap();
+        assert!(s.revoke("sno1").await.unwrap());
+        assert!(!s.revoke("sno1").await.unwrap());
+        assert_eq!(s.get("sno1").await.unwrap(), None);
+        assert!(s.list().await.unwrap().is_empty());
         assert_eq!(
-            s.consume_token("t1", "h", "csr1", 1).unwrap(),
+            s.consume_token("t1", "h", "csr1", 1).await.unwrap(),
             Err(TokenRejection::Unknown)
         );
     }
 
-    #[test]
-    fn spokeagent_spec_and_status_are_separate_files() {
+    #[tokio::test]
+    async fn spokeagent_spec_and_status_are_separate_files() {
         let dir = tempfile::tempdir().unwrap();
         let s = FileSpokeAgentStore::new(dir.path()).unwrap();
-        assert!(s.specs().unwrap().is_empty());
+        assert!(s.specs().await.unwrap().is_empty());
         let spec = SpokeAgentSpec::default();
-        s.put_spec("sno1", &spec).unwrap();
+        s.put_spec("sno1", &spec).await.unwrap();
         let st = SpokeAgentStatus {
             connected: true,
             ..Default::default()
         };
-        s.write_status("sno1", &st).unwrap();
-        assert_eq!(s.specs().unwrap().get("sno1"), Some(&spec));
-        assert_eq!(s.status("sno1").unwrap(), Some(st));
-        assert!(s.put_spec("../etc", &spec).is_err());
+        s.write_status("sno1", &st).await.unwrap();
+        assert_eq!(s.specs().await.unwrap().get("sno1"), Some(&spec));
+        assert_eq!(s.status("sno1").await.unwrap(), Some(st));
+        assert!(s.put_spec("../etc", &spec).await.is_err());
     }
 }

@@ -1,12 +1,14 @@
-//! Persistence seams of the gateway. Both traits are synchronous and small: the file-backed
-//! implementations ([`file`]) do short blocking I/O, and the gateway calls them from
-//! `spawn_blocking` where it matters. The Kubernetes-backed implementations (Secrets for
-//! enrollment, the SpokeAgent API for spec/status) live in talm-hub (`talm-hub run`), which
-//! bridges these calls onto its async client.
+//! Persistence seams of the gateway. Both traits are async (boxed futures, so the gateway holds
+//! them as `Arc<dyn ...>`): the gateway awaits them on its runtime. The file-backed
+//! implementations ([`file`]) run their short blocking I/O on tokio's blocking pool; the
+//! Kubernetes-backed ones (Secrets for enrollment, the SpokeAgent API for spec/status) live in
+//! talm-hub (`talm-hub run`) and await its client directly.
 
 pub mod file;
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 
 use serde::{Deserialize, Serialize};
 use talm_shared::api::spokeagent::{SpokeAgentSpec, SpokeAgentStatus};
@@ -57,6 +59,9 @@ pub enum StoreError {
     #[error("{0} does not exist")]
     NotFound(String),
 }
+
+/// The future of a store call.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
 /// A bootstrap token as stored: never the secret itself, only its SHA-256.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,42 +170,46 @@ pub const KEPT_SERIALS: usize = 2;
 /// Bootstrap tokens and enrolled clusters.
 pub trait EnrollmentStore: Send + Sync + std::fmt::Debug {
     /// Stores a new token.
-    fn add_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
+    fn add_token<'a>(&'a self, token: &'a TokenRecord) -> StoreFuture<'a, ()>;
     /// Checks and consumes a token in one atomic step: it succeeds for one CSR only (`csr_sha256`;
     /// a retry with the same CSR succeeds again, before the expiry).
-    fn consume_token(
-        &self,
-        id: &str,
-        secret_sha256: &str,
-        csr_sha256: &str,
+    fn consume_token<'a>(
+        &'a self,
+        id: &'a str,
+        secret_sha256: &'a str,
+        csr_sha256: &'a str,
         now: i64,
-    ) -> Result<Result<String, TokenRejection>, StoreError>;
+    ) -> StoreFuture<'a, Result<String, TokenRejection>>;
     /// Records a newly issued certificate for `cluster` (enrollment or rotation).
-    fn record_certificate(
-        &self,
-        cluster: &str,
-        serial: &str,
+    fn record_certificate<'a>(
+        &'a self,
+        cluster: &'a str,
+        serial: &'a str,
         not_after: i64,
         now: i64,
-    ) -> Result<(), StoreError>;
+    ) -> StoreFuture<'a, ()>;
     /// The enrollment of one cluster.
-    fn get(&self, cluster: &str) -> Result<Option<Enrollment>, StoreError>;
+    fn get<'a>(&'a self, cluster: &'a str) -> StoreFuture<'a, Option<Enrollment>>;
     /// Every enrollment (the gateway polls this to end revoked sessions).
-    fn list(&self) -> Result<BTreeMap<String, Enrollment>, StoreError>;
+    fn list(&self) -> StoreFuture<'_, BTreeMap<String, Enrollment>>;
     /// Deletes a cluster's enrollment and its unused tokens. Returns whether it was enrolled.
-    fn revoke(&self, cluster: &str) -> Result<bool, StoreError>;
+    fn revoke<'a>(&'a self, cluster: &'a str) -> StoreFuture<'a, bool>;
 }
 
 /// SpokeAgent objects: the engine writes `spec`, the gateway writes `status`.
 pub trait SpokeAgentStore: Send + Sync + std::fmt::Debug {
     /// Every cluster's spec.
-    fn specs(&self) -> Result<BTreeMap<String, SpokeAgentSpec>, StoreError>;
+    fn specs(&self) -> StoreFuture<'_, BTreeMap<String, SpokeAgentSpec>>;
     /// One cluster's spec.
-    fn spec(&self, cluster: &str) -> Result<Option<SpokeAgentSpec>, StoreError>;
+    fn spec<'a>(&'a self, cluster: &'a str) -> StoreFuture<'a, Option<SpokeAgentSpec>>;
     /// Replaces one cluster's spec (the engine's side; tests use it too).
-    fn put_spec(&self, cluster: &str, spec: &SpokeAgentSpec) -> Result<(), StoreError>;
+    fn put_spec<'a>(&'a self, cluster: &'a str, spec: &'a SpokeAgentSpec) -> StoreFuture<'a, ()>;
     /// One cluster's status.
-    fn status(&self, cluster: &str) -> Result<Option<SpokeAgentStatus>, StoreError>;
+    fn status<'a>(&'a self, cluster: &'a str) -> StoreFuture<'a, Option<SpokeAgentStatus>>;
     /// Replaces one cluster's status, durably.
-    fn write_status(&self, cluster: &str, status: &SpokeAgentStatus) -> Result<(), StoreError>;
+    fn write_status<'a>(
+        &'a self,
+        cluster: &'a str,
+        status: &'a SpokeAgentStatus,
+    ) -> StoreFuture<'a, ()>;
 }

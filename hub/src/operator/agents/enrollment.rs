@@ -21,13 +21,13 @@ use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, watcher as watch_fn};
 use talm_gateway::store::{
-    Enrollment, EnrollmentStore, KEPT_SERIALS, StoreError, TokenRecord, TokenRejection, TokenUse,
+    Enrollment, EnrollmentStore, KEPT_SERIALS, StoreError, StoreFuture, TokenRecord,
+    TokenRejection, TokenUse,
 };
 use talm_shared::tls::check_cluster_name;
-use tokio::runtime::Handle;
 
+use super::backend;
 use super::secrets::{self, CLUSTER_LABEL, ENROLLMENT_SELECTOR, KIND_LABEL, KIND_TOKEN};
-use super::{Bridge, backend};
 use crate::operator::error::{is_already_exists, is_conflict, is_not_found};
 
 /// Attempts of a read-modify-write before giving up on conflicts.
@@ -178,18 +178,16 @@ fn token_id_ok(id: &str) -> bool {
 pub struct KubeEnrollmentStore {
     secrets: Api<Secret>,
     namespace: String,
-    bridge: Bridge,
     cache: Arc<EnrollmentCache>,
 }
 
 impl KubeEnrollmentStore {
-    /// A store over the Secrets of `namespace`; `handle` is the runtime the client runs on.
-    /// Call [`KubeEnrollmentStore::spawn_watch`] (the gateway does) before relying on `list`.
-    pub fn new(client: kube::Client, namespace: &str, handle: Handle) -> Self {
+    /// A store over the Secrets of `namespace`. Call [`KubeEnrollmentStore::spawn_watch`] (the
+    /// gateway does) before relying on `list`.
+    pub fn new(client: kube::Client, namespace: &str) -> Self {
         Self {
             secrets: Api::namespaced(client, namespace),
             namespace: namespace.to_string(),
-            bridge: Bridge(handle),
             cache: Arc::new(EnrollmentCache::default()),
         }
     }
@@ -207,240 +205,213 @@ impl KubeEnrollmentStore {
     fn name(&self, secret_name: &str) -> String {
         format!("Secret {}/{secret_name}", self.namespace)
     }
+}
 
-    async fn add_token_async(&self, token: &TokenRecord) -> Result<(), StoreError> {
-        if !token_id_ok(&token.id) {
-            return Err(StoreError::InvalidName(format!(
-                "invalid token id {:?}",
-                token.id
-            )));
-        }
-        check_cluster_name(&token.cluster).map_err(StoreError::InvalidName)?;
-        let s = secrets::token_to_secret(&self.namespace, token);
-        let name = secrets::token_secret_name(&token.id);
-        self.secrets
-            .create(&PostParams::default(), &s)
-            .await
-            .map_err(backend("create", &self.name(&name)))?;
-        Ok(())
+impl EnrollmentStore for KubeEnrollmentStore {
+    fn add_token<'a>(&'a self, token: &'a TokenRecord) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            if !token_id_ok(&token.id) {
+                return Err(StoreError::InvalidName(format!(
+                    "invalid token id {:?}",
+                    token.id
+                )));
+            }
+            check_cluster_name(&token.cluster).map_err(StoreError::InvalidName)?;
+            let s = secrets::token_to_secret(&self.namespace, token);
+            let name = secrets::token_secret_name(&token.id);
+            self.secrets
+                .create(&PostParams::default(), &s)
+                .await
+                .map_err(backend("create", &self.name(&name)))?;
+            Ok(())
+        })
     }
 
-    async fn consume_async(
-        &self,
-        id: &str,
-        secret_sha256: &str,
-        csr_sha256: &str,
+    fn consume_token<'a>(
+        &'a self,
+        id: &'a str,
+        secret_sha256: &'a str,
+        csr_sha256: &'a str,
         now: i64,
-    ) -> Result<Result<String, TokenRejection>, StoreError> {
-        if !token_id_ok(id) {
-            return Ok(Err(TokenRejection::Unknown));
-        }
-        let name = secrets::token_secret_name(id);
-        for _ in 0..ATTEMPTS {
-            let Some(mut s) = self
+    ) -> StoreFuture<'a, Result<String, TokenRejection>> {
+        Box::pin(async move {
+            if !token_id_ok(id) {
+                return Ok(Err(TokenRejection::Unknown));
+            }
+            let name = secrets::token_secret_name(id);
+            for _ in 0..ATTEMPTS {
+                let Some(mut s) = self
+                    .secrets
+                    .get_opt(&name)
+                    .await
+                    .map_err(backend("get", &self.name(&name)))?
+                else {
+                    return Ok(Err(TokenRejection::Unknown));
+                };
+                let mut t = secrets::token_from_secret(&s)?;
+                match t.consume(secret_sha256, csr_sha256, now) {
+                    TokenUse::Rejected(r) => return Ok(Err(r)),
+                    TokenUse::Retried(cluster) => return Ok(Ok(cluster)),
+                    TokenUse::Consumed(_) => {}
+                }
+                // Keep the read's metadata (resourceVersion): the replace is the atomic step.
+                s.data = secrets::token_to_secret(&self.namespace, &t).data;
+                match self
+                    .secrets
+                    .replace(&name, &PostParams::default(), &s)
+                    .await
+                {
+                    Ok(_) => return Ok(Ok(t.cluster)),
+                    Err(e) if is_conflict(&e) => {
+                        tracing::debug!(token = id, "token changed under consume; re-reading");
+                        continue;
+                    }
+                    Err(e) if is_not_found(&e) => return Ok(Err(TokenRejection::Unknown)),
+                    Err(e) => return Err(backend("replace", &self.name(&name))(e)),
+                }
+            }
+            Err(StoreError::Backend {
+                what: format!("consume token {}", self.name(&name)),
+                message: format!("still conflicting after {ATTEMPTS} attempts"),
+            })
+        })
+    }
+
+    fn record_certificate<'a>(
+        &'a self,
+        cluster: &'a str,
+        serial: &'a str,
+        not_after: i64,
+        now: i64,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            check_cluster_name(cluster).map_err(StoreError::InvalidName)?;
+            let name = secrets::enrollment_secret_name(cluster);
+            for _ in 0..ATTEMPTS {
+                let current = self
+                    .secrets
+                    .get_opt(&name)
+                    .await
+                    .map_err(backend("get", &self.name(&name)))?;
+                let result = match current {
+                    None => {
+                        let e = Enrollment {
+                            cluster: cluster.to_string(),
+                            serials: vec![serial.to_string()],
+                            not_after,
+                            enrolled_at: now,
+                        };
+                        let s = secrets::enrollment_to_secret(&self.namespace, &e);
+                        match self.secrets.create(&PostParams::default(), &s).await {
+                            Err(e) if is_already_exists(&e) => continue,
+                            r => r.map_err(|e| ("create", e)),
+                        }
+                    }
+                    Some(mut s) => {
+                        let mut e = secrets::enrollment_from_secret(&s)?;
+                        e.serials.retain(|x| x != serial);
+                        e.serials.insert(0, serial.to_string());
+                        e.serials.truncate(KEPT_SERIALS);
+                        e.not_after = not_after;
+                        s.data = secrets::enrollment_to_secret(&self.namespace, &e).data;
+                        match self
+                            .secrets
+                            .replace(&name, &PostParams::default(), &s)
+                            .await
+                        {
+                            Err(e) if is_conflict(&e) || is_not_found(&e) => continue,
+                            r => r.map_err(|e| ("replace", e)),
+                        }
+                    }
+                };
+                match result {
+                    Ok(written) => {
+                        self.cache.note(&written);
+                        return Ok(());
+                    }
+                    Err((verb, e)) => return Err(backend(verb, &self.name(&name))(e)),
+                }
+            }
+            Err(StoreError::Backend {
+                what: format!("record certificate in {}", self.name(&name)),
+                message: format!("still conflicting after {ATTEMPTS} attempts"),
+            })
+        })
+    }
+
+    fn get<'a>(&'a self, cluster: &'a str) -> StoreFuture<'a, Option<Enrollment>> {
+        Box::pin(async move {
+            if check_cluster_name(cluster).is_err() {
+                return Ok(None);
+            }
+            if let Some(e) = self.cache.get(cluster) {
+                return Ok(Some(e));
+            }
+            let name = secrets::enrollment_secret_name(cluster);
+            match self
                 .secrets
                 .get_opt(&name)
                 .await
                 .map_err(backend("get", &self.name(&name)))?
-            else {
-                return Ok(Err(TokenRejection::Unknown));
-            };
-            let mut t = secrets::token_from_secret(&s)?;
-            match t.consume(secret_sha256, csr_sha256, now) {
-                TokenUse::Rejected(r) => return Ok(Err(r)),
-                TokenUse::Retried(cluster) => return Ok(Ok(cluster)),
-                TokenUse::Consumed(_) => {}
-            }
-            // Keep the read's metadata (resourceVersion): the replace is the atomic step.
-            s.data = secrets::token_to_secret(&self.namespace, &t).data;
-            match self
-                .secrets
-                .replace(&name, &PostParams::default(), &s)
-                .await
             {
-                Ok(_) => return Ok(Ok(t.cluster)),
-                Err(e) if is_conflict(&e) => {
-                    tracing::debug!(token = id, "token changed under consume; re-reading");
-                    continue;
+                None => Ok(None),
+                Some(s) => {
+                    let e = secrets::enrollment_from_secret(&s)?;
+                    self.cache.note(&s);
+                    Ok(Some(e))
                 }
-                Err(e) if is_not_found(&e) => return Ok(Err(TokenRejection::Unknown)),
-                Err(e) => return Err(backend("replace", &self.name(&name))(e)),
             }
-        }
-        Err(StoreError::Backend {
-            what: format!("consume token {}", self.name(&name)),
-            message: format!("still conflicting after {ATTEMPTS} attempts"),
         })
     }
 
-    async fn record_async(
-        &self,
-        cluster: &str,
-        serial: &str,
-        not_after: i64,
-        now: i64,
-    ) -> Result<(), StoreError> {
-        check_cluster_name(cluster).map_err(StoreError::InvalidName)?;
-        let name = secrets::enrollment_secret_name(cluster);
-        for _ in 0..ATTEMPTS {
-            let current = self
+    fn list(&self) -> StoreFuture<'_, BTreeMap<String, Enrollment>> {
+        Box::pin(async move {
+            let inner = self.cache.read();
+            if !inner.synced {
+                return Err(StoreError::Backend {
+                    what: format!("enrollment Secrets in {}", self.namespace),
+                    message: "the watch has not finished its first list yet".into(),
+                });
+            }
+            Ok(inner
+                .map
+                .iter()
+                .map(|(c, (_, e))| (c.clone(), e.clone()))
+                .collect())
+        })
+    }
+
+    fn revoke<'a>(&'a self, cluster: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            check_cluster_name(cluster).map_err(StoreError::InvalidName)?;
+            let selector = format!("{KIND_LABEL}={KIND_TOKEN},{CLUSTER_LABEL}={cluster}");
+            let tokens = self
                 .secrets
-                .get_opt(&name)
+                .list(&ListParams::default().labels(&selector))
                 .await
-                .map_err(backend("get", &self.name(&name)))?;
-            let result = match current {
-                None => {
-                    let e = Enrollment {
-                        cluster: cluster.to_string(),
-                        serials: vec![serial.to_string()],
-                        not_after,
-                        enrolled_at: now,
-                    };
-                    let s = secrets::enrollment_to_secret(&self.namespace, &e);
-                    match self.secrets.create(&PostParams::default(), &s).await {
-                        Err(e) if is_already_exists(&e) => continue,
-                        r => r.map_err(|e| ("create", e)),
+                .map_err(backend(
+                    "list",
+                    &format!("Secrets {} -l {selector}", self.namespace),
+                ))?;
+            for s in tokens.items {
+                let unused = secrets::token_from_secret(&s).is_ok_and(|t| t.used_at.is_none());
+                let name = s.metadata.name.clone().unwrap_or_default();
+                if unused {
+                    match self.secrets.delete(&name, &DeleteParams::default()).await {
+                        Ok(_) => {}
+                        Err(e) if is_not_found(&e) => {}
+                        Err(e) => return Err(backend("delete", &self.name(&name))(e)),
                     }
                 }
-                Some(mut s) => {
-                    let mut e = secrets::enrollment_from_secret(&s)?;
-                    e.serials.retain(|x| x != serial);
-                    e.serials.insert(0, serial.to_string());
-                    e.serials.truncate(KEPT_SERIALS);
-                    e.not_after = not_after;
-                    s.data = secrets::enrollment_to_secret(&self.namespace, &e).data;
-                    match self
-                        .secrets
-                        .replace(&name, &PostParams::default(), &s)
-                        .await
-                    {
-                        Err(e) if is_conflict(&e) || is_not_found(&e) => continue,
-                        r => r.map_err(|e| ("replace", e)),
-                    }
-                }
+            }
+            let name = secrets::enrollment_secret_name(cluster);
+            let out = match self.secrets.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => true,
+                Err(e) if is_not_found(&e) => false,
+                Err(e) => return Err(backend("delete", &self.name(&name))(e)),
             };
-            match result {
-                Ok(written) => {
-                    self.cache.note(&written);
-                    return Ok(());
-                }
-                Err((verb, e)) => return Err(backend(verb, &self.name(&name))(e)),
-            }
-        }
-        Err(StoreError::Backend {
-            what: format!("record certificate in {}", self.name(&name)),
-            message: format!("still conflicting after {ATTEMPTS} attempts"),
+            self.cache.forget(cluster);
+            Ok(out)
         })
-    }
-
-    async fn get_async(&self, cluster: &str) -> Result<Option<Enrollment>, StoreError> {
-        if check_cluster_name(cluster).is_err() {
-            return Ok(None);
-        }
-        if let Some(e) = self.cache.get(cluster) {
-            return Ok(Some(e));
-        }
-        let name = secrets::enrollment_secret_name(cluster);
-        match self
-            .secrets
-            .get_opt(&name)
-            .await
-            .map_err(backend("get", &self.name(&name)))?
-        {
-            None => Ok(None),
-            Some(s) => {
-                let e = secrets::enrollment_from_secret(&s)?;
-                self.cache.note(&s);
-                Ok(Some(e))
-            }
-        }
-    }
-
-    async fn revoke_async(&self, cluster: &str) -> Result<bool, StoreError> {
-        check_cluster_name(cluster).map_err(StoreError::InvalidName)?;
-        let selector = format!("{KIND_LABEL}={KIND_TOKEN},{CLUSTER_LABEL}={cluster}");
-        let tokens = self
-            .secrets
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(backend(
-                "list",
-                &format!("Secrets {} -l {selector}", self.namespace),
-            ))?;
-        for s in tokens.items {
-            let unused = secrets::token_from_secret(&s).is_ok_and(|t| t.used_at.is_none());
-            let name = s.metadata.name.clone().unwrap_or_default();
-            if unused {
-                match self.secrets.delete(&name, &DeleteParams::default()).await {
-                    Ok(_) => {}
-                    Err(e) if is_not_found(&e) => {}
-                    Err(e) => return Err(backend("delete", &self.name(&name))(e)),
-                }
-            }
-        }
-        let name = secrets::enrollment_secret_name(cluster);
-        let out = match self.secrets.delete(&name, &DeleteParams::default()).await {
-            Ok(_) => true,
-            Err(e) if is_not_found(&e) => false,
-            Err(e) => return Err(backend("delete", &self.name(&name))(e)),
-        };
-        self.cache.forget(cluster);
-        Ok(out)
-    }
-}
-
-impl EnrollmentStore for KubeEnrollmentStore {
-    fn add_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
-        self.bridge.run(self.add_token_async(token))?
-    }
-
-    fn consume_token(
-        &self,
-        id: &str,
-        secret_sha256: &str,
-        csr_sha256: &str,
-        now: i64,
-    ) -> Result<Result<String, TokenRejection>, StoreError> {
-        self.bridge
-            .run(self.consume_async(id, secret_sha256, csr_sha256, now))?
-    }
-
-    fn record_certificate(
-        &self,
-        cluster: &str,
-        serial: &str,
-        not_after: i64,
-        now: i64,
-    ) -> Result<(), StoreError> {
-        self.bridge
-            .run(self.record_async(cluster, serial, not_after, now))?
-    }
-
-    fn get(&self, cluster: &str) -> Result<Option<Enrollment>, StoreError> {
-        if check_cluster_name(cluster).is_ok()
-            && let Some(e) = self.cache.get(cluster)
-        {
-            return Ok(Some(e));
-        }
-        self.bridge.run(self.get_async(cluster))?
-    }
-
-    fn list(&self) -> Result<BTreeMap<String, Enrollment>, StoreError> {
-        let inner = self.cache.read();
-        if !inner.synced {
-            return Err(StoreError::Backend {
-                what: format!("enrollment Secrets in {}", self.namespace),
-                message: "the watch has not finished its first list yet".into(),
-            });
-        }
-        Ok(inner
-            .map
-            .iter()
-            .map(|(c, (_, e))| (c.clone(), e.clone()))
-            .collect())
-    }
-
-    fn revoke(&self, cluster: &str) -> Result<bool, StoreError> {
-        self.bridge.run(self.revoke_async(cluster))?
     }
 }

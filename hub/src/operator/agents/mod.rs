@@ -9,10 +9,8 @@
 //! - [`pki`]: the agent CA and the generated serving certificate, created once by whichever
 //!   replica gets there first.
 //!
-//! The gateway's store traits are synchronous; [`Bridge`] runs the async client calls from
-//! them (`block_in_place` + `Handle::block_on`), which needs the multi-threaded runtime that
-//! `talm-hub run` uses. Reads the gateway makes often (specs, statuses, enrollments) are served
-//! from memory and do not block.
+//! The gateway's store traits are async, so the stores await the client directly. Reads the
+//! gateway makes often (specs, statuses, enrollments) are served from memory.
 
 pub mod enrollment;
 pub mod pki;
@@ -30,7 +28,6 @@ use talm_gateway::store::StoreError;
 use talm_gateway::{Gateway, GatewayConfig};
 use talm_shared::clock::Clock;
 use tokio::net::TcpListener;
-use tokio::runtime::{Handle, RuntimeFlavor};
 
 pub use self::enrollment::{EnrollmentCache, KubeEnrollmentStore};
 pub use self::pki::Serving;
@@ -40,31 +37,6 @@ use super::{OperatorError, Shared};
 
 /// The default namespace of the gateway's Secrets outside a pod.
 pub const DEFAULT_NAMESPACE: &str = "talm-system";
-
-/// Runs async client calls from the synchronous store traits.
-#[derive(Clone, Debug)]
-pub struct Bridge(pub Handle);
-
-impl Bridge {
-    /// Runs `f` to completion on the bridge's runtime. On a worker thread of a multi-threaded
-    /// runtime the worker is handed off first (`block_in_place`); outside any runtime (a CLI
-    /// thread, a blocking-pool thread) it blocks directly. A current-thread runtime cannot be
-    /// blocked on from inside: that is an error, not a deadlock.
-    pub fn run<F: Future>(&self, f: F) -> Result<F::Output, StoreError> {
-        match Handle::try_current() {
-            Ok(cur) if cur.runtime_flavor() == RuntimeFlavor::CurrentThread => {
-                Err(StoreError::Backend {
-                    what: "Kubernetes-backed store".into(),
-                    message: "called on a current-thread runtime; it needs the multi-threaded \
-                              runtime"
-                        .into(),
-                })
-            }
-            Ok(_) => Ok(tokio::task::block_in_place(|| self.0.block_on(f))),
-            Err(_) => Ok(self.0.block_on(f)),
-        }
-    }
-}
 
 /// Maps a client error of `verb` on `what` to a [`StoreError::Backend`].
 pub fn backend(verb: &'static str, what: &str) -> impl Fn(kube::Error) -> StoreError + use<> {
@@ -151,7 +123,7 @@ impl AgentGateway {
     ) -> Result<Self, OperatorError> {
         let client = shared.client.clone();
         let ns = settings.namespace.as_str();
-        let agent_ca = pki::ensure_agent_ca(client.clone(), ns, clock.now())
+        let agent_ca = pki::ensure_agent_ca(client.clone(), ns, clock.system_time())
             .await
             .map_err(gateway_err("agent CA"))?;
         let serving = match &settings.serving {
@@ -161,7 +133,7 @@ impl AgentGateway {
                 ca_pem: None,
             },
             ServingTls::Generated { names } => {
-                pki::ensure_serving(client.clone(), ns, names, clock.now())
+                pki::ensure_serving(client.clone(), ns, names, clock.system_time())
                     .await
                     .map_err(gateway_err("serving certificate"))?
             }
@@ -172,10 +144,9 @@ impl AgentGateway {
             agent_ca.cert_pem.as_bytes(),
         )
         .map_err(|e| OperatorError::Gateway(format!("gRPC TLS: {e}")))?;
-        let handle = Handle::current();
-        let enrollment = Arc::new(KubeEnrollmentStore::new(client, ns, handle.clone()));
+        let enrollment = Arc::new(KubeEnrollmentStore::new(client, ns));
         let watch = enrollment.spawn_watch();
-        let agents = Arc::new(KubeSpokeAgentStore::new(shared.clone(), handle));
+        let agents = Arc::new(KubeSpokeAgentStore::new(shared.clone()));
         let enroller = Enroller::new(
             agent_ca,
             enrollment.clone(),
@@ -287,28 +258,26 @@ impl GatewayArgs {
 /// the Secrets of the hub's namespace (KUBECONFIG or in-cluster config), so tokens can be
 /// minted from a workstation. `machineconfig` embeds the `ca.crt` of `talm-gateway-serving`
 /// unless --ca-bundle is given. Returns what to print.
-pub fn run_agents_kube(args: &talm_gateway::cli::AgentsArgs) -> Result<String, OperatorError> {
+pub async fn run_agents_kube(
+    args: &talm_gateway::cli::AgentsArgs,
+) -> Result<String, OperatorError> {
     use talm_gateway::cli::AgentsCommand;
-    use talm_gateway::store::EnrollmentStore;
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .map_err(OperatorError::Runtime)?;
-    let client = rt
-        .block_on(kube::Client::try_default())
+    use talm_gateway::store::EnrollmentStore;
+    let client = kube::Client::try_default()
+        .await
         .map_err(OperatorError::Client)?;
     let ns = namespace(args.namespace.as_deref());
-    let store = KubeEnrollmentStore::new(client.clone(), &ns, rt.handle().clone());
+    let store = KubeEnrollmentStore::new(client.clone(), &ns);
     match &args.command {
         AgentsCommand::Machineconfig(mc) => {
-            let origin = format!("the ca.crt of Secret {ns}/{}", secrets::SERVING_SECRET);
-            let default_ca = || {
+            let default_ca = async {
+                let origin = format!("the ca.crt of Secret {ns}/{}", secrets::SERVING_SECRET);
                 let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
                     kube::Api::namespaced(client.clone(), &ns);
-                let secret = rt
-                    .block_on(api.get_opt(secrets::SERVING_SECRET))
+                let secret = api
+                    .get_opt(secrets::SERVING_SECRET)
+                    .await
                     .map_err(|e| talm_gateway::cli::CliError::Missing(format!("{origin}: {e}")))?;
                 let pem = match secret {
                     Some(s) if s.data.as_ref().is_some_and(|d| d.contains_key("ca.crt")) => {
@@ -316,9 +285,10 @@ pub fn run_agents_kube(args: &talm_gateway::cli::AgentsArgs) -> Result<String, O
                     }
                     _ => None,
                 };
-                Ok((origin.clone(), pem))
+                Ok((origin, pem))
             };
-            talm_gateway::cli::machineconfig(&store, &default_ca, mc)
+            talm_gateway::cli::machineconfig(&store, default_ca, mc)
+                .await
                 .map_err(|e| OperatorError::Gateway(e.to_string()))
         }
         AgentsCommand::Token { cluster, ttl_secs } => talm_gateway::enroll::issue_token(
@@ -327,10 +297,12 @@ pub fn run_agents_kube(args: &talm_gateway::cli::AgentsArgs) -> Result<String, O
             cluster,
             Duration::from_secs(*ttl_secs),
         )
+        .await
         .map_err(|e| OperatorError::Gateway(e.to_string())),
         AgentsCommand::Revoke { cluster } => {
             let was = store
                 .revoke(cluster)
+                .await
                 .map_err(|e| OperatorError::Gateway(e.to_string()))?;
             Ok(if was {
                 format!("revoked the enrollment of cluster {cluster} (namespace {ns})")

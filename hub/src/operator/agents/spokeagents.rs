@@ -25,12 +25,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use talm_gateway::store::{SpokeAgentStore, StoreError};
+use talm_gateway::store::{SpokeAgentStore, StoreError, StoreFuture};
 use talm_shared::api::spokeagent::{SpokeAgent, SpokeAgentSpec, SpokeAgentStatus};
 use talm_shared::tls::check_cluster_name;
-use tokio::runtime::Handle;
 
-use super::{Bridge, backend};
+use super::backend;
 use crate::operator::Shared;
 use crate::operator::cache::Kind;
 use crate::operator::error::{is_already_exists, is_conflict, is_not_found};
@@ -41,7 +40,6 @@ const ATTEMPTS: usize = 8;
 #[derive(Debug)]
 pub struct KubeSpokeAgentStore {
     shared: Arc<Shared>,
-    bridge: Bridge,
     /// The last status this replica wrote per cluster.
     written: Mutex<HashMap<String, SpokeAgentStatus>>,
 }
@@ -52,10 +50,9 @@ fn what(cluster: &str) -> String {
 
 impl KubeSpokeAgentStore {
     /// A store reading `shared`'s cache and writing through its client.
-    pub fn new(shared: Arc<Shared>, handle: Handle) -> Self {
+    pub fn new(shared: Arc<Shared>) -> Self {
         Self {
             shared,
-            bridge: Bridge(handle),
             written: Mutex::new(HashMap::new()),
         }
     }
@@ -83,119 +80,6 @@ impl KubeSpokeAgentStore {
             .cloned()
     }
 
-    async fn put_spec_async(&self, cluster: &str, spec: &SpokeAgentSpec) -> Result<(), StoreError> {
-        check_cluster_name(cluster).map_err(StoreError::InvalidName)?;
-        let api = self.api(cluster);
-        let mut value = serde_json::to_value(spec).map_err(|e| StoreError::BadData {
-            what: format!("{} spec", what(cluster)),
-            message: e.to_string(),
-        })?;
-        if let Value::Object(m) = &mut value {
-            for k in ["precache", "backup", "checkSpace", "installPlans"] {
-                m.entry(k).or_insert(Value::Null);
-            }
-        }
-        match api
-            .patch(
-                cluster,
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "spec": value })),
-            )
-            .await
-        {
-            Ok(out) => {
-                self.shared.cache_write().record_write(out);
-                Ok(())
-            }
-            Err(e) if is_not_found(&e) => {
-                let mut agent = SpokeAgent::new(cluster, spec.clone());
-                agent.metadata.namespace = Some(cluster.to_string());
-                let out = api
-                    .create(&PostParams::default(), &agent)
-                    .await
-                    .map_err(backend("create", &what(cluster)))?;
-                self.shared.cache_write().record_write(out);
-                Ok(())
-            }
-            Err(e) => Err(backend("patch", &what(cluster))(e)),
-        }
-    }
-
-    async fn write_status_async(
-        &self,
-        cluster: &str,
-        status: &SpokeAgentStatus,
-    ) -> Result<(), StoreError> {
-        check_cluster_name(cluster).map_err(StoreError::InvalidName)?;
-        let api = self.api(cluster);
-        let mut current = self.cached(cluster);
-        for attempt in 0..ATTEMPTS {
-            if attempt > 0 || current.is_none() {
-                current = api
-                    .get_opt(cluster)
-                    .await
-                    .map_err(backend("get", &what(cluster)))?;
-            }
-            let mut obj = match current.take() {
-                Some(o) => o,
-                None if !status.connected => return Err(StoreError::NotFound(what(cluster))),
-                None => {
-                    let mut agent = SpokeAgent::new(cluster, SpokeAgentSpec::default());
-                    agent.metadata.namespace = Some(cluster.to_string());
-                    match api.create(&PostParams::default(), &agent).await {
-                        Ok(out) => {
-                            tracing::info!(cluster, "SpokeAgent created for a connected agent");
-                            self.shared.cache_write().record_write(out.clone());
-                            out
-                        }
-                        // Created meanwhile (by the engine or another replica): read it.
-                        Err(e) if is_already_exists(&e) => continue,
-                        Err(e) if is_not_found(&e) => {
-                            return Err(StoreError::NotFound(what(cluster)));
-                        }
-                        Err(e) => return Err(backend("create", &what(cluster))(e)),
-                    }
-                }
-            };
-            if obj.status.as_ref() == Some(status) {
-                self.remember(cluster, status);
-                return Ok(());
-            }
-            if !status.connected
-                && let Some(cur) = &obj.status
-                && cur.connected
-                && self.last_written(cluster).as_ref() != Some(cur)
-            {
-                tracing::debug!(
-                    cluster,
-                    "status write skipped: another replica holds the agent's session"
-                );
-                return Ok(());
-            }
-            obj.status = Some(status.clone());
-            match api
-                .replace_status(cluster, &PostParams::default(), &obj)
-                .await
-            {
-                Ok(out) => {
-                    self.remember(cluster, status);
-                    // The engine has not seen this report: reconcile the CGUs of the cluster
-                    // now (the watch echo of a recorded write triggers nothing).
-                    let triggers = self.shared.cache_write().record_report(out);
-                    self.shared.route(triggers);
-                    return Ok(());
-                }
-                Err(e) if is_conflict(&e) => continue,
-                Err(e) if is_not_found(&e) => return Err(StoreError::NotFound(what(cluster))),
-                Err(e) => return Err(backend("replace status", &what(cluster))(e)),
-            }
-        }
-        Err(StoreError::Backend {
-            what: format!("write status of {}", what(cluster)),
-            message: format!("still conflicting after {ATTEMPTS} attempts"),
-        })
-    }
-
     fn remember(&self, cluster: &str, status: &SpokeAgentStatus) {
         self.written
             .lock()
@@ -213,31 +97,146 @@ impl KubeSpokeAgentStore {
 }
 
 impl SpokeAgentStore for KubeSpokeAgentStore {
-    fn specs(&self) -> Result<BTreeMap<String, SpokeAgentSpec>, StoreError> {
-        self.synced()?;
-        let cache = self.shared.cache_read();
-        Ok(cache
-            .spoke_agents()
-            .filter(|a| a.metadata.namespace == a.metadata.name)
-            .filter_map(|a| Some((a.metadata.name.clone()?, a.spec.clone())))
-            .collect())
+    fn specs(&self) -> StoreFuture<'_, BTreeMap<String, SpokeAgentSpec>> {
+        Box::pin(async move {
+            self.synced()?;
+            let cache = self.shared.cache_read();
+            Ok(cache
+                .spoke_agents()
+                .filter(|a| a.metadata.namespace == a.metadata.name)
+                .filter_map(|a| Some((a.metadata.name.clone()?, a.spec.clone())))
+                .collect())
+        })
     }
 
-    fn spec(&self, cluster: &str) -> Result<Option<SpokeAgentSpec>, StoreError> {
-        self.synced()?;
-        Ok(self.cached(cluster).map(|a| a.spec))
+    fn spec<'a>(&'a self, cluster: &'a str) -> StoreFuture<'a, Option<SpokeAgentSpec>> {
+        Box::pin(async move {
+            self.synced()?;
+            Ok(self.cached(cluster).map(|a| a.spec))
+        })
     }
 
-    fn put_spec(&self, cluster: &str, spec: &SpokeAgentSpec) -> Result<(), StoreError> {
-        self.bridge.run(self.put_spec_async(cluster, spec))?
+    fn put_spec<'a>(&'a self, cluster: &'a str, spec: &'a SpokeAgentSpec) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            check_cluster_name(cluster).map_err(StoreError::InvalidName)?;
+            let api = self.api(cluster);
+            let mut value = serde_json::to_value(spec).map_err(|e| StoreError::BadData {
+                what: format!("{} spec", what(cluster)),
+                message: e.to_string(),
+            })?;
+            if let Value::Object(m) = &mut value {
+                for k in ["precache", "backup", "checkSpace", "installPlans"] {
+                    m.entry(k).or_insert(Value::Null);
+                }
+            }
+            match api
+                .patch(
+                    cluster,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({ "spec": value })),
+                )
+                .await
+            {
+                Ok(out) => {
+                    self.shared.cache_write().record_write(out);
+                    Ok(())
+                }
+                Err(e) if is_not_found(&e) => {
+                    let mut agent = SpokeAgent::new(cluster, spec.clone());
+                    agent.metadata.namespace = Some(cluster.to_string());
+                    let out = api
+                        .create(&PostParams::default(), &agent)
+                        .await
+                        .map_err(backend("create", &what(cluster)))?;
+                    self.shared.cache_write().record_write(out);
+                    Ok(())
+                }
+                Err(e) => Err(backend("patch", &what(cluster))(e)),
+            }
+        })
     }
 
-    fn status(&self, cluster: &str) -> Result<Option<SpokeAgentStatus>, StoreError> {
-        self.synced()?;
-        Ok(self.cached(cluster).and_then(|a| a.status))
+    fn status<'a>(&'a self, cluster: &'a str) -> StoreFuture<'a, Option<SpokeAgentStatus>> {
+        Box::pin(async move {
+            self.synced()?;
+            Ok(self.cached(cluster).and_then(|a| a.status))
+        })
     }
 
-    fn write_status(&self, cluster: &str, status: &SpokeAgentStatus) -> Result<(), StoreError> {
-        self.bridge.run(self.write_status_async(cluster, status))?
+    fn write_status<'a>(
+        &'a self,
+        cluster: &'a str,
+        status: &'a SpokeAgentStatus,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            check_cluster_name(cluster).map_err(StoreError::InvalidName)?;
+            let api = self.api(cluster);
+            let mut current = self.cached(cluster);
+            for attempt in 0..ATTEMPTS {
+                if attempt > 0 || current.is_none() {
+                    current = api
+                        .get_opt(cluster)
+                        .await
+                        .map_err(backend("get", &what(cluster)))?;
+                }
+                let mut obj = match current.take() {
+                    Some(o) => o,
+                    None if !status.connected => return Err(StoreError::NotFound(what(cluster))),
+                    None => {
+                        let mut agent = SpokeAgent::new(cluster, SpokeAgentSpec::default());
+                        agent.metadata.namespace = Some(cluster.to_string());
+                        match api.create(&PostParams::default(), &agent).await {
+                            Ok(out) => {
+                                tracing::info!(cluster, "SpokeAgent created for a connected agent");
+                                self.shared.cache_write().record_write(out.clone());
+                                out
+                            }
+                            // Created meanwhile (by the engine or another replica): read it.
+                            Err(e) if is_already_exists(&e) => continue,
+                            Err(e) if is_not_found(&e) => {
+                                return Err(StoreError::NotFound(what(cluster)));
+                            }
+                            Err(e) => return Err(backend("create", &what(cluster))(e)),
+                        }
+                    }
+                };
+                if obj.status.as_ref() == Some(status) {
+                    self.remember(cluster, status);
+                    return Ok(());
+                }
+                if !status.connected
+                    && let Some(cur) = &obj.status
+                    && cur.connected
+                    && self.last_written(cluster).as_ref() != Some(cur)
+                {
+                    tracing::debug!(
+                        cluster,
+                        "status write skipped: another replica holds the agent's session"
+                    );
+                    return Ok(());
+                }
+                obj.status = Some(status.clone());
+                match api
+                    .replace_status(cluster, &PostParams::default(), &obj)
+                    .await
+                {
+                    Ok(out) => {
+                        self.remember(cluster, status);
+                        // The engine has not seen this report: reconcile the CGUs of the cluster
+                        // now (the watch echo of a recorded write triggers nothing).
+                        let triggers = self.shared.cache_write().record_report(out);
+                        self.shared.route(triggers);
+                        return Ok(());
+                    }
+                    Err(e) if is_conflict(&e) => continue,
+                    Err(e) if is_not_found(&e) => return Err(StoreError::NotFound(what(cluster))),
+                    Err(e) => return Err(backend("replace status", &what(cluster))(e)),
+                }
+            }
+            Err(StoreError::Backend {
+                what: format!("write status of {}", what(cluster)),
+                message: format!("still conflicting after {ATTEMPTS} attempts"),
+            })
+        })
     }
 }
