@@ -37,8 +37,7 @@ use talm_shared::api::rhacm::{
 use talm_shared::api::spokeagent::{InstallPlanTask, SpokeAgent, SubscriptionTarget};
 
 use crate::decision::{TaskChange, Write};
-use crate::names;
-use crate::reconcile::labels;
+use crate::names::{self, labels};
 use crate::snapshot::Snapshot;
 
 /// Scope resource of Subscription views.

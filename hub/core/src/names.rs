@@ -1,9 +1,22 @@
-//! Safe names for the objects a CGU creates (TALM's `NewSafeResourceName`), deterministic.
+//! Names and labels of the objects a CGU creates: TALM's safe names (`NewSafeResourceName`),
+//! made deterministic, and the labels that tie the objects to their CGU.
 
 /// CGU annotation that fixes the name suffix.
 pub const NAME_SUFFIX_ANNOTATION: &str = "cluster-group-upgrades-operator/name-suffix";
 /// Annotation on created objects naming their desired (unsuffixed) name.
 pub const RNAME_ANNOTATION: &str = "cluster-group-upgrades-operator/rname";
+
+/// Labels on the objects a CGU creates (Placements, bindings, views, actions), by which talm
+/// finds them again.
+pub mod labels {
+    #![allow(missing_docs)]
+    pub const APP: &str = "app";
+    pub const APP_VALUE: &str = "openshift-cluster-group-upgrades";
+    pub const CGU: &str = "openshift-cluster-group-upgrades/clusterGroupUpgrade";
+    pub const CGU_NS: &str = "openshift-cluster-group-upgrades/clusterGroupUpgradeNamespace";
+    pub const FOR_POLICY: &str = "openshift-cluster-group-upgrades/forPolicy";
+    pub const VELERO_EXCLUDE: &str = "velero.io/exclude-from-backup";
+}
 
 const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
