@@ -2,6 +2,8 @@
 //!
 //! - [`api`]: the API types talm owns (`ClusterGroupUpgrade`, `PreCachingConfig`, `SpokeAgent`)
 //!   and typed views of the RHACM objects the hub reads and writes.
+//! - [`task_state`]: the state of an agent task, under TALM's names, for the engine, the
+//!   gateway and the agent.
 //! - With the `runtime` feature, helpers for the two daemons: [`tls`] (rustls/ring, TLS 1.3,
 //!   certificate identity), [`pki`] (rcgen CAs, CSRs, signing), [`fsutil`] (atomic durable
 //!   writes), [`clock`] (the time seam), [`telemetry`] (tracing setup) and [`yaml`] (parser
@@ -19,6 +21,7 @@ pub mod clock;
 pub mod fsutil;
 #[cfg(feature = "runtime")]
 pub mod pki;
+pub mod task_state;
 #[cfg(feature = "runtime")]
 pub mod telemetry;
 #[cfg(feature = "runtime")]

@@ -14,13 +14,14 @@ use jiff::SignedDuration;
 use talm_shared::api::Time;
 use talm_shared::api::cgu::{BackupStatus, PrecachingStatus};
 use talm_shared::api::rhacm::Policy;
+use talm_shared::task_state::TaskState;
 
 use super::start::Policies;
 use super::{AGENT_TASK_POLL_SECS, FIX_RETRY_SECS, Run};
 use crate::conditions::{messages as msg, reasons, types};
 use crate::decision::Requeue;
 use crate::precache;
-use crate::tasks::{self, ClusterInput, Kind, NewTask, states};
+use crate::tasks::{self, ClusterInput, Kind, NewTask};
 use crate::validate::platform_image;
 
 /// The outcome of a pre-cache or backup gate.
@@ -30,7 +31,7 @@ pub(super) enum Gate {
     /// Every cluster failed.
     AllFailed,
     /// Done; these clusters failed, with their final state.
-    Done(BTreeMap<String, String>),
+    Done(BTreeMap<String, TaskState>),
 }
 
 impl Run<'_> {
@@ -95,7 +96,7 @@ impl Run<'_> {
             }
             let input = ClusterInput {
                 cluster: c,
-                state: states_before.get(c).map(String::as_str),
+                state: states_before.get(c).map(|s| tasks::recorded_state(s)),
                 agent: self.snap.spoke_agent(c, c),
                 available: self
                     .snap
@@ -122,7 +123,7 @@ impl Run<'_> {
         }
         self.writes.extend(writes);
         if let Some(pc) = self.status.precaching.as_mut() {
-            pc.status = Some(states_after.clone());
+            pc.status = Some(names_of(&states_after));
         }
         self.gate(
             states_after,
@@ -154,7 +155,7 @@ impl Run<'_> {
             }
             let input = ClusterInput {
                 cluster: c,
-                state: states_before.get(c).map(String::as_str),
+                state: states_before.get(c).map(|s| tasks::recorded_state(s)),
                 agent: self.snap.spoke_agent(c, c),
                 available: self
                     .snap
@@ -163,15 +164,15 @@ impl Run<'_> {
                 enabled: self.enabled(),
             };
             let (mut st, w) = tasks::step(Kind::Backup, &id, input, &NewTask::Backup, now);
-            if guard_expired && !tasks::is_final(&st) {
-                st = states::BACKUP_TIMEOUT.to_string();
+            if guard_expired && !st.is_final() {
+                st = TaskState::BackupTimeout;
             }
             writes.extend(w);
             states_after.insert(c.clone(), st);
         }
         self.writes.extend(writes);
         if let Some(bs) = self.status.backup.as_mut() {
-            bs.status = Some(states_after.clone());
+            bs.status = Some(names_of(&states_after));
         }
         self.gate(
             states_after,
@@ -190,7 +191,7 @@ impl Run<'_> {
     #[allow(clippy::too_many_arguments)]
     fn gate(
         &mut self,
-        states: BTreeMap<String, String>,
+        states: BTreeMap<String, TaskState>,
         cond_type: &str,
         first_message: Option<&str>,
         in_progress_prefix: &str,
@@ -199,7 +200,7 @@ impl Run<'_> {
         failed_all: &str,
         progressing_message: Option<&str>,
     ) -> Gate {
-        let pending = states.values().filter(|s| !tasks::is_final(s)).count();
+        let pending = states.values().filter(|s| !s.is_final()).count();
         if pending > 0 {
             let m = match first_message {
                 Some(f) => f.to_string(),
@@ -218,9 +219,9 @@ impl Run<'_> {
             return Gate::Wait;
         }
         let total = states.len();
-        let failed: BTreeMap<String, String> = states
+        let failed: BTreeMap<String, TaskState> = states
             .into_iter()
-            .filter(|(_, s)| s != states::SUCCEEDED)
+            .filter(|(_, s)| *s != TaskState::Succeeded)
             .collect();
         if failed.is_empty() {
             self.set_cond(cond_type, true, completed.0, completed.1);
@@ -238,4 +239,12 @@ impl Run<'_> {
             Gate::AllFailed
         }
     }
+}
+
+/// The per-cluster states as the CGU status records them (TALM's names).
+fn names_of(states: &BTreeMap<String, TaskState>) -> BTreeMap<String, String> {
+    states
+        .iter()
+        .map(|(c, s)| (c.clone(), s.as_str().to_string()))
+        .collect()
 }
