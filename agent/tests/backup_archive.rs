@@ -1,6 +1,6 @@
 //! Archives of real files round-tripped (owners, modes, mtimes, xattrs, symlinks, hard links,
-//! sparse files, fifos; every compression), mirrored restores, and hostile archives refused
-//! before anything is written.
+//! sparse files, fifos; every compression), mirrored restores, hostile archives refused
+//! before anything is written, and the dry run's damage and on-disk checks.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity)]
 
 mod backup_support;
@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use backup_support::require;
 use talm_agent::host::archive::{
-    ArchiveError, ArchiveWriter, Compression, RestoreOptions, restore,
+    ArchiveError, ArchiveWriter, Compression, RestoreOptions, check, restore,
 };
 use talm_agent::host::exec::{Cmd, CommandRunner, RealRunner};
 
@@ -181,6 +181,7 @@ fn real_files_round_trip_with_every_compression() {
             jail: &dst,
             allow_absolute_symlinks: false,
             mirror_keep: None,
+            host_paths: false,
         };
         let stats = restore(&ar, &dst, &opts).unwrap();
         assert!(stats.entries >= 12);
@@ -223,6 +224,7 @@ fn mirrored_restore_deletes_strays_but_keeps_exclusions() {
         jail: d.path(),
         allow_absolute_symlinks: true,
         mirror_keep: Some(&excluded),
+        host_paths: false,
     };
     let stats = restore(&ar, &src, &opts).unwrap();
     assert_eq!(stats.deleted, 2, "new-file and new-dir");
@@ -251,6 +253,9 @@ fn hostile(path: &Path, entries: &[(&str, tar::EntryType, &str)]) {
         }
         h.set_entry_type(*kind);
         h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_600_000_000);
         let data: &[u8] = if *kind == tar::EntryType::Regular {
             b"pwned\n"
         } else {
@@ -331,6 +336,7 @@ fn hostile_archives_are_refused_before_anything_is_written() {
             jail: &dst,
             allow_absolute_symlinks: false,
             mirror_keep: None,
+            host_paths: false,
         };
         let err = restore(&ar, &dst, &opts).unwrap_err();
         assert!(matches!(err, ArchiveError::Unsafe { .. }), "{name}: {err}");
@@ -350,8 +356,232 @@ fn hostile_archives_are_refused_before_anything_is_written() {
         jail: &dst,
         allow_absolute_symlinks: false,
         mirror_keep: None,
+        host_paths: false,
     };
     let err = restore(&ar, &dst, &opts).unwrap_err();
     assert!(err.to_string().contains("symlink on disk"), "{err}");
     assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+}
+
+/// The dry run reads every byte: an archive cut anywhere before its end-of-archive marker (at an
+/// entry boundary, inside a header, inside data), or followed by junk, or whose compressed
+/// stream is cut, is refused as damaged.
+#[test]
+fn the_dry_run_refuses_truncated_and_damaged_archives() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    fs::create_dir_all(src.join("dir")).unwrap();
+    fs::write(src.join("a"), b"a\n").unwrap();
+    fs::write(src.join("dir/big"), vec![b'x'; 5000]).unwrap();
+    fs::write(src.join("dir/zeros"), vec![0u8; 2048]).unwrap();
+    std::os::unix::fs::symlink("a", src.join("link")).unwrap();
+    let plain = d.path().join("t.tar");
+    let mut w = ArchiveWriter::create(&plain, Compression::None, NO_TICK).unwrap();
+    w.add_tree(&src, Path::new(""), &|_| false).unwrap();
+    w.finish().unwrap();
+    let bytes = fs::read(&plain).unwrap();
+    let dst = d.path().join("dst");
+    let opts = RestoreOptions {
+        jail: &dst,
+        allow_absolute_symlinks: false,
+        mirror_keep: None,
+        host_paths: false,
+    };
+    let names = check(&plain, &dst, &opts).unwrap();
+    assert_eq!(names.len(), 5, "{names:?}");
+
+    // The writer ends with two zero blocks; every cut before them is damage.
+    let marker = bytes.len() - 1024;
+    assert!(bytes[marker..].iter().all(|b| *b == 0));
+    let cut = d.path().join("cut.tar");
+    let mut cuts: Vec<usize> = (0..marker).step_by(512).collect();
+    cuts.extend((0..marker).step_by(512).map(|c| c + 100));
+    for n in cuts {
+        fs::write(&cut, &bytes[..n]).unwrap();
+        let err = check(&cut, &dst, &opts).unwrap_err();
+        assert!(
+            matches!(err, ArchiveError::Damaged { .. }) && err.to_string().contains("truncated"),
+            "cut at {n}: {err}"
+        );
+    }
+    let mut junk = bytes.clone();
+    junk.extend_from_slice(b"trailing junk");
+    fs::write(&cut, &junk).unwrap();
+    let err = check(&cut, &dst, &opts).unwrap_err();
+    assert!(
+        err.to_string().contains("after the end-of-archive"),
+        "{err}"
+    );
+
+    // A header field the extraction needs that does not parse (here the owner).
+    hostile(&cut, &[("f", tar::EntryType::Regular, "")]);
+    let mut bad = fs::read(&cut).unwrap();
+    bad[108..116].copy_from_slice(b"zzzzzzz\0");
+    let mut h = tar::Header::new_old();
+    h.as_mut_bytes().copy_from_slice(&bad[..512]);
+    h.set_cksum();
+    bad[..512].copy_from_slice(h.as_bytes());
+    fs::write(&cut, &bad).unwrap();
+    let err = check(&cut, &dst, &opts).unwrap_err();
+    assert!(
+        matches!(err, ArchiveError::Damaged { .. }) && err.to_string().contains("header"),
+        "{err}"
+    );
+
+    for compression in [Compression::Gzip(6), Compression::Zstd3] {
+        let ar = d.path().join(format!("t{}", compression.suffix()));
+        let mut w = ArchiveWriter::create(&ar, compression, NO_TICK).unwrap();
+        w.add_tree(&src, Path::new(""), &|_| false).unwrap();
+        w.finish().unwrap();
+        assert_eq!(check(&ar, &dst, &opts).unwrap(), names);
+        let z = fs::read(&ar).unwrap();
+        fs::write(&ar, &z[..z.len() - 20]).unwrap();
+        let err = check(&ar, &dst, &opts).unwrap_err();
+        assert!(
+            matches!(err, ArchiveError::Damaged { .. }),
+            "{compression:?}: {err}"
+        );
+    }
+    assert!(!dst.exists());
+}
+
+/// On disk, the dry run and the restore follow one rule: the target and every directory on the
+/// way to an entry are real directories, except where the archive's own directory entry
+/// replaces what is there.
+#[test]
+fn links_on_disk_are_refused_unless_the_archive_replaces_them() {
+    let d = tempfile::tempdir().unwrap();
+    let outside = d.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    let jail = d.path().join("root");
+    let dst = jail.join("etc");
+    fs::create_dir_all(&dst).unwrap();
+    std::os::unix::fs::symlink(&outside, dst.join("sub")).unwrap();
+    let opts = RestoreOptions {
+        jail: &jail,
+        allow_absolute_symlinks: true,
+        mirror_keep: None,
+        host_paths: false,
+    };
+
+    // Only the file: it would be written through the link.
+    let ar = d.path().join("file-only.tar");
+    hostile(&ar, &[("sub/f", tar::EntryType::Regular, "")]);
+    let err = check(&ar, &dst, &opts).unwrap_err();
+    assert!(
+        matches!(err, ArchiveError::OnDisk { .. }) && err.to_string().contains("symlink on disk"),
+        "{err}"
+    );
+
+    // The directory first: it replaces the link, and the file goes into it.
+    let ar = d.path().join("dir-then-file.tar");
+    hostile(
+        &ar,
+        &[
+            ("sub", tar::EntryType::Directory, ""),
+            ("sub/f", tar::EntryType::Regular, ""),
+        ],
+    );
+    assert_eq!(check(&ar, &dst, &opts).unwrap().len(), 2);
+    restore(&ar, &dst, &opts).unwrap();
+    assert!(fs::symlink_metadata(dst.join("sub")).unwrap().is_dir());
+    assert_eq!(fs::read(dst.join("sub/f")).unwrap(), b"pwned\n");
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+
+    // The target itself behind a link, below the jail: refused, nothing written there.
+    fs::remove_dir_all(&dst).unwrap();
+    std::os::unix::fs::symlink(&outside, &dst).unwrap();
+    let err = restore(&ar, &dst, &opts).unwrap_err();
+    assert!(
+        matches!(&err, ArchiveError::OnDisk { source, .. } if source.path() == dst.as_path()),
+        "{err}"
+    );
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+}
+
+/// An archive of host paths (the extras) restored at the host root: the directories on the way
+/// to each entry are resolved inside the root as the host resolves them (RHCOS: `/opt` is a
+/// link to `var/opt`), absolute links included, so the files land in the root's real
+/// directories and the links stay links; a link leading to nothing is refused before anything
+/// is written; and such an archive is only ever restored at the root itself.
+#[test]
+fn host_paths_are_restored_through_the_roots_own_links() {
+    let d = tempfile::tempdir().unwrap();
+    let jail = d.path().join("root");
+    let unique = format!("talm-test-{}", std::process::id());
+    for dir in ["var/opt", "var/srv", "var/usrlocal"] {
+        fs::create_dir_all(jail.join(dir)).unwrap();
+    }
+    std::os::unix::fs::symlink("var/opt", jail.join("opt")).unwrap();
+    // Absolute: followed by the OS, it would lead to the machine's own /var/srv.
+    std::os::unix::fs::symlink("/var/srv", jail.join("srv")).unwrap();
+    let opts = RestoreOptions {
+        jail: &jail,
+        allow_absolute_symlinks: true,
+        mirror_keep: None,
+        host_paths: true,
+    };
+    let ar = d.path().join("extras.tar");
+    let srv_file = format!("srv/{unique}/conf");
+    hostile(
+        &ar,
+        &[
+            ("opt/extra/tool.sh", tar::EntryType::Regular, ""),
+            (
+                "opt/extra/tool-link.sh",
+                tar::EntryType::Link,
+                "opt/extra/tool.sh",
+            ),
+            (&srv_file, tar::EntryType::Regular, ""),
+            ("var/new/file", tar::EntryType::Regular, ""),
+        ],
+    );
+    let names = check(&ar, &jail, &opts).unwrap();
+    assert_eq!(names.len(), 4);
+    restore(&ar, &jail, &opts).unwrap();
+    let tool = jail.join("var/opt/extra/tool.sh");
+    assert_eq!(fs::read(&tool).unwrap(), b"pwned\n");
+    let link = jail.join("var/opt/extra/tool-link.sh");
+    assert_eq!(
+        fs::metadata(&link).unwrap().ino(),
+        fs::metadata(&tool).unwrap().ino()
+    );
+    assert_eq!(
+        fs::read(jail.join("var/srv").join(&unique).join("conf")).unwrap(),
+        b"pwned\n"
+    );
+    assert!(!Path::new("/var/srv").join(&unique).exists());
+    assert_eq!(fs::read(jail.join("var/new/file")).unwrap(), b"pwned\n");
+    for l in ["opt", "srv"] {
+        assert!(
+            fs::symlink_metadata(jail.join(l)).unwrap().is_symlink(),
+            "{l}"
+        );
+    }
+
+    // A link to nothing (a /var not mounted): refused, nothing created.
+    std::os::unix::fs::symlink("var/home", jail.join("home")).unwrap();
+    let ar = d.path().join("dangling.tar");
+    hostile(
+        &ar,
+        &[
+            ("var/usrlocal/first", tar::EntryType::Regular, ""),
+            (
+                "home/core/.ssh/authorized_keys",
+                tar::EntryType::Regular,
+                "",
+            ),
+        ],
+    );
+    let err = restore(&ar, &jail, &opts).unwrap_err();
+    assert!(
+        matches!(err, ArchiveError::OnDisk { .. }) && err.to_string().contains("does not exist"),
+        "{err}"
+    );
+    assert!(!jail.join("var/home").exists());
+    assert!(!jail.join("var/usrlocal/first").exists());
+
+    // Host paths are restored at the root only.
+    let err = check(&ar, &jail.join("var"), &opts).unwrap_err();
+    assert!(err.to_string().contains("host root"), "{err}");
 }

@@ -51,6 +51,7 @@ fn extract(archive: &Path, to: &Path) {
             jail: to,
             allow_absolute_symlinks: true,
             mirror_keep: None,
+            host_paths: false,
         },
     )
     .unwrap();
@@ -201,6 +202,28 @@ fn checks_fail_with_clear_reasons() {
         err.to_string().contains("talm-agent recover --resume"),
         "{err}"
     );
+    // Unreadable (cut short by a crash, or not even a file): a recovery may be under way, so
+    // no backup either, and the error names the file and `recover --restart`.
+    let journal = root.join("var/recovery/recovery.journal");
+    for bad in [&b"{\"format\":1,\"done\":[\"restore_fi"[..], b""] {
+        std::fs::write(&journal, bad).unwrap();
+        let err = run(&cfg, &TestProgress::default()).unwrap_err();
+        assert!(matches!(err, BackupError::RecoveryJournal(_)), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&journal.display().to_string())
+                && msg.contains("talm-agent recover --restart")
+                && msg.contains("in progress is unknown"),
+            "{msg}"
+        );
+        assert_eq!(std::fs::read(&journal).unwrap(), bad);
+        assert!(!root.join("var/recovery").join(STAGING).exists());
+    }
+    std::fs::remove_file(&journal).unwrap();
+    std::fs::create_dir(&journal).unwrap();
+    let err = run(&cfg, &TestProgress::default()).unwrap_err();
+    assert!(matches!(err, BackupError::RecoveryJournal(_)), "{err}");
+    std::fs::remove_dir(&journal).unwrap();
     put(
         root,
         "/var/recovery/recovery.journal",

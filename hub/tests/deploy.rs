@@ -1,9 +1,9 @@
 //! The deployment manifests under `deploy/` against the code they deploy:
 //!
 //! - every YAML file parses (multi-document aware) and every object names itself;
-//! - the kustomize base and overlays resolve (no kustomize binary here: resources, patches
-//!   and image overrides are applied by a small model of kustomize that refuses what it does
-//!   not model), and the built objects are consistent (Services, probes, Route, monitoring);
+//! - the kustomize base and overlays, and the overlays with their optional patches, render with
+//!   the real kustomize (`kubectl kustomize`; a missing kubectl fails the test, naming what to
+//!   install), and the rendered objects are consistent (Services, probes, Route, monitoring);
 //! - the Deployments pass restricted-v2 and their args and env names are real flags of
 //!   `talm-hub run` / `talm-hub gateway` (from clap's own introspection);
 //! - the CRDs in the OLM bundle equal `deploy/crds/`, which equal `talm-hub crds`;
@@ -19,7 +19,7 @@
 mod operator_support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -157,14 +157,12 @@ fn every_yaml_file_under_deploy_parses() {
     );
 }
 
-// ----- a small model of kustomize ------------------------------------------------------------
+// ----- kustomize: kubectl's own ------------------------------------------------------------
 
-/// `true` when `rel` stays inside its directory (kustomize's default load restrictor).
-fn inside(rel: &str) -> bool {
-    Path::new(rel)
-        .components()
-        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
-}
+/// What to install when kubectl is missing or too old (`.ci/run test` checks it first).
+const KUBECTL_HINT: &str = "install kubectl >= 1.27 (kustomize v5 built in), e.g. the `kubectl` \
+    package of the Kubernetes apt repository (Debian 12's kubernetes-client embeds kustomize v2, \
+    which cannot read `patches:`); `.ci/run test` checks for it";
 
 fn is_cluster_scoped(k: &str) -> bool {
     matches!(
@@ -173,246 +171,51 @@ fn is_cluster_scoped(k: &str) -> bool {
     )
 }
 
-/// Resolves a JSON pointer's parent and last token for `add`/`replace`/`remove`.
-fn apply_op(obj: &mut Value, op: &Value) -> Result<(), String> {
-    let path = s(op, "/path");
-    let (parent, last) = path
-        .rsplit_once('/')
-        .ok_or_else(|| format!("bad path {path}"))?;
-    let last = last.replace("~1", "/").replace("~0", "~");
-    let target = if parent.is_empty() {
-        Some(&mut *obj)
-    } else {
-        obj.pointer_mut(parent)
-    }
-    .ok_or_else(|| format!("{path}: parent {parent} does not exist"))?;
-    let value = op.get("value").cloned();
-    match (s(op, "/op"), target) {
-        ("add", Value::Array(a)) => {
-            let v = value.ok_or("add without value")?;
-            if last == "-" {
-                a.push(v);
-            } else {
-                let i: usize = last.parse().map_err(|_| format!("{path}: bad index"))?;
-                if i > a.len() {
-                    return Err(format!("{path}: index out of range"));
-                }
-                a.insert(i, v);
-            }
-        }
-        ("add", Value::Object(m)) => {
-            m.insert(last, value.ok_or("add without value")?);
-        }
-        ("replace", Value::Array(a)) => {
-            let i: usize = last.parse().map_err(|_| format!("{path}: bad index"))?;
-            let slot = a
-                .get_mut(i)
-                .ok_or_else(|| format!("{path}: index out of range"))?;
-            let v = value.ok_or("replace without value")?;
-            // A replaced list entry keeps its identity: an env var or port keeps its name (a
-            // patch by index must fail when the list's order changes).
-            if let (Some(old), Some(new)) = (slot.get("name"), v.get("name"))
-                && old != new
-            {
-                return Err(format!(
-                    "{path}: replaces {old} with {new} (order changed?)"
-                ));
-            }
-            *slot = v;
-        }
-        ("replace", Value::Object(m)) => {
-            let slot = m
-                .get_mut(&last)
-                .ok_or_else(|| format!("{path}: nothing to replace"))?;
-            *slot = value.ok_or("replace without value")?;
-        }
-        ("remove", Value::Array(a)) => {
-            let i: usize = last.parse().map_err(|_| format!("{path}: bad index"))?;
-            if i >= a.len() {
-                return Err(format!("{path}: index out of range"));
-            }
-            a.remove(i);
-        }
-        ("remove", Value::Object(m)) => {
-            m.remove(&last)
-                .ok_or_else(|| format!("{path}: nothing to remove"))?;
-        }
-        (o, t) => return Err(format!("{path}: op {o} on {t}")),
-    }
-    Ok(())
-}
-
-fn matches_target(o: &Value, t: &Value) -> bool {
-    let av = s(o, "/apiVersion");
-    let (g, v) = av.rsplit_once('/').unwrap_or(("", av));
-    [
-        ("group", g),
-        ("version", v),
-        ("kind", kind(o)),
-        ("name", name(o)),
-    ]
-    .iter()
-    .all(|(k, have)| t.get(*k).and_then(Value::as_str).is_none_or(|w| w == *have))
-}
-
-fn containers_mut(o: &mut Value) -> Vec<&mut Value> {
-    let mut res = Vec::new();
-    if let Some(Value::Object(spec)) = o.pointer_mut("/spec/template/spec") {
-        for (k, v) in spec.iter_mut() {
-            if (k == "containers" || k == "initContainers")
-                && let Value::Array(cs) = v
-            {
-                res.extend(cs.iter_mut());
-            }
-        }
-    }
-    res
-}
-
-/// Builds the kustomization in `dir`: resources, namespace, patches, images. Problems go to
-/// `errors` with the file they concern.
-fn build(dir: &Path, errors: &mut Vec<String>) -> Vec<Value> {
-    let kpath = dir.join("kustomization.yaml");
-    let rel = kpath
-        .strip_prefix(REPO)
-        .unwrap_or(&kpath)
-        .display()
-        .to_string();
-    let k = match yaml_docs(&kpath) {
-        Ok(mut d) if d.len() == 1 => d.remove(0),
-        Ok(_) => {
-            errors.push(format!("{rel}: want exactly one document"));
-            return Vec::new();
-        }
-        Err(e) => {
-            errors.push(e);
-            return Vec::new();
-        }
-    };
-    for key in k
-        .as_object()
-        .map(|m| m.keys().cloned().collect::<Vec<_>>())
-        .unwrap_or_default()
+/// `kubectl kustomize DIR`: the objects it renders, or its error. A missing kubectl fails the
+/// test with [`KUBECTL_HINT`] instead of skipping it.
+#[allow(clippy::disallowed_methods)] // runs kubectl, a real tool
+fn kustomize(dir: &Path) -> Result<Vec<Value>, String> {
+    let out = match std::process::Command::new("kubectl")
+        .arg("kustomize")
+        .arg(dir)
+        .output()
     {
-        if !matches!(
-            key.as_str(),
-            "apiVersion" | "kind" | "namespace" | "resources" | "patches" | "images"
-        ) {
-            errors.push(format!("{rel}: field {key} is not modelled by this test"));
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            panic!("kubectl not found: {KUBECTL_HINT}")
         }
+        Err(e) => panic!("kubectl kustomize {}: {e}", dir.display()),
+    };
+    if !out.status.success() {
+        return Err(format!(
+            "{}\n(kubectl's kustomize: {}; talm's manifests need v5)",
+            String::from_utf8_lossy(&out.stderr).trim(),
+            kustomize_version()
+        ));
     }
-    let mut objs = Vec::new();
-    for r in k["resources"].as_array().into_iter().flatten() {
-        let r = r.as_str().unwrap_or_default();
-        let p = dir.join(r);
-        if p.is_dir() {
-            if !p.join("kustomization.yaml").is_file() {
-                errors.push(format!(
-                    "{rel}: resource {r} is a directory without kustomization.yaml"
-                ));
-                continue;
-            }
-            objs.extend(build(&p, errors));
-        } else if !inside(r) {
-            errors.push(format!(
-                "{rel}: resource file {r} is outside the kustomization root"
-            ));
-        } else {
-            match yaml_docs(&p) {
-                Ok(d) => objs.extend(d),
-                Err(e) => errors.push(format!("{rel}: resource {r}: {e}")),
-            }
-        }
-    }
-    if let Some(ns) = k["namespace"].as_str() {
-        for o in &mut objs {
-            if !is_cluster_scoped(kind(o)) {
-                o["metadata"]["namespace"] = json!(ns);
-            }
-        }
-    }
-    for p in k["patches"].as_array().into_iter().flatten() {
-        let file = s(p, "/path");
-        if !inside(file) {
-            errors.push(format!(
-                "{rel}: patch {file} is outside the kustomization root"
-            ));
-            continue;
-        }
-        let patch = match yaml_docs(&dir.join(file)) {
-            Ok(mut d) if d.len() == 1 => d.remove(0),
-            Ok(_) => {
-                errors.push(format!("{rel}: patch {file}: want one document"));
-                continue;
-            }
-            Err(e) => {
-                errors.push(format!("{rel}: patch {file}: {e}"));
-                continue;
-            }
-        };
-        match &patch {
-            Value::Array(ops) => {
-                let Some(target) = p.get("target") else {
-                    errors.push(format!("{rel}: JSON patch {file} without target"));
-                    continue;
-                };
-                let mut hit = 0;
-                for o in objs.iter_mut().filter(|o| matches_target(o, target)) {
-                    hit += 1;
-                    for op in ops {
-                        if let Err(e) = apply_op(o, op) {
-                            errors.push(format!("{rel}: patch {file} on {}: {e}", name(o)));
-                        }
-                    }
-                }
-                if hit == 0 {
-                    errors.push(format!(
-                        "{rel}: patch {file}: target {target} matches nothing"
-                    ));
-                }
-            }
-            Value::Object(m) if m.get("$patch").and_then(Value::as_str) == Some("delete") => {
-                let before = objs.len();
-                objs.retain(|o| {
-                    !(s(o, "/apiVersion") == s(&patch, "/apiVersion")
-                        && kind(o) == kind(&patch)
-                        && name(o) == name(&patch))
-                });
-                if objs.len() == before {
-                    errors.push(format!("{rel}: delete patch {file} matches nothing"));
-                }
-            }
-            _ => errors.push(format!(
-                "{rel}: patch {file}: only JSON 6902 and $patch: delete are modelled"
-            )),
-        }
-    }
-    for img in k["images"].as_array().into_iter().flatten() {
-        let from = s(img, "/name");
-        let mut hit = 0;
-        for o in &mut objs {
-            for c in containers_mut(o) {
-                let image = c["image"].as_str().unwrap_or_default().to_string();
-                let (repo, tag) = image.rsplit_once(':').unwrap_or((&image, ""));
-                if repo == from {
-                    hit += 1;
-                    let repo = img["newName"].as_str().unwrap_or(repo);
-                    let tag = img["newTag"].as_str().unwrap_or(tag);
-                    c["image"] = json!(format!("{repo}:{tag}"));
-                }
-            }
-        }
-        if hit == 0 {
-            errors.push(format!("{rel}: image {from} is used by no container"));
-        }
-    }
-    objs
+    let text = String::from_utf8(out.stdout).map_err(|e| e.to_string())?;
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).map_err(|e| e.to_string())?;
+    Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
 }
 
-fn built(rel: &str) -> Vec<Value> {
-    let mut errors = Vec::new();
-    let objs = build(&deploy_dir().join(rel), &mut errors);
-    assert!(errors.is_empty(), "{rel}:\n{}", errors.join("\n"));
+/// The `Kustomize Version:` kubectl reports, for error messages.
+#[allow(clippy::disallowed_methods)] // runs kubectl, a real tool
+fn kustomize_version() -> String {
+    std::process::Command::new("kubectl")
+        .args(["version", "--client"])
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .find_map(|l| l.strip_prefix("Kustomize Version: ").map(str::to_string))
+        })
+        .unwrap_or_else(|| format!("unknown ({KUBECTL_HINT})"))
+}
+
+/// Checks the objects of one build: no object twice (kustomize rejects most duplicates; this
+/// also catches two objects differing only in apiVersion group).
+fn unique(what: &str, objs: Vec<Value>) -> Vec<Value> {
     let mut seen = BTreeSet::new();
     for o in &objs {
         let id = (
@@ -421,9 +224,44 @@ fn built(rel: &str) -> Vec<Value> {
             s(o, "/metadata/namespace").to_string(),
             name(o).to_string(),
         );
-        assert!(seen.insert(id.clone()), "{rel}: duplicate {id:?}");
+        assert!(seen.insert(id.clone()), "{what}: duplicate {id:?}");
     }
     objs
+}
+
+/// `kubectl kustomize deploy/<rel>`.
+fn built(rel: &str) -> Vec<Value> {
+    let objs = kustomize(&deploy_dir().join(rel))
+        .unwrap_or_else(|e| panic!("kubectl kustomize deploy/{rel}:\n{e}"));
+    unique(rel, objs)
+}
+
+/// An overlay with one of its optional JSON patches (documented in the patch file, not listed
+/// in its kustomization.yaml) added on the talm-hub Deployment, as an administrator would.
+/// kustomize refuses absolute resource paths: the overlay is named relative to the temp dir.
+fn built_with_patch(overlay: &str, patch: &str) -> Vec<Value> {
+    let tmp = tempfile::tempdir().unwrap();
+    let overlay_dir = deploy_dir().join(overlay).canonicalize().unwrap();
+    let up = tmp.path().canonicalize().unwrap().components().count() - 1;
+    let rel = PathBuf::from("../".repeat(up)).join(overlay_dir.strip_prefix("/").unwrap());
+    std::fs::copy(
+        deploy_dir().join(overlay).join(patch),
+        tmp.path().join(patch),
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+             resources:\n- {}\npatches:\n- path: {patch}\n  target:\n    group: apps\n    \
+             version: v1\n    kind: Deployment\n    name: talm-hub\n",
+            rel.display()
+        ),
+    )
+    .unwrap();
+    let what = format!("deploy/{overlay} + {patch}");
+    let objs = kustomize(tmp.path()).unwrap_or_else(|e| panic!("kubectl kustomize {what}:\n{e}"));
+    unique(&what, objs)
 }
 
 fn deployments(objs: &[Value]) -> Vec<&Value> {
@@ -467,6 +305,15 @@ fn clap_env_names(sub: &str) -> BTreeSet<String> {
 
 #[test]
 fn kustomize_base_and_overlays_resolve() {
+    let env_names = |objs: &[Value]| -> Vec<String> {
+        deployments(objs)
+            .iter()
+            .flat_map(|d| container(d)["env"].as_array().cloned().unwrap_or_default())
+            .map(|e| s(&e, "/name").to_string())
+            .collect()
+    };
+    let base_env = env_names(&built("base"));
+    assert!(!base_env.is_empty());
     for rel in [
         "base",
         "overlays/default",
@@ -479,6 +326,22 @@ fn kustomize_base_and_overlays_resolve() {
         for o in &objs {
             if !is_cluster_scoped(kind(o)) {
                 assert_eq!(s(o, "/metadata/namespace"), NAMESPACE, "{rel}: {}", name(o));
+            }
+        }
+        // The overlays set TALM_GATEWAY_SERVER_NAMES by its index in the env list: if the
+        // base's order changed, the patch would overwrite another variable. Every variable of
+        // the base is still there, each once.
+        let env = env_names(&objs);
+        if !env.is_empty() {
+            let mut seen = BTreeSet::new();
+            for n in &env {
+                assert!(seen.insert(n), "{rel}: env {n} twice: {env:?}");
+            }
+            for n in &base_env {
+                assert!(
+                    env.contains(n),
+                    "{rel}: a patch dropped the base's env {n}: {env:?}"
+                );
             }
         }
     }
@@ -529,102 +392,132 @@ fn kustomize_base_and_overlays_resolve() {
     assert!(deployments(&olm).is_empty(), "OLM installs the Deployments");
 }
 
+/// restricted-v2 (the pod and every container), probes on named ports, mounts with volumes, and
+/// args and env names that are real flags of the `talm-hub` subcommand the container runs.
+fn restricted_v2_and_real_flags(what: &str, d: &Value) {
+    let n = format!("{what}: {}", name(d));
+    let pod = &d["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{n}");
+    assert_eq!(
+        s(pod, "/securityContext/seccompProfile/type"),
+        "RuntimeDefault",
+        "{n}"
+    );
+    assert!(
+        pod["securityContext"].get("runAsUser").is_none(),
+        "{n}: restricted-v2 assigns the UID"
+    );
+    assert!(pod["securityContext"].get("fsGroup").is_none(), "{n}");
+    // The pod's labels select it, and it carries the Deployment's selector.
+    for (k, v) in d["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(&d["spec"]["template"]["metadata"]["labels"][k], v, "{n}");
+    }
+    for c in pod["containers"].as_array().unwrap() {
+        let sc = &c["securityContext"];
+        assert_eq!(sc["runAsNonRoot"], true, "{n}");
+        assert_eq!(sc["readOnlyRootFilesystem"], true, "{n}");
+        assert_eq!(sc["allowPrivilegeEscalation"], false, "{n}");
+        assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]), "{n}");
+        assert!(sc["capabilities"].get("add").is_none(), "{n}");
+        assert_eq!(s(sc, "/seccompProfile/type"), "RuntimeDefault", "{n}");
+        assert!(sc.get("privileged").is_none_or(|p| p == false), "{n}");
+        assert!(c["resources"]["requests"]["cpu"].is_string(), "{n}");
+        assert!(c["resources"]["requests"]["memory"].is_string(), "{n}");
+        assert!(
+            c["livenessProbe"].is_object() && c["readinessProbe"].is_object(),
+            "{n}"
+        );
+        // Probe ports are named container ports.
+        let ports: BTreeMap<&str, i64> = c["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (s(p, "/name"), p["containerPort"].as_i64().unwrap()))
+            .collect();
+        for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+            if let Some(p) = c.get(probe) {
+                let port = s(p, "/httpGet/port");
+                assert!(ports.contains_key(port), "{n} {probe}: port {port}");
+            }
+        }
+        // Every volume mount has a volume.
+        for m in c["volumeMounts"].as_array().into_iter().flatten() {
+            assert!(
+                pod["volumes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|v| v["name"] == m["name"]),
+                "{n}: mount {m}"
+            );
+        }
+        // The args parse as a talm-hub command line, and the env names are its flags'.
+        let args: Vec<String> = std::iter::once("talm-hub".to_string())
+            .chain(
+                c["args"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a.as_str().unwrap().to_string()),
+            )
+            .collect();
+        let sub = args[1].clone();
+        let env = env_of(c);
+        let parsed = {
+            // Only flags on the command line: parse without the env fallbacks' values.
+            use clap::Parser;
+            talm_hub::Args::try_parse_from(&args)
+        };
+        if let Err(e) = &parsed {
+            // `gateway` requires --state-dir, which the Deployment gives by env.
+            assert!(
+                e.kind() == clap::error::ErrorKind::MissingRequiredArgument
+                    && env.contains_key("TALM_STATE_DIR"),
+                "{n}: {args:?}: {e}"
+            );
+        }
+        let known = clap_env_names(&sub);
+        let extra = ["SSL_CERT_FILE"];
+        for k in env.keys() {
+            assert!(
+                known.contains(k) || extra.contains(&k.as_str()),
+                "{n}: env {k} is not a flag of `talm-hub {sub}` (known: {known:?})"
+            );
+        }
+    }
+}
+
 #[test]
 fn deployments_are_restricted_v2_and_use_real_flags() {
     let objs = built("base");
     let deps = deployments(&objs);
     assert_eq!(deps.len(), 1, "talm-hub run serves the gateway too");
-    for d in &deps {
-        let n = name(d);
-        let pod = &d["spec"]["template"]["spec"];
-        assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{n}");
-        assert_eq!(
-            s(pod, "/securityContext/seccompProfile/type"),
-            "RuntimeDefault",
-            "{n}"
-        );
-        assert!(
-            pod["securityContext"].get("runAsUser").is_none(),
-            "{n}: restricted-v2 assigns the UID"
-        );
-        assert!(pod["securityContext"].get("fsGroup").is_none(), "{n}");
-        // The pod's labels select it, and it carries the Deployment's selector.
-        for (k, v) in d["spec"]["selector"]["matchLabels"].as_object().unwrap() {
-            assert_eq!(&d["spec"]["template"]["metadata"]["labels"][k], v, "{n}");
-        }
-        for c in pod["containers"].as_array().unwrap() {
-            let sc = &c["securityContext"];
-            assert_eq!(sc["runAsNonRoot"], true, "{n}");
-            assert_eq!(sc["readOnlyRootFilesystem"], true, "{n}");
-            assert_eq!(sc["allowPrivilegeEscalation"], false, "{n}");
-            assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]), "{n}");
-            assert!(sc["capabilities"].get("add").is_none(), "{n}");
-            assert_eq!(s(sc, "/seccompProfile/type"), "RuntimeDefault", "{n}");
-            assert!(sc.get("privileged").is_none_or(|p| p == false), "{n}");
-            assert!(c["resources"]["requests"]["cpu"].is_string(), "{n}");
-            assert!(c["resources"]["requests"]["memory"].is_string(), "{n}");
-            assert!(
-                c["livenessProbe"].is_object() && c["readinessProbe"].is_object(),
-                "{n}"
-            );
-            // Probe ports are named container ports.
-            let ports: BTreeMap<&str, i64> = c["ports"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| (s(p, "/name"), p["containerPort"].as_i64().unwrap()))
-                .collect();
-            for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
-                if let Some(p) = c.get(probe) {
-                    let port = s(p, "/httpGet/port");
-                    assert!(ports.contains_key(port), "{n} {probe}: port {port}");
-                }
-            }
-            // Every volume mount has a volume.
-            for m in c["volumeMounts"].as_array().into_iter().flatten() {
-                assert!(
-                    pod["volumes"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .any(|v| v["name"] == m["name"]),
-                    "{n}: mount {m}"
-                );
-            }
-            // The args parse as a talm-hub command line, and the env names are its flags'.
-            let args: Vec<String> = std::iter::once("talm-hub".to_string())
-                .chain(
-                    c["args"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|a| a.as_str().unwrap().to_string()),
-                )
-                .collect();
-            let sub = args[1].clone();
-            let env = env_of(c);
-            let parsed = {
-                // Only flags on the command line: parse without the env fallbacks' values.
-                use clap::Parser;
-                talm_hub::Args::try_parse_from(&args)
-            };
-            if let Err(e) = &parsed {
-                // `gateway` requires --state-dir, which the Deployment gives by env.
-                assert!(
-                    e.kind() == clap::error::ErrorKind::MissingRequiredArgument
-                        && env.contains_key("TALM_STATE_DIR"),
-                    "{n}: {args:?}: {e}"
-                );
-            }
-            let known = clap_env_names(&sub);
-            let extra = ["SSL_CERT_FILE"];
-            for k in env.keys() {
-                assert!(
-                    known.contains(k) || extra.contains(&k.as_str()),
-                    "{n}: env {k} is not a flag of `talm-hub {sub}` (known: {known:?})"
-                );
-            }
-        }
+    // Every rendering that installs the Deployment: the overlays' patches and the optional
+    // ones (their env names must be real flags too).
+    let overlays = [
+        ("base".to_string(), objs.clone()),
+        ("overlays/default".into(), built("overlays/default")),
+        (
+            "overlays/disconnected".into(),
+            built("overlays/disconnected"),
+        ),
+        (
+            "overlays/loadbalancer".into(),
+            built("overlays/loadbalancer"),
+        ),
+        (
+            "overlays/default + gateway-tls-secret.yaml".into(),
+            built_with_patch("overlays/default", "gateway-tls-secret.yaml"),
+        ),
+        (
+            "overlays/disconnected + update-graph-file.yaml".into(),
+            built_with_patch("overlays/disconnected", "update-graph-file.yaml"),
+        ),
+    ];
+    for (what, objs) in &overlays {
+        let deps = deployments(objs);
+        assert_eq!(deps.len(), 1, "{what}");
+        restricted_v2_and_real_flags(what, deps[0]);
     }
     let hub = find(&objs, "Deployment", "talm-hub");
     assert_eq!(hub["spec"]["replicas"], 2);

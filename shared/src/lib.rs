@@ -6,8 +6,9 @@
 //!   gateway and the agent.
 //! - With the `runtime` feature, helpers for the two daemons: [`tls`] (rustls/ring, TLS 1.3,
 //!   certificate identity), [`pki`] (rcgen CAs, CSRs, signing), [`fsutil`] (atomic durable
-//!   writes), [`clock`] (the time seam), [`telemetry`] (tracing setup) and [`yaml`] (parser
-//!   budgets for large YAML inputs).
+//!   writes), [`clock`] (the time seam) and [`telemetry`] (tracing setup).
+//! - With the `yaml` feature (part of `runtime`; the engine turns it on alone), [`yaml`]:
+//!   reading YAML/JSON documents from untrusted text with bounded alias expansion.
 //!
 //! With the `kube` feature the types also carry kube's `CustomResource`/`Resource` derives, so the
 //! hub can use them with `kube::Api` and generate CRDs. Without it (the engine's build) they are
@@ -26,7 +27,7 @@ pub mod task_state;
 pub mod telemetry;
 #[cfg(feature = "runtime")]
 pub mod tls;
-#[cfg(feature = "runtime")]
+#[cfg(feature = "yaml")]
 pub mod yaml;
 
 pub use k8s_openapi;

@@ -138,9 +138,15 @@ pub fn latest_static_pods(root: &HostRoot) -> Vec<String> {
 pub fn estimate(root: &HostRoot) -> u64 {
     let static_pods = tree_size(&root.join(STATIC_PODS), &["bin"]);
     let db = tree_size(&root.join(ETCD_DB), &[]);
+    // What the backup archives: the directories the host sees there (through links).
     let trees: u64 = TREES
         .iter()
-        .map(|(dir, _)| tree_size(&root.join(dir), &[]))
+        .map(|(dir, _)| {
+            tree_size(
+                &root.resolve_dir(dir).unwrap_or_else(|_| root.join(dir)),
+                &[],
+            )
+        })
         .sum();
     static_pods * 2 + db + trees
 }

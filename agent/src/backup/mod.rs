@@ -30,7 +30,8 @@ use crate::host::disk::Disk;
 use crate::host::etcd::{self, EtcdConfig, EtcdError};
 use crate::host::exec::CommandRunner;
 use crate::host::ostree::{Ostree, OstreeError};
-use crate::host::root::{HostRoot, fsync_dir, remove_tree, write_atomic};
+use crate::host::root::{HostRoot, InRootError, fsync_dir, remove_tree, write_atomic};
+use crate::recovery::journal::{Journal, JournalError};
 use layout::{CLUSTER_DIR, CURRENT, ETC_EXCLUDE, MANIFEST, MARKER, STAGING};
 use manifest::{Artifact, Manifest, Marker};
 
@@ -173,6 +174,9 @@ pub enum BackupError {
         /// The recovery journal.
         journal: PathBuf,
     },
+    /// The recovery journal cannot be read: a recovery may be under way.
+    #[error("whether a recovery is in progress is unknown, so no backup is taken: {0}")]
+    RecoveryJournal(#[from] JournalError),
     /// The recovery directory does not exist.
     #[error(
         "the recovery directory {dir} does not exist; create it (ideally a dedicated partition mounted there) and run the backup again"
@@ -266,12 +270,10 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BackupError + '_ {
 /// The recovery journal's name in the recovery directory.
 pub const RECOVERY_JOURNAL: &str = "recovery.journal";
 
-/// Whether a recovery journal says a recovery is under way.
-pub fn recovery_in_progress(dir: &Path) -> bool {
-    crate::recovery::journal::Journal::load(&dir.join(RECOVERY_JOURNAL))
-        .ok()
-        .flatten()
-        .is_some_and(|j| !j.finished)
+/// Whether a recovery journal says a recovery is under way. A journal that cannot be read is
+/// an error: whether a recovery is under way is then unknown.
+pub fn recovery_in_progress(dir: &Path) -> Result<bool, JournalError> {
+    Ok(Journal::load(&dir.join(RECOVERY_JOURNAL))?.is_some_and(|j| !j.finished))
 }
 
 struct Ctx<'a> {
@@ -392,7 +394,7 @@ fn steps(ctx: &mut Ctx<'_>, dir: &Path) -> Result<Manifest, BackupError> {
 
     // -- checks
     begin(ctx, Step::Checks)?;
-    if recovery_in_progress(dir) {
+    if recovery_in_progress(dir)? {
         return Err(BackupError::RecoveryInProgress {
             journal: dir.join(RECOVERY_JOURNAL),
         });
@@ -530,19 +532,34 @@ fn steps(ctx: &mut Ctx<'_>, dir: &Path) -> Result<Manifest, BackupError> {
     for (host_dir, base) in layout::TREES {
         let name = format!("{base}{}", cfg.compression.suffix());
         let path = ctx.staging.join(&name);
-        let src = root.join(host_dir);
-        if !src.exists() {
-            ctx.warn(format!(
-                "{host_dir} does not exist; backing up an empty directory"
-            ));
-        }
+        // The directory the host sees there: on RHCOS, /usr/local is a link to /var/usrlocal,
+        // whose content is archived (as the content of /usr/local).
+        let src = match root.resolve_dir(host_dir) {
+            Ok(src) if src.is_dir() => Some(src),
+            Ok(_) => {
+                ctx.warn(format!(
+                    "{host_dir} does not exist; backing up an empty directory"
+                ));
+                None
+            }
+            Err(e @ InRootError::Dangling { .. }) => {
+                ctx.warn(format!("{host_dir}: {e}; backing up an empty directory"));
+                None
+            }
+            Err(e) => {
+                return Err(BackupError::Io {
+                    path: root.join(host_dir),
+                    source: io::Error::other(e),
+                });
+            }
+        };
         let tick = ticker(ctx.progress, cfg.deadline);
         let is_etc = host_dir == "/etc";
         let excl = |rel: &Path| is_etc && layout::is_excluded(&exclusions, rel);
         let (digest, changed) = (|| {
             let mut w = ArchiveWriter::create(&path, cfg.compression, &tick)?;
-            if src.exists() {
-                w.add_tree(&src, Path::new(""), &excl)?;
+            if let Some(src) = &src {
+                w.add_tree(src, Path::new(""), &excl)?;
             }
             let changed: Vec<String> = w.changed.iter().map(|p| p.display().to_string()).collect();
             Ok::<_, ArchiveError>((w.finish()?, changed))
@@ -564,11 +581,17 @@ fn steps(ctx: &mut Ctx<'_>, dir: &Path) -> Result<Manifest, BackupError> {
     let digest = (|| {
         let mut w = ArchiveWriter::create(&path, cfg.compression, &tick)?;
         for p in &extras {
-            let src = root.join(p);
-            if src.symlink_metadata().is_err() {
+            // Its directory as the host sees it (RHCOS: /opt is a link to /var/opt).
+            let host = Path::new(p);
+            let src = host
+                .parent()
+                .and_then(|d| root.resolve_dir(d).ok())
+                .zip(host.file_name())
+                .map(|(d, f)| d.join(f));
+            let Some(src) = src.filter(|s| s.symlink_metadata().is_ok()) else {
                 missing.push(p.clone());
                 continue;
-            }
+            };
             w.add_one(&src, Path::new(p.trim_start_matches('/')))?;
         }
         w.finish()

@@ -6,9 +6,13 @@
 //! window, and the inode table of multiply-linked files). The archive's size and sha256 are
 //! computed on the way to disk, for the backup manifest.
 //!
-//! Restoring checks the whole archive first, then extracts: absolute names, `..`, hard links to
-//! outside the archive, symlinks that resolve outside the jail, and writes through symlinks are
-//! refused before anything is written.
+//! Restoring checks the whole archive first ([`check`], a complete dry run that reads every
+//! byte), then extracts: absolute names, `..`, hard links to outside the archive, symlinks that
+//! resolve outside the jail, writes through symlinks (in the archive, or on disk below the
+//! target, see [`check_dir_beneath`]), and truncated or damaged archives are refused before
+//! anything is written. An archive of host paths restored at the host root
+//! ([`RestoreOptions::host_paths`]) is the exception on disk: the directories on the way to
+//! each entry are resolved inside the root as the host resolves them ([`resolve_in_root`]).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
@@ -19,6 +23,7 @@ use std::path::{Component, Path, PathBuf};
 use ring::digest;
 
 use super::etcd::hex;
+use super::root::{InRootError, check_dir_beneath, resolve_in_root};
 
 /// Compression of an archive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -64,6 +69,27 @@ pub enum ArchiveError {
         entry: String,
         /// Why.
         reason: String,
+    },
+    /// The archive is truncated or damaged (it cannot be read to its end-of-archive marker).
+    #[error("archive {archive} is damaged: {reason}")]
+    Damaged {
+        /// The archive.
+        archive: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The restore would write or delete through something on disk that is not a real
+    /// directory (a symlink, a file): the target or a directory on the way to an entry; or,
+    /// for host paths, a directory on the way that does not resolve inside the jail.
+    #[error("refusing to restore {archive} into {dest}: {source}")]
+    OnDisk {
+        /// The archive.
+        archive: PathBuf,
+        /// The restore target.
+        dest: PathBuf,
+        /// What stands in the way.
+        #[source]
+        source: Box<InRootError>,
     },
     /// The work was stopped (deadline or abort).
     #[error("stopped: {0}")]
@@ -526,6 +552,12 @@ pub struct RestoreOptions<'a> {
     /// When set, mirror the archive: after extracting, delete what is in the target but not in
     /// the archive, except the paths (relative to the target) this function keeps.
     pub mirror_keep: Option<&'a dyn Fn(&Path) -> bool>,
+    /// The entries are host paths and the target is the host root (`jail` itself; no mirror):
+    /// the directories on the way to each entry are resolved inside the root as the host
+    /// resolves them ([`resolve_in_root`]: links followed, never out of the root), and the
+    /// entry is written where they lead (`opt/x` into `var/opt/x` on RHCOS). Otherwise every
+    /// directory on the way to an entry must be a real one ([`check_dir_beneath`]).
+    pub host_paths: bool,
 }
 
 impl std::fmt::Debug for RestoreOptions<'_> {
@@ -534,6 +566,7 @@ impl std::fmt::Debug for RestoreOptions<'_> {
             .field("jail", &self.jail)
             .field("allow_absolute_symlinks", &self.allow_absolute_symlinks)
             .field("mirror", &self.mirror_keep.is_some())
+            .field("host_paths", &self.host_paths)
             .finish()
     }
 }
@@ -564,8 +597,32 @@ fn safe_name(raw: &Path) -> Result<PathBuf, String> {
     Ok(out)
 }
 
-/// Checks every entry of the archive without writing anything. Returns the entry names.
-fn check_archive(
+/// Passes reads through and remembers whether the stream ended (a read returned nothing).
+struct EofReader<'c, R> {
+    inner: R,
+    eof: &'c std::cell::Cell<bool>,
+}
+
+impl<R: Read> Read for EofReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            self.eof.set(true);
+        }
+        Ok(n)
+    }
+}
+
+/// A complete dry run of a restore of `archive` into `dest`, writing nothing: every entry's
+/// name (no absolute paths, no `..`), type, link target (hard links only to earlier entries;
+/// symlinks not out of the jail) and data (read to the end: a truncated entry, a damaged
+/// compressed stream or a missing end-of-archive marker is refused); and the disk: `dest` is
+/// reached from the jail through real directories only (a caller resolves it first), and so is
+/// every entry's parent, except where an earlier directory entry of the archive replaces what
+/// is on disk (the rule of [`check_dir_beneath`]); with [`RestoreOptions::host_paths`], every
+/// entry's parent (and directory) resolves inside the jail instead ([`resolve_in_root`]).
+/// Returns the entry names, in archive order.
+pub fn check(
     archive: &Path,
     dest: &Path,
     opts: &RestoreOptions<'_>,
@@ -583,19 +640,65 @@ fn check_archive(
             ),
         });
     }
-    let mut ar = tar::Archive::new(open_reader(archive)?);
+    if opts.host_paths && (dest_abs != jail || opts.mirror_keep.is_some()) {
+        return Err(ArchiveError::Unsafe {
+            archive: archive.to_owned(),
+            entry: String::new(),
+            reason: format!(
+                "an archive of host paths is restored at the host root {} itself, without a mirror (not into {})",
+                opts.jail.display(),
+                dest.display()
+            ),
+        });
+    }
+    let on_disk = |source: InRootError| ArchiveError::OnDisk {
+        archive: archive.to_owned(),
+        dest: dest.to_owned(),
+        source: Box::new(source),
+    };
+    check_dir_beneath(opts.jail, dest).map_err(on_disk)?;
+    let damaged = |reason: String| ArchiveError::Damaged {
+        archive: archive.to_owned(),
+        reason,
+    };
+    let eof = std::cell::Cell::new(false);
+    let reader = EofReader {
+        inner: open_reader(archive)?,
+        eof: &eof,
+    };
+    // An error once the stream has ended is a truncation, whatever the tar reader calls it;
+    // any other is damage too (a corrupt compressed stream, a bad header, a read error).
+    let read_err = |e: io::Error| {
+        if eof.get() {
+            damaged(format!("truncated ({e})"))
+        } else {
+            damaged(format!("cannot be read to its end ({e})"))
+        }
+    };
+    let mut ar = tar::Archive::new(reader);
     let mut names = Vec::new();
     let mut symlinks: HashSet<PathBuf> = HashSet::new();
+    let mut dirs: HashSet<PathBuf> = HashSet::new();
     let mut seen: HashSet<PathBuf> = HashSet::new();
-    for entry in ar.entries().map_err(io_at(archive))? {
-        let entry = entry.map_err(io_at(archive))?;
-        let raw = entry.path().map_err(io_at(archive))?.into_owned();
+    for entry in ar.entries().map_err(read_err)? {
+        let mut entry = entry.map_err(read_err)?;
+        let raw = entry.path().map_err(read_err)?.into_owned();
         let unsafe_entry = |reason: String| ArchiveError::Unsafe {
             archive: archive.to_owned(),
             entry: raw.display().to_string(),
             reason,
         };
         let name = safe_name(&raw).map_err(&unsafe_entry)?;
+        check_header_fields(&mut entry)
+            .map_err(|e| damaged(format!("entry {}: unusable header ({e})", raw.display())))?;
+        let size = entry.size();
+        let read = io::copy(&mut entry, &mut io::sink()).map_err(read_err)?;
+        if read != size {
+            return Err(damaged(format!(
+                "truncated: entry {} holds {read} of its {size} bytes",
+                raw.display()
+            )));
+        }
         if name.as_os_str().is_empty() {
             continue;
         }
@@ -607,19 +710,41 @@ fn check_archive(
                 )));
             }
         }
+        let parent = name.parent().unwrap_or(Path::new(""));
+        // Where the entry's parent is on disk.
+        let at = if opts.host_paths {
+            let at = resolve_in_root(opts.jail, parent).map_err(on_disk)?;
+            if entry.header().entry_type() == tar::EntryType::Directory {
+                resolve_in_root(opts.jail, &name).map_err(on_disk)?;
+            }
+            at
+        } else {
+            if !parent.as_os_str().is_empty() {
+                match check_dir_beneath(dest, &dest.join(parent)) {
+                    Ok(()) => {}
+                    // The archive's own directory replaces it before this entry is written.
+                    Err(InRootError::Symlink { path, .. } | InRootError::NotDir { path })
+                        if path.strip_prefix(dest).is_ok_and(|r| dirs.contains(r)) => {}
+                    Err(e) => return Err(on_disk(e)),
+                }
+            }
+            dest_abs.join(parent)
+        };
         let kind = entry.header().entry_type();
         match kind {
+            tar::EntryType::Directory => {
+                dirs.insert(name.clone());
+            }
             tar::EntryType::Regular
             | tar::EntryType::Continuous
             | tar::EntryType::GNUSparse
-            | tar::EntryType::Directory
             | tar::EntryType::Fifo
             | tar::EntryType::Char
             | tar::EntryType::Block => {}
             tar::EntryType::Symlink => {
                 let target = entry
                     .link_name()
-                    .map_err(io_at(archive))?
+                    .map_err(read_err)?
                     .ok_or_else(|| unsafe_entry("symlink without a target".into()))?;
                 if target.is_absolute() {
                     if !opts.allow_absolute_symlinks {
@@ -629,8 +754,7 @@ fn check_archive(
                         )));
                     }
                 } else {
-                    let parent = name.parent().unwrap_or(Path::new(""));
-                    let resolved = normalize_abs(&dest_abs.join(parent).join(&target));
+                    let resolved = normalize_abs(&at.join(&target));
                     if !resolved.starts_with(&jail) {
                         return Err(unsafe_entry(format!(
                             "symlink to {} escapes {}",
@@ -644,7 +768,7 @@ fn check_archive(
             tar::EntryType::Link => {
                 let target = entry
                     .link_name()
-                    .map_err(io_at(archive))?
+                    .map_err(read_err)?
                     .ok_or_else(|| unsafe_entry("hard link without a target".into()))?;
                 let t = safe_name(&target)
                     .map_err(|r| unsafe_entry(format!("hard link target: {r}")))?;
@@ -657,10 +781,53 @@ fn check_archive(
             }
             other => return Err(unsafe_entry(format!("unsupported entry type {other:?}"))),
         }
+        if kind != tar::EntryType::Directory {
+            // A directory entry replaced by something else no longer shields what is below.
+            dirs.remove(&name);
+        }
         seen.insert(name.clone());
         names.push(name);
     }
+    // The tar reader stops at a zero block (the end-of-archive marker) or at the end of the
+    // stream; only the first is a complete archive.
+    if eof.get() {
+        return Err(damaged(
+            "truncated: it ends without the end-of-archive marker".into(),
+        ));
+    }
+    // The rest (padding) must be zeros, and the compressed stream must end cleanly.
+    let mut rest = ar.into_inner();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = rest.read(&mut buf).map_err(read_err)?;
+        if n == 0 {
+            break;
+        }
+        if buf[..n].iter().any(|b| *b != 0) {
+            return Err(damaged("data after the end-of-archive marker".into()));
+        }
+    }
     Ok(names)
+}
+
+/// Parses the header fields (and PAX records) the extraction uses, so a bad one is found
+/// before anything is written rather than halfway through a restore.
+fn check_header_fields<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<()> {
+    let h = entry.header();
+    h.mode()?;
+    h.uid()?;
+    h.gid()?;
+    h.mtime()?;
+    if matches!(h.entry_type(), tar::EntryType::Char | tar::EntryType::Block) {
+        h.device_major()?;
+        h.device_minor()?;
+    }
+    if let Some(exts) = entry.pax_extensions()? {
+        for ext in exts {
+            ext?;
+        }
+    }
+    Ok(())
 }
 
 fn normalize_abs(p: &Path) -> PathBuf {
@@ -691,7 +858,7 @@ pub fn restore(
     dest: &Path,
     opts: &RestoreOptions<'_>,
 ) -> Result<RestoreStats, ArchiveError> {
-    let names = check_archive(archive, dest, opts)?;
+    let names = check(archive, dest, opts)?;
     fs::create_dir_all(dest).map_err(io_at(dest))?;
     let mut ar = tar::Archive::new(open_reader(archive)?);
     ar.set_preserve_permissions(true);
@@ -701,6 +868,8 @@ pub fn restore(
     ar.set_overwrite(true);
     let mut stats = RestoreStats::default();
     let mut dirs: Vec<(PathBuf, u64)> = Vec::new();
+    // Where each entry was written (host paths: for the hard links to it).
+    let mut written: HashMap<PathBuf, PathBuf> = HashMap::new();
     for entry in ar.entries().map_err(io_at(archive))? {
         let mut entry = entry.map_err(io_at(archive))?;
         let raw = entry.path().map_err(io_at(archive))?.into_owned();
@@ -712,22 +881,32 @@ pub fn restore(
         if name.as_os_str().is_empty() {
             continue;
         }
-        let target = dest.join(&name);
-        // Never write through a symlink that is already on disk.
-        let mut cur = dest.to_owned();
-        if let Some(parent) = name.parent() {
-            for c in parent.components() {
-                cur.push(c);
-                if fs::symlink_metadata(&cur).is_ok_and(|m| m.file_type().is_symlink()) {
-                    return Err(ArchiveError::Unsafe {
-                        archive: archive.to_owned(),
-                        entry: raw.display().to_string(),
-                        reason: format!("{} is a symlink on disk", cur.display()),
-                    });
-                }
-            }
-        }
         let is_dir = entry.header().entry_type() == tar::EntryType::Directory;
+        let on_disk = |e: InRootError| ArchiveError::Unsafe {
+            archive: archive.to_owned(),
+            entry: raw.display().to_string(),
+            reason: e.to_string(),
+        };
+        // The rule `check` applied, again: the disk may have changed since.
+        let parent = name.parent().unwrap_or(Path::new(""));
+        let target = if opts.host_paths {
+            let target = if is_dir {
+                resolve_in_root(opts.jail, &name).map_err(on_disk)?
+            } else {
+                resolve_in_root(opts.jail, parent)
+                    .map_err(on_disk)?
+                    .join(name.file_name().unwrap_or_default())
+            };
+            // What is missing on the way was in the entry's name (not a link's target).
+            if let Some(at) = target.parent() {
+                fs::create_dir_all(at).map_err(io_at(at))?;
+            }
+            target
+        } else {
+            // Never write through a symlink that is on disk now.
+            check_dir_beneath(dest, &dest.join(parent)).map_err(on_disk)?;
+            dest.join(&name)
+        };
         if let Ok(m) = fs::symlink_metadata(&target) {
             if m.is_dir() && !is_dir {
                 fs::remove_dir_all(&target).map_err(io_at(&target))?;
@@ -744,8 +923,29 @@ pub fn restore(
             tar::EntryType::Fifo | tar::EntryType::Char | tar::EntryType::Block
         ) {
             make_special(&entry, kind, &target).map_err(io_at(&target))?;
-        } else {
+        } else if !opts.host_paths {
             entry.unpack_in(dest).map_err(io_at(&target))?;
+        } else if kind == tar::EntryType::Link {
+            // To where the earlier entry was written (`check` made sure there is one).
+            let first = entry
+                .link_name()
+                .map_err(io_at(archive))?
+                .and_then(|l| safe_name(&l).ok())
+                .and_then(|l| written.get(&l).cloned())
+                .ok_or_else(|| ArchiveError::Unsafe {
+                    archive: archive.to_owned(),
+                    entry: raw.display().to_string(),
+                    reason: "hard link to an entry not written".into(),
+                })?;
+            if fs::symlink_metadata(&target).is_ok() {
+                fs::remove_file(&target).map_err(io_at(&target))?;
+            }
+            fs::hard_link(&first, &target).map_err(io_at(&target))?;
+        } else {
+            entry.unpack(&target).map_err(io_at(&target))?;
+        }
+        if opts.host_paths && !is_dir {
+            written.insert(name, target.clone());
         }
         if is_dir {
             // The tar crate sets xattrs on files only.

@@ -47,7 +47,7 @@ pub fn parse(text: &str) -> Result<PrecachingSpec, String> {
     } else if text.trim().is_empty() {
         return Err("the spec is empty".into());
     } else {
-        serde_saphyr::from_str(text).map_err(|e| e.to_string())?
+        talm_shared::yaml::from_str(text).map_err(|e| e.to_string())?
     };
     let space_required = match file.space_required {
         None => String::new(),
@@ -164,6 +164,20 @@ mod tests {
         assert!(e.contains("spaceRequired"), "{e}");
         assert!(parse("").is_err());
         assert!(parse("additionalImages: 3\n").is_err());
+    }
+
+    /// Issue 14 item 5: 99 aliases of a 256 KiB image name (25 MiB once expanded).
+    #[test]
+    fn alias_bombs_are_refused() {
+        let mut text = format!(
+            "platformImage: &s r.io/{}\nadditionalImages:\n",
+            "x".repeat(256 * 1024)
+        );
+        for _ in 0..99 {
+            text.push_str("- *s\n");
+        }
+        let e = parse(&text).unwrap_err();
+        assert!(e.contains("aliases expand the document beyond"), "{e}");
     }
 
     #[test]

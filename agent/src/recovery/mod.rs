@@ -1,7 +1,14 @@
 //! On-node recovery after a failed upgrade (`talm-agent recover`), following TALM's
 //! `upgrade-recovery.sh` stages, with a journal of finished steps.
 //!
-//! 1. Preflight, every run: the backup is complete and every artifact matches the manifest.
+//! 1. Preflight, every run, before anything changes: the backup is complete and every artifact
+//!    matches the manifest; every archive passes a complete dry run of its restore (no absolute
+//!    names, no `..`, no links out of the host root, not truncated, the layout its step expects,
+//!    not empty where the live tree is not); every destination is resolved inside the host root
+//!    as the host resolves it ([`crate::host::root::resolve_in_root`]: `/usr/local` is
+//!    `/var/usrlocal` on RHCOS; nothing outside the root, no dangling link) to a place of its
+//!    own ([`destination`]), and the archive's entries are written below it through real
+//!    directories only (the extras, host paths, are each resolved the same way).
 //! 2. OS: from `ostree admin status`, roll back to the pinned deployment (reboots), or say that
 //!    none is needed. Without a pinned deployment, stop unless `--force`.
 //! 3. `restore_files`: stop kubelet and the pods, wipe CRI-O, restore `/usr/local`, `/etc`
@@ -20,7 +27,7 @@ pub mod journal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::backup::layout::{CLUSTER_DIR, CURRENT, ETC_EXCLUDE};
+use crate::backup::layout::{CLUSTER_DIR, CURRENT, ETC_EXCLUDE, TREES};
 use crate::backup::manifest::{self, Manifest, VerifyError};
 use crate::backup::{Host, RECOVERY_JOURNAL};
 use crate::host::archive::{self, ArchiveError, RestoreOptions};
@@ -99,6 +106,30 @@ pub enum RecoverError {
     /// The backup is missing, incomplete or corrupt.
     #[error("{0}. Recovery cannot use this backup")]
     Backup(#[from] VerifyError),
+    /// An archive of the backup fails its dry run (damaged, hostile, or not what its step
+    /// expects). Found by the preflight: nothing was changed.
+    #[error(
+        "backup archive {name}: {reason}. Recovery cannot use this backup; nothing was changed"
+    )]
+    Archive {
+        /// The artifact (relative to the backup directory).
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A destination cannot be restored into: a link on the way to it leads to nothing inside
+    /// the host root, it resolves to the root or overlaps another restored tree or the recovery
+    /// directory, a directory on the way to it or to one of its entries is not a directory (or,
+    /// below the destination, is a symlink). Found by the preflight: nothing was changed.
+    #[error(
+        "destination {dest}: {reason}. Put the real directory in its place, then run the same command again; nothing was changed"
+    )]
+    Destination {
+        /// The host directory restored into.
+        dest: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The OS cannot be brought back to the pre-upgrade deployment.
     #[error("{0}. Use --force to restore the files anyway")]
     NotPinned(String),
@@ -186,6 +217,21 @@ pub const OPERATORS: [&str; 4] = [
     "kubescheduler",
 ];
 
+/// The restores: step, archive base name, host directory, mirrored (what the archive does not
+/// hold is deleted).
+const RESTORES: [(&str, &str, &str, bool); 4] = [
+    ("restore-usr-local", "local", "/usr/local", true),
+    ("restore-etc", "etc", "/etc", true),
+    ("restore-extras", "extras", "/", false),
+    ("restore-kubelet", "kubelet", "/var/lib/kubelet", true),
+];
+/// The static-pod resources tarball (restored by `cluster-restore.sh` into `/etc/kubernetes`)
+/// and the etcd snapshot, by name prefix.
+const STATIC_PODS_ARCHIVE: &str = "cluster/static_kuberesources_";
+const STATIC_PODS_TOP: &str = "static-pod-resources";
+const STATIC_PODS_DEST: &str = "/etc/kubernetes";
+const SNAPSHOT: &str = "cluster/snapshot_";
+
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 const OS_STEP: &str = "os/rollback";
 
@@ -196,13 +242,28 @@ struct Run<'a> {
     journal_path: PathBuf,
     backup: PathBuf,
     manifest: Manifest,
+    /// The `/etc` exclusions of the backup (kept on disk by the `/etc` mirror).
+    exclusions: Vec<String>,
 }
 
 /// Runs (or resumes) the recovery.
 pub fn run(cfg: &RecoverConfig, rep: &dyn Reporter) -> Result<Outcome, RecoverError> {
     let dir = cfg.host.root.join(&cfg.dir);
     let journal_path = dir.join(RECOVERY_JOURNAL);
-    let mut journal = Journal::load(&journal_path)?.filter(|j| !j.finished);
+    let mut journal = match (cfg.mode, Journal::load(&journal_path)) {
+        (Mode::Restart, Err(e)) => {
+            // Whatever it holds: kept for diagnosis, out of the way.
+            let kept = Journal::set_aside(&journal_path)?;
+            rep.say(&format!(
+                "--restart: the recovery journal {} is unreadable ({}); moved it to {} for diagnosis; starting over",
+                journal_path.display(),
+                e.reason,
+                kept.display()
+            ));
+            None
+        }
+        (_, loaded) => loaded?.filter(|j| !j.finished),
+    };
     match (cfg.mode, &journal) {
         (Mode::Restart, _) => {
             if journal.is_some() {
@@ -232,6 +293,9 @@ pub fn run(cfg: &RecoverConfig, rep: &dyn Reporter) -> Result<Outcome, RecoverEr
         manifest.created,
         manifest.artifacts.len(),
     ));
+    rep.say("checking every archive (a dry run of its restore) and every destination");
+    let exclusions = preflight(cfg, &backup, &manifest)?;
+    rep.say("archives and destinations checked");
     let mut r = Run {
         cfg,
         rep,
@@ -239,6 +303,7 @@ pub fn run(cfg: &RecoverConfig, rep: &dyn Reporter) -> Result<Outcome, RecoverEr
         journal_path,
         backup,
         manifest,
+        exclusions,
     };
     r.journal.save(&r.journal_path)?;
 
@@ -296,6 +361,214 @@ pub fn run(cfg: &RecoverConfig, rep: &dyn Reporter) -> Result<Outcome, RecoverEr
         next,
         finished: true,
     })
+}
+
+/// The name of the manifest's artifact that starts with `prefix`.
+fn artifact_name<'m>(manifest: &'m Manifest, prefix: &str) -> Option<&'m str> {
+    manifest
+        .artifacts
+        .iter()
+        .map(|a| a.name.as_str())
+        .find(|n| n.starts_with(prefix))
+}
+
+/// Everything the destructive steps will need, checked before the first one (every run, so a
+/// backup or a host changed between stages is caught too): the `/etc` exclusions (returned),
+/// each restore's archive (a complete dry run into its destination, then its layout), the
+/// static-pod resources and the etcd snapshot that `cluster-restore.sh` takes.
+fn preflight(
+    cfg: &RecoverConfig,
+    backup: &Path,
+    manifest: &Manifest,
+) -> Result<Vec<String>, RecoverError> {
+    let root = &cfg.host.root;
+    let exclusions: Vec<String> = std::fs::read_to_string(backup.join(ETC_EXCLUDE))
+        .map_err(|e| RecoverError::Archive {
+            name: ETC_EXCLUDE.into(),
+            reason: e.to_string(),
+        })?
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect();
+    let on_disk = |dest: &str, reason: String| RecoverError::Destination {
+        dest: dest.into(),
+        reason,
+    };
+    let check = |name: &str, host_dir: &str, keep: Option<&dyn Fn(&Path) -> bool>| {
+        let dest = if keep.is_some() {
+            destination(cfg, host_dir)?
+        } else {
+            root.resolve_dir(host_dir)
+                .map_err(|e| on_disk(host_dir, e.to_string()))?
+        };
+        let opts = RestoreOptions {
+            jail: root.path(),
+            allow_absolute_symlinks: true,
+            mirror_keep: keep,
+            host_paths: host_dir == "/",
+        };
+        archive::check(&backup.join(name), &dest, &opts)
+            .map(|names| (dest, names))
+            .map_err(|e| match e {
+                ArchiveError::OnDisk { .. } => on_disk(host_dir, e.to_string()),
+                e => RecoverError::Archive {
+                    name: name.into(),
+                    reason: e.to_string(),
+                },
+            })
+    };
+    let keep_etc = |rel: &Path| crate::backup::layout::is_excluded(&exclusions, rel);
+    for (_, base, host_dir, mirror) in RESTORES {
+        let name = artifact_name(manifest, &format!("{base}.tar")).ok_or_else(|| {
+            RecoverError::Archive {
+                name: format!("{base}.tar*"),
+                reason: format!("the manifest lists no {base} archive (the content of {host_dir})"),
+            }
+        })?;
+        let keep_none = |_: &Path| false;
+        let keep: &dyn Fn(&Path) -> bool = if base == "etc" { &keep_etc } else { &keep_none };
+        let (dest, names) = check(name, host_dir, mirror.then_some(keep))?;
+        let layout = if mirror {
+            mirror_layout(host_dir, &dest, &names, keep)
+        } else {
+            extras_layout(&names)
+        };
+        layout.map_err(|reason| RecoverError::Archive {
+            name: name.into(),
+            reason,
+        })?;
+    }
+    let missing = |what: &str, prefix: &str| RecoverError::Archive {
+        name: format!("{prefix}*"),
+        reason: format!("the manifest lists no {what}, which cluster-restore.sh needs"),
+    };
+    artifact_name(manifest, SNAPSHOT).ok_or_else(|| missing("etcd snapshot", SNAPSHOT))?;
+    let name = artifact_name(manifest, STATIC_PODS_ARCHIVE)
+        .ok_or_else(|| missing("static-pod resources", STATIC_PODS_ARCHIVE))?;
+    let (_, names) = check(name, STATIC_PODS_DEST, None)?;
+    if let Some(n) = names.iter().find(|n| !n.starts_with(STATIC_PODS_TOP)) {
+        return Err(RecoverError::Archive {
+            name: name.into(),
+            reason: format!(
+                "entry {} is not under {STATIC_PODS_TOP}/ (cluster-restore.sh unpacks it into {STATIC_PODS_DEST})",
+                n.display()
+            ),
+        });
+    }
+    Ok(exclusions)
+}
+
+/// Where the mirrored restore of `host_dir` writes: the directory resolved inside the host root
+/// as the host resolves it ([`crate::host::root::resolve_in_root`]; `/usr/local` is
+/// `<root>/var/usrlocal` on RHCOS), which must be a place of its own: not the root itself, and
+/// neither holding nor held by another mirrored destination or the recovery directory (the
+/// mirror deletes what its archive does not hold). A link that leads elsewhere inside the root
+/// is followed as the host follows it; one that leads to nothing is refused.
+fn destination(cfg: &RecoverConfig, host_dir: &str) -> Result<PathBuf, RecoverError> {
+    let root = &cfg.host.root;
+    let refuse = |reason: String| RecoverError::Destination {
+        dest: host_dir.into(),
+        reason,
+    };
+    let dest = root
+        .resolve_dir(host_dir)
+        .map_err(|e| refuse(e.to_string()))?;
+    let shown = if dest == root.join(host_dir) {
+        dest.display().to_string()
+    } else {
+        format!("it resolves through symlinks to {}, which", dest.display())
+    };
+    if dest == root.path() {
+        return Err(refuse(format!(
+            "{shown} is the host root itself; a mirrored restore there would delete everything its archive does not hold"
+        )));
+    }
+    let recovery_dir = cfg.dir.display().to_string();
+    let others = RESTORES
+        .iter()
+        .filter(|(_, _, other, mirror)| *mirror && *other != host_dir)
+        .map(|(_, _, other, _)| (*other, other.to_string()))
+        .chain([(
+            recovery_dir.as_str(),
+            format!("the recovery directory {recovery_dir}"),
+        )]);
+    for (other, what) in others {
+        // One that does not resolve is refused by its own check.
+        let Ok(at) = root.resolve_dir(other) else {
+            continue;
+        };
+        let clash = if at.starts_with(&dest) {
+            "holds"
+        } else if dest.starts_with(&at) {
+            "is inside"
+        } else {
+            continue;
+        };
+        return Err(refuse(format!(
+            "{shown} {clash} {what} ({}); a mirrored restore of {host_dir} must not reach it",
+            at.display()
+        )));
+    }
+    Ok(dest)
+}
+
+/// The layout of a mirrored tree's archive: the tree's content (not the directory itself), and
+/// not empty when the live tree holds something the mirror would delete.
+fn mirror_layout(
+    host_dir: &str,
+    dest: &Path,
+    names: &[PathBuf],
+    keep: &dyn Fn(&Path) -> bool,
+) -> Result<(), String> {
+    if names.is_empty() {
+        let mut live: Vec<String> = match std::fs::read_dir(dest) {
+            Ok(rd) => rd
+                .filter_map(Result::ok)
+                .map(|e| e.file_name())
+                .filter(|n| !keep(Path::new(n)))
+                .map(|n| n.to_string_lossy().into_owned())
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(format!("{}: {e}", dest.display())),
+        };
+        live.sort();
+        if !live.is_empty() {
+            let more = if live.len() > 3 { ", ..." } else { "" };
+            return Err(format!(
+                "the archive is empty, but {host_dir} is not (it holds {}{more}); restoring it would delete all of that",
+                live[..live.len().min(3)].join(", ")
+            ));
+        }
+        return Ok(());
+    }
+    let top = Path::new(host_dir).file_name().unwrap_or_default();
+    let wrapped = names
+        .iter()
+        .all(|n| n.components().next().is_some_and(|c| c.as_os_str() == top));
+    if wrapped {
+        return Err(format!(
+            "every entry is under the top-level directory `{}/`: the archive holds the directory itself, not the content of {host_dir}",
+            top.to_string_lossy()
+        ));
+    }
+    Ok(())
+}
+
+/// The layout of the extras archive: only paths outside the trees that have their own archive
+/// (which the backup leaves out of it, and whose exclusions it would bypass).
+fn extras_layout(names: &[PathBuf]) -> Result<(), String> {
+    for n in names {
+        let host = Path::new("/").join(n);
+        if let Some((tree, _)) = TREES.iter().find(|(tree, _)| host.starts_with(tree)) {
+            return Err(format!(
+                "entry {} is under {tree}, which its own archive restores; the extras hold only MachineConfig files outside {}",
+                n.display(),
+                TREES.map(|(t, _)| t).join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl Run<'_> {
@@ -435,25 +708,27 @@ impl Run<'_> {
     ) -> Result<(), RecoverError> {
         let archive_path = self.artifact(base)?;
         let root = &self.cfg.host.root;
-        let dest = root.join(host_dir);
-        let exclusions: Vec<String> = if base == "etc" {
-            std::fs::read_to_string(self.backup.join(ETC_EXCLUDE))
-                .map_err(|e| RecoverError::Step {
-                    step: step.into(),
-                    reason: format!("{ETC_EXCLUDE}: {e}"),
-                })?
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(str::to_owned)
-                .collect()
+        // The preflight's rule again (the host may have changed since).
+        let dest = if mirror {
+            destination(self.cfg, host_dir).map_err(|e| RecoverError::Step {
+                step: step.into(),
+                reason: match e {
+                    RecoverError::Destination { dest, reason } => {
+                        format!("destination {dest}: {reason}")
+                    }
+                    e => e.to_string(),
+                },
+            })?
         } else {
-            Vec::new()
+            root.path().to_owned()
         };
-        let keep = |rel: &Path| crate::backup::layout::is_excluded(&exclusions, rel);
+        let exclusions: &[String] = if base == "etc" { &self.exclusions } else { &[] };
+        let keep = |rel: &Path| crate::backup::layout::is_excluded(exclusions, rel);
         let opts = RestoreOptions {
             jail: root.path(),
             allow_absolute_symlinks: true,
             mirror_keep: mirror.then_some(&keep as &dyn Fn(&Path) -> bool),
+            host_paths: host_dir == "/",
         };
         let stats = archive::restore(&archive_path, &dest, &opts).map_err(|e: ArchiveError| {
             RecoverError::Step {
@@ -461,8 +736,13 @@ impl Run<'_> {
                 reason: e.to_string(),
             }
         })?;
+        let resolved = if dest == root.join(host_dir) {
+            String::new()
+        } else {
+            format!(" (resolved to {})", dest.display())
+        };
         self.rep.say(&format!(
-            "{step}: {} entries restored into {host_dir}, {} stale paths removed",
+            "{step}: {} entries restored into {host_dir}{resolved}, {} stale paths removed",
             stats.entries, stats.deleted
         ));
         Ok(())
@@ -479,12 +759,18 @@ impl Run<'_> {
             "remove-pods" => drop(self.cmd(&key, Cmd::new("crictl").args(["rmp", "-fa"]))?),
             "stop-crio" => drop(self.cmd(&key, systemctl(&["stop", "crio"]))?),
             "wipe-crio" => drop(self.cmd(&key, Cmd::new("crio").args(["wipe", "-f"]))?),
-            "restore-usr-local" => self.restore(&key, "local", "/usr/local", true)?,
-            "restore-etc" => self.restore(&key, "etc", "/etc", true)?,
-            "restore-extras" => self.restore(&key, "extras", "/", false)?,
+            "restore-usr-local" | "restore-etc" | "restore-extras" | "restore-kubelet" => {
+                let (_, base, host_dir, mirror) = RESTORES
+                    .into_iter()
+                    .find(|r| r.0 == step)
+                    .ok_or_else(|| RecoverError::Step {
+                        step: key.clone(),
+                        reason: "no such restore".into(),
+                    })?;
+                self.restore(&key, base, host_dir, mirror)?;
+            }
             "daemon-reload" => drop(self.cmd(&key, systemctl(&["daemon-reload"]))?),
             "disable-kubelet" => drop(self.cmd(&key, systemctl(&["disable", "kubelet"]))?),
-            "restore-kubelet" => self.restore(&key, "kubelet", "/var/lib/kubelet", true)?,
             "start-crio" => {
                 let active = self
                     .cfg

@@ -233,8 +233,20 @@ fn settle(cgu: &ClusterGroupUpgrade, snap: &mut Snapshot, ctx: &Context<'_>) {
     }
 }
 
+/// One reconcile and the drop of its decision, in a function of its own so that callgrind can
+/// count both (`--toggle-collect='engine::reconcile_and_drop*'`); toggling on
+/// `talm_hub_core::reconcile::reconcile*` alone leaves out freeing the decision (the status
+/// copy it returns), which the caller pays too.
+#[inline(never)]
+fn reconcile_and_drop(cgu: &ClusterGroupUpgrade, snap: &Snapshot, ctx: &Context<'_>) {
+    let d = reconcile(black_box(cgu), black_box(snap), ctx);
+    assert!(d.writes.is_empty(), "steady state expected");
+    drop(black_box(d));
+}
+
 /// `--once N [K]`: build the mid-rollout fleet of N clusters, settle it, and run K reconciles, for
-/// instruction counting under `valgrind --tool=callgrind --toggle-collect=...reconcile...`.
+/// instruction counting under `valgrind --tool=callgrind --toggle-collect=...` (see
+/// [`reconcile_and_drop`] for the two functions to toggle on).
 fn once(n: usize, repeat: usize) {
     let (cgu, done) = mid_rollout(n);
     let mut snap = fleet(n, done, false);
@@ -244,8 +256,7 @@ fn once(n: usize, repeat: usize) {
     };
     settle(&cgu, &mut snap, &ctx);
     for _ in 0..repeat {
-        let d = reconcile(black_box(&cgu), black_box(&snap), &ctx);
-        assert!(d.writes.is_empty(), "steady state expected");
+        reconcile_and_drop(&cgu, &snap, &ctx);
     }
     println!("n={n}: settled, then {repeat} reconciles");
 }

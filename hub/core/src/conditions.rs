@@ -33,6 +33,10 @@ pub mod reasons {
     pub const NOT_ALL_MANIFEST_TEMPLATES_EXIST: &str = "NotAllManifestTemplatesExist";
     pub const INVALID_PLATFORM_IMAGE: &str = "InvalidPlatformImage";
     pub const UNRESOLVABLE_DEPENDENCY: &str = "UnresolvableDenpendency";
+    /// talm's own (TALM has no minimum): `remediationStrategy.maxConcurrency` is negative.
+    pub const INVALID_MAX_CONCURRENCY: &str = "InvalidMaxConcurrency";
+    /// talm's own (TALM rolls a repeated policy out twice): `managedPolicies` repeats a name.
+    pub const DUPLICATE_MANAGED_POLICIES: &str = "DuplicateManagedPolicies";
     pub const PRECACHE_SPEC_IS_WELL_FORMED: &str = "PrecacheSpecIsWellFormed";
     pub const PRECACHE_SPEC_INCOMPLETE: &str = "PrecacheSpecIncomplete";
     pub const IN_PROGRESS: &str = "InProgress";

@@ -1,12 +1,13 @@
 //! Managed-policy discovery and validation (talm-behaviour.md §1.3 and §3.2 steps 2–3):
 //! missing, invalid, ambiguous and enforce policies; compliant-before-upgrade; Subscriptions
-//! content; the ClusterVersion platform image; dependency order.
+//! content; the ClusterVersion platform image; dependency order. Also two spec checks TALM does
+//! not make (a negative `maxConcurrency`, a policy listed twice), refused with `Validated=False`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 use serde_json::Value;
-use talm_shared::api::cgu::ManagedPolicyForUpgrade;
+use talm_shared::api::cgu::{ClusterGroupUpgradeSpec, ManagedPolicyForUpgrade};
 use talm_shared::api::rhacm::Policy;
 
 use crate::graph::UpdateGraph;
@@ -89,13 +90,14 @@ pub fn policy_objects(policy: &Policy) -> Result<Vec<TemplateObject>, String> {
     Ok(out)
 }
 
-/// Removes `{{ ... }}` template actions, then parses the YAML list of object templates.
+/// Removes `{{ ... }}` template actions, then parses the YAML list of object templates (with
+/// the shared reader's alias-expansion budget: the text comes from a policy author).
 fn parse_raw(raw: &str) -> Result<Vec<Value>, String> {
     let stripped = strip_templates(raw);
     if stripped.trim().is_empty() {
         return Ok(Vec::new());
     }
-    let v: Value = serde_saphyr::from_str(&stripped).map_err(|e| e.to_string())?;
+    let v = talm_shared::yaml::from_str_value(&stripped).map_err(|e| e.to_string())?;
     match v {
         Value::Array(a) => Ok(a),
         Value::Null => Ok(Vec::new()),
@@ -137,6 +139,8 @@ pub struct PolicyValidation {
     pub invalid: Vec<String>,
     /// Ambiguous policies and their namespaces.
     pub ambiguous: BTreeMap<String, BTreeSet<String>>,
+    /// Names listed more than once in `managedPolicies` (nothing else is checked then).
+    pub repeated: Vec<String>,
 }
 
 /// Why validation failed: the condition reason and message, and the event detail.
@@ -170,7 +174,16 @@ pub fn validate_policies(
     clusters: &[String],
     snap: &Snapshot,
 ) -> PolicyValidation {
-    let mut res = PolicyValidation::default();
+    let mut res = PolicyValidation {
+        repeated: repeated_names(managed)
+            .into_iter()
+            .map(|(_, name)| name.to_string())
+            .collect(),
+        ..PolicyValidation::default()
+    };
+    if !res.repeated.is_empty() {
+        return res;
+    }
     for name in managed {
         let mut namespaces: BTreeSet<String> = BTreeSet::new();
         let mut enforce = false;
@@ -262,6 +275,18 @@ impl PolicyValidation {
     /// The failure TALM reports for this result, if any (invalid wins over missing; both win
     /// over ambiguous).
     pub fn failure(&self) -> Option<ValidationFailure> {
+        if !self.repeated.is_empty() {
+            return Some(ValidationFailure {
+                reason: crate::conditions::reasons::DUPLICATE_MANAGED_POLICIES,
+                message: format!(
+                    "Managed policies listed more than once: {}",
+                    crate::conditions::go_list(&self.repeated)
+                ),
+                event_kind: "duplicate policies",
+                event_items: self.repeated.clone(),
+                requeue_secs: 300,
+            });
+        }
         if !self.invalid.is_empty() || !self.missing.is_empty() {
             let (message, kind, items) = if !self.invalid.is_empty() {
                 (
@@ -304,6 +329,43 @@ impl PolicyValidation {
         }
         None
     }
+}
+
+/// Each name that repeats an earlier entry, with the index of its first repeat; a name listed
+/// three times is reported once.
+pub fn repeated_names(names: &[String]) -> Vec<(usize, &str)> {
+    let mut seen = BTreeSet::new();
+    let mut reported = BTreeSet::new();
+    let mut out = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        if !seen.insert(name.as_str()) && reported.insert(name.as_str()) {
+            out.push((i, name.as_str()));
+        }
+    }
+    out
+}
+
+/// The spec checks TALM does not make, as a `Validated=False` failure: a negative
+/// `remediationStrategy.maxConcurrency`, which TALM turns into one batch of every cluster (its
+/// `Minimum=1` CRD marker is malformed, so the API server accepts any integer). Repeated
+/// managed policies are found by [`validate_policies`].
+pub fn spec_failure(spec: &ClusterGroupUpgradeSpec) -> Option<ValidationFailure> {
+    let max = spec.remediation_strategy.max_concurrency;
+    (max < 0).then(|| ValidationFailure {
+        reason: crate::conditions::reasons::INVALID_MAX_CONCURRENCY,
+        message: format!(
+            "spec.remediationStrategy.maxConcurrency {}",
+            max_concurrency_problem(max)
+        ),
+        event_kind: "invalid maxConcurrency",
+        event_items: vec![max.to_string()],
+        requeue_secs: 300,
+    })
+}
+
+/// What is wrong with a negative `maxConcurrency`, after the field name.
+pub fn max_concurrency_problem(max: i32) -> String {
+    format!("must be 0 (one batch with every cluster) or more, not {max}")
 }
 
 /// The ClusterVersion fields found in policies.
@@ -591,5 +653,50 @@ mod tests {
             f.message,
             r#"Managed policy name should be unique, but was found in multiple namespaces: {"p2":["aaa","bbb"],"p3":["aaa","bbb","default"]} "#
         );
+    }
+
+    #[test]
+    fn repeated_names_are_reported_once_at_their_first_repeat() {
+        let names: Vec<String> = ["a", "b", "a", "c", "a", "b"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(repeated_names(&names), [(2, "a"), (5, "b")]);
+        assert!(repeated_names(&names[..2]).is_empty());
+        let v = validate_policies(&names, &[], &Snapshot::new());
+        let f = v.failure().unwrap();
+        assert_eq!(f.reason, "DuplicateManagedPolicies");
+        assert_eq!(f.message, "Managed policies listed more than once: [a b]");
+        assert!(v.missing.is_empty(), "nothing else is checked");
+    }
+
+    #[test]
+    fn negative_max_concurrency_is_a_spec_failure() {
+        let spec = |max: i32| -> ClusterGroupUpgradeSpec {
+            serde_json::from_value(json!({"remediationStrategy": {"maxConcurrency": max}})).unwrap()
+        };
+        assert_eq!(spec_failure(&spec(0)), None);
+        assert_eq!(spec_failure(&spec(5)), None);
+        let f = spec_failure(&spec(-3)).unwrap();
+        assert_eq!(f.reason, "InvalidMaxConcurrency");
+        assert_eq!(
+            f.message,
+            "spec.remediationStrategy.maxConcurrency must be 0 (one batch with every cluster) or more, not -3"
+        );
+    }
+
+    #[test]
+    fn raw_templates_with_alias_bombs_are_invalid() {
+        let mut raw = String::from(
+            "- complianceType: musthave\n  objectDefinition:\n    kind: ConfigMap\n    data:\n      l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n",
+        );
+        for i in 1..10 {
+            let p = format!("*l{}", i - 1);
+            raw.push_str(&format!("      l{i}: &l{i} [{}]\n", vec![p; 9].join(", ")));
+        }
+        let p = policy(json!([{"objectDefinition": {
+            "kind": "ConfigurationPolicy", "metadata": {"name": "x"}, "spec": {"object-templates-raw": raw}}}]));
+        let e = policy_objects(&p).unwrap_err();
+        assert!(e.contains("aliases expand the document beyond"), "{e}");
     }
 }

@@ -720,3 +720,63 @@ fn disconnected_agents_get_views_and_foreign_tasks_survive() {
         "default/other/u9/installplans/p1"
     );
 }
+
+/// Issue 14 item 13. TALM validates neither (its `Minimum=1` marker on maxConcurrency is
+/// malformed, so the CRD has no minimum); talm refuses both with `Validated=False` instead of
+/// planning one batch of every cluster or rolling a policy out twice.
+#[test]
+fn negative_max_concurrency_and_repeated_policies_are_refused() {
+    for (policies, max, reason, message) in [
+        (
+            json!(["p1", "p2"]),
+            -1,
+            "InvalidMaxConcurrency",
+            "spec.remediationStrategy.maxConcurrency must be 0 (one batch with every cluster) or more, not -1",
+        ),
+        (
+            json!(["p1", "p2", "p1"]),
+            1,
+            "DuplicateManagedPolicies",
+            "Managed policies listed more than once: [p1]",
+        ),
+    ] {
+        let mut hub = Hub::new(
+            cgu(json!({
+                "clusters": ["a", "b"], "managedPolicies": policies,
+                "remediationStrategy": {"maxConcurrency": max}
+            })),
+            &["a", "b"],
+            vec![
+                policy("p1", &[("a", "NonCompliant"), ("b", "NonCompliant")]),
+                policy("p2", &[("a", "NonCompliant"), ("b", "NonCompliant")]),
+            ],
+        );
+        hub.run(t(0));
+        let st = hub.status();
+        let validated = st["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Validated")
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(
+            (
+                &validated["status"],
+                &validated["reason"],
+                &validated["message"]
+            ),
+            (&json!("False"), &json!(reason), &json!(message)),
+            "{st}"
+        );
+        assert!(st.get("remediationPlan").is_none_or(Value::is_null), "{st}");
+        assert!(hub.placements.is_empty());
+        assert!(
+            hub.events
+                .iter()
+                .any(|e| e.reason == "CguValidationFailure"),
+            "{:?}",
+            hub.events
+        );
+    }
+}

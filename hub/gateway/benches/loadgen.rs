@@ -10,7 +10,8 @@
 //!    `--steady-secs` (from /proc);
 //! 3. a hub restart (SIGKILL, then a new process on the same state dir): time until all N are
 //!    reconnected and re-synced (welcomed again; their completed tasks are not re-assigned);
-//! 4. with `--agent-bin`, the idle RSS and CPU of one real `talm-agent run`.
+//! 4. with `--agent-bin` (a relative path is taken from the workspace root, and checked before
+//!    anything starts), the idle RSS and CPU of one real `talm-agent run`.
 //!
 //! Simulated agents answer every assignment at once (accepted + succeeded) and reconnect with the
 //! agent's own jittered backoff. Results are printed as a Markdown table.
@@ -79,7 +80,9 @@ enum Cmd {
         /// Skip the restart phase.
         #[arg(long)]
         no_restart: bool,
-        /// A `talm-agent` binary to measure idle RSS/CPU of.
+        /// A `talm-agent` binary to measure idle RSS/CPU of. A relative path is taken from the
+        /// workspace root (cargo runs benches from the package directory), and a missing file
+        /// is refused before anything starts.
         #[arg(long)]
         agent_bin: Option<PathBuf>,
         /// How long the real agent idles before it is measured, seconds.
@@ -130,16 +133,42 @@ fn main() -> anyhow::Result<()> {
             no_restart,
             agent_bin,
             agent_idle_secs,
-        } => rt.block_on(run(
-            sessions,
-            heartbeat_secs,
-            steady_secs,
-            ramp_concurrency,
-            !no_restart,
-            agent_bin,
-            agent_idle_secs,
-        )),
+        } => {
+            // Checked now, not after the minutes of the hub phases that come before it.
+            let agent_bin = agent_bin.map(|p| resolve_agent_bin(&p)).transpose()?;
+            rt.block_on(run(
+                sessions,
+                heartbeat_secs,
+                steady_secs,
+                ramp_concurrency,
+                !no_restart,
+                agent_bin,
+                agent_idle_secs,
+            ))
+        }
     }
+}
+
+/// The workspace root, where the documented commands run from.
+const WORKSPACE_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+
+/// `--agent-bin` as a path that exists: absolute paths as given, relative ones from the
+/// workspace root.
+fn resolve_agent_bin(given: &Path) -> anyhow::Result<PathBuf> {
+    let path = if given.is_absolute() {
+        given.to_path_buf()
+    } else {
+        Path::new(WORKSPACE_ROOT).join(given)
+    };
+    if !path.is_file() {
+        anyhow::bail!(
+            "--agent-bin {}: no such file ({}; relative paths are taken from the workspace \
+             root; build it first with `cargo build --release -p talm-agent --bin talm-agent`)",
+            given.display(),
+            path.display()
+        );
+    }
+    Ok(std::fs::canonicalize(&path)?)
 }
 
 fn free_port() -> SocketAddr {

@@ -2,8 +2,10 @@
 //!
 //! # Layout
 //! - [`store`]: the persistence seams, [`store::EnrollmentStore`] (bootstrap tokens and enrolled
-//!   clusters) and [`store::SpokeAgentStore`] (SpokeAgent spec in, status out), with the
-//!   file-backed implementations used until the Kubernetes ones arrive ([`store::file`]).
+//!   clusters) and [`store::SpokeAgentStore`] (SpokeAgent spec in, status out), and their
+//!   file-backed implementations ([`store::file`]), which the standalone `talm-hub gateway`
+//!   uses. `talm-hub run` serves the same gateway with Kubernetes-backed stores (Secrets and the
+//!   SpokeAgent API), which live in talm-hub's `operator::agents`.
 //! - [`enroll`]: bootstrap tokens, CSR signing, rotation and revocation.
 //! - [`registry`]: the in-memory per-cluster agent state (connected, lastSeen, facts, task
 //!   states, live progress) and its JSON views.

@@ -9,6 +9,8 @@
 //! - `systemd/agent.env.example` and the rendered env file use only real `env` names of the
 //!   agent's clap arguments (from `talm_agent::Cli::command()`), and the example documents
 //!   every variable of `talm-agent run`;
+//! - Ignition's own `ignition-validate` accepts the rendered `spec.config` in both install
+//!   modes (a missing validator fails the test, naming the package);
 //! - `systemd-analyze verify` accepts the shipped unit and the rendered ones. verify needs every
 //!   `ExecStart` binary to exist, so it runs on temporary copies whose commands point at a stub
 //!   executable; it must print nothing (it reports unknown directives on stderr with exit 0).
@@ -592,4 +594,79 @@ fn d_bad(dir: &Path, stub: &Path) -> PathBuf {
     )
     .unwrap();
     p
+}
+
+// ----- ignition-validate ---------------------------------------------------------------------
+
+/// Runs Ignition's own validator (`ignition-validate`, Debian package `ignition`) on a config
+/// file: `Ok` when it accepts it without a word, else its exit status and output. A missing
+/// validator fails the test, naming the package, instead of skipping it.
+#[allow(clippy::disallowed_methods)] // spawns ignition-validate, a real tool
+fn ignition_validate(file: &Path) -> Result<(), String> {
+    let out = match std::process::Command::new("ignition-validate")
+        .arg(file)
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+            "ignition-validate not found: apt-get install ignition (`.ci/run test` installs it)"
+        ),
+        Err(e) => panic!("ignition-validate: {e}"),
+    };
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() && said.trim().is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{}: {}", out.status, said.trim()))
+    }
+}
+
+#[test]
+fn ignition_validate_accepts_the_rendered_config_in_both_modes() {
+    let hub = Hub::new();
+    let dir = tempfile::tempdir().unwrap();
+    let sha = "cd".repeat(32);
+    let modes: [(&str, Vec<&str>); 2] = [
+        ("image", vec!["sno-1", "-o", "json", "--hub-endpoint", HUB]),
+        (
+            "binary",
+            vec![
+                "sno-2",
+                "-o",
+                "json",
+                "--hub-endpoint",
+                HUB,
+                "--binary-url",
+                "https://mirror.example.com/talm/talm-agent-0.1.0",
+                "--binary-sha256",
+                &sha,
+            ],
+        ),
+    ];
+    for (mode, args) in modes {
+        let doc: Value = serde_json::from_str(&hub.run(&args).unwrap()).unwrap();
+        let (_, units) = check_ignition(&doc);
+        assert_eq!(units.len(), if mode == "image" { 1 } else { 2 }, "{mode}");
+        let file = dir.path().join(format!("{mode}.ign"));
+        std::fs::write(&file, serde_json::to_vec(&doc["spec"]["config"]).unwrap()).unwrap();
+        if let Err(e) = ignition_validate(&file) {
+            panic!("{mode} mode: ignition-validate rejects spec.config: {e}");
+        }
+    }
+    // The validator does reject a broken config (so the passes above mean something): the
+    // image-mode config with a relative file path.
+    let out = hub
+        .run(&["sno-3", "-o", "json", "--hub-endpoint", HUB])
+        .unwrap();
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    let mut config = doc["spec"]["config"].clone();
+    config["storage"]["files"][0]["path"] = "etc/talm/agent.env".into();
+    let bad = dir.path().join("bad.ign");
+    std::fs::write(&bad, serde_json::to_vec(&config).unwrap()).unwrap();
+    let err = ignition_validate(&bad).unwrap_err();
+    assert!(err.contains("path not absolute"), "{err}");
 }

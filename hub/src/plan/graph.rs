@@ -1,15 +1,19 @@
 //! `--update-graph FILE`: answers the engine's Cincinnati update-graph lookups from a file
 //! instead of HTTP. The file maps `"<upstream>?channel=<channel>"` to a graph document
-//! (`{nodes: [{version, payload}]}`), in YAML or JSON.
+//! (`{nodes: [{version, payload}]}`), in YAML or JSON, read with the same limits as the objects
+//! (size, alias expansion, duplicate keys).
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::Path;
 
 use serde_json::Value;
 use talm_hub_core::UpdateGraph;
 use talm_hub_core::graph::payload_in_graph;
 
-use super::load::InputError;
+use talm_shared::yaml::DocError;
+
+use super::load::{InputError, MAX_INPUT_BYTES};
 
 /// Update graphs read from a file.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -30,21 +34,28 @@ impl FileUpdateGraph {
             path: shown.clone(),
             message,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_INPUT_BYTES + 1).read_to_string(&mut text))
+            .map_err(|e| bad(e.to_string()))?;
+        if text.len() as u64 > MAX_INPUT_BYTES {
+            return Err(bad("larger than 256 MiB".into()));
+        }
         let is_json = path
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("json"));
         let doc: Value = if is_json {
-            serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?
+            let mut values = talm_shared::yaml::json_values(&text, usize::MAX)
+                .map_err(|e| bad(format!("invalid JSON: {e}")))?;
+            match (values.pop(), values.is_empty()) {
+                (Some(v), true) => v,
+                _ => return Err(bad("invalid JSON: expected exactly one value".into())),
+            }
         } else {
-            serde_saphyr::from_str_with_options(&text, talm_shared::yaml::options()).map_err(
-                |e| {
-                    bad(format!(
-                        "invalid YAML: {}",
-                        e.to_string().replace('\n', " ")
-                    ))
-                },
-            )?
+            talm_shared::yaml::from_str_value(&text).map_err(|e| match e {
+                DocError::Syntax(m) => bad(format!("invalid YAML: {m}")),
+                other => bad(other.to_string()),
+            })?
         };
         let Value::Object(map) = doc else {
             return Err(bad(
@@ -171,5 +182,35 @@ mod tests {
         }
         let missing = FileUpdateGraph::load(Path::new("/nonexistent/graph.yaml")).unwrap_err();
         assert!(missing.to_string().contains("/nonexistent/graph.yaml"));
+    }
+
+    /// Issue 14 items 5 and 10: the graph file is read with the same budget and key checks as
+    /// the objects.
+    #[test]
+    fn alias_bombs_and_duplicate_keys_are_refused() {
+        // 99 aliases: one fewer than serde-saphyr's alias/anchor ratio check looks at.
+        let big = "x".repeat(256 * 1024);
+        let mut bomb = format!("\"http://u?channel=c\":\n  nodes: []\n  a: &s {big}\n  b:\n");
+        for _ in 0..99 {
+            bomb.push_str("  - *s\n");
+        }
+        let json_dup =
+            r#"{"http://u?channel=c": {"nodes": []}, "http://u?channel=c": {"nodes": []}}"#;
+        for (name, text, needle) in [
+            (
+                "bomb.yaml",
+                bomb.as_str(),
+                "aliases expand the document beyond",
+            ),
+            ("dup.json", json_dup, "duplicate key `http://u?channel=c`"),
+        ] {
+            let path = write_temp(name, text);
+            let err = FileUpdateGraph::load(&path)
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{name}: {err}");
+            std::fs::remove_file(path).unwrap();
+        }
     }
 }

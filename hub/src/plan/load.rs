@@ -4,14 +4,58 @@
 //! Each object stays a raw JSON value (so fields talm does not model survive to the output);
 //! objects of the kinds the engine reads are also parsed into their typed views here, so bad
 //! input fails before the engine runs, with one line naming file, document and field path.
+//!
+//! Hostile input is refused in memory bounded by its size: at most [`MAX_INPUT_BYTES`] and
+//! [`MAX_OBJECTS`] in all, YAML aliases counted at their expanded size,
+//! duplicate keys refused in JSON as in YAML. The objects the engine reads are checked as the
+//! API server and TALM's validation would (names, label selectors, `maxConcurrency`, repeated
+//! `managedPolicies`).
 
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
+use talm_shared::api::checks;
+use talm_shared::yaml::DocError;
 
 use super::store::{Kind, Typed};
+
+/// The most input `plan` reads, all files and stdin together: 256 MiB.
+pub const MAX_INPUT_BYTES: u64 = 256 * 1024 * 1024;
+
+/// The most objects `plan` reads, all inputs together (the items of a `kind: List` count,
+/// the List itself does not). A 10,000-cluster hub with 20 policies is about 210,000.
+pub const MAX_OBJECTS: usize = 500_000;
+
+/// How much input one run accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Limits {
+    /// Bytes, all inputs together.
+    bytes: u64,
+    /// Objects, all inputs together.
+    objects: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            bytes: MAX_INPUT_BYTES,
+            objects: MAX_OBJECTS,
+        }
+    }
+}
+
+impl Limits {
+    /// The byte limit as the README states it.
+    fn bytes_shown(&self) -> String {
+        if self.bytes.is_multiple_of(1024 * 1024) {
+            format!("{} MiB", self.bytes / (1024 * 1024))
+        } else {
+            format!("{} bytes", self.bytes)
+        }
+    }
+}
 
 /// Where an object came from: file (as given on the command line), 1-based document index
 /// (empty documents are not counted) and, for `kind: List` documents, the 0-based item index.
@@ -91,6 +135,24 @@ pub enum InputError {
     /// `-` was given more than once.
     #[error("-: stdin can only be read once")]
     StdinTwice,
+    /// The inputs together are larger than [`MAX_INPUT_BYTES`].
+    #[error("{path}: the input is larger than {limit} (all files together), the most `plan` reads")]
+    TooLarge {
+        /// The input that crossed the limit.
+        path: String,
+        /// The limit, e.g. `256 MiB`.
+        limit: String,
+    },
+    /// The inputs together hold more than [`MAX_OBJECTS`] objects.
+    #[error(
+        "{path}: the input holds more than {limit} objects (all files together), the most `plan` reads"
+    )]
+    TooManyObjects {
+        /// The input that crossed the limit.
+        path: String,
+        /// The limit.
+        limit: usize,
+    },
     /// A document is not a valid object.
     #[error("{origin}: {message}")]
     Invalid {
@@ -140,9 +202,14 @@ enum Syntax {
 }
 
 /// Reads every object from `paths` (`-` reads `stdin`). Directories contribute their
-/// `*.yaml`, `*.yml` and `*.json` files sorted by name (not recursive).
+/// `*.yaml`, `*.yml` and `*.json` files sorted by name (not recursive). At most
+/// [`MAX_INPUT_BYTES`] and [`MAX_OBJECTS`] in all.
 pub fn load_paths(paths: &[PathBuf], stdin: &mut dyn Read) -> Result<Vec<Loaded>, InputError> {
-    let mut out = Vec::new();
+    let mut reader = Reader {
+        limits: Limits::default(),
+        bytes: 0,
+        out: Vec::new(),
+    };
     let mut stdin_read = false;
     for path in paths {
         if path.as_os_str() == "-" {
@@ -150,14 +217,7 @@ pub fn load_paths(paths: &[PathBuf], stdin: &mut dyn Read) -> Result<Vec<Loaded>
                 return Err(InputError::StdinTwice);
             }
             stdin_read = true;
-            let mut text = String::new();
-            stdin
-                .read_to_string(&mut text)
-                .map_err(|source| InputError::Read {
-                    path: "<stdin>".into(),
-                    source,
-                })?;
-            out.extend(load_text("<stdin>", &text, sniff(None, &text))?);
+            reader.read("<stdin>", stdin, None)?;
             continue;
         }
         let shown = path.display().to_string();
@@ -174,13 +234,98 @@ pub fn load_paths(paths: &[PathBuf], stdin: &mut dyn Read) -> Result<Vec<Loaded>
                 return Err(InputError::EmptyDir { path: shown });
             }
             for file in files {
-                out.extend(load_file(&file)?);
+                reader.read_file(&file)?;
             }
         } else {
-            out.extend(load_file(path)?);
+            reader.read_file(path)?;
         }
     }
-    Ok(out)
+    Ok(reader.out)
+}
+
+/// The inputs read so far, against the limits.
+struct Reader {
+    limits: Limits,
+    /// Bytes read so far.
+    bytes: u64,
+    out: Vec<Loaded>,
+}
+
+impl Reader {
+    fn too_large(&self, path: &str) -> InputError {
+        InputError::TooLarge {
+            path: path.into(),
+            limit: self.limits.bytes_shown(),
+        }
+    }
+
+    fn read_file(&mut self, path: &Path) -> Result<(), InputError> {
+        let shown = path.display().to_string();
+        let io_error = |source| InputError::Read {
+            path: shown.clone(),
+            source,
+        };
+        let mut file = std::fs::File::open(path).map_err(io_error)?;
+        // Refuse before reading when the size is known; `read` still stops at the limit (the
+        // file may grow, or be a device).
+        let len = file.metadata().map_err(io_error)?.len();
+        if self.bytes.saturating_add(len) > self.limits.bytes {
+            return Err(self.too_large(&shown));
+        }
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        self.read(&shown, &mut file, ext.as_deref())
+    }
+
+    /// Reads one input up to the byte limit, then parses and checks its objects.
+    fn read(
+        &mut self,
+        shown: &str,
+        input: &mut dyn Read,
+        ext: Option<&str>,
+    ) -> Result<(), InputError> {
+        let allowed = self.limits.bytes.saturating_sub(self.bytes);
+        let mut bytes = Vec::new();
+        input
+            .take(allowed.saturating_add(1))
+            .read_to_end(&mut bytes)
+            .map_err(|source| InputError::Read {
+                path: shown.into(),
+                source,
+            })?;
+        let len = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+        if len > allowed {
+            return Err(self.too_large(shown));
+        }
+        self.bytes += len;
+        let text = String::from_utf8(bytes).map_err(|e| InputError::Syntax {
+            path: shown.into(),
+            message: format!(
+                "not UTF-8 text (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
+        })?;
+        let objects = self.limits.objects.saturating_sub(self.out.len());
+        let loaded = load_text(shown, &text, sniff(ext, &text), objects).map_err(|e| match e {
+            // The message states the limit for all inputs, not what was left of it.
+            InputError::TooManyObjects { path, .. } => InputError::TooManyObjects {
+                path,
+                limit: self.limits.objects,
+            },
+            other => other,
+        })?;
+        // The parser's count is exact for Lists and plain documents; this catches the rest.
+        if self.out.len().saturating_add(loaded.len()) > self.limits.objects {
+            return Err(InputError::TooManyObjects {
+                path: shown.into(),
+                limit: self.limits.objects,
+            });
+        }
+        self.out.extend(loaded);
+        Ok(())
+    }
 }
 
 /// The `*.yaml`, `*.yml` and `*.json` files of a directory, sorted by name.
@@ -200,26 +345,6 @@ fn dir_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn load_file(path: &Path) -> Result<Vec<Loaded>, InputError> {
-    let shown = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| InputError::Read {
-        path: shown.clone(),
-        source,
-    })?;
-    let text = String::from_utf8(bytes).map_err(|e| InputError::Syntax {
-        path: shown.clone(),
-        message: format!(
-            "not UTF-8 text (invalid byte at offset {})",
-            e.utf8_error().valid_up_to()
-        ),
-    })?;
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase);
-    load_text(&shown, &text, sniff(ext.as_deref(), &text))
-}
-
 /// `.json` files are JSON, `.yaml`/`.yml` files YAML; anything else (stdin included) is JSON
 /// when it starts with `{` or `[`, YAML otherwise.
 fn sniff(ext: Option<&str>, text: &str) -> Syntax {
@@ -231,14 +356,21 @@ fn sniff(ext: Option<&str>, text: &str) -> Syntax {
     }
 }
 
-/// Parses the objects of YAML text as if read from a file called `file` (tests, tools).
+/// Parses the objects of YAML text as if read from a file called `file` (tests, tools), with
+/// the default object limit.
 pub fn load_yaml_str(file: &str, text: &str) -> Result<Vec<Loaded>, InputError> {
-    load_text(file, text, Syntax::Yaml)
+    load_text(file, text, Syntax::Yaml, MAX_OBJECTS)
 }
 
-/// Parses every object of one file's text. `file` is how the file is named in messages.
-fn load_text(file: &str, text: &str, syntax: Syntax) -> Result<Vec<Loaded>, InputError> {
-    let docs = parse_documents(file, text, syntax)?;
+/// Parses every object of one file's text, refusing more than `max_objects`. `file` is how the
+/// file is named in messages.
+fn load_text(
+    file: &str,
+    text: &str,
+    syntax: Syntax,
+    max_objects: usize,
+) -> Result<Vec<Loaded>, InputError> {
+    let docs = parse_documents(file, text, syntax, max_objects)?;
     if docs.is_empty() {
         return Err(InputError::Empty { path: file.into() });
     }
@@ -254,35 +386,41 @@ fn load_text(file: &str, text: &str, syntax: Syntax) -> Result<Vec<Loaded>, Inpu
     Ok(out)
 }
 
-fn one_line(message: &str) -> String {
-    message
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn parse_documents(file: &str, text: &str, syntax: Syntax) -> Result<Vec<Value>, InputError> {
-    let syntax_error = |message: String| InputError::Syntax {
-        path: file.into(),
-        message: one_line(&message),
+fn parse_documents(
+    file: &str,
+    text: &str,
+    syntax: Syntax,
+    max_objects: usize,
+) -> Result<Vec<Value>, InputError> {
+    let parsed = match syntax {
+        Syntax::Json => talm_shared::yaml::json_values(text, max_objects),
+        Syntax::Yaml => talm_shared::yaml::from_multiple_counted(text, max_objects),
     };
-    match syntax {
-        Syntax::Json => serde_json::Deserializer::from_str(text)
-            .into_iter::<Value>()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| syntax_error(format!("invalid JSON: {e}"))),
-        Syntax::Yaml => {
-            serde_saphyr::from_multiple_with_options::<Value>(text, talm_shared::yaml::options())
-                .map_err(|e| syntax_error(format!("invalid YAML: {e}")))
+    parsed.map_err(|e| match e {
+        DocError::Syntax(message) => {
+            let what = match syntax {
+                Syntax::Json => "JSON",
+                Syntax::Yaml => "YAML",
+            };
+            InputError::Syntax {
+                path: file.into(),
+                message: format!("invalid {what}: {message}"),
+            }
         }
-    }
+        DocError::Expansion { .. } => InputError::Syntax {
+            path: file.into(),
+            message: e.to_string(),
+        },
+        DocError::TooManyObjects { limit } => InputError::TooManyObjects {
+            path: file.into(),
+            limit,
+        },
+    })
 }
 
 /// A document: one object, or a `kind: List` of objects.
 fn load_document(origin: Origin, doc: Value, out: &mut Vec<Loaded>) -> Result<(), InputError> {
-    let Value::Object(map) = doc else {
+    let Value::Object(mut map) = doc else {
         return Err(origin.at(
             "",
             format!(
@@ -292,13 +430,13 @@ fn load_document(origin: Origin, doc: Value, out: &mut Vec<Loaded>) -> Result<()
         ));
     };
     if map.get("kind").and_then(Value::as_str) == Some("List") {
-        let items = match map.get("items") {
+        let items = match map.remove("items") {
             None | Some(Value::Null) => return Ok(()),
-            Some(Value::Array(items)) => items.clone(),
+            Some(Value::Array(items)) => items,
             Some(other) => {
                 return Err(origin.at(
                     "items",
-                    format!("expected a sequence, found {}", type_name(other)),
+                    format!("expected a sequence, found {}", type_name(&other)),
                 ));
             }
         };
@@ -402,6 +540,9 @@ fn load_object(origin: Origin, mut raw: Map<String, Value>) -> Result<Loaded, In
         }
     }
     let typed = Typed::parse(kind, &raw).map_err(|e| origin.at(&e.path, e.message))?;
+    if kind.is_typed() {
+        check_typed(kind, &raw, &typed).map_err(|(path, message)| origin.at(&path, message))?;
+    }
     if kind == Kind::Other {
         let ns = raw
             .get("metadata")
@@ -424,6 +565,71 @@ fn load_object(origin: Origin, mut raw: Map<String, Value>) -> Result<Loaded, In
         raw,
         typed,
     })
+}
+
+/// The checks made on the objects the engine reads, as `(field path, problem)`: names as the
+/// API server checks them (so no invalid name reaches the names talm generates), label
+/// selectors as apimachinery parses them, and talm's own CGU checks that the operator reports
+/// as `Validated=False` (a negative `maxConcurrency`, a policy listed twice): `plan` exits 2
+/// on them instead.
+fn check_typed(
+    kind: Kind,
+    raw: &Map<String, Value>,
+    typed: &Typed,
+) -> Result<(), (String, String)> {
+    let meta_str = |key: &str| {
+        raw.get("metadata")
+            .and_then(|m| m.get(key))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    };
+    let name = meta_str("name");
+    if !checks::is_dns1123_subdomain(name) {
+        return Err((
+            "metadata.name".into(),
+            format!(
+                "{name:?} is not a valid name: {}",
+                checks::DNS1123_SUBDOMAIN
+            ),
+        ));
+    }
+    let namespace = meta_str("namespace");
+    if kind.is_namespaced() && !checks::is_dns1123_label(namespace) {
+        return Err((
+            "metadata.namespace".into(),
+            format!(
+                "{namespace:?} is not a valid namespace: {}",
+                checks::DNS1123_LABEL
+            ),
+        ));
+    }
+    let Typed::ClusterGroupUpgrade(cgu) = typed else {
+        return Ok(());
+    };
+    let spec = &cgu.spec;
+    for (i, selector) in spec.cluster_label_selectors.iter().flatten().enumerate() {
+        checks::check_label_selector(selector).map_err(|e| {
+            (
+                format!("spec.clusterLabelSelectors[{i}].{}", e.path),
+                e.message,
+            )
+        })?;
+    }
+    let max = spec.remediation_strategy.max_concurrency;
+    if max < 0 {
+        return Err((
+            "spec.remediationStrategy.maxConcurrency".into(),
+            talm_hub_core::validate::max_concurrency_problem(max),
+        ));
+    }
+    let managed = spec.managed_policies.as_deref().unwrap_or_default();
+    if let Some((i, name)) = talm_hub_core::validate::repeated_names(managed).first() {
+        return Err((
+            format!("spec.managedPolicies[{i}]"),
+            format!("{name:?} is listed more than once"),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -732,5 +938,191 @@ metadata:
             .to_string();
         assert!(e.contains("bin.yaml: not UTF-8"), "{e}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    // ----- issue 14: hostile input ------------------------------------------------------------
+
+    /// Alias bombs shaped like issue 14's: 99 aliases of one 256 KiB label value (under
+    /// serde-saphyr's alias/anchor ratio check, which starts at 100 aliases), and five levels
+    /// of nine aliases each (9^5 copies of a 1 KiB value). 25 MiB and 57 MiB once expanded.
+    fn alias_bombs() -> [String; 2] {
+        let big = "x".repeat(256 * 1024);
+        let mut wide = format!("{CLUSTER}  labels:\n    a: &s {big}\n  annotations:\n");
+        for i in 0..99 {
+            wide.push_str(&format!("    k{i}: *s\n"));
+        }
+        let mut nested = format!(
+            "{CLUSTER}  annotations:\n    l0: &l0 {}\n",
+            "y".repeat(1024)
+        );
+        for i in 1..=5 {
+            let p = format!("*l{}", i - 1);
+            nested.push_str(&format!("    l{i}: &l{i} [{}]\n", vec![p; 9].join(", ")));
+        }
+        [wide, nested]
+    }
+
+    #[test]
+    fn aliases_count_at_their_expanded_size() {
+        for bomb in alias_bombs() {
+            let e = err(&bomb);
+            assert!(
+                e.starts_with("cgu.yaml: aliases expand the document beyond "),
+                "{e}"
+            );
+        }
+        // Anchors that stay small are fine (anchors are per document: a List shares them).
+        let shared = "kind: List\nitems:\n- {apiVersion: v1, kind: ConfigMap, metadata: {name: a, labels: &l {k: v}}}\n- {apiVersion: v1, kind: ConfigMap, metadata: {name: b, labels: *l}}\n";
+        let loaded = load_yaml_str("in.yaml", shared).unwrap();
+        assert_eq!(loaded[1].raw["metadata"]["labels"]["k"], "v");
+    }
+
+    #[test]
+    fn inputs_over_the_size_limit_are_refused_before_reading() {
+        let dir = scratch("huge");
+        let file = dir.join("huge.yaml");
+        // Sparse: no disk space, and nothing is read.
+        std::fs::File::create(&file)
+            .unwrap()
+            .set_len(256 * 1024 * 1024 + 1)
+            .unwrap();
+        let e = load_paths(std::slice::from_ref(&file), &mut std::io::empty())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.ends_with("huge.yaml: the input is larger than 256 MiB (all files together), the most `plan` reads"),
+            "{e}"
+        );
+        // Stdin is read up to the limit, not to its end.
+        let mut endless = std::io::repeat(b' ').take(256 * 1024 * 1024 + 1);
+        let e = load_paths(&[PathBuf::from("-")], &mut endless)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("<stdin>: the input is larger than 256 MiB"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn inputs_over_the_object_limit_are_refused() {
+        let dir = scratch("many");
+        // 500,001 List items in JSON; counted while parsing, not after.
+        let items = vec!["{}"; 500_001].join(",");
+        let file = dir.join("many.json");
+        std::fs::write(
+            &file,
+            format!("{{\"apiVersion\": \"v1\", \"kind\": \"List\", \"items\": [{items}]}}"),
+        )
+        .unwrap();
+        let e = load_paths(std::slice::from_ref(&file), &mut std::io::empty())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{}: the input holds more than 500000 objects (all files together), the most `plan` reads",
+                file.display()
+            )
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_in_json_as_in_yaml() {
+        let dir = scratch("dupkeys");
+        let file = dir.join("dup.json");
+        std::fs::write(
+            &file,
+            "{\"apiVersion\": \"v1\", \"kind\": \"ConfigMap\",\n \"metadata\": {\"name\": \"a\", \"name\": \"b\"}}",
+        )
+        .unwrap();
+        let e = load_paths(&[file], &mut std::io::empty())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.ends_with("dup.json: invalid JSON: duplicate key `name` at line 2 column 33"),
+            "{e}"
+        );
+        let e = err("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n  name: b\n");
+        assert!(
+            e.starts_with("cgu.yaml: invalid YAML: duplicate key `name` at line "),
+            "{e}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn label_selectors_are_checked_naming_the_field() {
+        let sel = |expr: &str| {
+            CGU.replace(
+                "  clusters: [spoke1]\n",
+                &format!("  clusterLabelSelectors:\n  - matchLabels: {{a: b}}\n  - matchExpressions:\n    - {{key: a, operator: In, values: [x]}}\n    - {expr}\n"),
+            )
+        };
+        let field = "spec.clusterLabelSelectors[1].matchExpressions[1]";
+        assert_eq!(
+            err(&sel("{key: a, operator: Bogus, values: [x]}")),
+            format!(
+                "cgu.yaml doc 1: {field}.operator: unknown operator \"Bogus\" (expected In, NotIn, Exists or DoesNotExist)"
+            )
+        );
+        assert_eq!(
+            err(&sel("{key: a, operator: NotIn}")),
+            format!("cgu.yaml doc 1: {field}.values: must not be empty for operator NotIn")
+        );
+        assert_eq!(
+            err(&sel("{key: a, operator: Exists, values: [x]}")),
+            format!("cgu.yaml doc 1: {field}.values: must be empty for operator Exists")
+        );
+        assert!(load_yaml_str("cgu.yaml", &sel("{key: a, operator: DoesNotExist}")).is_ok());
+    }
+
+    #[test]
+    fn negative_max_concurrency_is_refused() {
+        let text = CGU.replace("maxConcurrency: 1", "maxConcurrency: -1");
+        assert_eq!(
+            err(&text),
+            "cgu.yaml doc 1: spec.remediationStrategy.maxConcurrency: must be 0 (one batch with every cluster) or more, not -1"
+        );
+        assert!(
+            load_yaml_str(
+                "cgu.yaml",
+                &CGU.replace("maxConcurrency: 1", "maxConcurrency: 0")
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn managed_policies_listed_twice_are_refused() {
+        let text = CGU.replace(
+            "  clusters: [spoke1]\n",
+            "  clusters: [spoke1]\n  managedPolicies: [p1, p2, p1]\n",
+        );
+        assert_eq!(
+            err(&text),
+            "cgu.yaml doc 1: spec.managedPolicies[2]: \"p1\" is listed more than once"
+        );
+    }
+
+    #[test]
+    fn object_names_are_checked_as_the_api_server_does() {
+        let policy = "apiVersion: policy.open-cluster-management.io/v1\nkind: Policy\nmetadata:\n  name: Bad_Name\n  namespace: default\nspec: {remediationAction: inform, policy-templates: []}\n";
+        assert_eq!(
+            err(policy),
+            "cgu.yaml doc 1: metadata.name: \"Bad_Name\" is not a valid name: a lower-case DNS-1123 subdomain (a-z, 0-9, '-' and '.', starting and ending with a letter or digit, at most 253 characters)"
+        );
+        let long = format!("{}\n", "a".repeat(254));
+        assert!(err(&CGU.replace("cgu-1\n", &long)).contains("at most 253 characters"));
+        let ns = CGU.replace("name: cgu-1\n", "name: cgu-1\n  namespace: Not.A.Label\n");
+        assert_eq!(
+            err(&ns),
+            "cgu.yaml doc 1: metadata.namespace: \"Not.A.Label\" is not a valid namespace: a lower-case DNS-1123 label (a-z, 0-9 and '-', starting and ending with a letter or digit, at most 63 characters)"
+        );
+        // Kinds the engine does not read are carried through unchecked.
+        let role = "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: \"system:x\"}\n";
+        assert!(load_yaml_str("in.yaml", role).is_ok());
     }
 }

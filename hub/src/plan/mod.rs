@@ -138,18 +138,78 @@ where
     Ok(settled)
 }
 
-/// Parses `--now` (RFC 3339), defaulting to the wall-clock time read by the entry point.
+/// The earliest `--now`: the first second of year 1 (RFC 3339 has four-digit years).
+const EARLIEST_NOW: &str = "0001-01-01T00:00:00Z";
+
+/// The latest `--now`: the last whole second talm (jiff) can represent.
+const LATEST_NOW: &str = "9999-12-30T22:00:00Z";
+
+/// Parses `--now` (RFC 3339), defaulting to the wall-clock time read by the entry point. The
+/// UTC offset must be `Z` or `±HH:MM` within ±23:59 (RFC 3339's; jiff alone accepts up to
+/// ±25:59:59), and the time between [`EARLIEST_NOW`] and [`LATEST_NOW`].
 pub fn parse_now(value: Option<&str>, wall_clock: Timestamp) -> Result<Timestamp, Error> {
     let Some(value) = value else {
         return Ok(wall_clock);
     };
-    value.trim().parse::<Timestamp>().map_err(|e| Error::Usage {
+    let usage = |message: String| Error::Usage {
         flag: "--now",
-        message: format!(
+        message,
+    };
+    let text = value.trim();
+    // The fields as written, before any conversion to an instant.
+    let pieces = jiff::fmt::temporal::Pieces::parse(text).ok();
+    let offset = pieces
+        .as_ref()
+        .filter(|p| p.time().is_some())
+        .and_then(|p| p.offset())
+        .map(|o| o.to_numeric_offset().seconds());
+    if offset_out_of_range(text)
+        || offset.is_some_and(|s| s.abs() > 23 * 3600 + 59 * 60 || s % 60 != 0)
+    {
+        return Err(usage(format!(
+            "{value:?}: the UTC offset must be Z or +HH:MM/-HH:MM with HH at most 23 and MM at most 59"
+        )));
+    }
+    let earliest: Timestamp = EARLIEST_NOW.parse().unwrap_or(Timestamp::MIN);
+    let latest: Timestamp = LATEST_NOW.parse().unwrap_or(Timestamp::MAX);
+    let out_of_range = || {
+        usage(format!(
+            "{value:?} is out of range: use a time from {EARLIEST_NOW} to {LATEST_NOW}"
+        ))
+    };
+    match text.parse::<Timestamp>() {
+        Ok(t) if t < earliest || t > latest => Err(out_of_range()),
+        Ok(t) => Ok(t),
+        // Date, time and offset are well-formed: the instant is beyond what jiff represents.
+        Err(_) if offset.is_some() => Err(out_of_range()),
+        Err(e) => Err(usage(format!(
             "{value:?} is not an RFC 3339 time such as 2026-01-01T10:00:00Z ({})",
             e.to_string().replace('\n', " ")
-        ),
-    })
+        ))),
+    }
+}
+
+/// True when `text` ends in a `±HH:MM` offset with HH over 23 or MM over 59 (which jiff
+/// refuses with its own message when MM is over 59).
+fn offset_out_of_range(text: &str) -> bool {
+    let b = text.as_bytes();
+    let Some(tail) = b.len().checked_sub(6).and_then(|i| b.get(i..)) else {
+        return false;
+    };
+    let digit = |i: usize| tail.get(i).filter(|c| c.is_ascii_digit()).map(|c| c - b'0');
+    match (
+        tail.first(),
+        digit(1),
+        digit(2),
+        tail.get(3),
+        digit(4),
+        digit(5),
+    ) {
+        (Some(b'+' | b'-'), Some(h1), Some(h2), Some(b':'), Some(m1), Some(m2)) => {
+            h1 * 10 + h2 > 23 || m1 * 10 + m2 > 59
+        }
+        _ => false,
+    }
 }
 
 /// Runs `talm-hub plan`.
@@ -428,6 +488,40 @@ mod tests {
             );
             assert!(!text.contains('\n'));
         }
+    }
+
+    /// Issue 14 item 12: offsets beyond ±23:59 and times talm cannot represent are refused,
+    /// saying what is allowed.
+    #[test]
+    fn now_offsets_and_range_are_checked() {
+        let wall = now();
+        for bad in [
+            "2026-01-01T00:00:00+25:00",
+            "2026-01-01T00:00:00+24:00",
+            "2026-01-01T00:00:00-23:60",
+        ] {
+            let e = parse_now(Some(bad), wall).unwrap_err();
+            assert_eq!(e.exit_code(), 2);
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "--now: {bad:?}: the UTC offset must be Z or +HH:MM/-HH:MM with HH at most 23 and MM at most 59"
+                )
+            );
+        }
+        assert!(parse_now(Some("2026-01-01T00:00:00-23:59"), wall).is_ok());
+        for bad in ["9999-12-31T23:59:59Z", "0000-12-31T23:59:59Z"] {
+            let e = parse_now(Some(bad), wall).unwrap_err();
+            assert_eq!(e.exit_code(), 2);
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "--now: {bad:?} is out of range: use a time from 0001-01-01T00:00:00Z to 9999-12-30T22:00:00Z"
+                )
+            );
+        }
+        assert!(parse_now(Some("9999-12-30T22:00:00Z"), wall).is_ok());
+        assert!(parse_now(Some("0001-01-01T00:00:00Z"), wall).is_ok());
     }
 
     /// A fake engine shaped like the real one, used by the output tests: plans one batch per

@@ -1,11 +1,13 @@
 //! API types: what talm owns ([`cgu`], [`precaching`], [`spokeagent`]) and typed views of the
-//! RHACM objects it reads and writes ([`rhacm`]).
+//! RHACM objects it reads and writes ([`rhacm`]), and the API server's checks of names and
+//! label selectors ([`checks`]).
 //!
 //! Every type serialises in the camelCase JSON shape of the real API, so objects read from
 //! `oc get -o yaml` round-trip. talm-owned specs reject unknown fields (a typo in a CGU is an
 //! error, not a silent no-op); views of foreign objects ignore what they do not need.
 
 pub mod cgu;
+pub mod checks;
 pub mod precaching;
 pub mod rhacm;
 pub mod spokeagent;

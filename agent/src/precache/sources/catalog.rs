@@ -194,9 +194,11 @@ fn parse_file<R: Read>(reader: R, yaml: bool) -> Result<FileData, String> {
         BufReader::new(reader)
             .read_to_string(&mut text)
             .map_err(|e| format!("reading: {e}"))?;
-        let docs: Vec<Value> =
-            serde_saphyr::from_multiple_with_options(&text, talm_shared::yaml::options())
-                .map_err(|e| format!("invalid YAML: {e}"))?;
+        // Bounded alias expansion: an index image is untrusted input.
+        let docs = talm_shared::yaml::from_multiple(&text).map_err(|e| match e {
+            talm_shared::yaml::DocError::Syntax(m) => format!("invalid YAML: {m}"),
+            other => other.to_string(),
+        })?;
         let mut index = 0;
         for doc in docs {
             if doc.is_null() {
@@ -938,6 +940,18 @@ relatedImages:
         let upper = Layer::new().file("database/.wh.index.db", b"").tar();
         let err = build(&[lower, upper], DEFAULT_CONFIGS_DIR).unwrap_err();
         assert!(matches!(err, SourceError::NoCatalog { .. }), "{err:?}");
+    }
+
+    /// Issue 14 item 5: a catalog's YAML is read with the shared alias-expansion budget.
+    #[test]
+    fn yaml_alias_bombs_are_refused() {
+        let big = "x".repeat(256 * 1024);
+        let mut text = format!("schema: olm.package\nname: a\ndescription: &s {big}\nicon:\n");
+        for _ in 0..99 {
+            text.push_str("- *s\n");
+        }
+        let err = parse_file(text.as_bytes(), true).map(|_| ()).unwrap_err();
+        assert!(err.contains("aliases expand the document beyond"), "{err}");
     }
 
     #[test]
