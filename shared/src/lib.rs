@@ -3,6 +3,8 @@
 //! - [`api`]: the API types talm owns (`ClusterGroupUpgrade`, `PreCachingConfig`, `SpokeAgent`)
 //!   and typed views of the RHACM objects the hub reads and writes.
 //! - [`hex`]: lower-case hex encoding.
+//! - [`task_state`]: the state of an agent task, under TALM's names, for the engine, the
+//!   gateway and the agent.
 //! - With the `runtime` feature, helpers for the two daemons: [`tls`] (rustls/ring, TLS 1.3,
 //!   certificate identity), [`pki`] (rcgen CAs, CSRs, signing), [`fsutil`] (atomic durable
 //!   writes), [`clock`] (the clock seam and a manual test clock) and [`telemetry`] (the logging
@@ -23,6 +25,7 @@ pub mod fsutil;
 pub mod hex;
 #[cfg(feature = "runtime")]
 pub mod pki;
+pub mod task_state;
 #[cfg(feature = "runtime")]
 pub mod telemetry;
 #[cfg(feature = "runtime")]

@@ -21,6 +21,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use talm_shared::task_state::TaskState;
+
 use crate::host::archive::{
     ArchiveError, ArchiveWriter, Compression, FileDigest, Stop, digest_file,
 };
@@ -248,12 +250,14 @@ fn is_enospc(e: &ArchiveError) -> bool {
 }
 
 impl BackupError {
-    /// The TALM backup state this failure maps to (`BackupTimeout` or `UnrecoverableError`).
+    /// The name of the TALM backup state this failure maps to (`BackupTimeout` or
+    /// `UnrecoverableError`).
     pub fn talm_state(&self) -> &'static str {
         match self {
-            BackupError::Deadline { .. } => "BackupTimeout",
-            _ => "UnrecoverableError",
+            BackupError::Deadline { .. } => TaskState::BackupTimeout,
+            _ => TaskState::UnrecoverableError,
         }
+        .as_str()
     }
 }
 

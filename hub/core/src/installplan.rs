@@ -35,10 +35,10 @@ use talm_shared::api::rhacm::{
     ManagedClusterViewSpec, ViewScope,
 };
 use talm_shared::api::spokeagent::{InstallPlanTask, SpokeAgent, SubscriptionTarget};
+use talm_shared::task_state::TaskState;
 
 use crate::decision::{TaskChange, Write};
-use crate::names;
-use crate::reconcile::labels;
+use crate::names::{self, labels};
 use crate::snapshot::Snapshot;
 
 /// Scope resource of Subscription views.
@@ -287,7 +287,10 @@ pub fn agent_task_id(cgu: &ClusterGroupUpgrade, policy: &str) -> String {
 /// Agent states after which the engine stops relying on the agent for this task id and uses
 /// views and actions instead.
 fn agent_gave_up(state: &str) -> bool {
-    matches!(state, "UnrecoverableError" | "TimedOut" | "Cancelled")
+    matches!(
+        TaskState::from_name(state),
+        Some(TaskState::UnrecoverableError | TaskState::TimedOut | TaskState::Cancelled)
+    )
 }
 
 /// Whether the agent approves InstallPlans for this CGU's task `id`: the agent is connected,

@@ -22,6 +22,7 @@ pub mod events;
 pub mod graph;
 pub mod installplan;
 pub mod names;
+pub mod patch;
 pub mod plan;
 pub mod precache;
 pub mod reconcile;

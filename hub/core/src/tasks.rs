@@ -11,21 +11,9 @@ use jiff::{SignedDuration, Timestamp};
 use talm_shared::api::Time;
 use talm_shared::api::cgu::{ClusterGroupUpgrade, PrecachingSpec};
 use talm_shared::api::spokeagent::{BackupTask, PrecacheTask, SpokeAgent, TaskReport};
+use talm_shared::task_state::TaskState;
 
 use crate::decision::{TaskChange, Write};
-
-/// Pre-cache and backup state names.
-pub mod states {
-    #![allow(missing_docs)]
-    pub const NOT_STARTED: &str = "NotStarted";
-    pub const PREPARING_TO_START: &str = "PreparingToStart";
-    pub const STARTING: &str = "Starting";
-    pub const ACTIVE: &str = "Active";
-    pub const SUCCEEDED: &str = "Succeeded";
-    pub const PRECACHE_TIMEOUT: &str = "PrecacheTimeout";
-    pub const BACKUP_TIMEOUT: &str = "BackupTimeout";
-    pub const UNRECOVERABLE_ERROR: &str = "UnrecoverableError";
-}
 
 /// The backup job deadline TALM uses (seconds).
 pub const BACKUP_DEADLINE_SECS: i64 = 480;
@@ -42,10 +30,10 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn timeout_state(self) -> &'static str {
+    fn timeout_state(self) -> TaskState {
         match self {
-            Kind::Precache => states::PRECACHE_TIMEOUT,
-            Kind::Backup => states::BACKUP_TIMEOUT,
+            Kind::Precache => TaskState::PrecacheTimeout,
+            Kind::Backup => TaskState::BackupTimeout,
         }
     }
     fn name(self) -> &'static str {
@@ -56,15 +44,11 @@ impl Kind {
     }
 }
 
-/// True for `Succeeded`, the timeouts and `UnrecoverableError`.
-pub fn is_final(state: &str) -> bool {
-    matches!(
-        state,
-        states::SUCCEEDED
-            | states::PRECACHE_TIMEOUT
-            | states::BACKUP_TIMEOUT
-            | states::UNRECOVERABLE_ERROR
-    )
+/// The state recorded for a cluster in the CGU status. A name talm does not know (only a hand
+/// edit writes one) counts as `PreparingToStart`: not final, so the task is assigned again if
+/// the agent lacks it and the agent's report is followed.
+pub fn recorded_state(name: &str) -> TaskState {
+    TaskState::from_name(name).unwrap_or(TaskState::PreparingToStart)
 }
 
 /// The task id: unique per CGU (by uid, so a re-created CGU gets new tasks) and task kind.
@@ -89,7 +73,7 @@ pub struct ClusterInput<'a> {
     /// Cluster name (also its namespace).
     pub cluster: &'a str,
     /// State recorded in the CGU status, if any.
-    pub state: Option<&'a str>,
+    pub state: Option<TaskState>,
     /// The cluster's SpokeAgent, if it exists.
     pub agent: Option<&'a SpokeAgent>,
     /// Whether the ManagedCluster is Available.
@@ -114,7 +98,7 @@ pub fn step(
     input: ClusterInput<'_>,
     new_task: &NewTask<'_>,
     now: Timestamp,
-) -> (String, Option<Write>) {
+) -> (TaskState, Option<Write>) {
     let assign = || -> Write {
         let (precache, backup) = match new_task {
             NewTask::Precache(spec, timeout_min) => (
@@ -148,10 +132,10 @@ pub fn step(
         }
     };
     let current = match input.state {
-        None | Some(states::NOT_STARTED) => {
-            return (states::PREPARING_TO_START.to_string(), Some(assign()));
+        None | Some(TaskState::NotStarted) => {
+            return (TaskState::PreparingToStart, Some(assign()));
         }
-        Some(s) if is_final(s) => return (s.to_string(), None),
+        Some(s) if s.is_final() => return (s, None),
         Some(s) => s,
     };
     let spec_task: Option<(&str, Time)> = input.agent.and_then(|a| match kind {
@@ -169,10 +153,10 @@ pub fn step(
     let assigned = spec_task.as_ref().is_some_and(|(tid, _)| *tid == id);
     if !assigned {
         if input.enabled && !input.available {
-            return (states::UNRECOVERABLE_ERROR.to_string(), None);
+            return (TaskState::UnrecoverableError, None);
         }
         // The SpokeAgent is missing or lost the task: assign it again, keep the state.
-        return (current.to_string(), Some(assign()));
+        return (current, Some(assign()));
     }
     let report: Option<&TaskReport> = input.agent.and_then(|a| {
         a.status.as_ref().and_then(|s| match kind {
@@ -180,25 +164,28 @@ pub fn step(
             Kind::Backup => s.backup.as_ref(),
         })
     });
-    let mut state = current.to_string();
+    let mut state = current;
     if let Some(r) = report.filter(|r| r.id == id) {
-        match r.state.as_str() {
-            states::STARTING | states::ACTIVE | states::SUCCEEDED | states::UNRECOVERABLE_ERROR => {
-                state = r.state.clone();
-            }
-            s if s == kind.timeout_state() => state = r.state.clone(),
-            // NotStarted/PreparingToStart from the agent, or a state this hub does not know:
-            // keep what we have.
+        match TaskState::from_name(&r.state) {
+            Some(
+                s @ (TaskState::Starting
+                | TaskState::Active
+                | TaskState::Succeeded
+                | TaskState::UnrecoverableError),
+            ) => state = s,
+            Some(s) if s == kind.timeout_state() => state = s,
+            // NotStarted/PreparingToStart from the agent, another task kind's state, or a state
+            // this hub does not know: keep what we have.
             _ => {}
         }
     }
-    if !is_final(&state) {
+    if !state.is_final() {
         if input.enabled && !input.available {
-            state = states::UNRECOVERABLE_ERROR.to_string();
+            state = TaskState::UnrecoverableError;
         } else if let Some((_, deadline)) = spec_task
             && now > deadline.0
         {
-            state = kind.timeout_state().to_string();
+            state = kind.timeout_state();
         }
     }
     (state, None)
@@ -275,7 +262,7 @@ mod tests {
     }
 
     fn input<'a>(
-        state: Option<&'a str>,
+        state: Option<TaskState>,
         agent: Option<&'a SpokeAgent>,
         available: bool,
         enabled: bool,
@@ -300,7 +287,7 @@ mod tests {
             &nt,
             now(),
         );
-        assert_eq!(s, "PreparingToStart");
+        assert_eq!(s, TaskState::PreparingToStart);
         let Some(Write::SetSpokeAgentTasks {
             precache: Some(TaskChange::Assign(t)),
             ..
@@ -315,31 +302,36 @@ mod tests {
         let (s, w) = step(
             Kind::Precache,
             "id1",
-            input(Some("PreparingToStart"), Some(&stale), true, false),
+            input(Some(TaskState::PreparingToStart), Some(&stale), true, false),
             &nt,
             now(),
         );
-        assert_eq!((s.as_str(), w), ("PreparingToStart", None));
+        assert_eq!((s, w), (TaskState::PreparingToStart, None));
 
         let active = agent(Some("id1"), Some(("id1", "Active")), later);
         let (s, _) = step(
             Kind::Precache,
             "id1",
-            input(Some("PreparingToStart"), Some(&active), true, false),
+            input(
+                Some(TaskState::PreparingToStart),
+                Some(&active),
+                true,
+                false,
+            ),
             &nt,
             now(),
         );
-        assert_eq!(s, "Active");
+        assert_eq!(s, TaskState::Active);
 
         let done = agent(Some("id1"), Some(("id1", "Succeeded")), later);
         let (s, _) = step(
             Kind::Precache,
             "id1",
-            input(Some("Active"), Some(&done), true, true),
+            input(Some(TaskState::Active), Some(&done), true, true),
             &nt,
             now(),
         );
-        assert_eq!(s, "Succeeded");
+        assert_eq!(s, TaskState::Succeeded);
     }
 
     #[test]
@@ -354,19 +346,19 @@ mod tests {
         let (s, _) = step(
             Kind::Precache,
             "id1",
-            input(Some("Active"), Some(&a), false, false),
+            input(Some(TaskState::Active), Some(&a), false, false),
             &nt,
             now(),
         );
-        assert_eq!(s, "Active");
+        assert_eq!(s, TaskState::Active);
         let (s, _) = step(
             Kind::Precache,
             "id1",
-            input(Some("Active"), Some(&a), false, true),
+            input(Some(TaskState::Active), Some(&a), false, true),
             &nt,
             now(),
         );
-        assert_eq!(s, "UnrecoverableError");
+        assert_eq!(s, TaskState::UnrecoverableError);
     }
 
     #[test]
@@ -376,20 +368,20 @@ mod tests {
         let (s, w) = step(
             Kind::Precache,
             "id1",
-            input(Some("PreparingToStart"), None, false, false),
+            input(Some(TaskState::PreparingToStart), None, false, false),
             &nt,
             now(),
         );
-        assert_eq!(s, "PreparingToStart");
+        assert_eq!(s, TaskState::PreparingToStart);
         assert!(w.is_some(), "re-assigned while not enabled");
         let (s, w) = step(
             Kind::Precache,
             "id1",
-            input(Some("PreparingToStart"), None, false, true),
+            input(Some(TaskState::PreparingToStart), None, false, true),
             &nt,
             now(),
         );
-        assert_eq!((s.as_str(), w), ("UnrecoverableError", None));
+        assert_eq!((s, w), (TaskState::UnrecoverableError, None));
     }
 
     #[test]
@@ -400,27 +392,75 @@ mod tests {
         let (s, _) = step(
             Kind::Precache,
             "id1",
-            input(Some("Starting"), Some(&a), true, true),
+            input(Some(TaskState::Starting), Some(&a), true, true),
             &nt,
             now(),
         );
-        assert_eq!(s, "PrecacheTimeout");
+        assert_eq!(s, TaskState::PrecacheTimeout);
         let (s, w) = step(
             Kind::Precache,
             "id1",
-            input(Some("Starting"), None, true, true),
+            input(Some(TaskState::Starting), None, true, true),
             &nt,
             now(),
         );
-        assert_eq!(s, "Starting");
+        assert_eq!(s, TaskState::Starting);
         assert!(w.is_some());
         let (s, w) = step(
             Kind::Precache,
             "id1",
-            input(Some("UnrecoverableError"), None, true, true),
+            input(Some(TaskState::UnrecoverableError), None, true, true),
             &nt,
             now(),
         );
-        assert_eq!((s.as_str(), w), ("UnrecoverableError", None));
+        assert_eq!((s, w), (TaskState::UnrecoverableError, None));
+    }
+
+    #[test]
+    fn unknown_recorded_state_is_followed_like_preparing_to_start() {
+        assert_eq!(recorded_state("Succeeded"), TaskState::Succeeded);
+        assert_eq!(
+            recorded_state("edited-by-hand"),
+            TaskState::PreparingToStart
+        );
+        let spec = PrecachingSpec::default();
+        let nt = NewTask::Precache(&spec, 240);
+        let a = agent(
+            Some("id1"),
+            Some(("id1", "Active")),
+            now() + SignedDuration::from_mins(10),
+        );
+        let (s, w) = step(
+            Kind::Precache,
+            "id1",
+            input(Some(recorded_state("edited-by-hand")), Some(&a), true, true),
+            &nt,
+            now(),
+        );
+        assert_eq!((s, w), (TaskState::Active, None));
+    }
+
+    #[test]
+    fn reports_of_other_kinds_states_are_ignored() {
+        let spec = PrecachingSpec::default();
+        let nt = NewTask::Precache(&spec, 240);
+        let later = now() + SignedDuration::from_mins(10);
+        for reported in [
+            "BackupTimeout",
+            "TimedOut",
+            "Cancelled",
+            "PreparingToStart",
+            "?",
+        ] {
+            let a = agent(Some("id1"), Some(("id1", reported)), later);
+            let (s, _) = step(
+                Kind::Precache,
+                "id1",
+                input(Some(TaskState::Starting), Some(&a), true, true),
+                &nt,
+                now(),
+            );
+            assert_eq!(s, TaskState::Starting, "{reported}");
+        }
     }
 }

@@ -10,10 +10,11 @@ use talm_proto::v1::{self, HubMessage, TaskKind, TaskOutcome, task_report};
 use talm_shared::api::Time;
 use talm_shared::api::spokeagent::{SpokeAgentSpec, SpokeAgentStatus, TaskReport};
 use talm_shared::clock::rfc3339;
+use talm_shared::task_state::TaskState;
 use tokio::sync::{mpsc, watch};
 use tonic::{Code, Status};
 
-use crate::tasks::{self, Slot, states};
+use crate::tasks::{self, Slot};
 
 /// How the gateway reaches a live session.
 #[derive(Clone, Debug)]
@@ -58,8 +59,9 @@ pub struct TaskView {
     pub id: String,
     /// Kind (`check-space`, `precache`, `backup`), when known.
     pub kind: String,
-    /// TALM state name.
-    pub state: String,
+    /// The task's state; `None` until the agent reports or a persisted state is seeded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<TaskState>,
     /// Detail.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub message: String,
@@ -244,7 +246,7 @@ impl Registry {
                 a.tasks.entry(r.id.clone()).or_insert(TaskView {
                     id: r.id.clone(),
                     kind: kind.display_name().into(),
-                    state: r.state.clone(),
+                    state: TaskState::from_name(&r.state),
                     message: r.message.clone(),
                     progress: None,
                     updated_at: a.status_last_seen.map(rfc3339).unwrap_or_default(),
@@ -331,25 +333,27 @@ impl Registry {
             .or_insert_with(|| TaskView {
                 id: r.task_id.clone(),
                 kind: String::new(),
-                state: String::new(),
+                state: None,
                 message: String::new(),
                 progress: None,
                 updated_at: String::new(),
                 wire_kind: TaskKind::Unspecified,
             });
-        let before = t.state.clone();
+        let before = t.state;
         match &r.body {
             Some(task_report::Body::Accepted(acc)) => {
                 let kind = TaskKind::try_from(acc.kind).unwrap_or(TaskKind::Unspecified);
                 t.wire_kind = kind;
                 t.kind = kind.display_name().into();
-                if t.state.is_empty() || !tasks::is_final(&t.state) && t.state != states::ACTIVE {
-                    t.state = states::STARTING.into();
+                if t.state
+                    .is_none_or(|s| !s.is_final() && s != TaskState::Active)
+                {
+                    t.state = Some(TaskState::Starting);
                 }
                 a.agent_active.insert(r.task_id.clone());
             }
-            Some(task_report::Body::Progress(p)) if !tasks::is_final(&t.state) => {
-                t.state = states::ACTIVE.into();
+            Some(task_report::Body::Progress(p)) if !is_final(t) => {
+                t.state = Some(TaskState::Active);
                 t.progress = Some(ProgressView {
                     message: p.message.clone(),
                     done: p.done,
@@ -359,7 +363,7 @@ impl Registry {
             Some(task_report::Body::Progress(_)) => {}
             Some(task_report::Body::Result(res)) => {
                 let outcome = TaskOutcome::try_from(res.outcome).unwrap_or(TaskOutcome::Failed);
-                t.state = tasks::result_state(t.wire_kind, outcome).into();
+                t.state = Some(tasks::result_state(t.wire_kind, outcome));
                 t.message = res.message.clone();
                 t.progress = None;
                 a.agent_active.remove(&r.task_id);
@@ -382,7 +386,7 @@ impl Registry {
         let t = a.tasks.entry(id.to_string()).or_insert_with(|| TaskView {
             id: id.to_string(),
             kind: String::new(),
-            state: String::new(),
+            state: None,
             message: String::new(),
             progress: None,
             updated_at: String::new(),
@@ -397,7 +401,7 @@ impl Registry {
         self.lock()
             .get(cluster)
             .and_then(|a| a.tasks.get(id))
-            .is_some_and(|t| tasks::is_final(&t.state))
+            .is_some_and(is_final)
     }
 
     /// Assignments and cancellations needed to bring a live session in line with `spec`:
@@ -419,10 +423,7 @@ impl Registry {
             .filter(|d| {
                 !a.assigned.contains(&d.id)
                     && !agent_finished.contains(&d.id)
-                    && !a
-                        .tasks
-                        .get(&d.id)
-                        .is_some_and(|t| tasks::is_final(&t.state))
+                    && !a.tasks.get(&d.id).is_some_and(is_final)
             })
             .cloned()
             .collect();
@@ -431,7 +432,7 @@ impl Registry {
             .iter()
             .chain(a.assigned.iter())
             .filter(|id| !desired.iter().any(|d| &d.id == *id))
-            .filter(|id| !a.tasks.get(*id).is_some_and(|t| tasks::is_final(&t.state)))
+            .filter(|id| !a.tasks.get(*id).is_some_and(is_final))
             .cloned()
             .collect::<HashSet<_>>()
             .into_iter()
@@ -469,12 +470,12 @@ impl Registry {
             ..Default::default()
         };
         for d in spec.map(tasks::desired).unwrap_or_default() {
-            let Some(t) = a.tasks.get(&d.id).filter(|t| !t.state.is_empty()) else {
+            let Some((t, state)) = a.tasks.get(&d.id).and_then(|t| Some((t, t.state?))) else {
                 continue;
             };
             let rep = Some(TaskReport {
                 id: t.id.clone(),
-                state: t.state.clone(),
+                state: state.as_str().into(),
                 message: t.message.clone(),
             });
             match d.slot {
@@ -521,8 +522,8 @@ impl Registry {
         let mut progress = Vec::new();
         for (c, a) in map.iter() {
             for t in a.tasks.values() {
-                if !t.state.is_empty() {
-                    *by_state.entry(t.state.clone()).or_insert(0) += 1;
+                if let Some(s) = t.state {
+                    *by_state.entry(s.as_str().to_string()).or_insert(0) += 1;
                 }
                 if let Some(p) = &t.progress
                     && p.total > 0
@@ -533,6 +534,11 @@ impl Registry {
         }
         (by_state, progress)
     }
+}
+
+/// Whether the task is known to be in a final state.
+fn is_final(t: &TaskView) -> bool {
+    t.state.is_some_and(TaskState::is_final)
 }
 
 fn view_of(cluster: &str, a: &AgentState) -> AgentView {

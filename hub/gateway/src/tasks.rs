@@ -1,42 +1,9 @@
-//! SpokeAgent `spec` tasks → assignments, and agent reports → TALM state names
-//! (talm-behaviour.md §2.4: `Starting`, `Active`, `Succeeded`, `PrecacheTimeout`,
-//! `BackupTimeout`, `UnrecoverableError`).
+//! SpokeAgent `spec` tasks → assignments, and agent results → [`TaskState`]s, which the
+//! gateway writes to SpokeAgent status under TALM's names (docs/contract.md §2.4).
 
 use talm_proto::v1::{TaskKind, TaskOutcome};
 use talm_shared::api::spokeagent::SpokeAgentSpec;
-
-/// State names written to SpokeAgent status.
-pub mod states {
-    /// The agent accepted (journaled) the task.
-    pub const STARTING: &str = "Starting";
-    /// The agent reported progress.
-    pub const ACTIVE: &str = "Active";
-    /// Done.
-    pub const SUCCEEDED: &str = "Succeeded";
-    /// Pre-cache deadline passed.
-    pub const PRECACHE_TIMEOUT: &str = "PrecacheTimeout";
-    /// Backup deadline passed.
-    pub const BACKUP_TIMEOUT: &str = "BackupTimeout";
-    /// Check-space deadline passed.
-    pub const TIMED_OUT: &str = "TimedOut";
-    /// Failed or rejected; not retried.
-    pub const UNRECOVERABLE_ERROR: &str = "UnrecoverableError";
-    /// Cancelled by the hub (the task left the spec).
-    pub const CANCELLED: &str = "Cancelled";
-}
-
-/// True for states after which the task never changes.
-pub fn is_final(state: &str) -> bool {
-    matches!(
-        state,
-        states::SUCCEEDED
-            | states::PRECACHE_TIMEOUT
-            | states::BACKUP_TIMEOUT
-            | states::TIMED_OUT
-            | states::UNRECOVERABLE_ERROR
-            | states::CANCELLED
-    )
-}
+use talm_shared::task_state::TaskState;
 
 /// Which SpokeAgent slot a task lives in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -114,18 +81,18 @@ pub fn desired(spec: &SpokeAgentSpec) -> Vec<DesiredTask> {
     out
 }
 
-/// The state name for a result.
-pub fn result_state(kind: TaskKind, outcome: TaskOutcome) -> &'static str {
+/// The state of a task that ended with `outcome`: a timeout is named after the task kind.
+pub fn result_state(kind: TaskKind, outcome: TaskOutcome) -> TaskState {
     match outcome {
-        TaskOutcome::Succeeded => states::SUCCEEDED,
+        TaskOutcome::Succeeded => TaskState::Succeeded,
         TaskOutcome::TimedOut => match kind {
-            TaskKind::Precache => states::PRECACHE_TIMEOUT,
-            TaskKind::Backup => states::BACKUP_TIMEOUT,
-            _ => states::TIMED_OUT,
+            TaskKind::Precache => TaskState::PrecacheTimeout,
+            TaskKind::Backup => TaskState::BackupTimeout,
+            _ => TaskState::TimedOut,
         },
-        TaskOutcome::Cancelled => states::CANCELLED,
+        TaskOutcome::Cancelled => TaskState::Cancelled,
         TaskOutcome::Failed | TaskOutcome::Rejected | TaskOutcome::Unspecified => {
-            states::UNRECOVERABLE_ERROR
+            TaskState::UnrecoverableError
         }
     }
 }
@@ -158,13 +125,12 @@ mod tests {
         assert_eq!(d[1].deadline_unix, 2_000_000_000);
         assert_eq!(
             result_state(TaskKind::Backup, TaskOutcome::TimedOut),
-            "BackupTimeout"
+            TaskState::BackupTimeout
         );
         assert_eq!(
             result_state(TaskKind::Precache, TaskOutcome::Rejected),
-            "UnrecoverableError"
+            TaskState::UnrecoverableError
         );
-        assert!(is_final("Succeeded") && !is_final("Active"));
     }
 
     #[test]
@@ -191,11 +157,35 @@ mod tests {
         );
         assert_eq!(
             result_state(TaskKind::ApproveInstallPlans, TaskOutcome::TimedOut),
-            "TimedOut"
+            TaskState::TimedOut
         );
         assert_eq!(
             TaskKind::ApproveInstallPlans.display_name(),
             "approve-install-plans"
         );
+    }
+
+    #[test]
+    fn every_result_state_is_final() {
+        let kinds = [
+            TaskKind::Unspecified,
+            TaskKind::CheckSpace,
+            TaskKind::Precache,
+            TaskKind::Backup,
+            TaskKind::ApproveInstallPlans,
+        ];
+        let outcomes = [
+            TaskOutcome::Unspecified,
+            TaskOutcome::Succeeded,
+            TaskOutcome::Failed,
+            TaskOutcome::TimedOut,
+            TaskOutcome::Cancelled,
+            TaskOutcome::Rejected,
+        ];
+        for k in kinds {
+            for o in outcomes {
+                assert!(result_state(k, o).is_final(), "{k:?} {o:?}");
+            }
+        }
     }
 }

@@ -23,7 +23,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use talm_hub_core::Snapshot;
-use talm_hub_core::reconcile::labels;
+use talm_hub_core::names::labels;
 use talm_hub_core::snapshot::{PolicyChange, PolicyView};
 use talm_shared::api::cgu::ClusterGroupUpgrade;
 use talm_shared::api::precaching::PreCachingConfig;

@@ -19,7 +19,7 @@ use kube::core::{ObjectMeta, PartialObjectMetaExt};
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, watcher as watch_fn};
-use talm_hub_core::reconcile::labels;
+use talm_hub_core::names::labels;
 use talm_hub_core::snapshot::PolicyView;
 use talm_shared::api::cgu::{
     ClusterGroupUpgrade, ClusterGroupUpgradeSpec, ClusterGroupUpgradeStatus,

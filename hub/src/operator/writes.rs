@@ -2,11 +2,13 @@
 //! planner's in-memory application (`plan::apply`):
 //!
 //! 1. object writes, in order: Placement and PlacementBinding by server-side apply (field
-//!    manager `talm-hub`, forced); deletes (404 is success); ManagedCluster label/annotation
-//!    merge patches; SpokeAgent spec merge patch, or create when missing; ManagedClusterViews
+//!    manager `talm-hub`, forced); deletes (404 is success); the engine's merge patches
+//!    (`Write::merge_patch`) of ManagedCluster labels and annotations and of SpokeAgent task
+//!    slots, a missing SpokeAgent created when a task is assigned; ManagedClusterViews
 //!    by server-side apply and ManagedClusterActions by create (409 = already there) — these
 //!    two only log their failures, as TALM does, and the next reconcile retries;
-//! 2. the finalizer, by a merge patch of `metadata.finalizers` guarded by `resourceVersion`;
+//! 2. the finalizer list the engine gives (`FinalizerChange::apply`), by a merge patch of
+//!    `metadata.finalizers` guarded by `resourceVersion`;
 //! 3. the status, by a merge patch of `/status` holding only what changed (removed fields as
 //!    `null`), guarded by `resourceVersion`, so a stale decision fails with 409 instead of
 //!    overwriting newer progress;
@@ -14,7 +16,6 @@
 //!
 //! Every successful response is recorded in the [`Cache`](super::cache::Cache) (write-through).
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::StreamExt;
@@ -25,13 +26,13 @@ use k8s_openapi::api::events::v1::Event as K8sEvent;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Map, Value, json};
-use talm_hub_core::{Decision, Event, FinalizerChange, TaskChange, Write};
+use talm_hub_core::{Decision, Event, Write, names};
 use talm_shared::api::ObjectMeta;
-use talm_shared::api::cgu::{ClusterGroupUpgrade, ClusterGroupUpgradeStatus, FINALIZER};
+use talm_shared::api::cgu::{ClusterGroupUpgrade, ClusterGroupUpgradeStatus};
 use talm_shared::api::rhacm::{
     ManagedCluster, ManagedClusterAction, ManagedClusterView, Placement, PlacementBinding,
 };
-use talm_shared::api::spokeagent::{SpokeAgent, SpokeAgentSpec};
+use talm_shared::api::spokeagent::SpokeAgent;
 
 use super::Shared;
 use super::cache::Kind;
@@ -39,8 +40,6 @@ use super::error::{OperatorError, is_already_exists, is_conflict, is_not_found};
 
 /// The field manager of talm's server-side applies.
 pub const FIELD_MANAGER: &str = "talm-hub";
-/// `reportingController` of talm's events (TALM's value).
-pub const REPORTING_CONTROLLER: &str = "ClusterGroupUpgrade";
 
 /// The outcome of applying the CGU part of a decision.
 #[derive(Debug, PartialEq, Eq)]
@@ -125,18 +124,9 @@ async fn apply_write(shared: &Shared, write: &Write) -> Result<(), OperatorError
                 .cache_write()
                 .record_delete(Kind::PlacementBinding, namespace, name);
         }
-        Write::PatchManagedCluster {
-            name,
-            add_labels,
-            remove_labels,
-            add_annotations,
-            remove_annotations,
-        } => {
+        Write::PatchManagedCluster { name, .. } => {
             let api: Api<ManagedCluster> = Api::all(client);
-            let body = json!({"metadata": {
-                "labels": string_map_patch(add_labels, remove_labels),
-                "annotations": string_map_patch(add_annotations, remove_annotations),
-            }});
+            let body = merge_patch(write)?;
             match api
                 .patch(name, &PatchParams::default(), &Patch::Merge(&body))
                 .await
@@ -149,49 +139,24 @@ async fn apply_write(shared: &Shared, write: &Write) -> Result<(), OperatorError
             }
         }
         Write::SetSpokeAgentTasks {
-            namespace,
-            name,
-            precache,
-            backup,
-            install_plans,
+            namespace, name, ..
         } => {
             let api: Api<SpokeAgent> = Api::namespaced(client, namespace);
-            let mut spec = Map::new();
-            if let Some(v) = task_patch(precache.as_ref())? {
-                spec.insert("precache".into(), v);
-            }
-            if let Some(v) = task_patch(backup.as_ref())? {
-                spec.insert("backup".into(), v);
-            }
-            if let Some(v) = task_patch(install_plans.as_ref())? {
-                spec.insert("installPlans".into(), v);
-            }
-            let assigns = spec.values().any(|v| !v.is_null());
-            let body = json!({ "spec": spec });
+            let body = merge_patch(write)?;
             match api
                 .patch(name, &PatchParams::default(), &Patch::Merge(&body))
                 .await
             {
                 Ok(out) => shared.cache_write().record_write(out),
-                Err(e) if is_not_found(&e) && !assigns => {}
                 Err(e) if is_not_found(&e) => {
-                    let mut spec_obj = SpokeAgentSpec::default();
-                    if let Some(TaskChange::Assign(t)) = precache {
-                        spec_obj.precache = Some(t.clone());
+                    // Clearing the tasks of an agent that does not exist changes nothing.
+                    if let Some(agent) = write.spoke_agent_if_missing() {
+                        let out = api
+                            .create(&PostParams::default(), &agent)
+                            .await
+                            .map_err(api_err("create", "SpokeAgent", namespace, name))?;
+                        shared.cache_write().record_write(out);
                     }
-                    if let Some(TaskChange::Assign(t)) = backup {
-                        spec_obj.backup = Some(t.clone());
-                    }
-                    if let Some(TaskChange::Assign(t)) = install_plans {
-                        spec_obj.install_plans = Some(t.clone());
-                    }
-                    let mut agent = SpokeAgent::new(name, spec_obj);
-                    agent.metadata.namespace = Some(namespace.clone());
-                    let out = api
-                        .create(&PostParams::default(), &agent)
-                        .await
-                        .map_err(api_err("create", "SpokeAgent", namespace, name))?;
-                    shared.cache_write().record_write(out);
                 }
                 Err(e) => return Err(api_err("patch", "SpokeAgent", namespace, name)(e)),
             }
@@ -238,15 +203,13 @@ async fn apply_write(shared: &Shared, write: &Write) -> Result<(), OperatorError
     Ok(())
 }
 
-/// The merge-patch value of a task change: the task, `null` to clear, or nothing.
-fn task_patch<T: serde::Serialize>(
-    change: Option<&TaskChange<T>>,
-) -> Result<Option<Value>, OperatorError> {
-    Ok(match change {
-        None => None,
-        Some(TaskChange::Clear) => Some(Value::Null),
-        Some(TaskChange::Assign(t)) => Some(to_value("agent task", t)?),
-    })
+/// The write's merge patch ([`Write::merge_patch`]), for the writes that are patches.
+fn merge_patch(write: &Write) -> Result<Value, OperatorError> {
+    let patch = write.merge_patch().map_err(|e| OperatorError::Serialize {
+        what: e.what,
+        source: e.source,
+    })?;
+    Ok(patch.unwrap_or_else(|| Value::Object(Map::new())))
 }
 
 fn to_value<T: serde::Serialize>(what: &'static str, v: &T) -> Result<Value, OperatorError> {
@@ -277,19 +240,6 @@ where
         Err(e) if is_not_found(&e) => Ok(()),
         Err(e) => Err(api_err("delete", kind, ns, name)(e)),
     }
-}
-
-/// A merge-patch fragment for a string map: `add` entries set, `remove` keys `null` (removal
-/// wins over an add of the same key, as in the planner).
-fn string_map_patch(add: &BTreeMap<String, String>, remove: &[String]) -> Value {
-    let mut m: Map<String, Value> = add
-        .iter()
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-        .collect();
-    for k in remove {
-        m.insert(k.clone(), Value::Null);
-    }
-    Value::Object(m)
 }
 
 /// The JSON merge patch (RFC 7386) that turns `old` into `new`; `None` when they are equal.
@@ -334,22 +284,7 @@ pub async fn apply_cgu(
 
     // Finalizer.
     let current: Vec<String> = cgu.metadata.finalizers.clone().unwrap_or_default();
-    let present = current.iter().any(|f| f == FINALIZER);
-    let wanted: Option<Vec<String>> = match decision.finalizer {
-        FinalizerChange::Add if !present => {
-            let mut l = current.clone();
-            l.push(FINALIZER.into());
-            Some(l)
-        }
-        FinalizerChange::Remove if present => Some(
-            current
-                .iter()
-                .filter(|f| *f != FINALIZER)
-                .cloned()
-                .collect(),
-        ),
-        _ => None,
-    };
+    let wanted = decision.finalizer.apply(&current);
     if let Some(list) = wanted {
         let body = json!({"metadata": {"finalizers": list, "resourceVersion": rv}});
         match api
@@ -582,8 +517,7 @@ fn k8s_event(
     let seq = EVENT_SEQ.fetch_add(1, Ordering::Relaxed).to_string();
     let nanos = now.as_nanosecond().to_string();
     let uid = cgu.metadata.uid.clone().unwrap_or_default();
-    let h = crate::plan::store::fnv64(7, &[ns, name, &uid, &nanos, &seq, &shared.identity]);
-    let prefix: String = name.chars().take(236).collect();
+    let event_name = names::event_name(name, &[ns, name, &uid, &nanos, &seq, &shared.identity]);
     let r = &e.regarding;
     let regarding_uid = if !r.uid.is_empty() {
         Some(r.uid.clone())
@@ -600,13 +534,13 @@ fn k8s_event(
     };
     K8sEvent {
         metadata: ObjectMeta {
-            name: Some(format!("{prefix}.{h:016x}")),
+            name: Some(event_name),
             namespace: Some(ns.to_string()),
             annotations: (!e.annotations.is_empty()).then(|| e.annotations.clone()),
             ..Default::default()
         },
         event_time: Some(MicroTime(now)),
-        reporting_controller: Some(REPORTING_CONTROLLER.into()),
+        reporting_controller: Some(names::EVENT_REPORTING_CONTROLLER.into()),
         reporting_instance: Some(shared.identity.clone()),
         action: Some(e.action.clone()),
         reason: Some(e.reason.clone()),
@@ -689,12 +623,5 @@ mod tests {
             }
         }
         assert!(status_patch(&a, &a).unwrap().is_none());
-    }
-
-    #[test]
-    fn string_map_patch_removal_wins() {
-        let add = BTreeMap::from([("a".to_string(), "1".to_string())]);
-        let p = string_map_patch(&add, &["a".into(), "b".into()]);
-        assert_eq!(p, json!({"a": null, "b": null}));
     }
 }

@@ -1,17 +1,16 @@
 //! Applying one engine [`Decision`] to the in-memory objects, the way the operator applies it
 //! to the API server: object writes in order, then the CGU's status and finalizer, then the
-//! events (as `events.k8s.io/v1` Event objects).
-
-use std::collections::BTreeMap;
+//! events (as `events.k8s.io/v1` Event objects). What a ManagedCluster or SpokeAgent write and
+//! a finalizer change do comes from the engine (`talm_hub_core::patch`): the merge patches the
+//! operator sends are applied here with `json_patch::merge`.
 
 use jiff::Timestamp;
 use serde::Serialize;
-use serde_json::{Map, Value, json};
-use talm_hub_core::{Decision, Event, FinalizerChange, TaskChange, Write};
-use talm_shared::api::cgu::FINALIZER;
+use serde_json::{Map, Value};
+use talm_hub_core::{Decision, Event, Write, names};
 use talm_shared::api::rhacm::{Placement, PlacementBinding};
 
-use super::store::{CguKey, Kind, ObjectKey, Store, admit, edit_object, fnv64, k8s_micro_time};
+use super::store::{CguKey, Kind, ObjectKey, Store, admit, edit_object, k8s_micro_time};
 use crate::error::Error;
 
 /// What a write did to one object.
@@ -144,83 +143,54 @@ pub fn apply_write(
             store,
             ObjectKey::typed(Kind::PlacementBinding, "PlacementBinding", namespace, name),
         )),
-        Write::PatchManagedCluster {
-            name,
-            add_labels,
-            remove_labels,
-            add_annotations,
-            remove_annotations,
-        } => {
+        Write::PatchManagedCluster { name, .. } => {
             let key = ObjectKey::typed(Kind::ManagedCluster, "ManagedCluster", "", name);
             let Some(entry) = store.get(&key) else {
                 tracing::debug!(cluster = %name, "PatchManagedCluster: no such ManagedCluster; ignored");
                 return Ok(None);
             };
             let mut raw = entry.raw.clone();
+            let patch = merge_patch(&mut raw, write)?;
+            // A map the patch emptied (or created only to remove from) is dropped, as the
+            // planner always has: no `labels: {}` in its output.
             edit_object(&mut raw, "metadata", |meta| {
-                edit_string_map(meta, "labels", add_labels, remove_labels);
-                edit_string_map(meta, "annotations", add_annotations, remove_annotations);
+                for field in ["labels", "annotations"] {
+                    let patched = patch
+                        .as_ref()
+                        .and_then(|p| p.pointer(&format!("/metadata/{field}")))
+                        .is_some();
+                    if patched
+                        && meta
+                            .get(field)
+                            .and_then(Value::as_object)
+                            .is_some_and(Map::is_empty)
+                    {
+                        meta.remove(field);
+                    }
+                }
             });
             put(store, key, raw)
         }
         Write::SetSpokeAgentTasks {
-            namespace,
-            name,
-            precache,
-            backup,
-            install_plans,
+            namespace, name, ..
         } => {
             let key = ObjectKey::typed(Kind::SpokeAgent, "SpokeAgent", namespace, name);
-            let assigns = matches!(precache, Some(TaskChange::Assign(_)))
-                || matches!(backup, Some(TaskChange::Assign(_)))
-                || matches!(install_plans, Some(TaskChange::Assign(_)));
-            let mut raw = match store.get(&key) {
-                Some(entry) => entry.raw.clone(),
-                // Clearing tasks of an agent that does not exist changes nothing.
-                None if !assigns => return Ok(None),
+            let raw = match store.get(&key) {
+                Some(entry) => {
+                    let mut raw = entry.raw.clone();
+                    merge_patch(&mut raw, write)?;
+                    raw
+                }
                 None => {
-                    let mut raw = to_object(
-                        "SpokeAgent",
-                        &json!({
-                            "apiVersion": talm_shared::api::spokeagent::API_VERSION,
-                            "kind": "SpokeAgent",
-                            "metadata": {"name": name, "namespace": namespace},
-                            "spec": {},
-                        }),
-                    )?;
+                    // Clearing tasks of an agent that does not exist changes nothing.
+                    let Some(agent) = write.spoke_agent_if_missing() else {
+                        return Ok(None);
+                    };
+                    let mut raw = to_object("SpokeAgent", &agent)?;
                     admit(&key, &mut raw, now);
                     raw
                 }
             };
-            let precache = precache
-                .as_ref()
-                .map(|c| task_value("precache", c))
-                .transpose()?;
-            let backup = backup
-                .as_ref()
-                .map(|c| task_value("backup", c))
-                .transpose()?;
-            let install_plans = install_plans
-                .as_ref()
-                .map(|c| task_value("install-plans", c))
-                .transpose()?;
-            edit_object(&mut raw, "spec", |spec| {
-                for (field, change) in [
-                    ("precache", precache),
-                    ("backup", backup),
-                    ("installPlans", install_plans),
-                ] {
-                    match change {
-                        None => {}
-                        Some(None) => {
-                            spec.remove(field);
-                        }
-                        Some(Some(task)) => {
-                            spec.insert(field.into(), task);
-                        }
-                    }
-                }
-            });
             put(store, key, raw)
         }
         // Manual InstallPlan approval reads spoke objects through views that only a live hub
@@ -231,41 +201,20 @@ pub fn apply_write(
     }
 }
 
-/// `Some(task)` for an assignment, `None` for a clear.
-fn task_value<T: Serialize>(what: &str, change: &TaskChange<T>) -> Result<Option<Value>, Error> {
-    match change {
-        TaskChange::Clear => Ok(None),
-        TaskChange::Assign(task) => serde_json::to_value(task)
-            .map(Some)
-            .map_err(|e| Error::Internal(format!("serializing {what} task: {e}"))),
-    }
-}
-
-/// Sets `add` entries and removes `remove` keys in the string map `meta[field]`. A map that
-/// ends up empty is dropped; a map that would not change is not touched.
-fn edit_string_map(
-    meta: &mut Map<String, Value>,
-    field: &str,
-    add: &BTreeMap<String, String>,
-    remove: &[String],
-) {
-    let existing = meta.get(field).and_then(Value::as_object);
-    let has = |k: &str| existing.is_some_and(|m| m.contains_key(k));
-    if add.is_empty() && !remove.iter().any(|k| has(k)) {
-        return;
-    }
-    let now_empty = edit_object(meta, field, |map| {
-        for (k, v) in add {
-            map.insert(k.clone(), Value::String(v.clone()));
+/// Applies the write's merge patch ([`Write::merge_patch`]) to `raw`, as the API server would;
+/// returns the patch.
+fn merge_patch(raw: &mut Map<String, Value>, write: &Write) -> Result<Option<Value>, Error> {
+    let patch = write
+        .merge_patch()
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    if let Some(patch) = &patch {
+        let mut doc = Value::Object(std::mem::take(raw));
+        json_patch::merge(&mut doc, patch);
+        if let Value::Object(m) = doc {
+            *raw = m;
         }
-        for k in remove {
-            map.remove(k);
-        }
-        map.is_empty()
-    });
-    if now_empty {
-        meta.remove(field);
     }
+    Ok(patch)
 }
 
 /// Create-or-replace of an object talm owns (Placement, PlacementBinding): a new object gets a
@@ -348,22 +297,24 @@ fn apply_cgu(
         raw.insert("status".into(), status);
     }
     let (deleting, finalizers_left) = edit_object(&mut raw, "metadata", |meta| {
-        if decision.finalizer != FinalizerChange::None {
-            let mut list: Vec<Value> = meta
-                .get("finalizers")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            let present = list.iter().any(|f| f.as_str() == Some(FINALIZER));
-            match decision.finalizer {
-                FinalizerChange::Add if !present => list.push(Value::String(FINALIZER.into())),
-                FinalizerChange::Remove => list.retain(|f| f.as_str() != Some(FINALIZER)),
-                _ => {}
-            }
+        let current: Vec<String> = meta
+            .get("finalizers")
+            .and_then(Value::as_array)
+            .map(|l| {
+                l.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(list) = decision.finalizer.apply(&current) {
             if list.is_empty() {
                 meta.remove("finalizers");
             } else {
-                meta.insert("finalizers".into(), Value::Array(list));
+                meta.insert(
+                    "finalizers".into(),
+                    Value::Array(list.into_iter().map(Value::String).collect()),
+                );
             }
         }
         let deleting = meta.get("deletionTimestamp").is_some_and(|t| !t.is_null());
@@ -382,16 +333,16 @@ fn apply_cgu(
     Ok(())
 }
 
-/// Event names: `<cgu name>.<16 hex digits>`, unique in the store, deterministic for a given
-/// input and `now`.
+/// Event names ([`names::event_name`]), unique in the store, deterministic for a given input
+/// and `now`.
 fn event_name(store: &Store, cgu: &CguKey, now: Timestamp) -> String {
     let nanos = now.as_nanosecond().to_string();
-    // 253 (max name) - 17 (".<16 hex>").
-    let prefix: String = cgu.name.chars().take(236).collect();
     (0u64..)
         .map(|seq| {
-            let h = fnv64(3, &[&cgu.namespace, &cgu.name, &nanos, &seq.to_string()]);
-            format!("{prefix}.{h:016x}")
+            names::event_name(
+                &cgu.name,
+                &[&cgu.namespace, &cgu.name, &nanos, &seq.to_string()],
+            )
         })
         .find(|name| !store.has_event(&cgu.namespace, name))
         .unwrap_or_default()
@@ -436,7 +387,7 @@ fn event_object(store: &Store, cgu: &CguKey, event: &Event, now: Timestamp) -> M
     raw.insert("eventTime".into(), Value::String(k8s_micro_time(now)));
     raw.insert(
         "reportingController".into(),
-        Value::String("ClusterGroupUpgrade".into()),
+        Value::String(names::EVENT_REPORTING_CONTROLLER.into()),
     );
     raw.insert("reportingInstance".into(), Value::String("talm-hub".into()));
     raw.insert("action".into(), Value::String(event.action.clone()));
@@ -473,9 +424,11 @@ fn known_uid(
 mod tests {
     use std::collections::BTreeMap;
 
-    use talm_hub_core::{EventType, Notes, ObjectRef, Requeue};
+    use serde_json::json;
+    use talm_hub_core::{EventType, FinalizerChange, Notes, ObjectRef, Requeue, TaskChange};
     use talm_shared::api::ObjectMeta;
     use talm_shared::api::cgu::ClusterGroupUpgradeStatus;
+    use talm_shared::api::cgu::FINALIZER;
     use talm_shared::api::rhacm::{BindingOverrides, PlacementSpec, PlacementSubject, Toleration};
     use talm_shared::api::spokeagent::{
         BackupTask, InstallPlanTask, PrecacheTask, SubscriptionTarget,

@@ -10,6 +10,7 @@ use jiff::Timestamp;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use talm_hub_core::Snapshot;
+use talm_hub_core::names::fnv64;
 use talm_shared::api::cgu::ClusterGroupUpgrade;
 use talm_shared::api::precaching::PreCachingConfig;
 use talm_shared::api::rhacm::{ConfigMapView, ManagedCluster, Placement, PlacementBinding, Policy};
@@ -287,18 +288,6 @@ pub fn k8s_time(ts: Timestamp) -> String {
 /// Formats `ts` as a Kubernetes `metav1.MicroTime` (RFC 3339, microseconds, UTC).
 pub fn k8s_micro_time(ts: Timestamp) -> String {
     ts.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
-}
-
-/// 64-bit FNV-1a over the parts (separated so `("ab","c")` and `("a","bc")` differ).
-pub fn fnv64(seed: u64, parts: &[&str]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
-    for part in parts {
-        for b in part.bytes().chain(std::iter::once(0xff)) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    h
 }
 
 /// A deterministic UUID-shaped uid for an object that has none (what the API server would

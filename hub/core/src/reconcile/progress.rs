@@ -1,0 +1,601 @@
+//! Progress: batches, per-cluster policy progression and timeouts (docs/contract.md §3.4–§3.7,
+//! §3.10).
+//!
+//! Once started, the plan is frozen and worked through one batch at a time. Each cluster of the
+//! current batch walks the managed policies in order: policies that do not match it are skipped,
+//! compliant ones are passed (after an optional soak, `ran.openshift.io/soak-seconds`), and at
+//! the first non-compliant one the cluster is released into that policy's Placement, where it
+//! stays until the batch ends. A cluster past its last policy is complete: its after-completion
+//! actions run and its InstallPlan approvals are cleaned up. When every cluster of a batch is
+//! complete the Placements are emptied and the next batch starts; the last batch also waits for
+//! every earlier cluster to be compliant. Each non-last batch gets a share of the remaining
+//! global timeout: past it, a canary batch fails the CGU, and any other batch has its unfinished
+//! clusters marked `timedout` before the CGU aborts or continues (`batchTimeoutAction`). The
+//! global timeout ends the CGU whatever the batch. talm withdraws timed-out clusters from the
+//! Placements at once, where TALM leaves them enforced until the next batch completes.
+
+use std::collections::{BTreeMap, HashSet};
+
+use jiff::{SignedDuration, Timestamp};
+use talm_shared::api::Time;
+use talm_shared::api::cgu::{
+    ClusterRemediationProgress, ClusterState, ManagedPolicyForUpgrade, PolicyStatus,
+};
+
+use super::{BATCH_POLL, BATCH_POLL_SECS, Run, SOAK_POLL_SECS};
+use crate::conditions::{messages as msg, reasons, types};
+use crate::decision::Requeue;
+use crate::events;
+use crate::installplan;
+use crate::snapshot::Compliance;
+use crate::timeouts::{batch_timeout, global_timed_out};
+
+/// Policy annotation: seconds a policy must stay compliant before the cluster moves on.
+pub const SOAK_ANNOTATION: &str = "ran.openshift.io/soak-seconds";
+
+// Per-cluster states in `currentBatchRemediationProgress`.
+const IN_PROGRESS: &str = "InProgress";
+const NOT_STARTED: &str = "NotStarted";
+const COMPLETED: &str = "Completed";
+
+impl Run<'_> {
+    /// The in-progress path, once `Progressing` is True.
+    pub(super) fn in_progress(&mut self) {
+        // The plan is frozen once started: lend it out instead of cloning it (it is the largest
+        // part of the status at fleet scale).
+        let plan = self.status.remediation_plan.take().unwrap_or_default();
+        self.in_progress_with(&plan);
+        if !plan.is_empty() {
+            self.status.remediation_plan = Some(plan);
+        }
+    }
+
+    /// One pass of the in-progress path over the frozen `plan`.
+    fn in_progress_with(&mut self, plan: &[Vec<String>]) {
+        let policies = self.policies_for_upgrade();
+        if plan.is_empty() {
+            self.end(
+                reasons::COMPLETED,
+                true,
+                reasons::COMPLETED,
+                msg::ALL_COMPLIANT,
+            );
+            return;
+        }
+        let now = self.now;
+        let mut current = self
+            .status
+            .status
+            .as_ref()
+            .and_then(|s| s.current_batch)
+            .unwrap_or(0);
+        if current <= 0 {
+            current = 1;
+        }
+        let current = usize::try_from(current).unwrap_or(1).min(plan.len());
+        self.upgrade_status().current_batch = Some(i32::try_from(current).unwrap_or(i32::MAX));
+        let batch = plan[current - 1].clone();
+        if self
+            .status
+            .status
+            .as_ref()
+            .and_then(|s| s.current_batch_started_at.as_ref())
+            .is_none()
+        {
+            let progress: BTreeMap<String, ClusterRemediationProgress> = batch
+                .iter()
+                .map(|c| {
+                    (
+                        c.clone(),
+                        ClusterRemediationProgress {
+                            state: NOT_STARTED.into(),
+                            ..Default::default()
+                        },
+                    )
+                })
+                .collect();
+            let us = self.upgrade_status();
+            us.current_batch_remediation_progress = Some(progress);
+            us.current_batch_started_at = Some(Time(now));
+            self.events
+                .push(events::batch_started(self.cgu, current, &batch));
+        }
+        let batch_started = self
+            .status
+            .status
+            .as_ref()
+            .and_then(|s| s.current_batch_started_at.as_ref())
+            .map(|t| t.0)
+            .unwrap_or(now);
+        let started = self
+            .status
+            .status
+            .as_ref()
+            .and_then(|s| s.started_at.as_ref())
+            .map(|t| t.0)
+            .unwrap_or(now);
+        // Timestamps come from an editable status: all arithmetic on them is checked.
+        let wait = batch_started
+            .checked_add(BATCH_POLL)
+            .map(|next| next.duration_since(now).as_secs())
+            .unwrap_or(0);
+        self.requeue(Requeue::After(if wait > 0 {
+            wait.unsigned_abs()
+        } else {
+            BATCH_POLL_SECS
+        }));
+
+        let timeout = self.timeout_minutes();
+        if global_timed_out(timeout, started, now) {
+            let timed_out = self.time_out_batch(&batch, &policies);
+            if !timed_out.is_empty() {
+                self.events
+                    .push(events::batch_timed_out(self.cgu, current, &timed_out));
+            }
+            self.end(
+                reasons::TIMED_OUT,
+                false,
+                reasons::TIMED_OUT,
+                msg::TIMED_OUT,
+            );
+            return;
+        }
+        if let Ok(at) = started.checked_add(SignedDuration::from_mins(i64::from(timeout))) {
+            self.notes
+                .pending_actions
+                .push(format!("global timeout at {at} ({timeout} min from start)"));
+        }
+
+        let mut soaking = false;
+        for c in &batch {
+            soaking |= self.update_cluster_progress(c, &policies, true);
+        }
+        let all_done = self.batch_completed(&batch);
+        let last = current == plan.len();
+        if !last {
+            if all_done {
+                self.finish_batch(current, &batch);
+                return;
+            }
+        } else if all_done {
+            // Last batch: every cluster of the earlier batches must be compliant too.
+            let earlier: Vec<String> = plan[..current - 1].iter().flatten().cloned().collect();
+            let all_compliant = earlier.iter().all(|c| {
+                policies
+                    .iter()
+                    .all(|p| self.compliance(c, p) != Compliance::NonCompliant)
+            });
+            if all_compliant {
+                self.events
+                    .push(events::batch_completed(self.cgu, current, &batch));
+                self.empty_placements();
+                self.end(
+                    reasons::COMPLETED,
+                    true,
+                    reasons::COMPLETED,
+                    msg::ALL_COMPLIANT,
+                );
+                return;
+            }
+            let waiting: Vec<String> = earlier
+                .iter()
+                .filter(|c| {
+                    policies
+                        .iter()
+                        .any(|p| self.compliance(c, p) == Compliance::NonCompliant)
+                })
+                .cloned()
+                .collect();
+            self.notes.pending_actions.push(format!(
+                "last batch done; waiting for earlier clusters to become compliant: {}",
+                waiting.join(", ")
+            ));
+        }
+        if soaking {
+            self.requeue(Requeue::After(SOAK_POLL_SECS));
+        }
+        self.remediate_batch(&batch, &policies);
+        let deadline = started
+            .checked_add(SignedDuration::from_mins(i64::from(self.timeout_minutes())))
+            .unwrap_or(Timestamp::MAX);
+        self.approve_installplans(&batch, &policies, deadline);
+        self.check_placements(&policies);
+        if !last {
+            self.check_batch_timeout(current, &batch, plan, &policies, started, batch_started);
+        }
+    }
+
+    /// A cluster's entry in `currentBatchRemediationProgress` (`NotStarted` when absent).
+    fn progress_of(&self, c: &str) -> ClusterRemediationProgress {
+        self.status
+            .status
+            .as_ref()
+            .and_then(|s| s.current_batch_remediation_progress.as_ref())
+            .and_then(|m| m.get(c))
+            .cloned()
+            .unwrap_or_else(|| ClusterRemediationProgress {
+                state: NOT_STARTED.into(),
+                ..Default::default()
+            })
+    }
+
+    /// Stores a cluster's progress entry.
+    fn set_progress(&mut self, c: &str, p: ClusterRemediationProgress) {
+        self.upgrade_status()
+            .current_batch_remediation_progress
+            .get_or_insert_with(BTreeMap::new)
+            .insert(c.to_string(), p);
+    }
+
+    /// Whether every cluster of the batch has completed.
+    fn batch_completed(&self, batch: &[String]) -> bool {
+        batch.iter().all(|c| self.progress_of(c).state == COMPLETED)
+    }
+
+    /// Steps one cluster through the policies (§3.7). Returns true while it soaks.
+    fn update_cluster_progress(
+        &mut self,
+        c: &str,
+        policies: &[ManagedPolicyForUpgrade],
+        emit: bool,
+    ) -> bool {
+        let mut p = self.progress_of(c);
+        if p.state == COMPLETED {
+            return false;
+        }
+        if p.state == NOT_STARTED {
+            p.state = IN_PROGRESS.into();
+            p.policy_index = Some(0);
+            if emit {
+                self.events.push(events::cluster_started(
+                    self.cgu,
+                    events::cluster_ref(c, self.snap.managed_cluster(c)),
+                ));
+            }
+        }
+        let mut i = usize::try_from(p.policy_index.unwrap_or(0)).unwrap_or(0);
+        let mut soaking = false;
+        while i < policies.len() {
+            let pol = &policies[i];
+            match self.compliance(c, pol) {
+                Compliance::NotMatched => {
+                    i += 1;
+                }
+                Compliance::Compliant => {
+                    let soak = self.soak_seconds(pol);
+                    match soak {
+                        Some(n) if n > 0 => match p.first_compliant_at.as_ref().map(|t| t.0) {
+                            None => {
+                                p.first_compliant_at = Some(Time(self.now));
+                                soaking = true;
+                                break;
+                            }
+                            Some(first) => {
+                                if self.now.duration_since(first) > SignedDuration::from_secs(n) {
+                                    p.first_compliant_at = None;
+                                    i += 1;
+                                } else {
+                                    soaking = true;
+                                    break;
+                                }
+                            }
+                        },
+                        _ => {
+                            p.first_compliant_at = None;
+                            i += 1;
+                        }
+                    }
+                }
+                Compliance::NonCompliant => {
+                    p.first_compliant_at = None;
+                    break;
+                }
+            }
+        }
+        if i >= policies.len() {
+            p.state = COMPLETED.into();
+            p.policy_index = None;
+            p.first_compliant_at = None;
+            self.set_progress(c, p);
+            if emit {
+                self.events.push(events::cluster_completed(
+                    self.cgu,
+                    events::cluster_ref(c, self.snap.managed_cluster(c)),
+                ));
+            }
+            self.record_complete(c);
+            self.writes
+                .extend(installplan::cleanup(self.cgu, c, self.snap));
+            self.writes
+                .extend(installplan::clear_agent_task(self.cgu, c, self.snap));
+            if let Some(a) = self
+                .cgu
+                .spec
+                .actions
+                .as_ref()
+                .and_then(|a| a.after_completion.clone())
+                && self.snap.managed_cluster(c).is_some()
+                && let Some(w) = crate::actions::after_completion(c, &a)
+            {
+                self.writes.push(w);
+            }
+            return false;
+        }
+        p.policy_index = Some(i32::try_from(i).unwrap_or(i32::MAX));
+        self.set_progress(c, p);
+        soaking
+    }
+
+    /// The policy's soak time, when its annotation holds a non-negative number of seconds.
+    fn soak_seconds(&self, p: &ManagedPolicyForUpgrade) -> Option<i64> {
+        self.snap
+            .root_policy(&p.namespace, &p.name)?
+            .policy
+            .metadata
+            .annotations
+            .as_ref()?
+            .get(SOAK_ANNOTATION)?
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+    }
+
+    /// Manual InstallPlan approval (§3.10) for the in-progress clusters whose current policy
+    /// holds Subscriptions; nothing at all when no managed policy has any.
+    /// The agent path runs the approval until the CGU's global timeout (`deadline`).
+    fn approve_installplans(
+        &mut self,
+        batch: &[String],
+        policies: &[ManagedPolicyForUpgrade],
+        deadline: Timestamp,
+    ) {
+        let Some(content) = self
+            .status
+            .managed_policies_content
+            .as_ref()
+            .filter(|c| !c.is_empty())
+        else {
+            return;
+        };
+        let mut subs: BTreeMap<&str, Vec<installplan::SubscriptionRef>> = BTreeMap::new();
+        let mut work: Vec<(String, &str)> = Vec::new();
+        for c in batch {
+            let p = self.progress_of(c);
+            if p.state != IN_PROGRESS {
+                continue;
+            }
+            let Some(pol) = p
+                .policy_index
+                .and_then(|i| usize::try_from(i).ok())
+                .and_then(|i| policies.get(i))
+            else {
+                continue;
+            };
+            subs.entry(pol.name.as_str()).or_insert_with(|| {
+                content
+                    .get(&pol.name)
+                    .map(|json| installplan::subscriptions(json))
+                    .unwrap_or_default()
+            });
+            work.push((c.clone(), pol.name.as_str()));
+        }
+        if work.is_empty() {
+            return;
+        }
+        let suffix = self.suffix();
+        let mut writes = Vec::new();
+        for (c, pol) in work {
+            let Some(s) = subs.get(pol).filter(|s| !s.is_empty()) else {
+                // The cluster's current policy holds no Subscriptions: an approval task left
+                // from its previous policy goes.
+                writes.extend(installplan::clear_agent_task(self.cgu, &c, self.snap));
+                continue;
+            };
+            let agent = self.snap.spoke_agent(&c, &c);
+            let id = installplan::agent_task_id(self.cgu, pol);
+            if installplan::agent_path(self.cgu, agent, &id) {
+                writes.extend(installplan::agent_task(&c, agent, &id, s, deadline));
+            } else {
+                writes.extend(installplan::approve(self.cgu, &suffix, &c, s, self.snap));
+            }
+        }
+        self.writes.extend(writes);
+    }
+
+    /// Releases each in-progress cluster to the Placement of the policy at its index
+    /// (cumulative within the batch).
+    fn remediate_batch(&mut self, batch: &[String], policies: &[ManagedPolicyForUpgrade]) {
+        // Group by policy index so each Placement is written once, whatever the batch size.
+        let mut by_policy: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
+        for c in batch {
+            let p = self.progress_of(c);
+            if p.state != IN_PROGRESS {
+                continue;
+            }
+            let Some(idx) = p.policy_index.and_then(|i| usize::try_from(i).ok()) else {
+                continue;
+            };
+            if idx < policies.len() {
+                by_policy.entry(idx).or_default().push(c.as_str());
+            }
+        }
+        for (idx, clusters) in by_policy {
+            self.release(&clusters, &policies[idx]);
+        }
+        let in_progress = batch
+            .iter()
+            .filter(|c| self.progress_of(c).state == IN_PROGRESS)
+            .count();
+        if in_progress > 0 {
+            self.notes.pending_actions.push(format!(
+                "{in_progress} clusters of the current batch are being remediated"
+            ));
+        }
+    }
+
+    /// `Progressing=True`, with `WaitingForPlacement` when a Placement cannot select clusters
+    /// for lack of a ManagedClusterSetBinding.
+    fn check_placements(&mut self, policies: &[ManagedPolicyForUpgrade]) {
+        for p in policies {
+            let name = self.object_name(p);
+            let Some(pl) = self.snap.placement(&p.namespace, &name) else {
+                continue;
+            };
+            let unsatisfied = pl.status.as_ref().and_then(|s| {
+                s.conditions.iter().find(|c| {
+                    c.type_ == "PlacementSatisfied"
+                        && c.status == "False"
+                        && c.reason == "NoManagedClusterSetBindings"
+                })
+            });
+            if let Some(c) = unsatisfied {
+                let m = format!(
+                    "Placement \"{name}\" in namespace \"{}\" cannot select clusters: {}. Create a ManagedClusterSetBinding for the \"default\" ManagedClusterSet in the policy namespace.",
+                    p.namespace, c.message
+                );
+                self.set_cond(types::PROGRESSING, true, reasons::WAITING_FOR_PLACEMENT, &m);
+                return;
+            }
+        }
+        self.set_cond(
+            types::PROGRESSING,
+            true,
+            reasons::IN_PROGRESS,
+            msg::REMEDIATING,
+        );
+    }
+
+    /// A completed (non-last) batch: its event, empty Placements, and on to the next batch.
+    fn finish_batch(&mut self, current: usize, batch: &[String]) {
+        self.events
+            .push(events::batch_completed(self.cgu, current, batch));
+        self.empty_placements();
+        let us = self.upgrade_status();
+        us.current_batch_started_at = None;
+        us.current_batch = Some(i32::try_from(current + 1).unwrap_or(i32::MAX));
+        us.current_batch_remediation_progress = None;
+        self.requeue(Requeue::Immediately);
+    }
+
+    /// Marks the unfinished clusters of a batch `timedout` and withdraws them from enforcement.
+    fn time_out_batch(
+        &mut self,
+        batch: &[String],
+        policies: &[ManagedPolicyForUpgrade],
+    ) -> Vec<String> {
+        let mut out = Vec::new();
+        for c in batch {
+            // TALM marks clusters InProgress or without a progress entry: not the completed
+            // ones, nor those initialised as NotStarted in this very pass.
+            let entry = self
+                .status
+                .status
+                .as_ref()
+                .and_then(|s| s.current_batch_remediation_progress.as_ref())
+                .and_then(|m| m.get(c));
+            if entry.is_some_and(|e| e.state == COMPLETED || e.state == NOT_STARTED) {
+                continue;
+            }
+            let p = self.progress_of(c);
+            let idx = usize::try_from(p.policy_index.unwrap_or(0)).unwrap_or(0);
+            let policy = policies
+                .get(idx)
+                .map(|p| p.name.clone())
+                .unwrap_or_default();
+            self.record_outcome(ClusterState {
+                name: c.clone(),
+                state: "timedout".into(),
+                current_policy: Some(PolicyStatus {
+                    name: policy,
+                    status: "NonCompliant".into(),
+                }),
+                current_manifest_work: None,
+            });
+            out.push(c.clone());
+        }
+        let set: HashSet<String> = out.iter().cloned().collect();
+        self.withdraw(&set);
+        out
+    }
+
+    /// How many leading batches of the plan are single canaries.
+    fn canary_batches(&self, plan: &[Vec<String>]) -> usize {
+        let canaries: HashSet<&str> = self
+            .cgu
+            .spec
+            .remediation_strategy
+            .canaries
+            .iter()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        plan.iter()
+            .take_while(|b| b.len() == 1 && canaries.contains(b[0].as_str()))
+            .count()
+    }
+
+    /// The batch timeout of a non-last batch (§3.4, §3.5): until it passes, requeue at the
+    /// deadline; then fail on a canary batch, or time out the batch and abort or continue.
+    fn check_batch_timeout(
+        &mut self,
+        current: usize,
+        batch: &[String],
+        plan: &[Vec<String>],
+        policies: &[ManagedPolicyForUpgrade],
+        started: Timestamp,
+        batch_started: Timestamp,
+    ) {
+        let bt = batch_timeout(
+            self.timeout_minutes(),
+            started,
+            batch_started,
+            plan.len(),
+            current,
+        );
+        if self.now.duration_since(batch_started) <= bt {
+            if let Ok(deadline) = batch_started.checked_add(bt) {
+                self.notes
+                    .pending_actions
+                    .push(format!("batch {current} times out at {deadline}"));
+                let wait = deadline.duration_since(self.now).as_secs().max(1);
+                self.requeue(Requeue::After(
+                    u64::try_from(wait).unwrap_or(BATCH_POLL_SECS),
+                ));
+            }
+            return;
+        }
+        if current <= self.canary_batches(plan) {
+            self.end(
+                reasons::TIMED_OUT,
+                false,
+                reasons::TIMED_OUT,
+                msg::TIMED_OUT_CANARY,
+            );
+            let unfinished: HashSet<String> = batch
+                .iter()
+                .filter(|c| self.progress_of(c).state != COMPLETED)
+                .cloned()
+                .collect();
+            self.withdraw(&unfinished);
+            return;
+        }
+        let timed_out = self.time_out_batch(batch, policies);
+        self.events
+            .push(events::batch_timed_out(self.cgu, current, &timed_out));
+        if self.cgu.spec.batch_timeout_action.as_deref() == Some("Abort") {
+            self.end(
+                reasons::TIMED_OUT,
+                false,
+                reasons::TIMED_OUT,
+                msg::TIMED_OUT_SOME,
+            );
+        } else {
+            let us = self.upgrade_status();
+            us.current_batch = Some(i32::try_from(current + 1).unwrap_or(i32::MAX));
+            us.current_batch_started_at = None;
+            us.current_batch_remediation_progress = None;
+        }
+        self.requeue(Requeue::Immediately);
+    }
+}
