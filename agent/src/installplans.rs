@@ -1,5 +1,5 @@
 //! The `ApproveInstallPlans` task: manual InstallPlan approval through the spoke's own API
-//! server (talm-behaviour.md §3.10), in place of the hub's ManagedClusterView/Action round trips.
+//! server (docs/contract.md §3.10), in place of the hub's ManagedClusterView/Action round trips.
 //!
 //! The hub assigns the task while the cluster is being remediated with a policy that holds OLM
 //! Subscriptions. Every `poll` the agent applies TALM's rule to each listed Subscription:

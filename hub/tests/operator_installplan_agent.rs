@@ -1,4 +1,4 @@
-//! Manual InstallPlan approval by the on-spoke agent (issue 6 §1, talm-behaviour.md §3.10),
+//! Manual InstallPlan approval by the on-spoke agent (issue 6 §1, docs/contract.md §3.10),
 //! end to end: one operator replica with its agent gateway (mTLS gRPC on 127.0.0.1) against
 //! the hub API double, one real `talm-agent run` process, and a second API double playing the
 //! spoke's own API server (OLM Subscriptions and InstallPlans), which the agent reaches through

@@ -1,4 +1,4 @@
-//! The ZTP auto-CGU controller (talm-behaviour.md §3.11) and manual InstallPlan approval
+//! The ZTP auto-CGU controller (docs/contract.md §3.11) and manual InstallPlan approval
 //! through ManagedClusterView/ManagedClusterAction (§3.10), with the real operator against the
 //! in-process Kubernetes API double.
 //!

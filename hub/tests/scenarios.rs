@@ -1,4 +1,4 @@
-//! Black-box rollout scenarios: TALM's kuttl suite (talm-behaviour.md §6.2) and detailed
+//! Black-box rollout scenarios: TALM's kuttl suite (docs/contract.md §6.2) and detailed
 //! acceptance cases (§6.3), replayed through `talm-hub plan` on the §6.1 fleet, plus talm's
 //! deliberate fixes of TALM quirks (README, "Deliberate differences from TALM").
 //!

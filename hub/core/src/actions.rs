@@ -1,4 +1,4 @@
-//! The CGU's cluster actions (talm-behaviour.md §3.7, §3.2 step 12): label and annotation
+//! The CGU's cluster actions (docs/contract.md §3.7, §3.2 step 12): label and annotation
 //! changes before enable and after completion, as ManagedCluster patches.
 
 use std::collections::BTreeMap;

@@ -1,4 +1,4 @@
-//! CGU status conditions: TALM's exact types, reasons and messages (talm-behaviour.md §2.3),
+//! CGU status conditions: TALM's exact types, reasons and messages (docs/contract.md §2.3),
 //! misspellings included, and its ordering rule.
 
 use jiff::Timestamp;

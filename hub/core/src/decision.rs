@@ -106,7 +106,7 @@ pub enum Write {
         /// The InstallPlan-approval task change, if any.
         install_plans: Option<TaskChange<InstallPlanTask>>,
     },
-    /// Create the ManagedClusterView, or replace its labels and spec (talm-behaviour.md §3.10).
+    /// Create the ManagedClusterView, or replace its labels and spec (docs/contract.md §3.10).
     /// Failures are logged, not fatal: the next reconcile retries.
     ApplyManagedClusterView(ManagedClusterView),
     /// Delete a ManagedClusterView (404 is success).

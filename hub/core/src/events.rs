@@ -1,4 +1,4 @@
-//! TALM's events (talm-behaviour.md §2.7): reasons, actions, notes and `cgu.openshift.io/*`
+//! TALM's events (docs/contract.md §2.7): reasons, actions, notes and `cgu.openshift.io/*`
 //! annotations, with TALM's size limits.
 
 use std::collections::BTreeMap;

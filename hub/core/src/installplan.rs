@@ -1,5 +1,5 @@
 //! Manual InstallPlan approval through ManagedClusterView and ManagedClusterAction
-//! (talm-behaviour.md §3.10, §1.4), as writes for the engine's decision.
+//! (docs/contract.md §3.10, §1.4), as writes for the engine's decision.
 //!
 //! For a cluster being remediated whose current policy holds `operators.coreos.com`
 //! Subscriptions (the CGU's `status.managedPoliciesContent`), per Subscription:

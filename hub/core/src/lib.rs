@@ -11,7 +11,7 @@
 //! - **Level-triggered.** Every bit of progress lives in the CGU status, so a decision can be
 //!   recomputed after any restart.
 //!
-//! The behaviour follows TALM's observable contract (talm-behaviour.md §2–§4) with the quirks
+//! The behaviour follows TALM's observable contract (docs/contract.md §2–§4) with the quirks
 //! listed in the README fixed on purpose.
 #![warn(missing_docs)]
 

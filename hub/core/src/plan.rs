@@ -1,4 +1,4 @@
-//! The remediation plan (talm-behaviour.md §3.3) and `computedMaxConcurrency`.
+//! The remediation plan (docs/contract.md §3.3) and `computedMaxConcurrency`.
 
 use std::collections::HashSet;
 

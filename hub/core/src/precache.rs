@@ -1,4 +1,4 @@
-//! The pre-cache spec (talm-behaviour.md §4.1): derived from the policies, merged with the
+//! The pre-cache spec (docs/contract.md §4.1): derived from the policies, merged with the
 //! PreCachingConfig and the deprecated overrides ConfigMap, `spaceRequired` normalised to GiB.
 
 use serde_json::Value;

@@ -1,4 +1,4 @@
-//! Cluster selection (talm-behaviour.md §3.2 step 1): explicit clusters first, in order and
+//! Cluster selection (docs/contract.md §3.2 step 1): explicit clusters first, in order and
 //! de-duplicated, then selector matches sorted by name; every cluster must be a ManagedCluster
 //! and every canary must be selected.
 

@@ -1,4 +1,4 @@
-//! Pre-cache and backup gating through the clusters' agents (talm-behaviour.md §4.2 and §5.1,
+//! Pre-cache and backup gating through the clusters' agents (docs/contract.md §4.2 and §5.1,
 //! with SpokeAgent tasks in place of TALM's Jobs, ManagedClusterActions and views).
 //!
 //! Per cluster and per reconcile: a cluster with no state gets the task assigned in its

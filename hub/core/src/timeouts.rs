@@ -1,4 +1,4 @@
-//! Batch and global timeouts (talm-behaviour.md §3.4 and §3.5).
+//! Batch and global timeouts (docs/contract.md §3.4 and §3.5).
 
 use jiff::{SignedDuration, Timestamp};
 

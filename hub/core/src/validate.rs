@@ -1,4 +1,4 @@
-//! Managed-policy discovery and validation (talm-behaviour.md §1.3 and §3.2 steps 2–3):
+//! Managed-policy discovery and validation (docs/contract.md §1.3 and §3.2 steps 2–3):
 //! missing, invalid, ambiguous and enforce policies; compliant-before-upgrade; Subscriptions
 //! content; the ClusterVersion platform image; dependency order. Also two spec checks TALM does
 //! not make (a negative `maxConcurrency`, a policy listed twice), refused with `Validated=False`.

@@ -1,4 +1,4 @@
-//! ZTP day-0 auto-CGU (talm-behaviour.md §3.11): for a ManagedCluster that is Available and
+//! ZTP day-0 auto-CGU (docs/contract.md §3.11): for a ManagedCluster that is Available and
 //! has no `ztp-done` label, the `ClusterGroupUpgrade` `ztp-install/<cluster>` that rolls out the
 //! cluster's wave-annotated policies, owned by the ManagedCluster.
 //!

@@ -1,4 +1,4 @@
-//! Property tests of the remediation plan (talm-behaviour.md §3.3) on random fleets, through the
+//! Property tests of the remediation plan (docs/contract.md §3.3) on random fleets, through the
 //! engine's library API.
 //!
 //! Each case builds a fleet of N ManagedClusters and M root policies (ConfigMap templates, so no

@@ -1,4 +1,4 @@
-//! The ZTP auto-CGU controller (talm-behaviour.md §3.11): the adapter around
+//! The ZTP auto-CGU controller (docs/contract.md §3.11): the adapter around
 //! [`talm_hub_core::ztp`].
 //!
 //! It runs on the leader only, next to the CGU controller. The watch-fed cache queues the

@@ -1,5 +1,5 @@
 //! `ClusterGroupUpgrade` (`ran.openshift.io/v1alpha1`, short name `cgu`): the TALM rollout
-//! object, field for field (talm-behaviour.md §2.1 and §2.2), including deprecated fields.
+//! object, field for field (docs/contract.md §2.1 and §2.2), including deprecated fields.
 
 use std::collections::BTreeMap;
 

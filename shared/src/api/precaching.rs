@@ -1,5 +1,5 @@
 //! `PreCachingConfig` (`ran.openshift.io/v1alpha1`): per-CGU pre-cache settings
-//! (talm-behaviour.md §2.5). Namespaced, no status, no validation.
+//! (docs/contract.md §2.5). Namespaced, no status, no validation.
 
 #[cfg(feature = "kube")]
 use kube_derive::CustomResource;

@@ -51,7 +51,7 @@ pub struct SpokeAgentSpec {
     /// The desired check-space task, if any (TALM's `check_space`, on its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check_space: Option<CheckSpaceTask>,
-    /// The desired InstallPlan-approval task, if any (talm-behaviour.md §3.10, done by the
+    /// The desired InstallPlan-approval task, if any (docs/contract.md §3.10, done by the
     /// agent through the spoke's own API server).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub install_plans: Option<InstallPlanTask>,

@@ -1,6 +1,6 @@
 //! How the snapshot reads RHACM policies: a root policy's per-cluster compliance, indexed by
 //! cluster, and the few fields the engine needs from each child (replicated) policy
-//! (talm-behaviour.md §1.3). At fleet scale these are most of the hub's objects, so both are
+//! (docs/contract.md §1.3). At fleet scale these are most of the hub's objects, so both are
 //! kept compact and updated in place, and each update says which clusters it affected.
 
 use std::collections::{HashMap, HashSet};
@@ -13,7 +13,7 @@ use talm_shared::api::rhacm::{
 
 use crate::names::labels;
 
-/// A cluster's compliance with one root policy (talm-behaviour.md §1.3).
+/// A cluster's compliance with one root policy (docs/contract.md §1.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Compliance {
     /// `Compliant`.
