@@ -22,8 +22,8 @@ use std::path::{Component, Path, PathBuf};
 
 use ring::digest;
 
-use talm_shared::hex;
 use super::root::{InRootError, check_dir_beneath, resolve_in_root};
+use talm_shared::hex;
 
 /// Compression of an archive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
