@@ -25,7 +25,7 @@ use crate::events;
 use crate::plan::{build_plan, computed_max_concurrency};
 use crate::selection::{SelectionError, select_clusters};
 use crate::snapshot::Compliance;
-use crate::validate::{dependency_order, platform_image, validate_policies};
+use crate::validate::{dependency_order, platform_image, spec_failure, validate_policies};
 
 /// What the not-started path learned about the policies.
 pub(super) struct Policies {
@@ -170,7 +170,7 @@ impl Run<'_> {
     fn validate(&mut self, clusters: &[String]) -> Option<Policies> {
         let managed = self.cgu.spec.managed_policies.clone().unwrap_or_default();
         let v = validate_policies(&managed, clusters, self.snap);
-        if let Some(f) = v.failure() {
+        if let Some(f) = spec_failure(&self.cgu.spec).or_else(|| v.failure()) {
             let changed =
                 self.cond_message(types::VALIDATED).as_deref() != Some(f.message.as_str());
             self.set_cond(types::VALIDATED, false, f.reason, &f.message);
