@@ -23,10 +23,19 @@ pub fn is_dns1123_label(s: &str) -> bool {
         && b.iter().all(|c| alnum(c) || *c == b'-')
 }
 
-/// True when `s` is a DNS-1123 subdomain: dot-separated labels, at most 253 bytes in all (the
-/// rule for the names of most kinds, custom resources included).
+/// True when `s` is a DNS-1123 subdomain, as apimachinery's `IsDNS1123Subdomain` checks it:
+/// dot-separated parts of `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 253 bytes in all. Unlike a
+/// DNS name, a part may be longer than 63 bytes (`<cgu>-<policy>-placement-<suffix>` often is).
 pub fn is_dns1123_subdomain(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(is_dns1123_label)
+    let alnum = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|part| {
+            let b = part.as_bytes();
+            b.first().is_some_and(alnum)
+                && b.last().is_some_and(alnum)
+                && b.iter().all(|c| alnum(c) || *c == b'-')
+        })
 }
 
 /// A selector problem: the field path below the selector and what is wrong.
@@ -93,6 +102,12 @@ mod tests {
         assert_eq!(long.len(), 253);
         assert!(is_dns1123_subdomain(&long));
         assert!(!is_dns1123_subdomain(&format!("{long}e")));
+        // apimachinery has no per-part limit: a 73-character Placement name is valid.
+        let placement = "cgu-upgrade-complete-policy1-common-cluster-version-policy-placement-kuttl";
+        assert!(placement.len() > 63);
+        assert!(is_dns1123_subdomain(placement));
+        assert!(is_dns1123_subdomain(&"a".repeat(253)));
+        assert!(!is_dns1123_subdomain(&"a".repeat(254)));
         assert!(is_dns1123_label("ztp-site-1"));
         assert!(!is_dns1123_label("a.b"));
     }
