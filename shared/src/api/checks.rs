@@ -103,7 +103,8 @@ mod tests {
         assert!(is_dns1123_subdomain(&long));
         assert!(!is_dns1123_subdomain(&format!("{long}e")));
         // apimachinery has no per-part limit: a 73-character Placement name is valid.
-        let placement = "cgu-upgrade-complete-policy1-common-cluster-version-policy-placement-kuttl";
+        let placement =
+            "cgu-upgrade-complete-policy1-common-cluster-version-policy-placement-kuttl";
         assert!(placement.len() > 63);
         assert!(is_dns1123_subdomain(placement));
         assert!(is_dns1123_subdomain(&"a".repeat(253)));
