@@ -1116,6 +1116,10 @@ metadata:
         );
         let long = format!("{}\n", "a".repeat(254));
         assert!(err(&CGU.replace("cgu-1\n", &long)).contains("at most 253 characters"));
+        // Names of up to 253 characters are fine, dots or not (talm's Placement names are
+        // often over 63).
+        let placementish = format!("{}\n", "a-b".repeat(84));
+        assert!(load_yaml_str("cgu.yaml", &CGU.replace("cgu-1\n", &placementish)).is_ok());
         let ns = CGU.replace("name: cgu-1\n", "name: cgu-1\n  namespace: Not.A.Label\n");
         assert_eq!(
             err(&ns),
