@@ -34,14 +34,63 @@ pub fn derived_suffix(seed: &str) -> String {
     out
 }
 
-/// `lower(desired)` truncated to fit `253 − len(suffix) − len(namespace) − 1`, then `-<suffix>`.
+/// The longest object name (a DNS-1123 subdomain).
+pub const NAME_MAX: usize = 253;
+/// The longest label value.
+pub const LABEL_VALUE_MAX: usize = 63;
+
+/// The [`fnv64`] seed of the hash that keeps cut names unique.
+const CUT_NAME_SEED: u64 = 5;
+
+/// TALM's safe name: `lower(desired)` and `-<suffix>`, kept within
+/// `253 − len(suffix) − len(namespace) − 1` characters for the desired part.
+///
+/// When `lower(desired)` is longer than that, TALM cuts it, so two desired names that differ
+/// only past the cut (a long CGU name with two policies) got the same object name. talm keeps a
+/// readable prefix and adds `-` and 16 hex digits of a hash of the whole desired name, so names
+/// stay unique and within bounds; names that fit are TALM's, unchanged.
 pub fn safe_name(desired: &str, namespace: &str, suffix: &str) -> String {
-    let max = 253usize.saturating_sub(suffix.len() + namespace.len() + 1);
-    let mut name: String = desired.to_lowercase().chars().take(max).collect();
-    while name.ends_with(['-', '.']) {
-        name.pop();
+    let max = NAME_MAX.saturating_sub(suffix.len() + namespace.len() + 1);
+    let lower = desired.to_lowercase();
+    if lower.chars().count() <= max {
+        let name = lower.trim_end_matches(['-', '.']);
+        return format!("{name}-{suffix}");
     }
+    let name = cut_with_hash(&lower, max, CUT_NAME_SEED);
     format!("{name}-{suffix}")
+}
+
+/// `value` as a label value: itself when it fits in [`LABEL_VALUE_MAX`] characters (every CGU
+/// name TALM can label), otherwise a readable prefix, `-` and 16 hex digits of a hash of the
+/// whole value, so long CGU and policy names still give valid, distinct label values.
+pub fn label_value(value: &str) -> String {
+    if value.chars().count() <= LABEL_VALUE_MAX {
+        return value.to_string();
+    }
+    cut_with_hash(value, LABEL_VALUE_MAX, CUT_NAME_SEED)
+}
+
+/// Whether `meta` carries the labels talm puts on what CGU `namespace/name` creates.
+pub fn labelled_for(meta: &talm_shared::api::ObjectMeta, namespace: &str, name: &str) -> bool {
+    meta.labels.as_ref().is_some_and(|l| {
+        l.get(labels::CGU).is_some_and(|v| *v == label_value(name))
+            && l.get(labels::CGU_NS)
+                .is_some_and(|v| *v == label_value(namespace))
+    })
+}
+
+/// `value` cut to at most `max` characters: a prefix (without trailing `-`, `.` or `_`), `-`
+/// and the 16 hex digits of the hash of all of `value`; just the hash when no prefix fits.
+fn cut_with_hash(value: &str, max: usize, seed: u64) -> String {
+    let hash = format!("{:016x}", fnv64(seed, &[value]));
+    let keep = max.saturating_sub(hash.len() + 1);
+    let prefix: String = value.chars().take(keep).collect();
+    let prefix = prefix.trim_end_matches(['-', '.', '_']);
+    if prefix.is_empty() {
+        hash
+    } else {
+        format!("{prefix}-{hash}")
+    }
 }
 
 /// The FNV-1a 64-bit offset basis.
@@ -107,6 +156,44 @@ mod tests {
         assert_eq!(n.len(), 253 - "default".len());
         assert!(n.ends_with("-kuttl"));
         assert!(n.starts_with("aaa"));
+    }
+
+    #[test]
+    fn cut_names_stay_unique_and_fit() {
+        // Issue 14 item 1: a 225-character CGU name with two policies gave one name for both.
+        let cgu = "c".repeat(225);
+        let a = safe_name(&format!("{cgu}-policy-a-placement"), "default", "kuttl");
+        let b = safe_name(&format!("{cgu}-policy-b-placement"), "default", "kuttl");
+        assert_ne!(a, b);
+        for n in [&a, &b] {
+            assert!(n.len() <= 253 - "default".len(), "{n}");
+            assert!(
+                n.starts_with(&"c".repeat(100)) && n.ends_with("-kuttl"),
+                "{n}"
+            );
+        }
+        // Stable: the same inputs give the same name.
+        assert_eq!(
+            a,
+            safe_name(&format!("{cgu}-policy-a-placement"), "default", "kuttl")
+        );
+    }
+
+    #[test]
+    fn label_values_fit_and_stay_distinct() {
+        assert_eq!(label_value("cgu-1"), "cgu-1");
+        let exact = "a".repeat(63);
+        assert_eq!(label_value(&exact), exact);
+        let a = label_value(&format!("{}-x", "a".repeat(100)));
+        let b = label_value(&format!("{}-y", "a".repeat(100)));
+        assert_ne!(a, b);
+        for v in [&a, &b] {
+            assert_eq!(v.len(), 63);
+            assert!(v.starts_with("aaa") && v.as_bytes()[46] == b'-');
+        }
+        // A prefix that would end in a separator is trimmed so the value ends alphanumeric.
+        let v = label_value(&format!("{}.{}", "b".repeat(45), "z".repeat(40)));
+        assert!(!v.contains(".-"), "{v}");
     }
 
     #[test]

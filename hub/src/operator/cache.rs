@@ -23,7 +23,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use talm_hub_core::Snapshot;
-use talm_hub_core::names::labels;
+use talm_hub_core::names::{self, labels};
 use talm_hub_core::snapshot::{PolicyChange, PolicyView};
 use talm_shared::api::cgu::ClusterGroupUpgrade;
 use talm_shared::api::precaching::PreCachingConfig;
@@ -729,15 +729,19 @@ impl Cache {
                 }
             }
             Object::Placement(p) => {
-                owner_of(&p.metadata).into_iter().for_each(|r| {
-                    triggers.insert(r);
-                });
+                owner_of(&self.snapshot, &p.metadata)
+                    .into_iter()
+                    .for_each(|r| {
+                        triggers.insert(r);
+                    });
                 self.snapshot.insert_placement(p);
             }
             Object::PlacementBinding(b) => {
-                owner_of(&b.metadata).into_iter().for_each(|r| {
-                    triggers.insert(r);
-                });
+                owner_of(&self.snapshot, &b.metadata)
+                    .into_iter()
+                    .for_each(|r| {
+                        triggers.insert(r);
+                    });
                 self.snapshot.insert_placement_binding(b);
             }
             Object::PreCachingConfig(p) => {
@@ -759,7 +763,7 @@ impl Cache {
                 self.snapshot.insert_config_map(cm);
             }
             Object::ManagedClusterView(v) => {
-                triggers.extend(owner_of(&v.metadata));
+                triggers.extend(owner_of(&self.snapshot, &v.metadata));
                 self.snapshot.insert_managed_cluster_view(v);
             }
         }
@@ -796,13 +800,13 @@ impl Cache {
             }
             Kind::Placement => {
                 if let Some(p) = self.snapshot.placement(ns, name) {
-                    triggers.extend(owner_of(&p.metadata));
+                    triggers.extend(owner_of(&self.snapshot, &p.metadata));
                 }
                 self.snapshot.remove_placement(ns, name);
             }
             Kind::PlacementBinding => {
                 if let Some(b) = self.snapshot.placement_binding(ns, name) {
-                    triggers.extend(owner_of(&b.metadata));
+                    triggers.extend(owner_of(&self.snapshot, &b.metadata));
                 }
                 self.snapshot.remove_placement_binding(ns, name);
             }
@@ -822,7 +826,7 @@ impl Cache {
             }
             Kind::ManagedClusterView => {
                 if let Some(v) = self.snapshot.managed_cluster_view(ns, name) {
-                    triggers.extend(owner_of(&v.metadata));
+                    triggers.extend(owner_of(&self.snapshot, &v.metadata));
                 }
                 self.snapshot.remove_managed_cluster_view(ns, name);
             }
@@ -962,12 +966,27 @@ fn remove_from<K: std::hash::Hash + Eq + Clone>(
     }
 }
 
-/// The CGU a talm Placement or PlacementBinding belongs to, from its labels.
-fn owner_of(meta: &talm_shared::api::ObjectMeta) -> Option<CguRef> {
+/// The CGU a talm Placement, PlacementBinding or view belongs to, from its labels. A label
+/// value holds the CGU's name unless the name is longer than a label value may be
+/// (`names::label_value`): then the CGU of that namespace whose name gives that value, when it
+/// is known.
+fn owner_of(snapshot: &Snapshot, meta: &talm_shared::api::ObjectMeta) -> Option<CguRef> {
     let l = meta.labels.as_ref()?;
+    let namespace = l.get(labels::CGU_NS)?;
+    let value = l.get(labels::CGU)?;
+    let name = if value.chars().count() < names::LABEL_VALUE_MAX {
+        value.clone()
+    } else {
+        snapshot
+            .cgus()
+            .filter(|c| c.metadata.namespace.as_deref() == Some(namespace))
+            .filter_map(|c| c.metadata.name.as_deref())
+            .find(|n| names::label_value(n) == *value)
+            .map_or_else(|| value.clone(), str::to_string)
+    };
     Some(CguRef {
-        namespace: l.get(labels::CGU_NS)?.clone(),
-        name: l.get(labels::CGU)?.clone(),
+        namespace: namespace.clone(),
+        name,
     })
 }
 

@@ -76,14 +76,14 @@ impl Run<'_> {
             namespace: Some(policy.namespace.clone()),
             labels: Some(
                 [
-                    (labels::APP, labels::APP_VALUE),
-                    (labels::CGU, self.name()),
-                    (labels::CGU_NS, self.namespace()),
-                    (labels::FOR_POLICY, policy.name.as_str()),
-                    (labels::VELERO_EXCLUDE, "true"),
+                    (labels::APP, labels::APP_VALUE.to_string()),
+                    (labels::CGU, names::label_value(self.name())),
+                    (labels::CGU_NS, names::label_value(self.namespace())),
+                    (labels::FOR_POLICY, names::label_value(&policy.name)),
+                    (labels::VELERO_EXCLUDE, "true".to_string()),
                 ]
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
                 .collect(),
             ),
             annotations: Some(
@@ -274,12 +274,7 @@ impl Run<'_> {
                 targets.insert((ns.to_string(), name.clone()));
             }
         }
-        let owned = |m: &ObjectMeta| {
-            m.labels.as_ref().is_some_and(|l| {
-                l.get(labels::CGU).map(String::as_str) == Some(self.name())
-                    && l.get(labels::CGU_NS).map(String::as_str) == Some(self.namespace())
-            })
-        };
+        let owned = |m: &ObjectMeta| names::labelled_for(m, self.namespace(), self.name());
         for p in self.snap.placements().filter(|p| owned(&p.metadata)) {
             targets.insert((
                 p.metadata.namespace.clone().unwrap_or_default(),
