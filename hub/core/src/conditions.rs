@@ -37,6 +37,9 @@ pub mod reasons {
     pub const INVALID_MAX_CONCURRENCY: &str = "InvalidMaxConcurrency";
     /// talm's own (TALM rolls a repeated policy out twice): `managedPolicies` repeats a name.
     pub const DUPLICATE_MANAGED_POLICIES: &str = "DuplicateManagedPolicies";
+    /// talm's own (TALM fails its reconcile without a condition): a `clusterLabelSelectors`
+    /// entry has an unknown operator or wrong values.
+    pub const INVALID_CLUSTER_LABEL_SELECTOR: &str = "InvalidClusterLabelSelector";
     pub const PRECACHE_SPEC_IS_WELL_FORMED: &str = "PrecacheSpecIsWellFormed";
     pub const PRECACHE_SPEC_INCOMPLETE: &str = "PrecacheSpecIncomplete";
     pub const IN_PROGRESS: &str = "InProgress";

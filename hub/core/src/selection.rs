@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use talm_shared::api::LabelSelector;
 use talm_shared::api::cgu::ClusterGroupUpgradeSpec;
+use talm_shared::api::checks::check_label_selector;
 
 use crate::snapshot::Snapshot;
 
@@ -23,6 +24,14 @@ pub enum SelectionError {
     },
     /// A canary is not among the selected clusters.
     CanaryNotSelected(String),
+    /// A `clusterLabelSelectors` entry that apimachinery would refuse (talm's message; TALM
+    /// fails its reconcile without a condition, and would otherwise match nothing).
+    InvalidLabelSelector {
+        /// The field, e.g. `spec.clusterLabelSelectors[0].matchExpressions[1].operator`.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 impl std::fmt::Display for SelectionError {
@@ -38,6 +47,9 @@ impl std::fmt::Display for SelectionError {
                 f,
                 "Unable to select clusters: canary cluster {c} is not in the list of clusters"
             ),
+            SelectionError::InvalidLabelSelector { path, message } => {
+                write!(f, "Unable to select clusters: {path}: {message}")
+            }
         }
     }
 }
@@ -52,6 +64,12 @@ pub fn select_clusters(
         && spec.cluster_label_selectors.is_none()
     {
         return Err(SelectionError::NoneSpecified);
+    }
+    for (i, sel) in spec.cluster_label_selectors.iter().flatten().enumerate() {
+        check_label_selector(sel).map_err(|e| SelectionError::InvalidLabelSelector {
+            path: format!("spec.clusterLabelSelectors[{i}].{}", e.path),
+            message: e.message,
+        })?;
     }
     let mut seen: HashSet<&str> = HashSet::new();
     let mut out: Vec<String> = Vec::new();
@@ -234,6 +252,29 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "Unable to select clusters: canary cluster spoke2 is not in the list of clusters"
+        );
+    }
+
+    #[test]
+    fn an_unknown_selector_operator_is_refused_naming_the_field() {
+        // Issue 14 item 11: `Bogus` used to match nothing, and the user saw an unrelated
+        // message later.
+        let mut sp = spec(&["spoke1"]);
+        sp.cluster_label_selectors = Some(vec![
+            LabelSelector::default(),
+            LabelSelector {
+                match_expressions: Some(vec![LabelSelectorRequirement {
+                    key: "upgrade".into(),
+                    operator: "Bogus".into(),
+                    values: Some(vec!["x".into()]),
+                }]),
+                ..Default::default()
+            },
+        ]);
+        let e = select_clusters(&sp, &fixture()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Unable to select clusters: spec.clusterLabelSelectors[1].matchExpressions[0].operator: unknown operator \"Bogus\" (expected In, NotIn, Exists or DoesNotExist)"
         );
     }
 

@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use talm_shared::api::Time;
-use talm_shared::api::cgu::ManagedPolicyForUpgrade;
+use talm_shared::api::cgu::{ManagedPolicyForUpgrade, PrecachingSpec, PrecachingStatus};
 use talm_shared::api::rhacm::Policy;
 
 use super::gates::Gate;
@@ -108,12 +108,13 @@ impl Run<'_> {
                 let message = e.to_string();
                 let changed = self.cond_message(types::CLUSTERS_SELECTED).as_deref()
                     != Some(message.as_str());
-                self.set_cond(
-                    types::CLUSTERS_SELECTED,
-                    false,
-                    reasons::CLUSTER_NOT_FOUND,
-                    &message,
-                );
+                let reason = match e {
+                    SelectionError::InvalidLabelSelector { .. } => {
+                        reasons::INVALID_CLUSTER_LABEL_SELECTOR
+                    }
+                    _ => reasons::CLUSTER_NOT_FOUND,
+                };
+                self.set_cond(types::CLUSTERS_SELECTED, false, reason, &message);
                 // The event exists for clusters that are not ManagedClusters (§2.7).
                 if let (true, SelectionError::NotManagedCluster { all, .. }) = (changed, &e) {
                     self.events.push(events::validation_failure(
@@ -291,6 +292,15 @@ impl Run<'_> {
     fn precache_gate(&mut self, draft: &Draft, policies: &Policies, failed: &mut Failed) -> bool {
         if !self.cgu.spec.pre_caching.unwrap_or(false) || draft.plan.is_empty() {
             return true;
+        }
+        if self.status.precaching.is_none() {
+            // TALM initialises the pre-caching status as soon as it has plan clusters, before
+            // it knows whether the spec can be derived (docs/contract.md §2.2).
+            self.status.precaching = Some(PrecachingStatus {
+                spec: Some(PrecachingSpec::default()),
+                status: Some(BTreeMap::new()),
+                clusters: Some(Vec::new()),
+            });
         }
         let gate = self.precache(&draft.plan, policies);
         self.pass_gate(gate, msg::NO_CLUSTERS_PRECACHE, "pre-caching", failed)
