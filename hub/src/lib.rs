@@ -17,6 +17,7 @@ pub mod admin;
 pub mod args;
 pub mod crds;
 pub mod error;
+pub mod events;
 pub mod metrics;
 pub mod operator;
 pub mod plan;

@@ -109,12 +109,19 @@ fn event(reason: &str, cluster: &str) -> Event {
         action: "RemediationInClusterStarted".into(),
         note: format!("ClusterGroupUpgrade {CGU}: cluster {cluster} upgrade started"),
         regarding: ObjectRef {
+            api_version: "ran.openshift.io/v1alpha1".into(),
+            kind: "ClusterGroupUpgrade".into(),
+            namespace: NS.into(),
+            name: CGU.into(),
+            uid: "cgu-uid".into(),
+        },
+        related: Some(ObjectRef {
             api_version: "cluster.open-cluster-management.io/v1".into(),
             kind: "ManagedCluster".into(),
             namespace: String::new(),
             name: cluster.into(),
             uid: format!("{cluster}-uid"),
-        },
+        }),
         annotations: BTreeMap::from([("cgu.openshift.io/event-type".into(), "cluster".into())]),
     }
 }
@@ -247,11 +254,14 @@ fn event_body(obj: &Value) -> Value {
     ] {
         e.remove(field);
     }
-    let r = &obj["regarding"];
+    let reference = |r: &Value| {
+        json!({"apiVersion": r["apiVersion"], "kind": r["kind"], "namespace": r.get("namespace"),
+               "name": r["name"], "uid": r["uid"]})
+    };
     json!({"event": e, "annotations": obj["metadata"]["annotations"],
            "namespace": obj["metadata"]["namespace"],
-           "regarding": {"apiVersion": r["apiVersion"], "kind": r["kind"], "name": r["name"],
-                         "uid": r["uid"]}})
+           "regarding": reference(&obj["regarding"]),
+           "related": obj.get("related").map(reference)})
 }
 
 /// The objects to compare, by (apiVersion, kind, namespace, name).
@@ -374,6 +384,8 @@ async fn plan_and_operator_apply_decisions_alike() {
         json!({"precache": {"id": "ns/cgu-1/cgu-uid/precache",
                             "deadline": "2026-01-01T14:00:00Z",
                             "spec": {"platformImage": "quay.io/new:2",
+                                     "operatorsIndexes": [],
+                                     "operatorsPackagesAndChannels": [],
                                      "additionalImages": ["quay.io/extra:1"]}}}),
         "the old task's spec fields are gone; backup and approvals cleared"
     );

@@ -219,6 +219,8 @@ fn a_upgrade_complete() {
     assert_eq!(strs(&c["status"]["placements"]), names);
     assert_eq!(strs(&c["status"]["placementBindings"]), names);
 
+    // TALM's UpgradeStatus is a plain struct: written as `{}` before the start.
+    assert_eq!(c["status"]["status"], json!({}));
     w.event(
         "CguCreated",
         "BuildingRemediationPlan",
@@ -268,12 +270,21 @@ fn a_upgrade_complete() {
     assert_eq!(ev_ann(e, "event-type"), Some("batch"));
     assert_eq!(ev_ann(e, "batch-clusters"), Some("spoke1"));
     assert_eq!(ev_ann(e, "batch-clusters-count"), Some("1"));
+    // TALM's batch events carry the CGU's total cluster count too.
+    assert_eq!(ev_ann(e, "total-clusters-count"), Some("2"));
     let e = w.event(
         "CguStarted",
         "RemediationInClusterStarted",
         &format!("ClusterGroupUpgrade {cgu_name}: cluster spoke1 upgrade started"),
     );
     assert_eq!(ev_ann(e, "event-type"), Some("cluster"));
+    // Per-cluster events are about the CGU (so a field selector on the CGU finds them), with
+    // the ManagedCluster as the related object, as TALM's recorder writes them.
+    assert_eq!(e["regarding"]["kind"], "ClusterGroupUpgrade");
+    assert_eq!(e["regarding"]["name"], cgu_name);
+    assert_eq!(e["related"]["kind"], "ManagedCluster");
+    assert_eq!(e["related"]["name"], "spoke1");
+    assert!(e["related"].get("namespace").is_none(), "cluster-scoped");
     w.assert_no_event("CguCreated", "BuildingRemediationPlan");
 
     // ---- step 1b: spoke1 compliant on policy1 only: enforcement accumulates within the batch.
@@ -330,6 +341,7 @@ fn a_upgrade_complete() {
         ),
     );
     assert_eq!(ev_ann(e, "event-type"), Some("batch"));
+    assert_eq!(ev_ann(e, "total-clusters-count"), Some("2"));
     let e = w.event(
         "CguStarted",
         "RemediationInBatchStarted",
@@ -786,6 +798,14 @@ fn j_operator_upgrade_plan_and_enforcement() {
     let b = w.binding("cgu", P5).expect("binding");
     assert_eq!(b["subFilter"], "restricted");
     assert_eq!(b["bindingOverrides"]["remediationAction"], "enforce");
+    // TALM records each Subscription view's name, with an empty namespace part.
+    for (sub, _) in subs {
+        assert_eq!(
+            c["status"]["safeResourceNames"][format!("/cgu-default-subscription-{sub}")],
+            format!("cgu-default-subscription-{sub}-kuttl"),
+            "{sub}"
+        );
+    }
 
     w.set_compliance(P5, "spoke1", Compliant);
     w.run_after(10);
@@ -1593,6 +1613,13 @@ fn pre_caching_missing_sub_policy() {
         "Precaching spec is incomplete: inconsistent precaching configuration: olm index provided, but no packages",
     );
     assert!(w.all("SpokeAgent").is_empty(), "nothing to pre-cache yet");
+    // TALM initialises the pre-caching status before it knows whether the spec can be derived.
+    assert_eq!(
+        c["status"]["precaching"],
+        json!({"spec": {"platformImage": "", "operatorsIndexes": [],
+                        "operatorsPackagesAndChannels": []},
+               "status": {}, "clusters": []})
+    );
 
     w.patch_cgu_spec(n, json!({"managedPolicies": [P0, P2, P3]}));
     w.run_after(300);
@@ -1607,6 +1634,7 @@ fn pre_caching_missing_sub_policy() {
     assert_eq!(
         c["status"]["precaching"]["spec"],
         json!({
+            "platformImage": "",
             "operatorsIndexes": [INDEX_IMAGE],
             "operatorsPackagesAndChannels": ["performance-addon-operator:4.9", "ptp-operator:4.9"],
             "spaceRequired": "35",

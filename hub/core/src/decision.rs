@@ -176,8 +176,10 @@ pub struct Event {
     pub action: String,
     /// The message, at most 1,024 bytes.
     pub note: String,
-    /// The CGU, or a ManagedCluster for per-cluster events.
+    /// The CGU (for every event, as TALM's recorder is called with the CGU).
     pub regarding: ObjectRef,
+    /// The ManagedCluster of a per-cluster event (TALM's `related`); `None` otherwise.
+    pub related: Option<ObjectRef>,
     /// `cgu.openshift.io/*` annotations.
     pub annotations: BTreeMap<String, String>,
 }

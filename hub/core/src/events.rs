@@ -96,6 +96,7 @@ pub fn event(
     action: &str,
     note: String,
     regarding: ObjectRef,
+    related: Option<ObjectRef>,
     annotations: &[(&str, String)],
 ) -> Event {
     let mut ann: BTreeMap<String, String> = annotations
@@ -120,6 +121,7 @@ pub fn event(
         action: action.into(),
         note: truncate_note(note),
         regarding,
+        related,
         annotations: ann,
     }
 }
@@ -133,6 +135,7 @@ pub fn created(cgu: &ClusterGroupUpgrade) -> Event {
         "BuildingRemediationPlan",
         format!("New ClusterGroupUpgrade found: {name}"),
         cgu_ref(cgu),
+        None,
         &[(keys::EVENT_TYPE, "global".into())],
     )
 }
@@ -146,6 +149,7 @@ pub fn started(cgu: &ClusterGroupUpgrade, batches: usize, clusters: usize) -> Ev
         "RemediationStarted",
         format!("ClusterGroupUpgrade {name} started remediating policies"),
         cgu_ref(cgu),
+        None,
         &[
             (keys::EVENT_TYPE, "global".into()),
             (keys::TOTAL_BATCHES_COUNT, batches.to_string()),
@@ -154,8 +158,14 @@ pub fn started(cgu: &ClusterGroupUpgrade, batches: usize, clusters: usize) -> Ev
     )
 }
 
-/// `CguStarted` / `RemediationInBatchStarted` (1-based batch index).
-pub fn batch_started(cgu: &ClusterGroupUpgrade, batch: usize, clusters: &[String]) -> Event {
+/// `CguStarted` / `RemediationInBatchStarted` (1-based batch index; `total_clusters` is the
+/// number of clusters in the whole plan).
+pub fn batch_started(
+    cgu: &ClusterGroupUpgrade,
+    batch: usize,
+    clusters: &[String],
+    total_clusters: usize,
+) -> Event {
     let name = cgu.metadata.name.clone().unwrap_or_default();
     event(
         EventType::Normal,
@@ -163,15 +173,18 @@ pub fn batch_started(cgu: &ClusterGroupUpgrade, batch: usize, clusters: &[String
         "RemediationInBatchStarted",
         format!("ClusterGroupUpgrade {name}: batch index {batch} upgrade started"),
         cgu_ref(cgu),
+        None,
         &[
             (keys::EVENT_TYPE, "batch".into()),
             (keys::BATCH_CLUSTERS, clusters.join(",")),
             (keys::BATCH_CLUSTERS_COUNT, clusters.len().to_string()),
+            (keys::TOTAL_CLUSTERS_COUNT, total_clusters.to_string()),
         ],
     )
 }
 
-/// `CguStarted` / `RemediationInClusterStarted`, about the ManagedCluster.
+/// `CguStarted` / `RemediationInClusterStarted`: regarding the CGU, related to the
+/// ManagedCluster.
 pub fn cluster_started(cgu: &ClusterGroupUpgrade, cluster: ObjectRef) -> Event {
     let name = cgu.metadata.name.clone().unwrap_or_default();
     let note = format!(
@@ -183,12 +196,14 @@ pub fn cluster_started(cgu: &ClusterGroupUpgrade, cluster: ObjectRef) -> Event {
         "CguStarted",
         "RemediationInClusterStarted",
         note,
-        cluster,
+        cgu_ref(cgu),
+        Some(cluster),
         &[(keys::EVENT_TYPE, "cluster".into())],
     )
 }
 
-/// `CguSuccess` / `RemediationInClusterCompleted`, about the ManagedCluster.
+/// `CguSuccess` / `RemediationInClusterCompleted`: regarding the CGU, related to the
+/// ManagedCluster.
 pub fn cluster_completed(cgu: &ClusterGroupUpgrade, cluster: ObjectRef) -> Event {
     let name = cgu.metadata.name.clone().unwrap_or_default();
     let note = format!(
@@ -200,13 +215,19 @@ pub fn cluster_completed(cgu: &ClusterGroupUpgrade, cluster: ObjectRef) -> Event
         "CguSuccess",
         "RemediationInClusterCompleted",
         note,
-        cluster,
+        cgu_ref(cgu),
+        Some(cluster),
         &[(keys::EVENT_TYPE, "cluster".into())],
     )
 }
 
-/// `CguSuccess` / `RemediationInBatchCompleted`.
-pub fn batch_completed(cgu: &ClusterGroupUpgrade, batch: usize, clusters: &[String]) -> Event {
+/// `CguSuccess` / `RemediationInBatchCompleted` (`total_clusters` as for [`batch_started`]).
+pub fn batch_completed(
+    cgu: &ClusterGroupUpgrade,
+    batch: usize,
+    clusters: &[String],
+    total_clusters: usize,
+) -> Event {
     let name = cgu.metadata.name.clone().unwrap_or_default();
     event(
         EventType::Normal,
@@ -216,10 +237,12 @@ pub fn batch_completed(cgu: &ClusterGroupUpgrade, batch: usize, clusters: &[Stri
             "ClusterGroupUpgrade {name}: all clusters in the batch index {batch} are compliant with managed policies"
         ),
         cgu_ref(cgu),
+        None,
         &[
             (keys::EVENT_TYPE, "batch".into()),
             (keys::BATCH_CLUSTERS, clusters.join(",")),
             (keys::BATCH_CLUSTERS_COUNT, clusters.len().to_string()),
+            (keys::TOTAL_CLUSTERS_COUNT, total_clusters.to_string()),
         ],
     )
 }
@@ -233,6 +256,7 @@ pub fn completed(cgu: &ClusterGroupUpgrade, batches: usize, clusters: usize) -> 
         "RemediationCompleted",
         format!("ClusterGroupUpgrade {name} succeeded remediating policies"),
         cgu_ref(cgu),
+        None,
         &[
             (keys::EVENT_TYPE, "global".into()),
             (keys::TOTAL_BATCHES_COUNT, batches.to_string()),
@@ -252,6 +276,7 @@ pub fn batch_timed_out(cgu: &ClusterGroupUpgrade, batch: usize, timed_out: &[Str
             "ClusterGroupUpgrade {name}: some clusters in the batch index {batch} timed out remediating policies"
         ),
         cgu_ref(cgu),
+        None,
         &[
             (keys::EVENT_TYPE, "batch".into()),
             (keys::TIMEDOUT_CLUSTERS, timed_out.join(",")),
@@ -268,6 +293,7 @@ pub fn timed_out(cgu: &ClusterGroupUpgrade, timed_out: &[String]) -> Event {
         "RemediationTimeout",
         format!("ClusterGroupUpgrade {name} timed-out remediating policies"),
         cgu_ref(cgu),
+        None,
         &[
             (keys::EVENT_TYPE, "global".into()),
             (keys::TIMEDOUT_CLUSTERS, timed_out.join(",")),
@@ -297,6 +323,7 @@ pub fn validation_failure(cgu: &ClusterGroupUpgrade, kind: &str, items: &[String
         "RemediationOnHoldDueToValidationFailure",
         format!("ClusterGroupUpgrade {name}: validation failure ({kind}): {list}"),
         cgu_ref(cgu),
+        None,
         &ann,
     )
 }

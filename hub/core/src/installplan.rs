@@ -86,28 +86,38 @@ fn cgu_namespace(cgu: &ClusterGroupUpgrade) -> &str {
     cgu.metadata.namespace.as_deref().unwrap_or("default")
 }
 
-/// The name of the view of Subscription `sub` for `cluster`.
-pub fn subscription_view_name(
-    cgu: &ClusterGroupUpgrade,
-    suffix: &str,
-    cluster: &str,
-    sub: &str,
-) -> String {
-    let desired = format!(
-        "{}-{}-subscription-{}",
+/// The `status.safeResourceNames` key of the view of Subscription `sub`:
+/// `/<cgu>-<cguNs>-subscription-<sub>` (lower case; TALM records views with an empty namespace
+/// part).
+pub fn subscription_view_key(cgu: &ClusterGroupUpgrade, sub: &str) -> String {
+    format!(
+        "/{}-{}-subscription-{}",
         cgu_name(cgu),
         cgu_namespace(cgu),
         sub
     )
-    .to_lowercase();
-    names::safe_name(&desired, cluster, suffix)
+    .to_lowercase()
+}
+
+/// The name of the view of Subscription `sub` (the same in every cluster namespace): the one
+/// recorded in `recorded` (the CGU's `status.safeResourceNames`) under
+/// [`subscription_view_key`], else the safe name of the key's desired name.
+pub fn subscription_view_name(
+    cgu: &ClusterGroupUpgrade,
+    suffix: &str,
+    sub: &str,
+    recorded: Option<&BTreeMap<String, String>>,
+) -> String {
+    let key = subscription_view_key(cgu, sub);
+    if let Some(name) = recorded.and_then(|r| r.get(&key)) {
+        return name.clone();
+    }
+    let desired = key.trim_start_matches('/');
+    names::safe_name(desired, "", suffix)
 }
 
 fn owned(cgu: &ClusterGroupUpgrade, meta: &ObjectMeta) -> bool {
-    meta.labels.as_ref().is_some_and(|l| {
-        l.get(labels::CGU).map(String::as_str) == Some(cgu_name(cgu))
-            && l.get(labels::CGU_NS).map(String::as_str) == Some(cgu_namespace(cgu))
-    })
+    names::labelled_for(meta, cgu_namespace(cgu), cgu_name(cgu))
 }
 
 fn view(
@@ -125,8 +135,11 @@ fn view(
             name: Some(name.to_string()),
             namespace: Some(cluster.to_string()),
             labels: Some(BTreeMap::from([
-                (labels::CGU.to_string(), cgu_name(cgu).to_string()),
-                (labels::CGU_NS.to_string(), cgu_namespace(cgu).to_string()),
+                (labels::CGU.to_string(), names::label_value(cgu_name(cgu))),
+                (
+                    labels::CGU_NS.to_string(),
+                    names::label_value(cgu_namespace(cgu)),
+                ),
             ])),
             ..Default::default()
         },
@@ -189,7 +202,7 @@ pub fn approval_action(
             namespace: Some(cluster.to_string()),
             labels: Some(BTreeMap::from([(
                 labels::CGU.to_string(),
-                format!("{}-{}", cgu_namespace(cgu), cgu_name(cgu)),
+                names::label_value(&format!("{}-{}", cgu_namespace(cgu), cgu_name(cgu))),
             )])),
             ..Default::default()
         },
@@ -226,8 +239,12 @@ pub fn approve(
     snap: &Snapshot,
 ) -> Vec<Write> {
     let mut writes = Vec::new();
+    let recorded = cgu
+        .status
+        .as_ref()
+        .and_then(|s| s.safe_resource_names.as_ref());
     for sub in subs {
-        let name = subscription_view_name(cgu, suffix, cluster, &sub.name);
+        let name = subscription_view_name(cgu, suffix, &sub.name, recorded);
         let want = view(
             cgu,
             cluster,

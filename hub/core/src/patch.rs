@@ -308,7 +308,8 @@ mod tests {
             agent,
             json!({"spec": {
                 "precache": {"id": "ns/cgu/uid/precache", "deadline": "2027-01-15T08:00:00Z",
-                             "spec": {"platformImage": "quay.io/r:1"}},
+                             "spec": {"platformImage": "quay.io/r:1", "operatorsIndexes": [],
+                                      "operatorsPackagesAndChannels": []}},
                 "installPlans": {"id": "i", "subscriptions": [], "deadline": "x"}}})
         );
     }

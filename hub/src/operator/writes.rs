@@ -21,9 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use futures::StreamExt;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event as K8sEvent;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Map, Value, json};
 use talm_hub_core::{Decision, Event, Write, names};
@@ -518,44 +516,28 @@ fn k8s_event(
     let nanos = now.as_nanosecond().to_string();
     let uid = cgu.metadata.uid.clone().unwrap_or_default();
     let event_name = names::event_name(name, &[ns, name, &uid, &nanos, &seq, &shared.identity]);
-    let r = &e.regarding;
-    let regarding_uid = if !r.uid.is_empty() {
-        Some(r.uid.clone())
-    } else if r.kind == "ClusterGroupUpgrade" && r.name == name {
-        cgu.metadata.uid.clone()
-    } else if r.kind == "ManagedCluster" {
-        shared
-            .cache_read()
-            .snapshot()
-            .managed_cluster(&r.name)
-            .and_then(|m| m.metadata.uid.clone())
-    } else {
-        None
-    };
-    K8sEvent {
-        metadata: ObjectMeta {
-            name: Some(event_name),
-            namespace: Some(ns.to_string()),
-            annotations: (!e.annotations.is_empty()).then(|| e.annotations.clone()),
-            ..Default::default()
+    let snapshot = shared.cache_read();
+    crate::events::k8s_event(
+        e,
+        crate::events::EventMeta {
+            name: &event_name,
+            namespace: ns,
+            now,
+            reporting_instance: &shared.identity,
         },
-        event_time: Some(MicroTime(now)),
-        reporting_controller: Some(names::EVENT_REPORTING_CONTROLLER.into()),
-        reporting_instance: Some(shared.identity.clone()),
-        action: Some(e.action.clone()),
-        reason: Some(e.reason.clone()),
-        note: Some(e.note.clone()),
-        type_: Some(e.type_.as_str().into()),
-        regarding: Some(ObjectReference {
-            api_version: Some(r.api_version.clone()),
-            kind: Some(r.kind.clone()),
-            namespace: (!r.namespace.is_empty()).then(|| r.namespace.clone()),
-            name: Some(r.name.clone()),
-            uid: regarding_uid,
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+        |r| {
+            if r.kind == "ClusterGroupUpgrade" && r.name == name {
+                cgu.metadata.uid.clone()
+            } else if r.kind == "ManagedCluster" {
+                snapshot
+                    .snapshot()
+                    .managed_cluster(&r.name)
+                    .and_then(|m| m.metadata.uid.clone())
+            } else {
+                None
+            }
+        },
+    )
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use talm_hub_core::{Decision, Event, Write, names};
 use talm_shared::api::rhacm::{Placement, PlacementBinding};
 
-use super::store::{CguKey, Kind, ObjectKey, Store, admit, edit_object, k8s_micro_time};
+use super::store::{CguKey, Kind, ObjectKey, Store, admit, edit_object};
 use crate::error::Error;
 
 /// What a write did to one object.
@@ -348,54 +348,25 @@ fn event_name(store: &Store, cgu: &CguKey, now: Timestamp) -> String {
         .unwrap_or_default()
 }
 
-/// The `events.k8s.io/v1` Event object for an engine event.
+/// The `events.k8s.io/v1` Event object for an engine event (the operator's body,
+/// `crate::events::k8s_event`, with the uids the store knows).
 fn event_object(store: &Store, cgu: &CguKey, event: &Event, now: Timestamp) -> Map<String, Value> {
-    let r = &event.regarding;
-    let mut regarding = Map::new();
-    regarding.insert("apiVersion".into(), Value::String(r.api_version.clone()));
-    regarding.insert("kind".into(), Value::String(r.kind.clone()));
-    if !r.namespace.is_empty() {
-        regarding.insert("namespace".into(), Value::String(r.namespace.clone()));
-    }
-    regarding.insert("name".into(), Value::String(r.name.clone()));
-    let uid = if r.uid.is_empty() {
-        known_uid(store, &r.api_version, &r.kind, &r.namespace, &r.name)
-    } else {
-        Some(r.uid.clone())
-    };
-    if let Some(uid) = uid {
-        regarding.insert("uid".into(), Value::String(uid));
-    }
-    let mut metadata = Map::new();
-    metadata.insert("name".into(), Value::String(event_name(store, cgu, now)));
-    metadata.insert("namespace".into(), Value::String(cgu.namespace.clone()));
-    if !event.annotations.is_empty() {
-        let annotations = event
-            .annotations
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect();
-        metadata.insert("annotations".into(), Value::Object(annotations));
-    }
-    let mut raw = Map::new();
-    raw.insert(
-        "apiVersion".into(),
-        Value::String(super::store::EVENT_API_VERSION.into()),
+    let name = event_name(store, cgu, now);
+    let body = crate::events::k8s_event(
+        event,
+        crate::events::EventMeta {
+            name: &name,
+            namespace: &cgu.namespace,
+            now,
+            reporting_instance: "talm-hub",
+        },
+        |r| known_uid(store, &r.api_version, &r.kind, &r.namespace, &r.name),
     );
-    raw.insert("kind".into(), Value::String("Event".into()));
-    raw.insert("metadata".into(), Value::Object(metadata));
-    raw.insert("eventTime".into(), Value::String(k8s_micro_time(now)));
-    raw.insert(
-        "reportingController".into(),
-        Value::String(names::EVENT_REPORTING_CONTROLLER.into()),
-    );
-    raw.insert("reportingInstance".into(), Value::String("talm-hub".into()));
-    raw.insert("action".into(), Value::String(event.action.clone()));
-    raw.insert("reason".into(), Value::String(event.reason.clone()));
-    raw.insert("note".into(), Value::String(event.note.clone()));
-    raw.insert("type".into(), Value::String(event.type_.as_str().into()));
-    raw.insert("regarding".into(), Value::Object(regarding));
-    raw
+    match serde_json::to_value(body) {
+        Ok(Value::Object(raw)) => raw,
+        // An Event always serialises to an object.
+        _ => Map::new(),
+    }
 }
 
 /// The uid of an object the store knows, for filling in an event's `regarding.uid`.
@@ -966,13 +937,20 @@ metadata: {name: spoke2}
         assert!(s.cgu_keys().is_empty());
     }
 
-    fn event(reason: &str, regarding: ObjectRef) -> Event {
+    fn event(reason: &str, related: ObjectRef) -> Event {
         Event {
             type_: EventType::Warning,
             reason: reason.into(),
             action: "RemediationInClusterStarted".into(),
             note: "ClusterGroupUpgrade cgu-1: cluster spoke1 upgrade started".into(),
-            regarding,
+            regarding: ObjectRef {
+                api_version: "ran.openshift.io/v1alpha1".into(),
+                kind: "ClusterGroupUpgrade".into(),
+                namespace: "ns".into(),
+                name: "cgu-1".into(),
+                uid: "u-cgu".into(),
+            },
+            related: Some(related),
             annotations: BTreeMap::from([(
                 "cgu.openshift.io/event-type".to_string(),
                 "cluster".to_string(),
@@ -1038,6 +1016,11 @@ metadata: {name: spoke2}
         let uid = raw(&s, Kind::ManagedCluster, "ManagedCluster", "", "spoke1").unwrap()["metadata"]["uid"].clone();
         assert_eq!(
             e["regarding"],
+            json!({"apiVersion": "ran.openshift.io/v1alpha1", "kind": "ClusterGroupUpgrade", "namespace": "ns", "name": "cgu-1", "uid": "u-cgu"}),
+            "per-cluster events are about the CGU"
+        );
+        assert_eq!(
+            e["related"],
             json!({"apiVersion": "cluster.open-cluster-management.io/v1", "kind": "ManagedCluster", "name": "spoke1", "uid": uid}),
             "cluster-scoped: no namespace; uid filled in from the object"
         );

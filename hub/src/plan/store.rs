@@ -285,11 +285,6 @@ pub fn k8s_time(ts: Timestamp) -> String {
     ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-/// Formats `ts` as a Kubernetes `metav1.MicroTime` (RFC 3339, microseconds, UTC).
-pub fn k8s_micro_time(ts: Timestamp) -> String {
-    ts.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
-}
-
 /// A deterministic UUID-shaped uid for an object that has none (what the API server would
 /// assign at create). Same key, same uid.
 pub fn deterministic_uid(key: &ObjectKey) -> String {
@@ -750,7 +745,5 @@ metadata: {name: cm, namespace: ns}
     fn times_use_kubernetes_formats() {
         let t: Timestamp = "2026-01-01T10:00:00.123456789Z".parse().unwrap();
         assert_eq!(k8s_time(t), "2026-01-01T10:00:00Z");
-        assert_eq!(k8s_micro_time(t), "2026-01-01T10:00:00.123456Z");
-        assert_eq!(k8s_micro_time(now()), "2026-01-01T10:00:00.000000Z");
     }
 }

@@ -342,14 +342,15 @@ pub struct ClusterRemediationProgress {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PrecachingSpec {
-    /// OpenShift release image.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    /// OpenShift release image (always written, `""` when none, as TALM's Go type has no
+    /// `omitempty` here).
+    #[serde(default)]
     pub platform_image: String,
-    /// OLM index images.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// OLM index images (always written, `[]` when none).
+    #[serde(default)]
     pub operators_indexes: Vec<String>,
-    /// `package:channel` entries.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// `package:channel` entries (always written, `[]` when none).
+    #[serde(default)]
     pub operators_packages_and_channels: Vec<String>,
     /// Regular expressions; matching release images are not pre-cached.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -95,6 +95,9 @@ pub fn reconcile(cgu: &ClusterGroupUpgrade, snap: &Snapshot, ctx: &Context<'_>) 
         recorded: None,
     };
     r.run();
+    // TALM's status holds `status` (UpgradeStatus) as a plain struct: it is always written,
+    // `{}` before the start (docs/contract.md §2.2).
+    r.status.status.get_or_insert_with(Default::default);
     Decision {
         status: r.status,
         finalizer: r.finalizer,

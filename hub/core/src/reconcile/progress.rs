@@ -53,6 +53,8 @@ impl Run<'_> {
     /// One pass of the in-progress path over the frozen `plan`.
     fn in_progress_with(&mut self, plan: &[Vec<String>]) {
         let policies = self.policies_for_upgrade();
+        // The events' `total-clusters-count`: the clusters of the whole plan.
+        let total: usize = plan.iter().map(Vec::len).sum();
         if plan.is_empty() {
             self.end(
                 reasons::COMPLETED,
@@ -98,7 +100,7 @@ impl Run<'_> {
             us.current_batch_remediation_progress = Some(progress);
             us.current_batch_started_at = Some(Time(now));
             self.events
-                .push(events::batch_started(self.cgu, current, &batch));
+                .push(events::batch_started(self.cgu, current, &batch, total));
         }
         let batch_started = self
             .status
@@ -154,7 +156,7 @@ impl Run<'_> {
         let last = current == plan.len();
         if !last {
             if all_done {
-                self.finish_batch(current, &batch);
+                self.finish_batch(current, &batch, total);
                 return;
             }
         } else if all_done {
@@ -167,7 +169,7 @@ impl Run<'_> {
             });
             if all_compliant {
                 self.events
-                    .push(events::batch_completed(self.cgu, current, &batch));
+                    .push(events::batch_completed(self.cgu, current, &batch, total));
                 self.empty_placements();
                 self.end(
                     reasons::COMPLETED,
@@ -350,10 +352,11 @@ impl Run<'_> {
         policies: &[ManagedPolicyForUpgrade],
         deadline: Timestamp,
     ) {
+        // Owned: the loop below records view names in the status.
         let Some(content) = self
             .status
             .managed_policies_content
-            .as_ref()
+            .clone()
             .filter(|c| !c.is_empty())
         else {
             return;
@@ -392,6 +395,22 @@ impl Run<'_> {
                 writes.extend(installplan::clear_agent_task(self.cgu, &c, self.snap));
                 continue;
             };
+            // TALM records every Subscription view in safeResourceNames; talm does too, whether
+            // the views or the agent do the work, so the names stay what TALM would show.
+            for sub in s {
+                let key = installplan::subscription_view_key(self.cgu, &sub.name);
+                let name = installplan::subscription_view_name(
+                    self.cgu,
+                    &suffix,
+                    &sub.name,
+                    self.status.safe_resource_names.as_ref(),
+                );
+                self.status
+                    .safe_resource_names
+                    .get_or_insert_with(BTreeMap::new)
+                    .entry(key)
+                    .or_insert(name);
+            }
             let agent = self.snap.spoke_agent(&c, &c);
             let id = installplan::agent_task_id(self.cgu, pol);
             if installplan::agent_path(self.cgu, agent, &id) {
@@ -467,9 +486,9 @@ impl Run<'_> {
     }
 
     /// A completed (non-last) batch: its event, empty Placements, and on to the next batch.
-    fn finish_batch(&mut self, current: usize, batch: &[String]) {
+    fn finish_batch(&mut self, current: usize, batch: &[String], total: usize) {
         self.events
-            .push(events::batch_completed(self.cgu, current, batch));
+            .push(events::batch_completed(self.cgu, current, batch, total));
         self.empty_placements();
         let us = self.upgrade_status();
         us.current_batch_started_at = None;
