@@ -1,10 +1,18 @@
 //! On-node recovery after a failed upgrade (`talm-agent recover`), following TALM's
 //! `upgrade-recovery.sh` stages, with a journal of finished steps.
 //!
+//! 0. Where it runs: the node commands (systemctl, crictl, crio, oc, ostree, rpm-ostree,
+//!    `/usr/local/bin/cluster-restore.sh`) always act on the machine the agent runs on, while
+//!    the files are taken under the host root. So with a host root other than `/` (or with
+//!    `--dry-run`) a run is a dry run ([`RecoverConfig::dry_run`]): after the preflight it prints
+//!    each command and each destructive file step it would carry out, and runs and changes
+//!    nothing (not even the journal), unless `--force-host-root` says the split is intended.
 //! 1. Preflight, every run, before anything changes: the backup is complete and every artifact
 //!    matches the manifest; every archive passes a complete dry run of its restore (no absolute
 //!    names, no `..`, no links out of the host root, not truncated, the layout its step expects,
-//!    not empty where the live tree is not); every destination is resolved inside the host root
+//!    not empty where the live tree is not, not below the sanity floor: at least half the
+//!    entries and half the bytes of file data the backup recorded for its tree, unless
+//!    `--force`); every destination is resolved inside the host root
 //!    as the host resolves it ([`crate::host::root::resolve_in_root`]: `/usr/local` is
 //!    `/var/usrlocal` on RHCOS; nothing outside the root, no dangling link) to a place of its
 //!    own ([`destination`]), and the archive's entries are written below it through real
@@ -57,8 +65,15 @@ pub struct RecoverConfig {
     pub mode: Mode,
     /// Run one stage, then stop (`--step`).
     pub single_stage: bool,
-    /// Skip the pinned-deployment check.
+    /// Restore the files even without a pinned pre-upgrade deployment, and restore an archive
+    /// below its sanity floor (`--force`).
     pub force: bool,
+    /// Carry the run out although the host root is not `/` (`--force-host-root`): the node
+    /// commands then run on this machine, the files are restored under the host root.
+    pub force_host_root: bool,
+    /// Only print what would be done (`--dry-run`); implied by a host root other than `/`
+    /// without `force_host_root`.
+    pub dry_run: bool,
     /// The kubeconfig for `oc` (host path), passed as `KUBECONFIG`.
     pub kubeconfig: Option<PathBuf>,
     /// Poll interval of the waits.
@@ -151,6 +166,26 @@ pub enum RecoverError {
         /// Why.
         reason: String,
     },
+    /// A mirrored tree's archive is far below what the backup recorded for it (fewer than half
+    /// its entries, or less than half its bytes of file data): restoring it would delete most
+    /// of the live tree. Found by the preflight: nothing was changed.
+    #[error(
+        "backup archive {name} holds {entries} entries and {bytes} bytes of file data, but the backup recorded {recorded_entries} entries and {recorded_bytes} bytes for {dir} when it was taken: below the sanity floor (half of either), so restoring it would delete most of {dir}. Take a new backup, or use --force to restore this archive anyway; nothing was changed"
+    )]
+    BelowFloor {
+        /// The artifact.
+        name: String,
+        /// The host directory it restores.
+        dir: String,
+        /// Entries in the archive now.
+        entries: u64,
+        /// Bytes of file data in the archive now.
+        bytes: u64,
+        /// Entries recorded in the manifest.
+        recorded_entries: u64,
+        /// Bytes recorded in the manifest.
+        recorded_bytes: u64,
+    },
     /// Stopped after a step (fault injection).
     #[error("stopped after step {0}; run `talm-agent recover --resume` to continue")]
     Stopped(String),
@@ -237,6 +272,8 @@ const OS_STEP: &str = "os/rollback";
 
 struct Run<'a> {
     cfg: &'a RecoverConfig,
+    /// Print what would be done; run and change nothing.
+    dry: bool,
     rep: &'a dyn Reporter,
     journal: Journal,
     journal_path: PathBuf,
@@ -244,13 +281,44 @@ struct Run<'a> {
     manifest: Manifest,
     /// The `/etc` exclusions of the backup (kept on disk by the `/etc` mirror).
     exclusions: Vec<String>,
+    /// Entries of each restore's archive, by archive base name (for the dry run's plan).
+    entries: Vec<(&'static str, usize)>,
+}
+
+/// Why this run is a dry run, if it is one: `--dry-run`, or a host root other than `/` without
+/// `--force-host-root` (the node commands would act on this machine, not on that root).
+fn dry_run_reason(cfg: &RecoverConfig) -> Option<String> {
+    if cfg.dry_run {
+        Some("--dry-run given".into())
+    } else if !cfg.force_host_root && !cfg.host.root.is_slash() {
+        Some(format!(
+            "--host-root {} is not /, and the node commands (systemctl, crictl, crio, oc, ostree, rpm-ostree, cluster-restore.sh) would act on this machine, not on it",
+            cfg.host.root.path().display()
+        ))
+    } else {
+        None
+    }
 }
 
 /// Runs (or resumes) the recovery.
 pub fn run(cfg: &RecoverConfig, rep: &dyn Reporter) -> Result<Outcome, RecoverError> {
     let dir = cfg.host.root.join(&cfg.dir);
     let journal_path = dir.join(RECOVERY_JOURNAL);
+    let dry = dry_run_reason(cfg);
+    if let Some(why) = &dry {
+        rep.say(&format!(
+            "dry run ({why}): checking the backup, then printing what would be done; nothing is run or changed"
+        ));
+    }
     let mut journal = match (cfg.mode, Journal::load(&journal_path)) {
+        (Mode::Restart, Err(e)) if dry.is_some() => {
+            rep.say(&format!(
+                "[dry run] --restart: the recovery journal {} is unreadable ({}); would move it aside for diagnosis and start over",
+                journal_path.display(),
+                e.reason
+            ));
+            None
+        }
         (Mode::Restart, Err(e)) => {
             // Whatever it holds: kept for diagnosis, out of the way.
             let kept = Journal::set_aside(&journal_path)?;
@@ -294,17 +362,22 @@ pub fn run(cfg: &RecoverConfig, rep: &dyn Reporter) -> Result<Outcome, RecoverEr
         manifest.artifacts.len(),
     ));
     rep.say("checking every archive (a dry run of its restore) and every destination");
-    let exclusions = preflight(cfg, &backup, &manifest)?;
+    let checked = preflight(cfg, rep, &backup, &manifest)?;
     rep.say("archives and destinations checked");
     let mut r = Run {
         cfg,
+        dry: dry.is_some(),
         rep,
         journal,
         journal_path,
         backup,
         manifest,
-        exclusions,
+        exclusions: checked.exclusions,
+        entries: checked.entries,
     };
+    if r.dry {
+        return r.plan();
+    }
     r.journal.save(&r.journal_path)?;
 
     if !r.journal.is_done(OS_STEP) {
@@ -378,9 +451,10 @@ fn artifact_name<'m>(manifest: &'m Manifest, prefix: &str) -> Option<&'m str> {
 /// static-pod resources and the etcd snapshot that `cluster-restore.sh` takes.
 fn preflight(
     cfg: &RecoverConfig,
+    rep: &dyn Reporter,
     backup: &Path,
     manifest: &Manifest,
-) -> Result<Vec<String>, RecoverError> {
+) -> Result<Checked, RecoverError> {
     let root = &cfg.host.root;
     let exclusions: Vec<String> = std::fs::read_to_string(backup.join(ETC_EXCLUDE))
         .map_err(|e| RecoverError::Archive {
@@ -408,8 +482,8 @@ fn preflight(
             mirror_keep: keep,
             host_paths: host_dir == "/",
         };
-        archive::check(&backup.join(name), &dest, &opts)
-            .map(|names| (dest, names))
+        archive::check_listing(&backup.join(name), &dest, &opts)
+            .map(|listing| (dest, listing))
             .map_err(|e| match e {
                 ArchiveError::OnDisk { .. } => on_disk(host_dir, e.to_string()),
                 e => RecoverError::Archive {
@@ -419,6 +493,13 @@ fn preflight(
             })
     };
     let keep_etc = |rel: &Path| crate::backup::layout::is_excluded(&exclusions, rel);
+    if manifest.trees.is_empty() {
+        rep.say(&format!(
+            "this backup's manifest records no entry counts (taken by an older talm-agent): no sanity floor applies to the restores of {}",
+            mirrored_dirs()
+        ));
+    }
+    let mut entries = Vec::new();
     for (_, base, host_dir, mirror) in RESTORES {
         let name = artifact_name(manifest, &format!("{base}.tar")).ok_or_else(|| {
             RecoverError::Archive {
@@ -428,16 +509,20 @@ fn preflight(
         })?;
         let keep_none = |_: &Path| false;
         let keep: &dyn Fn(&Path) -> bool = if base == "etc" { &keep_etc } else { &keep_none };
-        let (dest, names) = check(name, host_dir, mirror.then_some(keep))?;
+        let (dest, listing) = check(name, host_dir, mirror.then_some(keep))?;
         let layout = if mirror {
-            mirror_layout(host_dir, &dest, &names, keep)
+            mirror_layout(host_dir, &dest, &listing.names, keep)
         } else {
-            extras_layout(&names)
+            extras_layout(&listing.names)
         };
         layout.map_err(|reason| RecoverError::Archive {
             name: name.into(),
             reason,
         })?;
+        if mirror {
+            floor(cfg, rep, manifest, name, host_dir, &listing)?;
+        }
+        entries.push((base, listing.names.len()));
     }
     let missing = |what: &str, prefix: &str| RecoverError::Archive {
         name: format!("{prefix}*"),
@@ -446,8 +531,12 @@ fn preflight(
     artifact_name(manifest, SNAPSHOT).ok_or_else(|| missing("etcd snapshot", SNAPSHOT))?;
     let name = artifact_name(manifest, STATIC_PODS_ARCHIVE)
         .ok_or_else(|| missing("static-pod resources", STATIC_PODS_ARCHIVE))?;
-    let (_, names) = check(name, STATIC_PODS_DEST, None)?;
-    if let Some(n) = names.iter().find(|n| !n.starts_with(STATIC_PODS_TOP)) {
+    let (_, listing) = check(name, STATIC_PODS_DEST, None)?;
+    if let Some(n) = listing
+        .names
+        .iter()
+        .find(|n| !n.starts_with(STATIC_PODS_TOP))
+    {
         return Err(RecoverError::Archive {
             name: name.into(),
             reason: format!(
@@ -456,7 +545,74 @@ fn preflight(
             ),
         });
     }
-    Ok(exclusions)
+    Ok(Checked {
+        exclusions,
+        entries,
+    })
+}
+
+/// What the preflight found.
+struct Checked {
+    /// The `/etc` exclusions.
+    exclusions: Vec<String>,
+    /// Entries of each restore's archive, by archive base name.
+    entries: Vec<(&'static str, usize)>,
+}
+
+/// The mirrored host directories, for messages.
+fn mirrored_dirs() -> String {
+    RESTORES
+        .iter()
+        .filter(|r| r.3)
+        .map(|r| r.2)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The sanity floor of a mirrored restore: the archive must hold at least half the entries and
+/// half the bytes of file data the backup recorded for its tree when it wrote it (a restore
+/// deletes what the archive does not hold, so an archive far below that would wipe most of the
+/// tree). `--force` restores it anyway, saying so. A tree the manifest records nothing for (a
+/// backup by an older agent) has no floor, which is said too.
+fn floor(
+    cfg: &RecoverConfig,
+    rep: &dyn Reporter,
+    manifest: &Manifest,
+    name: &str,
+    host_dir: &str,
+    listing: &archive::Listing,
+) -> Result<(), RecoverError> {
+    let Some(recorded) = manifest.tree(host_dir) else {
+        if !manifest.trees.is_empty() {
+            rep.say(&format!(
+                "the manifest records no entry count for {host_dir}: no sanity floor applies to its restore"
+            ));
+        }
+        return Ok(());
+    };
+    let entries = u64::try_from(listing.names.len()).unwrap_or(u64::MAX);
+    let below = entries.saturating_mul(2) < recorded.entries
+        || listing.bytes.saturating_mul(2) < recorded.bytes;
+    if !below {
+        return Ok(());
+    }
+    let err = RecoverError::BelowFloor {
+        name: name.into(),
+        dir: host_dir.into(),
+        entries,
+        bytes: listing.bytes,
+        recorded_entries: recorded.entries,
+        recorded_bytes: recorded.bytes,
+    };
+    if cfg.force {
+        rep.say(&format!(
+            "--force: backup archive {name} holds {entries} entries and {} bytes of file data, below the sanity floor (half of the {} entries and {} bytes recorded for {host_dir}); restoring it anyway",
+            listing.bytes, recorded.entries, recorded.bytes
+        ));
+        Ok(())
+    } else {
+        Err(err)
+    }
 }
 
 /// Where the mirrored restore of `host_dir` writes: the directory resolved inside the host root
@@ -572,6 +728,59 @@ fn extras_layout(names: &[PathBuf]) -> Result<(), String> {
 }
 
 impl Run<'_> {
+    /// The dry run: what the remaining steps would do, each command and each file step, in
+    /// order; nothing is run, written or deleted (the journal neither).
+    fn plan(&mut self) -> Result<Outcome, RecoverError> {
+        if !self.journal.is_done(OS_STEP) {
+            self.rep.say(&format!(
+                "[dry run] OS rollback: would run `ostree admin status` on {} and, unless the running deployment is the pinned pre-upgrade one, undeploy the newer deployments with `ostree admin undeploy` and run `rpm-ostree rollback -r` (the node reboots); {}",
+                self.cfg.host.root.join("/sysroot").display(),
+                if self.cfg.force {
+                    "with no pinned deployment, --force restores the files only"
+                } else {
+                    "with no pinned deployment, it would stop there (--force restores the files only)"
+                }
+            ));
+        }
+        for (si, (stage, steps)) in STAGES.iter().enumerate() {
+            let key = |s: &str| format!("{stage}/{s}");
+            if steps.iter().all(|s| self.journal.is_done(&key(s))) {
+                continue;
+            }
+            if si == 1 {
+                self.rep.say(
+                    "[dry run] would check that the node has rebooted since stage 1 (its boot id)",
+                );
+            }
+            self.rep
+                .say(&format!("[dry run] stage {}: {stage}", si + 1));
+            for step in steps.iter() {
+                if !self.journal.is_done(&key(step)) {
+                    self.step(stage, step)?;
+                }
+            }
+            if si == 0 {
+                self.rep.say("[dry run] would stop here and ask for a reboot (`systemctl reboot`); `talm-agent recover --resume` then runs stage 2");
+            }
+        }
+        let next = format!(
+            "Dry run: nothing was run or changed. On the node itself, run it with --host-root /; to run the node commands on this machine against the files under {}, add --force-host-root",
+            self.cfg.host.root.path().display()
+        );
+        self.rep.say(&next);
+        Ok(Outcome {
+            next,
+            finished: false,
+        })
+    }
+
+    /// Prints a command the dry run would run.
+    fn would_run(&self, cmd: &Cmd) {
+        let env: String = cmd.env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+        self.rep
+            .say(&format!("[dry run] would run: {env}{}", cmd.display()));
+    }
+
     fn finish_step(&mut self, key: &str) -> Result<(), RecoverError> {
         self.journal.done.push(key.to_owned());
         if key.starts_with("restore_files/")
@@ -645,9 +854,15 @@ impl Run<'_> {
 
     fn cmd(&self, step: &str, cmd: Cmd) -> Result<crate::host::exec::Output, RecoverError> {
         let cmd = match &self.cfg.kubeconfig {
-            Some(k) if cmd.program == "oc" => cmd.env("KUBECONFIG", k.display().to_string()),
+            Some(k) if cmd.program == "oc" && !cmd.env.iter().any(|(n, _)| n == "KUBECONFIG") => {
+                cmd.env("KUBECONFIG", k.display().to_string())
+            }
             _ => cmd,
         };
+        if self.dry {
+            self.would_run(&cmd);
+            return Ok(crate::host::exec::Output::ok(""));
+        }
         self.cfg
             .host
             .runner
@@ -657,6 +872,9 @@ impl Run<'_> {
 
     /// A command whose failure is only worth a warning (status printing, setenforce).
     fn soft(&self, cmd: Cmd) {
+        if self.dry {
+            return self.would_run(&cmd);
+        }
         match self.cfg.host.runner.run(&cmd) {
             Ok(out) => {
                 let text = out.stdout_text();
@@ -708,6 +926,33 @@ impl Run<'_> {
     ) -> Result<(), RecoverError> {
         let archive_path = self.artifact(base)?;
         let root = &self.cfg.host.root;
+        if self.dry {
+            let entries = self
+                .entries
+                .iter()
+                .find(|(b, _)| *b == base)
+                .map_or(0, |(_, n)| *n);
+            let effect = match (mirror, base) {
+                (false, _) => " (each entry at its host path; nothing is deleted)".to_owned(),
+                (true, "etc") => format!(
+                    ", then delete everything in it the archive does not hold, except the {} /etc exclusions",
+                    self.exclusions.len()
+                ),
+                (true, _) => ", then delete everything in it the archive does not hold".to_owned(),
+            };
+            let at = if mirror {
+                destination(self.cfg, host_dir)
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_else(|e| e.to_string())
+            } else {
+                root.path().display().to_string()
+            };
+            self.rep.say(&format!(
+                "[dry run] {step}: would restore {} ({entries} entries) into {host_dir} ({at}){effect}",
+                archive_path.display()
+            ));
+            return Ok(());
+        }
         // The preflight's rule again (the host may have changed since).
         let dest = if mirror {
             destination(self.cfg, host_dir).map_err(|e| RecoverError::Step {
@@ -771,6 +1016,9 @@ impl Run<'_> {
             }
             "daemon-reload" => drop(self.cmd(&key, systemctl(&["daemon-reload"]))?),
             "disable-kubelet" => drop(self.cmd(&key, systemctl(&["disable", "kubelet"]))?),
+            "start-crio" if self.dry => self.rep.say(
+                "[dry run] would run: systemctl is-active --quiet crio, then systemctl start crio if it is not active",
+            ),
             "start-crio" => {
                 let active = self
                     .cfg
@@ -889,6 +1137,13 @@ impl Run<'_> {
         what: &str,
         mut ready: impl FnMut() -> Option<()>,
     ) -> Result<(), RecoverError> {
+        if self.dry {
+            self.rep.say(&format!(
+                "[dry run] would wait up to {:?} for {what}",
+                self.cfg.wait_timeout
+            ));
+            return Ok(());
+        }
         let start = Instant::now();
         loop {
             if ready().is_some() {
