@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use backup_support::require;
 use talm_agent::host::archive::{
-    ArchiveError, ArchiveWriter, Compression, RestoreOptions, check, restore,
+    ArchiveError, ArchiveWriter, Compression, RestoreOptions, check, check_listing, restore,
 };
 use talm_agent::host::exec::{Cmd, CommandRunner, RealRunner};
 
@@ -164,8 +164,13 @@ fn real_files_round_trip_with_every_compression() {
         let ar = d.path().join(format!("a{i}{}", c.suffix()));
         let mut w = ArchiveWriter::create(&ar, c, NO_TICK).unwrap();
         w.add_tree(&src, Path::new(""), &|_| false).unwrap();
+        // What the manifest records of a tree (the sanity floor of a restore).
+        let (entries, bytes) = (w.entries, w.bytes);
         let digest = w.finish().unwrap();
         assert_eq!(digest, talm_agent::host::archive::digest_file(&ar).unwrap());
+        // File data only: plain, secret, setuid, the long name and the sparse file's full
+        // length; the hard links, links, directories and the fifo count as entries only.
+        assert_eq!(bytes, 6 + 7 + 10 + 4 + (64 << 20), "{c:?}");
         // The sparse file's holes are not stored.
         assert!(
             c == Compression::None || digest.size < 1 << 20,
@@ -180,8 +185,17 @@ fn real_files_round_trip_with_every_compression() {
             mirror_keep: None,
             host_paths: false,
         };
+        // The dry run counts what the writer counted.
+        let listing = check_listing(&ar, &dst, &opts).unwrap();
+        assert_eq!(
+            (listing.names.len() as u64, listing.bytes),
+            (entries, bytes),
+            "{c:?}: {:?}",
+            listing.names
+        );
         let stats = restore(&ar, &dst, &opts).unwrap();
         assert!(stats.entries >= 12);
+        assert_eq!(stats.entries, entries, "{c:?}");
         assert_eq!(describe(&dst), want, "{c:?}");
         let sparse = fs::metadata(dst.join("sparse.db")).unwrap();
         assert_eq!(sparse.len(), 64 << 20);

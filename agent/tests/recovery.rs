@@ -111,6 +111,9 @@ fn rcfg(root: &Path, n: &Node, mode: Mode) -> RecoverConfig {
         mode,
         single_stage: false,
         force: false,
+        // A temp host root with a fake node behind the command seam: carry it out.
+        force_host_root: true,
+        dry_run: false,
         kubeconfig: Some(PathBuf::from("/etc/kubernetes/recovery.kubeconfig")),
         poll: Duration::from_millis(1),
         wait_timeout: Duration::from_secs(5),
@@ -964,5 +967,189 @@ fn restart_moves_a_corrupt_journal_aside() {
     assert_eq!(
         std::fs::read(rdir.join("recovery.journal.bad.3/junk")).unwrap(),
         b"x"
+    );
+}
+
+// ---- Risks of issue 14 §4: a fake host root, and an archive far below its recorded size ----
+
+/// A host root other than `/` is a dry run unless `--force-host-root`: the node commands would
+/// act on this machine, not on that root. It checks the backup, prints each command and each
+/// destructive file step of every stage, and runs nothing and changes nothing: no command
+/// reaches the runner (not even `ostree admin status`), and the whole tree under the root,
+/// the recovery directory included (no journal), is byte for byte as it was.
+#[test]
+fn a_host_root_other_than_slash_is_a_dry_run_unless_forced() {
+    if !require(
+        "a_host_root_other_than_slash_is_a_dry_run_unless_forced",
+        &["etcd", "etcdctl"],
+    ) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let e = Etcd::start("m1", &d.path().join("etcd"), d.path(), None, None);
+    let root = d.path().join("host");
+    prepared(&root, &e);
+    let host_before = tree(&root);
+    for (what, dry_run) in [("a temp host root", false), ("--dry-run", true)] {
+        let n = node();
+        let mut c = rcfg(&root, &n, Mode::Start);
+        c.force_host_root = dry_run;
+        c.dry_run = dry_run;
+        let say = Say::default();
+        let o = recovery::run(&c, &say).unwrap();
+        assert!(!o.finished, "{what}");
+        assert!(
+            o.next.contains("nothing was run or changed") && o.next.contains("--force-host-root"),
+            "{what}: {}",
+            o.next
+        );
+        assert!(
+            n.runner.lines().is_empty(),
+            "{what}: ran {:?}",
+            n.runner.lines()
+        );
+        assert_eq!(tree(&root), host_before, "{what}: the host changed");
+        let lines = say.lines.lock().unwrap().join("\n");
+        let why = if dry_run {
+            "dry run (--dry-run given)".to_owned()
+        } else {
+            format!("dry run (--host-root {} is not /", root.display())
+        };
+        let kubeconfig = "KUBECONFIG=/etc/kubernetes/recovery.kubeconfig";
+        for want in [
+            why,
+            "rpm-ostree rollback -r".into(),
+            "would run: systemctl stop kubelet".into(),
+            "would run: crictl rmp -fa".into(),
+            "would run: crio wipe -f".into(),
+            format!(
+                "restore-etc: would restore {}",
+                root.join("var/recovery/backup/etc.tar.zst").display()
+            ),
+            "except the 3 /etc exclusions".into(),
+            "restore-usr-local: would restore".into(),
+            "restore-extras: would restore".into(),
+            "nothing is deleted".into(),
+            "would stop here and ask for a reboot".into(),
+            "restore-kubelet: would restore".into(),
+            "would run: /usr/local/bin/cluster-restore.sh /var/recovery/backup/cluster".into(),
+            "would wait up to 5s for a new running etcd container".into(),
+            format!("would run: {kubeconfig} oc patch etcd cluster --type=merge"),
+            format!("would run: {kubeconfig} oc get co"),
+        ] {
+            assert!(lines.contains(&want), "{what}: {want:?} not in:\n{lines}");
+        }
+    }
+    // Forced, the same root is recovered (the fake node receives the commands).
+    let n = node();
+    let o = recovery::run(&rcfg(&root, &n, Mode::Start), &Say::default()).unwrap();
+    assert!(o.next.contains("systemctl reboot"), "{}", o.next);
+    assert!(commands(&n).contains(&"crio wipe -f".to_owned()));
+    assert_ne!(tree(&root), host_before);
+}
+
+/// The sanity floor: the backup records each mirrored tree's entry count and data size, and a
+/// restore refuses, in the preflight, an archive with fewer than half those entries or bytes,
+/// even when the manifest's checksums match it (a tampered, resealed backup), naming the tree
+/// and the numbers; `--force` restores it, saying so. A manifest without the counts (an older
+/// agent's) is still read, with no floor, and the preflight says so.
+#[test]
+fn an_archive_far_below_its_recorded_size_is_refused_unless_forced() {
+    if !require(
+        "an_archive_far_below_its_recorded_size_is_refused_unless_forced",
+        &["etcd", "etcdctl"],
+    ) {
+        return;
+    }
+    use tar::EntryType::Regular as F;
+    let d = tempfile::tempdir().unwrap();
+    let e = Etcd::start("m1", &d.path().join("etcd"), d.path(), None, None);
+    let small = |root: &Path| {
+        let name = artifact_named(root, "etc.tar");
+        let bytes = raw_tar(&[("hostname", F, "", b"node1\n")], true);
+        std::fs::write(backup_file(root, &name), zst(&bytes)).unwrap();
+    };
+    let read_manifest = |root: &Path| -> Manifest {
+        serde_json::from_slice(&std::fs::read(backup_file(root, "manifest.json")).unwrap()).unwrap()
+    };
+
+    let root = d.path().join("host");
+    prepared(&root, &e);
+    let m = read_manifest(&root);
+    let dirs: Vec<&str> = m.trees.iter().map(|t| t.dir.as_str()).collect();
+    assert_eq!(dirs, ["/etc", "/usr/local", "/var/lib/kubelet"]);
+    let etc = m.tree("/etc").unwrap().clone();
+    assert_eq!(etc.archive, "etc.tar.zst");
+    assert!(etc.entries >= 10 && etc.bytes >= 1000, "{etc:?}");
+    // The untampered backup passes the floor (the counts are the archive's own).
+    let n = node();
+    let say = Say::default();
+    let mut c = rcfg(&root, &n, Mode::Start);
+    c.dry_run = true;
+    recovery::run(&c, &say).unwrap();
+
+    small(&root);
+    reseal(&root);
+    let host_before = tree(&root);
+    let n = node();
+    let err = recovery::run(&rcfg(&root, &n, Mode::Start), &Say::default()).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, RecoverError::BelowFloor { .. }), "{msg}");
+    for want in [
+        "backup archive etc.tar.zst holds 1 entries and 6 bytes of file data".to_owned(),
+        format!(
+            "the backup recorded {} entries and {} bytes for /etc",
+            etc.entries, etc.bytes
+        ),
+        "delete most of /etc".into(),
+        "--force".into(),
+        "nothing was changed".into(),
+    ] {
+        assert!(msg.contains(&want), "{want:?} not in: {msg}");
+    }
+    assert!(commands(&n).is_empty(), "ran {:?}", commands(&n));
+    assert_eq!(tree(&root), host_before, "the host changed");
+
+    // --force: restored anyway, and said.
+    let n = node();
+    let say = Say::default();
+    let mut c = rcfg(&root, &n, Mode::Start);
+    c.force = true;
+    let o = recovery::run(&c, &say).unwrap();
+    assert!(o.next.contains("systemctl reboot"), "{}", o.next);
+    let lines = say.lines.lock().unwrap().join("\n");
+    assert!(
+        lines.contains("--force: backup archive etc.tar.zst holds 1 entries")
+            && lines.contains("restoring it anyway"),
+        "{lines}"
+    );
+    assert_eq!(
+        std::fs::read(root.join("etc/hostname")).unwrap(),
+        b"node1\n"
+    );
+    assert!(!root.join("etc/kubernetes/kubelet.conf").exists());
+
+    // An older agent's manifest (no counts): read, no floor, and said.
+    let root = d.path().join("old");
+    prepared(&root, &e);
+    small(&root);
+    let mut m = read_manifest(&root);
+    m.trees.clear();
+    std::fs::write(
+        backup_file(&root, "manifest.json"),
+        serde_json::to_vec_pretty(&m).unwrap(),
+    )
+    .unwrap();
+    reseal(&root);
+    let text = std::fs::read_to_string(backup_file(&root, "manifest.json")).unwrap();
+    assert!(!text.contains("\"trees\""), "{text}");
+    let n = node();
+    let say = Say::default();
+    let o = recovery::run(&rcfg(&root, &n, Mode::Start), &say).unwrap();
+    assert!(o.next.contains("systemctl reboot"), "{}", o.next);
+    let lines = say.lines.lock().unwrap().join("\n");
+    assert!(
+        lines.contains("records no entry counts (taken by an older talm-agent): no sanity floor applies to the restores of /usr/local, /etc, /var/lib/kubelet"),
+        "{lines}"
     );
 }

@@ -1,5 +1,6 @@
-//! The backup manifest (size and sha256 of every artifact) and the completion marker, and the
-//! check that a backup directory is complete and intact.
+//! The backup manifest (size and sha256 of every artifact, and the entry count and data size of
+//! each mirrored tree's archive) and the completion marker, and the check that a backup
+//! directory is complete and intact.
 
 use std::path::{Path, PathBuf};
 
@@ -36,6 +37,31 @@ pub struct Manifest {
     /// Files that changed while being archived (kept at their listed size).
     #[serde(default)]
     pub changed_while_reading: Vec<String>,
+    /// What each mirrored tree's archive holds, as written: the sanity floor of a restore
+    /// (`talm-agent recover` refuses an archive far below it). Empty in a manifest written by
+    /// an older agent: then no floor applies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trees: Vec<TreeCount>,
+}
+
+/// The size of one tree's archive when it was written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeCount {
+    /// The host directory (`/etc`, `/usr/local`, `/var/lib/kubelet`).
+    pub dir: String,
+    /// The artifact (relative to the backup directory).
+    pub archive: String,
+    /// Entries in the archive: files, directories, links and special files.
+    pub entries: u64,
+    /// Bytes of file data in the archive.
+    pub bytes: u64,
+}
+
+impl Manifest {
+    /// The recorded size of the archive of `dir`, if the backup recorded one.
+    pub fn tree(&self, dir: &str) -> Option<&TreeCount> {
+        self.trees.iter().find(|t| t.dir == dir)
+    }
 }
 
 /// The completion marker's content.

@@ -4,7 +4,8 @@
 //! exists, enough space) → ostree (drop standbys, pin the current deployment) → etcd snapshot
 //! (native, verified) → static-pod resources of the latest revisions → `/etc` (minus the
 //! exclusions), `/usr/local`, `/var/lib/kubelet` → extras (MachineConfig files elsewhere) →
-//! manifest → completion marker → swap with the previous backup.
+//! manifest (with each tree's entry count and data size, the floor `recover` checks) →
+//! completion marker → swap with the previous backup.
 //!
 //! The new backup is built in `<dir>/backup.new`; the previous one (`<dir>/backup`) is replaced
 //! only once the new one is complete (an atomic directory exchange), so a failure at any point,
@@ -33,7 +34,7 @@ use crate::host::ostree::{Ostree, OstreeError};
 use crate::host::root::{HostRoot, InRootError, remove_tree};
 use crate::recovery::journal::{Journal, JournalError};
 use layout::{CLUSTER_DIR, CURRENT, ETC_EXCLUDE, MANIFEST, MARKER, STAGING};
-use manifest::{Artifact, Manifest, Marker};
+use manifest::{Artifact, Manifest, Marker, TreeCount};
 use talm_shared::fsutil::{atomic_write, fsync_dir};
 
 /// One GiB.
@@ -284,6 +285,7 @@ struct Ctx<'a> {
     artifacts: Vec<Artifact>,
     warnings: Vec<String>,
     changed: Vec<String>,
+    trees: Vec<TreeCount>,
     step: Step,
 }
 
@@ -342,6 +344,7 @@ pub fn run(cfg: &BackupConfig, progress: &dyn Progress) -> Result<BackupReport, 
         artifacts: Vec::new(),
         warnings: Vec::new(),
         changed: Vec::new(),
+        trees: Vec::new(),
         step: Step::Checks,
     };
     let result = steps(&mut ctx, &dir);
@@ -557,16 +560,23 @@ fn steps(ctx: &mut Ctx<'_>, dir: &Path) -> Result<Manifest, BackupError> {
         let tick = ticker(ctx.progress, cfg.deadline);
         let is_etc = host_dir == "/etc";
         let excl = |rel: &Path| is_etc && layout::is_excluded(&exclusions, rel);
-        let (digest, changed) = (|| {
+        let (digest, changed, count) = (|| {
             let mut w = ArchiveWriter::create(&path, cfg.compression, &tick)?;
             if let Some(src) = &src {
                 w.add_tree(src, Path::new(""), &excl)?;
             }
             let changed: Vec<String> = w.changed.iter().map(|p| p.display().to_string()).collect();
-            Ok::<_, ArchiveError>((w.finish()?, changed))
+            let count = TreeCount {
+                dir: host_dir.to_owned(),
+                archive: name.clone(),
+                entries: w.entries,
+                bytes: w.bytes,
+            };
+            Ok::<_, ArchiveError>((w.finish()?, changed, count))
         })()
         .map_err(|e| ctx.archive_error(host_dir, e))?;
         ctx.changed.extend(changed);
+        ctx.trees.push(count);
         ctx.record(name, digest);
         ctx.check_deadline()?;
     }
@@ -615,6 +625,7 @@ fn steps(ctx: &mut Ctx<'_>, dir: &Path) -> Result<Manifest, BackupError> {
         etcd_revision,
         artifacts: std::mem::take(&mut ctx.artifacts),
         changed_while_reading: std::mem::take(&mut ctx.changed),
+        trees: std::mem::take(&mut ctx.trees),
     };
     let text = serde_json::to_vec_pretty(&manifest).map_err(|e| BackupError::Io {
         path: ctx.staging.join(MANIFEST),

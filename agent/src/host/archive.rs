@@ -226,6 +226,10 @@ pub struct ArchiveWriter<'a> {
     pub changed: Vec<PathBuf>,
     /// Sockets and other entries that cannot be archived (skipped).
     pub skipped: Vec<PathBuf>,
+    /// Entries written so far (files, directories, links, special files; not PAX headers).
+    pub entries: u64,
+    /// Bytes of file data written so far (hard links count nothing).
+    pub bytes: u64,
 }
 
 impl std::fmt::Debug for ArchiveWriter<'_> {
@@ -308,6 +312,8 @@ impl<'a> ArchiveWriter<'a> {
             tick,
             changed: Vec::new(),
             skipped: Vec::new(),
+            entries: 0,
+            bytes: 0,
         })
     }
 
@@ -402,6 +408,7 @@ impl<'a> ArchiveWriter<'a> {
                 self.builder
                     .append_link(&mut h, name, &first)
                     .map_err(io_at(&self.path))?;
+                self.entries += 1;
                 return Ok(());
             }
             self.links.insert(key, name.to_owned());
@@ -412,6 +419,7 @@ impl<'a> ArchiveWriter<'a> {
             self.builder
                 .append_file(name, &mut f)
                 .map_err(io_at(&self.path))?;
+            self.bytes += meta.len();
             (self.tick)(meta.len()).map_err(io_at(src))?;
         } else if ft.is_file() {
             let f = match File::open(src) {
@@ -440,6 +448,7 @@ impl<'a> ArchiveWriter<'a> {
             if counted.get() != len {
                 self.changed.push(src.to_owned());
             }
+            self.bytes += len;
         } else if ft.is_fifo() || ft.is_char_device() || ft.is_block_device() {
             let mut h = tar::Header::new_gnu();
             h.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
@@ -467,6 +476,7 @@ impl<'a> ArchiveWriter<'a> {
                 .append_path_with_name(src, name)
                 .map_err(io_at(src))?;
         }
+        self.entries += 1;
         Ok(())
     }
 
@@ -627,6 +637,25 @@ pub fn check(
     dest: &Path,
     opts: &RestoreOptions<'_>,
 ) -> Result<Vec<PathBuf>, ArchiveError> {
+    check_listing(archive, dest, opts).map(|l| l.names)
+}
+
+/// What a checked archive holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// The entry names, in archive order.
+    pub names: Vec<PathBuf>,
+    /// Bytes of file data (regular files; hard links count nothing), as
+    /// [`ArchiveWriter::bytes`] counts them.
+    pub bytes: u64,
+}
+
+/// [`check`], also returning the bytes of file data the archive holds.
+pub fn check_listing(
+    archive: &Path,
+    dest: &Path,
+    opts: &RestoreOptions<'_>,
+) -> Result<Listing, ArchiveError> {
     let jail = normalize_abs(opts.jail);
     let dest_abs = normalize_abs(dest);
     if !dest_abs.starts_with(&jail) {
@@ -677,6 +706,7 @@ pub fn check(
     };
     let mut ar = tar::Archive::new(reader);
     let mut names = Vec::new();
+    let mut bytes = 0u64;
     let mut symlinks: HashSet<PathBuf> = HashSet::new();
     let mut dirs: HashSet<PathBuf> = HashSet::new();
     let mut seen: HashSet<PathBuf> = HashSet::new();
@@ -735,12 +765,10 @@ pub fn check(
             tar::EntryType::Directory => {
                 dirs.insert(name.clone());
             }
-            tar::EntryType::Regular
-            | tar::EntryType::Continuous
-            | tar::EntryType::GNUSparse
-            | tar::EntryType::Fifo
-            | tar::EntryType::Char
-            | tar::EntryType::Block => {}
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                bytes = bytes.saturating_add(size);
+            }
+            tar::EntryType::Fifo | tar::EntryType::Char | tar::EntryType::Block => {}
             tar::EntryType::Symlink => {
                 let target = entry
                     .link_name()
@@ -807,7 +835,7 @@ pub fn check(
             return Err(damaged("data after the end-of-archive marker".into()));
         }
     }
-    Ok(names)
+    Ok(Listing { names, bytes })
 }
 
 /// Parses the header fields (and PAX records) the extraction uses, so a bad one is found

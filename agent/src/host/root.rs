@@ -38,6 +38,13 @@ impl HostRoot {
         out
     }
 
+    /// Whether the root is this machine's `/` (as given, or through links), so that commands
+    /// the agent runs act on the same host as its file operations. A root that cannot be
+    /// resolved is not.
+    pub fn is_slash(&self) -> bool {
+        fs::canonicalize(&self.0).is_ok_and(|p| p == Path::new("/"))
+    }
+
     /// `p` (a host path, a directory) resolved inside the root as the host resolves it
     /// ([`resolve_in_root`]): `/usr/local` is `<root>/var/usrlocal` on RHCOS. For the
     /// directories a backup reads and a restore writes into or deletes from.

@@ -28,9 +28,19 @@ pub struct RecoverArgs {
     /// Run only the next stage.
     #[arg(long)]
     pub step: bool,
-    /// Skip the pinned-deployment check.
+    /// Restore the files even without a pinned pre-upgrade deployment, and restore an archive
+    /// below its sanity floor (fewer than half the entries or bytes the backup recorded).
     #[arg(long)]
     pub force: bool,
+    /// With a --host-root other than `/`: carry the recovery out anyway, running the node
+    /// commands (systemctl, crictl, crio, oc, ostree, rpm-ostree, cluster-restore.sh) on this
+    /// machine and restoring the files under the host root. Without it such a run is a dry run.
+    #[arg(long)]
+    pub force_host_root: bool,
+    /// Only check the backup and print what would be done (every command and file step);
+    /// run and change nothing.
+    #[arg(long, conflicts_with = "force_host_root")]
+    pub dry_run: bool,
     /// kubeconfig for `oc`.
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
@@ -58,6 +68,8 @@ impl RecoverArgs {
             },
             single_stage: self.step,
             force: self.force,
+            force_host_root: self.force_host_root,
+            dry_run: self.dry_run,
             kubeconfig: self.kubeconfig.clone(),
             poll: Duration::from_secs(10),
             wait_timeout: Duration::from_secs(self.wait_seconds),

@@ -1,10 +1,18 @@
 //! On-node recovery after a failed upgrade (`talm-agent recover`), following TALM's
 //! `upgrade-recovery.sh` stages, with a journal of finished steps.
 //!
+//! 0. Where it runs: the node commands (systemctl, crictl, crio, oc, ostree, rpm-ostree,
+//!    `/usr/local/bin/cluster-restore.sh`) always act on the machine the agent runs on, while
+//!    the files are taken under the host root. So with a host root other than `/` (or with
+//!    `--dry-run`) a run is a dry run ([`RecoverConfig::dry_run`]): after the preflight it prints
+//!    each command and each destructive file step it would carry out, and runs and changes
+//!    nothing (not even the journal), unless `--force-host-root` says the split is intended.
 //! 1. Preflight, every run, before anything changes: the backup is complete and every artifact
 //!    matches the manifest; every archive passes a complete dry run of its restore (no absolute
 //!    names, no `..`, no links out of the host root, not truncated, the layout its step expects,
-//!    not empty where the live tree is not); every destination is resolved inside the host root
+//!    not empty where the live tree is not, not below the sanity floor: at least half the
+//!    entries and half the bytes of file data the backup recorded for its tree, unless
+//!    `--force`); every destination is resolved inside the host root
 //!    as the host resolves it ([`crate::host::root::resolve_in_root`]: `/usr/local` is
 //!    `/var/usrlocal` on RHCOS; nothing outside the root, no dangling link) to a place of its
 //!    own ([`destination`]), and the archive's entries are written below it through real
@@ -23,17 +31,19 @@
 
 pub mod cli;
 pub mod journal;
+mod preflight;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::backup::layout::{CLUSTER_DIR, CURRENT, ETC_EXCLUDE, TREES};
+use crate::backup::layout::{CLUSTER_DIR, CURRENT};
 use crate::backup::manifest::{self, Manifest, VerifyError};
 use crate::backup::{Host, RECOVERY_JOURNAL};
 use crate::host::archive::{self, ArchiveError, RestoreOptions};
 use crate::host::exec::{Cmd, ExecError};
 use crate::host::ostree::{Ostree, OstreeError, RollbackPlan};
 use journal::{Journal, JournalError};
+use preflight::{destination, preflight};
 
 /// How this run relates to an earlier one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,8 +67,15 @@ pub struct RecoverConfig {
     pub mode: Mode,
     /// Run one stage, then stop (`--step`).
     pub single_stage: bool,
-    /// Skip the pinned-deployment check.
+    /// Restore the files even without a pinned pre-upgrade deployment, and restore an archive
+    /// below its sanity floor (`--force`).
     pub force: bool,
+    /// Carry the run out although the host root is not `/` (`--force-host-root`): the node
+    /// commands then run on this machine, the files are restored under the host root.
+    pub force_host_root: bool,
+    /// Only print what would be done (`--dry-run`); implied by a host root other than `/`
+    /// without `force_host_root`.
+    pub dry_run: bool,
     /// The kubeconfig for `oc` (host path), passed as `KUBECONFIG`.
     pub kubeconfig: Option<PathBuf>,
     /// Poll interval of the waits.
@@ -151,6 +168,26 @@ pub enum RecoverError {
         /// Why.
         reason: String,
     },
+    /// A mirrored tree's archive is far below what the backup recorded for it (fewer than half
+    /// its entries, or less than half its bytes of file data): restoring it would delete most
+    /// of the live tree. Found by the preflight: nothing was changed.
+    #[error(
+        "backup archive {name} holds {entries} entries and {bytes} bytes of file data, but the backup recorded {recorded_entries} entries and {recorded_bytes} bytes for {dir} when it was taken: below the sanity floor (half of either), so restoring it would delete most of {dir}. Take a new backup, or use --force to restore this archive anyway; nothing was changed"
+    )]
+    BelowFloor {
+        /// The artifact.
+        name: String,
+        /// The host directory it restores.
+        dir: String,
+        /// Entries in the archive now.
+        entries: u64,
+        /// Bytes of file data in the archive now.
+        bytes: u64,
+        /// Entries recorded in the manifest.
+        recorded_entries: u64,
+        /// Bytes recorded in the manifest.
+        recorded_bytes: u64,
+    },
     /// Stopped after a step (fault injection).
     #[error("stopped after step {0}; run `talm-agent recover --resume` to continue")]
     Stopped(String),
@@ -237,6 +274,8 @@ const OS_STEP: &str = "os/rollback";
 
 struct Run<'a> {
     cfg: &'a RecoverConfig,
+    /// Print what would be done; run and change nothing.
+    dry: bool,
     rep: &'a dyn Reporter,
     journal: Journal,
     journal_path: PathBuf,
@@ -244,13 +283,44 @@ struct Run<'a> {
     manifest: Manifest,
     /// The `/etc` exclusions of the backup (kept on disk by the `/etc` mirror).
     exclusions: Vec<String>,
+    /// Entries of each restore's archive, by archive base name (for the dry run's plan).
+    entries: Vec<(&'static str, usize)>,
+}
+
+/// Why this run is a dry run, if it is one: `--dry-run`, or a host root other than `/` without
+/// `--force-host-root` (the node commands would act on this machine, not on that root).
+fn dry_run_reason(cfg: &RecoverConfig) -> Option<String> {
+    if cfg.dry_run {
+        Some("--dry-run given".into())
+    } else if !cfg.force_host_root && !cfg.host.root.is_slash() {
+        Some(format!(
+            "--host-root {} is not /, and the node commands (systemctl, crictl, crio, oc, ostree, rpm-ostree, cluster-restore.sh) would act on this machine, not on it",
+            cfg.host.root.path().display()
+        ))
+    } else {
+        None
+    }
 }
 
 /// Runs (or resumes) the recovery.
 pub fn run(cfg: &RecoverConfig, rep: &dyn Reporter) -> Result<Outcome, RecoverError> {
     let dir = cfg.host.root.join(&cfg.dir);
     let journal_path = dir.join(RECOVERY_JOURNAL);
+    let dry = dry_run_reason(cfg);
+    if let Some(why) = &dry {
+        rep.say(&format!(
+            "dry run ({why}): checking the backup, then printing what would be done; nothing is run or changed"
+        ));
+    }
     let mut journal = match (cfg.mode, Journal::load(&journal_path)) {
+        (Mode::Restart, Err(e)) if dry.is_some() => {
+            rep.say(&format!(
+                "[dry run] --restart: the recovery journal {} is unreadable ({}); would move it aside for diagnosis and start over",
+                journal_path.display(),
+                e.reason
+            ));
+            None
+        }
         (Mode::Restart, Err(e)) => {
             // Whatever it holds: kept for diagnosis, out of the way.
             let kept = Journal::set_aside(&journal_path)?;
@@ -294,17 +364,22 @@ pub fn run(cfg: &RecoverConfig, rep: &dyn Reporter) -> Result<Outcome, RecoverEr
         manifest.artifacts.len(),
     ));
     rep.say("checking every archive (a dry run of its restore) and every destination");
-    let exclusions = preflight(cfg, &backup, &manifest)?;
+    let checked = preflight(cfg, rep, &backup, &manifest)?;
     rep.say("archives and destinations checked");
     let mut r = Run {
         cfg,
+        dry: dry.is_some(),
         rep,
         journal,
         journal_path,
         backup,
         manifest,
-        exclusions,
+        exclusions: checked.exclusions,
+        entries: checked.entries,
     };
+    if r.dry {
+        return r.plan();
+    }
     r.journal.save(&r.journal_path)?;
 
     if !r.journal.is_done(OS_STEP) {
@@ -363,215 +438,60 @@ pub fn run(cfg: &RecoverConfig, rep: &dyn Reporter) -> Result<Outcome, RecoverEr
     })
 }
 
-/// The name of the manifest's artifact that starts with `prefix`.
-fn artifact_name<'m>(manifest: &'m Manifest, prefix: &str) -> Option<&'m str> {
-    manifest
-        .artifacts
-        .iter()
-        .map(|a| a.name.as_str())
-        .find(|n| n.starts_with(prefix))
-}
-
-/// Everything the destructive steps will need, checked before the first one (every run, so a
-/// backup or a host changed between stages is caught too): the `/etc` exclusions (returned),
-/// each restore's archive (a complete dry run into its destination, then its layout), the
-/// static-pod resources and the etcd snapshot that `cluster-restore.sh` takes.
-fn preflight(
-    cfg: &RecoverConfig,
-    backup: &Path,
-    manifest: &Manifest,
-) -> Result<Vec<String>, RecoverError> {
-    let root = &cfg.host.root;
-    let exclusions: Vec<String> = std::fs::read_to_string(backup.join(ETC_EXCLUDE))
-        .map_err(|e| RecoverError::Archive {
-            name: ETC_EXCLUDE.into(),
-            reason: e.to_string(),
-        })?
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(str::to_owned)
-        .collect();
-    let on_disk = |dest: &str, reason: String| RecoverError::Destination {
-        dest: dest.into(),
-        reason,
-    };
-    let check = |name: &str, host_dir: &str, keep: Option<&dyn Fn(&Path) -> bool>| {
-        let dest = if keep.is_some() {
-            destination(cfg, host_dir)?
-        } else {
-            root.resolve_dir(host_dir)
-                .map_err(|e| on_disk(host_dir, e.to_string()))?
-        };
-        let opts = RestoreOptions {
-            jail: root.path(),
-            allow_absolute_symlinks: true,
-            mirror_keep: keep,
-            host_paths: host_dir == "/",
-        };
-        archive::check(&backup.join(name), &dest, &opts)
-            .map(|names| (dest, names))
-            .map_err(|e| match e {
-                ArchiveError::OnDisk { .. } => on_disk(host_dir, e.to_string()),
-                e => RecoverError::Archive {
-                    name: name.into(),
-                    reason: e.to_string(),
-                },
-            })
-    };
-    let keep_etc = |rel: &Path| crate::backup::layout::is_excluded(&exclusions, rel);
-    for (_, base, host_dir, mirror) in RESTORES {
-        let name = artifact_name(manifest, &format!("{base}.tar")).ok_or_else(|| {
-            RecoverError::Archive {
-                name: format!("{base}.tar*"),
-                reason: format!("the manifest lists no {base} archive (the content of {host_dir})"),
-            }
-        })?;
-        let keep_none = |_: &Path| false;
-        let keep: &dyn Fn(&Path) -> bool = if base == "etc" { &keep_etc } else { &keep_none };
-        let (dest, names) = check(name, host_dir, mirror.then_some(keep))?;
-        let layout = if mirror {
-            mirror_layout(host_dir, &dest, &names, keep)
-        } else {
-            extras_layout(&names)
-        };
-        layout.map_err(|reason| RecoverError::Archive {
-            name: name.into(),
-            reason,
-        })?;
-    }
-    let missing = |what: &str, prefix: &str| RecoverError::Archive {
-        name: format!("{prefix}*"),
-        reason: format!("the manifest lists no {what}, which cluster-restore.sh needs"),
-    };
-    artifact_name(manifest, SNAPSHOT).ok_or_else(|| missing("etcd snapshot", SNAPSHOT))?;
-    let name = artifact_name(manifest, STATIC_PODS_ARCHIVE)
-        .ok_or_else(|| missing("static-pod resources", STATIC_PODS_ARCHIVE))?;
-    let (_, names) = check(name, STATIC_PODS_DEST, None)?;
-    if let Some(n) = names.iter().find(|n| !n.starts_with(STATIC_PODS_TOP)) {
-        return Err(RecoverError::Archive {
-            name: name.into(),
-            reason: format!(
-                "entry {} is not under {STATIC_PODS_TOP}/ (cluster-restore.sh unpacks it into {STATIC_PODS_DEST})",
-                n.display()
-            ),
-        });
-    }
-    Ok(exclusions)
-}
-
-/// Where the mirrored restore of `host_dir` writes: the directory resolved inside the host root
-/// as the host resolves it ([`crate::host::root::resolve_in_root`]; `/usr/local` is
-/// `<root>/var/usrlocal` on RHCOS), which must be a place of its own: not the root itself, and
-/// neither holding nor held by another mirrored destination or the recovery directory (the
-/// mirror deletes what its archive does not hold). A link that leads elsewhere inside the root
-/// is followed as the host follows it; one that leads to nothing is refused.
-fn destination(cfg: &RecoverConfig, host_dir: &str) -> Result<PathBuf, RecoverError> {
-    let root = &cfg.host.root;
-    let refuse = |reason: String| RecoverError::Destination {
-        dest: host_dir.into(),
-        reason,
-    };
-    let dest = root
-        .resolve_dir(host_dir)
-        .map_err(|e| refuse(e.to_string()))?;
-    let shown = if dest == root.join(host_dir) {
-        dest.display().to_string()
-    } else {
-        format!("it resolves through symlinks to {}, which", dest.display())
-    };
-    if dest == root.path() {
-        return Err(refuse(format!(
-            "{shown} is the host root itself; a mirrored restore there would delete everything its archive does not hold"
-        )));
-    }
-    let recovery_dir = cfg.dir.display().to_string();
-    let others = RESTORES
-        .iter()
-        .filter(|(_, _, other, mirror)| *mirror && *other != host_dir)
-        .map(|(_, _, other, _)| (*other, other.to_string()))
-        .chain([(
-            recovery_dir.as_str(),
-            format!("the recovery directory {recovery_dir}"),
-        )]);
-    for (other, what) in others {
-        // One that does not resolve is refused by its own check.
-        let Ok(at) = root.resolve_dir(other) else {
-            continue;
-        };
-        let clash = if at.starts_with(&dest) {
-            "holds"
-        } else if dest.starts_with(&at) {
-            "is inside"
-        } else {
-            continue;
-        };
-        return Err(refuse(format!(
-            "{shown} {clash} {what} ({}); a mirrored restore of {host_dir} must not reach it",
-            at.display()
-        )));
-    }
-    Ok(dest)
-}
-
-/// The layout of a mirrored tree's archive: the tree's content (not the directory itself), and
-/// not empty when the live tree holds something the mirror would delete.
-fn mirror_layout(
-    host_dir: &str,
-    dest: &Path,
-    names: &[PathBuf],
-    keep: &dyn Fn(&Path) -> bool,
-) -> Result<(), String> {
-    if names.is_empty() {
-        let mut live: Vec<String> = match std::fs::read_dir(dest) {
-            Ok(rd) => rd
-                .filter_map(Result::ok)
-                .map(|e| e.file_name())
-                .filter(|n| !keep(Path::new(n)))
-                .map(|n| n.to_string_lossy().into_owned())
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(format!("{}: {e}", dest.display())),
-        };
-        live.sort();
-        if !live.is_empty() {
-            let more = if live.len() > 3 { ", ..." } else { "" };
-            return Err(format!(
-                "the archive is empty, but {host_dir} is not (it holds {}{more}); restoring it would delete all of that",
-                live[..live.len().min(3)].join(", ")
-            ));
-        }
-        return Ok(());
-    }
-    let top = Path::new(host_dir).file_name().unwrap_or_default();
-    let wrapped = names
-        .iter()
-        .all(|n| n.components().next().is_some_and(|c| c.as_os_str() == top));
-    if wrapped {
-        return Err(format!(
-            "every entry is under the top-level directory `{}/`: the archive holds the directory itself, not the content of {host_dir}",
-            top.to_string_lossy()
-        ));
-    }
-    Ok(())
-}
-
-/// The layout of the extras archive: only paths outside the trees that have their own archive
-/// (which the backup leaves out of it, and whose exclusions it would bypass).
-fn extras_layout(names: &[PathBuf]) -> Result<(), String> {
-    for n in names {
-        let host = Path::new("/").join(n);
-        if let Some((tree, _)) = TREES.iter().find(|(tree, _)| host.starts_with(tree)) {
-            return Err(format!(
-                "entry {} is under {tree}, which its own archive restores; the extras hold only MachineConfig files outside {}",
-                n.display(),
-                TREES.map(|(t, _)| t).join(", ")
-            ));
-        }
-    }
-    Ok(())
-}
-
 impl Run<'_> {
+    /// The dry run: what the remaining steps would do, each command and each file step, in
+    /// order; nothing is run, written or deleted (the journal neither).
+    fn plan(&mut self) -> Result<Outcome, RecoverError> {
+        if !self.journal.is_done(OS_STEP) {
+            self.rep.say(&format!(
+                "[dry run] OS rollback: would run `ostree admin status` on {} and, unless the running deployment is the pinned pre-upgrade one, undeploy the newer deployments with `ostree admin undeploy` and run `rpm-ostree rollback -r` (the node reboots); {}",
+                self.cfg.host.root.join("/sysroot").display(),
+                if self.cfg.force {
+                    "with no pinned deployment, --force restores the files only"
+                } else {
+                    "with no pinned deployment, it would stop there (--force restores the files only)"
+                }
+            ));
+        }
+        for (si, (stage, steps)) in STAGES.iter().enumerate() {
+            let key = |s: &str| format!("{stage}/{s}");
+            if steps.iter().all(|s| self.journal.is_done(&key(s))) {
+                continue;
+            }
+            if si == 1 {
+                self.rep.say(
+                    "[dry run] would check that the node has rebooted since stage 1 (its boot id)",
+                );
+            }
+            self.rep
+                .say(&format!("[dry run] stage {}: {stage}", si + 1));
+            for step in steps.iter() {
+                if !self.journal.is_done(&key(step)) {
+                    self.step(stage, step)?;
+                }
+            }
+            if si == 0 {
+                self.rep.say("[dry run] would stop here and ask for a reboot (`systemctl reboot`); `talm-agent recover --resume` then runs stage 2");
+            }
+        }
+        let next = format!(
+            "Dry run: nothing was run or changed. On the node itself, run it with --host-root /; to run the node commands on this machine against the files under {}, add --force-host-root",
+            self.cfg.host.root.path().display()
+        );
+        self.rep.say(&next);
+        Ok(Outcome {
+            next,
+            finished: false,
+        })
+    }
+
+    /// Prints a command the dry run would run.
+    fn would_run(&self, cmd: &Cmd) {
+        let env: String = cmd.env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+        self.rep
+            .say(&format!("[dry run] would run: {env}{}", cmd.display()));
+    }
+
     fn finish_step(&mut self, key: &str) -> Result<(), RecoverError> {
         self.journal.done.push(key.to_owned());
         if key.starts_with("restore_files/")
@@ -645,9 +565,15 @@ impl Run<'_> {
 
     fn cmd(&self, step: &str, cmd: Cmd) -> Result<crate::host::exec::Output, RecoverError> {
         let cmd = match &self.cfg.kubeconfig {
-            Some(k) if cmd.program == "oc" => cmd.env("KUBECONFIG", k.display().to_string()),
+            Some(k) if cmd.program == "oc" && !cmd.env.iter().any(|(n, _)| n == "KUBECONFIG") => {
+                cmd.env("KUBECONFIG", k.display().to_string())
+            }
             _ => cmd,
         };
+        if self.dry {
+            self.would_run(&cmd);
+            return Ok(crate::host::exec::Output::ok(""));
+        }
         self.cfg
             .host
             .runner
@@ -657,6 +583,9 @@ impl Run<'_> {
 
     /// A command whose failure is only worth a warning (status printing, setenforce).
     fn soft(&self, cmd: Cmd) {
+        if self.dry {
+            return self.would_run(&cmd);
+        }
         match self.cfg.host.runner.run(&cmd) {
             Ok(out) => {
                 let text = out.stdout_text();
@@ -708,6 +637,33 @@ impl Run<'_> {
     ) -> Result<(), RecoverError> {
         let archive_path = self.artifact(base)?;
         let root = &self.cfg.host.root;
+        if self.dry {
+            let entries = self
+                .entries
+                .iter()
+                .find(|(b, _)| *b == base)
+                .map_or(0, |(_, n)| *n);
+            let effect = match (mirror, base) {
+                (false, _) => " (each entry at its host path; nothing is deleted)".to_owned(),
+                (true, "etc") => format!(
+                    ", then delete everything in it the archive does not hold, except the {} /etc exclusions",
+                    self.exclusions.len()
+                ),
+                (true, _) => ", then delete everything in it the archive does not hold".to_owned(),
+            };
+            let at = if mirror {
+                destination(self.cfg, host_dir)
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_else(|e| e.to_string())
+            } else {
+                root.path().display().to_string()
+            };
+            self.rep.say(&format!(
+                "[dry run] {step}: would restore {} ({entries} entries) into {host_dir} ({at}){effect}",
+                archive_path.display()
+            ));
+            return Ok(());
+        }
         // The preflight's rule again (the host may have changed since).
         let dest = if mirror {
             destination(self.cfg, host_dir).map_err(|e| RecoverError::Step {
@@ -771,6 +727,9 @@ impl Run<'_> {
             }
             "daemon-reload" => drop(self.cmd(&key, systemctl(&["daemon-reload"]))?),
             "disable-kubelet" => drop(self.cmd(&key, systemctl(&["disable", "kubelet"]))?),
+            "start-crio" if self.dry => self.rep.say(
+                "[dry run] would run: systemctl is-active --quiet crio, then systemctl start crio if it is not active",
+            ),
             "start-crio" => {
                 let active = self
                     .cfg
@@ -889,6 +848,13 @@ impl Run<'_> {
         what: &str,
         mut ready: impl FnMut() -> Option<()>,
     ) -> Result<(), RecoverError> {
+        if self.dry {
+            self.rep.say(&format!(
+                "[dry run] would wait up to {:?} for {what}",
+                self.cfg.wait_timeout
+            ));
+            return Ok(());
+        }
         let start = Instant::now();
         loop {
             if ready().is_some() {

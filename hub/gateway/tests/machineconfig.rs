@@ -14,6 +14,8 @@
 //! - `systemd-analyze verify` accepts the shipped unit and the rendered ones. verify needs every
 //!   `ExecStart` binary to exist, so it runs on temporary copies whose commands point at a stub
 //!   executable; it must print nothing (it reports unknown directives on stderr with exit 0).
+//! - `systemd-analyze security --offline=true` scores the shipped unit (and the rendered
+//!   binary-mode one) no higher than the recorded score, so the sandbox cannot quietly loosen.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -602,6 +604,78 @@ fn d_bad(dir: &Path, stub: &Path) -> PathBuf {
     )
     .unwrap();
     p
+}
+
+// ----- systemd-analyze security --------------------------------------------------------------
+
+/// The exposure score of the shipped unit, as `systemd-analyze security --offline=true` (systemd
+/// 252) computes it: measured 6.4 MEDIUM before the sandbox of issue 14, 2.8 OK after. The test
+/// fails when it rises above this (BENCHMARKS.md records the figures).
+const SECURITY_SCORE_MAX: f64 = 2.8;
+
+/// `systemd-analyze security --offline=true --threshold=<10 × max>` on a unit file: the exit
+/// status (false when the score is above the threshold) and the score it printed.
+#[allow(clippy::disallowed_methods)] // spawns systemd-analyze, a real tool
+fn security_score(unit: &Path, max: f64) -> (bool, f64) {
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(format!("--threshold={}", (max * 10.0).round()))
+        .arg(unit)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let score = text
+        .lines()
+        .find_map(|l| l.split("Overall exposure level for ").nth(1))
+        .and_then(|l| l.split(": ").nth(1))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no score in systemd-analyze security output:\n{text}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    (out.status.success(), score)
+}
+
+#[test]
+#[allow(clippy::disallowed_methods)] // spawns systemd-analyze, a real tool
+fn systemd_analyze_security_score_does_not_creep_up() {
+    let Ok(out) = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+    else {
+        eprintln!("SKIP: systemd-analyze not found (apt-get install systemd)");
+        return;
+    };
+    assert!(out.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = Path::new(REPO).join("systemd/talm-agent.service");
+    let (ok, score) = security_score(&shipped, SECURITY_SCORE_MAX);
+    assert!(
+        ok && score <= SECURITY_SCORE_MAX,
+        "systemd-analyze security scores systemd/talm-agent.service {score}, above the recorded {SECURITY_SCORE_MAX}: \
+         justify the loosening and record the new score (BENCHMARKS.md), or keep the sandbox"
+    );
+    // The rendered binary-mode unit is the same sandbox.
+    let rendered = dir.path().join(mc::UNIT_NAME);
+    std::fs::write(&rendered, mc::binary_unit()).unwrap();
+    let (ok, rendered_score) = security_score(&rendered, SECURITY_SCORE_MAX);
+    assert!(
+        ok && (rendered_score - score).abs() < 0.05,
+        "binary mode: {rendered_score}"
+    );
+    // And the check bites: without the capability bounding set the unit scores higher and fails.
+    let loose = dir.path().join("talm-agent-loose.service");
+    let text: String = BINARY_UNIT
+        .lines()
+        .filter(|l| !l.starts_with("CapabilityBoundingSet="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&loose, text).unwrap();
+    let (ok, loose_score) = security_score(&loose, SECURITY_SCORE_MAX);
+    assert!(!ok && loose_score > SECURITY_SCORE_MAX, "{loose_score}");
 }
 
 // ----- ignition-validate ---------------------------------------------------------------------
