@@ -71,12 +71,13 @@ fn record(changes: &mut BTreeMap<ObjectKey, Verb>, key: ObjectKey, verb: Verb) {
     };
 }
 
-/// Runs `reconcile` over every CGU until nothing asks for an immediate requeue with a change.
+/// Runs `reconcile` over every CGU until a whole pass changes nothing: a fixed point, so a
+/// second run at the same `now` over the output changes nothing either.
 ///
-/// Each pass visits the CGUs still pending, sorted by namespace and name; each reconcile sees
-/// the objects as left by the previous one (all CGUs included, for blocking). A CGU is visited
-/// again only when its decision said [`Requeue::Immediately`] and changed some object. Time
-/// does not move within a run.
+/// Each pass visits the CGUs, sorted by namespace and name; each reconcile sees the objects as
+/// left by the previous one (all CGUs included, for blocking). When a pass changed any object,
+/// every CGU is visited again, since any of them may read what changed (a blocking CGU's
+/// status, a cluster's labels, an agent's tasks). Time does not move within a run.
 pub fn settle<F>(
     store: &mut Store,
     now: Timestamp,
@@ -89,15 +90,17 @@ where
     let ctx = Context { now, graph };
     let mut settled = Settled::default();
     let mut pending: BTreeSet<CguKey> = store.cgu_keys().into_iter().collect();
+    // The CGUs whose reconcile changed some object in the last pass.
+    let mut changing: BTreeSet<CguKey> = BTreeSet::new();
     while !pending.is_empty() {
         if settled.passes == MAX_PASSES {
             return Err(Error::NotConverged {
                 passes: MAX_PASSES,
-                cgus: pending.iter().map(CguKey::to_string).collect(),
+                cgus: changing.iter().map(CguKey::to_string).collect(),
             });
         }
         settled.passes += 1;
-        let mut next = BTreeSet::new();
+        changing.clear();
         for key in pending {
             let Some(cgu) = store.cgu(&key).cloned() else {
                 continue;
@@ -114,9 +117,8 @@ where
                 requeue = ?decision.requeue,
                 "reconciled"
             );
-            if decision.requeue == Requeue::Immediately && applied.changed() && !applied.cgu_deleted
-            {
-                next.insert(key.clone());
+            if applied.changed() {
+                changing.insert(key.clone());
             }
             settled.events += applied.events;
             for change in &applied.changes {
@@ -133,7 +135,11 @@ where
             report.reconciles += 1;
             report.deleted |= applied.cgu_deleted;
         }
-        pending = next;
+        pending = if !changing.is_empty() {
+            store.cgu_keys().into_iter().collect()
+        } else {
+            BTreeSet::new()
+        };
     }
     Ok(settled)
 }
@@ -367,18 +373,60 @@ mod tests {
     }
 
     #[test]
-    fn changes_without_immediate_requeue_stop() {
+    fn a_change_is_looked_at_again_whatever_the_requeue() {
+        // The first reconcile changes the status and asks for nothing: the next pass looks
+        // again (a second run over the output would), and stops when that changes nothing.
         let calls = RefCell::new(0);
         let mut s = store(&["a"]);
-        settle(&mut s, now(), &NoUpdateGraph, |cgu, _, _| {
+        let settled = settle(&mut s, now(), &NoUpdateGraph, |cgu, _, _| {
             *calls.borrow_mut() += 1;
             let mut d = decision(cgu);
-            d.status.computed_max_concurrency = Some(*calls.borrow());
+            d.status.computed_max_concurrency = Some(1);
             d.requeue = Requeue::After(1);
             d
         })
         .unwrap();
-        assert_eq!(*calls.borrow(), 1);
+        assert_eq!(*calls.borrow(), 2);
+        assert_eq!(settled.passes, 2);
+    }
+
+    #[test]
+    fn a_change_by_one_cgu_revisits_the_others() {
+        let mut s = store(&["a", "b"]);
+        let settled = settle(&mut s, now(), &NoUpdateGraph, |cgu, snap, _| {
+            let mut d = decision(cgu);
+            if cgu.metadata.name.as_deref() == Some("a") {
+                // a reads b's status: it can only copy it after b has written it.
+                d.status.computed_max_concurrency = snap
+                    .cgu("ns", "b")
+                    .and_then(|b| b.status.as_ref())
+                    .and_then(|st| st.computed_max_concurrency)
+                    .map(|v| v + 1);
+            } else {
+                d.status.computed_max_concurrency = Some(7);
+            }
+            d.requeue = Requeue::Never;
+            d
+        })
+        .unwrap();
+        let status_of = |n: &str| {
+            let key = CguKey {
+                namespace: "ns".into(),
+                name: n.into(),
+            };
+            s.cgu(&key)
+                .unwrap()
+                .status
+                .as_ref()
+                .unwrap()
+                .computed_max_concurrency
+        };
+        assert_eq!(status_of("b"), Some(7));
+        assert_eq!(status_of("a"), Some(8), "a saw b's write in a later pass");
+        assert_eq!(
+            settled.passes, 3,
+            "a and b change, a changes, nothing changes"
+        );
     }
 
     #[test]
