@@ -734,15 +734,15 @@ fn h_upgrade_starts_complete() {
 }
 
 // =====================================================================================
-// §6.3 J: operator-upgrade (the parts without ManagedClusterViews)
+// §6.3 J: operator-upgrade
 // =====================================================================================
 
 #[test]
 fn j_operator_upgrade_plan_and_enforcement() {
     // TALM approves Manual InstallPlans through ManagedClusterViews/Actions
-    // (`cgu-default-subscription-<sub>-kuttl`, `install-aaaa1..5`); talm has no MCV/MCA
-    // machinery yet, so those assertions of the kuttl test are skipped. What applies is the
-    // plan, the Subscription content and the Placement/binding of policy5.
+    // (`cgu-default-subscription-<sub>-kuttl`, `install-aaaa1..5`). Without a connected agent
+    // talm writes the same Subscription views, and `plan` shows them; the InstallPlan views and
+    // the actions need the views' results, which only a live hub fills in.
     let mut w = World::talm();
     w.set_compliance(P5, "spoke1", NonCompliant)
         .set_compliance(P5, "spoke2", NonCompliant);
@@ -806,6 +806,39 @@ fn j_operator_upgrade_plan_and_enforcement() {
             "{sub}"
         );
     }
+    // No agent is connected: the views the operator would write, in each cluster namespace.
+    for cluster in ["spoke1", "spoke2"] {
+        for (sub, sub_ns) in subs {
+            let view = w
+                .find(
+                    "ManagedClusterView",
+                    cluster,
+                    &format!("cgu-default-subscription-{sub}-kuttl"),
+                )
+                .unwrap_or_else(|| panic!("no view of {sub} in {cluster}"));
+            assert_eq!(
+                view["apiVersion"],
+                "view.open-cluster-management.io/v1beta1"
+            );
+            assert_eq!(
+                view["spec"]["scope"]["resource"],
+                "Subscription.operators.coreos.com"
+            );
+            assert_eq!(view["spec"]["scope"]["name"], sub);
+            assert_eq!(view["spec"]["scope"]["namespace"], sub_ns);
+            assert_eq!(
+                view["metadata"]["labels"]["openshift-cluster-group-upgrades/clusterGroupUpgrade"],
+                "cgu"
+            );
+        }
+    }
+    let views_in = |w: &World, ns: &str| {
+        w.all("ManagedClusterView")
+            .into_iter()
+            .filter(|v| v["metadata"]["namespace"] == ns)
+            .count()
+    };
+    assert_eq!(views_in(&w, "spoke5"), 0, "spoke5 is not in the batch");
 
     w.set_compliance(P5, "spoke1", Compliant);
     w.run_after(10);
@@ -817,6 +850,8 @@ fn j_operator_upgrade_plan_and_enforcement() {
             ("spoke2", "InProgress", Some(0))
         ])
     );
+    assert_eq!(views_in(&w, "spoke1"), 0, "a completed cluster's views go");
+    assert_eq!(views_in(&w, "spoke2"), subs.len());
     w.patch_cgu_spec("cgu", json!({"remediationStrategy": {"timeout": 0}}));
     w.run_after(1);
     let c = w.cgu("cgu");
@@ -826,6 +861,56 @@ fn j_operator_upgrade_plan_and_enforcement() {
         states(&[("spoke1", "complete"), ("spoke2", "timedout")])
     );
     assert_timedout_entry(c, "spoke2", P5);
+    assert!(
+        w.all("ManagedClusterView").is_empty(),
+        "the CGU's views go when it ends"
+    );
+}
+
+#[test]
+fn j_operator_upgrade_with_a_connected_agent_writes_no_views() {
+    // The rule the operator follows: a SpokeAgent with `status.connected: true` takes the
+    // approval task, and no view or action is written for its cluster.
+    let mut w = World::talm();
+    w.set_compliance(P5, "spoke1", NonCompliant)
+        .set_compliance(P5, "spoke2", NonCompliant);
+    w.add(json!({
+        "apiVersion": "talm.dev/v1alpha1",
+        "kind": "SpokeAgent",
+        "metadata": {"name": "spoke1", "namespace": "spoke1"},
+        "spec": {},
+        "status": {"connected": true, "lastSeen": T0},
+    }));
+    w.add_cgu(
+        "cgu",
+        json!({
+            "clusters": ["spoke1", "spoke2"],
+            "managedPolicies": [P5],
+            "remediationStrategy": {"maxConcurrency": 2},
+            "enable": true,
+        }),
+    );
+    w.run();
+    let views: Vec<String> = w
+        .all("ManagedClusterView")
+        .into_iter()
+        .map(|v| {
+            v["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert!(!views.is_empty(), "spoke2 has no agent: views");
+    assert!(
+        views.iter().all(|ns| ns == "spoke2"),
+        "no view for the agent's cluster: {views:?}"
+    );
+    let agent = w.spoke_agent("spoke1").expect("agent");
+    assert!(
+        agent["spec"]["installPlans"]["subscriptions"].is_array(),
+        "the agent has the approval task: {agent:#}"
+    );
 }
 
 // =====================================================================================

@@ -8,7 +8,7 @@ use jiff::Timestamp;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use talm_hub_core::{Decision, Event, Write, names};
-use talm_shared::api::rhacm::{Placement, PlacementBinding};
+use talm_shared::api::rhacm::{ManagedClusterView, Placement, PlacementBinding};
 
 use super::store::{CguKey, Kind, ObjectKey, Store, admit, edit_object};
 use crate::error::Error;
@@ -193,11 +193,35 @@ pub fn apply_write(
             };
             put(store, key, raw)
         }
-        // Manual InstallPlan approval reads spoke objects through views that only a live hub
-        // fills in; offline planning does not model them.
-        Write::ApplyManagedClusterView(_)
-        | Write::DeleteManagedClusterView { .. }
-        | Write::CreateManagedClusterAction(_) => Ok(None),
+        // Manual InstallPlan approval without a connected agent (docs/contract.md §3.10):
+        // the views and actions the operator would write. Only a live hub fills a view's
+        // result; a view given in the input with a status is read like the operator reads it.
+        Write::ApplyManagedClusterView(v) => apply_object(
+            store,
+            Kind::ManagedClusterView,
+            to_object("ManagedClusterView", v)?,
+            now,
+        ),
+        Write::DeleteManagedClusterView { namespace, name } => Ok(delete(
+            store,
+            ObjectKey::typed(
+                Kind::ManagedClusterView,
+                ManagedClusterView::KIND,
+                namespace,
+                name,
+            ),
+        )),
+        Write::CreateManagedClusterAction(a) => {
+            let mut raw = to_object("ManagedClusterAction", a)?;
+            let key = ObjectKey::of(Kind::ManagedClusterAction, &raw);
+            // One that exists is left alone: it deletes itself once executed.
+            if store.get(&key).is_some() {
+                return Ok(None);
+            }
+            raw.remove("status");
+            admit(&key, &mut raw, now);
+            put(store, key, raw)
+        }
     }
 }
 
@@ -217,7 +241,8 @@ fn merge_patch(raw: &mut Map<String, Value>, write: &Write) -> Result<Option<Val
     Ok(patch)
 }
 
-/// Create-or-replace of an object talm owns (Placement, PlacementBinding): a new object gets a
+/// Create-or-replace of an object talm owns (Placement, PlacementBinding, ManagedClusterView):
+/// a new object gets a
 /// uid and creation time; an existing one gets the written labels, annotations and body while
 /// keeping the rest of its metadata and its status.
 fn apply_object(
@@ -228,6 +253,7 @@ fn apply_object(
 ) -> Result<Option<Change>, Error> {
     let (api_version, kind_name) = match kind {
         Kind::Placement => (Placement::API_VERSION, Placement::KIND),
+        Kind::ManagedClusterView => (ManagedClusterView::API_VERSION, ManagedClusterView::KIND),
         _ => (PlacementBinding::API_VERSION, PlacementBinding::KIND),
     };
     written.insert("apiVersion".into(), Value::String(api_version.into()));

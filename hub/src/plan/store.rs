@@ -13,7 +13,10 @@ use talm_hub_core::Snapshot;
 use talm_hub_core::names::fnv64;
 use talm_shared::api::cgu::ClusterGroupUpgrade;
 use talm_shared::api::precaching::PreCachingConfig;
-use talm_shared::api::rhacm::{ConfigMapView, ManagedCluster, Placement, PlacementBinding, Policy};
+use talm_shared::api::rhacm::{
+    ConfigMapView, ManagedCluster, ManagedClusterAction, ManagedClusterView, Placement,
+    PlacementBinding, Policy,
+};
 use talm_shared::api::spokeagent::SpokeAgent;
 
 use super::load::{InputError, Loaded, Origin};
@@ -38,6 +41,11 @@ pub enum Kind {
     PlacementBinding,
     /// `talm.dev/v1alpha1` SpokeAgent.
     SpokeAgent,
+    /// `view.open-cluster-management.io/v1beta1` ManagedClusterView (InstallPlan approval).
+    ManagedClusterView,
+    /// `action.open-cluster-management.io/v1beta1` ManagedClusterAction (InstallPlan approval;
+    /// written, never read by the engine).
+    ManagedClusterAction,
     /// Any other kind: carried through unchanged.
     Other,
     /// `events.k8s.io/v1` Event: carried through, printed last.
@@ -61,6 +69,10 @@ impl Kind {
             }
             (talm_shared::api::cgu::API_VERSION, "PreCachingConfig") => Kind::PreCachingConfig,
             (talm_shared::api::spokeagent::API_VERSION, "SpokeAgent") => Kind::SpokeAgent,
+            (ManagedClusterView::API_VERSION, ManagedClusterView::KIND) => Kind::ManagedClusterView,
+            (ManagedClusterAction::API_VERSION, ManagedClusterAction::KIND) => {
+                Kind::ManagedClusterAction
+            }
             (EVENT_API_VERSION, "Event") => Kind::Event,
             _ => Kind::Other,
         }
@@ -73,7 +85,7 @@ impl Kind {
 
     /// Whether the engine reads this kind (and `plan` keeps a typed view of it).
     pub fn is_typed(self) -> bool {
-        !matches!(self, Kind::Other | Kind::Event)
+        !matches!(self, Kind::Other | Kind::Event | Kind::ManagedClusterAction)
     }
 }
 
@@ -96,6 +108,8 @@ pub enum Typed {
     PlacementBinding(Box<PlacementBinding>),
     /// A SpokeAgent.
     SpokeAgent(Box<SpokeAgent>),
+    /// A ManagedClusterView.
+    ManagedClusterView(Box<ManagedClusterView>),
     /// Not read by the engine.
     Untyped,
 }
@@ -165,7 +179,8 @@ impl Typed {
             Kind::Placement => Typed::Placement(parse_as(raw)?),
             Kind::PlacementBinding => Typed::PlacementBinding(parse_as(raw)?),
             Kind::SpokeAgent => Typed::SpokeAgent(parse_as(raw)?),
-            Kind::Other | Kind::Event => Typed::Untyped,
+            Kind::ManagedClusterView => Typed::ManagedClusterView(parse_as(raw)?),
+            Kind::Other | Kind::Event | Kind::ManagedClusterAction => Typed::Untyped,
         })
     }
 }
@@ -211,6 +226,8 @@ impl ObjectKey {
             Kind::Policy | Kind::PlacementBinding => "policy.open-cluster-management.io",
             Kind::ClusterGroupUpgrade | Kind::PreCachingConfig => talm_shared::api::cgu::GROUP,
             Kind::SpokeAgent => "talm.dev",
+            Kind::ManagedClusterView => "view.open-cluster-management.io",
+            Kind::ManagedClusterAction => "action.open-cluster-management.io",
             Kind::Event => "events.k8s.io",
             Kind::ConfigMap | Kind::Other => "",
         };
@@ -492,6 +509,7 @@ impl Store {
                 Typed::Placement(p) => snap.insert_placement((**p).clone()),
                 Typed::PlacementBinding(b) => snap.insert_placement_binding((**b).clone()),
                 Typed::SpokeAgent(a) => snap.insert_spoke_agent((**a).clone()),
+                Typed::ManagedClusterView(v) => snap.insert_managed_cluster_view((**v).clone()),
                 Typed::Untyped => {}
             }
         }
