@@ -220,6 +220,15 @@ pub async fn run(
     };
     let work = run_inner(opts, spec, deps, &journal);
     let result = match opts.deadline {
+        // Already past: nothing is started (`timeout_at` would first poll the work, and a run
+        // that fails at once would race the timer).
+        Some(at) if Instant::now() >= at => {
+            let s = journal.snapshot();
+            Err(PrecacheError::Deadline {
+                done: s.images_done,
+                total: s.images_total,
+            })
+        }
         Some(at) => match tokio::time::timeout_at(at, work).await {
             Ok(r) => r,
             Err(_) => {
