@@ -56,6 +56,13 @@ pub struct RunArgs {
     /// Pre-cache tasks: containers-storage graph driver.
     #[arg(long, env = "TALM_PRECACHE_STORAGE_DRIVER", default_value = "overlay")]
     pub precache_storage_driver: String,
+    /// Pre-cache tasks: a transfer that gets fewer than this many bytes in one stall period
+    /// fails as stalled and is retried (0: no such rule).
+    #[arg(long, env = "TALM_PRECACHE_STALL_MIN_BYTES", default_value_t = crate::precache::stall::DEFAULT_MIN_BYTES)]
+    pub precache_stall_min_bytes: u64,
+    /// Pre-cache tasks: the stall period, in seconds (0: no such rule).
+    #[arg(long, env = "TALM_PRECACHE_STALL_PERIOD_SECS", default_value_t = crate::precache::stall::DEFAULT_PERIOD_SECS)]
+    pub precache_stall_period_secs: u64,
     /// InstallPlan-approval tasks: kubeconfig of the spoke's own API server (default: the
     /// node's `localhost.kubeconfig` under the host root,
     /// `etc/kubernetes/static-pod-resources/kube-apiserver-certs/secrets/node-kubeconfigs/`).
@@ -160,6 +167,16 @@ impl RunArgs {
         options.parallel = self.precache_parallel.max(1);
         options.bandwidth_limit = self.precache_bandwidth_limit;
         options.storage_driver = self.precache_storage_driver.clone();
+        options.stall = crate::precache::stall::StallPolicy {
+            min_bytes: self.precache_stall_min_bytes,
+            period: Duration::from_secs(self.precache_stall_period_secs),
+        };
+        // skopeo and containers-storage refuse relative paths (issue 14 item 14).
+        for p in [&mut options.state_dir, &mut options.host_root] {
+            if let Ok(abs) = std::path::absolute(&*p) {
+                *p = abs;
+            }
+        }
         options.low_priority_tools = runner.available("ionice") && runner.available("nice");
         PrecacheSettings {
             options,

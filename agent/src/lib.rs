@@ -65,8 +65,9 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// Run the daemon: keep a session with the hub and run the tasks it assigns.
-    Run(args::RunArgs),
+    /// Run the daemon: keep a session with the hub and run the tasks it assigns. (Boxed: its
+    /// flags make it much larger than the other variants.)
+    Run(Box<args::RunArgs>),
     /// Print the daemon's connection state and journaled tasks (works while it runs).
     Status(args::StatusArgs),
     /// Take the pre-upgrade backup (ostree pin, etcd snapshot, node files).

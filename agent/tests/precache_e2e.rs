@@ -8,159 +8,13 @@
 mod precache_support;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use precache_support::node::{Node, text, wait_exit};
 use precache_support::{Fixture, Registry, build_fixture};
 use serde_json::Value;
-
-/// A fake node: a host root with registries.conf, certs.d, the pull secret and storage dirs,
-/// plus the agent's state dir.
-struct Node {
-    root: tempfile::TempDir,
-    state: tempfile::TempDir,
-}
-
-impl Node {
-    /// A node that reaches `reg` directly (insecure = plain HTTP when the registry has no TLS).
-    fn new(reg: &Registry) -> Node {
-        let n = Node::bare();
-        let insecure = !reg.is_tls();
-        n.write(
-            "etc/containers/registries.conf",
-            &format!(
-                "[[registry]]\nlocation = \"{}\"\ninsecure = {insecure}\n",
-                reg.host
-            ),
-        );
-        n.trust(reg);
-        n
-    }
-
-    fn bare() -> Node {
-        let n = Node {
-            root: tempfile::Builder::new()
-                .prefix("talm-node-")
-                .tempdir()
-                .unwrap(),
-            state: tempfile::Builder::new()
-                .prefix("talm-state-")
-                .tempdir()
-                .unwrap(),
-        };
-        std::fs::create_dir_all(n.root.path().join("var/lib/containers/storage")).unwrap();
-        std::fs::create_dir_all(n.root.path().join("run/containers/storage")).unwrap();
-        n
-    }
-
-    /// certs.d and the pull secret for `reg`.
-    fn trust(&self, reg: &Registry) {
-        if let Some(ca) = &reg.ca_pem {
-            let pem = std::fs::read_to_string(ca).unwrap();
-            self.write(&format!("etc/containers/certs.d/{}/ca.crt", reg.host), &pem);
-        }
-        let auth = std::fs::read_to_string(&reg.auth_file).unwrap();
-        self.write("var/lib/kubelet/config.json", &auth);
-    }
-
-    fn write(&self, rel: &str, text: &str) {
-        let p = self.root.path().join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    }
-
-    fn cache(&self) -> PathBuf {
-        self.state.path().join("precache/oci")
-    }
-
-    fn blob(&self, digest: &str) -> PathBuf {
-        self.cache()
-            .join("blobs/sha256")
-            .join(digest.trim_start_matches("sha256:"))
-    }
-
-    fn partial(&self, digest: &str) -> PathBuf {
-        let mut p = self.blob(digest).into_os_string();
-        p.push(".partial");
-        PathBuf::from(p)
-    }
-
-    fn spec(&self, yaml: &str) -> PathBuf {
-        let p = self.state.path().join("spec.yaml");
-        std::fs::write(&p, yaml).unwrap();
-        p
-    }
-
-    fn command(&self, spec: &Path, extra: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_talm-agent"));
-        c.arg("precache")
-            .arg("run")
-            .arg("--spec")
-            .arg(spec)
-            .arg("--state-dir")
-            .arg(self.state.path())
-            .arg("--host-root")
-            .arg(self.root.path())
-            .arg("--storage-driver")
-            .arg("vfs")
-            .args(extra)
-            .env("TALM_LOG_LEVEL", "info")
-            .env_remove("TALM_AGENT_STATE_DIR")
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn run(&self, spec: &Path, extra: &[&str]) -> Output {
-        self.command(spec, extra).output().unwrap()
-    }
-
-    fn status(&self) -> Value {
-        let out = Command::new(env!("CARGO_BIN_EXE_talm-agent"))
-            .args(["precache", "status", "-o", "json", "--state-dir"])
-            .arg(self.state.path())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", text(&out));
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    fn status_file(&self) -> Option<Value> {
-        let b = std::fs::read(self.state.path().join("precache/status.json")).ok()?;
-        serde_json::from_slice(&b).ok()
-    }
-
-    fn storage(&self, name: &str) -> String {
-        format!(
-            "containers-storage:[vfs@{}+{}]{name}",
-            self.root
-                .path()
-                .join("var/lib/containers/storage")
-                .display(),
-            self.root.path().join("run/containers/storage").display()
-        )
-    }
-
-    /// Whether containers-storage has `name` (`skopeo inspect --raw`).
-    fn imported(&self, name: &str) -> bool {
-        Command::new("skopeo")
-            .args(["inspect", "--raw"])
-            .arg(self.storage(name))
-            .output()
-            .unwrap()
-            .status
-            .success()
-    }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn yaml_list(items: &[String]) -> String {
     let v: Vec<String> = items.iter().map(|i| format!("\"{i}\"")).collect();
@@ -220,20 +74,6 @@ fn wait_status(node: &Node, limit: Duration, f: impl Fn(&Value) -> bool) -> Valu
             node.status_file()
         );
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let t0 = Instant::now();
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        assert!(
-            t0.elapsed() < limit,
-            "the agent did not finish in {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -6,8 +6,11 @@
 //!   file; the next attempt re-hashes what is there and continues from its length (an HTTP
 //!   Range request, see [`super::pull`]).
 //! - [`Partial::commit`] checks the size and the sha256 against the descriptor, fsyncs the
-//!   file, renames it into place and fsyncs the directory. A blob under its final name is
-//!   therefore always complete and verified; a mismatch deletes the partial.
+//!   file, renames it into place, fsyncs the directory and records the blob as verified; a
+//!   mismatch deletes the partial. A blob under its final name is still checked before it is
+//!   used ([`super::verify`]): anything could have written there since.
+//! - Manifests are stored only once they are verified and understood ([`Cache::put_bytes`]
+//!   replaces a stored copy whose bytes differ).
 //! - `index.json` names the cached images (`org.opencontainers.image.ref.name`); updates are
 //!   serialized and atomic (temp file + rename).
 //! - One process at a time: [`Cache::open`] takes an exclusive `flock` on `<dir>/.lock`,
@@ -194,8 +197,8 @@ impl Cache {
             .join(format!("{}.partial", d.hex()))
     }
 
-    /// Whether the blob is complete (present under its final name with the right size; only
-    /// verified content is ever renamed there).
+    /// Whether a file of the blob's size is under its final name (a cheap estimate for progress
+    /// figures; [`Cache::check_blob`] verifies the content before the blob is used).
     pub fn has_blob(&self, d: &Digest, size: u64) -> bool {
         std::fs::metadata(self.blob_path(d)).is_ok_and(|m| m.len() == size)
     }
@@ -205,7 +208,9 @@ impl Cache {
         std::fs::metadata(self.partial_path(d)).map_or(0, |m| m.len())
     }
 
-    /// Stores small content (a manifest) after checking it hashes to `d`.
+    /// Stores small content (a manifest) after checking it hashes to `d`. A stored copy is kept
+    /// only when its bytes are the same (a copy of the right size but other content is
+    /// replaced).
     pub async fn put_bytes(&self, d: &Digest, bytes: &[u8]) -> Result<(), CacheError> {
         if Digest::of(bytes) != *d {
             return Err(CacheError::Mismatch {
@@ -214,11 +219,14 @@ impl Cache {
             });
         }
         let path = self.blob_path(d);
-        if std::fs::metadata(&path).is_ok_and(|m| m.len() == bytes.len() as u64) {
-            return Ok(());
-        }
         let bytes = bytes.to_vec();
         tokio::task::spawn_blocking(move || {
+            let same = std::fs::symlink_metadata(&path)
+                .is_ok_and(|m| m.is_file() && m.len() == bytes.len() as u64)
+                && std::fs::read(&path).is_ok_and(|old| old == bytes);
+            if same {
+                return Ok(());
+            }
             talm_shared::fsutil::atomic_write(&path, &bytes, 0o644).map_err(io_err(&path))
         })
         .await
@@ -271,6 +279,7 @@ impl Cache {
             path,
             dest: self.blob_path(d),
             dir: self.dir.join("blobs/sha256"),
+            marker: super::verify::marker_path(&self.dir, d),
         })
     }
 
@@ -366,6 +375,7 @@ pub struct Partial {
     path: PathBuf,
     dest: PathBuf,
     dir: PathBuf,
+    marker: PathBuf,
 }
 
 impl std::fmt::Debug for Partial {
@@ -464,14 +474,20 @@ impl Partial {
         tokio::fs::rename(&self.path, &self.dest)
             .await
             .map_err(io_err(&self.dest))?;
-        let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || talm_shared::fsutil::fsync_dir(&dir))
-            .await
-            .map_err(|e| CacheError::Io {
-                path: self.dir.display().to_string(),
-                source: std::io::Error::other(e),
-            })?
-            .map_err(io_err(&self.dir))
+        let (dir, dest, marker) = (self.dir.clone(), self.dest.clone(), self.marker.clone());
+        tokio::task::spawn_blocking(move || {
+            talm_shared::fsutil::fsync_dir(&dir).map_err(io_err(&dir))?;
+            // Best effort: without a marker the blob is hashed once more before its next use.
+            if let Err(e) = super::verify::mark_verified(&dest, &marker) {
+                tracing::warn!(marker = %marker.display(), error = %e, "cannot record a verified blob");
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| CacheError::Io {
+            path: self.dir.display().to_string(),
+            source: std::io::Error::other(e),
+        })?
     }
 }
 

@@ -38,11 +38,13 @@ pub struct RunArgs {
     /// The pre-cache spec (YAML or JSON, `PrecachingSpec` fields in camelCase).
     #[arg(long, env = "TALM_PRECACHE_SPEC")]
     pub spec: PathBuf,
-    /// The agent's state directory (the cache is `<state-dir>/precache/oci`).
-    #[arg(long, env = "TALM_AGENT_STATE_DIR")]
+    /// The agent's state directory (the cache is `<state-dir>/precache/oci`; a relative path is
+    /// taken from the current directory).
+    #[arg(long, env = "TALM_AGENT_STATE_DIR", value_parser = absolute_path)]
     pub state_dir: PathBuf,
-    /// The node's root filesystem as seen by the agent.
-    #[arg(long, env = "TALM_AGENT_HOST_ROOT", default_value = "/")]
+    /// The node's root filesystem as seen by the agent (a relative path is taken from the
+    /// current directory).
+    #[arg(long, env = "TALM_AGENT_HOST_ROOT", default_value = "/", value_parser = absolute_path)]
     pub host_root: PathBuf,
     /// Images and blob downloads in flight at once.
     #[arg(long, env = "TALM_PRECACHE_PARALLEL", default_value_t = 4)]
@@ -62,13 +64,30 @@ pub struct RunArgs {
     /// Retries of a failed download (with capped exponential backoff).
     #[arg(long, env = "TALM_PRECACHE_RETRIES", default_value_t = 5)]
     pub retries: u32,
+    /// The low-speed rule: a transfer that gets fewer than this many bytes in one stall period
+    /// fails as stalled and is retried (0: no such rule).
+    #[arg(long, env = "TALM_PRECACHE_STALL_MIN_BYTES", default_value_t = super::stall::DEFAULT_MIN_BYTES)]
+    pub stall_min_bytes: u64,
+    /// The low-speed rule's period, in seconds (0: no such rule).
+    #[arg(long, env = "TALM_PRECACHE_STALL_PERIOD_SECS", default_value_t = super::stall::DEFAULT_PERIOD_SECS)]
+    pub stall_period_secs: u64,
+}
+
+/// A path made absolute against the current directory (the import hands paths to skopeo and
+/// containers-storage, which refuse relative ones). Used as the value parser of the path flags.
+pub fn absolute_path(s: &str) -> Result<PathBuf, String> {
+    if s.is_empty() {
+        return Err("the path is empty".into());
+    }
+    std::path::absolute(s)
+        .map_err(|e| format!("{s:?}: cannot make the path absolute (current directory: {e})"))
 }
 
 /// `talm-agent precache status`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct StatusArgs {
     /// The agent's state directory.
-    #[arg(long, env = "TALM_AGENT_STATE_DIR")]
+    #[arg(long, env = "TALM_AGENT_STATE_DIR", value_parser = absolute_path)]
     pub state_dir: PathBuf,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
@@ -129,6 +148,10 @@ impl RunArgs {
         o.storage_driver = self.storage_driver.clone();
         o.import = !self.no_import;
         o.retry.retries = self.retries;
+        o.stall = super::stall::StallPolicy {
+            min_bytes: self.stall_min_bytes,
+            period: Duration::from_secs(self.stall_period_secs),
+        };
         let runner = RealRunner::new();
         o.low_priority_tools = runner.available("ionice") && runner.available("nice");
         if let Some(d) = &self.deadline {

@@ -19,6 +19,9 @@
 //!   parsing, no I/O beyond reading the files it is given).
 //! - [`spec`]: the spec file of `precache run`.
 //! - [`cli`]: the `precache` subcommands.
+//! - [`manifest`], [`stall`], [`verify`]: the limits on what a registry or the cache can make
+//!   a run do: manifests over 4 MiB are refused, a transfer that stalls fails (and is retried),
+//!   and a cached blob is verified before it is used.
 
 pub mod cache;
 pub mod cli;
@@ -28,10 +31,13 @@ pub mod import;
 pub const IMPORT_PARALLEL: usize = 4;
 pub mod limit;
 pub mod list;
+pub mod manifest;
 pub mod pull;
 pub mod sources;
 pub mod spec;
+pub mod stall;
 pub mod status;
+pub mod verify;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,6 +52,7 @@ use self::import::{Importer, Present, Storage};
 use self::limit::Limiter;
 use self::pull::{PullConfig, PullError, Puller, RetryPolicy};
 use self::sources::{Mirrors, PullSecret, SourceError};
+use self::stall::StallPolicy;
 use self::status::{ImageState, ImageStatus, Journal, PrecacheStatus, State};
 use crate::facts::HostInfo;
 use crate::host::exec::{CommandRunner, ExecError};
@@ -131,6 +138,8 @@ pub struct Options {
     pub import: bool,
     /// Retries.
     pub retry: RetryPolicy,
+    /// The low-speed limit of every transfer.
+    pub stall: StallPolicy,
     /// The hub task id ("" for a manual run).
     pub task_id: String,
     /// Give up at this instant.
@@ -150,6 +159,7 @@ impl Options {
             storage_driver: "overlay".into(),
             import: true,
             retry: RetryPolicy::default(),
+            stall: StallPolicy::default(),
             task_id: String::new(),
             deadline: None,
             low_priority_tools: false,
@@ -210,6 +220,15 @@ pub async fn run(
     };
     let work = run_inner(opts, spec, deps, &journal);
     let result = match opts.deadline {
+        // Already past: nothing is started (`timeout_at` would first poll the work, and a run
+        // that fails at once would race the timer).
+        Some(at) if Instant::now() >= at => {
+            let s = journal.snapshot();
+            Err(PrecacheError::Deadline {
+                done: s.images_done,
+                total: s.images_total,
+            })
+        }
         Some(at) => match tokio::time::timeout_at(at, work).await {
             Ok(r) => r,
             Err(_) => {
@@ -277,6 +296,7 @@ fn pull_config(opts: &Options) -> Result<PullConfig, PrecacheError> {
         parallel: opts.parallel.max(1),
         retry: opts.retry,
         arch: pull::node_arch().to_string(),
+        stall: opts.stall,
     })
 }
 

@@ -8,13 +8,17 @@
 //!   (`<host-root>/var/lib/kubelet/config.json`), per candidate.
 //! - **Manifests.** A manifest list / image index is kept as is (so the cache can be imported
 //!   by reference) and the node's platform (`linux/<arch>`) is picked from it; only that
-//!   instance's blobs are fetched. Every manifest is verified against its digest.
+//!   instance's blobs are fetched. Every manifest is verified against its digest, read with a
+//!   4 MiB cap ([`super::manifest`]), and stored in the cache only once it is understood.
 //! - **Blobs.** Fetched once per run even when several images in flight share them (an in-flight
 //!   map of `OnceCell`s), with at most `parallel` downloads at a time, streamed to the cache's
 //!   partial file through the node-wide [`Limiter`]; an interrupted download resumes with a
 //!   Range request from the partial's length; size and sha256 are checked before the blob is
-//!   renamed into place ([`super::cache::Partial::commit`]).
-//! - **Retries.** Network errors, 5xx/429 answers and digest mismatches are retried with capped
+//!   renamed into place ([`super::cache::Partial::commit`]). A blob already in the cache is
+//!   verified before it counts ([`super::verify`]); a bad one is removed and fetched again.
+//! - **Stalls.** A transfer that gets fewer than `min_bytes` in a `period` (default 1 KiB in
+//!   60 s, [`super::stall`]) fails as "stalled: …" and is retried like a network error.
+//! - **Retries.** Network errors, stalls, 5xx/429 answers and digest mismatches are retried with capped
 //!   exponential backoff (a mismatch starts the blob over); "not found" and "unauthorized" are
 //!   not retried (the next candidate is still tried).
 
@@ -35,8 +39,11 @@ use tokio::sync::{OnceCell, Semaphore};
 
 use super::cache::{Cache, CacheError, Descriptor, Digest};
 use super::limit::Limiter;
+use super::manifest::Manifests;
 use super::sources::{ImageRef, Mirrors, PullSecret};
+use super::stall::{StallPolicy, Watch};
 use super::status::{Journal, Live};
+use super::verify::BlobCheck;
 use crate::backoff::{Backoff, random_u64};
 use crate::host::root::HostRoot;
 
@@ -95,7 +102,7 @@ pub struct PullError {
 }
 
 impl PullError {
-    fn new(image: &str, kind: FailureKind, message: impl Into<String>) -> Self {
+    pub(crate) fn new(image: &str, kind: FailureKind, message: impl Into<String>) -> Self {
         Self {
             image: image.to_string(),
             message: message.into(),
@@ -104,7 +111,7 @@ impl PullError {
     }
 }
 
-fn classify(e: &OciDistributionError) -> FailureKind {
+pub(crate) fn classify(e: &OciDistributionError) -> FailureKind {
     use OciDistributionError as E;
     match e {
         E::RequestError(_) | E::IoError(_) => FailureKind::Transient,
@@ -210,6 +217,8 @@ pub struct PullConfig {
     pub retry: RetryPolicy,
     /// Platform architecture to pick from manifest lists.
     pub arch: String,
+    /// The low-speed limit of every transfer.
+    pub stall: StallPolicy,
 }
 
 /// Reads every `*.crt` under `<root>/etc/containers/certs.d/*/`.
@@ -244,6 +253,7 @@ type BlobCell = OnceCell<Result<(), PullError>>;
 pub struct Puller {
     secure: Client,
     insecure: Client,
+    manifests: Manifests,
     cfg: PullConfig,
     cache: Arc<Cache>,
     limiter: Arc<Limiter>,
@@ -299,9 +309,16 @@ impl Puller {
                 )
             })
         };
+        let manifests = Manifests::new(
+            &cfg.ca_pems,
+            cfg.stall,
+            concat!("talm-agent/", env!("CARGO_PKG_VERSION")),
+        )
+        .map_err(|e| PullError::new("-", FailureKind::Permanent, e))?;
         Ok(Self {
             secure: make(ClientProtocol::Https)?,
             insecure: make(ClientProtocol::Http)?,
+            manifests,
             slots: Semaphore::new(cfg.parallel.max(1)),
             cfg,
             cache,
@@ -414,20 +431,14 @@ impl Puller {
         s: &Source,
         reference: &Reference,
     ) -> Result<(bytes::Bytes, Digest), PullError> {
-        let (body, digest) = self
-            .client(s)
-            .pull_manifest_raw(reference, &s.auth, &ACCEPTED)
-            .await
-            .map_err(|e| {
-                PullError::new(
-                    image,
-                    classify(&e),
-                    format!("manifest {reference} from {}: {e}", s.pull_spec),
-                )
-            })?;
-        Live::add(&self.live().bytes_fetched, body.len() as u64);
-        // oci-client checks the body against the digest of a digest reference; check again
-        // (and check tag references against the registry's digest header) here.
+        let fetched = self
+            .manifests
+            .get(self.client(s), image, s, reference, self.live(), &ACCEPTED)
+            .await?;
+        let body = fetched.body;
+        let digest = fetched.digest_header.unwrap_or_default();
+        // Check the body against the digest of a digest reference, and a tag reference's
+        // against the registry's digest header.
         let d = Digest::of(&body);
         if let Some(want) = reference.digest()
             && want != d.as_str()
@@ -447,11 +458,22 @@ impl Puller {
                 ),
             ));
         }
-        self.cache
-            .put_bytes(&d, &body)
-            .await
-            .map_err(|e| PullError::new(image, FailureKind::Permanent, e.to_string()))?;
         Ok((body, d))
+    }
+
+    /// Stores verified manifests in the cache.
+    async fn store_manifests(
+        &self,
+        image: &str,
+        manifests: &[(&bytes::Bytes, &Digest)],
+    ) -> Result<(), PullError> {
+        for (body, d) in manifests {
+            self.cache
+                .put_bytes(d, body)
+                .await
+                .map_err(|e| PullError::new(image, FailureKind::Permanent, e.to_string()))?;
+        }
+        Ok(())
     }
 
     async fn resolve_at(
@@ -470,6 +492,7 @@ impl Puller {
             size: body.len() as u64,
             ..Default::default()
         };
+        let mut child_manifest = None;
         let (manifest, mdigest) = if let Some(list) = &parsed.manifests {
             let arch = self.cfg.arch.as_str();
             let pick = list
@@ -508,9 +531,10 @@ impl Puller {
             }
             let m: AnyManifest = serde_json::from_slice(&cbody)
                 .map_err(|e| bad(format!("manifest {cd} from {}: {e}", s.pull_spec)))?;
+            child_manifest = Some((cbody, cd.clone()));
             (m, cd)
         } else {
-            (parsed, d)
+            (parsed, d.clone())
         };
         if manifest.schema_version != 2 {
             return Err(bad(format!(
@@ -527,6 +551,12 @@ impl Puller {
         for b in &blobs {
             Digest::parse(&b.digest).map_err(|e| bad(format!("manifest {mdigest}: {e}")))?;
         }
+        // Only now, verified and understood, do the manifests go into the cache.
+        let mut store = vec![(&body, &d)];
+        if let Some((cbody, cd)) = &child_manifest {
+            store.push((cbody, cd));
+        }
+        self.store_manifests(image, &store).await?;
         Ok((top, blobs, layers))
     }
 
@@ -572,10 +602,27 @@ impl Puller {
     async fn fetch_blob_retrying(&self, r: &Resolved, desc: &Descriptor) -> Result<(), PullError> {
         let d = Digest::parse(&desc.digest)
             .map_err(|e| PullError::new(&r.name, FailureKind::Permanent, e.to_string()))?;
-        if self.cache.has_blob(&d, desc.size) {
-            Live::add(&self.live().blobs_cached, 1);
-            Live::add(&self.live().bytes_done, desc.size);
-            return Ok(());
+        // A file of the right size was counted as done by the progress figures.
+        let counted = self.cache.has_blob(&d, desc.size);
+        let check = self
+            .cache
+            .check_blob(&d, desc.size)
+            .await
+            .map_err(|e| PullError::new(&r.name, FailureKind::Permanent, e.to_string()))?;
+        match check {
+            BlobCheck::Good => {
+                Live::add(&self.live().blobs_cached, 1);
+                Live::add(&self.live().bytes_done, desc.size);
+                return Ok(());
+            }
+            BlobCheck::Missing => {}
+            BlobCheck::Removed(why) => {
+                tracing::warn!(image = %r.name, blob = %d, reason = %why, "a cached blob was bad: removed, fetching it again");
+                Live::add(&self.live().digest_mismatches, 1);
+                if counted {
+                    Live::sub(&self.live().bytes_done, desc.size);
+                }
+            }
         }
         let mut backoff = Backoff::new(self.cfg.retry.initial, self.cfg.retry.max);
         let mut last = None;
@@ -675,13 +722,27 @@ impl Puller {
             };
             PullError::new(image, kind, format!("from {}: {e}", s.pull_spec))
         };
+        let stalled = |e: super::stall::Stalled| {
+            Live::add(&live.stalls, 1);
+            PullError::new(
+                image,
+                FailureKind::Transient,
+                format!(
+                    "{e} from {} for blob {d} (of {})",
+                    s.reference.resolve_registry(),
+                    s.pull_spec
+                ),
+            )
+        };
+        let mut watch = Watch::start(self.cfg.stall);
         let client = self.client(s);
         client
             .store_auth_if_needed(s.reference.resolve_registry(), &s.auth)
             .await;
-        let resp = client
-            .pull_blob_stream_partial(&s.reference, &d.as_str(), offset, None)
+        let resp = watch
+            .guard(client.pull_blob_stream_partial(&s.reference, &d.as_str(), offset, None))
             .await
+            .map_err(stalled)?
             .map_err(|e| {
                 PullError::new(
                     image,
@@ -706,15 +767,18 @@ impl Puller {
                 st
             }
         };
-        while let Some(chunk) = stream.next().await {
+        while let Some(chunk) = watch.guard(stream.next()).await.map_err(stalled)? {
             match chunk {
                 Ok(bytes) => {
                     let n = bytes.len() as u64;
+                    let waited = tokio::time::Instant::now();
                     self.limiter.acquire(n).await;
+                    watch.pause(waited.elapsed());
                     part.write(&bytes).await.map_err(cache_err)?;
                     *counted += n;
                     Live::add(&live.bytes_fetched, n);
                     Live::add(&live.bytes_done, n);
+                    watch.add(n).map_err(stalled)?;
                 }
                 // oci-client verifies full responses itself and fails at the end on a mismatch;
                 // with every byte in hand, our own check below gives the clear error.

@@ -103,8 +103,11 @@ pub struct Counters {
     pub images_present: u64,
     /// Retried requests.
     pub retries: u64,
-    /// Blobs rejected by digest or size.
+    /// Blobs rejected by digest or size (downloads, and bad blobs found in the cache).
     pub digest_mismatches: u64,
+    /// Transfers ended by the low-speed rule (fewer bytes than the minimum in one period).
+    #[serde(default)]
+    pub stalls: u64,
 }
 
 /// The status file's content.
@@ -180,6 +183,8 @@ pub struct Live {
     pub retries: AtomicU64,
     /// Digest or size mismatches.
     pub digest_mismatches: AtomicU64,
+    /// Stalled transfers.
+    pub stalls: AtomicU64,
 }
 
 impl Live {
@@ -307,6 +312,7 @@ impl Journal {
         s.counters.blobs_resumed = get(&l.blobs_resumed);
         s.counters.retries = get(&l.retries);
         s.counters.digest_mismatches = get(&l.digest_mismatches);
+        s.counters.stalls = get(&l.stalls);
         s.counters.images_pulled = 0;
         s.counters.images_imported = 0;
         s.counters.images_present = 0;
@@ -444,13 +450,14 @@ pub fn render_text(s: &PrecacheStatus) -> String {
     let c = &s.counters;
     let _ = writeln!(
         out,
-        "counters: fetched {} in {} blobs ({} cached, {} resumed), {} retries, {} digest mismatches; images {} pulled, {} imported, {} already present",
+        "counters: fetched {} in {} blobs ({} cached, {} resumed), {} retries, {} digest mismatches, {} stalls; images {} pulled, {} imported, {} already present",
         human_bytes(c.bytes_fetched),
         c.blobs_fetched,
         c.blobs_cached,
         c.blobs_resumed,
         c.retries,
         c.digest_mismatches,
+        c.stalls,
         c.images_pulled,
         c.images_imported,
         c.images_present

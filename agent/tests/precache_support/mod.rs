@@ -38,6 +38,9 @@ mod tls_support;
 use serde_json::{Value, json};
 use tls_support::TestCa;
 
+pub mod fake_registry;
+pub mod node;
+
 /// The apt packages that provide every tool these helpers run.
 pub const APT_HINT: &str = "apt-get install -y --no-install-recommends docker-registry skopeo umoci podman runc uidmap fuse-overlayfs (see .ci/run)";
 
