@@ -1007,7 +1007,14 @@ fn backup_complete() {
         c["status"]["status"]["startedAt"].is_string(),
         "startedAt is set at enable"
     );
-    assert_eq!(backup_states(c).len(), 4, "{:#}", c["status"]["backup"]);
+    // Prepared and handed to each agent in the run (TALM: PreparingToStart, then Starting on
+    // the next pass); no agent has reported yet.
+    assert_eq!(
+        backup_states(c),
+        sorted_states(&BACKUP_CLUSTERS.map(|cl| (cl, "Starting"))),
+        "{:#}",
+        c["status"]["backup"]
+    );
     assert!(c["status"]["backup"]["startedAt"].is_string());
     for cl in BACKUP_CLUSTERS {
         let a = w
@@ -1070,6 +1077,26 @@ fn backup_complete() {
         batches(&[&["spoke6", "spoke2", "spoke1", "spoke5"]])
     );
     assert_eq!(current_batch(c), 1);
+}
+
+#[test]
+fn backup_starts_on_a_cluster_without_an_available_condition() {
+    // No ManagedClusterConditionAvailable at all is not "unavailable": TALM starts the backup
+    // and lets the task's own timeout decide. Unknown still counts as unavailable.
+    let n = "cgu-backup-no-condition";
+    let mut w = backup_world(n);
+    w.get_mut("ManagedCluster", "", "spoke5")["status"] = json!({"conditions": []});
+    w.set_available("spoke1", false);
+    w.run();
+    let c = w.cgu(n);
+    let states: std::collections::BTreeMap<String, String> = backup_states(c).into_iter().collect();
+    assert_eq!(states["spoke5"], "Starting", "{states:?}");
+    assert_eq!(states["spoke1"], "UnrecoverableError", "{states:?}");
+    assert!(
+        w.spoke_agent("spoke5")
+            .is_some_and(|a| a["spec"]["backup"]["id"].is_string()),
+        "spoke5's agent has the backup task"
+    );
 }
 
 #[test]

@@ -2,8 +2,9 @@
 //! with SpokeAgent tasks in place of TALM's Jobs, ManagedClusterActions and views).
 //!
 //! Per cluster and per reconcile: a cluster with no state gets the task assigned in its
-//! SpokeAgent `spec` and becomes `PreparingToStart`; afterwards the state follows the agent's
-//! report for that task id (`Starting`, `Active`, then a final state). The hub also ends a task
+//! SpokeAgent `spec` and becomes `PreparingToStart`; on the next pass, with the task in the
+//! spec (handed to the agent), `Starting`; afterwards the state follows the agent's report for
+//! that task id (`Active`, then a final state). The hub also ends a task
 //! itself: past its deadline (`PrecacheTimeout`/`BackupTimeout`), or, once the CGU is enabled,
 //! when the cluster is not Available (`UnrecoverableError`).
 
@@ -164,7 +165,12 @@ pub fn step(
             Kind::Backup => s.backup.as_ref(),
         })
     });
-    let mut state = current;
+    // The task is in the SpokeAgent spec: handed to the agent. TALM moves from
+    // PreparingToStart to Starting on the pass after the one that prepared the spoke.
+    let mut state = match current {
+        TaskState::PreparingToStart => TaskState::Starting,
+        s => s,
+    };
     if let Some(r) = report.filter(|r| r.id == id) {
         match TaskState::from_name(&r.state) {
             Some(
@@ -306,7 +312,9 @@ mod tests {
             &nt,
             now(),
         );
-        assert_eq!((s, w), (TaskState::PreparingToStart, None));
+        // Handed to the agent (in its spec), nothing reported for this id yet: Starting, as
+        // TALM shows on the pass after the one that prepared the spoke.
+        assert_eq!((s, w), (TaskState::Starting, None));
 
         let active = agent(Some("id1"), Some(("id1", "Active")), later);
         let (s, _) = step(

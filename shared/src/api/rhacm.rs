@@ -81,6 +81,17 @@ impl ManagedCluster {
                 .any(|c| c.type_ == CONDITION_AVAILABLE && c.status == "True")
         })
     }
+
+    /// True when the cluster reports `ManagedClusterConditionAvailable` and it is not `True`
+    /// (`False` or `Unknown`). A cluster without that condition at all is not known to be
+    /// unavailable (TALM starts its backup and lets the task's own timeout decide).
+    pub fn is_known_unavailable(&self) -> bool {
+        self.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == CONDITION_AVAILABLE && c.status != "True")
+        })
+    }
 }
 view_resource!(
     ManagedCluster,

@@ -157,10 +157,12 @@ impl Run<'_> {
                 cluster: c,
                 state: states_before.get(c).map(|s| tasks::recorded_state(s)),
                 agent: self.snap.spoke_agent(c, c),
+                // As TALM: a cluster without an Available condition at all is not unavailable;
+                // its backup starts and the task's own deadline decides (docs/contract.md §5.1).
                 available: self
                     .snap
                     .managed_cluster(c)
-                    .is_some_and(|m| m.is_available()),
+                    .is_some_and(|m| !m.is_known_unavailable()),
                 enabled: self.enabled(),
             };
             let (mut st, w) = tasks::step(Kind::Backup, &id, input, &NewTask::Backup, now);
