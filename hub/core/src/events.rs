@@ -332,6 +332,50 @@ pub fn validation_failure(cgu: &ClusterGroupUpgrade, kind: &str, items: &[String
 mod tests {
     use super::*;
 
+    fn cgu() -> ClusterGroupUpgrade {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "ran.openshift.io/v1alpha1", "kind": "ClusterGroupUpgrade",
+            "metadata": {"name": "cgu-1", "namespace": "ns", "uid": "u1"},
+            "spec": {"remediationStrategy": {"maxConcurrency": 1}},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn per_cluster_events_regard_the_cgu_and_relate_the_cluster() {
+        let c = cgu();
+        for e in [
+            cluster_started(&c, cluster_ref("spoke1", None)),
+            cluster_completed(&c, cluster_ref("spoke1", None)),
+        ] {
+            assert_eq!(e.regarding, cgu_ref(&c), "{}", e.action);
+            let related = e.related.as_ref().unwrap();
+            assert_eq!(
+                (related.kind.as_str(), related.name.as_str()),
+                ("ManagedCluster", "spoke1")
+            );
+            assert!(related.namespace.is_empty());
+        }
+        for e in [created(&c), started(&c, 1, 1), timed_out(&c, &[])] {
+            assert_eq!(e.regarding, cgu_ref(&c));
+            assert!(e.related.is_none(), "{}", e.action);
+        }
+    }
+
+    #[test]
+    fn batch_events_carry_the_total_cluster_count() {
+        let c = cgu();
+        let batch = vec!["a".to_string(), "b".to_string()];
+        for e in [
+            batch_started(&c, 1, &batch, 5),
+            batch_completed(&c, 1, &batch, 5),
+        ] {
+            assert_eq!(e.annotations[keys::TOTAL_CLUSTERS_COUNT], "5");
+            assert_eq!(e.annotations[keys::BATCH_CLUSTERS_COUNT], "2");
+            assert_eq!(e.annotations[keys::BATCH_CLUSTERS], "a,b");
+        }
+    }
+
     #[test]
     fn long_lists_are_truncated_and_marked() {
         let clusters: Vec<String> = (0..40_000).map(|i| format!("cluster-{i:05}")).collect();

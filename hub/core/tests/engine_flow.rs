@@ -463,6 +463,8 @@ fn all_compliant_completes_at_once() {
     );
     hub.run(t(0));
     let st = hub.status();
+    // TALM's plain UpgradeStatus struct: always there (issue 19 item 1).
+    assert!(st["status"].is_object(), "{st:#}");
     assert_eq!(st["managedPoliciesCompliantBeforeUpgrade"], json!(["p1"]));
     assert!(st.get("precaching").is_none() && st.get("backup").is_none());
     assert_eq!(st["clusters"], json!([{"name": "a", "state": "complete"}]));

@@ -595,3 +595,27 @@ pub struct KubeWorkSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<serde_json::Value>,
 }
+
+#[cfg(test)]
+mod availability_tests {
+    use super::*;
+
+    fn mc(conditions: serde_json::Value) -> ManagedCluster {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "cluster.open-cluster-management.io/v1", "kind": "ManagedCluster",
+            "metadata": {"name": "c"}, "status": {"conditions": conditions},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_absent_available_condition_is_not_known_unavailable() {
+        let cond = |s: &str| serde_json::json!([{"type": CONDITION_AVAILABLE, "status": s}]);
+        assert!(!mc(serde_json::json!([])).is_known_unavailable());
+        assert!(!mc(serde_json::json!([])).is_available());
+        assert!(mc(cond("False")).is_known_unavailable());
+        assert!(mc(cond("Unknown")).is_known_unavailable());
+        assert!(!mc(cond("True")).is_known_unavailable());
+        assert!(mc(cond("True")).is_available());
+    }
+}
