@@ -90,7 +90,7 @@ impl Node {
     }
 
     pub fn command(&self, spec: &Path, extra: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_talm-agent"));
+        let mut c = Command::new(agent_bin());
         c.arg("precache")
             .arg("run")
             .arg("--spec")
@@ -113,7 +113,7 @@ impl Node {
     }
 
     pub fn status(&self) -> Value {
-        let out = Command::new(env!("CARGO_BIN_EXE_talm-agent"))
+        let out = Command::new(agent_bin())
             .args(["precache", "status", "-o", "json", "--state-dir"])
             .arg(self.state.path())
             .output()
@@ -173,5 +173,14 @@ pub fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus
             panic!("the agent did not finish in {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The agent binary under test. `option_env!`: this support module is also compiled into the
+/// hub's end-to-end tests, which do not use [`Node`] and where Cargo sets no such variable.
+fn agent_bin() -> &'static str {
+    match option_env!("CARGO_BIN_EXE_talm-agent") {
+        Some(path) => path,
+        None => panic!("CARGO_BIN_EXE_talm-agent is unset: Node runs only in talm-agent's tests"),
     }
 }

@@ -40,8 +40,8 @@ fn name_of_len(len: usize) -> impl Strategy<Value = String> {
 
 fn name() -> impl Strategy<Value = String> {
     prop_oneof![
-        1 => (1usize..=253),
-        2 => (200usize..=253),
+        1 => 1usize..=253,
+        2 => 200usize..=253,
     ]
     .prop_flat_map(name_of_len)
 }
