@@ -122,6 +122,15 @@ pub enum CliError {
     /// Bad arguments.
     #[error(transparent)]
     Conn(#[from] crate::conn::ConnError),
+    /// The --ca file is not a usable PEM CA bundle.
+    #[error("--ca {path}: not a usable PEM CA bundle: {source}")]
+    Ca {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: talm_shared::tls::TlsError,
+    },
     /// Status failed.
     #[error(transparent)]
     Status(#[from] crate::status::StatusError),
@@ -144,9 +153,16 @@ impl RunArgs {
             None => None,
         };
         let keepalive = Duration::from_secs(self.keepalive_secs.max(1));
+        let target = HubTarget::parse(&self.hub, self.server_name.as_deref())?;
+        let hub_ca_pem = read(&self.ca)?;
+        // Configuration errors that no retry can fix end the daemon here, with a clear line.
+        talm_shared::tls::client_config(&hub_ca_pem, None).map_err(|source| CliError::Ca {
+            path: self.ca.display().to_string(),
+            source,
+        })?;
         Ok(AgentConfig {
-            target: HubTarget::parse(&self.hub, self.server_name.as_deref())?,
-            hub_ca_pem: read(&self.ca)?,
+            target,
+            hub_ca_pem,
             state_dir: self.state_dir.clone(),
             bootstrap_token: token,
             conn: ConnConfig {

@@ -21,10 +21,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::backoff::{Backoff, random_u64};
-use crate::conn::{self, ConnConfig, ConnError, HubTarget, Identity};
+use crate::conn::{self, Cause, ConnConfig, ConnError, HubTarget, Identity};
 use crate::facts::HostInfo;
 use crate::journal::{Accept, Journal, JournalError, Report, ReportBody, Task, TaskState};
 use crate::runner::{Progress, TaskContext, TaskRunner};
@@ -42,8 +42,11 @@ pub enum AgentError {
     #[error("not enrolled and no bootstrap token given (--bootstrap-token-file)")]
     NoToken,
     /// The hub refused the enrollment; retrying will not help.
-    #[error("enrollment refused: {0}")]
+    #[error("enrollment refused: token refused: {0}")]
     EnrollmentRefused(String),
+    /// A configuration error that retrying cannot fix (the hub CA bundle, the identity file).
+    #[error("configuration error: {0}")]
+    Config(String),
     /// The hub sent something invalid.
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -136,6 +139,9 @@ impl Agent {
     ) -> Result<Arc<Self>, AgentError> {
         std::fs::create_dir_all(&cfg.state_dir)
             .map_err(|e| ConnError::Io(cfg.state_dir.display().to_string(), e))?;
+        // A CA bundle that does not parse fails every connection: refuse to start instead.
+        talm_shared::tls::client_config(&cfg.hub_ca_pem, None)
+            .map_err(|e| AgentError::Config(format!("the hub CA bundle is not usable: {e}")))?;
         let journal = Arc::new(Journal::open(&cfg.state_dir)?);
         let identity = conn::load_identity(&cfg.state_dir)?;
         let (progress_tx, progress_rx) = mpsc::channel(64);
@@ -246,8 +252,46 @@ impl Agent {
         result
     }
 
+    /// The WARN text for a bootstrap token that is given but not used because the agent is
+    /// already enrolled (`None` when there is no token, or it is the one the agent enrolled
+    /// with). The hub alone knows which cluster a token is for, so the line names the cluster
+    /// this agent is enrolled as and the token's public id.
+    pub fn ignored_token_warning(&self) -> Option<String> {
+        let token = self.cfg.bootstrap_token.as_deref()?;
+        let id = self.identity()?;
+        let token_id = conn::token_id(token);
+        let enrolled_with = conn::enrollment_token_id(&self.cfg.state_dir);
+        if enrolled_with.as_deref() == Some(token_id) {
+            return None;
+        }
+        let with = enrolled_with.map_or_else(
+            || "an unrecorded token".to_string(),
+            |t| format!("token {t}"),
+        );
+        Some(format!(
+            "bootstrap token {token_id} is ignored: this agent is already enrolled as cluster {} \
+             (with {with}); a token is used only for the first enrollment. If this node should \
+             now be the cluster token {token_id} was issued for, stop the agent, move {} aside \
+             and start it again",
+            id.info.cluster,
+            conn::identity_path(&self.cfg.state_dir).display()
+        ))
+    }
+
     async fn ensure_identity(&self, mut stop: watch::Receiver<bool>) -> Result<(), AgentError> {
-        if self.identity().is_some() {
+        if let Some(id) = self.identity() {
+            if let Some(w) = self.ignored_token_warning() {
+                let token = self.cfg.bootstrap_token.as_deref().unwrap_or_default();
+                warn!(
+                    cluster = %id.info.cluster,
+                    token_id = conn::token_id(token),
+                    "{w}"
+                );
+                // Warn once per token: remember it unless a token was already recorded.
+                if conn::enrollment_token_id(&self.cfg.state_dir).is_none() {
+                    let _ = conn::record_enrollment_token(&self.cfg.state_dir, token);
+                }
+            }
             return Ok(());
         }
         let token = self
@@ -278,12 +322,27 @@ impl Agent {
                         Code::Unauthenticated | Code::InvalidArgument | Code::PermissionDenied
                     ) =>
                 {
+                    error!(
+                        cause = Cause::TokenRefused.label(),
+                        "enrollment failed: {}: {}; giving up (give the agent a new token)",
+                        Cause::TokenRefused.summary(&self.cfg.target),
+                        s.message()
+                    );
                     self.set_state("enrolling", Some(s.message().to_string()));
                     return Err(AgentError::EnrollmentRefused(s.message().to_string()));
                 }
+                Err(e) if e.cause() == Cause::Config => {
+                    self.set_state("enrolling", Some(e.to_string()));
+                    return Err(AgentError::Conn(e));
+                }
                 Err(e) => {
                     let delay = backoff.next_delay(random_u64());
-                    warn!(error = %e, ?delay, "enrollment failed; retrying");
+                    warn!(
+                        cause = e.cause().label(),
+                        ?delay,
+                        "enrollment failed: {}; retrying",
+                        e.explain(&self.cfg.target)
+                    );
                     self.set_state("enrolling", Some(e.to_string()));
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
@@ -308,7 +367,35 @@ impl Agent {
                     why
                 }
                 Err(AgentError::Journal(e)) => return Err(AgentError::Journal(e)),
-                Err(e) => e.to_string(),
+                Err(AgentError::Conn(e)) if e.cause() == Cause::Config => {
+                    self.set_state("disconnected", Some(e.to_string()));
+                    return Err(AgentError::Conn(e));
+                }
+                Err(AgentError::Conn(e)) => {
+                    let delay = backoff.next_delay(random_u64());
+                    warn!(
+                        cause = e.cause().label(),
+                        ?delay,
+                        "cannot connect to the hub: {}; retrying",
+                        e.explain(&self.cfg.target)
+                    );
+                    self.set_state("disconnected", Some(e.to_string()));
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        _ = stop.changed() => return Ok(()),
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay(random_u64());
+                    warn!(error = %e, ?delay, "session with the hub failed; reconnecting");
+                    self.set_state("disconnected", Some(e.to_string()));
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        _ = stop.changed() => return Ok(()),
+                    }
+                    continue;
+                }
             };
             let delay = backoff.next_delay(random_u64());
             info!(error = %error, ?delay, "disconnected from the hub; reconnecting");
@@ -577,7 +664,12 @@ impl Agent {
                 }
                 Err(e) => {
                     let delay = backoff.next_delay(random_u64());
-                    warn!(error = %e, ?delay, "certificate rotation failed; retrying");
+                    warn!(
+                        cause = e.cause().label(),
+                        ?delay,
+                        "certificate rotation failed: {}; retrying",
+                        e.explain(&self.cfg.target)
+                    );
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
                         _ = stop.changed() => return,

@@ -116,6 +116,9 @@ fn main() -> anyhow::Result<()> {
                     heartbeat_interval_secs: heartbeat_secs,
                     heartbeat_timeout_secs: heartbeat_secs * 3,
                     cert_lifetime_secs: 86_400,
+                    // The shipped defaults (idle timeout, unverified-connection cap).
+                    idle_timeout_secs: 30,
+                    max_unverified_connections: 256,
                 },
                 poll_interval_ms: 2000,
             };

@@ -71,6 +71,28 @@ pub struct SessionArgs {
     /// Lifetime of issued agent certificates, seconds.
     #[arg(long, env = "TALM_AGENT_CERT_LIFETIME_SECS", default_value_t = 86_400)]
     pub cert_lifetime_secs: u64,
+    /// Close agent-port connections that have had no open gRPC stream for this long, seconds
+    /// (minimum 1).
+    #[arg(long, env = "TALM_GATEWAY_IDLE_TIMEOUT_SECS", default_value_t = 30)]
+    pub idle_timeout_secs: u64,
+    /// Most agent-port connections without a verified client certificate (enrolling agents,
+    /// handshakes in progress) kept at once; a new one closes the oldest (minimum 1).
+    #[arg(
+        long,
+        env = "TALM_GATEWAY_MAX_UNVERIFIED_CONNECTIONS",
+        default_value_t = 256
+    )]
+    pub max_unverified_connections: usize,
+}
+
+impl SessionArgs {
+    /// The connection limits these flags give.
+    pub fn conn_limits(&self) -> crate::conns::ConnLimits {
+        crate::conns::ConnLimits {
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs.max(1)),
+            max_unverified: self.max_unverified_connections.max(1),
+        }
+    }
 }
 
 /// `talm-hub gateway`: serve the agent channel with the file-backed stores.
@@ -299,6 +321,7 @@ pub async fn run_gateway(
         heartbeat_interval: Duration::from_secs(args.session.heartbeat_interval_secs.max(1)),
         heartbeat_timeout: Duration::from_secs(args.session.heartbeat_timeout_secs.max(1)),
         poll_interval: Duration::from_millis(args.poll_interval_ms.max(50)),
+        limits: args.session.conn_limits(),
         ..GatewayConfig::default()
     };
     let enroller = Enroller::new(

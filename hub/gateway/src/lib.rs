@@ -14,6 +14,9 @@
 //!   coalesced per cluster, durable before a report is acknowledged.
 //! - [`service`]: the tonic services (`Session`, `Renew`, `Enroll`): identity from the peer
 //!   certificate SAN only, validation, heartbeat timeout.
+//! - [`conns`]: limits on the agent port's connections: an idle timeout for connections with
+//!   no open stream and a cap on connections without a verified client certificate (oldest
+//!   evicted first).
 //! - [`server`]: TLS 1.3 acceptor, gRPC server, spec/enrollment watchers, and the HTTP admin
 //!   endpoint (`/agents`, `/agents/{cluster}`, `/metrics`, `/healthz`).
 //! - [`metrics`]: prometheus-client metrics.
@@ -21,6 +24,7 @@
 //! - [`machineconfig`]: the MachineConfig that installs talm-agent on a SNO node.
 
 pub mod cli;
+pub mod conns;
 pub mod enroll;
 pub mod machineconfig;
 pub mod metrics;

@@ -23,6 +23,13 @@ pub struct StateLabel {
     pub state: String,
 }
 
+/// An `identity` label: `verified` (a client certificate the agent CA signed) or `none`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IdentityLabel {
+    /// `verified` or `none`.
+    pub identity: String,
+}
+
 /// Per-task progress labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TaskLabel {
@@ -57,6 +64,15 @@ pub struct Metrics {
     pub tasks: Family<StateLabel, Gauge>,
     /// Progress of active tasks, 0..1 (recomputed at scrape).
     pub progress: Family<TaskLabel, Gauge<f64, AtomicU64>>,
+    /// Open connections of the agent port by `identity` (recomputed at scrape).
+    pub connections: Family<IdentityLabel, Gauge>,
+    /// Connections the gateway closed, by reason (`idle`, `evicted`).
+    pub connections_closed: Family<Reason, Counter>,
+    /// New sessions refused because another agent with the same identity holds a session
+    /// (a cloned state directory).
+    pub clone_refusals: Counter,
+    /// Clusters whose identity is in use by more than one agent now (recomputed at scrape).
+    pub cloned: Gauge,
 }
 
 impl Default for Metrics {
@@ -74,6 +90,10 @@ impl Default for Metrics {
             certificates: Family::default(),
             tasks: Family::default(),
             progress: Family::default(),
+            connections: Family::default(),
+            connections_closed: Family::default(),
+            clone_refusals: Counter::default(),
+            cloned: Gauge::default(),
         };
         registry.register(
             "agents_connected",
@@ -116,6 +136,26 @@ impl Default for Metrics {
             "task_progress_ratio",
             "Progress of active tasks",
             m.progress.clone(),
+        );
+        registry.register(
+            "connections",
+            "Open connections of the agent port, by client identity (verified or none)",
+            m.connections.clone(),
+        );
+        registry.register(
+            "connections_closed",
+            "Agent-port connections closed by the gateway (idle: no open stream for the idle timeout; evicted: oldest unverified connection over the cap)",
+            m.connections_closed.clone(),
+        );
+        registry.register(
+            "clone_refusals",
+            "Sessions refused because another agent with the same identity holds one (cloned state directory)",
+            m.clone_refusals.clone(),
+        );
+        registry.register(
+            "agents_cloned",
+            "Clusters whose identity is used by more than one agent (a session refused within the clone window)",
+            m.cloned.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -1,9 +1,22 @@
 //! The in-memory, per-cluster agent state: connection, lastSeen, facts, task states and live
 //! progress. It is the source of the `/agents` views, of the metrics, and of the SpokeAgent
 //! status the [`crate::status`] writer persists (transitions only).
+//!
+//! # Cloned identities
+//! Two agents started from one copied state directory hold the same certificate. Each new
+//! session replaces the cluster's live one, and the replaced agent reconnects and replaces it
+//! back, about once a second, forever. [`Registry::connect`] counts the replacements of a
+//! cluster's live session; when a new session would be the [`ClonePolicy::max_replacements`]th
+//! within [`ClonePolicy::window`], it is refused instead (the older session is kept) and the
+//! cluster is flagged: `/agents` shows `clonedIdentity`, the gateway logs an ERROR, and the
+//! metrics count it. A refused agent backs off (its session never got a Welcome). An agent that
+//! merely restarts replaces its dead session once, far below the threshold; should one restart
+//! that often, it waits at most the heartbeat timeout, which ends the dead session.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use serde::Serialize;
 use talm_proto::v1::{self, HubMessage, TaskKind, TaskOutcome, task_report};
@@ -30,6 +43,56 @@ pub struct SessionHandle {
     pub tx: mpsc::Sender<Result<HubMessage, Status>>,
     /// Set to end the session with this error.
     pub kill: watch::Sender<Option<(Code, String)>>,
+    /// The agent's address, when known.
+    pub peer: Option<SocketAddr>,
+}
+
+/// When replacements of a live session count as two agents sharing one identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClonePolicy {
+    /// The window replacements are counted in.
+    pub window: Duration,
+    /// Replacements within the window from which new sessions are refused (at least 2).
+    pub max_replacements: usize,
+}
+
+impl Default for ClonePolicy {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(60),
+            max_replacements: 3,
+        }
+    }
+}
+
+/// `/agents`' `clonedIdentity`: more than one agent uses this cluster's identity.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CloneView {
+    /// First refusal of this episode, RFC 3339.
+    pub since: String,
+    /// Last refusal, RFC 3339.
+    pub last_refused: String,
+    /// Sessions refused in this episode.
+    pub refused_sessions: u64,
+    /// Serial of the certificate the refused agent presented.
+    pub certificate_serial: String,
+    /// Address of the agent whose session is kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kept_peer: Option<String>,
+    /// Address of the last refused agent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused_peer: Option<String>,
+}
+
+/// What [`Registry::connect`] did.
+#[derive(Debug)]
+pub enum Connected {
+    /// The session is the cluster's live one; it replaced this one (to be ended), if any.
+    Accepted(Option<SessionHandle>),
+    /// Refused: the cluster's sessions keep replacing each other (a cloned identity). The live
+    /// session is kept.
+    RefusedClone(CloneView),
 }
 
 impl SessionHandle {
@@ -162,6 +225,10 @@ pub struct AgentView {
     /// Node facts from the last Hello.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub facts: Option<FactsView>,
+    /// Set when more than one agent uses this cluster's identity (a cloned state directory):
+    /// the last such episode. Kept after it ends, for diagnosis (`lastRefused` says when).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cloned_identity: Option<CloneView>,
     /// Tasks.
     pub tasks: Vec<TaskView>,
 }
@@ -188,6 +255,10 @@ struct AgentState {
     seeded: bool,
     /// The last status written, to skip writes that change nothing.
     last_written: Option<SpokeAgentStatus>,
+    /// When the live session was replaced recently (Unix seconds), for clone detection.
+    replacements: VecDeque<i64>,
+    /// The current (or last) clone episode, and when its last refusal was.
+    clone_episode: Option<(CloneView, i64)>,
 }
 
 /// Result of applying a report.
@@ -203,9 +274,25 @@ pub enum Applied {
 #[derive(Debug, Default)]
 pub struct Registry {
     inner: Mutex<HashMap<String, AgentState>>,
+    clones: ClonePolicy,
 }
 
 impl Registry {
+    /// An empty registry that applies `clones`.
+    pub fn new(clones: ClonePolicy) -> Self {
+        Self {
+            inner: Mutex::default(),
+            clones: ClonePolicy {
+                max_replacements: clones.max_replacements.max(2),
+                ..clones
+            },
+        }
+    }
+
+    fn window_secs(&self) -> i64 {
+        i64::try_from(self.clones.window.as_secs()).unwrap_or(i64::MAX)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, AgentState>> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -257,16 +344,52 @@ impl Registry {
         a.last_written = None;
     }
 
-    /// Registers a new session; returns the one it replaces (to be ended).
+    /// Registers a new session, unless the cluster's sessions have been replacing each other
+    /// too often (see the module docs): then the live session is kept and the new one refused.
     pub fn connect(
         &self,
         cluster: &str,
         handle: SessionHandle,
         hello: &v1::Hello,
         now: i64,
-    ) -> Option<SessionHandle> {
+    ) -> Connected {
+        let window = self.window_secs();
         let mut map = self.lock();
         let a = map.entry(cluster.to_string()).or_default();
+        if let Some(live) = &a.session {
+            a.replacements.push_back(now);
+            while a
+                .replacements
+                .front()
+                .is_some_and(|t| *t <= now.saturating_sub(window))
+            {
+                a.replacements.pop_front();
+            }
+            if a.replacements.len() >= self.clones.max_replacements {
+                let kept_peer = live.peer.map(|p| p.to_string());
+                let refused_peer = handle.peer.map(|p| p.to_string());
+                let view = match a.clone_episode.take() {
+                    Some((mut v, last)) if now.saturating_sub(last) <= window => {
+                        v.last_refused = rfc3339(now);
+                        v.refused_sessions += 1;
+                        v.certificate_serial = handle.serial.clone();
+                        v.kept_peer = kept_peer;
+                        v.refused_peer = refused_peer;
+                        v
+                    }
+                    _ => CloneView {
+                        since: rfc3339(now),
+                        last_refused: rfc3339(now),
+                        refused_sessions: 1,
+                        certificate_serial: handle.serial.clone(),
+                        kept_peer,
+                        refused_peer,
+                    },
+                };
+                a.clone_episode = Some((view.clone(), now));
+                return Connected::RefusedClone(view);
+            }
+        }
         let old = a.session.replace(handle);
         a.last_seen = Some(now);
         a.status_last_seen = Some(now);
@@ -275,7 +398,20 @@ impl Registry {
         a.facts = hello.facts.as_ref().map(FactsView::from);
         a.assigned.clear();
         a.agent_active = hello.active_task_ids.iter().cloned().collect();
-        old
+        Connected::Accepted(old)
+    }
+
+    /// Clusters with a session refused as a clone within the clone window before `now`.
+    pub fn cloned_count(&self, now: i64) -> usize {
+        let window = self.window_secs();
+        self.lock()
+            .values()
+            .filter(|a| {
+                a.clone_episode
+                    .as_ref()
+                    .is_some_and(|(_, last)| now.saturating_sub(*last) <= window)
+            })
+            .count()
     }
 
     /// Marks the session `session_id` gone. Returns true if it was the current one (then the
@@ -549,6 +685,72 @@ fn view_of(cluster: &str, a: &AgentState) -> AgentView {
         connected_since: a.connected_since.map(rfc3339),
         agent_version: a.agent_version.clone(),
         facts: a.facts.clone(),
+        cloned_identity: a.clone_episode.as_ref().map(|(v, _)| v.clone()),
         tasks: a.tasks.values().cloned().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle(id: u64, port: u16) -> SessionHandle {
+        let (tx, _) = mpsc::channel(1);
+        let (kill, _) = watch::channel(None);
+        SessionHandle {
+            id,
+            serial: "0a".into(),
+            enrolled_at: 1,
+            tx,
+            kill,
+            peer: Some(SocketAddr::from(([10, 0, 0, 1], port))),
+        }
+    }
+
+    fn accepted(c: &Connected) -> bool {
+        matches!(c, Connected::Accepted(_))
+    }
+
+    #[test]
+    fn sessions_replacing_each_other_are_refused_from_the_third_replacement_in_the_window() {
+        let r = Registry::new(ClonePolicy::default());
+        let hello = v1::Hello::default();
+        // A restart replaces a (dead) session once: accepted.
+        assert!(accepted(&r.connect("c", handle(1, 1), &hello, 1000)));
+        assert!(accepted(&r.connect("c", handle(2, 2), &hello, 1001)));
+        assert!(accepted(&r.connect("c", handle(3, 1), &hello, 1002)));
+        assert_eq!(r.cloned_count(1002), 0);
+        // The third replacement within 60 s: refused, session 3 kept.
+        match r.connect("c", handle(4, 2), &hello, 1003) {
+            Connected::RefusedClone(v) => {
+                assert_eq!(v.refused_sessions, 1);
+                assert_eq!(v.kept_peer.as_deref(), Some("10.0.0.1:1"));
+                assert_eq!(v.refused_peer.as_deref(), Some("10.0.0.1:2"));
+            }
+            c => panic!("{c:?}"),
+        }
+        match r.connect("c", handle(5, 2), &hello, 1010) {
+            Connected::RefusedClone(v) => assert_eq!(v.refused_sessions, 2),
+            c => panic!("{c:?}"),
+        }
+        assert_eq!(r.session("c").map(|s| s.id), Some(3));
+        assert_eq!(r.cloned_count(1010), 1);
+        let view = r.view("c").unwrap();
+        assert_eq!(view.cloned_identity.unwrap().refused_sessions, 2);
+        // Once the clone is gone the flag lapses after the window, and the kept session's
+        // end lets the next one in.
+        assert_eq!(r.cloned_count(1100), 0);
+        assert!(r.disconnect("c", 3, 1100));
+        assert!(accepted(&r.connect("c", handle(6, 2), &hello, 1101)));
+        // Replacements spread wider than the window never trip it.
+        let r = Registry::new(ClonePolicy::default());
+        for i in 0..10 {
+            assert!(accepted(&r.connect(
+                "d",
+                handle(i, 1),
+                &hello,
+                i64::try_from(i).unwrap() * 31
+            )));
+        }
     }
 }

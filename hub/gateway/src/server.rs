@@ -26,9 +26,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use tracing::{debug, info, warn};
 
+use crate::conns::{ConnLimits, Conns, TrackedStream};
 use crate::enroll::Enroller;
-use crate::metrics::{Metrics, StateLabel, TaskLabel};
-use crate::registry::Registry;
+use crate::metrics::{IdentityLabel, Metrics, StateLabel, TaskLabel};
+use crate::registry::{ClonePolicy, Registry};
 use crate::service::{AgentSvc, EnrollSvc};
 use crate::status::StatusQueue;
 use crate::store::SpokeAgentStore;
@@ -46,6 +47,10 @@ pub struct GatewayConfig {
     pub status_writers: usize,
     /// TLS handshake timeout.
     pub handshake_timeout: Duration,
+    /// Idle timeout and unverified-connection cap of the agent port ([`crate::conns`]).
+    pub limits: ConnLimits,
+    /// When two agents with one identity keep replacing each other ([`crate::registry`]).
+    pub clones: ClonePolicy,
 }
 
 impl Default for GatewayConfig {
@@ -56,6 +61,8 @@ impl Default for GatewayConfig {
             poll_interval: Duration::from_secs(2),
             status_writers: 8,
             handshake_timeout: Duration::from_secs(10),
+            limits: ConnLimits::default(),
+            clones: ClonePolicy::default(),
         }
     }
 }
@@ -77,6 +84,8 @@ pub struct Gateway {
     pub metrics: Metrics,
     /// Pending status writes.
     pub status: StatusQueue,
+    /// Live connections of the agent port (idle timeout, unverified cap).
+    pub conns: Conns,
     status_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
     /// Last seen spec per cluster.
     specs: Mutex<HashMap<String, SpokeAgentSpec>>,
@@ -92,13 +101,15 @@ impl Gateway {
         agents: Arc<dyn SpokeAgentStore>,
     ) -> Arc<Self> {
         let (status, rx) = StatusQueue::new();
+        let metrics = Metrics::default();
         Arc::new(Self {
+            conns: Conns::new(cfg.limits, metrics.connections_closed.clone()),
+            registry: Registry::new(cfg.clones),
             cfg,
             clock,
             enroller,
             agents,
-            registry: Registry::default(),
-            metrics: Metrics::default(),
+            metrics,
             status,
             status_rx: Mutex::new(Some(rx)),
             specs: Mutex::new(HashMap::new()),
@@ -297,6 +308,18 @@ impl Gateway {
                 .get_or_create(&TaskLabel { cluster, task })
                 .set(ratio);
         }
+        let conns = self.conns.stats();
+        for (identity, n) in [("verified", conns.verified), ("none", conns.unverified)] {
+            self.metrics
+                .connections
+                .get_or_create(&IdentityLabel {
+                    identity: identity.into(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        self.metrics
+            .cloned
+            .set(i64::try_from(self.registry.cloned_count(self.clock.unix())).unwrap_or(i64::MAX));
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.metrics.registry);
         out
@@ -354,9 +377,7 @@ async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     handshake_timeout: Duration,
-    tx: mpsc::Sender<
-        Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
-    >,
+    tx: mpsc::Sender<Result<TrackedStream, std::io::Error>>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -372,13 +393,30 @@ async fn accept_loop(
             _ = stop.changed() => return,
         };
         let _ = tcp.set_nodelay(true);
+        // Tracked (and counted against the unverified cap) from here until it closes.
+        let reg = gw.conns.register(peer);
         let acceptor = acceptor.clone();
         let tx = tx.clone();
         let gw = gw.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+            let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp));
+            let outcome = tokio::select! {
+                r = handshake => r,
+                why = reg.closed() => {
+                    debug!(%peer, reason = why.label(), "connection closed during the TLS handshake");
+                    return;
+                }
+            };
+            match outcome {
                 Ok(Ok(tls)) => {
-                    let _ = tx.send(Ok(tls)).await;
+                    let verified = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .is_some_and(|c| !c.is_empty());
+                    reg.handshake_done(verified);
+                    let stream = reg.into_stream(tls, gw.cfg.limits.idle_timeout);
+                    let _ = tx.send(Ok(stream)).await;
                 }
                 Ok(Err(e)) => {
                     gw.metrics.reject("tls_handshake");

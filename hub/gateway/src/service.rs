@@ -21,9 +21,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
-use crate::registry::{Applied, SessionHandle};
+use crate::registry::{Applied, Connected, SessionHandle};
 use crate::server::Gateway;
 
 /// A verified peer.
@@ -121,10 +121,15 @@ impl AgentService for AgentSvc {
         &self,
         req: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        let stream = self.gw.conns.open_stream(req.remote_addr());
+        let addr = req.remote_addr();
         let peer = authenticate(&self.gw, peer_identity(&self.gw, &req)?).await?;
         let (tx, rx) = mpsc::channel(64);
         let gw = self.gw.clone();
-        tokio::spawn(run_session(gw, peer, req.into_inner(), tx));
+        tokio::spawn(async move {
+            run_session(gw, peer, addr, req.into_inner(), tx).await;
+            drop(stream);
+        });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -132,6 +137,7 @@ impl AgentService for AgentSvc {
         &self,
         req: Request<RenewRequest>,
     ) -> Result<Response<CertificateResponse>, Status> {
+        let _stream = self.gw.conns.open_stream(req.remote_addr());
         let peer = authenticate(&self.gw, peer_identity(&self.gw, &req)?).await?;
         let csr = req.into_inner().csr_pem;
         if csr.len() > validate::MAX_PARAMS_BYTES {
@@ -179,6 +185,7 @@ impl EnrollmentService for EnrollSvc {
         &self,
         req: Request<EnrollRequest>,
     ) -> Result<Response<CertificateResponse>, Status> {
+        let _stream = self.gw.conns.open_stream(req.remote_addr());
         let r = req.into_inner();
         if r.csr_pem.len() > validate::MAX_PARAMS_BYTES || r.token.len() > 256 {
             return Err(Status::invalid_argument("token or csr_pem is too large"));
@@ -214,6 +221,7 @@ type AckFuture = Pin<Box<dyn std::future::Future<Output = (u64, bool)> + Send>>;
 async fn run_session(
     gw: Arc<Gateway>,
     peer: Peer,
+    addr: Option<std::net::SocketAddr>,
     mut inbound: Streaming<AgentMessage>,
     tx: Outbound,
 ) {
@@ -265,6 +273,7 @@ async fn run_session(
         enrolled_at: peer.enrolled_at,
         tx: tx.clone(),
         kill: kill_tx,
+        peer: addr,
     };
 
     // 2. Seed from the persisted status (first contact since the hub started) and load the spec.
@@ -277,14 +286,37 @@ async fn run_session(
         gw.registry
             .seed(&cluster, status.ok().flatten(), spec.as_ref());
     }
-    if let Some(old) = gw
+    match gw
         .registry
         .connect(&cluster, handle, &hello, gw.clock.unix())
     {
-        old.end(
+        Connected::Accepted(Some(old)) => old.end(
             Code::Aborted,
             "replaced by a newer session of the same cluster",
-        );
+        ),
+        Connected::Accepted(None) => {}
+        Connected::RefusedClone(c) => {
+            gw.metrics.clone_refusals.inc();
+            gw.metrics.reject("cloned_identity");
+            error!(
+                cluster,
+                serial = %c.certificate_serial,
+                kept = c.kept_peer.as_deref().unwrap_or("?"),
+                refused = c.refused_peer.as_deref().unwrap_or("?"),
+                refused_sessions = c.refused_sessions,
+                "cloned agent identity: two agents use the certificate of cluster {cluster} and \
+                 keep replacing each other's session; keeping the older session and refusing the \
+                 newer. Give the copy its own enrollment (move its state directory's identity.pem \
+                 aside and enroll it with a new bootstrap token)"
+            );
+            let _ = tx
+                .send(Err(Status::already_exists(format!(
+                    "another agent holds the session of cluster {cluster} with the same identity \
+                     (a copied state directory?); this session is refused"
+                ))))
+                .await;
+            return;
+        }
     }
     gw.metrics.sessions.inc();
     info!(cluster, session = sid, version = %hello.agent_version, "agent connected");

@@ -466,3 +466,53 @@ pub fn metric(text: &str, sample: &str) -> f64 {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
 }
+
+/// Log lines of this test process, captured by a global subscriber (one per test binary):
+/// tests that assert what the agent or gateway logs install it first, instead of
+/// [`init_tracing`].
+#[derive(Clone, Default)]
+pub struct LogCapture(Arc<Mutex<Vec<u8>>>);
+
+impl LogCapture {
+    /// Installs the capturing subscriber (at `debug` for talm crates, `warn` otherwise), or
+    /// returns the one installed before.
+    pub fn install() -> LogCapture {
+        static CAPTURE: std::sync::OnceLock<LogCapture> = std::sync::OnceLock::new();
+        CAPTURE
+            .get_or_init(|| {
+                let cap = LogCapture::default();
+                let writer = cap.clone();
+                let _ = tracing_subscriber::fmt()
+                    .with_env_filter("warn,talm_agent=info,talm_gateway=info")
+                    .with_ansi(false)
+                    .with_writer(move || writer.clone())
+                    .try_init();
+                cap
+            })
+            .clone()
+    }
+
+    /// Everything logged so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    /// The captured lines at `level` (e.g. `WARN`) that contain every one of `words`.
+    pub fn lines(&self, level: &str, words: &[&str]) -> Vec<String> {
+        self.text()
+            .lines()
+            .filter(|l| l.contains(level) && words.iter().all(|w| l.contains(w)))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
