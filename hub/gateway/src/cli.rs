@@ -80,7 +80,7 @@ pub struct SessionArgs {
     #[arg(
         long,
         env = "TALM_GATEWAY_MAX_UNVERIFIED_CONNECTIONS",
-        default_value_t = 256
+        default_value_t = 4096
     )]
     pub max_unverified_connections: usize,
 }

@@ -53,7 +53,10 @@ impl Default for ConnLimits {
     fn default() -> Self {
         Self {
             idle_timeout: Duration::from_secs(30),
-            max_unverified: 256,
+            // Above a whole fleet reconnecting or enrolling at once (every connection is
+            // unverified until its handshake ends: a hub restart with 1,000 agents must not
+            // evict handshakes in progress), far below a pod's open-file limit.
+            max_unverified: 4096,
         }
     }
 }
