@@ -155,7 +155,7 @@ pub struct Resolved {
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct AnyManifest {
+pub struct AnyManifest {
     #[serde(default)]
     schema_version: u32,
     #[serde(default)]
@@ -740,7 +740,7 @@ impl Puller {
     }
 }
 
-fn media_type(m: &AnyManifest) -> String {
+pub fn media_type(m: &AnyManifest) -> String {
     match &m.media_type {
         Some(t) if !t.is_empty() => t.clone(),
         _ if m.manifests.is_some() => OCI_INDEX.to_string(),
