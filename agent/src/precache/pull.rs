@@ -162,7 +162,7 @@ pub struct Resolved {
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct AnyManifest {
+pub struct AnyManifest {
     #[serde(default)]
     schema_version: u32,
     #[serde(default)]
@@ -804,7 +804,7 @@ impl Puller {
     }
 }
 
-fn media_type(m: &AnyManifest) -> String {
+pub fn media_type(m: &AnyManifest) -> String {
     match &m.media_type {
         Some(t) if !t.is_empty() => t.clone(),
         _ if m.manifests.is_some() => OCI_INDEX.to_string(),
