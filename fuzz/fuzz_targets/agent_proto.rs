@@ -47,6 +47,7 @@ fn gateway_side(msgs: &[&[u8]]) {
                     enrolled_at: now,
                     tx: tx.clone(),
                     kill: kill.clone(),
+                    peer: None,
                 };
                 registry.seed(&hello.cluster, None, None);
                 let _ = registry.connect(&hello.cluster, handle, &hello, now);
