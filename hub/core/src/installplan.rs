@@ -524,6 +524,27 @@ mod tests {
     }
 
     #[test]
+    fn a_recorded_view_name_is_reused_and_the_key_has_no_namespace() {
+        let c = cgu();
+        assert_eq!(
+            subscription_view_key(&c, "ptp-operator-subscription"),
+            "/cgu1-default-subscription-ptp-operator-subscription"
+        );
+        assert_eq!(
+            subscription_view_name(&c, "kuttl", "ptp-operator-subscription", None),
+            "cgu1-default-subscription-ptp-operator-subscription-kuttl"
+        );
+        let recorded = BTreeMap::from([(
+            "/cgu1-default-subscription-ptp-operator-subscription".to_string(),
+            "recorded-name".to_string(),
+        )]);
+        assert_eq!(
+            subscription_view_name(&c, "kuttl", "ptp-operator-subscription", Some(&recorded)),
+            "recorded-name"
+        );
+    }
+
+    #[test]
     fn upgrade_pending_manual_plan_gets_an_approval_action() {
         let (snap, w) = settle(sub_status("UpgradePending"), plan("Manual", false));
         let ip = snap
