@@ -117,8 +117,8 @@ fn main() -> anyhow::Result<()> {
                     heartbeat_timeout_secs: heartbeat_secs * 3,
                     cert_lifetime_secs: 86_400,
                     // The shipped defaults (idle timeout, unverified-connection cap).
-                    idle_timeout_secs: 30,
-                    max_unverified_connections: 256,
+                    idle_timeout_secs: talm_gateway::conns::DEFAULT_IDLE_TIMEOUT_SECS,
+                    max_unverified_connections: talm_gateway::conns::DEFAULT_MAX_UNVERIFIED,
                 },
                 poll_interval_ms: 2000,
             };

@@ -73,14 +73,18 @@ pub struct SessionArgs {
     pub cert_lifetime_secs: u64,
     /// Close agent-port connections that have had no open gRPC stream for this long, seconds
     /// (minimum 1).
-    #[arg(long, env = "TALM_GATEWAY_IDLE_TIMEOUT_SECS", default_value_t = 30)]
+    #[arg(
+        long,
+        env = "TALM_GATEWAY_IDLE_TIMEOUT_SECS",
+        default_value_t = crate::conns::DEFAULT_IDLE_TIMEOUT_SECS
+    )]
     pub idle_timeout_secs: u64,
     /// Most agent-port connections without a verified client certificate (enrolling agents,
     /// handshakes in progress) kept at once; a new one closes the oldest (minimum 1).
     #[arg(
         long,
         env = "TALM_GATEWAY_MAX_UNVERIFIED_CONNECTIONS",
-        default_value_t = 4096
+        default_value_t = crate::conns::DEFAULT_MAX_UNVERIFIED
     )]
     pub max_unverified_connections: usize,
 }

@@ -49,14 +49,20 @@ pub struct ConnLimits {
     pub max_unverified: usize,
 }
 
+/// The default idle timeout, seconds (`--idle-timeout-secs`).
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 30;
+
+/// The default unverified-connection cap (`--max-unverified-connections`): above a whole fleet
+/// reconnecting or enrolling at once (every connection is unverified until its handshake ends:
+/// a hub restart with 1,000 agents must not evict handshakes in progress), far below a pod's
+/// open-file limit.
+pub const DEFAULT_MAX_UNVERIFIED: usize = 4096;
+
 impl Default for ConnLimits {
     fn default() -> Self {
         Self {
-            idle_timeout: Duration::from_secs(30),
-            // Above a whole fleet reconnecting or enrolling at once (every connection is
-            // unverified until its handshake ends: a hub restart with 1,000 agents must not
-            // evict handshakes in progress), far below a pod's open-file limit.
-            max_unverified: 4096,
+            idle_timeout: Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS),
+            max_unverified: DEFAULT_MAX_UNVERIFIED,
         }
     }
 }
