@@ -516,7 +516,6 @@ fn k8s_event(
     let nanos = now.as_nanosecond().to_string();
     let uid = cgu.metadata.uid.clone().unwrap_or_default();
     let event_name = names::event_name(name, &[ns, name, &uid, &nanos, &seq, &shared.identity]);
-    let snapshot = shared.cache_read();
     crate::events::k8s_event(
         e,
         crate::events::EventMeta {
@@ -529,7 +528,9 @@ fn k8s_event(
             if r.kind == "ClusterGroupUpgrade" && r.name == name {
                 cgu.metadata.uid.clone()
             } else if r.kind == "ManagedCluster" {
-                snapshot
+                // The cache is read only for the events that name a cluster.
+                shared
+                    .cache_read()
                     .snapshot()
                     .managed_cluster(&r.name)
                     .and_then(|m| m.metadata.uid.clone())
