@@ -7,6 +7,7 @@ use talm_shared::api::rhacm::{
     ManagedClusterAction, ManagedClusterView, Placement, PlacementBinding,
 };
 use talm_shared::api::spokeagent::{BackupTask, InstallPlanTask, PrecacheTask};
+use talm_shared::api::work::ManifestWork;
 
 /// The outcome of one reconcile of one CGU.
 #[derive(Clone, Debug, PartialEq)]
@@ -119,6 +120,16 @@ pub enum Write {
     /// Create the ManagedClusterAction; one that already exists is left alone (it deletes
     /// itself once executed). Failures are logged, not fatal.
     CreateManagedClusterAction(ManagedClusterAction),
+    /// Create the ManifestWork of a ManifestWork rollout (docs/contract.md §3.13); one that
+    /// already exists is left alone (the work agent owns its status).
+    CreateManifestWork(ManifestWork),
+    /// Delete a ManifestWork (404 is success).
+    DeleteManifestWork {
+        /// Namespace (the cluster namespace).
+        namespace: String,
+        /// Name.
+        name: String,
+    },
 }
 
 /// A change of one desired agent task.

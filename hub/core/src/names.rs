@@ -60,6 +60,17 @@ pub fn safe_name(desired: &str, namespace: &str, suffix: &str) -> String {
     format!("{name}-{suffix}")
 }
 
+/// The ManifestWork a ManifestWork rollout creates from `template` in each cluster namespace:
+/// TALM's `<cgu namespace>.<template>`, cut with a hash of the whole name (as [`safe_name`]
+/// does) when it would pass [`NAME_MAX`] characters.
+pub fn manifest_work_name(cgu_namespace: &str, template: &str) -> String {
+    let name = format!("{cgu_namespace}.{template}");
+    if name.chars().count() <= NAME_MAX {
+        return name;
+    }
+    cut_with_hash(&name, NAME_MAX, CUT_NAME_SEED)
+}
+
 /// `value` as a label value: itself when it fits in [`LABEL_VALUE_MAX`] characters (every CGU
 /// name TALM can label), otherwise a readable prefix, `-` and 16 hex digits of a hash of the
 /// whole value, so long CGU and policy names still give valid, distinct label values.

@@ -31,6 +31,7 @@ use talm_shared::api::rhacm::{
     ManagedCluster, ManagedClusterAction, ManagedClusterView, Placement, PlacementBinding,
 };
 use talm_shared::api::spokeagent::SpokeAgent;
+use talm_shared::api::work::ManifestWork;
 
 use super::Shared;
 use super::cache::Kind;
@@ -196,6 +197,21 @@ async fn apply_write(shared: &Shared, write: &Write) -> Result<(), OperatorError
                     tracing::warn!(action = %nn(&ns, &name), error = %e, "ManagedClusterAction not created; retried on the next reconcile");
                 }
             }
+        }
+        Write::CreateManifestWork(w) => {
+            let (ns, name) = ns_name(&w.metadata);
+            let api: Api<ManifestWork> = Api::namespaced(client, &ns);
+            let mut body = w.clone();
+            body.status = None;
+            match api.create(&PostParams::default(), &body).await {
+                Ok(_) => {}
+                Err(e) if is_already_exists(&e) => {}
+                Err(e) => return Err(api_err("create", "ManifestWork", &ns, &name)(e)),
+            }
+        }
+        Write::DeleteManifestWork { namespace, name } => {
+            let api: Api<ManifestWork> = Api::namespaced(client, namespace);
+            delete(&api, namespace, name, "ManifestWork").await?;
         }
     }
     Ok(())

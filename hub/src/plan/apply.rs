@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use talm_hub_core::{Decision, Event, Write, names};
 use talm_shared::api::rhacm::{ManagedClusterView, Placement, PlacementBinding};
+use talm_shared::api::work::ManifestWork;
 
 use super::store::{CguKey, Kind, ObjectKey, Store, admit, edit_object};
 use crate::error::Error;
@@ -222,6 +223,22 @@ pub fn apply_write(
             admit(&key, &mut raw, now);
             put(store, key, raw)
         }
+        // A ManifestWork rollout's work (docs/contract.md §3.13): created once; its status is
+        // the work agent's, which only a live hub (or the input) provides.
+        Write::CreateManifestWork(w) => {
+            let mut raw = to_object("ManifestWork", w)?;
+            let key = ObjectKey::of(Kind::ManifestWork, &raw);
+            if store.get(&key).is_some() {
+                return Ok(None);
+            }
+            raw.remove("status");
+            admit(&key, &mut raw, now);
+            put(store, key, raw)
+        }
+        Write::DeleteManifestWork { namespace, name } => Ok(delete(
+            store,
+            ObjectKey::typed(Kind::ManifestWork, ManifestWork::KIND, namespace, name),
+        )),
     }
 }
 

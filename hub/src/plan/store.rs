@@ -18,6 +18,7 @@ use talm_shared::api::rhacm::{
     PlacementBinding, Policy,
 };
 use talm_shared::api::spokeagent::SpokeAgent;
+use talm_shared::api::work::{ManifestWork, ManifestWorkReplicaSet};
 
 use super::load::{InputError, Loaded, Origin};
 use crate::error::Error;
@@ -46,6 +47,11 @@ pub enum Kind {
     /// `action.open-cluster-management.io/v1beta1` ManagedClusterAction (InstallPlan approval;
     /// written, never read by the engine).
     ManagedClusterAction,
+    /// `work.open-cluster-management.io/v1alpha1` ManifestWorkReplicaSet (a ManifestWork
+    /// rollout's template).
+    ManifestWorkReplicaSet,
+    /// `work.open-cluster-management.io/v1` ManifestWork (a ManifestWork rollout's work).
+    ManifestWork,
     /// Any other kind: carried through unchanged.
     Other,
     /// `events.k8s.io/v1` Event: carried through, printed last.
@@ -73,6 +79,10 @@ impl Kind {
             (ManagedClusterAction::API_VERSION, ManagedClusterAction::KIND) => {
                 Kind::ManagedClusterAction
             }
+            (ManifestWorkReplicaSet::API_VERSION, ManifestWorkReplicaSet::KIND) => {
+                Kind::ManifestWorkReplicaSet
+            }
+            (ManifestWork::API_VERSION, ManifestWork::KIND) => Kind::ManifestWork,
             (EVENT_API_VERSION, "Event") => Kind::Event,
             _ => Kind::Other,
         }
@@ -110,6 +120,10 @@ pub enum Typed {
     SpokeAgent(Box<SpokeAgent>),
     /// A ManagedClusterView.
     ManagedClusterView(Box<ManagedClusterView>),
+    /// A ManifestWorkReplicaSet.
+    ManifestWorkReplicaSet(Box<ManifestWorkReplicaSet>),
+    /// A ManifestWork.
+    ManifestWork(Box<ManifestWork>),
     /// Not read by the engine.
     Untyped,
 }
@@ -180,6 +194,8 @@ impl Typed {
             Kind::PlacementBinding => Typed::PlacementBinding(parse_as(raw)?),
             Kind::SpokeAgent => Typed::SpokeAgent(parse_as(raw)?),
             Kind::ManagedClusterView => Typed::ManagedClusterView(parse_as(raw)?),
+            Kind::ManifestWorkReplicaSet => Typed::ManifestWorkReplicaSet(parse_as(raw)?),
+            Kind::ManifestWork => Typed::ManifestWork(parse_as(raw)?),
             Kind::Other | Kind::Event | Kind::ManagedClusterAction => Typed::Untyped,
         })
     }
@@ -228,6 +244,7 @@ impl ObjectKey {
             Kind::SpokeAgent => "talm.dev",
             Kind::ManagedClusterView => "view.open-cluster-management.io",
             Kind::ManagedClusterAction => "action.open-cluster-management.io",
+            Kind::ManifestWorkReplicaSet | Kind::ManifestWork => "work.open-cluster-management.io",
             Kind::Event => "events.k8s.io",
             Kind::ConfigMap | Kind::Other => "",
         };
@@ -510,6 +527,10 @@ impl Store {
                 Typed::PlacementBinding(b) => snap.insert_placement_binding((**b).clone()),
                 Typed::SpokeAgent(a) => snap.insert_spoke_agent((**a).clone()),
                 Typed::ManagedClusterView(v) => snap.insert_managed_cluster_view((**v).clone()),
+                Typed::ManifestWorkReplicaSet(t) => {
+                    snap.insert_manifest_work_template((**t).clone())
+                }
+                Typed::ManifestWork(w) => snap.insert_manifest_work((**w).clone()),
                 Typed::Untyped => {}
             }
         }

@@ -11,6 +11,7 @@ pub mod checks;
 pub mod precaching;
 pub mod rhacm;
 pub mod spokeagent;
+pub mod work;
 
 pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     Condition, LabelSelector, LabelSelectorRequirement, ObjectMeta, OwnerReference, Time,

@@ -19,6 +19,7 @@ use talm_shared::api::rhacm::{
     ROOT_POLICY_LABEL,
 };
 use talm_shared::api::spokeagent::SpokeAgent;
+use talm_shared::api::work::{ManifestWork, ManifestWorkReplicaSet};
 
 use crate::names::labels;
 
@@ -52,6 +53,10 @@ pub struct Snapshot {
     cgus: HashMap<Key, Arc<ClusterGroupUpgrade>>,
     /// talm's ManagedClusterViews, ordered so one cluster namespace is a range.
     views: BTreeMap<Key, ManagedClusterView>,
+    /// ManifestWork templates (ManifestWorkReplicaSets) by namespace and name.
+    manifest_work_templates: HashMap<Key, ManifestWorkReplicaSet>,
+    /// talm's ManifestWorks, by cluster namespace and name.
+    manifest_works: HashMap<Key, ManifestWork>,
 }
 
 impl Snapshot {
@@ -202,6 +207,46 @@ impl Snapshot {
     /// Every ManagedClusterView, ordered by namespace and name.
     pub fn managed_cluster_views(&self) -> impl Iterator<Item = &ManagedClusterView> {
         self.views.values()
+    }
+
+    /// Adds (or replaces) a ManifestWorkReplicaSet (a ManifestWork rollout's template).
+    pub fn insert_manifest_work_template(&mut self, t: ManifestWorkReplicaSet) {
+        let k = key(t.metadata.namespace.as_ref(), t.metadata.name.as_ref());
+        self.manifest_work_templates.insert(k, t);
+    }
+
+    /// Removes a ManifestWorkReplicaSet.
+    pub fn remove_manifest_work_template(&mut self, namespace: &str, name: &str) {
+        self.manifest_work_templates
+            .remove(&(namespace.to_string(), name.to_string()));
+    }
+
+    /// A ManifestWorkReplicaSet by namespace and name.
+    pub fn manifest_work_template(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<&ManifestWorkReplicaSet> {
+        self.manifest_work_templates
+            .get(&(namespace.to_string(), name.to_string()))
+    }
+
+    /// Adds (or replaces) a ManifestWork.
+    pub fn insert_manifest_work(&mut self, w: ManifestWork) {
+        let k = key(w.metadata.namespace.as_ref(), w.metadata.name.as_ref());
+        self.manifest_works.insert(k, w);
+    }
+
+    /// Removes a ManifestWork.
+    pub fn remove_manifest_work(&mut self, namespace: &str, name: &str) {
+        self.manifest_works
+            .remove(&(namespace.to_string(), name.to_string()));
+    }
+
+    /// A ManifestWork by cluster namespace and name.
+    pub fn manifest_work(&self, namespace: &str, name: &str) -> Option<&ManifestWork> {
+        self.manifest_works
+            .get(&(namespace.to_string(), name.to_string()))
     }
 
     /// Removes a ManagedCluster.
