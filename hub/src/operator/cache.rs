@@ -15,8 +15,11 @@
 //!   not an integer the cache falls back to applying every event as it comes (a stale event
 //!   then rolls back until the next one, which level-triggered reconciles tolerate).
 //! - **Indexes.** policy name → CGUs that manage it; cluster → CGUs whose spec or plan holds it;
-//!   blocking CGU → CGUs it blocks; CGUs not yet started that select clusters by label. CGUs
-//!   that have completed are not indexed. TALM instead lists every CGU on every policy update.
+//!   blocking CGU → CGUs it blocks; CGUs not yet started that select clusters by label;
+//!   ManifestWork template (`namespace/name` of a ManifestWorkReplicaSet) → CGUs whose
+//!   `spec.manifestWorkTemplates` name it. CGUs that have completed are not indexed. TALM
+//!   instead lists every CGU on every policy update. talm's own objects (Placements, bindings,
+//!   views, ManifestWorks) map to their CGU through the labels talm put on them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -31,6 +34,7 @@ use talm_shared::api::rhacm::{
     ConfigMapView, ManagedCluster, ManagedClusterView, Placement, PlacementBinding,
 };
 use talm_shared::api::spokeagent::SpokeAgent;
+use talm_shared::api::work::{ManifestWork, ManifestWorkReplicaSet};
 
 /// `namespace/name` of a CGU.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -83,11 +87,15 @@ pub enum Kind {
     ConfigMap,
     /// talm's `ManagedClusterView`s (InstallPlan approval).
     ManagedClusterView,
+    /// talm's `ManifestWork`s (ManifestWork rollouts).
+    ManifestWork,
+    /// `ManifestWorkReplicaSet`s (the templates of ManifestWork rollouts).
+    ManifestWorkReplicaSet,
 }
 
 impl Kind {
     /// Every watched kind.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Cgu,
         Kind::ManagedCluster,
         Kind::Policy,
@@ -97,6 +105,8 @@ impl Kind {
         Kind::SpokeAgent,
         Kind::ConfigMap,
         Kind::ManagedClusterView,
+        Kind::ManifestWork,
+        Kind::ManifestWorkReplicaSet,
     ];
 
     /// Lower-case name, for logs and metrics.
@@ -111,6 +121,8 @@ impl Kind {
             Kind::SpokeAgent => "spokeagent",
             Kind::ConfigMap => "configmap",
             Kind::ManagedClusterView => "managedclusterview",
+            Kind::ManifestWork => "manifestwork",
+            Kind::ManifestWorkReplicaSet => "manifestworkreplicaset",
         }
     }
 }
@@ -144,6 +156,8 @@ tracked!(PreCachingConfig, Kind::PreCachingConfig);
 tracked!(SpokeAgent, Kind::SpokeAgent);
 tracked!(ConfigMapView, Kind::ConfigMap);
 tracked!(ManagedClusterView, Kind::ManagedClusterView);
+tracked!(ManifestWork, Kind::ManifestWork);
+tracked!(ManifestWorkReplicaSet, Kind::ManifestWorkReplicaSet);
 
 fn key_of(meta: &talm_shared::api::ObjectMeta) -> Key {
     (
@@ -180,6 +194,10 @@ pub enum Object {
     ConfigMap(ConfigMapView),
     /// A ManagedClusterView.
     ManagedClusterView(ManagedClusterView),
+    /// A ManifestWork.
+    ManifestWork(ManifestWork),
+    /// A ManifestWorkReplicaSet.
+    ManifestWorkReplicaSet(ManifestWorkReplicaSet),
 }
 
 /// Conversion into [`Object`].
@@ -210,6 +228,8 @@ into_object!(PreCachingConfig, PreCachingConfig);
 into_object!(SpokeAgent, SpokeAgent);
 into_object!(ConfigMapView, ConfigMap);
 into_object!(ManagedClusterView, ManagedClusterView);
+into_object!(ManifestWork, ManifestWork);
+into_object!(ManifestWorkReplicaSet, ManifestWorkReplicaSet);
 
 impl Object {
     fn kind(&self) -> Kind {
@@ -223,6 +243,8 @@ impl Object {
             Object::SpokeAgent(_) => Kind::SpokeAgent,
             Object::ConfigMap(_) => Kind::ConfigMap,
             Object::ManagedClusterView(_) => Kind::ManagedClusterView,
+            Object::ManifestWork(_) => Kind::ManifestWork,
+            Object::ManifestWorkReplicaSet(_) => Kind::ManifestWorkReplicaSet,
         }
     }
 
@@ -238,6 +260,8 @@ impl Object {
             Object::SpokeAgent(o) => &o.metadata,
             Object::ConfigMap(o) => &o.metadata,
             Object::ManagedClusterView(o) => &o.metadata,
+            Object::ManifestWork(o) => &o.metadata,
+            Object::ManifestWorkReplicaSet(o) => &o.metadata,
         }
     }
 }
@@ -310,6 +334,8 @@ struct Entry {
     not_started: bool,
     /// `spec.preCachingConfigRef`, resolved.
     precaching_config: Option<Key>,
+    /// `spec.manifestWorkTemplates` names (ManifestWorkReplicaSets in the CGU's namespace).
+    templates: Vec<String>,
 }
 
 fn has_condition(cgu: &ClusterGroupUpgrade, type_: &str, status: Option<&str>) -> bool {
@@ -387,6 +413,7 @@ impl Entry {
                 };
                 (rns, r.name.clone())
             }),
+            templates: spec.manifest_work_templates.clone().unwrap_or_default(),
         })
     }
 }
@@ -405,6 +432,8 @@ pub struct Cache {
     by_cluster: HashMap<String, HashSet<CguRef>>,
     by_blocker: HashMap<CguRef, HashSet<CguRef>>,
     selecting: HashSet<CguRef>,
+    /// ManifestWork template (namespace, name) → CGUs that name it.
+    by_template: HashMap<Key, HashSet<CguRef>>,
     /// Clusters the ZTP controller must look at again (their ManagedCluster changed, or their
     /// `ztp-install` CGU was deleted).
     ztp_pending: BTreeSet<String>,
@@ -484,6 +513,20 @@ impl Cache {
         let mut v: Vec<CguRef> = self
             .by_policy
             .get(name)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The CGUs indexed under a ManifestWork template (a ManifestWorkReplicaSet), for tests
+    /// and diagnostics.
+    pub fn cgus_for_template(&self, namespace: &str, name: &str) -> Vec<CguRef> {
+        let mut v: Vec<CguRef> = self
+            .by_template
+            .get(&(namespace.to_string(), name.to_string()))
             .into_iter()
             .flatten()
             .cloned()
@@ -617,7 +660,11 @@ impl Cache {
             Kind::PlacementBinding => &s.placement_binding(ns, name)?.metadata,
             Kind::SpokeAgent => &s.spoke_agent(ns, name)?.metadata,
             Kind::ManagedClusterView => &s.managed_cluster_view(ns, name)?.metadata,
-            Kind::Policy | Kind::PreCachingConfig | Kind::ConfigMap => return None,
+            Kind::ManifestWork => &s.manifest_work(ns, name)?.metadata,
+            Kind::Policy
+            | Kind::PreCachingConfig
+            | Kind::ConfigMap
+            | Kind::ManifestWorkReplicaSet => return None,
         };
         rv_of(meta)
     }
@@ -766,6 +813,21 @@ impl Cache {
                 triggers.extend(owner_of(&self.snapshot, &v.metadata));
                 self.snapshot.insert_managed_cluster_view(v);
             }
+            Object::ManifestWork(w) => {
+                // Its CGU, from the labels talm put on it (a status change is what the
+                // rollout waits for); the CGU a relabelled work belonged to as well.
+                let (ns, name) = key_of(&w.metadata);
+                if let Some(old) = self.snapshot.manifest_work(&ns, &name) {
+                    triggers.extend(owner_of(&self.snapshot, &old.metadata));
+                }
+                triggers.extend(owner_of(&self.snapshot, &w.metadata));
+                self.snapshot.insert_manifest_work(w);
+            }
+            Object::ManifestWorkReplicaSet(t) => {
+                let key = key_of(&t.metadata);
+                self.template_triggers(&key, triggers);
+                self.snapshot.insert_manifest_work_template(t);
+            }
         }
     }
 
@@ -830,6 +892,16 @@ impl Cache {
                 }
                 self.snapshot.remove_managed_cluster_view(ns, name);
             }
+            Kind::ManifestWork => {
+                if let Some(w) = self.snapshot.manifest_work(ns, name) {
+                    triggers.extend(owner_of(&self.snapshot, &w.metadata));
+                }
+                self.snapshot.remove_manifest_work(ns, name);
+            }
+            Kind::ManifestWorkReplicaSet => {
+                self.template_triggers(&(ns.to_string(), name.to_string()), triggers);
+                self.snapshot.remove_manifest_work_template(ns, name);
+            }
         }
     }
 
@@ -893,6 +965,13 @@ impl Cache {
         }
     }
 
+    /// The CGUs whose `spec.manifestWorkTemplates` name the ManifestWorkReplicaSet `key`.
+    fn template_triggers(&self, key: &Key, triggers: &mut HashSet<CguRef>) {
+        if let Some(set) = self.by_template.get(key) {
+            triggers.extend(set.iter().cloned());
+        }
+    }
+
     fn namespace_triggers(&self, ns: &str, triggers: &mut HashSet<CguRef>) {
         for r in self.entries.keys() {
             if r.namespace == ns {
@@ -923,6 +1002,9 @@ impl Cache {
             for b in &old.blockers {
                 remove_from(&mut self.by_blocker, b, r);
             }
+            for t in &old.templates {
+                remove_from(&mut self.by_template, &(r.namespace.clone(), t.clone()), r);
+            }
             self.selecting.remove(r);
         }
         let Some(e) = entry else { return };
@@ -946,6 +1028,12 @@ impl Cache {
                 .or_default()
                 .insert(r.clone());
         }
+        for t in &e.templates {
+            self.by_template
+                .entry((r.namespace.clone(), t.clone()))
+                .or_default()
+                .insert(r.clone());
+        }
         if e.by_selector {
             self.selecting.insert(r.clone());
         }
@@ -966,7 +1054,7 @@ fn remove_from<K: std::hash::Hash + Eq + Clone>(
     }
 }
 
-/// The CGU a talm Placement, PlacementBinding or view belongs to, from its labels. A label
+/// The CGU a talm Placement, PlacementBinding, view or ManifestWork belongs to, from its labels. A label
 /// value holds the CGU's name unless the name is longer than a label value may be
 /// (`names::label_value`): then the CGU of that namespace whose name gives that value, when it
 /// is known.
@@ -1221,6 +1309,142 @@ mod tests {
         assert!(
             c.apply(WatchEvent::Apply(report("7").into_object()))
                 .is_empty()
+        );
+    }
+
+    fn mw_cgu(rv: &str, templates: &[&str]) -> ClusterGroupUpgrade {
+        cgu(json!({
+            "metadata": {"name": "mw", "namespace": "default", "resourceVersion": rv},
+            "spec": {"clusters": ["spoke1", "spoke2"], "manifestWorkTemplates": templates,
+                     "remediationStrategy": {"maxConcurrency": 1}}
+        }))
+    }
+
+    fn template(ns: &str, name: &str, rv: &str) -> ManifestWorkReplicaSet {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": ns, "resourceVersion": rv},
+            "spec": {"manifestWorkTemplate": {"workload": {"manifests": []}}}
+        }))
+        .unwrap()
+    }
+
+    fn work(rv: &str, cgu: &str, applied: &str) -> ManifestWork {
+        serde_json::from_value(json!({
+            "metadata": {"name": "default.t1", "namespace": "spoke1", "resourceVersion": rv,
+                "labels": {labels::CGU: cgu, labels::CGU_NS: "default"}},
+            "spec": {"workload": {"manifests": []}},
+            "status": {"conditions": [{"type": "Applied", "status": applied}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn template_changes_trigger_the_cgus_that_name_them_through_the_index() {
+        let mut c = Cache::new();
+        c.apply(WatchEvent::Apply(mw_cgu("1", &["t1", "t2"]).into_object()));
+        // A policy CGU in the same namespace names no template.
+        c.apply(WatchEvent::Apply(started_cgu().into_object()));
+        assert_eq!(
+            c.cgus_for_template("default", "t1"),
+            vec![r("default", "mw")]
+        );
+        assert_eq!(
+            c.cgus_for_template("default", "t2"),
+            vec![r("default", "mw")]
+        );
+        let obj =
+            |ns: &str, name: &str, rv: &str| Object::ManifestWorkReplicaSet(template(ns, name, rv));
+        assert_eq!(
+            c.apply(WatchEvent::Apply(obj("default", "t2", "2"))),
+            vec![r("default", "mw")]
+        );
+        assert!(
+            c.snapshot()
+                .manifest_work_template("default", "t2")
+                .is_some()
+        );
+        // Unnamed templates, and a template of that name in another namespace, trigger nothing.
+        assert!(
+            c.apply(WatchEvent::Apply(obj("default", "t9", "3")))
+                .is_empty()
+        );
+        assert!(
+            c.apply(WatchEvent::Apply(obj("other", "t1", "4")))
+                .is_empty()
+        );
+        assert_eq!(
+            c.apply(WatchEvent::Delete(obj("default", "t2", "5"))),
+            vec![r("default", "mw")]
+        );
+        assert!(
+            c.snapshot()
+                .manifest_work_template("default", "t2")
+                .is_none()
+        );
+        // The CGU stops naming t2: its index entry goes.
+        c.apply(WatchEvent::Apply(mw_cgu("6", &["t1"]).into_object()));
+        assert!(c.cgus_for_template("default", "t2").is_empty());
+        assert!(
+            c.apply(WatchEvent::Apply(obj("default", "t2", "7")))
+                .is_empty()
+        );
+        // The CGU is deleted: no index entry is left.
+        c.apply(WatchEvent::Delete(mw_cgu("8", &["t1"]).into_object()));
+        assert!(c.cgus_for_template("default", "t1").is_empty());
+    }
+
+    #[test]
+    fn manifest_work_changes_trigger_their_cgu_from_the_labels() {
+        let mut c = Cache::new();
+        c.apply(WatchEvent::Apply(mw_cgu("1", &["t1"]).into_object()));
+        c.apply(WatchEvent::Apply(started_cgu().into_object()));
+        // The operator's create: recorded, its echo triggers nothing.
+        c.record_write(work("2", "mw", "False"));
+        assert!(c.snapshot().manifest_work("spoke1", "default.t1").is_some());
+        assert!(
+            c.apply(WatchEvent::Apply(Object::ManifestWork(work(
+                "2", "mw", "False"
+            ))))
+            .is_empty()
+        );
+        // The work agent's status update triggers the owning CGU only.
+        assert_eq!(
+            c.apply(WatchEvent::Apply(Object::ManifestWork(work(
+                "3", "mw", "True"
+            )))),
+            vec![r("default", "mw")]
+        );
+        let applied = c.snapshot().manifest_work("spoke1", "default.t1").unwrap();
+        assert_eq!(
+            applied.status.as_ref().unwrap().conditions[0].status,
+            "True"
+        );
+        // Deleted by someone else: the CGU is told.
+        assert_eq!(
+            c.apply(WatchEvent::Delete(Object::ManifestWork(work(
+                "4", "mw", "True"
+            )))),
+            vec![r("default", "mw")]
+        );
+        assert!(c.snapshot().manifest_work("spoke1", "default.t1").is_none());
+        // The operator's own delete: recorded; the watch's late events are stale.
+        c.apply(WatchEvent::Apply(Object::ManifestWork(work(
+            "5", "mw", "True",
+        ))));
+        c.record_delete(Kind::ManifestWork, "spoke1", "default.t1");
+        assert!(c.snapshot().manifest_work("spoke1", "default.t1").is_none());
+        assert!(
+            c.apply(WatchEvent::Apply(Object::ManifestWork(work(
+                "5", "mw", "True"
+            ))))
+            .is_empty()
+        );
+        assert!(c.snapshot().manifest_work("spoke1", "default.t1").is_none());
+        assert!(
+            c.apply(WatchEvent::Delete(Object::ManifestWork(work(
+                "6", "mw", "True"
+            ))))
+            .is_empty()
         );
     }
 

@@ -3,8 +3,10 @@
 //!
 //! Placements and PlacementBindings are watched by talm's label
 //! (`app=openshift-cluster-group-upgrades`), overrides ConfigMaps by field selector
-//! (`metadata.name=cluster-group-upgrade-overrides`), ManagedClusterViews by the CGU label
-//! talm puts on them; everything else in all namespaces. After each event the ZTP controller
+//! (`metadata.name=cluster-group-upgrade-overrides`), ManagedClusterViews and ManifestWorks by
+//! the CGU label talm puts on them (`openshift-cluster-group-upgrades/clusterGroupUpgrade`
+//! exists, as TALM's ManifestWork informer filters); everything else, ManifestWorkReplicaSets
+//! included, in all namespaces. After each event the ZTP controller
 //! is woken when the event queued clusters for it.
 
 use std::cell::RefCell;
@@ -30,6 +32,7 @@ use talm_shared::api::rhacm::{
     PlacementBinding, Policy,
 };
 use talm_shared::api::spokeagent::SpokeAgent;
+use talm_shared::api::work::{ManifestWork, ManifestWorkReplicaSet};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
@@ -48,7 +51,8 @@ pub fn spawn_all(shared: Arc<Shared>, mut cgu_store: Writer<CguMeta>) -> Vec<Joi
     let labelled = watcher::Config::default().labels(&talm_label());
     let overrides =
         watcher::Config::default().fields(&format!("metadata.name={OVERRIDES_CONFIGMAP}"));
-    let views = watcher::Config::default().labels(labels::CGU);
+    // Objects talm labelled for a CGU: the label exists, whatever its value.
+    let owned = watcher::Config::default().labels(labels::CGU);
     let cgus = EchoScoped {
         inner: Box::pin(
             watch_fn(Api::<CguWatch>::all(client.clone()), all.clone()).default_backoff(),
@@ -94,13 +98,29 @@ pub fn spawn_all(shared: Arc<Shared>, mut cgu_store: Writer<CguMeta>) -> Vec<Joi
         spawn(
             shared.clone(),
             Kind::SpokeAgent,
-            watch_fn(Api::<SpokeAgent>::all(client.clone()), all).default_backoff(),
+            watch_fn(Api::<SpokeAgent>::all(client.clone()), all.clone()).default_backoff(),
             IntoObject::into_object,
         ),
         spawn(
             shared.clone(),
             Kind::ManagedClusterView,
-            watch_fn(Api::<ManagedClusterView>::all(client.clone()), views).default_backoff(),
+            watch_fn(
+                Api::<ManagedClusterView>::all(client.clone()),
+                owned.clone(),
+            )
+            .default_backoff(),
+            IntoObject::into_object,
+        ),
+        spawn(
+            shared.clone(),
+            Kind::ManifestWork,
+            watch_fn(Api::<ManifestWork>::all(client.clone()), owned).default_backoff(),
+            IntoObject::into_object,
+        ),
+        spawn(
+            shared.clone(),
+            Kind::ManifestWorkReplicaSet,
+            watch_fn(Api::<ManifestWorkReplicaSet>::all(client.clone()), all).default_backoff(),
             IntoObject::into_object,
         ),
         spawn(

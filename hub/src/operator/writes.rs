@@ -7,6 +7,7 @@
 //!    slots, a missing SpokeAgent created when a task is assigned; ManagedClusterViews
 //!    by server-side apply and ManagedClusterActions by create (409 = already there) — these
 //!    two only log their failures, as TALM does, and the next reconcile retries;
+//!    ManifestWorks by create (409 = already there) and delete;
 //! 2. the finalizer list the engine gives (`FinalizerChange::apply`), by a merge patch of
 //!    `metadata.finalizers` guarded by `resourceVersion`;
 //! 3. the status, by a merge patch of `/status` holding only what changed (removed fields as
@@ -204,7 +205,8 @@ async fn apply_write(shared: &Shared, write: &Write) -> Result<(), OperatorError
             let mut body = w.clone();
             body.status = None;
             match api.create(&PostParams::default(), &body).await {
-                Ok(_) => {}
+                Ok(out) => shared.cache_write().record_write(out),
+                // Already there: the watch has it (or will), with its status.
                 Err(e) if is_already_exists(&e) => {}
                 Err(e) => return Err(api_err("create", "ManifestWork", &ns, &name)(e)),
             }
@@ -212,6 +214,9 @@ async fn apply_write(shared: &Shared, write: &Write) -> Result<(), OperatorError
         Write::DeleteManifestWork { namespace, name } => {
             let api: Api<ManifestWork> = Api::namespaced(client, namespace);
             delete(&api, namespace, name, "ManifestWork").await?;
+            shared
+                .cache_write()
+                .record_delete(Kind::ManifestWork, namespace, name);
         }
     }
     Ok(())

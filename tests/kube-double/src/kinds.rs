@@ -151,6 +151,20 @@ pub fn default_kinds() -> Vec<ResourceKind> {
             "managedclusteractions",
         )
         .with_status(),
+        ResourceKind::namespaced(
+            "work.open-cluster-management.io",
+            "v1",
+            "ManifestWork",
+            "manifestworks",
+        )
+        .with_status(),
+        ResourceKind::namespaced(
+            "work.open-cluster-management.io",
+            "v1alpha1",
+            "ManifestWorkReplicaSet",
+            "manifestworkreplicasets",
+        )
+        .with_status(),
         ResourceKind::namespaced("", "v1", "ConfigMap", "configmaps").builtin(),
         ResourceKind::namespaced("", "v1", "Secret", "secrets").builtin(),
         ResourceKind::cluster_scoped("", "v1", "Namespace", "namespaces")

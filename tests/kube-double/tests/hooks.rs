@@ -360,3 +360,80 @@ async fn injected_clock_stamps_timestamps() {
     assert_eq!(raw["metadata"]["creationTimestamp"], "2026-01-02T03:04:05Z");
     assert_eq!(raw["metadata"]["deletionTimestamp"], "2026-01-02T03:04:05Z");
 }
+
+/// The Open Cluster Management work kinds talm's ManifestWork rollouts use are pre-registered
+/// as OCM serves them: ManifestWork (`v1`) and ManifestWorkReplicaSet (`v1alpha1`) in one
+/// group, both namespaced with a status subresource, listed across namespaces and selectable
+/// by label (the operator's ManifestWork watch filters on a label's existence).
+#[tokio::test]
+async fn work_kinds_are_registered_as_ocm_serves_them() {
+    let d = KubeDouble::start().await.unwrap();
+    let client = d.client();
+    let disc = kube::Discovery::new(client.clone()).run().await.unwrap();
+    let mut ars = Vec::new();
+    for (version, kind, plural) in [
+        ("v1", "ManifestWork", "manifestworks"),
+        (
+            "v1alpha1",
+            "ManifestWorkReplicaSet",
+            "manifestworkreplicasets",
+        ),
+    ] {
+        let gvk = GroupVersionKind::gvk("work.open-cluster-management.io", version, kind);
+        let (res, caps) = disc.resolve_gvk(&gvk).unwrap();
+        assert_eq!(res.plural, plural);
+        assert_eq!(caps.scope, kube::discovery::Scope::Namespaced);
+        assert!(
+            caps.subresources.iter().any(|(s, _)| s.plural == "status"),
+            "{kind} has /status"
+        );
+        ars.push(res);
+    }
+    let labelled = "openshift-cluster-group-upgrades/clusterGroupUpgrade";
+    for (ar, ns, name) in [
+        (&ars[0], "spoke1", "default.t1"),
+        (&ars[1], "default", "t1"),
+    ] {
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, ar);
+        let mut o = DynamicObject::new(name, ar);
+        o.metadata.labels = Some([(labelled.to_string(), "cgu".to_string())].into());
+        o.data = json!({"spec": {"workload": {"manifests": []}},
+                        "status": {"conditions": [{"type": "Applied", "status": "True"}]}});
+        let created = api.create(&PostParams::default(), &o).await.unwrap();
+        assert!(
+            created.data.get("status").is_none(),
+            "status dropped on create"
+        );
+        let p = json!({"spec": {"x": 1},
+                       "status": {"conditions": [{"type": "Available", "status": "True"}]}});
+        let o = api
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&p))
+            .await
+            .unwrap();
+        assert_eq!(o.data["status"]["conditions"][0]["type"], "Available");
+        assert!(
+            o.data["spec"].get("x").is_none(),
+            "/status writes only status"
+        );
+        let o = api
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"spec": {"x": 2}})),
+            )
+            .await
+            .unwrap();
+        assert_eq!(o.data["status"]["conditions"][0]["type"], "Available");
+        let all: Api<DynamicObject> = Api::all_with(client.clone(), ar);
+        let sel = all
+            .list(&ListParams::default().labels(labelled))
+            .await
+            .unwrap();
+        assert_eq!(sel.items.len(), 1);
+        let none = all
+            .list(&ListParams::default().labels(&format!("!{labelled}")))
+            .await
+            .unwrap();
+        assert!(none.items.is_empty());
+    }
+}
