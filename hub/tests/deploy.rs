@@ -12,7 +12,8 @@
 //! - the PrometheusRule's expressions name only metrics the hub and gateway export;
 //! - the ClusterRole and Role cover exactly the API calls the operator makes: the operator runs
 //!   a representative rollout (leader election, pre-caching, backup, actions, a 409, deletion)
-//!   against the Kubernetes API double, whose request log gives the calls.
+//!   and a ManifestWork rollout against the Kubernetes API double, whose request log gives the
+//!   calls.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -762,10 +763,12 @@ const WAIT: Duration = Duration::from_secs(60);
 /// (group, resource) the operator uses only in its own namespace: granted by the Role.
 const HUB_NAMESPACE_ONLY: &[(&str, &str)] = &[("coordination.k8s.io", "leases"), ("", "secrets")];
 
-/// Waits until `f` holds, playing the agents ([`answer_agent_tasks`]) before every poll.
+/// Waits until `f` holds, playing the agents ([`answer_agent_tasks`]) and OCM's work agent
+/// ([`operator_support::complete_manifest_works`]) before every poll.
 async fn wait_for<T>(what: &str, double: &KubeDouble, mut f: impl FnMut() -> Option<T>) -> T {
     operator_support::wait_for_within(WAIT, Duration::from_millis(20), what, || {
         answer_agent_tasks(double);
+        operator_support::complete_manifest_works(double);
         f()
     })
     .await
@@ -907,6 +910,27 @@ async fn observed_calls() -> (Rules, Vec<String>) {
                         "deleteObjects": true
                     }
                 }
+            }
+        }))
+        .unwrap();
+    // A ManifestWork rollout beside it: two templates (the first work is deleted before the
+    // second is created), the works deleted at the end (deleteObjects).
+    for t in ["rbac-t1", "rbac-t2"] {
+        double
+            .put_value(operator_support::mw_template("default", t, 1, Value::Null))
+            .unwrap();
+    }
+    double
+        .put_value(json!({
+            "apiVersion": "ran.openshift.io/v1alpha1",
+            "kind": "ClusterGroupUpgrade",
+            "metadata": {"name": "cgu-rbac-mw", "namespace": "default"},
+            "spec": {
+                "clusters": ["spoke2", "spoke3"],
+                "manifestWorkTemplates": ["rbac-t1", "rbac-t2"],
+                "remediationStrategy": {"maxConcurrency": 1, "timeout": 240},
+                "enable": true,
+                "actions": {"afterCompletion": {"deleteObjects": true}}
             }
         }))
         .unwrap();
@@ -1082,6 +1106,11 @@ async fn observed_calls() -> (Rules, Vec<String>) {
         d.get_value("v1", "Secret", Some(NAMESPACE), "talm-enrollment-spoke1")
             .is_some()
     );
+    wait_for("ManifestWork rollout succeeded", d, || {
+        operator_support::cgu(d, "default", "cgu-rbac-mw")
+            .filter(|c| condition_reason(c, "Succeeded").is_some_and(|r| r.starts_with("True")))
+    })
+    .await;
     // Deletion: the operator cleans up and removes its finalizer.
     d.delete::<ClusterGroupUpgrade>(Some("default"), "cgu-rbac")
         .unwrap();

@@ -524,3 +524,129 @@ pub async fn set_compliance(double: &KubeDouble, ns: &str, policy: &str, cluster
     .await
     .unwrap();
 }
+
+// ----- ManifestWork rollouts -----------------------------------------------------------------
+
+/// `apiVersion` of ManifestWork.
+pub const MW_API: &str = "work.open-cluster-management.io/v1";
+/// `apiVersion` of ManifestWorkReplicaSet.
+pub const MWRS_API: &str = "work.open-cluster-management.io/v1alpha1";
+
+/// A ManifestWorkReplicaSet template `ns/name` whose work holds `manifests` (ConfigMaps named
+/// `<name>-<i>` in `target-ns`), with `expected` (`[{manifestIndex, name, value}]`) as its
+/// `openshift-cluster-group-upgrades/expectedValues` annotation when not null.
+pub fn mw_template(ns: &str, name: &str, manifests: usize, expected: Value) -> Value {
+    let objects: Vec<Value> = (0..manifests)
+        .map(|i| {
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+                   "metadata": {"name": format!("{name}-{i}"), "namespace": "target-ns"},
+                   "data": {"template": name}})
+        })
+        .collect();
+    let mut t = json!({
+        "apiVersion": MWRS_API,
+        "kind": "ManifestWorkReplicaSet",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "placementRefs": [{"name": "ignored-by-talm"}],
+            "manifestWorkTemplate": {
+                "deleteOption": {"propagationPolicy": "Orphan"},
+                "workload": {"manifests": objects}
+            }
+        }
+    });
+    if !expected.is_null() {
+        t["metadata"]["annotations"] = json!({
+            "openshift-cluster-group-upgrades/expectedValues": expected.to_string()
+        });
+    }
+    t
+}
+
+fn true_condition(type_: &str) -> Value {
+    json!({"type": type_, "status": "True", "reason": type_, "message": "ok",
+           "lastTransitionTime": T0})
+}
+
+/// The status a work agent reports for `work` once every manifest is applied and available:
+/// `Applied` and `Available` True, and per manifest (its ordinal, kind and name from the
+/// spec) `Applied`, `Available` and `StatusFeedbackSynced` True with the status-feedback
+/// `values` (`(manifest index, name, value)`, reported as strings).
+pub fn applied_work_status(work: &Value, values: &[(i64, &str, &str)]) -> Value {
+    let manifests = work["spec"]["workload"]["manifests"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let per_manifest: Vec<Value> = manifests
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let feedback: Vec<Value> = values
+                .iter()
+                .filter(|(idx, _, _)| *idx == i as i64)
+                .map(|(_, name, value)| {
+                    json!({"name": name, "fieldValue": {"type": "String", "string": value}})
+                })
+                .collect();
+            json!({
+                "resourceMeta": {"ordinal": i, "group": "", "version": "v1",
+                    "kind": m["kind"], "resource": "configmaps",
+                    "name": m["metadata"]["name"], "namespace": m["metadata"]["namespace"]},
+                "statusFeedback": {"values": feedback},
+                "conditions": [true_condition("Applied"), true_condition("Available"),
+                               true_condition("StatusFeedbackSynced")]
+            })
+        })
+        .collect();
+    json!({
+        "conditions": [true_condition("Applied"), true_condition("Available")],
+        "resourceStatus": {"manifests": per_manifest}
+    })
+}
+
+/// Plays the work agent for every ManifestWork talm created that has no status yet: reports
+/// it applied and available, with the feedback values its expectedValues annotation asks for
+/// (written directly, so the double's request log holds the operator's calls only).
+pub fn complete_manifest_works(double: &KubeDouble) {
+    for mut w in double.list_values(MW_API, "ManifestWork", None) {
+        if !w["status"].is_null()
+            || w["metadata"]["labels"]["openshift-cluster-group-upgrades/clusterGroupUpgrade"]
+                .is_null()
+        {
+            continue;
+        }
+        // The annotation is the template's (`<cgu namespace>.<template>`), copied onto the work.
+        let ns = text(
+            &w["metadata"]["labels"],
+            "openshift-cluster-group-upgrades/clusterGroupUpgradeNamespace",
+        );
+        let template = text(&w["metadata"], "name")
+            .strip_prefix(&format!("{ns}."))
+            .and_then(|t| double.get_value(MWRS_API, "ManifestWorkReplicaSet", Some(&ns), t));
+        let annotation = |o: &Value| {
+            o["metadata"]["annotations"]["openshift-cluster-group-upgrades/expectedValues"]
+                .as_str()
+                .map(str::to_string)
+        };
+        let expected: Vec<Value> = annotation(&w)
+            .or_else(|| template.as_ref().and_then(annotation))
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default();
+        let values: Vec<(i64, String, String)> = expected
+            .iter()
+            .map(|e| {
+                (
+                    e["manifestIndex"].as_i64().unwrap_or(0),
+                    text(e, "name"),
+                    text(e, "value"),
+                )
+            })
+            .collect();
+        let borrowed: Vec<(i64, &str, &str)> = values
+            .iter()
+            .map(|(i, n, v)| (*i, n.as_str(), v.as_str()))
+            .collect();
+        w["status"] = applied_work_status(&w, &borrowed);
+        double.put_value(w).unwrap();
+    }
+}
