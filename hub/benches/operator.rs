@@ -34,6 +34,15 @@
 //! - the CGU watch events the operator read for their metadata only (echoes of its own writes,
 //!   `talm_watch_bodies_skipped_total`), and the load average at the start and end of each size.
 //!
+//! `--rollout manifestwork` runs a ManifestWork rollout instead (docs/contract.md §3.13):
+//! T ManifestWorkReplicaSet templates (`--templates`, default 3) in `ztp`, one CGU naming them
+//! over every cluster, and a **work-agent simulator** that watches talm's ManifestWorks (by its
+//! label, on a thread of its own) and, for each work talm creates, reports it `Applied` and
+//! `Available` after the same delay and jitter, with a write of the work's status. The
+//! reaction is then the time from that status write to the first ManifestWork event it causes
+//! (the completed work's deletion or the cluster's next work; for a write that completed a
+//! batch, the next ManifestWork event of any kind). The other figures are measured as above.
+//!
 //! There is no TALM to run here, so the baseline run side by side is the smaller size: the
 //! table gives each figure of the larger sizes as a ratio to the first size.
 //!
@@ -64,6 +73,7 @@ use kube::runtime::watcher;
 use serde_json::{Value, json};
 use talm_kube_double::{KubeDouble, RequestRecord, Verb};
 use talm_shared::api::rhacm::Placement;
+use talm_shared::api::work::ManifestWork;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Namespace of the CGU, the root policies and talm's Placements.
@@ -72,6 +82,19 @@ const NS: &str = "ztp";
 const CGU: &str = "fleet";
 /// The Placement label naming its policy.
 const FOR_POLICY: &str = "openshift-cluster-group-upgrades/forPolicy";
+/// The label talm puts on the ManifestWorks of a CGU.
+const CGU_LABEL: &str = "openshift-cluster-group-upgrades/clusterGroupUpgrade";
+/// The field selector that marks this benchmark's own ManifestWork list/watch requests.
+const OWN_MW_WATCH: &str = "metadata.name!=talm-bench-own-watch";
+
+/// What the CGU rolls out.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum Rollout {
+    /// Inform policies (`spec.managedPolicies`); the compliance simulator answers.
+    Policy,
+    /// ManifestWork templates (`spec.manifestWorkTemplates`); the work-agent simulator answers.
+    Manifestwork,
+}
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "talm-hub operator fleet benchmark against the API double")]
@@ -82,16 +105,23 @@ struct Args {
     /// Fleet sizes to run, in order (the first is the baseline of the ratios).
     #[arg(long, value_delimiter = ',', default_values_t = [3500, 10000])]
     clusters: Vec<usize>,
-    /// Managed policies of the CGU.
+    /// What the CGU rolls out.
+    #[arg(long, value_enum, default_value_t = Rollout::Policy)]
+    rollout: Rollout,
+    /// Managed policies of the CGU (`--rollout policy`).
     #[arg(long, default_value_t = 20)]
     policies: usize,
+    /// ManifestWork templates of the CGU (`--rollout manifestwork`).
+    #[arg(long, default_value_t = 3)]
+    templates: usize,
     /// The CGU's `remediationStrategy.maxConcurrency`.
     #[arg(long, default_value_t = 500)]
     max_concurrency: usize,
     /// The operator's concurrent reconciles (`--worker-count`).
     #[arg(long, default_value_t = 5)]
     workers: u16,
-    /// Smoke run: 300 clusters × 5 policies, maxConcurrency 100 (overrides the three above).
+    /// Smoke run: 300 clusters × 5 policies (or 3 templates), maxConcurrency 100 (overrides
+    /// the sizes above).
     #[arg(long)]
     quick: bool,
     /// Fixed delay between a cluster's release into a Placement and its compliance flip.
@@ -172,8 +202,14 @@ fn main() -> anyhow::Result<()> {
         args.policies = 5;
         args.max_concurrency = 100;
     }
-    if args.clusters.is_empty() || args.policies == 0 || args.max_concurrency == 0 {
-        bail!("--clusters, --policies and --max-concurrency must be non-empty and > 0");
+    if args.clusters.is_empty()
+        || args.policies == 0
+        || args.templates == 0
+        || args.max_concurrency == 0
+    {
+        bail!(
+            "--clusters, --policies, --templates and --max-concurrency must be non-empty and > 0"
+        );
     }
     let hub_bin = args
         .hub_bin
@@ -186,8 +222,9 @@ fn main() -> anyhow::Result<()> {
     let mut outcomes = Vec::new();
     for &n in &args.clusters {
         eprintln!(
-            "== {n} clusters × {} policies, maxConcurrency {} ({})",
-            args.policies,
+            "== {n} clusters × {} {}, maxConcurrency {} ({})",
+            per_cluster(&args),
+            unit(args.rollout),
             args.max_concurrency,
             load_average()
         );
@@ -212,6 +249,21 @@ fn main() -> anyhow::Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// Policies or templates per cluster.
+fn per_cluster(args: &Args) -> usize {
+    match args.rollout {
+        Rollout::Policy => args.policies,
+        Rollout::Manifestwork => args.templates,
+    }
+}
+
+fn unit(r: Rollout) -> &'static str {
+    match r {
+        Rollout::Policy => "policies",
+        Rollout::Manifestwork => "templates",
+    }
 }
 
 fn load_average() -> String {
@@ -284,9 +336,15 @@ fn child_policy(j: usize, c: &str, compliant: bool) -> Value {
     })
 }
 
-/// Fills the double with the fleet, the policies and the CGU. The clusters are installed
-/// (`ztp-done`), so the ZTP auto-CGU controller leaves them alone, as on a day-2 upgrade.
+/// Fills the double with the fleet, the policies and the CGU of a policy rollout.
 fn populate(double: &KubeDouble, names: &[String], p: usize, m: usize) -> anyhow::Result<()> {
+    populate_clusters(double, names)?;
+    populate_policies(double, names, p, m)
+}
+
+/// Fills the double with the fleet's ManagedClusters. The clusters are installed
+/// (`ztp-done`), so the ZTP auto-CGU controller leaves them alone, as on a day-2 upgrade.
+fn populate_clusters(double: &KubeDouble, names: &[String]) -> anyhow::Result<()> {
     for c in names {
         double
             .put_value(json!({
@@ -299,6 +357,16 @@ fn populate(double: &KubeDouble, names: &[String], p: usize, m: usize) -> anyhow
             }))
             .context("ManagedCluster")?;
     }
+    Ok(())
+}
+
+/// Fills the double with the policies and the CGU of a policy rollout.
+fn populate_policies(
+    double: &KubeDouble,
+    names: &[String],
+    p: usize,
+    m: usize,
+) -> anyhow::Result<()> {
     let none = vec![false; names.len()];
     for j in 0..p {
         double
@@ -538,11 +606,15 @@ fn histogram_quantile(buckets: &[(f64, u64)], q: f64) -> Option<Percentile> {
     None
 }
 
-/// Requests this benchmark makes itself (its namespaced Placement watch), left out of counts.
+/// Requests this benchmark makes itself (its namespaced Placement watch, its ManifestWork
+/// watch marked by [`OWN_MW_WATCH`]), left out of counts.
 fn is_own(r: &RequestRecord) -> bool {
-    r.resource == "placements"
-        && r.namespace.as_deref() == Some(NS)
-        && matches!(r.verb, Verb::List | Verb::Watch)
+    let own_watch = match r.resource.as_str() {
+        "placements" => r.namespace.as_deref() == Some(NS),
+        "manifestworks" => r.query.contains("talm-bench-own-watch"),
+        _ => false,
+    };
+    own_watch && matches!(r.verb, Verb::List | Verb::Watch)
 }
 
 fn cgu_succeeded(double: &KubeDouble) -> Option<bool> {
@@ -697,10 +769,6 @@ impl Simulator {
         }
     }
 
-    fn next_due(&self) -> Option<Instant> {
-        self.due.peek().map(|Reverse((t, _, _))| *t)
-    }
-
     /// Writes every flip due by `now`: child policies, then one root write per policy.
     fn flip_due(&mut self, double: &KubeDouble, now: Instant) -> anyhow::Result<()> {
         let mut by_policy: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
@@ -768,8 +836,372 @@ impl Simulator {
     }
 }
 
+/// A simulator of what the fleet reports: fed the events of the kind it watches (stamped on
+/// arrival), it writes the reports when they are due and measures the operator's reactions.
+trait Sim {
+    /// The watched kind.
+    type Watched: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static;
+    /// The watch of the simulator's own thread (namespaced or marked, so [`is_own`] can leave
+    /// its requests out of the operator's counts).
+    fn watch(client: kube::Client) -> (Api<Self::Watched>, watcher::Config);
+    /// An object was added or changed, or (`deleted`) deleted; the event arrived at `seen`.
+    fn on_event(&mut self, obj: &Self::Watched, deleted: bool, seen: Instant);
+    /// When the next report is due.
+    fn next_due(&self) -> Option<Instant>;
+    /// Writes every report due by `now`.
+    fn flip_due(&mut self, double: &KubeDouble, now: Instant) -> anyhow::Result<()>;
+    /// Clusters done.
+    fn done(&self) -> usize;
+    /// Reports written so far.
+    fn writes(&self) -> usize;
+    /// When the report that completed the rollout was written.
+    fn final_flip(&self) -> Option<Instant>;
+    /// Moves the measures into `out`.
+    fn finish(self, out: &mut Outcome, started: Instant, m: usize);
+}
+
+impl Sim for Simulator {
+    type Watched = Placement;
+
+    fn watch(client: kube::Client) -> (Api<Placement>, watcher::Config) {
+        (Api::namespaced(client, NS), watcher::Config::default())
+    }
+
+    fn on_event(&mut self, obj: &Placement, deleted: bool, seen: Instant) {
+        self.on_placement((!deleted).then_some(obj), seen);
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.due.peek().map(|Reverse((t, _, _))| *t)
+    }
+
+    fn flip_due(&mut self, double: &KubeDouble, now: Instant) -> anyhow::Result<()> {
+        Simulator::flip_due(self, double, now)
+    }
+
+    fn done(&self) -> usize {
+        self.done
+    }
+
+    fn writes(&self) -> usize {
+        self.writes.len()
+    }
+
+    fn final_flip(&self) -> Option<Instant> {
+        self.final_flip
+    }
+
+    fn finish(mut self, out: &mut Outcome, started: Instant, m: usize) {
+        self.reactions.sort();
+        out.reactions = self.reactions;
+        self.reactions_handled.sort();
+        out.reactions_handled = self.reactions_handled;
+        self.handling_lag.sort();
+        out.handling_lag = self.handling_lag;
+        out.slowest = self
+            .slowest
+            .iter()
+            .filter_map(|&(took, w)| {
+                let pw = self.writes.get(w)?;
+                Some(format!(
+                    "{:>5.0} ms: root write at {:>6.1} s, policy {}, {} flip(s), batch {}{}",
+                    ms(took),
+                    pw.at.saturating_duration_since(started).as_secs_f64(),
+                    pw.policy,
+                    pw.flips,
+                    pw.done_before / m + 1,
+                    if pw.completed_batch {
+                        " (completed the batch)"
+                    } else {
+                        ""
+                    }
+                ))
+            })
+            .collect();
+        out.root_writes = self.writes.len();
+        out.child_writes = self.child_writes;
+        out.placement_events = self.placement_events;
+    }
+}
+
+fn template(j: usize) -> String {
+    format!("du-template-{j:02}")
+}
+
+/// Fills the double with the fleet, the ManifestWork templates and the CGU.
+fn populate_works(double: &KubeDouble, names: &[String], t: usize, m: usize) -> anyhow::Result<()> {
+    populate_clusters(double, names)?;
+    for j in 0..t {
+        double
+            .put_value(json!({
+                "apiVersion": "work.open-cluster-management.io/v1alpha1",
+                "kind": "ManifestWorkReplicaSet",
+                "metadata": {"name": template(j), "namespace": NS},
+                "spec": {"placementRefs": [{"name": "unused"}], "manifestWorkTemplate": {
+                    "workload": {"manifests": [{"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": format!("cm-{j}"), "namespace": "default"},
+                        "data": {"step": format!("{j}")}}]}}}
+            }))
+            .context("ManifestWorkReplicaSet")?;
+    }
+    double
+        .put_value(json!({
+            "apiVersion": "ran.openshift.io/v1alpha1",
+            "kind": "ClusterGroupUpgrade",
+            "metadata": {"name": CGU, "namespace": NS},
+            "spec": {"clusters": names, "manifestWorkTemplates": (0..t).map(template).collect::<Vec<_>>(),
+                     "remediationStrategy": {"maxConcurrency": m, "timeout": 6000},
+                     "enable": true}
+        }))
+        .context("CGU")?;
+    Ok(())
+}
+
+/// A ManifestWork status write waiting for the ManifestWork event it causes.
+struct WorkWrite {
+    at: Instant,
+    resolved: bool,
+    cluster: usize,
+    template: usize,
+    done_before: usize,
+    completed_batch: bool,
+}
+
+/// The work-agent simulator: reports each ManifestWork talm creates applied and available.
+struct WorkSimulator {
+    names: Vec<String>,
+    index: HashMap<String, usize>,
+    t: usize,
+    /// The works created and not yet reported or deleted, as last seen.
+    live: HashMap<(usize, usize), ManifestWork>,
+    /// Reports due: (when, cluster, template).
+    due: BinaryHeap<Reverse<(Instant, usize, usize)>>,
+    /// (cluster, template) whose deletion or creation resolves a status write.
+    expect: HashMap<(usize, usize), usize>,
+    /// Writes that completed a batch: resolved by the next ManifestWork event of any kind.
+    expect_any: Vec<usize>,
+    writes: Vec<WorkWrite>,
+    /// Clusters given their first work and not yet through the last template.
+    open: HashSet<usize>,
+    started: HashSet<usize>,
+    done: usize,
+    reactions: Vec<Duration>,
+    reactions_handled: Vec<Duration>,
+    handling_lag: Vec<Duration>,
+    slowest: Vec<(Duration, usize)>,
+    final_flip: Option<Instant>,
+    events: usize,
+    delay: Duration,
+    jitter_ms: u64,
+}
+
+impl WorkSimulator {
+    fn new(names: Vec<String>, t: usize, args: &Args) -> Self {
+        let index = names
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.clone(), i))
+            .collect();
+        WorkSimulator {
+            names,
+            index,
+            t,
+            live: HashMap::new(),
+            due: BinaryHeap::new(),
+            expect: HashMap::new(),
+            expect_any: Vec::new(),
+            writes: Vec::new(),
+            open: HashSet::new(),
+            started: HashSet::new(),
+            done: 0,
+            reactions: Vec::new(),
+            reactions_handled: Vec::new(),
+            handling_lag: Vec::new(),
+            slowest: Vec::new(),
+            final_flip: None,
+            events: 0,
+            delay: Duration::from_millis(args.flip_delay_ms),
+            jitter_ms: args.flip_jitter_ms,
+        }
+    }
+
+    fn resolve(&mut self, w: usize, seen: Instant, handled: Instant) {
+        if let Some(ww) = self.writes.get_mut(w)
+            && !ww.resolved
+        {
+            ww.resolved = true;
+            let took = seen.saturating_duration_since(ww.at);
+            self.reactions.push(took);
+            self.slowest.push((took, w));
+            self.slowest.sort_by_key(|&(took, _)| Reverse(took));
+            self.slowest.truncate(SLOWEST);
+            self.reactions_handled
+                .push(handled.saturating_duration_since(ww.at));
+        }
+    }
+
+    /// (cluster, template) of one of talm's works: `<NS>.<template>` in the cluster namespace.
+    fn key_of(&self, w: &ManifestWork) -> Option<(usize, usize)> {
+        let i = *self.index.get(w.metadata.namespace.as_deref()?)?;
+        let name = w
+            .metadata
+            .name
+            .as_deref()?
+            .strip_prefix(&format!("{NS}."))?;
+        let j = (0..self.t).find(|j| template(*j) == name)?;
+        Some((i, j))
+    }
+}
+
+impl Sim for WorkSimulator {
+    type Watched = ManifestWork;
+
+    fn watch(client: kube::Client) -> (Api<ManifestWork>, watcher::Config) {
+        (
+            Api::all(client),
+            watcher::Config::default()
+                .labels(CGU_LABEL)
+                .fields(OWN_MW_WATCH),
+        )
+    }
+
+    fn on_event(&mut self, w: &ManifestWork, deleted: bool, seen: Instant) {
+        let handled = Instant::now();
+        self.events += 1;
+        self.handling_lag
+            .push(handled.saturating_duration_since(seen));
+        for x in std::mem::take(&mut self.expect_any) {
+            self.resolve(x, seen, handled);
+        }
+        let Some((i, j)) = self.key_of(w) else { return };
+        if let Some(x) = self.expect.remove(&(i, j)) {
+            self.resolve(x, seen, handled);
+        }
+        if deleted {
+            self.live.remove(&(i, j));
+            return;
+        }
+        if w.status.is_none() && !self.live.contains_key(&(i, j)) {
+            if self.started.insert(i) {
+                self.open.insert(i);
+            }
+            self.live.insert((i, j), w.clone());
+            let at = seen + self.delay + jitter(i, j, self.jitter_ms);
+            self.due.push(Reverse((at, i, j)));
+        }
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.due.peek().map(|Reverse((t, _, _))| *t)
+    }
+
+    fn flip_due(&mut self, double: &KubeDouble, now: Instant) -> anyhow::Result<()> {
+        while let Some(Reverse((at, i, j))) = self.due.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.due.pop();
+            // Deleted meanwhile (a timeout, a cleanup): a status write would re-create it.
+            let Some(w) = self.live.remove(&(i, j)) else {
+                continue;
+            };
+            let mut v = serde_json::to_value(&w).context("ManifestWork")?;
+            let cond = |t: &str| {
+                json!({"type": t, "status": "True", "reason": t, "message": "ok",
+                       "lastTransitionTime": "2026-01-01T00:00:00Z"})
+            };
+            v["status"] = json!({
+                "conditions": [cond("Applied"), cond("Available")],
+                "resourceStatus": {"manifests": [{
+                    "resourceMeta": {"ordinal": 0, "group": "", "version": "v1",
+                        "kind": "ConfigMap", "resource": "configmaps",
+                        "name": format!("cm-{j}"), "namespace": "default"},
+                    "conditions": [cond("Applied"), cond("Available"),
+                                   cond("StatusFeedbackSynced")]}]}
+            });
+            double.put_value_shared(v).context("ManifestWork status")?;
+            let x = self.writes.len();
+            let at = Instant::now();
+            self.writes.push(WorkWrite {
+                at,
+                resolved: false,
+                cluster: i,
+                template: j,
+                done_before: self.done,
+                completed_batch: false,
+            });
+            // Resolved by the completed work's deletion or the cluster's next work.
+            self.expect.insert((i, j), x);
+            if j + 1 < self.t {
+                self.expect.insert((i, j + 1), x);
+            } else {
+                self.done += 1;
+                self.open.remove(&i);
+                if self.open.is_empty() {
+                    if let Some(ww) = self.writes.get_mut(x) {
+                        ww.completed_batch = true;
+                    }
+                    self.expect_any.push(x);
+                }
+                if self.done == self.names.len() {
+                    self.final_flip = Some(at);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn done(&self) -> usize {
+        self.done
+    }
+
+    fn writes(&self) -> usize {
+        self.writes.len()
+    }
+
+    fn final_flip(&self) -> Option<Instant> {
+        self.final_flip
+    }
+
+    fn finish(mut self, out: &mut Outcome, started: Instant, m: usize) {
+        self.reactions.sort();
+        out.reactions = self.reactions;
+        self.reactions_handled.sort();
+        out.reactions_handled = self.reactions_handled;
+        self.handling_lag.sort();
+        out.handling_lag = self.handling_lag;
+        out.slowest = self
+            .slowest
+            .iter()
+            .filter_map(|&(took, x)| {
+                let ww = self.writes.get(x)?;
+                Some(format!(
+                    "{:>5.0} ms: status write at {:>6.1} s, {} template {}, batch {}{}",
+                    ms(took),
+                    ww.at.saturating_duration_since(started).as_secs_f64(),
+                    self.names.get(ww.cluster).map_or("?", String::as_str),
+                    ww.template,
+                    ww.done_before / m + 1,
+                    if ww.completed_batch {
+                        " (completed the batch)"
+                    } else {
+                        ""
+                    }
+                ))
+            })
+            .collect();
+        out.root_writes = self.writes.len();
+        out.placement_events = self.events;
+    }
+}
+
 async fn run_size(args: &Args, hub_bin: &Path, n: usize) -> anyhow::Result<Outcome> {
-    let (p, m) = (args.policies, args.max_concurrency);
+    let (p, m) = (per_cluster(args), args.max_concurrency);
     let mut out = Outcome {
         clusters: n,
         policies: p,
@@ -794,10 +1226,36 @@ async fn run_size(args: &Args, hub_bin: &Path, n: usize) -> anyhow::Result<Outco
         .context("starting the API double")?;
     let names: Vec<String> = (0..n).map(cluster).collect();
     let t = Instant::now();
-    populate(&double, &names, p, m)?;
+    match args.rollout {
+        Rollout::Policy => populate(&double, &names, p, m)?,
+        Rollout::Manifestwork => populate_works(&double, &names, p, m)?,
+    }
     out.setup = t.elapsed();
     double.clear_requests();
+    match args.rollout {
+        Rollout::Policy => {
+            let sim = Simulator::new(names, p, args);
+            drive(sim, args, hub_bin, &double, &mut out).await?;
+        }
+        Rollout::Manifestwork => {
+            let sim = WorkSimulator::new(names, p, args);
+            drive(sim, args, hub_bin, &double, &mut out).await?;
+        }
+    }
+    double.shutdown().await;
+    Ok(out)
+}
 
+/// Runs the operator against the populated double with `sim` answering, until the CGU
+/// succeeds (or fails, or times out), and measures it into `out`.
+async fn drive<S: Sim>(
+    mut sim: S,
+    args: &Args,
+    hub_bin: &Path,
+    double: &KubeDouble,
+    out: &mut Outcome,
+) -> anyhow::Result<()> {
+    let (n, m) = (out.clusters, out.max_concurrency);
     let dir = tempfile::Builder::new()
         .prefix("talm-operator-bench-")
         .tempdir()?;
@@ -817,8 +1275,7 @@ async fn run_size(args: &Args, hub_bin: &Path, n: usize) -> anyhow::Result<Outco
     }
     let pid = child.id();
 
-    let mut sim = Simulator::new(names.clone(), p, args);
-    let mut events = spawn_placement_watch(double.config())?;
+    let mut events = spawn_watch::<S>(double.config())?;
     let deadline = started + Duration::from_secs(args.timeout_secs);
     let mut check = tokio::time::interval(Duration::from_millis(200));
     let mut synced = false;
@@ -830,17 +1287,17 @@ async fn run_size(args: &Args, hub_bin: &Path, n: usize) -> anyhow::Result<Outco
         tokio::select! {
             ev = events.recv() => {
                 match ev {
-                    Some((seen, Ok(watcher::Event::Apply(pl) | watcher::Event::InitApply(pl)))) => {
-                        sim.on_placement(Some(&pl), seen);
+                    Some((seen, Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)))) => {
+                        sim.on_event(&o, false, seen);
                     }
-                    Some((seen, Ok(watcher::Event::Delete(_)))) => sim.on_placement(None, seen),
+                    Some((seen, Ok(watcher::Event::Delete(o)))) => sim.on_event(&o, true, seen),
                     Some((_, Ok(_))) => {}
-                    Some((_, Err(e))) => eprintln!("  placement watch: {e}"),
-                    None => break Err(anyhow::anyhow!("placement watch ended")),
+                    Some((_, Err(e))) => eprintln!("  simulator watch: {e}"),
+                    None => break Err(anyhow::anyhow!("simulator watch ended")),
                 }
             }
             () = tokio::time::sleep_until(sleep_to.into()) => {
-                if let Err(e) = sim.flip_due(&double, Instant::now()) {
+                if let Err(e) = sim.flip_due(double, Instant::now()) {
                     break Err(e);
                 }
             }
@@ -853,22 +1310,22 @@ async fn run_size(args: &Args, hub_bin: &Path, n: usize) -> anyhow::Result<Outco
                     out.synced_after = started.elapsed();
                     out.rss_synced_kib = rss_kib(pid).0;
                 }
-                if cgu_succeeded(&double) == Some(true) {
+                if cgu_succeeded(double) == Some(true) {
                     out.rollout = started.elapsed();
-                    out.final_to_succeeded = sim.final_flip.map(|t| t.elapsed());
+                    out.final_to_succeeded = sim.final_flip().map(|t| t.elapsed());
                     break Ok(());
                 }
                 if Instant::now() > deadline {
                     break Err(anyhow::anyhow!(
                         "no Succeeded after {}s ({} of {n} clusters done)",
-                        args.timeout_secs, sim.done
+                        args.timeout_secs, sim.done()
                     ));
                 }
                 if last_progress.elapsed() > Duration::from_secs(15) {
                     last_progress = Instant::now();
                     eprintln!(
-                        "  {:>5.0?}: {}/{n} clusters done, {} root writes, operator RSS {} MiB",
-                        started.elapsed(), sim.done, sim.writes.len(), rss_kib(pid).0 / 1024
+                        "  {:>5.0?}: {}/{n} clusters done, {} reports written, operator RSS {} MiB",
+                        started.elapsed(), sim.done(), sim.writes(), rss_kib(pid).0 / 1024
                     );
                 }
             }
@@ -922,59 +1379,30 @@ async fn run_size(args: &Args, hub_bin: &Path, n: usize) -> anyhow::Result<Outco
     }
     // Ends the watcher thread (its next event finds the receiver gone).
     drop(events);
-    sim.reactions.sort();
-    out.reactions = sim.reactions;
-    sim.reactions_handled.sort();
-    out.reactions_handled = sim.reactions_handled;
-    sim.handling_lag.sort();
-    out.handling_lag = sim.handling_lag;
-    out.slowest = sim
-        .slowest
-        .iter()
-        .filter_map(|&(took, w)| {
-            let pw = sim.writes.get(w)?;
-            Some(format!(
-                "{:>5.0} ms: root write at {:>6.1} s, policy {}, {} flip(s), batch {}{}",
-                ms(took),
-                pw.at.saturating_duration_since(started).as_secs_f64(),
-                pw.policy,
-                pw.flips,
-                pw.done_before / m + 1,
-                if pw.completed_batch {
-                    " (completed the batch)"
-                } else {
-                    ""
-                }
-            ))
-        })
-        .collect();
-    out.root_writes = sim.writes.len();
-    out.child_writes = sim.child_writes;
-    out.placement_events = sim.placement_events;
+    sim.finish(out, started, m);
     if !out.succeeded || args.keep_logs {
         let kept = std::env::temp_dir().join(format!("talm-operator-bench-{n}.log"));
         if std::fs::copy(&log, &kept).is_ok() {
             eprintln!("  operator log: {}", kept.display());
         }
     }
-    double.shutdown().await;
-    Ok(out)
+    Ok(())
 }
 
-/// A Placement watch event and when it arrived.
-type Stamped = (Instant, Result<watcher::Event<Placement>, watcher::Error>);
+/// A watch event of the simulator's kind and when it arrived.
+type Stamped<K> = (Instant, Result<watcher::Event<K>, watcher::Error>);
 
-/// Watches talm's Placements on a thread of its own (a current-thread runtime and its own
-/// client), timestamping each event as it arrives. The simulator's loop also writes the
-/// compliance flips, and a burst of them (hundreds of child policies and several
+/// Watches the simulator's kind ([`Sim::watch`]) on a thread of its own (a current-thread
+/// runtime and its own client), timestamping each event as it arrives. The simulator's loop
+/// also writes the reports, and a burst of them (hundreds of child policies and several
 /// 10,000-entry root policies) keeps it busy for milliseconds: an event stamped when the loop
 /// gets to it would charge that time to the operator's reaction.
-fn spawn_placement_watch(
+fn spawn_watch<S: Sim>(
     config: kube::Config,
-) -> anyhow::Result<tokio::sync::mpsc::UnboundedReceiver<Stamped>> {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Stamped>();
+) -> anyhow::Result<tokio::sync::mpsc::UnboundedReceiver<Stamped<S::Watched>>> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Stamped<S::Watched>>();
     std::thread::Builder::new()
-        .name("placement-watch".into())
+        .name("simulator-watch".into())
         .spawn(move || {
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -982,7 +1410,7 @@ fn spawn_placement_watch(
             {
                 Ok(rt) => rt,
                 Err(e) => {
-                    eprintln!("  placement watch: no runtime: {e}");
+                    eprintln!("  simulator watch: no runtime: {e}");
                     return;
                 }
             };
@@ -990,13 +1418,13 @@ fn spawn_placement_watch(
                 let client = match kube::Client::try_from(config) {
                     Ok(c) => c,
                     Err(e) => {
-                        eprintln!("  placement watch: no client: {e}");
+                        eprintln!("  simulator watch: no client: {e}");
                         return;
                     }
                 };
-                let api: Api<Placement> = Api::namespaced(client, NS);
+                let (api, wc) = S::watch(client);
                 let mut events = std::pin::pin!(kube::runtime::WatchStreamExt::default_backoff(
-                    watcher(api, watcher::Config::default())
+                    watcher(api, wc)
                 ));
                 while let Some(ev) = events.next().await {
                     if tx.send((Instant::now(), ev)).is_err() {
@@ -1005,7 +1433,7 @@ fn spawn_placement_watch(
                 }
             });
         })
-        .context("starting the Placement watch thread")?;
+        .context("starting the simulator's watch thread")?;
     Ok(rx)
 }
 
