@@ -428,3 +428,37 @@ fn a_work_of_another_cgu_is_never_taken_for_this_one() {
         "spoke1 does not complete on another CGU's work"
     );
 }
+
+#[test]
+fn the_shipped_manifestwork_example_plans() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+    let clusters = format!("{root}/01-managed-clusters.yaml");
+    let dir = format!("{root}/manifestwork");
+    let out = talm_hub(&[
+        "plan",
+        "-f",
+        &clusters,
+        "-f",
+        &dir,
+        "--now",
+        "2026-03-02T10:00:00Z",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("InProgress: Rolling out manifestworks"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("sno-site-03  InProgress (site-config-v2, 1 of 2)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("created  ManifestWork sno-site-03/ztp-site-policies.site-config-v2"),
+        "{stdout}"
+    );
+}

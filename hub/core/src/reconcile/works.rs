@@ -173,7 +173,6 @@ impl Run<'_> {
 
     /// Creates the current work of each in-progress cluster of the batch that lacks it.
     pub(super) fn release_works(&mut self, batch: &[String]) {
-        let mut creating = 0usize;
         let mut rolling = 0usize;
         for c in batch {
             let p = self.progress_of(c);
@@ -205,11 +204,10 @@ impl Run<'_> {
                 .push(Write::CreateManifestWork(manifestwork::build(
                     self.cgu, template, c,
                 )));
-            creating += 1;
         }
         if rolling > 0 {
             self.notes.pending_actions.push(format!(
-                "{rolling} clusters of the current batch are rolling out ManifestWorks ({creating} created in this pass)"
+                "{rolling} clusters of the current batch are rolling out ManifestWorks"
             ));
         }
     }
