@@ -80,6 +80,11 @@ pub mod messages {
     pub const TIMED_OUT: &str = "Policy remediation took too long";
     pub const TIMED_OUT_CANARY: &str = "Policy remediation took too long on canary clusters";
     pub const TIMED_OUT_SOME: &str = "Policy remediation took too long on some clusters";
+    pub const MW_ROLLING_OUT: &str = "Rolling out manifestworks";
+    pub const MW_COMPLETED: &str = "All manifestworks rolled out successfully on all clusters";
+    pub const MW_TIMED_OUT: &str = "Manifestwork rollout took too long";
+    pub const MW_TIMED_OUT_CANARY: &str = "Manifestwork rollout took too long on canary clusters";
+    pub const MW_TIMED_OUT_SOME: &str = "Manifestwork rollout took too long on some clusters";
 }
 
 /// Formats a list as Go's `%s` does for a `[]string`: `[a b c]`.

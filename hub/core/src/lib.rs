@@ -21,6 +21,7 @@ pub mod decision;
 pub mod events;
 pub mod graph;
 pub mod installplan;
+pub mod manifestwork;
 pub mod names;
 pub mod patch;
 pub mod plan;

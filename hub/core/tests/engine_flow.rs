@@ -12,6 +12,7 @@ use talm_hub_core::api::rhacm::{
     ManagedCluster, ManagedClusterView, Placement, PlacementBinding, Policy,
 };
 use talm_hub_core::api::spokeagent::{SpokeAgent, SpokeAgentSpec, SpokeAgentStatus, TaskReport};
+use talm_hub_core::api::work::{ManifestWork, ManifestWorkReplicaSet};
 use talm_hub_core::{
     Context, Event, FinalizerChange, NoUpdateGraph, Requeue, Snapshot, TaskChange, Write, reconcile,
 };
@@ -26,6 +27,12 @@ struct Hub {
     agents: BTreeMap<String, SpokeAgent>,
     /// Every ManagedClusterView the engine applied, in order.
     views: Vec<ManagedClusterView>,
+    /// ManifestWork templates.
+    templates: Vec<ManifestWorkReplicaSet>,
+    /// ManifestWorks by (cluster namespace, name).
+    works: BTreeMap<(String, String), ManifestWork>,
+    /// Every ManifestWork write, in order: `create ns/name` or `delete ns/name`.
+    work_log: Vec<String>,
 }
 
 fn mc(name: &str) -> ManagedCluster {
@@ -85,6 +92,9 @@ impl Hub {
             events: Vec::new(),
             agents: BTreeMap::new(),
             views: Vec::new(),
+            templates: Vec::new(),
+            works: BTreeMap::new(),
+            work_log: Vec::new(),
         }
     }
 
@@ -104,6 +114,12 @@ impl Hub {
         }
         for a in self.agents.values() {
             s.insert_spoke_agent(a.clone());
+        }
+        for t in &self.templates {
+            s.insert_manifest_work_template(t.clone());
+        }
+        for w in self.works.values() {
+            s.insert_manifest_work(w.clone());
         }
         s.insert_cgu(self.cgu.clone());
         s
@@ -194,6 +210,18 @@ impl Hub {
                 }
                 Write::ApplyManagedClusterView(v) => self.views.push(v),
                 Write::DeleteManagedClusterView { .. } | Write::CreateManagedClusterAction(_) => {}
+                Write::CreateManifestWork(w) => {
+                    let k = (
+                        w.metadata.namespace.clone().unwrap(),
+                        w.metadata.name.clone().unwrap(),
+                    );
+                    self.work_log.push(format!("create {}/{}", k.0, k.1));
+                    self.works.entry(k).or_insert(w);
+                }
+                Write::DeleteManifestWork { namespace, name } => {
+                    self.work_log.push(format!("delete {namespace}/{name}"));
+                    self.works.remove(&(namespace, name));
+                }
             }
         }
         self.events.extend(d.events);
@@ -781,4 +809,179 @@ fn negative_max_concurrency_and_repeated_policies_are_refused() {
             hub.events
         );
     }
+}
+
+// ------------------------------------------------------------------ ManifestWork rollouts
+
+fn mw_template(name: &str, expected: Option<&str>) -> ManifestWorkReplicaSet {
+    let mut v = json!({
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"manifestWorkTemplate": {"workload": {"manifests": [{"kind": "ConfigMap"}]}}}
+    });
+    if let Some(e) = expected {
+        v["metadata"]["annotations"] =
+            json!({"openshift-cluster-group-upgrades/expectedValues": e});
+    }
+    serde_json::from_value(v).unwrap()
+}
+
+fn mw_hub(spec: Value, clusters: &[&str], templates: &[&str]) -> Hub {
+    let mut hub = Hub::new(cgu(spec), clusters, vec![]);
+    hub.templates = templates.iter().map(|t| mw_template(t, None)).collect();
+    hub
+}
+
+impl Hub {
+    /// The work agent reports the work of `template` on `cluster` applied and available.
+    fn complete_work(&mut self, cluster: &str, template: &str) {
+        let w = self
+            .works
+            .get_mut(&(cluster.to_string(), format!("default.{template}")))
+            .unwrap_or_else(|| panic!("no work default.{template} in {cluster}"));
+        w.status = Some(
+            serde_json::from_value(json!({"conditions": [
+                {"type": "Applied", "status": "True"}, {"type": "Available", "status": "True"}]}))
+            .unwrap(),
+        );
+    }
+}
+
+#[test]
+fn manifest_work_rollout_deletes_the_previous_work_before_creating_the_next() {
+    let mut hub = mw_hub(
+        json!({"clusters": ["spoke1"], "manifestWorkTemplates": ["a", "b"],
+               "managedPolicies": ["ignored"],
+               "remediationStrategy": {"maxConcurrency": 1},
+               "actions": {"afterCompletion": {"addClusterLabels": {"done": ""}}}}),
+        &["spoke1"],
+        &["a", "b"],
+    );
+    hub.run(t(0));
+    assert_eq!(hub.work_log, ["create spoke1/default.a"]);
+    assert_eq!(
+        hub.status()["status"]["currentBatchRemediationProgress"],
+        json!({"spoke1": {"state": "InProgress", "manifestWorkIndex": 0}})
+    );
+    hub.complete_work("spoke1", "a");
+    hub.run(t(30));
+    assert_eq!(
+        hub.work_log,
+        [
+            "create spoke1/default.a",
+            "delete spoke1/default.a",
+            "create spoke1/default.b"
+        ]
+    );
+    assert!(
+        !hub.clusters["spoke1"]
+            .metadata
+            .labels
+            .as_ref()
+            .unwrap()
+            .contains_key("done"),
+        "afterCompletion waits for the last template"
+    );
+    hub.complete_work("spoke1", "b");
+    hub.run(t(60));
+    let st = hub.status();
+    assert_eq!(
+        st["clusters"],
+        json!([{"name": "spoke1", "state": "complete"}])
+    );
+    assert!(
+        hub.clusters["spoke1"]
+            .metadata
+            .labels
+            .as_ref()
+            .unwrap()
+            .contains_key("done"),
+        "afterCompletion runs as for policies"
+    );
+    assert_eq!(
+        hub.last_condition().2,
+        "All manifestworks rolled out successfully on all clusters"
+    );
+    assert!(hub.works.is_empty(), "deleteObjects defaults to true");
+    assert!(hub.placements.is_empty() && hub.bindings.is_empty());
+}
+
+#[test]
+fn manifest_work_canary_timeout_says_manifestwork() {
+    let mut hub = mw_hub(
+        json!({"clusters": ["spoke1", "spoke2", "spoke3"], "manifestWorkTemplates": ["a"],
+               "remediationStrategy": {"maxConcurrency": 2, "timeout": 60, "canaries": ["spoke2"]}}),
+        &["spoke1", "spoke2", "spoke3"],
+        &["a"],
+    );
+    hub.run(t(0));
+    assert_eq!(
+        hub.status()["remediationPlan"],
+        json!([["spoke2"], ["spoke1", "spoke3"]])
+    );
+    hub.run(t(31 * 60));
+    let st = hub.status();
+    let succeeded = st["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Succeeded")
+        .unwrap();
+    assert_eq!(succeeded["reason"], "TimedOut");
+    assert_eq!(
+        succeeded["message"],
+        "Manifestwork rollout took too long on canary clusters"
+    );
+}
+
+#[test]
+fn a_bad_expected_values_annotation_holds_the_cluster_and_says_why() {
+    let mut hub = mw_hub(
+        json!({"clusters": ["spoke1"], "manifestWorkTemplates": ["a"],
+               "remediationStrategy": {"maxConcurrency": 1}}),
+        &["spoke1"],
+        &[],
+    );
+    hub.templates = vec![mw_template("a", Some("[{broken"))];
+    hub.run(t(0));
+    hub.complete_work("spoke1", "a");
+    let d = reconcile(
+        &hub.cgu,
+        &hub.snapshot(),
+        &Context {
+            now: t(30),
+            graph: &NoUpdateGraph,
+        },
+    );
+    assert!(
+        d.notes
+            .pending_actions
+            .iter()
+            .any(|n| n.contains("fix template a")
+                && n.contains("openshift-cluster-group-upgrades/expectedValues")),
+        "{:?}",
+        d.notes.pending_actions
+    );
+    assert_eq!(
+        serde_json::to_value(&d.status).unwrap()["status"]["currentBatchRemediationProgress"],
+        json!({"spoke1": {"state": "InProgress", "manifestWorkIndex": 0}})
+    );
+}
+
+#[test]
+fn a_manifest_work_rollout_waits_for_blocking_cgus_like_a_policy_rollout() {
+    let mut hub = mw_hub(
+        json!({"clusters": ["spoke1"], "manifestWorkTemplates": ["a"],
+               "remediationStrategy": {"maxConcurrency": 1},
+               "blockingCRs": [{"name": "first", "namespace": "default"}]}),
+        &["spoke1"],
+        &["a"],
+    );
+    hub.run(t(0));
+    assert!(hub.works.is_empty(), "blocked: nothing is created");
+    assert_eq!(
+        hub.last_condition().1,
+        "MissingBlockingCR",
+        "{:?}",
+        hub.last_condition()
+    );
 }

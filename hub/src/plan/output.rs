@@ -111,7 +111,11 @@ fn cgu_block(s: &mut String, cgu: &ClusterGroupUpgrade, report: &CguReport) {
             skipped.join(", ")
         );
     }
-    batches_block(s, status, &policies);
+    let templates: &[String] = cgu.spec.manifest_work_templates.as_deref().unwrap_or(&[]);
+    if !templates.is_empty() {
+        let _ = writeln!(s, "  manifestworks: {}", templates.join(", "));
+    }
+    batches_block(s, status, &policies, templates);
     if !report.notes.excluded_clusters.is_empty() {
         s.push_str("  excluded clusters:\n");
         let width = report
@@ -140,7 +144,12 @@ fn cgu_block(s: &mut String, cgu: &ClusterGroupUpgrade, report: &CguReport) {
 }
 
 /// The batches with one line per cluster: its state and its pre-cache and backup states.
-fn batches_block(s: &mut String, status: &ClusterGroupUpgradeStatus, policies: &[&str]) {
+fn batches_block(
+    s: &mut String,
+    status: &ClusterGroupUpgradeStatus,
+    policies: &[&str],
+    templates: &[String],
+) {
     let Some(plan) = status.remediation_plan.as_ref().filter(|p| !p.is_empty()) else {
         s.push_str("  batches:  none\n");
         return;
@@ -152,6 +161,10 @@ fn batches_block(s: &mut String, status: &ClusterGroupUpgradeStatus, policies: &
     let backup = status.backup.as_ref().and_then(|b| b.status.as_ref());
     let cluster_state = |cluster: &str| -> String {
         if let Some(p) = progress.and_then(|p| p.get(cluster)) {
+            if let Some(i) = p.manifest_work_index.and_then(|i| usize::try_from(i).ok()) {
+                let name = templates.get(i).map(String::as_str).unwrap_or("?");
+                return format!("{} ({name}, {} of {})", p.state, i + 1, templates.len());
+            }
             return match p.policy_index.and_then(|i| usize::try_from(i).ok()) {
                 Some(i) => {
                     let name = policies.get(i).copied().unwrap_or("?");
@@ -162,9 +175,10 @@ fn batches_block(s: &mut String, status: &ClusterGroupUpgradeStatus, policies: &
         }
         let done = status.clusters.iter().flatten().find(|c| c.name == cluster);
         match done {
-            Some(c) => match &c.current_policy {
-                Some(p) => format!("{} ({} {})", c.state, p.name, p.status),
-                None => c.state.clone(),
+            Some(c) => match (&c.current_policy, &c.current_manifest_work) {
+                (Some(p), _) => format!("{} ({} {})", c.state, p.name, p.status),
+                (None, Some(w)) => format!("{} ({})", c.state, w.name),
+                (None, None) => c.state.clone(),
             },
             None => "pending".into(),
         }

@@ -266,7 +266,8 @@ impl Run<'_> {
         }
     }
 
-    /// Deletes every Placement and binding of this CGU and cancels its agent tasks.
+    /// Deletes every Placement, binding and ManifestWork of this CGU and cancels its agent
+    /// tasks.
     pub(super) fn delete_resources(&mut self) {
         let mut targets: BTreeSet<(String, String)> = BTreeSet::new();
         for (key, name) in self.status.safe_resource_names.iter().flatten() {
@@ -311,6 +312,7 @@ impl Run<'_> {
         self.clear_agent_tasks();
         self.writes
             .extend(installplan::cleanup_all(self.cgu, self.snap));
+        self.delete_all_works();
         self.status.placements = None;
         self.status.placement_bindings = None;
         self.status.safe_resource_names = None;

@@ -11,7 +11,8 @@
 //! - [`gates`](self::gates): the pre-cache and backup gates through the agents;
 //! - [`enforcement`](self::enforcement): the Placements and PlacementBindings that enforce
 //!   policies on released clusters, and their cleanup;
-//! - [`progress`](self::progress): batches, per-cluster progression and timeouts.
+//! - [`progress`](self::progress): batches, per-cluster progression and timeouts;
+//! - [`works`](self::works): what changes for a ManifestWork rollout.
 //!
 //! Deliberate fixes to TALM's quirks: all-failed pre-cache/backup ends the CGU instead of
 //! hanging; a timed-out cluster leaves the Placements at once; partial-blocking filtering keeps
@@ -23,6 +24,7 @@ mod enforcement;
 mod gates;
 mod progress;
 mod start;
+mod works;
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -65,6 +67,8 @@ impl std::fmt::Debug for Context<'_> {
 /// Look again after a problem only an edit can fix: cluster selection, an unsupported rollout
 /// type, the platform image, the policy dependency order, an invalid pre-cache spec.
 const FIX_RETRY_SECS: u64 = 300;
+/// Look again after a validation failure that a new object can fix (missing templates).
+const VALIDATION_RETRY_SECS: u64 = 60;
 /// Look again at a CGU left with `enable: false`.
 const NOT_ENABLED_RECHECK_SECS: u64 = 300;
 /// Poll blocking CGUs that are missing or not complete yet.

@@ -34,7 +34,7 @@ use crate::timeouts::{batch_timeout, global_timed_out};
 pub const SOAK_ANNOTATION: &str = "ran.openshift.io/soak-seconds";
 
 // Per-cluster states in `currentBatchRemediationProgress`.
-const IN_PROGRESS: &str = "InProgress";
+pub(super) const IN_PROGRESS: &str = "InProgress";
 const NOT_STARTED: &str = "NotStarted";
 const COMPLETED: &str = "Completed";
 
@@ -55,12 +55,13 @@ impl Run<'_> {
         let policies = self.policies_for_upgrade();
         // The events' `total-clusters-count`: the clusters of the whole plan.
         let total: usize = plan.iter().map(Vec::len).sum();
+        let messages = self.messages();
         if plan.is_empty() {
             self.end(
                 reasons::COMPLETED,
                 true,
                 reasons::COMPLETED,
-                msg::ALL_COMPLIANT,
+                messages.completed,
             );
             return;
         }
@@ -101,6 +102,10 @@ impl Run<'_> {
             us.current_batch_started_at = Some(Time(now));
             self.events
                 .push(events::batch_started(self.cgu, current, &batch, total));
+            // A ManifestWork rollout removes the previous batch's works as a batch starts.
+            if current > 1 && self.works_mode() && self.delete_objects() {
+                self.delete_works(&plan[current - 2]);
+            }
         }
         let batch_started = self
             .status
@@ -138,7 +143,7 @@ impl Run<'_> {
                 reasons::TIMED_OUT,
                 false,
                 reasons::TIMED_OUT,
-                msg::TIMED_OUT,
+                messages.timed_out,
             );
             return;
         }
@@ -159,6 +164,40 @@ impl Run<'_> {
                 self.finish_batch(current, &batch, total);
                 return;
             }
+        } else if all_done && self.works_mode() {
+            // Last batch of a ManifestWork rollout: a cluster that timed out in an earlier
+            // batch cannot complete any more (its work is gone), so the CGU ends now rather
+            // than at the global timeout (docs/contract.md §3.13).
+            let recorded_complete: HashSet<&str> = self
+                .status
+                .clusters
+                .iter()
+                .flatten()
+                .filter(|c| c.state == "complete")
+                .map(|c| c.name.as_str())
+                .collect();
+            let all_complete = plan[..current - 1]
+                .iter()
+                .flatten()
+                .all(|c| recorded_complete.contains(c.as_str()));
+            self.events
+                .push(events::batch_completed(self.cgu, current, &batch, total));
+            if all_complete {
+                self.end(
+                    reasons::COMPLETED,
+                    true,
+                    reasons::COMPLETED,
+                    messages.completed,
+                );
+            } else {
+                self.end(
+                    reasons::TIMED_OUT,
+                    false,
+                    reasons::TIMED_OUT,
+                    messages.timed_out_some,
+                );
+            }
+            return;
         } else if all_done {
             // Last batch: every cluster of the earlier batches must be compliant too.
             let earlier: Vec<String> = plan[..current - 1].iter().flatten().cloned().collect();
@@ -196,7 +235,11 @@ impl Run<'_> {
         if soaking {
             self.requeue(Requeue::After(SOAK_POLL_SECS));
         }
-        self.remediate_batch(&batch, &policies);
+        if self.works_mode() {
+            self.release_works(&batch);
+        } else {
+            self.remediate_batch(&batch, &policies);
+        }
         let deadline = started
             .checked_add(SignedDuration::from_mins(i64::from(self.timeout_minutes())))
             .unwrap_or(Timestamp::MAX);
@@ -208,7 +251,7 @@ impl Run<'_> {
     }
 
     /// A cluster's entry in `currentBatchRemediationProgress` (`NotStarted` when absent).
-    fn progress_of(&self, c: &str) -> ClusterRemediationProgress {
+    pub(super) fn progress_of(&self, c: &str) -> ClusterRemediationProgress {
         self.status
             .status
             .as_ref()
@@ -247,13 +290,26 @@ impl Run<'_> {
         }
         if p.state == NOT_STARTED {
             p.state = IN_PROGRESS.into();
-            p.policy_index = Some(0);
+            if self.works_mode() {
+                p.manifest_work_index = Some(0);
+            } else {
+                p.policy_index = Some(0);
+            }
             if emit {
                 self.events.push(events::cluster_started(
                     self.cgu,
                     events::cluster_ref(c, self.snap.managed_cluster(c)),
                 ));
             }
+        }
+        if self.works_mode() {
+            let count = crate::manifestwork::templates(self.cgu).len();
+            if self.step_works(c, &mut p) >= count {
+                self.complete_cluster(c, p, emit);
+            } else {
+                self.set_progress(c, p);
+            }
+            return false;
         }
         let mut i = usize::try_from(p.policy_index.unwrap_or(0)).unwrap_or(0);
         let mut soaking = false;
@@ -295,37 +351,44 @@ impl Run<'_> {
             }
         }
         if i >= policies.len() {
-            p.state = COMPLETED.into();
-            p.policy_index = None;
-            p.first_compliant_at = None;
-            self.set_progress(c, p);
-            if emit {
-                self.events.push(events::cluster_completed(
-                    self.cgu,
-                    events::cluster_ref(c, self.snap.managed_cluster(c)),
-                ));
-            }
-            self.record_complete(c);
-            self.writes
-                .extend(installplan::cleanup(self.cgu, c, self.snap));
-            self.writes
-                .extend(installplan::clear_agent_task(self.cgu, c, self.snap));
-            if let Some(a) = self
-                .cgu
-                .spec
-                .actions
-                .as_ref()
-                .and_then(|a| a.after_completion.clone())
-                && self.snap.managed_cluster(c).is_some()
-                && let Some(w) = crate::actions::after_completion(c, &a)
-            {
-                self.writes.push(w);
-            }
+            self.complete_cluster(c, p, emit);
             return false;
         }
         p.policy_index = Some(i32::try_from(i).unwrap_or(i32::MAX));
         self.set_progress(c, p);
         soaking
+    }
+
+    /// A cluster past its last policy or template: `Completed`, its event, its `complete`
+    /// outcome, the cleanup of its InstallPlan approvals and its after-completion actions.
+    fn complete_cluster(&mut self, c: &str, mut p: ClusterRemediationProgress, emit: bool) {
+        p.state = COMPLETED.into();
+        p.policy_index = None;
+        p.manifest_work_index = None;
+        p.first_compliant_at = None;
+        self.set_progress(c, p);
+        if emit {
+            self.events.push(events::cluster_completed(
+                self.cgu,
+                events::cluster_ref(c, self.snap.managed_cluster(c)),
+            ));
+        }
+        self.record_complete(c);
+        self.writes
+            .extend(installplan::cleanup(self.cgu, c, self.snap));
+        self.writes
+            .extend(installplan::clear_agent_task(self.cgu, c, self.snap));
+        if let Some(a) = self
+            .cgu
+            .spec
+            .actions
+            .as_ref()
+            .and_then(|a| a.after_completion.clone())
+            && self.snap.managed_cluster(c).is_some()
+            && let Some(w) = crate::actions::after_completion(c, &a)
+        {
+            self.writes.push(w);
+        }
     }
 
     /// The policy's soak time, when its annotation holds a non-negative number of seconds.
@@ -456,6 +519,7 @@ impl Run<'_> {
     /// `Progressing=True`, with `WaitingForPlacement` when a Placement cannot select clusters
     /// for lack of a ManagedClusterSetBinding.
     fn check_placements(&mut self, policies: &[ManagedPolicyForUpgrade]) {
+        let rolling_out = self.messages().rolling_out;
         for p in policies {
             let name = self.object_name(p);
             let Some(pl) = self.snap.placement(&p.namespace, &name) else {
@@ -477,12 +541,7 @@ impl Run<'_> {
                 return;
             }
         }
-        self.set_cond(
-            types::PROGRESSING,
-            true,
-            reasons::IN_PROGRESS,
-            msg::REMEDIATING,
-        );
+        self.set_cond(types::PROGRESSING, true, reasons::IN_PROGRESS, rolling_out);
     }
 
     /// A completed (non-last) batch: its event, empty Placements, and on to the next batch.
@@ -517,20 +576,31 @@ impl Run<'_> {
                 continue;
             }
             let p = self.progress_of(c);
-            let idx = usize::try_from(p.policy_index.unwrap_or(0)).unwrap_or(0);
-            let policy = policies
-                .get(idx)
-                .map(|p| p.name.clone())
-                .unwrap_or_default();
-            self.record_outcome(ClusterState {
-                name: c.clone(),
-                state: "timedout".into(),
-                current_policy: Some(PolicyStatus {
-                    name: policy,
-                    status: "NonCompliant".into(),
-                }),
-                current_manifest_work: None,
-            });
+            let entry = if self.works_mode() {
+                let idx = usize::try_from(p.manifest_work_index.unwrap_or(0)).unwrap_or(0);
+                ClusterState {
+                    name: c.clone(),
+                    state: "timedout".into(),
+                    current_policy: None,
+                    current_manifest_work: Some(self.timed_out_work(c, idx)),
+                }
+            } else {
+                let idx = usize::try_from(p.policy_index.unwrap_or(0)).unwrap_or(0);
+                let policy = policies
+                    .get(idx)
+                    .map(|p| p.name.clone())
+                    .unwrap_or_default();
+                ClusterState {
+                    name: c.clone(),
+                    state: "timedout".into(),
+                    current_policy: Some(PolicyStatus {
+                        name: policy,
+                        status: "NonCompliant".into(),
+                    }),
+                    current_manifest_work: None,
+                }
+            };
+            self.record_outcome(entry);
             out.push(c.clone());
         }
         let set: HashSet<String> = out.iter().cloned().collect();
@@ -585,12 +655,8 @@ impl Run<'_> {
             return;
         }
         if current <= self.canary_batches(plan) {
-            self.end(
-                reasons::TIMED_OUT,
-                false,
-                reasons::TIMED_OUT,
-                msg::TIMED_OUT_CANARY,
-            );
+            let m = self.messages().timed_out_canary;
+            self.end(reasons::TIMED_OUT, false, reasons::TIMED_OUT, m);
             let unfinished: HashSet<String> = batch
                 .iter()
                 .filter(|c| self.progress_of(c).state != COMPLETED)
@@ -603,12 +669,8 @@ impl Run<'_> {
         self.events
             .push(events::batch_timed_out(self.cgu, current, &timed_out));
         if self.cgu.spec.batch_timeout_action.as_deref() == Some("Abort") {
-            self.end(
-                reasons::TIMED_OUT,
-                false,
-                reasons::TIMED_OUT,
-                msg::TIMED_OUT_SOME,
-            );
+            let m = self.messages().timed_out_some;
+            self.end(reasons::TIMED_OUT, false, reasons::TIMED_OUT, m);
         } else {
             let us = self.upgrade_status();
             us.current_batch = Some(i32::try_from(current + 1).unwrap_or(i32::MAX));

@@ -60,11 +60,21 @@ impl Run<'_> {
         let Some((clusters, max_concurrency)) = self.select() else {
             return;
         };
-        if self.unsupported_rollout_type() {
-            return;
-        }
-        let Some(policies) = self.validate(&clusters) else {
-            return;
+        let policies = if self.works_mode() {
+            // A ManifestWork rollout ignores `managedPolicies` (docs/contract.md §3.13).
+            if !self.validate_templates() {
+                return;
+            }
+            Policies {
+                present: Vec::new(),
+                compliant: Vec::new(),
+                platform_image: None,
+            }
+        } else {
+            let Some(p) = self.validate(&clusters) else {
+                return;
+            };
+            p
         };
         let draft = self.draft_plan(clusters, max_concurrency, &policies.present);
         self.ensure_enforcement_objects(&policies.present);
@@ -144,26 +154,6 @@ impl Run<'_> {
             msg::CLUSTERS_VALID,
         );
         Some((clusters, cmc))
-    }
-
-    /// Step 2, first check: ManifestWork rollouts are not supported (`Validated=False`).
-    fn unsupported_rollout_type(&mut self) -> bool {
-        let manifest_works = self
-            .cgu
-            .spec
-            .manifest_work_templates
-            .as_ref()
-            .is_some_and(|t| !t.is_empty());
-        if manifest_works {
-            self.set_cond(
-                types::VALIDATED,
-                false,
-                "UnsupportedRolloutType",
-                "ManifestWork rollouts (spec.manifestWorkTemplates) are not supported by talm yet",
-            );
-            self.requeue(Requeue::After(FIX_RETRY_SECS));
-        }
-        manifest_works
     }
 
     /// Steps 2–3: policy discovery and validation, the platform image and the dependency
@@ -255,10 +245,13 @@ impl Run<'_> {
         max_concurrency: i32,
         present: &[ManagedPolicyForUpgrade],
     ) -> Draft {
+        // A ManifestWork rollout counts every selected cluster as non-compliant.
+        let works = self.works_mode();
         let non_compliant = |c: &str| {
-            present
-                .iter()
-                .any(|p| self.compliance(c, p) == Compliance::NonCompliant)
+            works
+                || present
+                    .iter()
+                    .any(|p| self.compliance(c, p) == Compliance::NonCompliant)
         };
         let canaries = self
             .cgu
@@ -520,12 +513,8 @@ impl Run<'_> {
                 msg::ALREADY_COMPLIANT,
             );
         } else {
-            self.set_cond(
-                types::PROGRESSING,
-                true,
-                reasons::IN_PROGRESS,
-                msg::REMEDIATING,
-            );
+            let rolling_out = self.messages().rolling_out;
+            self.set_cond(types::PROGRESSING, true, reasons::IN_PROGRESS, rolling_out);
         }
         self.requeue(Requeue::Immediately);
     }
