@@ -981,8 +981,10 @@ struct WorkSimulator {
     live: HashMap<(usize, usize), ManifestWork>,
     /// Reports due: (when, cluster, template).
     due: BinaryHeap<Reverse<(Instant, usize, usize)>>,
-    /// (cluster, template) whose deletion or creation resolves a status write.
-    expect: HashMap<(usize, usize), usize>,
+    /// (cluster, template) whose deletion by the operator resolves a status write.
+    expect_gone: HashMap<(usize, usize), usize>,
+    /// (cluster, template) whose creation by the operator resolves a status write.
+    expect_new: HashMap<(usize, usize), usize>,
     /// Writes that completed a batch: resolved by the next ManifestWork event of any kind.
     expect_any: Vec<usize>,
     writes: Vec<WorkWrite>,
@@ -1013,7 +1015,8 @@ impl WorkSimulator {
             t,
             live: HashMap::new(),
             due: BinaryHeap::new(),
-            expect: HashMap::new(),
+            expect_gone: HashMap::new(),
+            expect_new: HashMap::new(),
             expect_any: Vec::new(),
             writes: Vec::new(),
             open: HashSet::new(),
@@ -1075,18 +1078,25 @@ impl Sim for WorkSimulator {
         self.events += 1;
         self.handling_lag
             .push(handled.saturating_duration_since(seen));
+        // The echo of this simulator's own status write is no reaction.
+        if !deleted && w.status.is_some() {
+            return;
+        }
         for x in std::mem::take(&mut self.expect_any) {
             self.resolve(x, seen, handled);
         }
         let Some((i, j)) = self.key_of(w) else { return };
-        if let Some(x) = self.expect.remove(&(i, j)) {
-            self.resolve(x, seen, handled);
-        }
         if deleted {
+            if let Some(x) = self.expect_gone.remove(&(i, j)) {
+                self.resolve(x, seen, handled);
+            }
             self.live.remove(&(i, j));
             return;
         }
-        if w.status.is_none() && !self.live.contains_key(&(i, j)) {
+        if let Some(x) = self.expect_new.remove(&(i, j)) {
+            self.resolve(x, seen, handled);
+        }
+        if !self.live.contains_key(&(i, j)) {
             if self.started.insert(i) {
                 self.open.insert(i);
             }
@@ -1135,10 +1145,11 @@ impl Sim for WorkSimulator {
                 done_before: self.done,
                 completed_batch: false,
             });
-            // Resolved by the completed work's deletion or the cluster's next work.
-            self.expect.insert((i, j), x);
+            // Resolved by the completed work's deletion or the cluster's next work (a cluster's
+            // last work stays until its batch ends).
             if j + 1 < self.t {
-                self.expect.insert((i, j + 1), x);
+                self.expect_gone.insert((i, j), x);
+                self.expect_new.insert((i, j + 1), x);
             } else {
                 self.done += 1;
                 self.open.remove(&i);
@@ -1512,7 +1523,8 @@ fn print_detail(o: &Outcome) {
         );
     }
     eprintln!(
-        "  compliance writes: {} root, {} child; {} Placement events seen",
+        "  simulator writes: {} root policies or ManifestWork statuses, {} child policies; \
+         {} Placement or ManifestWork events seen",
         o.root_writes, o.child_writes, o.placement_events
     );
     if !o.slowest.is_empty() {
@@ -1522,7 +1534,7 @@ fn print_detail(o: &Outcome) {
         }
     }
     if let Some(d) = o.final_to_succeeded {
-        eprintln!("  last compliance write → Succeeded observed (200 ms poll): {d:.1?}");
+        eprintln!("  last simulator write → Succeeded observed (200 ms poll): {d:.1?}");
     }
 }
 
@@ -1653,7 +1665,7 @@ fn print_table(all: &[Outcome]) {
             }),
         ),
         (
-            "Placement event arrival → handled by the loop, p50 / p99 / max",
+            "watch event arrival → handled by the loop, p50 / p99 / max",
             Box::new(|o: &Outcome| {
                 let (a, b, c) = (
                     ms(pct(&o.handling_lag, 0.5)),
