@@ -344,3 +344,74 @@ async fn deleting_the_cgu_deletes_its_manifest_works() {
     .await;
     op.stop(WAIT).await;
 }
+
+/// The operator watches only the ManifestWorks talm labelled (as TALM's informer does): a
+/// work someone else created in a cluster namespace never reaches its cache. Both new kinds
+/// are counted in `talm_watch_events_total{kind}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_talm_labelled_manifest_works_are_watched() {
+    let double = KubeDouble::start().await.unwrap();
+    double.put_value(managed_cluster("spoke1")).unwrap();
+    double
+        .put_value(json!({
+            "apiVersion": MW_API, "kind": "ManifestWork",
+            "metadata": {"name": "someone-elses", "namespace": "spoke1",
+                         "labels": {"app": "other"}},
+            "spec": {"workload": {"manifests": []}}
+        }))
+        .unwrap();
+    double
+        .put_value(mw_template(NS, "t1", 1, Value::Null))
+        .unwrap();
+    double.put_value(mw_cgu(&["t1"], &["spoke1"], 1)).unwrap();
+    let op = start(&double);
+    wait_work_listed(&double, "spoke1", &["someone-elses", "default.t1"]).await;
+    // The operator's own work is in its cache (it recorded the create); the other is not.
+    let shared = op.shared.clone();
+    wait_for("talm's work in the cache", || {
+        shared
+            .cache_read()
+            .snapshot()
+            .manifest_work("spoke1", "default.t1")
+            .map(|_| ())
+    })
+    .await;
+    // A status change of talm's work comes through the watch.
+    report_applied(&double, "spoke1", "t1", &[]).await;
+    wait_for("the status in the cache", || {
+        shared
+            .cache_read()
+            .snapshot()
+            .manifest_work("spoke1", "default.t1")
+            .and_then(|w| w.status.as_ref().map(|_| ()))
+    })
+    .await;
+    assert!(
+        shared
+            .cache_read()
+            .snapshot()
+            .manifest_work("spoke1", "someone-elses")
+            .is_none(),
+        "a work without talm's label is not watched"
+    );
+    for kind in ["manifestwork", "manifestworkreplicaset"] {
+        let labels = talm_hub::metrics::KindLabels { kind: kind.into() };
+        assert!(
+            shared.metrics.watch_events.get_or_create(&labels).get() > 0,
+            "talm_watch_events_total{{kind={kind:?}}}"
+        );
+    }
+    op.stop(WAIT).await;
+}
+
+/// Waits until `cluster`'s namespace holds exactly these works (in name order).
+async fn wait_work_listed(double: &KubeDouble, cluster: &str, names: &[&str]) {
+    let mut want: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    want.sort();
+    wait_for(&format!("{cluster}: works {want:?}"), || {
+        let mut have = works_in(double, cluster);
+        have.sort();
+        (have == want).then_some(())
+    })
+    .await;
+}
