@@ -415,3 +415,31 @@ async fn wait_work_listed(double: &KubeDouble, cluster: &str, names: &[&str]) {
     })
     .await;
 }
+
+/// On a hub whose API server does not serve ManifestWorkReplicaSets (no CRD), the operator
+/// still becomes ready and runs CGUs; a ManifestWork rollout then finds no template.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_without_the_template_crd_still_runs() {
+    let kinds = talm_kube_double::default_kinds()
+        .into_iter()
+        .filter(|k| k.plural != "manifestworkreplicasets");
+    let double = KubeDouble::builder()
+        .no_default_kinds()
+        .kinds(kinds)
+        .start()
+        .await
+        .unwrap();
+    double.put_value(managed_cluster("spoke1")).unwrap();
+    double.put_value(mw_cgu(&["t1"], &["spoke1"], 1)).unwrap();
+    let op = start(&double);
+    let c = wait_for("Validated=False", || {
+        cgu(&double).filter(|c| condition(c, "Validated").is_some_and(|(s, _, _)| s == "False"))
+    })
+    .await;
+    assert_eq!(
+        condition(&c, "Validated").unwrap().1,
+        "NotAllManifestTemplatesExist"
+    );
+    assert!(op.shared.cache_read().synced());
+    op.stop(WAIT).await;
+}

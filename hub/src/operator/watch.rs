@@ -8,6 +8,10 @@
 //! exists, as TALM's ManifestWork informer filters); everything else, ManifestWorkReplicaSets
 //! included, in all namespaces. After each event the ZTP controller
 //! is woken when the event queued clusters for it.
+//!
+//! A kind the API server does not serve (404: its CRD is not installed, e.g. an OCM without
+//! ManifestWorkReplicaSets) counts as listed and empty, so the caches still become synced and
+//! the other CGUs run; its watch keeps retrying and lists it once it is served.
 
 use std::cell::RefCell;
 use std::pin::Pin;
@@ -335,6 +339,17 @@ fn config_map(cm: ConfigMap) -> Object {
     })
 }
 
+/// Whether a watch failed because the API server does not serve the kind at all (404 on the
+/// list or the watch, which is what a missing CRD gives).
+fn served_nowhere(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => super::error::is_not_found(e),
+        _ => false,
+    }
+}
+
 fn spawn<K, S>(
     shared: Arc<Shared>,
     kind: Kind,
@@ -366,6 +381,20 @@ where
             Ok(Event::Apply(o)) => WatchEvent::Apply(convert(o)),
             Ok(Event::Delete(o)) => WatchEvent::Delete(convert(o)),
             Err(e) => {
+                if served_nowhere(&e) && !shared.cache_read().kind_synced(kind) {
+                    // The kind's CRD is not installed (a hub whose OCM has no
+                    // ManifestWorkReplicaSets, say): count it as listed and empty, so the
+                    // other kinds' CGUs are not held back; the watch keeps retrying and lists
+                    // it once it is served.
+                    tracing::warn!(error = %e, "the API server does not serve this kind; taken as empty until it does");
+                    let synced = {
+                        let mut cache = shared.cache_write();
+                        cache.apply(WatchEvent::Init(kind));
+                        cache.apply(WatchEvent::InitDone(kind));
+                        cache.synced()
+                    };
+                    shared.note_synced(synced);
+                }
                 tracing::warn!(error = %e, "watch failed; retrying with back-off");
                 continue;
             }
