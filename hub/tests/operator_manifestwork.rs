@@ -376,8 +376,18 @@ async fn only_talm_labelled_manifest_works_are_watched() {
             .map(|_| ())
     })
     .await;
-    // A status change of talm's work comes through the watch.
-    report_applied(&double, "spoke1", "t1", &[]).await;
+    // A status change of talm's work comes through the watch (applied, not yet available:
+    // the work stays, so the cache keeps it).
+    mw_api(&double, "spoke1")
+        .patch_status(
+            "default.t1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"conditions": [{"type": "Applied",
+                "status": "True", "reason": "AppliedManifestWorkComplete", "message": "ok",
+                "lastTransitionTime": operator_support::T0}]}})),
+        )
+        .await
+        .unwrap();
     wait_for("the status in the cache", || {
         shared
             .cache_read()
