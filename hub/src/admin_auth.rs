@@ -12,7 +12,7 @@
 //! |---|---|
 //! | no or malformed `Authorization` header, token not authenticated | 401, `WWW-Authenticate: Bearer realm="talm-hub"` |
 //! | authenticated, not allowed | 403, naming the user, verb and path |
-//! | a review failed (API unreachable, error status) | 503; never allowed on error |
+//! | a review failed (API unreachable, error status) or took over [`REVIEW_TIMEOUT`] | 503; never allowed on error |
 //! | allowed | the endpoint's answer |
 //!
 //! Both answers are cached, positive and negative alike, for [`CACHE_TTL`] (10 s) in caches
@@ -53,6 +53,10 @@ pub enum AdminAuthMode {
 pub const CACHE_TTL: Duration = Duration::from_secs(10);
 /// The most entries each answer cache holds.
 pub const CACHE_CAPACITY: usize = 1024;
+/// How long one review may take before the request is answered 503 (kube's client retries
+/// an API server's 503 with backoff for minutes; a scrape should fail well within its own
+/// timeout instead).
+pub const REVIEW_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The user a token authenticates as (from the TokenReview's `status.user`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -88,6 +92,14 @@ pub enum ReviewError {
     /// The SubjectAccessReview failed.
     #[error("SubjectAccessReview failed: {0}")]
     AccessReview(String),
+    /// A review took longer than the guard waits.
+    #[error("{what} took longer than {after:?}")]
+    Timeout {
+        /// `TokenReview` or `SubjectAccessReview`.
+        what: &'static str,
+        /// The limit.
+        after: Duration,
+    },
 }
 
 /// Who a token is and what that user may do: the seam between the HTTP guard and the API.
@@ -190,6 +202,7 @@ pub struct AdminAuth {
     clock: Arc<dyn Clock>,
     users: Mutex<TtlCache<String, Option<UserInfo>>>,
     decisions: Mutex<TtlCache<DecisionKey, Access>>,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for AdminAuth {
@@ -219,7 +232,28 @@ impl AdminAuth {
             clock,
             users: Mutex::new(TtlCache::new(ttl, capacity)),
             decisions: Mutex::new(TtlCache::new(ttl, capacity)),
+            timeout: REVIEW_TIMEOUT,
         }
+    }
+
+    /// Waits at most `timeout` for each review (default [`REVIEW_TIMEOUT`]).
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    async fn bounded<T>(
+        &self,
+        what: &'static str,
+        review: BoxFuture<'_, Result<T, ReviewError>>,
+    ) -> Result<T, ReviewError> {
+        tokio::time::timeout(self.timeout, review)
+            .await
+            .unwrap_or(Err(ReviewError::Timeout {
+                what,
+                after: self.timeout,
+            }))
     }
 
     /// Whether the bearer `token` (if any) may `verb` `path`.
@@ -231,7 +265,10 @@ impl AdminAuth {
         let cached = lock(&self.users).get(&key, self.clock.now());
         let user = match cached {
             Some(u) => u,
-            None => match self.authorizer.authenticate(token).await {
+            None => match self
+                .bounded("TokenReview", self.authorizer.authenticate(token))
+                .await
+            {
                 Ok(u) => {
                     lock(&self.users).insert(key, u.clone(), self.clock.now());
                     u
@@ -246,7 +283,13 @@ impl AdminAuth {
         let cached = lock(&self.decisions).get(&key, self.clock.now());
         let access = match cached {
             Some(a) => a,
-            None => match self.authorizer.authorize(&user, verb, path).await {
+            None => match self
+                .bounded(
+                    "SubjectAccessReview",
+                    self.authorizer.authorize(&user, verb, path),
+                )
+                .await
+            {
                 Ok(a) => {
                     lock(&self.decisions).insert(key, a.clone(), self.clock.now());
                     a
@@ -341,6 +384,7 @@ mod tests {
     #[derive(Default)]
     struct Script {
         fail: std::sync::atomic::AtomicBool,
+        hang: std::sync::atomic::AtomicBool,
         authn: AtomicUsize,
         authz: AtomicUsize,
     }
@@ -370,7 +414,11 @@ mod tests {
             path: &'a str,
         ) -> BoxFuture<'a, Result<Access, ReviewError>> {
             self.authz.fetch_add(1, Ordering::SeqCst);
+            let hang = self.hang.load(Ordering::SeqCst);
             Box::pin(async move {
+                if hang {
+                    futures::future::pending::<()>().await;
+                }
                 Ok(if user.username == "reader" && path == "/metrics" {
                     Access::Allowed
                 } else {
@@ -390,7 +438,10 @@ mod tests {
     }
 
     fn counts(s: &Script) -> (usize, usize) {
-        (s.authn.load(Ordering::SeqCst), s.authz.load(Ordering::SeqCst))
+        (
+            s.authn.load(Ordering::SeqCst),
+            s.authz.load(Ordering::SeqCst),
+        )
     }
 
     #[tokio::test]
@@ -460,12 +511,35 @@ mod tests {
         assert_eq!(counts(&script).0, 2);
     }
 
+    #[tokio::test]
+    async fn a_review_that_hangs_is_unavailable_after_the_timeout() {
+        let (script, _, a) = auth(CACHE_TTL, 16);
+        let a = a.with_timeout(Duration::from_millis(20));
+        script.hang.store(true, Ordering::SeqCst);
+        assert!(matches!(
+            a.check(Some("tok-reader"), "get", "/metrics").await,
+            Outcome::Unavailable(ReviewError::Timeout {
+                what: "SubjectAccessReview",
+                ..
+            })
+        ));
+        script.hang.store(false, Ordering::SeqCst);
+        assert!(matches!(
+            a.check(Some("tok-reader"), "get", "/metrics").await,
+            Outcome::Allowed(_)
+        ));
+    }
+
     #[test]
     fn the_cache_stays_within_its_capacity() {
         let now = Timestamp::from_second(1_000_000).unwrap();
         let mut c = TtlCache::new(Duration::from_secs(10), 3);
         for i in 0..10i64 {
-            c.insert(i, i, now.saturating_add(SignedDuration::from_millis(i)).unwrap());
+            c.insert(
+                i,
+                i,
+                now.saturating_add(SignedDuration::from_millis(i)).unwrap(),
+            );
             assert!(c.len() <= 3);
         }
         // The newest stay; the ones closest to expiry went first.

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use talm_hub_core::UpdateGraph;
 
-use super::graph::HttpUpdateGraph;
 use super::admin_auth::KubeAuthorizer;
+use super::graph::HttpUpdateGraph;
 use super::{Config, LeaderElection, LeaseTiming, Operator, OperatorError, Shared, SystemClock};
 use crate::admin;
 use crate::admin_auth::{self, AdminAuth, AdminAuthMode};
