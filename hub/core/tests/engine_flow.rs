@@ -244,6 +244,14 @@ impl Hub {
             .compliant = Some(state.into());
     }
 
+    fn has_label(&self, cluster: &str, key: &str) -> bool {
+        self.clusters[cluster]
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(key))
+    }
+
     fn status(&self) -> Value {
         serde_json::to_value(self.cgu.status.as_ref().unwrap()).unwrap()
     }
@@ -339,22 +347,8 @@ fn happy_path_two_batches() {
         st["status"]["currentBatchRemediationProgress"],
         json!({"spoke1": {"state": "InProgress", "policyIndex": 0}})
     );
-    assert!(
-        hub.clusters["spoke1"]
-            .metadata
-            .labels
-            .as_ref()
-            .unwrap()
-            .contains_key("ztp-running")
-    );
-    assert!(
-        hub.clusters["spoke6"]
-            .metadata
-            .labels
-            .as_ref()
-            .unwrap()
-            .contains_key("ztp-done")
-    );
+    assert!(hub.has_label("spoke1", "ztp-running"));
+    assert!(hub.has_label("spoke6", "ztp-done"));
     assert_eq!(hub.placement_values("p1"), ["spoke1"]);
     assert!(hub.placement_values("p2").is_empty());
 
@@ -873,12 +867,7 @@ fn manifest_work_rollout_deletes_the_previous_work_before_creating_the_next() {
         ]
     );
     assert!(
-        !hub.clusters["spoke1"]
-            .metadata
-            .labels
-            .as_ref()
-            .unwrap()
-            .contains_key("done"),
+        !hub.has_label("spoke1", "done"),
         "afterCompletion waits for the last template"
     );
     hub.complete_work("spoke1", "b");
@@ -889,12 +878,7 @@ fn manifest_work_rollout_deletes_the_previous_work_before_creating_the_next() {
         json!([{"name": "spoke1", "state": "complete"}])
     );
     assert!(
-        hub.clusters["spoke1"]
-            .metadata
-            .labels
-            .as_ref()
-            .unwrap()
-            .contains_key("done"),
+        hub.has_label("spoke1", "done"),
         "afterCompletion runs as for policies"
     );
     assert_eq!(
