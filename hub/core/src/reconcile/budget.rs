@@ -1,0 +1,124 @@
+//! The failure budget (talm extension, `spec.remediationStrategy.maxFailures`; docs/contract.md
+//! §6.2).
+//!
+//! A cluster has failed when it timed out in its batch (`status.clusters[].state: timedout`) or
+//! its pre-cache or backup ended in anything but `Succeeded`. Once more clusters have failed than
+//! the budget allows (a count, or a percentage of the CGU's clusters rounded down), the rollout
+//! ends as `batchTimeoutAction: Abort` ends it: `Progressing=False` and `Succeeded=False`, both
+//! with reason `FailureBudgetExceeded` and a message naming the failed clusters; the completion
+//! path then withdraws enforcement. Without the field nothing here applies.
+
+use std::collections::HashSet;
+
+use talm_shared::task_state::TaskState;
+
+use super::Run;
+use crate::conditions::reasons;
+use crate::events;
+use crate::tasks::recorded_state;
+use crate::validate::failure_budget;
+
+impl Run<'_> {
+    /// The failed clusters, in the order the status records them: timed out, then pre-cache
+    /// failures, then backup failures.
+    pub(super) fn failed_clusters(&self) -> Vec<String> {
+        let failed_task = |s: &String| {
+            let st = recorded_state(s);
+            st.is_final() && st != TaskState::Succeeded
+        };
+        let timed_out = self
+            .status
+            .clusters
+            .iter()
+            .flatten()
+            .filter(|c| c.state == "timedout")
+            .map(|c| c.name.clone());
+        let precache = self
+            .status
+            .precaching
+            .as_ref()
+            .and_then(|p| p.status.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|(_, s)| failed_task(s))
+            .map(|(c, _)| c.clone());
+        let backup = self
+            .status
+            .backup
+            .as_ref()
+            .and_then(|b| b.status.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|(_, s)| failed_task(s))
+            .map(|(c, _)| c.clone());
+        let mut seen = HashSet::new();
+        timed_out
+            .chain(precache)
+            .chain(backup)
+            .filter(|c| seen.insert(c.clone()))
+            .collect()
+    }
+
+    /// The CGU's clusters as its status knows them once started: the `plan` (lent out of the
+    /// status during the in-progress path), the recorded outcomes, and the clusters
+    /// pre-caching or backup dropped.
+    pub(super) fn status_cluster_count(&self, plan: &[Vec<String>]) -> usize {
+        let mut all: HashSet<&str> = HashSet::new();
+        all.extend(plan.iter().flatten().map(String::as_str));
+        all.extend(
+            self.status
+                .clusters
+                .iter()
+                .flatten()
+                .map(|c| c.name.as_str()),
+        );
+        for states in [
+            self.status
+                .precaching
+                .as_ref()
+                .and_then(|p| p.status.as_ref()),
+            self.status.backup.as_ref().and_then(|b| b.status.as_ref()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            all.extend(states.keys().map(String::as_str));
+        }
+        all.len()
+    }
+
+    /// Ends the rollout when more clusters failed than the budget allows for a CGU of
+    /// `clusters` clusters; true when it did.
+    pub(super) fn budget_exceeded(&mut self, clusters: usize) -> bool {
+        let Some(v) = self.cgu.spec.remediation_strategy.max_failures.clone() else {
+            return false;
+        };
+        // An invalid value never gets this far (Validated=False stops the start); an edit
+        // after the start is read as no budget rather than guessed at.
+        let Ok(budget) = failure_budget(&v, clusters) else {
+            return false;
+        };
+        let failed = self.failed_clusters();
+        if failed.len() <= budget {
+            return false;
+        }
+        let raw = match &v {
+            talm_shared::api::IntOrString::Int(n) => n.to_string(),
+            talm_shared::api::IntOrString::String(s) => format!("{s:?}"),
+        };
+        let message = format!(
+            "Failure budget exceeded: {} clusters failed, more than the {budget} allowed by remediationStrategy.maxFailures {raw}: {}",
+            failed.len(),
+            failed.join(", ")
+        );
+        self.events
+            .push(events::failure_budget_exceeded(self.cgu, &message, &failed));
+        self.end(
+            reasons::FAILURE_BUDGET_EXCEEDED,
+            false,
+            reasons::FAILURE_BUDGET_EXCEEDED,
+            &message,
+        );
+        true
+    }
+}
