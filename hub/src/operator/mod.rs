@@ -19,6 +19,7 @@
 //! shutdown future, so tests run the operator in-process against an API double.
 
 pub mod agents;
+pub mod alerts;
 pub mod cache;
 pub mod cli;
 pub mod error;
