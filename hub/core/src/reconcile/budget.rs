@@ -10,6 +10,7 @@
 
 use std::collections::HashSet;
 
+use talm_shared::api::cgu::ClusterGroupUpgradeStatus;
 use talm_shared::task_state::TaskState;
 
 use super::Run;
@@ -18,75 +19,62 @@ use crate::events;
 use crate::tasks::recorded_state;
 use crate::validate::failure_budget;
 
-impl Run<'_> {
-    /// The failed clusters, in the order the status records them: timed out, then pre-cache
-    /// failures, then backup failures.
-    pub(super) fn failed_clusters(&self) -> Vec<String> {
-        let failed_task = |s: &String| {
-            let st = recorded_state(s);
-            st.is_final() && st != TaskState::Succeeded
-        };
-        let timed_out = self
-            .status
-            .clusters
-            .iter()
-            .flatten()
-            .filter(|c| c.state == "timedout")
-            .map(|c| c.name.clone());
-        let precache = self
-            .status
-            .precaching
-            .as_ref()
-            .and_then(|p| p.status.as_ref())
-            .into_iter()
-            .flatten()
-            .filter(|(_, s)| failed_task(s))
-            .map(|(c, _)| c.clone());
-        let backup = self
-            .status
-            .backup
-            .as_ref()
-            .and_then(|b| b.status.as_ref())
-            .into_iter()
-            .flatten()
-            .filter(|(_, s)| failed_task(s))
-            .map(|(c, _)| c.clone());
-        let mut seen = HashSet::new();
-        timed_out
-            .chain(precache)
-            .chain(backup)
-            .filter(|c| seen.insert(c.clone()))
-            .collect()
-    }
-
-    /// The CGU's clusters as its status knows them once started: the `plan` (lent out of the
-    /// status during the in-progress path), the recorded outcomes, and the clusters
-    /// pre-caching or backup dropped.
-    pub(super) fn status_cluster_count(&self, plan: &[Vec<String>]) -> usize {
-        let mut all: HashSet<&str> = HashSet::new();
-        all.extend(plan.iter().flatten().map(String::as_str));
-        all.extend(
-            self.status
-                .clusters
-                .iter()
-                .flatten()
-                .map(|c| c.name.as_str()),
-        );
-        for states in [
-            self.status
-                .precaching
-                .as_ref()
-                .and_then(|p| p.status.as_ref()),
-            self.status.backup.as_ref().and_then(|b| b.status.as_ref()),
-        ]
+/// The failed clusters of a CGU status, in the order it records them: timed out, then
+/// pre-cache failures, then backup failures.
+pub fn failed_clusters(status: &ClusterGroupUpgradeStatus) -> Vec<String> {
+    let failed_task = |s: &String| {
+        let st = recorded_state(s);
+        st.is_final() && st != TaskState::Succeeded
+    };
+    let timed_out = status
+        .clusters
+        .iter()
+        .flatten()
+        .filter(|c| c.state == "timedout")
+        .map(|c| c.name.clone());
+    let precache = status
+        .precaching
+        .as_ref()
+        .and_then(|p| p.status.as_ref())
         .into_iter()
         .flatten()
-        {
-            all.extend(states.keys().map(String::as_str));
-        }
-        all.len()
-    }
+        .filter(|(_, s)| failed_task(s))
+        .map(|(c, _)| c.clone());
+    let backup = status
+        .backup
+        .as_ref()
+        .and_then(|b| b.status.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|(_, s)| failed_task(s))
+        .map(|(c, _)| c.clone());
+    let mut seen = HashSet::new();
+    timed_out
+        .chain(precache)
+        .chain(backup)
+        .filter(|c| seen.insert(c.clone()))
+        .collect()
+}
 
+/// The CGU's clusters as a started CGU's status knows them: the `plan`, the recorded outcomes,
+/// and the clusters pre-caching or backup dropped.
+pub fn status_cluster_count(status: &ClusterGroupUpgradeStatus, plan: &[Vec<String>]) -> usize {
+    let mut all: HashSet<&str> = HashSet::new();
+    all.extend(plan.iter().flatten().map(String::as_str));
+    all.extend(status.clusters.iter().flatten().map(|c| c.name.as_str()));
+    for states in [
+        status.precaching.as_ref().and_then(|p| p.status.as_ref()),
+        status.backup.as_ref().and_then(|b| b.status.as_ref()),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        all.extend(states.keys().map(String::as_str));
+    }
+    all.len()
+}
+
+impl Run<'_> {
     /// Ends the rollout when more clusters failed than the budget allows for a CGU of
     /// `clusters` clusters; true when it did.
     pub(super) fn budget_exceeded(&mut self, clusters: usize) -> bool {
@@ -98,7 +86,7 @@ impl Run<'_> {
         let Ok(budget) = failure_budget(&v, clusters) else {
             return false;
         };
-        let failed = self.failed_clusters();
+        let failed = failed_clusters(&self.status);
         if failed.len() <= budget {
             return false;
         }

@@ -45,6 +45,7 @@ use crate::installplan;
 use crate::snapshot::{Compliance, Snapshot};
 
 pub use blocking::{BLOCKING_FILTER_ANNOTATION, BLOCKING_MODE_ANNOTATION};
+pub use budget::{failed_clusters, status_cluster_count};
 pub use pause::{HELD_BY_ANNOTATION, held_by};
 pub use progress::SOAK_ANNOTATION;
 

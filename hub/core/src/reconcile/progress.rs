@@ -646,7 +646,7 @@ impl Run<'_> {
         let timed_out = self.time_out_batch(batch, policies);
         self.events
             .push(events::batch_timed_out(self.cgu, current, &timed_out));
-        if self.budget_exceeded(self.status_cluster_count(plan)) {
+        if self.budget_exceeded(super::budget::status_cluster_count(&self.status, plan)) {
             return;
         }
         if self.cgu.spec.batch_timeout_action.as_deref() == Some("Abort") {
