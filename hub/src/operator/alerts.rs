@@ -1,5 +1,6 @@
-//! The alert receiver (talm extension, issue 16 §5; docs/operations.md, "Alert-driven holds"):
-//! an HTTP endpoint for Alertmanager's webhook (payload version `4`) that records holds on CGUs.
+//! The alert receiver (talm extension; docs/contract.md §11.3, docs/operations.md §4
+//! "Alert-driven holds"): an HTTP endpoint for Alertmanager's webhook (payload version `4`) that
+//! records holds on CGUs.
 //!
 //! Every replica may run it, leader or not: it reads the CGUs from the replica's cache and only
 //! patches the annotation [`HELD_BY_ANNOTATION`] (`talm.dev/held-by: <alertname>,...`). The

@@ -1,5 +1,5 @@
 //! The failure budget (talm extension, `spec.remediationStrategy.maxFailures`; docs/contract.md
-//! §6.2).
+//! §11.2).
 //!
 //! A cluster has failed when it timed out in its batch (`status.clusters[].state: timedout`) or
 //! its pre-cache or backup ended in anything but `Succeeded`. Once more clusters have failed than

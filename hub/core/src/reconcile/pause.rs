@@ -1,4 +1,4 @@
-//! Pause and alert holds (talm extension; docs/contract.md §6.1).
+//! Pause and alert holds (talm extension; docs/contract.md §11.1).
 //!
 //! A CGU is held when `spec.paused` is true (reason `Paused`) or when its annotation
 //! `talm.dev/held-by` names firing alerts (reason `HeldByAlert`, written by the alert
