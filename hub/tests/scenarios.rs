@@ -2929,6 +2929,25 @@ fn pause_freezes_releases_and_timers_and_resume_continues_the_same_batch() {
         &format!("Paused since {paused_at}: spec.paused is true"),
     );
 
+    // `plan -o table` says so.
+    let input = w.write_input();
+    let out = talm_hub(&[
+        "plan",
+        "-f",
+        &input.to_string_lossy(),
+        "--now",
+        &w.now_str(),
+        "-o",
+        "table",
+    ]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains(&format!(
+            "  paused:   Paused since {paused_at}: spec.paused is true\n"
+        )) && table.contains("; set spec.paused to false to resume"),
+        "{table}"
+    );
+
     // spoke1 fixes policy0 while paused: recorded, but not released into policy2.
     w.set_compliance(P0, "spoke1", Compliant);
     w.run_after(10);
