@@ -3082,3 +3082,32 @@ fn an_invalid_failure_budget_is_refused_by_plan() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_failed_backup_counts_against_the_failure_budget_before_the_start() {
+    for (budget, ends) in [(json!(0), true), (json!("25%"), false)] {
+        let n = "cgu-backup-budget";
+        let mut w = backup_world(n);
+        w.patch_cgu_spec(n, json!({"remediationStrategy": {"maxFailures": budget}}));
+        w.run();
+        for cl in BACKUP_CLUSTERS {
+            w.report_backup(cl, "Active");
+        }
+        w.run_after(30);
+        for cl in ["spoke6", "spoke1", "spoke5"] {
+            w.report_backup(cl, "Succeeded");
+        }
+        w.report_backup("spoke2", "BackupTimeout");
+        w.run_after(30);
+        let c = w.cgu(n);
+        if ends {
+            let message = "Failure budget exceeded: 1 clusters failed, more than the 0 allowed by remediationStrategy.maxFailures 0: spoke2";
+            assert_condition(c, "Succeeded", "False", "FailureBudgetExceeded", message);
+            assert_no_enforcement_left(&w, n);
+        } else {
+            // 25% of 4 clusters is 1: one failure is within the budget.
+            assert_condition(c, "Progressing", "True", "InProgress", STARTED);
+            assert_eq!(plan(c), batches(&[&["spoke6", "spoke1", "spoke5"]]));
+        }
+    }
+}

@@ -1072,3 +1072,21 @@ fn an_invalid_budget_is_refused_before_the_start() {
     );
     assert!(hub.status()["status"].get("startedAt").is_none());
 }
+
+#[test]
+fn a_pause_while_waiting_for_a_blocking_cgu_is_excluded_time() {
+    let mut hub =
+        three_cluster_hub(json!({"blockingCRs": [{"name": "other", "namespace": "default"}]}));
+    hub.run(t(0));
+    assert_eq!(hub.status()["status"]["startedAt"], json!(t(0).to_string()));
+    assert!(!cond_true(&hub, "Progressing"));
+    hub.cgu.spec.paused = Some(true);
+    hub.run(t(10));
+    assert_eq!(hub.status()["status"]["pausedAt"], json!(t(10).to_string()));
+    hub.cgu.spec.paused = None;
+    hub.run(t(100));
+    let st = hub.status();
+    assert_eq!(st["status"]["excludedSeconds"], json!(90));
+    assert_eq!(st["status"].get("pausedAt"), None);
+    assert_eq!(condition(&hub, "Paused").unwrap().1, "Resumed");
+}
