@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashSet};
 use jiff::{SignedDuration, Timestamp};
 use talm_shared::api::Time;
 use talm_shared::api::cgu::{
-    ClusterRemediationProgress, ClusterState, ManagedPolicyForUpgrade, PolicyStatus,
+    ClusterRemediationProgress, ClusterState, ManagedPolicyForUpgrade, PolicyStatus, UpgradeStatus,
 };
 
 use super::{BATCH_POLL, BATCH_POLL_SECS, PAUSED_RECHECK_SECS, Run, SOAK_POLL_SECS};
@@ -606,14 +606,14 @@ impl Run<'_> {
         started: Timestamp,
         batch_started: Timestamp,
     ) {
-        let us = self.status.status.clone().unwrap_or_default();
+        let none = UpgradeStatus::default();
         let deadline = batch_deadline(
             self.timeout_minutes(),
             started,
             batch_started,
             plan.len(),
             current,
-            &us,
+            self.status.status.as_ref().unwrap_or(&none),
             self.now,
         );
         if self.now <= deadline {
