@@ -110,3 +110,30 @@ impl Run<'_> {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn failures_are_timeouts_then_failed_pre_caches_then_failed_backups_once_each() {
+        let status: ClusterGroupUpgradeStatus = serde_json::from_value(json!({
+            "remediationPlan": [["a", "b"], ["c"]],
+            "clusters": [{"name": "z", "state": "complete"}, {"name": "b", "state": "timedout"}],
+            "precaching": {"status": {"d": "PrecacheTimeout", "e": "Succeeded", "f": "Active",
+                                      "b": "UnrecoverableError"}},
+            "backup": {"status": {"g": "BackupTimeout", "h": "Succeeded", "i": "Bogus"}}
+        }))
+        .unwrap();
+        // Not final (Active, an unknown name) and Succeeded are not failures; b counts once.
+        assert_eq!(failed_clusters(&status), ["b", "d", "g"]);
+        let plan = status.remediation_plan.clone().unwrap();
+        // a, b, c, z, d, e, f, g, h, i.
+        assert_eq!(status_cluster_count(&status, &plan), 10);
+        assert!(failed_clusters(&ClusterGroupUpgradeStatus::default()).is_empty());
+    }
+}

@@ -136,3 +136,15 @@ impl Run<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::held_by;
+
+    #[test]
+    fn held_by_lists_the_non_empty_trimmed_names() {
+        assert_eq!(held_by("A, B,,  ,C "), ["A", "B", "C"]);
+        assert!(held_by("").is_empty());
+        assert!(held_by(" , ").is_empty());
+    }
+}
