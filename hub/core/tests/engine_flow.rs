@@ -1089,4 +1089,19 @@ fn a_pause_while_waiting_for_a_blocking_cgu_is_excluded_time() {
     assert_eq!(st["status"]["excludedSeconds"], json!(90));
     assert_eq!(st["status"].get("pausedAt"), None);
     assert_eq!(condition(&hub, "Paused").unwrap().1, "Resumed");
+    // Paused again, then disabled: time with enable false counts (as in TALM), so the interval
+    // closes at the disable and reopens on enable.
+    hub.cgu.spec.paused = Some(true);
+    hub.run(t(200));
+    hub.cgu.spec.enable = Some(false);
+    hub.run(t(250));
+    let st = hub.status();
+    assert_eq!(st["status"]["excludedSeconds"], json!(140));
+    assert_eq!(st["status"].get("pausedAt"), None);
+    hub.cgu.spec.enable = Some(true);
+    hub.run(t(400));
+    assert_eq!(
+        hub.status()["status"]["pausedAt"],
+        json!(t(400).to_string())
+    );
 }

@@ -317,6 +317,9 @@ impl Run<'_> {
         if self.enabled() {
             return true;
         }
+        // Time with `enable: false` counts against the timeout, as in TALM, even when the CGU
+        // is also paused: close an open pause interval (the hold gate reopens it on enable).
+        self.close_pause();
         self.set_cond(
             types::PROGRESSING,
             false,
