@@ -138,6 +138,9 @@ pub struct RunArgs {
     /// The agent gateway every replica serves.
     #[command(flatten)]
     pub gateway: crate::operator::agents::GatewayArgs,
+    /// The Alertmanager webhook receiver (talm extension; off unless --alert-receiver-addr).
+    #[command(flatten)]
+    pub alerts: crate::operator::alerts::AlertReceiverArgs,
 }
 
 /// TALM's rule for `TALM_CGU_CTRL_WORKER_COUNT`: anything but an integer >= 1 means 5.

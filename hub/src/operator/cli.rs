@@ -190,6 +190,20 @@ async fn run_async(args: &RunArgs) -> Result<(), OperatorError> {
             }
         }));
     }
+    // The alert receiver: every replica that has an address, leader or not.
+    if let Some(addr) = args.alerts.alert_receiver_addr {
+        let listener = admin::bind(addr)
+            .await
+            .map_err(|source| OperatorError::Admin { addr, source })?;
+        let config = args.alerts.config();
+        tracing::info!(%addr, matchers = ?config.matchers, cluster_label = %config.cluster_label, "alert receiver listening");
+        let (shared, stop) = (shared.clone(), stopped());
+        servers.push(tokio::spawn(async move {
+            if let Err(e) = super::alerts::serve(shared, config, listener, stop).await {
+                tracing::error!(%addr, error = %e, "alert receiver failed");
+            }
+        }));
+    }
     let signal_tx = stop_tx.clone();
     tokio::spawn(async move {
         wait_for_signal().await;

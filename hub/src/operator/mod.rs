@@ -22,6 +22,7 @@
 
 pub mod admin_auth;
 pub mod agents;
+pub mod alerts;
 pub mod cache;
 pub mod cli;
 pub mod error;
