@@ -61,6 +61,8 @@ pub enum TaskState {
     Cancelled,
     /// Cannot be run by this agent.
     Rejected,
+    /// The rollback watchdog recovered the node (TASK_OUTCOME_ROLLED_BACK).
+    RolledBack,
 }
 
 impl TaskState {
@@ -76,6 +78,7 @@ impl TaskState {
             TaskState::Failed => TaskOutcome::Failed,
             TaskState::TimedOut => TaskOutcome::TimedOut,
             TaskState::Cancelled => TaskOutcome::Cancelled,
+            TaskState::RolledBack => TaskOutcome::RolledBack,
             TaskState::Rejected | TaskState::Accepted | TaskState::Running => TaskOutcome::Rejected,
         }
     }
@@ -88,6 +91,7 @@ impl TaskState {
             TaskOutcome::TimedOut => TaskState::TimedOut,
             TaskOutcome::Cancelled => TaskState::Cancelled,
             TaskOutcome::Rejected => TaskState::Rejected,
+            TaskOutcome::RolledBack => TaskState::RolledBack,
         }
     }
 }

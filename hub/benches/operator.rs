@@ -426,6 +426,9 @@ fn spawn_hub(
             &admin.to_string(),
             "--metrics-addr",
             &admin.to_string(),
+            // The bench reads /metrics without a token; the guard is not what it measures.
+            "--admin-auth",
+            "none",
             "--lease-namespace",
             "default",
             "--identity",

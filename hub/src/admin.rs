@@ -1,7 +1,9 @@
 //! The admin HTTP server every replica runs: `/healthz` (the process serves), `/readyz` (every
 //! watch has finished its first list) and `/metrics` (Prometheus text format). `talm-hub run`
 //! adds the agent gateway's `/agents` routes ([`serve_router`]) and its metrics
-//! ([`AdminState::extra_metrics`]).
+//! ([`AdminState::extra_metrics`]), and puts `/metrics` and `/agents` behind
+//! [`crate::admin_auth`] ([`crate::operator::cli::admin_router`]). [`router`] and [`serve`]
+//! serve everything open.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,11 +51,22 @@ pub fn merge_metrics(main: &str, extra: &str) -> String {
     out
 }
 
-/// The admin routes over `state`.
+/// The admin routes over `state`, all open: [`probes_router`] and [`metrics_router`].
 pub fn router<S: AdminState>(state: Arc<S>) -> Router {
+    probes_router(state.clone()).merge(metrics_router(state))
+}
+
+/// `/healthz` and `/readyz`: what the kubelet's probes read, never behind authentication.
+pub fn probes_router<S: AdminState>(state: Arc<S>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz::<S>))
+        .with_state(state)
+}
+
+/// `/metrics` alone.
+pub fn metrics_router<S: AdminState>(state: Arc<S>) -> Router {
+    Router::new()
         .route("/metrics", get(metrics::<S>))
         .with_state(state)
 }

@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 use talm_shared::telemetry::LogArgs;
 
+use crate::admin_auth::AdminAuthMode;
+
 /// talm hub: rolls RHACM policies out to fleets of clusters in batches.
 #[derive(Clone, Debug, Parser)]
 #[command(name = "talm-hub", version, about, propagate_version = true)]
@@ -96,6 +98,11 @@ pub struct RunArgs {
     /// Address of the `/healthz` and `/readyz` endpoints (may equal --metrics-addr).
     #[arg(long, env = "TALM_HEALTH_ADDR", default_value = "0.0.0.0:8081")]
     pub health_addr: SocketAddr,
+    /// How `/metrics` and `/agents` are guarded on both admin ports: `kube` (a bearer token,
+    /// checked with a TokenReview and a SubjectAccessReview of the path, as kube-rbac-proxy
+    /// does) or `none` (open, for local runs). `/healthz` and `/readyz` are always open.
+    #[arg(long, env = "TALM_ADMIN_AUTH", value_enum, default_value_t = AdminAuthMode::Kube)]
+    pub admin_auth: AdminAuthMode,
     /// Elect a leader with a Lease; only the leader reconciles (`--leader-elect false` for a
     /// single replica without a Lease).
     #[arg(long, env = "TALM_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
@@ -131,6 +138,9 @@ pub struct RunArgs {
     /// The agent gateway every replica serves.
     #[command(flatten)]
     pub gateway: crate::operator::agents::GatewayArgs,
+    /// The Alertmanager webhook receiver (talm extension; off unless --alert-receiver-addr).
+    #[command(flatten)]
+    pub alerts: crate::operator::alerts::AlertReceiverArgs,
 }
 
 /// TALM's rule for `TALM_CGU_CTRL_WORKER_COUNT`: anything but an integer >= 1 means 5.
@@ -208,6 +218,7 @@ mod tests {
             panic!("expected run");
         };
         assert!(run.leader_elect);
+        assert_eq!(run.admin_auth, AdminAuthMode::Kube, "guarded unless asked");
         assert_eq!(run.worker_count, 5);
         assert_eq!(run.metrics_addr, "0.0.0.0:8080".parse().unwrap());
         let args = Args::try_parse_from([
@@ -218,6 +229,8 @@ mod tests {
             "--leader-elect",
             "false",
             "--update-graph-insecure",
+            "--admin-auth",
+            "none",
         ])
         .unwrap();
         let Command::Run(run) = args.command else {
@@ -226,6 +239,11 @@ mod tests {
         assert_eq!(run.worker_count, 5);
         assert!(!run.leader_elect);
         assert!(run.update_graph_insecure);
+        assert_eq!(run.admin_auth, AdminAuthMode::None);
+        assert!(
+            Args::try_parse_from(["talm-hub", "run", "--admin-auth", "off"]).is_err(),
+            "only kube or none"
+        );
         for (v, want) in [("12", 12), ("x", 5), ("-3", 5)] {
             assert_eq!(parse_worker_count(v).unwrap(), want);
         }

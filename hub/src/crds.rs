@@ -339,6 +339,8 @@ mod tests {
                 ("Age", ".metadata.creationTimestamp"),
                 ("State", ".status.conditions[-1:].reason"),
                 ("Details", ".status.conditions[-1:].message"),
+                // talm extension (issue 16 §6): paused, held or resumed at a glance.
+                ("Paused", ".status.conditions[?(@.type==\"Paused\")].reason"),
             ]
         );
         let spec = schema(&crd).pointer("/properties/spec/properties").unwrap();

@@ -8,12 +8,15 @@
 //!   fixed point at a given time, print the resulting objects or a table.
 //! - [`operator`]: `talm-hub run`, the CGU operator (watchers, controller, leader election).
 //! - [`admin`] and [`metrics`]: the operator's `/healthz`, `/readyz` and `/metrics`.
+//! - [`admin_auth`]: bearer-token authentication and authorization of the admin endpoints
+//!   that expose fleet data (kube-rbac-proxy style, `talm-hub run --admin-auth`).
 //! - [`error`]: the library's error type and its exit codes.
 //!
 //! The binary (`main.rs`) only parses arguments and reads the clock; [`main`] does the rest.
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod admin_auth;
 pub mod args;
 pub mod crds;
 pub mod error;

@@ -7,7 +7,10 @@
 //!   binding, label and agent writes; `status`: the finalizer and status writes; `events`);
 //! - per CGU (`cgu="<ns>/<name>"`): `talm_cgu_clusters{state}` (clusters by rollout state),
 //!   `talm_cgu_current_batch`, `talm_cgu_batch_started_timestamp_seconds` and
-//!   `talm_cgu_time_in_batch_seconds` (as of the last reconcile);
+//!   `talm_cgu_time_in_batch_seconds` (as of the last reconcile); talm extensions:
+//!   `talm_cgu_paused` and `talm_cgu_held` (1 while paused by `spec.paused` or held by an
+//!   alert), `talm_cgu_excluded_seconds` (time not counted against the timeouts),
+//!   `talm_cgu_failed_clusters` and `talm_cgu_failure_budget` (-1 without a budget);
 //! - `talm_watch_events_total{kind}`, `talm_watch_bodies_skipped_total` (CGU watch events
 //!   read for their metadata only, as echoes of the operator's own writes),
 //!   `talm_events_published_total`,
@@ -23,6 +26,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use talm_hub_core::conditions::{self as cond, reasons, types};
+use talm_hub_core::validate::failure_budget;
+use talm_hub_core::{reconcile, timeouts};
 use talm_shared::api::cgu::ClusterGroupUpgrade;
 
 /// Labels of the failure counter.
@@ -90,6 +96,16 @@ pub struct Metrics {
     pub cgu_batch_started: Family<CguLabels, Gauge<f64, AtomicU64>>,
     /// Seconds in the current batch as of the last reconcile, per CGU.
     pub cgu_time_in_batch: Family<CguLabels, Gauge<f64, AtomicU64>>,
+    /// 1 while the CGU is paused by `spec.paused` (talm extension).
+    pub cgu_paused: Family<CguLabels, Gauge>,
+    /// 1 while the CGU is held by alerts (talm extension).
+    pub cgu_held: Family<CguLabels, Gauge>,
+    /// Seconds not counted against the timeouts (pauses and holds), per CGU.
+    pub cgu_excluded: Family<CguLabels, Gauge>,
+    /// Clusters counted against the failure budget, per CGU.
+    pub cgu_failed: Family<CguLabels, Gauge>,
+    /// The failure budget in clusters (-1 without `maxFailures`), per CGU.
+    pub cgu_failure_budget: Family<CguLabels, Gauge>,
     /// Watch events received, by kind.
     pub watch_events: Family<KindLabels, Counter>,
     /// CGU watch events whose spec and status were skipped: echoes of the operator's own
@@ -122,6 +138,11 @@ impl Metrics {
             cgu_current_batch: Family::default(),
             cgu_batch_started: Family::default(),
             cgu_time_in_batch: Family::default(),
+            cgu_paused: Family::default(),
+            cgu_held: Family::default(),
+            cgu_excluded: Family::default(),
+            cgu_failed: Family::default(),
+            cgu_failure_budget: Family::default(),
             watch_events: Family::default(),
             watch_bodies_skipped: Counter::default(),
             events_published: Counter::default(),
@@ -170,6 +191,32 @@ impl Metrics {
             "cgu_time_in_batch_seconds",
             "Seconds a CGU has been in its current batch, as of its last reconcile",
             m.cgu_time_in_batch.clone(),
+        );
+        registry.register(
+            "cgu_paused",
+            "1 while a CGU is paused by spec.paused",
+            m.cgu_paused.clone(),
+        );
+        registry.register(
+            "cgu_held",
+            "1 while a CGU is held by firing alerts (annotation talm.dev/held-by)",
+            m.cgu_held.clone(),
+        );
+        registry.register_with_unit(
+            "cgu_excluded",
+            "Time of a CGU's pauses and holds, not counted against its timeouts",
+            prometheus_client::registry::Unit::Seconds,
+            m.cgu_excluded.clone(),
+        );
+        registry.register(
+            "cgu_failed_clusters",
+            "Clusters of a CGU counted against its failure budget (timed out, pre-cache or backup failed)",
+            m.cgu_failed.clone(),
+        );
+        registry.register(
+            "cgu_failure_budget",
+            "The failure budget of a CGU in clusters (-1 without remediationStrategy.maxFailures)",
+            m.cgu_failure_budget.clone(),
         );
         registry.register(
             "watch_events",
@@ -301,6 +348,33 @@ impl Metrics {
                 self.cgu_time_in_batch.get_or_create(&labels).set(0.0);
             }
         }
+        let paused = cond::find(&status.conditions, types::PAUSED)
+            .filter(|c| c.status == "True")
+            .map(|c| c.reason.as_str());
+        self.cgu_paused
+            .get_or_create(&labels)
+            .set(i64::from(paused == Some(reasons::PAUSED)));
+        self.cgu_held
+            .get_or_create(&labels)
+            .set(i64::from(paused == Some(reasons::HELD_BY_ALERT)));
+        self.cgu_excluded.get_or_create(&labels).set(
+            upgrade
+                .map(|u| timeouts::excluded(u, now).as_secs())
+                .unwrap_or(0),
+        );
+        let failed = reconcile::failed_clusters(status).len();
+        self.cgu_failed
+            .get_or_create(&labels)
+            .set(failed.try_into().unwrap_or(i64::MAX));
+        let plan = status.remediation_plan.as_deref().unwrap_or_default();
+        let budget = cgu
+            .spec
+            .remediation_strategy
+            .max_failures
+            .as_ref()
+            .and_then(|v| failure_budget(v, reconcile::status_cluster_count(status, plan)).ok())
+            .map_or(-1, |b| b.try_into().unwrap_or(i64::MAX));
+        self.cgu_failure_budget.get_or_create(&labels).set(budget);
     }
 
     /// Drops the per-CGU series of a deleted CGU.
@@ -317,6 +391,11 @@ impl Metrics {
         self.cgu_current_batch.remove(&labels);
         self.cgu_batch_started.remove(&labels);
         self.cgu_time_in_batch.remove(&labels);
+        self.cgu_paused.remove(&labels);
+        self.cgu_held.remove(&labels);
+        self.cgu_excluded.remove(&labels);
+        self.cgu_failed.remove(&labels);
+        self.cgu_failure_budget.remove(&labels);
     }
 }
 
@@ -381,7 +460,35 @@ mod tests {
         assert!(text.contains("talm_cgu_clusters{cgu=\"n/c\",state=\"in-progress\"} 1"));
         assert!(text.contains("talm_cgu_clusters{cgu=\"n/c\",state=\"pending\"} 1"));
         assert!(text.contains("talm_cgu_time_in_batch_seconds{cgu=\"n/c\"} 60"));
+        assert!(text.contains("talm_cgu_paused{cgu=\"n/c\"} 0"), "{text}");
+        assert!(text.contains("talm_cgu_failure_budget{cgu=\"n/c\"} -1"));
         m.forget_cgu("n/c");
         assert!(!m.encode().contains("cgu=\"n/c\""));
+    }
+
+    #[test]
+    fn exports_holds_excluded_time_and_failures_against_the_budget() {
+        let m = Metrics::new();
+        let cgu: ClusterGroupUpgrade = serde_json::from_value(json!({
+            "metadata": {"name": "c", "namespace": "n"},
+            "spec": {"remediationStrategy": {"maxConcurrency": 1, "maxFailures": "50%"}},
+            "status": {
+                "conditions": [{"type": "Paused", "status": "True", "reason": "HeldByAlert",
+                                "message": "m", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+                "remediationPlan": [["a"], ["b"], ["c"], ["d"]],
+                "clusters": [{"name": "a", "state": "timedout"}],
+                "precaching": {"status": {"e": "UnrecoverableError", "a": "Succeeded"}},
+                "status": {"excludedSeconds": 100, "pausedAt": "2026-01-01T00:00:00Z"}
+            }
+        }))
+        .unwrap();
+        m.observe_cgu("n/c", &cgu, "2026-01-01T00:01:00Z".parse().unwrap());
+        let text = m.encode();
+        assert!(text.contains("talm_cgu_held{cgu=\"n/c\"} 1"), "{text}");
+        assert!(text.contains("talm_cgu_paused{cgu=\"n/c\"} 0"));
+        assert!(text.contains("talm_cgu_excluded_seconds{cgu=\"n/c\"} 160"));
+        assert!(text.contains("talm_cgu_failed_clusters{cgu=\"n/c\"} 2"));
+        // 50% of the 5 clusters (a..d planned, e dropped by pre-caching), rounded down.
+        assert!(text.contains("talm_cgu_failure_budget{cgu=\"n/c\"} 2"));
     }
 }

@@ -11,9 +11,11 @@
 //!   `deploy/base/core`, its owned CRDs are the bundle's, and its descriptors name real fields;
 //! - the PrometheusRule's expressions name only metrics the hub and gateway export;
 //! - the ClusterRole and Role cover exactly the API calls the operator makes: the operator runs
-//!   a representative rollout (leader election, pre-caching, backup, actions, a 409, deletion)
-//!   and a ManifestWork rollout against the Kubernetes API double, whose request log gives the
-//!   calls.
+//!   a representative rollout (leader election, pre-caching, backup, actions, a 409, an
+//!   authorized scrape of the admin endpoints, deletion) and a ManifestWork rollout against
+//!   the Kubernetes API double, whose request log gives the calls;
+//! - the ClusterRole talm-metrics-reader (who may read /metrics and /agents) ships with the
+//!   kustomize base and the OLM bundle, and is bound to the ServiceAccount that scrapes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -30,7 +32,10 @@ use serde_json::{Value, json};
 use talm_gateway::GatewayConfig;
 use talm_gateway::enroll::secret_hash;
 use talm_gateway::store::TokenRecord;
+use talm_hub::admin_auth::AdminAuth;
+use talm_hub::operator::admin_auth::KubeAuthorizer;
 use talm_hub::operator::agents::{GatewaySettings, ServingTls, secrets};
+use talm_hub::operator::cli::admin_router;
 use talm_hub::operator::{Config, LeaderElection, LeaseTiming, Operator};
 use talm_hub::plan::graph::FileUpdateGraph;
 use talm_kube_double::{Fault, KubeDouble, Verb};
@@ -684,14 +689,59 @@ fn crds_in_the_bundle_equal_deploy_crds_equal_talm_hub_crds() {
     let mut bundle_crds: Vec<String> = std::fs::read_dir(deploy_dir().join("bundle/manifests"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|f| !f.ends_with("clusterserviceversion.yaml"))
+        .filter(|f| !f.ends_with("clusterserviceversion.yaml") && f != READER_ROLE_FILE)
         .collect();
     bundle_crds.sort();
     let mut want: Vec<String> = manifests.iter().map(|m| m.file_name.clone()).collect();
     want.sort();
     assert_eq!(
         bundle_crds, want,
-        "the bundle holds the CSV and exactly the CRDs"
+        "the bundle holds the CSV, the CRDs and the reader ClusterRole ({READER_ROLE_FILE})"
+    );
+}
+
+/// The bundle's copy of the ClusterRole talm-metrics-reader.
+const READER_ROLE_FILE: &str = "talm-metrics-reader_rbac.authorization.k8s.io_v1_clusterrole.yaml";
+
+/// Who may read the admin endpoints that expose fleet data ships with every install path: the
+/// bundle's ClusterRole equals deploy/base/core's, it grants `get` on exactly the paths
+/// talm-hub guards, and the extras bind it to the ServiceAccount the ServiceMonitor scrapes as.
+#[test]
+fn metrics_reader_role_ships_in_core_and_bundle_and_is_bound_to_prometheus() {
+    let core = docs("base/core/rbac.yaml");
+    let role = find(&core, "ClusterRole", "talm-metrics-reader");
+    let bundled = &docs(&format!("bundle/manifests/{READER_ROLE_FILE}"))[0];
+    assert_eq!(bundled, role, "bundle and deploy/base/core differ");
+    let rules = role["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 1);
+    let urls: BTreeSet<&str> = rules[0]["nonResourceURLs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap())
+        .collect();
+    assert_eq!(urls, BTreeSet::from(["/metrics", "/agents", "/agents/*"]));
+    assert_eq!(rules[0]["verbs"], json!(["get"]));
+    let objs = built("base");
+    let sm = find(&objs, "ServiceMonitor", "talm");
+    assert_eq!(
+        s(sm, "/spec/endpoints/0/bearerTokenFile"),
+        "/var/run/secrets/kubernetes.io/serviceaccount/token",
+        "the scrape must send Prometheus's token"
+    );
+    // The scraper's ServiceAccount: the one allowed to discover the endpoints.
+    let discover = find(&objs, "RoleBinding", "talm-prometheus-k8s");
+    let binding = objs
+        .iter()
+        .find(|o| kind(o) == "ClusterRoleBinding" && s(o, "/roleRef/name") == "talm-metrics-reader")
+        .expect("a ClusterRoleBinding of talm-metrics-reader in deploy/base/extras");
+    assert_eq!(binding["subjects"], discover["subjects"]);
+    let olm = built("overlays/olm-extras");
+    assert!(
+        olm.iter()
+            .any(|o| kind(o) == "ClusterRoleBinding"
+                && s(o, "/roleRef/name") == "talm-metrics-reader"),
+        "OLM installs get the binding with the extras"
     );
 }
 
@@ -762,6 +812,26 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// (group, resource) the operator uses only in its own namespace: granted by the Role.
 const HUB_NAMESPACE_ONLY: &[(&str, &str)] = &[("coordination.k8s.io", "leases"), ("", "secrets")];
+
+/// The status code of `GET path` on `addr`, with a bearer token if given.
+async fn http_get(addr: std::net::SocketAddr, path: &str, token: Option<&str>) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\n{auth}Connection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
 
 /// Waits until `f` holds, playing the agents ([`answer_agent_tasks`]) and OCM's work agent
 /// ([`operator_support::complete_manifest_works`]) before every poll.
@@ -1111,6 +1181,39 @@ async fn observed_calls() -> (Rules, Vec<String>) {
             .filter(|c| condition_reason(c, "Succeeded").is_some_and(|r| r.starts_with("True")))
     })
     .await;
+    // The admin endpoints, guarded as `talm-hub run --admin-auth kube` guards them: a scrape
+    // with Prometheus's token costs a TokenReview and a SubjectAccessReview per path.
+    let scraper = "system:serviceaccount:openshift-monitoring:prometheus-k8s";
+    d.accept_token("prometheus-token", scraper, &["system:serviceaccounts"]);
+    d.grant_non_resource(scraper, "get", "/metrics");
+    d.grant_non_resource(scraper, "get", "/agents");
+    let auth = Arc::new(AdminAuth::new(
+        Arc::new(KubeAuthorizer::new(d.client())),
+        Arc::new(SystemClock),
+    ));
+    let router = admin_router(hub.shared.clone(), Some(gateway.clone()), Some(auth));
+    let listener = talm_hub::admin::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let admin = listener.local_addr().unwrap();
+    let (stop_admin, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(talm_hub::admin::serve_router(
+        listener,
+        router,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    for path in ["/metrics", "/agents"] {
+        assert_eq!(
+            http_get(admin, path, Some("prometheus-token")).await,
+            200,
+            "{path}"
+        );
+        assert_eq!(http_get(admin, path, None).await, 401, "{path}");
+    }
+    let _ = stop_admin.send(());
+    served.await.unwrap().unwrap();
     // Deletion: the operator cleans up and removes its finalizer.
     d.delete::<ClusterGroupUpgrade>(Some("default"), "cgu-rbac")
         .unwrap();

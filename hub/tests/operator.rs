@@ -1110,3 +1110,90 @@ async fn policy_index_ignores_clusters_outside_the_cgu() {
     op.stop().await;
     double.shutdown().await;
 }
+
+/// issue 16 §1: a hub restarted while a CGU is paused keeps it paused, computes the same
+/// deadlines from the status alone (an hour later, far past the 2-minute timeout, nothing has
+/// timed out), and on resume continues the same batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_while_paused_keeps_the_pause_and_its_excluded_time() {
+    let double = fleet().await;
+    let mut obj = upgrade_complete();
+    obj["spec"]["enable"] = json!(true);
+    obj["spec"]["remediationStrategy"]["timeout"] = json!(2);
+    double.put_value(obj).unwrap();
+    let first = start(&double, config("replica-a", None));
+    wait_batch(&double, 1, "spoke1").await;
+    first.clock.advance(jiff::SignedDuration::from_secs(10));
+    let paused_at = talm_shared::clock::Clock::now(&*first.clock).to_string();
+    let api: Api<ClusterGroupUpgrade> = Api::namespaced(double.client(), NS);
+    api.patch(
+        CGU,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"paused": true}})),
+    )
+    .await
+    .unwrap();
+    wait_for("paused", || {
+        cgu(&double).filter(|c| {
+            condition(c, "Paused") == Some(("True".into(), "Paused".into()))
+                && c["status"]["status"]["pausedAt"] == json!(paused_at)
+        })
+    })
+    .await;
+    set_compliance(&double, P1, "spoke1", "Compliant").await;
+    wait_for("progress recorded while paused", || {
+        cgu(&double).filter(|c| {
+            c["status"]["status"]["currentBatchRemediationProgress"]["spoke1"]["policyIndex"]
+                == json!(1)
+        })
+    })
+    .await;
+    assert_eq!(placement_values(&double, P2).unwrap(), Vec::<String>::new());
+    first.stop().await;
+
+    // The second hub starts an hour later.
+    let clock = operator_support::manual_clock();
+    clock.advance(jiff::SignedDuration::from_secs(3600));
+    let second = Running {
+        op: RunningOperator::start(double.client(), clock.clone(), config("replica-b", None)),
+        clock,
+    };
+    wait_for("second operator synced", || {
+        second.shared.cache_read().synced().then_some(())
+    })
+    .await;
+    quiesce(&double).await;
+    let c = cgu(&double).unwrap();
+    assert_eq!(condition(&c, "Succeeded"), None, "{:#}", c["status"]);
+    assert_eq!(current_batch(&c), 1);
+    assert_eq!(c["status"]["status"]["pausedAt"], json!(paused_at));
+    assert_eq!(placement_values(&double, P1).unwrap(), ["spoke1"]);
+    assert_eq!(placement_values(&double, P2).unwrap(), Vec::<String>::new());
+    assert_eq!(events(&double, "RemediationPaused").len(), 1);
+
+    api.patch(
+        CGU,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"paused": false}})),
+    )
+    .await
+    .unwrap();
+    let c = wait_for("resumed", || {
+        cgu(&double).filter(|c| condition(c, "Paused") == Some(("False".into(), "Resumed".into())))
+    })
+    .await;
+    assert_eq!(c["status"]["status"]["excludedSeconds"], json!(3590));
+    assert_eq!(c["status"]["status"].get("pausedAt"), None);
+    wait_for("spoke1 released into policy2", || {
+        (placement_values(&double, P2)? == ["spoke1"]).then_some(())
+    })
+    .await;
+    set_compliance(&double, P2, "spoke1", "Compliant").await;
+    wait_batch(&double, 2, "spoke4").await;
+    wait_for("resume event", || {
+        (events(&double, "RemediationResumed").len() == 1).then_some(())
+    })
+    .await;
+    second.stop().await;
+    double.shutdown().await;
+}

@@ -42,6 +42,9 @@ fn spawn_hub(kubeconfig: &std::path::Path, health: SocketAddr, metrics: SocketAd
             &health.to_string(),
             "--metrics-addr",
             &metrics.to_string(),
+            // Not about authentication (operator_admin_auth.rs is): the admin ports open.
+            "--admin-auth",
+            "none",
             "--lease-namespace",
             "default",
             "--identity",

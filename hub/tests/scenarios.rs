@@ -2887,3 +2887,227 @@ fn precache_and_backup_failures_leaving_nothing_fail_the_cgu() {
     );
     w.assert_no_event("CguSuccess", "RemediationCompleted");
 }
+
+// =====================================================================================
+// talm extensions (issue 16): pause and resume, failure budget
+// =====================================================================================
+
+#[test]
+fn pause_freezes_releases_and_timers_and_resume_continues_the_same_batch() {
+    let cgu_name = "cgu-pause";
+    let mut w = World::talm();
+    w.add_cgu(
+        cgu_name,
+        json!({
+            "clusters": ["spoke1", "spoke2"],
+            "managedPolicies": [P0, P2],
+            "remediationStrategy": {"maxConcurrency": 1, "timeout": 4},
+            "actions": {"afterCompletion": {"addClusterLabels": {"ztp-done": ""}}},
+        }),
+    );
+    w.run();
+    let c = w.cgu(cgu_name);
+    assert_eq!(plan(c), batches(&[&["spoke1"], &["spoke2"]]));
+    assert_eq!(w.released(cgu_name, P0), ["spoke1"]);
+
+    // Pause during batch 1 (whose timeout is 2 of the 4 minutes).
+    w.patch_cgu_spec(cgu_name, json!({"paused": true}));
+    w.run_after(10);
+    let paused_at = w.now_str();
+    let c = w.cgu(cgu_name);
+    assert_condition(
+        c,
+        "Paused",
+        "True",
+        "Paused",
+        &format!("Paused since {paused_at}: spec.paused is true"),
+    );
+    assert_eq!(c["status"]["status"]["pausedAt"], json!(paused_at));
+    w.event(
+        "CguPaused",
+        "RemediationPaused",
+        &format!("Paused since {paused_at}: spec.paused is true"),
+    );
+
+    // `plan -o table` says so.
+    let input = w.write_input();
+    let out = talm_hub(&[
+        "plan",
+        "-f",
+        &input.to_string_lossy(),
+        "--now",
+        &w.now_str(),
+        "-o",
+        "table",
+    ]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains(&format!(
+            "  paused:   Paused since {paused_at}: spec.paused is true\n"
+        )) && table.contains("; set spec.paused to false to resume"),
+        "{table}"
+    );
+
+    // spoke1 fixes policy0 while paused: recorded, but not released into policy2.
+    w.set_compliance(P0, "spoke1", Compliant);
+    w.run_after(10);
+    let c = w.cgu(cgu_name);
+    assert_eq!(progress(c), prog(&[("spoke1", "InProgress", Some(1))]));
+    assert_eq!(w.released(cgu_name, P0), ["spoke1"], "stays enforced");
+    assert!(
+        w.released(cgu_name, P2).is_empty(),
+        "no release while paused"
+    );
+
+    // An hour later: far past the batch and global timeouts, nothing timed out.
+    w.run_after(3600);
+    let c = w.cgu(cgu_name);
+    assert_eq!(current_batch(c), 1);
+    assert!(condition(c, "Succeeded").is_none(), "{:#}", c["status"]);
+    assert!(cluster_states(c).is_empty());
+
+    // Resume: the same batch continues where it stopped.
+    w.patch_cgu_spec(cgu_name, json!({"paused": false}));
+    w.run_after(10);
+    let c = w.cgu(cgu_name);
+    assert_condition_reason(c, "Paused", "False", "Resumed");
+    assert_eq!(c["status"]["status"]["excludedSeconds"], json!(3620));
+    assert_eq!(w.released(cgu_name, P2), ["spoke1"]);
+    assert_eq!(current_batch(c), 1);
+    assert_eq!(w.events_with("CguResumed", "RemediationResumed").len(), 1);
+
+    // Batch 1's deadline moved by the 3,620 paused seconds: 120 s of active time, of which
+    // 10 s are used; 80 s more is still within it.
+    w.run_after(80);
+    assert_eq!(current_batch(w.cgu(cgu_name)), 1);
+    w.set_compliance(P2, "spoke1", Compliant);
+    w.run_after(1);
+    let c = w.cgu(cgu_name);
+    assert_eq!(current_batch(c), 2);
+    assert_eq!(cluster_states(c), states(&[("spoke1", "complete")]));
+    assert!(label_keys(&w, "spoke1").contains(&"ztp-done".to_string()));
+    assert_eq!(w.released(cgu_name, P0), ["spoke2"]);
+}
+
+#[test]
+fn a_paused_cgu_does_not_start() {
+    let cgu_name = "cgu-paused-from-the-start";
+    let mut w = World::talm();
+    w.add_cgu(
+        cgu_name,
+        json!({
+            "clusters": ["spoke1", "spoke2"],
+            "managedPolicies": [P0],
+            "remediationStrategy": {"maxConcurrency": 1},
+            "enable": true,
+            "paused": true,
+        }),
+    );
+    w.run();
+    let c = w.cgu(cgu_name);
+    assert_condition_reason(c, "Paused", "True", "Paused");
+    assert!(condition(c, "Progressing").is_none(), "{:#}", c["status"]);
+    assert_eq!(c["status"]["status"], json!({}));
+    assert!(w.released(cgu_name, P0).is_empty());
+    w.assert_no_event("CguStarted", "RemediationStarted");
+    w.patch_cgu_spec(cgu_name, json!({"paused": false}));
+    w.run_after(60);
+    let c = w.cgu(cgu_name);
+    assert_condition(c, "Progressing", "True", "InProgress", STARTED);
+    assert_eq!(w.released(cgu_name, P0), ["spoke1"]);
+}
+
+#[test]
+fn a_failure_budget_of_one_ends_the_cgu_on_the_second_failure() {
+    let cgu_name = "cgu-budget";
+    let mut w = World::talm();
+    w.add_cgu(
+        cgu_name,
+        json!({
+            "clusters": ["spoke1", "spoke2", "spoke4"],
+            "managedPolicies": [P0],
+            "remediationStrategy": {"maxConcurrency": 1, "timeout": 3, "maxFailures": 1},
+        }),
+    );
+    w.run();
+    assert_eq!(
+        plan(w.cgu(cgu_name)),
+        batches(&[&["spoke1"], &["spoke2"], &["spoke4"]])
+    );
+    // Batch 1 (60 s): spoke1 times out; one failure is within the budget.
+    w.run_after(61);
+    let c = w.cgu(cgu_name);
+    assert_eq!(current_batch(c), 2);
+    assert_timedout_entry(c, "spoke1", P0);
+    assert!(condition(c, "Succeeded").is_none());
+    assert_eq!(w.released(cgu_name, P0), ["spoke2"]);
+    // Batch 2 ((180 − 61) / 2 s): spoke2 times out; two failures exceed it.
+    w.run_after(60);
+    let c = w.cgu(cgu_name);
+    let message = "Failure budget exceeded: 2 clusters failed, more than the 1 allowed by remediationStrategy.maxFailures 1: spoke1, spoke2";
+    assert_condition(c, "Succeeded", "False", "FailureBudgetExceeded", message);
+    assert_condition(c, "Progressing", "False", "FailureBudgetExceeded", message);
+    let e = w.event("CguFailureBudgetExceeded", "RemediationStopped", message);
+    assert_eq!(e["type"], "Warning");
+    assert_no_enforcement_left(&w, cgu_name);
+    assert!(
+        !cluster_states(c).iter().any(|(n, _)| n == "spoke4"),
+        "spoke4 was never released"
+    );
+}
+
+#[test]
+fn an_invalid_failure_budget_is_refused_by_plan() {
+    let mut w = World::talm();
+    w.add_cgu(
+        "cgu-bad-budget",
+        json!({
+            "clusters": ["spoke1"],
+            "managedPolicies": [P0],
+            "remediationStrategy": {"maxConcurrency": 1, "maxFailures": "120%"},
+        }),
+    );
+    let input = w.write_input();
+    let out = talm_hub(&[
+        "plan",
+        "-f",
+        &input.to_string_lossy(),
+        "--now",
+        &w.now_str(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("spec.remediationStrategy.maxFailures") && stderr.contains("not \"120%\""),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_failed_backup_counts_against_the_failure_budget_before_the_start() {
+    for (budget, ends) in [(json!(0), true), (json!("25%"), false)] {
+        let n = "cgu-backup-budget";
+        let mut w = backup_world(n);
+        w.patch_cgu_spec(n, json!({"remediationStrategy": {"maxFailures": budget}}));
+        w.run();
+        for cl in BACKUP_CLUSTERS {
+            w.report_backup(cl, "Active");
+        }
+        w.run_after(30);
+        for cl in ["spoke6", "spoke1", "spoke5"] {
+            w.report_backup(cl, "Succeeded");
+        }
+        w.report_backup("spoke2", "BackupTimeout");
+        w.run_after(30);
+        let c = w.cgu(n);
+        if ends {
+            let message = "Failure budget exceeded: 1 clusters failed, more than the 0 allowed by remediationStrategy.maxFailures 0: spoke2";
+            assert_condition(c, "Succeeded", "False", "FailureBudgetExceeded", message);
+            assert_no_enforcement_left(&w, n);
+        } else {
+            // 25% of 4 clusters is 1: one failure is within the budget.
+            assert_condition(c, "Progressing", "True", "InProgress", STARTED);
+            assert_eq!(plan(c), batches(&[&["spoke6", "spoke1", "spoke5"]]));
+        }
+    }
+}

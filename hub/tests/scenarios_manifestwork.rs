@@ -43,6 +43,19 @@ fn template(name_: &str, feedback: &str) -> Value {
     })
 }
 
+/// Validated, and rolling out.
+#[track_caller]
+fn assert_rolling_out(c: &Value) {
+    assert_condition(
+        c,
+        "Validated",
+        "True",
+        "ValidationCompleted",
+        "Completed validation",
+    );
+    assert_condition(c, "Progressing", "True", "InProgress", ROLLING_OUT);
+}
+
 fn feedback_of(t: &str) -> String {
     format!("is-{t}-done")
 }
@@ -143,14 +156,7 @@ fn three_templates_roll_out_in_order_with_expected_values() {
         c["status"]["remediationPlan"],
         json!([["spoke1", "spoke4"], ["spoke6"]])
     );
-    assert_condition(
-        c,
-        "Validated",
-        "True",
-        "ValidationCompleted",
-        "Completed validation",
-    );
-    assert_condition(c, "Progressing", "True", "InProgress", ROLLING_OUT);
+    assert_rolling_out(c);
     assert!(
         c["status"].get("managedPoliciesForUpgrade").is_none(),
         "policies are ignored"
@@ -286,14 +292,7 @@ fn missing_templates_fail_validation_until_they_exist() {
     w.add(template("ibu-finalize", &feedback_of("ibu-finalize")));
     w.run_after(60);
     let c = w.cgu("mw");
-    assert_condition(
-        c,
-        "Validated",
-        "True",
-        "ValidationCompleted",
-        "Completed validation",
-    );
-    assert_condition(c, "Progressing", "True", "InProgress", ROLLING_OUT);
+    assert_rolling_out(c);
     assert_eq!(works_in(&w, "spoke1"), [work_name("ibu-prep")]);
 }
 

@@ -24,13 +24,14 @@ pub mod v1 {
 
 impl v1::TaskKind {
     /// The kind's name in logs, status and the agent's journal (`check-space`, `precache`,
-    /// `backup`, `approve-install-plans`; `unspecified` for the zero value).
+    /// `backup`, `approve-install-plans`, `rollback`; `unspecified` for the zero value).
     pub fn display_name(self) -> &'static str {
         match self {
             v1::TaskKind::CheckSpace => "check-space",
             v1::TaskKind::Precache => "precache",
             v1::TaskKind::Backup => "backup",
             v1::TaskKind::ApproveInstallPlans => "approve-install-plans",
+            v1::TaskKind::Rollback => "rollback",
             v1::TaskKind::Unspecified => "unspecified",
         }
     }
@@ -56,7 +57,8 @@ mod tests {
                 "check-space",
                 "precache",
                 "backup",
-                "approve-install-plans"
+                "approve-install-plans",
+                "rollback"
             ]
         );
     }

@@ -1,5 +1,6 @@
-//! The state of an agent task (pre-cache, backup, check-space, InstallPlan approval), under
-//! TALM's names (docs/contract.md §2.4, §4.2 and §5.1).
+//! The state of an agent task (pre-cache, backup, check-space, InstallPlan approval, the
+//! rollback watchdog), under TALM's names (docs/contract.md §2.4, §4.2 and §5.1) and, for the
+//! watchdog, talm's own (`Armed`, `Healthy`, `RollingBack`, `RolledBack`, `RollbackFailed`).
 //!
 //! One vocabulary for the whole system: the engine records these states per cluster in the CGU
 //! status (`status.precaching.status`, `status.backup.status`), the gateway writes them to each
@@ -35,11 +36,22 @@ pub enum TaskState {
     UnrecoverableError,
     /// Cancelled by the hub (the task left the SpokeAgent spec).
     Cancelled,
+    /// Rollback watchdog: the agent accepted it and watches the node's health.
+    Armed,
+    /// Rollback watchdog: the node became healthy before the health timeout; disarmed.
+    Healthy,
+    /// Rollback watchdog: unhealthy at the health timeout; the unattended recovery runs.
+    RollingBack,
+    /// Rollback watchdog: the unattended recovery finished; the node runs the pinned deployment.
+    RolledBack,
+    /// Rollback watchdog: the unattended recovery could not run or failed (the message names the
+    /// step and the reason).
+    RollbackFailed,
 }
 
 impl TaskState {
     /// Every state, in lifecycle order.
-    pub const ALL: [TaskState; 10] = [
+    pub const ALL: [TaskState; 15] = [
         TaskState::NotStarted,
         TaskState::PreparingToStart,
         TaskState::Starting,
@@ -50,6 +62,11 @@ impl TaskState {
         TaskState::TimedOut,
         TaskState::UnrecoverableError,
         TaskState::Cancelled,
+        TaskState::Armed,
+        TaskState::Healthy,
+        TaskState::RollingBack,
+        TaskState::RolledBack,
+        TaskState::RollbackFailed,
     ];
 
     /// TALM's name of the state.
@@ -65,6 +82,11 @@ impl TaskState {
             TaskState::TimedOut => "TimedOut",
             TaskState::UnrecoverableError => "UnrecoverableError",
             TaskState::Cancelled => "Cancelled",
+            TaskState::Armed => "Armed",
+            TaskState::Healthy => "Healthy",
+            TaskState::RollingBack => "RollingBack",
+            TaskState::RolledBack => "RolledBack",
+            TaskState::RollbackFailed => "RollbackFailed",
         }
     }
 
@@ -74,7 +96,8 @@ impl TaskState {
     }
 
     /// True for the states after which the task never changes: `Succeeded`, the timeouts,
-    /// `UnrecoverableError` and `Cancelled`.
+    /// `UnrecoverableError`, `Cancelled`, and the watchdog's `Healthy`, `RolledBack` and
+    /// `RollbackFailed`.
     pub const fn is_final(self) -> bool {
         matches!(
             self,
@@ -84,6 +107,9 @@ impl TaskState {
                 | TaskState::TimedOut
                 | TaskState::UnrecoverableError
                 | TaskState::Cancelled
+                | TaskState::Healthy
+                | TaskState::RolledBack
+                | TaskState::RollbackFailed
         )
     }
 }
@@ -145,6 +171,9 @@ mod tests {
                 TaskState::TimedOut,
                 TaskState::UnrecoverableError,
                 TaskState::Cancelled,
+                TaskState::Healthy,
+                TaskState::RolledBack,
+                TaskState::RollbackFailed,
             ]
         );
     }

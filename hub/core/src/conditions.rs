@@ -20,6 +20,8 @@ pub mod types {
     pub const PROGRESSING: &str = "Progressing";
     /// Final outcome.
     pub const SUCCEEDED: &str = "Succeeded";
+    /// talm extension: the rollout is paused (`spec.paused`) or held by an alert.
+    pub const PAUSED: &str = "Paused";
 }
 
 /// Condition reasons.
@@ -54,6 +56,16 @@ pub mod reasons {
     pub const WAITING_FOR_PLACEMENT: &str = "WaitingForPlacement";
     pub const COMPLETED: &str = "Completed";
     pub const TIMED_OUT: &str = "TimedOut";
+    /// talm extension: `Paused=True` because `spec.paused` is true.
+    pub const PAUSED: &str = "Paused";
+    /// talm extension: `Paused=True` because alerts hold the CGU (`talm.dev/held-by`).
+    pub const HELD_BY_ALERT: &str = "HeldByAlert";
+    /// talm extension: `Paused=False` after a pause or hold ended.
+    pub const RESUMED: &str = "Resumed";
+    /// talm extension: more clusters failed than `remediationStrategy.maxFailures` allows.
+    pub const FAILURE_BUDGET_EXCEEDED: &str = "FailureBudgetExceeded";
+    /// talm extension: `remediationStrategy.maxFailures` is not a count or a percentage.
+    pub const INVALID_MAX_FAILURES: &str = "InvalidMaxFailures";
 }
 
 /// Fixed condition messages.

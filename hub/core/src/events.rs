@@ -23,6 +23,8 @@ pub mod keys {
     pub const INVALID_POLICIES: &str = "cgu.openshift.io/invalid-policies";
     pub const AMBIGUOUS_POLICIES: &str = "cgu.openshift.io/ambiguous-policies";
     pub const TRUNCATED: &str = "cgu.openshift.io/truncated";
+    /// talm extension: the clusters counted against the failure budget.
+    pub const FAILED_CLUSTERS: &str = "talm.dev/failed-clusters";
 }
 
 /// apimachinery's total annotation size limit.
@@ -108,6 +110,7 @@ pub fn event(
         &[
             keys::BATCH_CLUSTERS,
             keys::TIMEDOUT_CLUSTERS,
+            keys::FAILED_CLUSTERS,
             keys::MISSING_CLUSTERS,
             keys::MISSING_POLICIES,
             keys::INVALID_POLICIES,
@@ -297,6 +300,58 @@ pub fn timed_out(cgu: &ClusterGroupUpgrade, timed_out: &[String]) -> Event {
         &[
             (keys::EVENT_TYPE, "global".into()),
             (keys::TIMEDOUT_CLUSTERS, timed_out.join(",")),
+        ],
+    )
+}
+
+/// talm extension: `CguPaused` / `RemediationPaused` (or `RemediationHeldByAlert`), with the
+/// Paused condition's message as the note.
+pub fn paused(cgu: &ClusterGroupUpgrade, held_by_alert: bool, message: &str) -> Event {
+    event(
+        EventType::Normal,
+        "CguPaused",
+        if held_by_alert {
+            "RemediationHeldByAlert"
+        } else {
+            "RemediationPaused"
+        },
+        message.to_string(),
+        cgu_ref(cgu),
+        None,
+        &[(keys::EVENT_TYPE, "global".into())],
+    )
+}
+
+/// talm extension: `CguResumed` / `RemediationResumed`.
+pub fn resumed(cgu: &ClusterGroupUpgrade, message: &str) -> Event {
+    event(
+        EventType::Normal,
+        "CguResumed",
+        "RemediationResumed",
+        message.to_string(),
+        cgu_ref(cgu),
+        None,
+        &[(keys::EVENT_TYPE, "global".into())],
+    )
+}
+
+/// talm extension: `CguFailureBudgetExceeded` / `RemediationStopped` (Warning), naming the
+/// failed clusters.
+pub fn failure_budget_exceeded(
+    cgu: &ClusterGroupUpgrade,
+    message: &str,
+    failed: &[String],
+) -> Event {
+    event(
+        EventType::Warning,
+        "CguFailureBudgetExceeded",
+        "RemediationStopped",
+        message.to_string(),
+        cgu_ref(cgu),
+        None,
+        &[
+            (keys::EVENT_TYPE, "global".into()),
+            (keys::FAILED_CLUSTERS, failed.join(",")),
         ],
     )
 }

@@ -124,6 +124,7 @@ impl Write {
             backup: assigned(backup.as_ref()),
             install_plans: assigned(install_plans.as_ref()),
             check_space: None,
+            rollback: None,
         };
         if spec.precache.is_none() && spec.backup.is_none() && spec.install_plans.is_none() {
             return None;

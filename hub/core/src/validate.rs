@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 use serde_json::Value;
+use talm_shared::api::IntOrString;
 use talm_shared::api::cgu::{ClusterGroupUpgradeSpec, ManagedPolicyForUpgrade};
 use talm_shared::api::rhacm::Policy;
 
@@ -351,6 +352,17 @@ pub fn repeated_names(names: &[String]) -> Vec<(usize, &str)> {
 /// managed policies are found by [`validate_policies`].
 pub fn spec_failure(spec: &ClusterGroupUpgradeSpec) -> Option<ValidationFailure> {
     let max = spec.remediation_strategy.max_concurrency;
+    if let Some(v) = &spec.remediation_strategy.max_failures
+        && let Err(problem) = failure_budget(v, 0)
+    {
+        return Some(ValidationFailure {
+            reason: crate::conditions::reasons::INVALID_MAX_FAILURES,
+            message: format!("spec.remediationStrategy.maxFailures {problem}"),
+            event_kind: "invalid maxFailures",
+            event_items: vec![int_or_string_text(v)],
+            requeue_secs: 300,
+        });
+    }
     (max < 0).then(|| ValidationFailure {
         reason: crate::conditions::reasons::INVALID_MAX_CONCURRENCY,
         message: format!(
@@ -361,6 +373,38 @@ pub fn spec_failure(spec: &ClusterGroupUpgradeSpec) -> Option<ValidationFailure>
         event_items: vec![max.to_string()],
         requeue_secs: 300,
     })
+}
+
+/// The failure budget (talm extension, `remediationStrategy.maxFailures`) for a CGU of
+/// `clusters` clusters: a count as is, or a percentage of `clusters` rounded down. `Err` says
+/// what is wrong with the value, after the field name.
+pub fn failure_budget(v: &IntOrString, clusters: usize) -> Result<usize, String> {
+    match v {
+        IntOrString::Int(n) => usize::try_from(*n)
+            .map_err(|_| format!("must be 0 or more, or a percentage such as \"10%\", not {n}")),
+        IntOrString::String(s) => {
+            let bad = || {
+                format!("must be a whole number or a percentage from \"0%\" to \"100%\", not {s:?}")
+            };
+            let digits = s.strip_suffix('%').ok_or_else(bad)?;
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            let pct: usize = digits.parse().map_err(|_| bad())?;
+            if pct > 100 {
+                return Err(bad());
+            }
+            Ok(clusters.saturating_mul(pct) / 100)
+        }
+    }
+}
+
+/// An int-or-string as the user wrote it.
+fn int_or_string_text(v: &IntOrString) -> String {
+    match v {
+        IntOrString::Int(n) => n.to_string(),
+        IntOrString::String(s) => s.clone(),
+    }
 }
 
 /// What is wrong with a negative `maxConcurrency`, after the field name.
@@ -682,6 +726,44 @@ mod tests {
         assert_eq!(
             f.message,
             "spec.remediationStrategy.maxConcurrency must be 0 (one batch with every cluster) or more, not -3"
+        );
+    }
+
+    #[test]
+    fn failure_budget_counts_and_percentages() {
+        let i = IntOrString::Int;
+        let s = |v: &str| IntOrString::String(v.into());
+        assert_eq!(failure_budget(&i(0), 10), Ok(0));
+        assert_eq!(failure_budget(&i(3), 10), Ok(3));
+        assert_eq!(failure_budget(&s("10%"), 25), Ok(2), "2.5 rounds down");
+        assert_eq!(failure_budget(&s("0%"), 25), Ok(0));
+        assert_eq!(failure_budget(&s("100%"), 7), Ok(7));
+        assert_eq!(failure_budget(&s("19%"), 5), Ok(0));
+        for bad in ["10", "ten%", "%", "-5%", "101%", " 5%", "5.5%"] {
+            let e = failure_budget(&s(bad), 10).unwrap_err();
+            assert!(e.contains(&format!("{bad:?}")), "{e}");
+        }
+        assert_eq!(
+            failure_budget(&i(-1), 10).unwrap_err(),
+            "must be 0 or more, or a percentage such as \"10%\", not -1"
+        );
+    }
+
+    #[test]
+    fn bad_max_failures_is_a_spec_failure() {
+        let spec = |v: Value| -> ClusterGroupUpgradeSpec {
+            serde_json::from_value(
+                json!({"remediationStrategy": {"maxConcurrency": 1, "maxFailures": v}}),
+            )
+            .unwrap()
+        };
+        assert_eq!(spec_failure(&spec(json!(2))), None);
+        assert_eq!(spec_failure(&spec(json!("25%"))), None);
+        let f = spec_failure(&spec(json!("lots"))).unwrap();
+        assert_eq!(f.reason, "InvalidMaxFailures");
+        assert_eq!(
+            f.message,
+            "spec.remediationStrategy.maxFailures must be a whole number or a percentage from \"0%\" to \"100%\", not \"lots\""
         );
     }
 

@@ -109,6 +109,7 @@ pub fn ztp_cgu(mc: &ManagedCluster, policies: Vec<String>) -> ClusterGroupUpgrad
             max_concurrency: 1,
             timeout: DEFAULT_TIMEOUT,
             canaries: None,
+            max_failures: None,
         },
         actions: Some(Actions {
             before_enable: Some(BeforeEnable {

@@ -244,6 +244,14 @@ impl Hub {
             .compliant = Some(state.into());
     }
 
+    fn has_label(&self, cluster: &str, key: &str) -> bool {
+        self.clusters[cluster]
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(key))
+    }
+
     fn status(&self) -> Value {
         serde_json::to_value(self.cgu.status.as_ref().unwrap()).unwrap()
     }
@@ -339,22 +347,8 @@ fn happy_path_two_batches() {
         st["status"]["currentBatchRemediationProgress"],
         json!({"spoke1": {"state": "InProgress", "policyIndex": 0}})
     );
-    assert!(
-        hub.clusters["spoke1"]
-            .metadata
-            .labels
-            .as_ref()
-            .unwrap()
-            .contains_key("ztp-running")
-    );
-    assert!(
-        hub.clusters["spoke6"]
-            .metadata
-            .labels
-            .as_ref()
-            .unwrap()
-            .contains_key("ztp-done")
-    );
+    assert!(hub.has_label("spoke1", "ztp-running"));
+    assert!(hub.has_label("spoke6", "ztp-done"));
     assert_eq!(hub.placement_values("p1"), ["spoke1"]);
     assert!(hub.placement_values("p2").is_empty());
 
@@ -873,12 +867,7 @@ fn manifest_work_rollout_deletes_the_previous_work_before_creating_the_next() {
         ]
     );
     assert!(
-        !hub.clusters["spoke1"]
-            .metadata
-            .labels
-            .as_ref()
-            .unwrap()
-            .contains_key("done"),
+        !hub.has_label("spoke1", "done"),
         "afterCompletion waits for the last template"
     );
     hub.complete_work("spoke1", "b");
@@ -889,12 +878,7 @@ fn manifest_work_rollout_deletes_the_previous_work_before_creating_the_next() {
         json!([{"name": "spoke1", "state": "complete"}])
     );
     assert!(
-        hub.clusters["spoke1"]
-            .metadata
-            .labels
-            .as_ref()
-            .unwrap()
-            .contains_key("done"),
+        hub.has_label("spoke1", "done"),
         "afterCompletion runs as for policies"
     );
     assert_eq!(
@@ -983,5 +967,357 @@ fn a_manifest_work_rollout_waits_for_blocking_cgus_like_a_policy_rollout() {
         "MissingBlockingCR",
         "{:?}",
         hub.last_condition()
+    );
+}
+
+/// The condition of `type_` as (status, reason, message).
+fn condition(hub: &Hub, type_: &str) -> Option<(String, String, String)> {
+    hub.cgu
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+fn actions(hub: &Hub) -> Vec<&str> {
+    hub.events.iter().map(|e| e.action.as_str()).collect()
+}
+
+fn three_cluster_hub(extra: Value) -> Hub {
+    let mut spec = json!({
+        "clusters": ["a", "b", "c"],
+        "managedPolicies": ["p1"],
+        "remediationStrategy": {"maxConcurrency": 1, "timeout": 3},
+        "actions": {"afterCompletion": {"addClusterLabels": {"done": ""}}}
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        if k == "remediationStrategy" {
+            for (k2, v2) in v.as_object().unwrap() {
+                spec["remediationStrategy"][k2] = v2.clone();
+            }
+        } else {
+            spec[k] = v.clone();
+        }
+    }
+    Hub::new(
+        cgu(spec),
+        &["a", "b", "c"],
+        vec![policy(
+            "p1",
+            &[
+                ("a", "NonCompliant"),
+                ("b", "NonCompliant"),
+                ("c", "NonCompliant"),
+            ],
+        )],
+    )
+}
+
+fn has_label(hub: &Hub, cluster: &str, label: &str) -> bool {
+    hub.clusters[cluster]
+        .metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(label))
+}
+
+#[test]
+fn pause_freezes_releases_actions_and_timers_and_resume_continues_the_same_batch() {
+    let mut hub = three_cluster_hub(json!({}));
+    hub.run(t(0));
+    assert_eq!(hub.placement_values("p1"), ["a"]);
+
+    hub.cgu.spec.paused = Some(true);
+    hub.run(t(10));
+    let (status, reason, message) = condition(&hub, "Paused").unwrap();
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "Paused"));
+    assert!(message.contains(&t(10).to_string()) && message.contains("spec.paused"));
+    assert_eq!(hub.status()["status"]["pausedAt"], json!(t(10).to_string()));
+    assert_eq!(actions(&hub).last(), Some(&"RemediationPaused"));
+    // The released cluster stays enforced.
+    assert_eq!(hub.placement_values("p1"), ["a"]);
+
+    // a becomes compliant while paused: its progress is recorded, but it does not complete (no
+    // after-completion action) and the next batch does not start.
+    hub.set_compliance("p1", "a", "Compliant");
+    hub.run(t(20));
+    let st = hub.status();
+    assert_eq!(
+        st["status"]["currentBatchRemediationProgress"]["a"],
+        json!({"state": "InProgress", "policyIndex": 1})
+    );
+    assert_eq!(st["status"]["currentBatch"], json!(1));
+    assert!(!has_label(&hub, "a", "done"));
+    assert_eq!(hub.placement_values("p1"), ["a"]);
+
+    // Far past the batch (60 s) and global (180 s) deadlines: paused time does not count.
+    hub.run(t(500));
+    assert_eq!(condition(&hub, "Succeeded"), None);
+    assert_eq!(hub.status()["status"]["currentBatch"], json!(1));
+    let paused_events = actions(&hub)
+        .iter()
+        .filter(|a| **a == "RemediationPaused")
+        .count();
+    assert_eq!(paused_events, 1, "one event per transition");
+
+    // Resume: the same batch finishes (a completes with its action), then batch 2 starts.
+    hub.cgu.spec.paused = Some(false);
+    hub.run(t(600));
+    let (status, reason, _) = condition(&hub, "Paused").unwrap();
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Resumed"));
+    assert!(actions(&hub).contains(&"RemediationResumed"));
+    let st = hub.status();
+    assert_eq!(st["status"]["excludedSeconds"], json!(590));
+    assert_eq!(st["status"].get("pausedAt"), None);
+    assert!(has_label(&hub, "a", "done"));
+    assert_eq!(st["status"]["currentBatch"], json!(2));
+    assert_eq!(st["status"]["batchStartExcludedSeconds"], json!(590));
+    assert_eq!(hub.placement_values("p1"), ["b"]);
+
+    // Batch 2 gets its share of the active time left: 180 − (600 − 590) = 170 s over 2
+    // batches = 85 s.
+    hub.run(t(685));
+    assert_eq!(hub.status()["status"]["currentBatch"], json!(2));
+    hub.run(t(686));
+    let st = hub.status();
+    assert_eq!(st["status"]["currentBatch"], json!(3));
+    assert_eq!(st["clusters"][1]["name"], json!("b"));
+    assert_eq!(st["clusters"][1]["state"], json!("timedout"));
+}
+
+#[test]
+fn a_pause_in_a_batch_extends_that_batch_and_a_restart_computes_the_same_deadline() {
+    let mut hub = three_cluster_hub(json!({}));
+    hub.run(t(0));
+    // Batch 1 deadline: 60 s. Paused from 30 to 130 (100 s) → 160 s.
+    hub.cgu.spec.paused = Some(true);
+    hub.run(t(30));
+    hub.cgu.spec.paused = None;
+    hub.run(t(130));
+    // A "restarted hub": a fresh engine run from the same status alone.
+    let restarted = hub.cgu.clone();
+    hub.run(t(160));
+    assert_eq!(hub.status()["status"]["currentBatch"], json!(1));
+    hub.run(t(161));
+    assert_eq!(hub.status()["status"]["currentBatch"], json!(2));
+    let mut again = three_cluster_hub(json!({}));
+    again.cgu = restarted;
+    again.placements = BTreeMap::new();
+    again.run(t(160));
+    assert_eq!(again.status()["status"]["currentBatch"], json!(1));
+    again.run(t(161));
+    assert_eq!(again.status()["status"]["currentBatch"], json!(2));
+}
+
+#[test]
+fn paused_before_start_does_not_start_and_starts_on_resume() {
+    let mut hub = three_cluster_hub(json!({"paused": true}));
+    hub.run(t(0));
+    let st = hub.status();
+    assert_eq!(st["status"], json!({}), "no clock, no batch: {st}");
+    assert_eq!(condition(&hub, "Paused").unwrap().1, "Paused");
+    assert!(
+        !cond_true(&hub, "Progressing"),
+        "a paused CGU does not start"
+    );
+    assert!(hub.placement_values("p1").is_empty());
+    assert!(!actions(&hub).contains(&"RemediationStarted"));
+    hub.cgu.spec.paused = Some(false);
+    hub.run(t(100));
+    assert_eq!(condition(&hub, "Paused").unwrap().1, "Resumed");
+    let st = hub.status();
+    assert_eq!(st["status"]["startedAt"], json!(t(100).to_string()));
+    assert_eq!(st["status"].get("excludedSeconds"), None);
+    assert_eq!(hub.placement_values("p1"), ["a"]);
+}
+
+fn cond_true(hub: &Hub, type_: &str) -> bool {
+    condition(hub, type_).is_some_and(|c| c.0 == "True")
+}
+
+#[test]
+fn an_alert_annotation_holds_and_a_user_pause_wins() {
+    let mut hub = three_cluster_hub(json!({}));
+    hub.run(t(0));
+    hub.cgu
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert("talm.dev/held-by".into(), "NodeDown, ,DiskFull".into());
+    hub.run(t(10));
+    let (status, reason, message) = condition(&hub, "Paused").unwrap();
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "HeldByAlert"));
+    assert!(message.contains("NodeDown,DiskFull"), "{message}");
+    assert_eq!(actions(&hub).last(), Some(&"RemediationHeldByAlert"));
+    // The user pause wins over the alert hold; the interval stays the same one.
+    hub.cgu.spec.paused = Some(true);
+    hub.run(t(20));
+    assert_eq!(condition(&hub, "Paused").unwrap().1, "Paused");
+    assert_eq!(hub.status()["status"]["pausedAt"], json!(t(10).to_string()));
+    // An empty annotation does not hold.
+    hub.cgu.spec.paused = None;
+    hub.cgu
+        .metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .insert("talm.dev/held-by".into(), " ".into());
+    hub.run(t(40));
+    assert_eq!(condition(&hub, "Paused").unwrap().1, "Resumed");
+    assert_eq!(hub.status()["status"]["excludedSeconds"], json!(30));
+}
+
+fn four_cluster_hub(max_failures: Value) -> Hub {
+    Hub::new(
+        cgu(json!({
+            "clusters": ["a", "b", "c", "d"],
+            "managedPolicies": ["p1"],
+            "remediationStrategy": {"maxConcurrency": 1, "timeout": 4, "maxFailures": max_failures}
+        })),
+        &["a", "b", "c", "d"],
+        vec![policy(
+            "p1",
+            &[
+                ("a", "NonCompliant"),
+                ("b", "NonCompliant"),
+                ("c", "NonCompliant"),
+                ("d", "NonCompliant"),
+            ],
+        )],
+    )
+}
+
+#[test]
+fn a_budget_of_one_ends_the_rollout_on_the_second_failure() {
+    for budget in [json!(1), json!("25%"), json!("49%")] {
+        let mut hub = four_cluster_hub(budget.clone());
+        hub.run(t(0));
+        // Batch 1 of 4: 60 s. a times out: one failure, within the budget.
+        hub.run(t(61));
+        assert_eq!(hub.status()["status"]["currentBatch"], json!(2), "{budget}");
+        assert_eq!(condition(&hub, "Succeeded"), None);
+        // Batch 2: (240 − 61) / 3 s. b times out: two failures, over the budget.
+        hub.run(t(61 + 60));
+        let (status, reason, message) = condition(&hub, "Succeeded").unwrap();
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", "FailureBudgetExceeded"),
+            "{budget}"
+        );
+        assert!(
+            message.contains("2 clusters failed") && message.contains("a, b"),
+            "{message}"
+        );
+        assert_eq!(
+            condition(&hub, "Progressing").unwrap().1,
+            "FailureBudgetExceeded"
+        );
+        let e = hub
+            .events
+            .iter()
+            .find(|e| e.reason == "CguFailureBudgetExceeded")
+            .unwrap();
+        assert_eq!(e.annotations["talm.dev/failed-clusters"], "a,b");
+        // Enforcement withdrawn, c never released.
+        assert!(hub.placements.is_empty(), "{budget}");
+        assert!(hub.status()["status"]["completedAt"].is_string());
+    }
+}
+
+#[test]
+fn a_budget_of_zero_ends_on_the_first_failure_and_no_budget_keeps_talms_behaviour() {
+    let mut hub = four_cluster_hub(json!(0));
+    hub.run(t(0));
+    hub.run(t(61));
+    let (_, reason, message) = condition(&hub, "Succeeded").unwrap();
+    assert_eq!(reason, "FailureBudgetExceeded");
+    assert!(message.ends_with(": a"), "{message}");
+
+    let mut hub = four_cluster_hub(json!(null));
+    hub.cgu.spec.remediation_strategy.max_failures = None;
+    hub.run(t(0));
+    hub.run(t(61));
+    hub.run(t(121));
+    assert_eq!(hub.status()["status"]["currentBatch"], json!(3));
+    assert_eq!(condition(&hub, "Succeeded"), None);
+}
+
+#[test]
+fn an_invalid_budget_is_refused_before_the_start() {
+    let mut hub = four_cluster_hub(json!("10"));
+    hub.run(t(0));
+    let (status, reason, message) = condition(&hub, "Validated").unwrap();
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "InvalidMaxFailures")
+    );
+    assert_eq!(
+        message,
+        "spec.remediationStrategy.maxFailures must be a whole number or a percentage from \"0%\" to \"100%\", not \"10\""
+    );
+    assert!(hub.status()["status"].get("startedAt").is_none());
+}
+
+#[test]
+fn a_pause_while_waiting_for_a_blocking_cgu_is_excluded_time() {
+    let mut hub =
+        three_cluster_hub(json!({"blockingCRs": [{"name": "other", "namespace": "default"}]}));
+    hub.run(t(0));
+    assert_eq!(hub.status()["status"]["startedAt"], json!(t(0).to_string()));
+    assert!(!cond_true(&hub, "Progressing"));
+    hub.cgu.spec.paused = Some(true);
+    hub.run(t(10));
+    assert_eq!(hub.status()["status"]["pausedAt"], json!(t(10).to_string()));
+    hub.cgu.spec.paused = None;
+    hub.run(t(100));
+    let st = hub.status();
+    assert_eq!(st["status"]["excludedSeconds"], json!(90));
+    assert_eq!(st["status"].get("pausedAt"), None);
+    assert_eq!(condition(&hub, "Paused").unwrap().1, "Resumed");
+    // Paused again, then disabled: time with enable false counts (as in TALM), so the interval
+    // closes at the disable and reopens on enable.
+    hub.cgu.spec.paused = Some(true);
+    hub.run(t(200));
+    hub.cgu.spec.enable = Some(false);
+    hub.run(t(250));
+    let st = hub.status();
+    assert_eq!(st["status"]["excludedSeconds"], json!(140));
+    assert_eq!(st["status"].get("pausedAt"), None);
+    hub.cgu.spec.enable = Some(true);
+    hub.run(t(400));
+    assert_eq!(
+        hub.status()["status"]["pausedAt"],
+        json!(t(400).to_string())
+    );
+}
+
+#[test]
+fn a_paused_manifest_work_rollout_keeps_each_cluster_on_its_current_work() {
+    let mut hub = mw_hub(
+        json!({"clusters": ["spoke1"], "manifestWorkTemplates": ["a", "b"],
+               "remediationStrategy": {"maxConcurrency": 1}}),
+        &["spoke1"],
+        &["a", "b"],
+    );
+    hub.run(t(0));
+    hub.cgu.spec.paused = Some(true);
+    hub.complete_work("spoke1", "a");
+    hub.run(t(30));
+    assert_eq!(
+        hub.work_log,
+        ["create spoke1/default.a"],
+        "paused: the next template waits"
+    );
+    hub.cgu.spec.paused = Some(false);
+    hub.run(t(60));
+    assert_eq!(
+        hub.work_log,
+        [
+            "create spoke1/default.a",
+            "delete spoke1/default.a",
+            "create spoke1/default.b"
+        ]
     );
 }

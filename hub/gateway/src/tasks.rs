@@ -81,9 +81,18 @@ pub fn desired(spec: &SpokeAgentSpec) -> Vec<DesiredTask> {
     out
 }
 
-/// The state of a task that ended with `outcome`: a timeout is named after the task kind.
+/// The state of a task that ended with `outcome`: a timeout is named after the task kind, and
+/// the rollback watchdog has its own names (`Healthy`, `RolledBack`, `RollbackFailed`).
 pub fn result_state(kind: TaskKind, outcome: TaskOutcome) -> TaskState {
+    let rollback = kind == TaskKind::Rollback;
     match outcome {
+        TaskOutcome::Succeeded if rollback => TaskState::Healthy,
+        TaskOutcome::RolledBack if rollback => TaskState::RolledBack,
+        TaskOutcome::Failed | TaskOutcome::Rejected | TaskOutcome::Unspecified if rollback => {
+            TaskState::RollbackFailed
+        }
+        // Only the watchdog can roll back; anything else saying so is a broken agent.
+        TaskOutcome::RolledBack => TaskState::UnrecoverableError,
         TaskOutcome::Succeeded => TaskState::Succeeded,
         TaskOutcome::TimedOut => match kind {
             TaskKind::Precache => TaskState::PrecacheTimeout,

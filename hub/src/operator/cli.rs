@@ -5,9 +5,11 @@ use std::sync::Arc;
 
 use talm_hub_core::UpdateGraph;
 
+use super::admin_auth::KubeAuthorizer;
 use super::graph::HttpUpdateGraph;
-use super::{Config, LeaderElection, LeaseTiming, Operator, OperatorError, SystemClock};
+use super::{Config, LeaderElection, LeaseTiming, Operator, OperatorError, Shared, SystemClock};
 use crate::admin;
+use crate::admin_auth::{self, AdminAuth, AdminAuthMode};
 use crate::args::RunArgs;
 use crate::error::Error;
 use crate::plan::graph::FileUpdateGraph;
@@ -27,8 +29,27 @@ pub fn run(args: &RunArgs) -> Result<(), Error> {
 
 /// What `talm-hub run`'s admin servers read: the operator's state plus the gateway's metrics.
 struct RunAdmin {
-    shared: Arc<super::Shared>,
+    shared: Arc<Shared>,
     gateway: Option<Arc<talm_gateway::Gateway>>,
+}
+
+/// The routes of each `talm-hub run` admin port: `/healthz` and `/readyz` open (the kubelet's
+/// probes), and `/metrics` with the gateway's `/agents` (when `gateway` is given) behind `auth`
+/// (open when `None`, as `--admin-auth none`).
+pub fn admin_router(
+    shared: Arc<Shared>,
+    gateway: Option<Arc<talm_gateway::Gateway>>,
+    auth: Option<Arc<AdminAuth>>,
+) -> axum::Router {
+    let state = Arc::new(RunAdmin { shared, gateway });
+    let mut fleet = admin::metrics_router(state.clone());
+    if let Some(gw) = &state.gateway {
+        fleet = fleet.merge(talm_gateway::server::agents_router(gw.clone()));
+    }
+    if let Some(auth) = auth {
+        fleet = admin_auth::protect(fleet, auth);
+    }
+    admin::probes_router(state).merge(fleet)
 }
 
 impl admin::AdminState for RunAdmin {
@@ -126,10 +147,28 @@ async fn run_async(args: &RunArgs) -> Result<(), OperatorError> {
     } else {
         None
     };
-    let admin_state = Arc::new(RunAdmin {
-        shared: shared.clone(),
-        gateway: gateway.as_ref().map(|(g, _)| g.gateway.clone()),
-    });
+    let gateway_state = gateway.as_ref().map(|(g, _)| g.gateway.clone());
+    let auth = match args.admin_auth {
+        AdminAuthMode::Kube => {
+            tracing::info!(
+                cache_ttl_secs = admin_auth::CACHE_TTL.as_secs(),
+                "admin endpoints: /metrics and /agents need a bearer token allowed to get them \
+                 (TokenReview + SubjectAccessReview); /healthz and /readyz are open"
+            );
+            Some(Arc::new(AdminAuth::new(
+                Arc::new(KubeAuthorizer::new(shared.client.clone())),
+                shared.clock.clone(),
+            )))
+        }
+        AdminAuthMode::None => {
+            tracing::warn!(
+                "admin endpoints: --admin-auth none, /metrics and /agents are open to anyone \
+                 who can reach the admin ports"
+            );
+            None
+        }
+    };
+    let router = admin_router(shared.clone(), gateway_state, auth);
     let mut gateway_task = None;
     if let Some((gw, listener)) = gateway {
         gateway_task = Some(tokio::spawn(gw.serve(listener, stopped())));
@@ -143,14 +182,25 @@ async fn run_async(args: &RunArgs) -> Result<(), OperatorError> {
             .await
             .map_err(|source| OperatorError::Admin { addr, source })?;
         tracing::info!(%addr, "admin endpoints listening");
-        let mut router = admin::router(admin_state.clone());
-        if let Some(gw) = &admin_state.gateway {
-            router = router.merge(talm_gateway::server::agents_router(gw.clone()));
-        }
+        let router = router.clone();
         let stop = stopped();
         servers.push(tokio::spawn(async move {
             if let Err(e) = admin::serve_router(listener, router, stop).await {
                 tracing::error!(%addr, error = %e, "admin server failed");
+            }
+        }));
+    }
+    // The alert receiver: every replica that has an address, leader or not.
+    if let Some(addr) = args.alerts.alert_receiver_addr {
+        let listener = admin::bind(addr)
+            .await
+            .map_err(|source| OperatorError::Admin { addr, source })?;
+        let config = args.alerts.config();
+        tracing::info!(%addr, matchers = ?config.matchers, cluster_label = %config.cluster_label, "alert receiver listening");
+        let (shared, stop) = (shared.clone(), stopped());
+        servers.push(tokio::spawn(async move {
+            if let Err(e) = super::alerts::serve(shared, config, listener, stop).await {
+                tracing::error!(%addr, error = %e, "alert receiver failed");
             }
         }));
     }

@@ -10,6 +10,8 @@
 //! - [`leader`]: Lease-based leader election; only the leader runs the controller, every
 //!   replica keeps its caches warm and serves the admin endpoints.
 //! - [`cli`]: `talm-hub run` (flags → client, admin servers, signals).
+//! - [`admin_auth`]: the TokenReview/SubjectAccessReview authorizer that guards `/metrics`
+//!   and `/agents` (the guard itself is [`crate::admin_auth`]).
 //! - [`graph`]: update-graph lookups over HTTP(S), fetched outside the engine and cached.
 //! - [`error`]: the operator error type, [`OperatorError`].
 //! - [`ztp`]: the ZTP auto-CGU controller (leader only, beside the CGU controller).
@@ -18,7 +20,9 @@
 //! The library entry point is [`Operator::run`], which takes a `kube::Client`, a clock and a
 //! shutdown future, so tests run the operator in-process against an API double.
 
+pub mod admin_auth;
 pub mod agents;
+pub mod alerts;
 pub mod cache;
 pub mod cli;
 pub mod error;

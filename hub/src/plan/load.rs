@@ -622,6 +622,10 @@ fn check_typed(
             talm_hub_core::validate::max_concurrency_problem(max),
         ));
     }
+    if let Some(v) = &spec.remediation_strategy.max_failures {
+        talm_hub_core::validate::failure_budget(v, 0)
+            .map_err(|e| ("spec.remediationStrategy.maxFailures".to_string(), e))?;
+    }
     let managed = spec.managed_policies.as_deref().unwrap_or_default();
     if let Some((i, name)) = talm_hub_core::validate::repeated_names(managed).first() {
         return Err((

@@ -91,6 +91,14 @@ fn cgu_block(s: &mut String, cgu: &ClusterGroupUpgrade, report: &CguReport) {
         None => "(no conditions yet)".into(),
     };
     let _ = writeln!(s, "  state:    {state}");
+    // talm extension: a pause or alert hold, whatever condition changed last.
+    if let Some(p) = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Paused" && c.status == "True")
+    {
+        let _ = writeln!(s, "  paused:   {}", p.message);
+    }
     let policies: Vec<&str> = status
         .managed_policies_for_upgrade
         .iter()

@@ -8,7 +8,7 @@ use kube_derive::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{Condition, LabelSelector, Time, is_none_or_empty};
+use super::{Condition, IntOrString, LabelSelector, Time, is_none_or_empty};
 
 /// The API group of the CGU and PreCachingConfig kinds.
 pub const GROUP: &str = "ran.openshift.io";
@@ -56,6 +56,12 @@ fn default_timeout() -> i32 {
             name = "Details",
             type_ = "string",
             json_path = ".status.conditions[-1:].message"
+        ),
+        printcolumn(
+            name = "Paused",
+            type_ = "string",
+            description = "talm extension: Paused (spec.paused), HeldByAlert or Resumed",
+            json_path = ".status.conditions[?(@.type==\"Paused\")].reason"
         ),
     )
 )]
@@ -105,6 +111,13 @@ pub struct ClusterGroupUpgradeSpec {
     /// `Abort` fails the CGU on a batch timeout; anything else (default `Continue`) continues.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_timeout_action: Option<String>,
+    /// talm extension: `true` pauses the rollout. A started CGU releases no more clusters,
+    /// starts no batch and runs no actions while paused; clusters already released stay
+    /// enforced and their progress is still recorded. Paused time does not count against the
+    /// global or batch timeouts. A CGU that has not started does not start while paused.
+    /// Default `false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
 }
 
 /// How clusters are split into batches.
@@ -119,6 +132,14 @@ pub struct RemediationStrategySpec {
     /// Whole-CGU timeout in minutes. Default 240.
     #[serde(default = "default_timeout")]
     pub timeout: i32,
+    /// talm extension: the failure budget. A cluster fails when it times out in its batch or
+    /// its pre-cache or backup fails; once more clusters have failed than this (a number, or a
+    /// percentage such as `"10%"` of the CGU's clusters, rounded down; `0` means the first
+    /// failure ends it), the rollout ends as with `batchTimeoutAction: Abort`, with
+    /// `Succeeded=False` and reason `FailureBudgetExceeded`. Unset: no budget (TALM's
+    /// behaviour).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failures: Option<IntOrString>,
 }
 
 /// Reference to a PreCachingConfig.
@@ -319,6 +340,18 @@ pub struct UpgradeStatus {
     /// Per-cluster progress in the current batch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_batch_remediation_progress: Option<BTreeMap<String, ClusterRemediationProgress>>,
+    /// talm extension: total seconds of closed intervals (pauses, alert holds) that do not
+    /// count against the global and batch timeouts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub excluded_seconds: Option<i64>,
+    /// talm extension: start of the current pause or alert hold, while one is open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_at: Option<Time>,
+    /// talm extension: the excluded seconds (closed and open intervals) as they stood when the
+    /// current batch started, so the batch timeout is extended only by what accrued during the
+    /// batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_start_excluded_seconds: Option<i64>,
 }
 
 /// A cluster's progress in the current batch.

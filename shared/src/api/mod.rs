@@ -16,6 +16,7 @@ pub mod work;
 pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     Condition, LabelSelector, LabelSelectorRequirement, ObjectMeta, OwnerReference, Time,
 };
+pub use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 /// Defines the root object of a talm-owned kind when the `kube` feature is off. With the feature
 /// on, kube's `CustomResource` derive generates the same struct (`metadata`, `spec`, `status`).

@@ -55,6 +55,28 @@ pub struct SpokeAgentSpec {
     /// agent through the spoke's own API server).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub install_plans: Option<InstallPlanTask>,
+    /// The rollback watchdog, if armed (talm extension, CGU `spec.recovery.automatic`): the
+    /// agent recovers the node from its backup by itself when it is not healthy in time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<RollbackTask>,
+}
+
+/// The rollback watchdog task: healthy before `armedAt + healthTimeoutSeconds` means disarm
+/// (`Healthy`); not healthy then means the unattended recovery (`RollingBack`, then
+/// `RolledBack` or `RollbackFailed`). Losing the hub is never by itself a reason to roll back.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RollbackTask {
+    /// Unique per CGU and cluster: `<cgu namespace>/<cgu name>/<cgu uid>/rollback`.
+    pub id: String,
+    /// When the cluster was released into its first policy of the CGU.
+    pub armed_at: Time,
+    /// How long the node has to become healthy, in seconds.
+    pub health_timeout_seconds: i64,
+    /// The OpenShift version the upgrade goes to (from the CGU's ClusterVersion policy), if
+    /// any: healthy then also means ClusterVersion at this version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_version: Option<String>,
 }
 
 /// An InstallPlan-approval task: while it runs, the agent approves the `Manual` InstallPlan of
@@ -139,6 +161,10 @@ pub struct SpokeAgentStatus {
     /// The InstallPlan-approval task's state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub install_plans: Option<TaskReport>,
+    /// The rollback watchdog's state (`Armed`, `Healthy`, `RollingBack`, `RolledBack`,
+    /// `RollbackFailed`, `Cancelled`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<TaskReport>,
 }
 
 /// A task's reported state.

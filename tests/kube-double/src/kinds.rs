@@ -86,6 +86,14 @@ impl ResourceKind {
         }
     }
 
+    /// Whether this is one of the create-only review resources (TokenReview,
+    /// SubjectAccessReview) whose answers the double scripts instead of storing
+    /// ([`crate::KubeDouble::accept_token`]).
+    pub fn is_review(&self) -> bool {
+        let key = (self.group.as_str(), self.plural.as_str());
+        key == crate::reviews::TOKEN_REVIEWS || key == crate::reviews::ACCESS_REVIEWS
+    }
+
     /// The singular name used in discovery (lower-cased kind).
     pub fn singular(&self) -> String {
         self.kind.to_lowercase()
@@ -172,6 +180,16 @@ pub fn default_kinds() -> Vec<ResourceKind> {
             .with_status(),
         ResourceKind::namespaced("events.k8s.io", "v1", "Event", "events").builtin(),
         ResourceKind::namespaced("coordination.k8s.io", "v1", "Lease", "leases").builtin(),
+        // Create-only, answered from the test's script (see `reviews`), never stored.
+        ResourceKind::cluster_scoped("authentication.k8s.io", "v1", "TokenReview", "tokenreviews")
+            .builtin(),
+        ResourceKind::cluster_scoped(
+            "authorization.k8s.io",
+            "v1",
+            "SubjectAccessReview",
+            "subjectaccessreviews",
+        )
+        .builtin(),
     ]
 }
 

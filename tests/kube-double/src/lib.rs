@@ -90,8 +90,15 @@
 //!   Expired, 415, 422 Invalid (names, labels, annotations, finalizers, missing resourceVersion
 //!   on PUT, failed JSON-patch operations). Malformed requests never panic the server.
 //!
+//! - **Reviews**: `authentication.k8s.io/v1` TokenReview and `authorization.k8s.io/v1`
+//!   SubjectAccessReview (cluster-scoped, create only, never stored) answer from a test's
+//!   script: [`KubeDouble::accept_token`] (token → user and groups) and
+//!   [`KubeDouble::grant_non_resource`] (user or group → verb on a non-resource URL). Unknown
+//!   tokens review as `authenticated: false`, ungranted access as `allowed: false`.
+//!
 //! ## Not implemented
-//! Authentication/authorisation (every request is allowed), admission, OpenAPI schema
+//! Authentication/authorisation of the double's own requests (every request is allowed; the
+//! review APIs above only answer from a script), admission, OpenAPI schema
 //! validation and pruning, defaulting, protobuf/CBOR/Table output, aggregated discovery,
 //! `managedFields` for non-apply operations, owner-reference garbage collection and
 //! `propagationPolicy`, namespace cascade deletion,
@@ -119,6 +126,7 @@ mod error;
 mod kinds;
 mod log;
 mod patch;
+mod reviews;
 mod selectors;
 mod server;
 mod store;
@@ -138,6 +146,7 @@ pub use error::ApiError;
 pub use kinds::{ResourceKind, default_kinds, olm_kinds};
 pub use log::{Fault, RequestRecord, Verb};
 pub use patch::PatchType;
+pub use reviews::ReviewUser;
 pub use store::{Clock, EventType};
 
 use server::{Shared, lock};
@@ -251,6 +260,7 @@ impl Builder {
             log: Mutex::new(Vec::new()),
             record_requests: AtomicBool::new(self.record_requests),
             faults: Mutex::new(Vec::new()),
+            reviews: Mutex::new(Default::default()),
             bookmark_interval: self.bookmark_interval,
             shutdown,
             close_watches,
@@ -569,6 +579,28 @@ impl KubeDouble {
     /// Removes every fault rule.
     pub fn clear_faults(&self) {
         lock(&self.shared().faults).clear();
+    }
+
+    // ------------------------------------------------------------ reviews
+
+    /// Scripts a TokenReview answer: `token` authenticates as `username` (uid
+    /// `uid-<username>`) in `groups`. Every other token reviews as `authenticated: false`.
+    pub fn accept_token(&self, token: &str, username: &str, groups: &[&str]) {
+        lock(&self.shared().reviews).accept_token(
+            token,
+            ReviewUser {
+                username: username.to_string(),
+                uid: format!("uid-{username}"),
+                groups: groups.iter().map(|g| g.to_string()).collect(),
+            },
+        );
+    }
+
+    /// Scripts SubjectAccessReview answers: `subject` (a username or a group) may `verb`
+    /// (`get`, or `*`) the non-resource URL `path` (exact, or a prefix ending in `*`, as in
+    /// RBAC's `nonResourceURLs`). Every other review is `allowed: false`.
+    pub fn grant_non_resource(&self, subject: &str, verb: &str, path: &str) {
+        lock(&self.shared().reviews).grant(subject, verb, path);
     }
 
     // ------------------------------------------------------------ lifecycle

@@ -25,6 +25,7 @@ use crate::error::{ApiError, success_status};
 use crate::kinds::ResourceKind;
 use crate::log::{Fault, RequestRecord, Verb};
 use crate::patch::{PatchBody, PatchType};
+use crate::reviews::Reviews;
 use crate::selectors::{FieldSelector, Filter, LabelSelector};
 use crate::store::{Deleted, EventType, Preconditions, Store};
 
@@ -36,6 +37,8 @@ pub(crate) struct Shared {
     pub(crate) log: Mutex<Vec<RequestRecord>>,
     pub(crate) record_requests: AtomicBool,
     pub(crate) faults: Mutex<Vec<Fault>>,
+    /// The scripted TokenReview / SubjectAccessReview answers.
+    pub(crate) reviews: Mutex<Reviews>,
     pub(crate) bookmark_interval: Duration,
     /// `true` once shut down.
     pub(crate) shutdown: watch::Sender<bool>,
@@ -532,6 +535,18 @@ fn dispatch(
     };
     let ns = ns.as_deref();
     let dry_run = q.get("dryRun").is_some_and(|v| v == "All");
+    let spec = shared.store().spec(kid).clone();
+    if spec.is_review() {
+        // Reviews are answered, not stored; the apiserver serves them for create only.
+        if record.verb != Verb::Create {
+            return Err(ApiError::method_not_allowed(method.as_str()));
+        }
+        let body = parse_body(body)?;
+        let answer = lock(&shared.reviews)
+            .answer(&spec.group, &spec.plural, body)
+            .unwrap_or_else(|| Err(ApiError::no_route()))?;
+        return Ok(object_response(201, &answer, output));
+    }
     match record.verb {
         Verb::Get => {
             let obj = shared.store().get(kid, ns, name.as_deref().unwrap_or(""))?;
@@ -931,10 +946,23 @@ fn discovery_response(store: &Store, t: Target) -> Result<Response<Body>, ApiErr
             }
             let mut resources = Vec::new();
             for k in kinds {
+                let verbs = if k.is_review() {
+                    json!(["create"])
+                } else {
+                    json!([
+                        "create",
+                        "delete",
+                        "deletecollection",
+                        "get",
+                        "list",
+                        "patch",
+                        "update",
+                        "watch"
+                    ])
+                };
                 resources.push(json!({
                     "name": k.plural, "singularName": k.singular(), "namespaced": k.namespaced,
-                    "kind": k.kind,
-                    "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+                    "kind": k.kind, "verbs": verbs,
                 }));
                 if k.status_subresource {
                     resources.push(json!({

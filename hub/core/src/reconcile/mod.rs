@@ -12,7 +12,9 @@
 //! - [`enforcement`](self::enforcement): the Placements and PlacementBindings that enforce
 //!   policies on released clusters, and their cleanup;
 //! - [`progress`](self::progress): batches, per-cluster progression and timeouts;
-//! - [`works`](self::works): what changes for a ManifestWork rollout.
+//! - [`works`](self::works): what changes for a ManifestWork rollout;
+//! - [`pause`](self::pause): pauses and alert holds (talm extension);
+//! - [`budget`](self::budget): the failure budget (talm extension).
 //!
 //! Deliberate fixes to TALM's quirks: all-failed pre-cache/backup ends the CGU instead of
 //! hanging; a timed-out cluster leaves the Placements at once; partial-blocking filtering keeps
@@ -20,8 +22,10 @@
 //! end nothing keeps enforcing, even with `deleteObjects: false` (the objects stay, emptied).
 
 mod blocking;
+mod budget;
 mod enforcement;
 mod gates;
+mod pause;
 mod progress;
 mod start;
 mod works;
@@ -43,6 +47,8 @@ use crate::installplan;
 use crate::snapshot::{Compliance, Snapshot};
 
 pub use blocking::{BLOCKING_FILTER_ANNOTATION, BLOCKING_MODE_ANNOTATION};
+pub use budget::{failed_clusters, status_cluster_count};
+pub use pause::{HELD_BY_ANNOTATION, held_by};
 pub use progress::SOAK_ANNOTATION;
 
 /// Everything a reconcile needs besides the CGU and the snapshot.
@@ -71,6 +77,8 @@ const FIX_RETRY_SECS: u64 = 300;
 const VALIDATION_RETRY_SECS: u64 = 60;
 /// Look again at a CGU left with `enable: false`.
 const NOT_ENABLED_RECHECK_SECS: u64 = 300;
+/// Look again at a paused or held CGU (a spec or annotation change also wakes it).
+const PAUSED_RECHECK_SECS: u64 = 300;
 /// Poll blocking CGUs that are missing or not complete yet.
 const BLOCKING_POLL_SECS: u64 = 60;
 /// Poll the agents while pre-caching or backup runs.
@@ -282,11 +290,14 @@ impl<'a> Run<'a> {
                 .collect();
             self.events.push(events::timed_out(self.cgu, &timed_out));
         }
+        // A pause still open when the CGU ended is closed: the total stays true.
+        self.close_pause();
         let now = self.now;
         let us = self.upgrade_status();
         us.completed_at = Some(Time(now));
         us.current_batch = None;
         us.current_batch_started_at = None;
+        us.batch_start_excluded_seconds = None;
         us.current_batch_remediation_progress = None;
     }
 

@@ -19,16 +19,16 @@ use std::collections::{BTreeMap, HashSet};
 use jiff::{SignedDuration, Timestamp};
 use talm_shared::api::Time;
 use talm_shared::api::cgu::{
-    ClusterRemediationProgress, ClusterState, ManagedPolicyForUpgrade, PolicyStatus,
+    ClusterRemediationProgress, ClusterState, ManagedPolicyForUpgrade, PolicyStatus, UpgradeStatus,
 };
 
-use super::{BATCH_POLL, BATCH_POLL_SECS, Run, SOAK_POLL_SECS};
+use super::{BATCH_POLL, BATCH_POLL_SECS, PAUSED_RECHECK_SECS, Run, SOAK_POLL_SECS};
 use crate::conditions::{messages as msg, reasons, types};
 use crate::decision::Requeue;
 use crate::events;
 use crate::installplan;
 use crate::snapshot::Compliance;
-use crate::timeouts::{batch_timeout, global_timed_out};
+use crate::timeouts::{batch_deadline, excluded, global_deadline};
 
 /// Policy annotation: seconds a policy must stay compliant before the cluster moves on.
 pub const SOAK_ANNOTATION: &str = "ran.openshift.io/soak-seconds";
@@ -66,6 +66,7 @@ impl Run<'_> {
             return;
         }
         let now = self.now;
+        let held = self.apply_hold();
         let mut current = self
             .status
             .status
@@ -78,13 +79,21 @@ impl Run<'_> {
         let current = usize::try_from(current).unwrap_or(1).min(plan.len());
         self.upgrade_status().current_batch = Some(i32::try_from(current).unwrap_or(i32::MAX));
         let batch = plan[current - 1].clone();
-        if self
+        let batch_not_started = self
             .status
             .status
             .as_ref()
             .and_then(|s| s.current_batch_started_at.as_ref())
-            .is_none()
-        {
+            .is_none();
+        if batch_not_started && held {
+            // No batch starts while paused; the same batch starts on resume.
+            self.notes
+                .pending_actions
+                .push(format!("batch {current} starts when the CGU resumes"));
+            self.requeue(Requeue::After(PAUSED_RECHECK_SECS));
+            return;
+        }
+        if batch_not_started {
             let progress: BTreeMap<String, ClusterRemediationProgress> = batch
                 .iter()
                 .map(|c| {
@@ -97,9 +106,16 @@ impl Run<'_> {
                     )
                 })
                 .collect();
+            let excluded_before = self
+                .status
+                .status
+                .as_ref()
+                .map(|s| excluded(s, now).as_secs())
+                .unwrap_or(0);
             let us = self.upgrade_status();
             us.current_batch_remediation_progress = Some(progress);
             us.current_batch_started_at = Some(Time(now));
+            us.batch_start_excluded_seconds = (excluded_before > 0).then_some(excluded_before);
             self.events
                 .push(events::batch_started(self.cgu, current, &batch, total));
             // A ManifestWork rollout removes the previous batch's works as a batch starts.
@@ -133,7 +149,8 @@ impl Run<'_> {
         }));
 
         let timeout = self.timeout_minutes();
-        if global_timed_out(timeout, started, now) {
+        let deadline = self.global_deadline(started);
+        if now > deadline {
             let timed_out = self.time_out_batch(&batch, &policies);
             if !timed_out.is_empty() {
                 self.events
@@ -147,15 +164,21 @@ impl Run<'_> {
             );
             return;
         }
-        if let Ok(at) = started.checked_add(SignedDuration::from_mins(i64::from(timeout))) {
-            self.notes
-                .pending_actions
-                .push(format!("global timeout at {at} ({timeout} min from start)"));
-        }
+        self.notes.pending_actions.push(format!(
+            "global timeout at {deadline} ({timeout} min from start, paused time excluded)"
+        ));
 
         let mut soaking = false;
         for c in &batch {
-            soaking |= self.update_cluster_progress(c, &policies, true);
+            soaking |= self.update_cluster_progress(c, &policies, true, held);
+        }
+        if held {
+            // Released clusters stay enforced (and their InstallPlans approved, so no upgrade
+            // is cut half-way); nothing else moves until the CGU resumes.
+            self.approve_installplans(&batch, &policies, deadline);
+            self.check_placements(&policies);
+            self.requeue(Requeue::After(PAUSED_RECHECK_SECS));
+            return;
         }
         let all_done = self.batch_completed(&batch);
         let last = current == plan.len();
@@ -240,14 +263,22 @@ impl Run<'_> {
         } else {
             self.remediate_batch(&batch, &policies);
         }
-        let deadline = started
-            .checked_add(SignedDuration::from_mins(i64::from(self.timeout_minutes())))
-            .unwrap_or(Timestamp::MAX);
         self.approve_installplans(&batch, &policies, deadline);
         self.check_placements(&policies);
         if !last {
             self.check_batch_timeout(current, &batch, plan, &policies, started, batch_started);
         }
+    }
+
+    /// The global deadline: `startedAt + timeout`, plus the paused time.
+    fn global_deadline(&self, started: Timestamp) -> Timestamp {
+        let ex = self
+            .status
+            .status
+            .as_ref()
+            .map(|s| excluded(s, self.now))
+            .unwrap_or(SignedDuration::ZERO);
+        global_deadline(self.timeout_minutes(), started, ex)
     }
 
     /// A cluster's entry in `currentBatchRemediationProgress` (`NotStarted` when absent).
@@ -277,12 +308,15 @@ impl Run<'_> {
         batch.iter().all(|c| self.progress_of(c).state == COMPLETED)
     }
 
-    /// Steps one cluster through the policies (§3.7). Returns true while it soaks.
+    /// Steps one cluster through the policies (§3.7). Returns true while it soaks. While
+    /// `held`, a cluster past its last policy stays `InProgress` (index past the end): it
+    /// completes, with its after-completion actions, on the first pass after resume.
     fn update_cluster_progress(
         &mut self,
         c: &str,
         policies: &[ManagedPolicyForUpgrade],
         emit: bool,
+        held: bool,
     ) -> bool {
         let mut p = self.progress_of(c);
         if p.state == COMPLETED {
@@ -303,6 +337,12 @@ impl Run<'_> {
             }
         }
         if self.works_mode() {
+            if held {
+                // Moving to the next template deletes a work and applies another: an action,
+                // so a held ManifestWork rollout keeps each cluster on its current work.
+                self.set_progress(c, p);
+                return false;
+            }
             let count = crate::manifestwork::templates(self.cgu).len();
             if self.step_works(c, &mut p) >= count {
                 self.complete_cluster(c, p, emit);
@@ -349,6 +389,12 @@ impl Run<'_> {
                     break;
                 }
             }
+        }
+        if i >= policies.len() && held {
+            p.policy_index = Some(i32::try_from(i).unwrap_or(i32::MAX));
+            p.first_compliant_at = None;
+            self.set_progress(c, p);
+            return false;
         }
         if i >= policies.len() {
             self.complete_cluster(c, p, emit);
@@ -551,6 +597,7 @@ impl Run<'_> {
         self.empty_placements();
         let us = self.upgrade_status();
         us.current_batch_started_at = None;
+        us.batch_start_excluded_seconds = None;
         us.current_batch = Some(i32::try_from(current + 1).unwrap_or(i32::MAX));
         us.current_batch_remediation_progress = None;
         self.requeue(Requeue::Immediately);
@@ -635,15 +682,18 @@ impl Run<'_> {
         started: Timestamp,
         batch_started: Timestamp,
     ) {
-        let bt = batch_timeout(
+        let none = UpgradeStatus::default();
+        let deadline = batch_deadline(
             self.timeout_minutes(),
             started,
             batch_started,
             plan.len(),
             current,
+            self.status.status.as_ref().unwrap_or(&none),
+            self.now,
         );
-        if self.now.duration_since(batch_started) <= bt {
-            if let Ok(deadline) = batch_started.checked_add(bt) {
+        if self.now <= deadline {
+            if deadline < Timestamp::MAX {
                 self.notes
                     .pending_actions
                     .push(format!("batch {current} times out at {deadline}"));
@@ -668,6 +718,9 @@ impl Run<'_> {
         let timed_out = self.time_out_batch(batch, policies);
         self.events
             .push(events::batch_timed_out(self.cgu, current, &timed_out));
+        if self.budget_exceeded(super::budget::status_cluster_count(&self.status, plan)) {
+            return;
+        }
         if self.cgu.spec.batch_timeout_action.as_deref() == Some("Abort") {
             let m = self.messages().timed_out_some;
             self.end(reasons::TIMED_OUT, false, reasons::TIMED_OUT, m);
@@ -675,6 +728,7 @@ impl Run<'_> {
             let us = self.upgrade_status();
             us.current_batch = Some(i32::try_from(current + 1).unwrap_or(i32::MAX));
             us.current_batch_started_at = None;
+            us.batch_start_excluded_seconds = None;
             us.current_batch_remediation_progress = None;
         }
         self.requeue(Requeue::Immediately);

@@ -4,7 +4,7 @@
 //! spec edits are picked up: select the clusters (§2.1) and recompute `computedMaxConcurrency`;
 //! validate the managed policies and the OpenShift version they ask for; draft the remediation
 //! plan (§3.3); create the empty Placements and bindings; pre-cache; stop here while
-//! `enable` is false (§3.8); stamp `startedAt`; wait for blocking CGUs; back up; apply the
+//! `enable` is false (§3.8) or while paused or held (talm extension); stamp `startedAt`; wait for blocking CGUs; back up; apply the
 //! partial-blocking filter; rebuild the plan without the clusters that failed or were filtered
 //! out; run the after-completion actions of the already compliant clusters and the
 //! before-enable actions of the planned ones; and finally either start remediating or, when no
@@ -17,7 +17,7 @@ use talm_shared::api::cgu::{ManagedPolicyForUpgrade, PrecachingSpec, PrecachingS
 use talm_shared::api::rhacm::Policy;
 
 use super::gates::Gate;
-use super::{FIX_RETRY_SECS, NOT_ENABLED_RECHECK_SECS, Run};
+use super::{FIX_RETRY_SECS, NOT_ENABLED_RECHECK_SECS, PAUSED_RECHECK_SECS, Run};
 use crate::actions;
 use crate::conditions::{messages as msg, reasons, types};
 use crate::decision::Requeue;
@@ -85,11 +85,17 @@ impl Run<'_> {
         if !self.enable_gate(&draft, &failed) {
             return;
         }
+        if !self.hold_gate() {
+            return;
+        }
         self.start_clock(&draft.plan);
         if !self.blocking_satisfied() {
             return;
         }
         if !self.backup_gate(&draft, &mut failed) {
+            return;
+        }
+        if self.budget_exceeded(draft.clusters.len()) {
             return;
         }
         let Some((selected, filtered_out)) = self.filter_by_blockers(&draft.clusters) else {
@@ -304,6 +310,9 @@ impl Run<'_> {
         if self.enabled() {
             return true;
         }
+        // Time with `enable: false` counts against the timeout, as in TALM, even when the CGU
+        // is also paused: close an open pause interval (the hold gate reopens it on enable).
+        self.close_pause();
         self.set_cond(
             types::PROGRESSING,
             false,
@@ -320,6 +329,16 @@ impl Run<'_> {
             .pending_actions
             .push("set spec.enable to true to start remediation".to_string());
         self.requeue(Requeue::After(NOT_ENABLED_RECHECK_SECS));
+        false
+    }
+
+    /// Step 7b (talm extension): a paused or held CGU does not start, and one whose clock has
+    /// started (waiting for blocking CGUs or backups) counts the pause as excluded time.
+    fn hold_gate(&mut self) -> bool {
+        if !self.apply_hold() {
+            return true;
+        }
+        self.requeue(Requeue::After(PAUSED_RECHECK_SECS));
         false
     }
 
