@@ -31,6 +31,7 @@ pub mod snapshot;
 pub mod tasks;
 pub mod timeouts;
 pub mod validate;
+pub mod windows;
 pub mod ztp;
 
 pub use decision::{

@@ -105,6 +105,35 @@ pub struct ClusterGroupUpgradeSpec {
     /// `Abort` fails the CGU on a batch timeout; anything else (default `Continue`) continues.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_timeout_action: Option<String>,
+    /// talm extension: the maintenance windows in which a batch may start. When set, a batch
+    /// starts only while one of them is open; a started batch runs to its end even after the
+    /// window closes. Time spent waiting for a window does not count against
+    /// `remediationStrategy.timeout`. Absent: batches start at once, as in TALM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance_windows: Option<Vec<MaintenanceWindow>>,
+}
+
+/// talm extension: a recurring maintenance window, e.g. `{days: [Sat, Sun], start: "22:00",
+/// duration: "4h", timeZone: Europe/Berlin}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MaintenanceWindow {
+    /// The days the window opens on, in its time zone: `Mon`, `Tue`, `Wed`, `Thu`, `Fri`,
+    /// `Sat`, `Sun` (or the full English names). Empty or absent: every day. A window that
+    /// crosses midnight belongs to the day it opens on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub days: Vec<String>,
+    /// Local opening time, `HH:MM` (24-hour). A time skipped by a daylight-saving change opens
+    /// the window that much later (02:30 on a spring-forward night opens at 03:30); a repeated
+    /// time opens at its first occurrence.
+    pub start: String,
+    /// How long the window stays open, in elapsed time: `4h`, `90m`, `1h30m`. More than zero,
+    /// at most `168h`.
+    pub duration: String,
+    /// IANA time-zone name, e.g. `Europe/Berlin`. Default `UTC`. talm uses its own bundled
+    /// copy of the IANA time-zone database, not the host's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
 }
 
 /// How clusters are split into batches.
@@ -319,6 +348,15 @@ pub struct UpgradeStatus {
     /// Per-cluster progress in the current batch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_batch_remediation_progress: Option<BTreeMap<String, ClusterRemediationProgress>>,
+    /// talm extension: total seconds of closed intervals that do not count against the
+    /// timeouts (waits for a maintenance window). The global and batch deadlines move later by
+    /// this much, and by the interval open now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub excluded_seconds: Option<i64>,
+    /// talm extension: since when the CGU has been waiting for a maintenance window to open
+    /// (absent when it is not waiting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for_window_since: Option<Time>,
 }
 
 /// A cluster's progress in the current batch.
