@@ -1,6 +1,20 @@
 //! Batch and global timeouts (docs/contract.md §3.4 and §3.5).
 
 use jiff::{SignedDuration, Timestamp};
+use talm_shared::api::cgu::UpgradeStatus;
+
+/// The time that does not count against the global and batch timeouts (talm extension): the
+/// closed intervals recorded in `excludedSeconds` plus the open wait for a maintenance window
+/// (`waitingForWindowSince` until `now`). Every deadline shifts by it.
+pub fn excluded(status: &UpgradeStatus, now: Timestamp) -> SignedDuration {
+    let closed = SignedDuration::from_secs(status.excluded_seconds.unwrap_or(0).max(0));
+    let waiting = status
+        .waiting_for_window_since
+        .as_ref()
+        .map(|since| now.duration_since(since.0).max(SignedDuration::ZERO))
+        .unwrap_or(SignedDuration::ZERO);
+    closed.saturating_add(waiting)
+}
 
 /// The current batch's timeout: the time left of the CGU's `timeout` at the batch's start,
 /// shared equally by the batches that remain (the last batch gets all of it).
@@ -53,6 +67,23 @@ mod tests {
         assert_eq!(case(240, 2400, 5, 2), m(50));
         assert_eq!(case(240, 6000, 5, 5), m(140));
         assert_eq!(case(100, 3000, 100, 100), m(50));
+    }
+
+    #[test]
+    fn excluded_adds_closed_and_open_intervals() {
+        let now = t0();
+        let mut us = UpgradeStatus::default();
+        assert_eq!(excluded(&us, now), SignedDuration::ZERO);
+        us.excluded_seconds = Some(600);
+        assert_eq!(excluded(&us, now), SignedDuration::from_secs(600));
+        us.waiting_for_window_since =
+            Some(talm_shared::api::Time(now - SignedDuration::from_secs(120)));
+        assert_eq!(excluded(&us, now), SignedDuration::from_secs(720));
+        // A wait recorded in the future (an edited status) counts as nothing, not negative.
+        us.waiting_for_window_since =
+            Some(talm_shared::api::Time(now + SignedDuration::from_secs(120)));
+        us.excluded_seconds = Some(-5);
+        assert_eq!(excluded(&us, now), SignedDuration::ZERO);
     }
 
     #[test]

@@ -782,3 +782,198 @@ fn negative_max_concurrency_and_repeated_policies_are_refused() {
         );
     }
 }
+
+fn at(s: &str) -> Timestamp {
+    s.parse().unwrap()
+}
+
+fn event_reasons(hub: &Hub) -> Vec<String> {
+    hub.events.iter().map(|e| e.reason.clone()).collect()
+}
+
+#[test]
+fn batches_wait_for_the_window_and_a_started_batch_runs_past_its_close() {
+    // Daily window 02:00–03:00 UTC; two batches of one cluster; 240 min timeout.
+    let mut hub = Hub::new(
+        cgu(json!({
+            "clusters": ["spoke1", "spoke2"],
+            "managedPolicies": ["p1"],
+            "remediationStrategy": {"maxConcurrency": 1, "timeout": 240},
+            "maintenanceWindows": [{"start": "02:00", "duration": "1h"}],
+        })),
+        &["spoke1", "spoke2"],
+        vec![policy(
+            "p1",
+            &[("spoke1", "NonCompliant"), ("spoke2", "NonCompliant")],
+        )],
+    );
+    // 2026-03-02 00:00: started, but batch 1 waits.
+    hub.run(at("2026-03-02T00:00:00Z"));
+    assert_eq!(
+        hub.last_condition(),
+        (
+            "Progressing".into(),
+            "WaitingForMaintenanceWindow".into(),
+            "Batch 1 waits for the next maintenance window, which opens at 2026-03-02T02:00:00Z"
+                .into()
+        )
+    );
+    let st = hub.status();
+    assert_eq!(st["status"]["startedAt"], json!("2026-03-02T00:00:00Z"));
+    assert_eq!(
+        st["status"]["waitingForWindowSince"],
+        json!("2026-03-02T00:00:00Z")
+    );
+    assert!(st["status"].get("currentBatchStartedAt").is_none());
+    assert!(hub.placement_values("p1").is_empty());
+    assert!(event_reasons(&hub).contains(&"WaitingForMaintenanceWindow".to_string()));
+    assert!(
+        !hub.events
+            .iter()
+            .any(|e| e.action == "RemediationInBatchStarted")
+    );
+    // Idempotent, and it requeues for the opening.
+    let n = hub.events.len();
+    assert_eq!(
+        hub.step(at("2026-03-02T00:00:30Z")),
+        Requeue::After(2 * 3600 - 30)
+    );
+    assert_eq!(hub.events.len(), n, "no second wait event");
+
+    // 02:00: the window opens, batch 1 starts; the 2 h wait is excluded.
+    hub.run(at("2026-03-02T02:00:00Z"));
+    let st = hub.status();
+    assert_eq!(st["status"]["excludedSeconds"], json!(7200));
+    assert!(st["status"].get("waitingForWindowSince").is_none());
+    assert_eq!(
+        st["status"]["currentBatchStartedAt"],
+        json!("2026-03-02T02:00:00Z")
+    );
+    assert_eq!(hub.placement_values("p1"), ["spoke1"]);
+    assert_eq!(hub.last_condition().1, "InProgress");
+    assert!(event_reasons(&hub).contains(&"MaintenanceWindowOpened".to_string()));
+
+    // 03:30: the window has closed, batch 1 keeps running. Its timeout is half of the 240 min
+    // (the wait does not count): 04:00. Counting the wait it would have been 03:00.
+    hub.run(at("2026-03-02T03:30:00Z"));
+    assert_eq!(hub.placement_values("p1"), ["spoke1"]);
+    assert_eq!(hub.last_condition().1, "InProgress");
+    assert!(
+        hub.status()["status"]
+            .get("waitingForWindowSince")
+            .is_none()
+    );
+
+    // 03:40: batch 1 is done; batch 2 waits for tomorrow's window.
+    hub.set_compliance("p1", "spoke1", "Compliant");
+    hub.run(at("2026-03-02T03:40:00Z"));
+    assert_eq!(
+        hub.last_condition(),
+        (
+            "Progressing".into(),
+            "WaitingForMaintenanceWindow".into(),
+            "Batch 2 waits for the next maintenance window, which opens at 2026-03-03T02:00:00Z"
+                .into()
+        )
+    );
+    assert_eq!(hub.status()["status"]["currentBatch"], json!(2));
+    assert!(hub.placement_values("p1").is_empty());
+
+    // Next day 02:00: 26 h after the start, but only 1 h 40 min counts: batch 2 starts.
+    hub.run(at("2026-03-03T02:00:00Z"));
+    let st = hub.status();
+    assert_eq!(st["status"]["excludedSeconds"], json!(7200 + 80400));
+    assert_eq!(hub.placement_values("p1"), ["spoke2"]);
+    hub.set_compliance("p1", "spoke2", "Compliant");
+    hub.run(at("2026-03-03T02:10:00Z"));
+    assert_eq!(
+        hub.last_condition(),
+        (
+            "Succeeded".into(),
+            "Completed".into(),
+            "All clusters are compliant with all the managed policies".into()
+        )
+    );
+}
+
+#[test]
+fn without_windows_the_same_rollout_times_out_the_first_batch() {
+    // The control for the test above: no windows, same times. Batch 1's timeout is 120 min
+    // from its start at 00:00, so at 03:30 it has timed out.
+    let mut hub = Hub::new(
+        cgu(json!({
+            "clusters": ["spoke1", "spoke2"],
+            "managedPolicies": ["p1"],
+            "remediationStrategy": {"maxConcurrency": 1, "timeout": 240},
+        })),
+        &["spoke1", "spoke2"],
+        vec![policy(
+            "p1",
+            &[("spoke1", "NonCompliant"), ("spoke2", "NonCompliant")],
+        )],
+    );
+    hub.run(at("2026-03-02T00:00:00Z"));
+    assert_eq!(hub.placement_values("p1"), ["spoke1"]);
+    hub.run(at("2026-03-02T03:30:00Z"));
+    assert_eq!(
+        hub.status()["clusters"],
+        json!([{"name": "spoke1", "state": "timedout",
+            "currentPolicy": {"name": "p1", "status": "NonCompliant"}}])
+    );
+}
+
+#[test]
+fn a_window_edited_to_invalid_after_the_start_stops_new_batches() {
+    let mut hub = Hub::new(
+        cgu(json!({
+            "clusters": ["spoke1", "spoke2"],
+            "managedPolicies": ["p1"],
+            "remediationStrategy": {"maxConcurrency": 1},
+            "maintenanceWindows": [{"start": "00:00", "duration": "2h"}],
+        })),
+        &["spoke1", "spoke2"],
+        vec![policy(
+            "p1",
+            &[("spoke1", "NonCompliant"), ("spoke2", "NonCompliant")],
+        )],
+    );
+    hub.run(at("2026-03-02T00:00:00Z"));
+    assert_eq!(hub.placement_values("p1"), ["spoke1"]);
+    hub.cgu.spec.maintenance_windows.as_mut().unwrap()[0].time_zone = Some("Nowhere/City".into());
+    hub.set_compliance("p1", "spoke1", "Compliant");
+    hub.run(at("2026-03-02T00:10:00Z"));
+    let (type_, reason, message) = hub.last_condition();
+    assert_eq!(
+        (type_.as_str(), reason.as_str()),
+        ("Progressing", "InvalidMaintenanceWindow")
+    );
+    assert!(
+        message.starts_with("Batch 2 cannot start: spec.maintenanceWindows[0].timeZone: unknown time zone \"Nowhere/City\""),
+        "{message}"
+    );
+    assert!(hub.placement_values("p1").is_empty());
+}
+
+#[test]
+fn invalid_windows_fail_validation() {
+    let mut hub = Hub::new(
+        cgu(json!({
+            "clusters": ["spoke1"],
+            "managedPolicies": ["p1"],
+            "remediationStrategy": {"maxConcurrency": 1},
+            "maintenanceWindows": [{"start": "24:00", "duration": "2h"}],
+        })),
+        &["spoke1"],
+        vec![policy("p1", &[("spoke1", "NonCompliant")])],
+    );
+    hub.run(at("2026-03-02T00:00:00Z"));
+    let (type_, reason, message) = hub.last_condition();
+    assert_eq!(
+        (type_.as_str(), reason.as_str(), message.as_str()),
+        (
+            "Validated",
+            "InvalidMaintenanceWindow",
+            "spec.maintenanceWindows[0].start: \"24:00\" is not a time of day: the hour must be 00 to 23"
+        )
+    );
+}

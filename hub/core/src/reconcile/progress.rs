@@ -22,13 +22,14 @@ use talm_shared::api::cgu::{
     ClusterRemediationProgress, ClusterState, ManagedPolicyForUpgrade, PolicyStatus,
 };
 
-use super::{BATCH_POLL, BATCH_POLL_SECS, Run, SOAK_POLL_SECS};
+use super::{BATCH_POLL, BATCH_POLL_SECS, FIX_RETRY_SECS, Run, SOAK_POLL_SECS};
 use crate::conditions::{messages as msg, reasons, types};
 use crate::decision::Requeue;
 use crate::events;
 use crate::installplan;
 use crate::snapshot::Compliance;
-use crate::timeouts::{batch_timeout, global_timed_out};
+use crate::timeouts::{batch_timeout, excluded, global_timed_out};
+use crate::windows;
 
 /// Policy annotation: seconds a policy must stay compliant before the cluster moves on.
 pub const SOAK_ANNOTATION: &str = "ran.openshift.io/soak-seconds";
@@ -77,13 +78,21 @@ impl Run<'_> {
         let current = usize::try_from(current).unwrap_or(1).min(plan.len());
         self.upgrade_status().current_batch = Some(i32::try_from(current).unwrap_or(i32::MAX));
         let batch = plan[current - 1].clone();
-        if self
+        let batch_pending = self
             .status
             .status
             .as_ref()
             .and_then(|s| s.current_batch_started_at.as_ref())
-            .is_none()
+            .is_none();
+        // A batch waits for its maintenance window (a talm extension) unless the CGU has run
+        // out of time already: then it ends as it would have without windows.
+        if batch_pending
+            && !global_timed_out(self.timeout_minutes(), self.clock_start(), now)
+            && self.window_gate(current)
         {
+            return;
+        }
+        if batch_pending {
             let progress: BTreeMap<String, ClusterRemediationProgress> = batch
                 .iter()
                 .map(|c| {
@@ -109,13 +118,9 @@ impl Run<'_> {
             .and_then(|s| s.current_batch_started_at.as_ref())
             .map(|t| t.0)
             .unwrap_or(now);
-        let started = self
-            .status
-            .status
-            .as_ref()
-            .and_then(|s| s.started_at.as_ref())
-            .map(|t| t.0)
-            .unwrap_or(now);
+        // Deadlines count from the start shifted by the time that does not count (window
+        // waits).
+        let started = self.clock_start();
         // Timestamps come from an editable status: all arithmetic on them is checked.
         let wait = batch_started
             .checked_add(BATCH_POLL)
@@ -205,6 +210,90 @@ impl Run<'_> {
         if !last {
             self.check_batch_timeout(current, &batch, plan, &policies, started, batch_started);
         }
+    }
+
+    /// `startedAt` moved later by the time that does not count against the timeouts
+    /// ([`excluded`]): the global and batch deadlines count from here.
+    fn clock_start(&self) -> Timestamp {
+        let us = self.status.status.clone().unwrap_or_default();
+        let started = us.started_at.as_ref().map(|t| t.0).unwrap_or(self.now);
+        started
+            .checked_add(excluded(&us, self.now))
+            .unwrap_or(started)
+    }
+
+    /// The maintenance-window gate before a batch starts (talm extension, `spec.maintenanceWindows`).
+    /// Returns true when the batch must wait: then `Progressing=True` says why and until when,
+    /// the wait is recorded (`waitingForWindowSince`, so it does not count against the
+    /// timeouts) and the CGU requeues for the opening. When the batch may start, a wait in
+    /// progress is closed into `excludedSeconds`.
+    fn window_gate(&mut self, current: usize) -> bool {
+        let schedule = match windows::schedule(&self.cgu.spec) {
+            Ok(None) => return false,
+            Ok(Some(s)) => s,
+            Err(e) => {
+                // Checked at validation; an edit after the start stops new batches instead.
+                self.set_cond(
+                    types::PROGRESSING,
+                    true,
+                    reasons::INVALID_MAINTENANCE_WINDOW,
+                    &format!("Batch {current} cannot start: {e}"),
+                );
+                self.requeue(Requeue::After(FIX_RETRY_SECS));
+                return true;
+            }
+        };
+        let now = self.now;
+        match windows::gate(&schedule, now, self.batch_need(current)) {
+            Ok(()) => {
+                let us = self.upgrade_status();
+                if let Some(since) = us.waiting_for_window_since.take() {
+                    let waited = now.duration_since(since.0).max(SignedDuration::ZERO);
+                    us.excluded_seconds = Some(
+                        us.excluded_seconds
+                            .unwrap_or(0)
+                            .max(0)
+                            .saturating_add(waited.as_secs()),
+                    );
+                    self.events.push(events::window_opened(
+                        self.cgu,
+                        current,
+                        &format!("{:#}", SignedDuration::from_secs(waited.as_secs())),
+                    ));
+                }
+                false
+            }
+            Err(wait) => {
+                let why = wait.describe();
+                let us = self.upgrade_status();
+                if us.waiting_for_window_since.is_none() {
+                    us.waiting_for_window_since = Some(Time(now));
+                    self.events
+                        .push(events::window_wait(self.cgu, current, &why));
+                }
+                let message = format!("Batch {current} {why}");
+                self.set_cond(
+                    types::PROGRESSING,
+                    true,
+                    reasons::WAITING_FOR_MAINTENANCE_WINDOW,
+                    &message,
+                );
+                self.notes.pending_actions.push(message);
+                match wait.until() {
+                    Some(at) => {
+                        let secs = at.duration_since(now).as_secs().max(1);
+                        self.requeue(Requeue::After(secs.unsigned_abs()));
+                    }
+                    None => self.requeue(Requeue::After(FIX_RETRY_SECS)),
+                }
+                true
+            }
+        }
+    }
+
+    /// The predicted duration (p90) of batch `current`, when the forecast has a basis for it.
+    fn batch_need(&self, _current: usize) -> Option<SignedDuration> {
+        None
     }
 
     /// A cluster's entry in `currentBatchRemediationProgress` (`NotStarted` when absent).
