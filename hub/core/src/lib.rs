@@ -19,6 +19,7 @@ pub mod actions;
 pub mod conditions;
 pub mod decision;
 pub mod events;
+pub mod forecast;
 pub mod graph;
 pub mod installplan;
 pub mod names;

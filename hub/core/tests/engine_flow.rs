@@ -309,7 +309,9 @@ fn happy_path_two_batches() {
     assert_eq!(st["status"]["currentBatch"], json!(1));
     assert_eq!(
         st["status"]["currentBatchRemediationProgress"],
-        json!({"spoke1": {"state": "InProgress", "policyIndex": 0}})
+        // `releasedAt` is talm's (the forecast's clock), TALM's fields are unchanged.
+        json!({"spoke1": {"state": "InProgress", "policyIndex": 0,
+            "releasedAt": t(10).to_string()}})
     );
     assert!(
         hub.clusters["spoke1"]
@@ -976,4 +978,118 @@ fn invalid_windows_fail_validation() {
             "spec.maintenanceWindows[0].start: \"24:00\" is not a time of day: the hour must be 00 to 23"
         )
     );
+}
+
+/// Three single-cluster batches under a daily 02:00–03:00 UTC window, policy p1 with an
+/// optional `talm.dev/expected-duration` prior.
+fn windowed_hub(prior: Option<&str>) -> Hub {
+    let mut hub = Hub::new(
+        cgu(json!({
+            "clusters": ["spoke1", "spoke2", "spoke3"],
+            "managedPolicies": ["p1"],
+            "remediationStrategy": {"maxConcurrency": 1, "timeout": 600},
+            "maintenanceWindows": [{"start": "02:00", "duration": "1h"}],
+        })),
+        &["spoke1", "spoke2", "spoke3"],
+        vec![policy(
+            "p1",
+            &[
+                ("spoke1", "NonCompliant"),
+                ("spoke2", "NonCompliant"),
+                ("spoke3", "NonCompliant"),
+            ],
+        )],
+    );
+    if let Some(p) = prior {
+        hub.policies[0].metadata.annotations = Some(BTreeMap::from([(
+            "talm.dev/expected-duration".to_string(),
+            p.to_string(),
+        )]));
+    }
+    hub
+}
+
+#[test]
+fn a_batch_that_does_not_fit_the_rest_of_the_window_waits_for_the_next() {
+    let mut hub = windowed_hub(Some("45m"));
+    hub.run(at("2026-03-02T02:00:00Z"));
+    // A full window is left: batch 1 (predicted ~50 min at p90) starts.
+    assert_eq!(hub.placement_values("p1"), ["spoke1"]);
+    let f = &hub.status()["forecast"];
+    assert_eq!(f["policies"][0]["name"], json!("p1"));
+    assert_eq!(f["policies"][0]["prior"], json!("45m"));
+    assert_eq!(f["policies"][0]["observations"], json!(0));
+    assert_eq!(f["batches"][0]["batch"], json!(1));
+    assert_eq!(f["batches"][1]["fitsWindow"], json!(true));
+    assert!(f["completion"].is_string(), "{f}");
+
+    // 02:30: spoke1 is done after 30 min (one observation). 30 min are left in the window,
+    // batch 2 needs more: it waits for tomorrow's window.
+    hub.set_compliance("p1", "spoke1", "Compliant");
+    hub.run(at("2026-03-02T02:30:00Z"));
+    let (type_, reason, message) = hub.last_condition();
+    assert_eq!(
+        (type_.as_str(), reason.as_str()),
+        ("Progressing", "WaitingForMaintenanceWindow")
+    );
+    assert!(
+        message.starts_with(
+            "Batch 2 does not fit in the open maintenance window (it closes at 2026-03-02T03:00:00Z, the batch is predicted to need up to "
+        ) && message.ends_with(
+            "); it waits for the next window, which opens at 2026-03-03T02:00:00Z"
+        ),
+        "{message}"
+    );
+    assert!(hub.placement_values("p1").is_empty());
+    let f = &hub.status()["forecast"];
+    assert_eq!(f["policies"][0]["observations"], json!(1));
+    assert_eq!(f["batches"][0]["batch"], json!(2));
+    assert_eq!(f["batches"][0]["start"], json!("2026-03-03T02:00:00Z"));
+    assert_eq!(f["batches"][1]["start"], json!("2026-03-04T02:00:00Z"));
+    assert!(
+        f["batches"][0]["waitsFor"]
+            .as_str()
+            .unwrap()
+            .starts_with("does not fit in the open maintenance window"),
+        "{f}"
+    );
+
+    // Next day: batch 2 starts at the opening.
+    hub.run(at("2026-03-03T02:00:00Z"));
+    assert_eq!(hub.placement_values("p1"), ["spoke2"]);
+    assert_eq!(hub.last_condition().1, "InProgress");
+}
+
+#[test]
+fn without_a_basis_a_batch_starts_whatever_is_left_of_the_window() {
+    // No prior and no observation yet: batch 1 has no basis, so it starts with 5 min left.
+    let mut hub = windowed_hub(None);
+    hub.run(at("2026-03-02T02:55:00Z"));
+    assert_eq!(hub.placement_values("p1"), ["spoke1"]);
+    assert!(hub.status()["forecast"].get("completion").is_none());
+    // With a 45 min prior, the same batch at the same time waits.
+    let mut hub = windowed_hub(Some("45m"));
+    hub.run(at("2026-03-02T02:55:00Z"));
+    assert!(hub.placement_values("p1").is_empty());
+    assert_eq!(hub.last_condition().1, "WaitingForMaintenanceWindow");
+}
+
+#[test]
+fn a_batch_longer_than_any_window_starts_at_an_opening() {
+    let mut hub = windowed_hub(Some("3h"));
+    // In the middle of the window: waits for the next opening.
+    hub.run(at("2026-03-02T02:20:00Z"));
+    assert!(hub.placement_values("p1").is_empty());
+    let (_, reason, message) = hub.last_condition();
+    assert_eq!(reason, "WaitingForMaintenanceWindow");
+    assert!(
+        message.contains("longer than any maintenance window; it starts at the opening of the next window, at 2026-03-03T02:00:00Z"),
+        "{message}"
+    );
+    assert_eq!(
+        hub.status()["forecast"]["batches"][0]["fitsWindow"],
+        json!(false)
+    );
+    hub.run(at("2026-03-03T02:00:00Z"));
+    assert_eq!(hub.placement_values("p1"), ["spoke1"]);
 }

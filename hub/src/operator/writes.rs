@@ -402,6 +402,7 @@ pub fn status_patch(
     heavy(&mut patch, "status", &old.status, &new.status)?;
     heavy(&mut patch, "precaching", &old.precaching, &new.precaching)?;
     heavy(&mut patch, "backup", &old.backup, &new.backup)?;
+    heavy(&mut patch, "forecast", &old.forecast, &new.forecast)?;
     Ok((!patch.is_empty()).then_some(Value::Object(patch)))
 }
 
@@ -423,6 +424,7 @@ fn light(s: &ClusterGroupUpgradeStatus) -> ClusterGroupUpgradeStatus {
         precaching: _,
         backup: _,
         copied_policies,
+        forecast: _,
     } = s;
     ClusterGroupUpgradeStatus {
         conditions: conditions.clone(),
@@ -441,6 +443,7 @@ fn light(s: &ClusterGroupUpgradeStatus) -> ClusterGroupUpgradeStatus {
         precaching: None,
         backup: None,
         copied_policies: copied_policies.clone(),
+        forecast: None,
     }
 }
 

@@ -280,6 +280,82 @@ pub struct ClusterGroupUpgradeStatus {
     /// Deprecated (policy copies era); never written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copied_policies: Option<Vec<String>>,
+    /// talm extension: when the rollout is expected to end, batch by batch, and what the
+    /// prediction is based on. Written while the CGU is in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forecast: Option<Forecast>,
+}
+
+/// talm extension: the rollout forecast. Each managed policy's time to compliance (from a
+/// cluster's release into the policy's Placement until it moves past the policy) is learned
+/// from the CGU's own clusters into a fixed-size histogram, optionally starting from the root
+/// Policy's `talm.dev/expected-duration` annotation; the remaining batches are projected from
+/// it, with the maintenance windows, the batch timeouts and the global timeout.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Forecast {
+    /// The basis, per managed policy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<PolicyForecast>,
+    /// The remaining batches, the current one first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub batches: Vec<BatchForecast>,
+    /// Expected completion of the CGU (median); absent while some remaining batch has no basis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion: Option<Time>,
+    /// Completion by which the CGU is 90% likely to have ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_p90: Option<Time>,
+}
+
+/// talm extension: what the forecast knows about one managed policy.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyForecast {
+    /// Root policy name.
+    pub name: String,
+    /// Durations observed on this CGU's clusters.
+    #[serde(default)]
+    pub observations: u64,
+    /// The prior from the root Policy's `talm.dev/expected-duration` annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prior: Option<String>,
+    /// Median time to compliance of one cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p50: Option<String>,
+    /// 90th percentile time to compliance of one cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p90: Option<String>,
+    /// The observations as a log-scale histogram: `bin:count` pairs, bin `i` holding durations
+    /// from 10 s × 1.15^i to 10 s × 1.15^(i+1) (bin 0 also everything shorter).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub histogram: String,
+}
+
+/// talm extension: the forecast of one remaining batch.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchForecast {
+    /// 1-based batch index.
+    pub batch: i32,
+    /// Expected start (after any wait for a maintenance window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<Time>,
+    /// Expected end (median).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<Time>,
+    /// End by which the batch is 90% likely to be done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_p90: Option<Time>,
+    /// The batch's predicted duration, 90th percentile: what the window-fit rule uses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_p90: Option<String>,
+    /// With maintenance windows: whether the batch fits in a whole window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fits_window: Option<bool>,
+    /// What the batch waits for before it can start, when it waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waits_for: Option<String>,
 }
 
 /// A managed policy that still needs work.
@@ -374,6 +450,10 @@ pub struct ClusterRemediationProgress {
     /// When the current policy was first seen compliant (soak).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_compliant_at: Option<Time>,
+    /// talm extension: when the cluster was released into its current policy's Placement (the
+    /// forecast learns the time from here until it moves past the policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_at: Option<Time>,
 }
 
 /// The resolved pre-cache spec, shared with the agents.

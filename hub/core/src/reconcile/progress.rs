@@ -26,6 +26,7 @@ use super::{BATCH_POLL, BATCH_POLL_SECS, FIX_RETRY_SECS, Run, SOAK_POLL_SECS};
 use crate::conditions::{messages as msg, reasons, types};
 use crate::decision::Requeue;
 use crate::events;
+use crate::forecast;
 use crate::installplan;
 use crate::snapshot::Compliance;
 use crate::timeouts::{batch_timeout, excluded, global_timed_out};
@@ -46,6 +47,7 @@ impl Run<'_> {
         // part of the status at fleet scale).
         let plan = self.status.remediation_plan.take().unwrap_or_default();
         self.in_progress_with(&plan);
+        self.update_forecast(&plan);
         if !plan.is_empty() {
             self.status.remediation_plan = Some(plan);
         }
@@ -88,7 +90,7 @@ impl Run<'_> {
         // out of time already: then it ends as it would have without windows.
         if batch_pending
             && !global_timed_out(self.timeout_minutes(), self.clock_start(), now)
-            && self.window_gate(current)
+            && self.window_gate(current, &batch, &policies)
         {
             return;
         }
@@ -227,7 +229,12 @@ impl Run<'_> {
     /// the wait is recorded (`waitingForWindowSince`, so it does not count against the
     /// timeouts) and the CGU requeues for the opening. When the batch may start, a wait in
     /// progress is closed into `excludedSeconds`.
-    fn window_gate(&mut self, current: usize) -> bool {
+    fn window_gate(
+        &mut self,
+        current: usize,
+        batch: &[String],
+        policies: &[ManagedPolicyForUpgrade],
+    ) -> bool {
         let schedule = match windows::schedule(&self.cgu.spec) {
             Ok(None) => return false,
             Ok(Some(s)) => s,
@@ -244,7 +251,12 @@ impl Run<'_> {
             }
         };
         let now = self.now;
-        match windows::gate(&schedule, now, self.batch_need(current)) {
+        let need = self.forecast_model(policies).batch_duration(
+            &self.needed(batch, policies),
+            batch.len(),
+            0.9,
+        );
+        match windows::gate(&schedule, now, need) {
             Ok(()) => {
                 let us = self.upgrade_status();
                 if let Some(since) = us.waiting_for_window_since.take() {
@@ -291,9 +303,83 @@ impl Run<'_> {
         }
     }
 
-    /// The predicted duration (p90) of batch `current`, when the forecast has a basis for it.
-    fn batch_need(&self, _current: usize) -> Option<SignedDuration> {
-        None
+    /// The forecast's model: the priors of the managed policies' root Policies and what the
+    /// status has learned so far.
+    fn forecast_model(&self, policies: &[ManagedPolicyForUpgrade]) -> forecast::Model {
+        let priors = policies.iter().map(|p| {
+            let prior = self
+                .snap
+                .root_policy(&p.namespace, &p.name)
+                .and_then(|r| r.policy.metadata.annotations.as_ref())
+                .and_then(|a| a.get(forecast::EXPECTED_DURATION_ANNOTATION))
+                .map(String::as_str);
+            (p.name.clone(), forecast::prior(prior))
+        });
+        forecast::Model::new(priors, self.status.forecast.as_ref())
+    }
+
+    /// The policies (indexes) that some cluster of `batch` is not compliant with.
+    fn needed(&self, batch: &[String], policies: &[ManagedPolicyForUpgrade]) -> Vec<usize> {
+        policies
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| {
+                batch
+                    .iter()
+                    .any(|c| self.compliance(c, p) == Compliance::NonCompliant)
+            })
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// Updates `status.forecast` after a pass: the pass's observations go into the learners,
+    /// and, while the CGU is in progress, the remaining batches are projected. Once it has
+    /// ended only the basis stays.
+    fn update_forecast(&mut self, plan: &[Vec<String>]) {
+        let policies = self.policies_for_upgrade();
+        if policies.is_empty() || plan.is_empty() {
+            return;
+        }
+        let mut model = self.forecast_model(&policies);
+        for (i, d) in std::mem::take(&mut self.observed) {
+            model.observe(i, d);
+        }
+        let us = self.status.status.clone().unwrap_or_default();
+        let ended = crate::conditions::find(&self.status.conditions, types::SUCCEEDED).is_some();
+        let current = usize::try_from(us.current_batch.unwrap_or(1))
+            .unwrap_or(1)
+            .clamp(1, plan.len());
+        let batches = if ended {
+            Vec::new()
+        } else {
+            plan.iter()
+                .enumerate()
+                .skip(current - 1)
+                .map(|(i, b)| forecast::PlannedBatch {
+                    index: i + 1,
+                    clusters: b.len(),
+                    needed: self.needed(b, &policies),
+                })
+                .collect()
+        };
+        let schedule = windows::schedule(&self.cgu.spec).ok().flatten();
+        let mut f = forecast::project(
+            &model,
+            &forecast::Rollout {
+                now: self.now,
+                plan_len: plan.len(),
+                batches,
+                current_started: us.current_batch_started_at.as_ref().map(|t| t.0),
+                timeout_minutes: self.timeout_minutes(),
+                clock_start: self.clock_start(),
+                schedule: schedule.as_ref(),
+            },
+        );
+        if ended {
+            f.completion = None;
+            f.completion_p90 = None;
+        }
+        self.status.forecast = Some(f);
     }
 
     /// A cluster's entry in `currentBatchRemediationProgress` (`NotStarted` when absent).
@@ -348,8 +434,10 @@ impl Run<'_> {
         let mut soaking = false;
         while i < policies.len() {
             let pol = &policies[i];
+            let before = i;
             match self.compliance(c, pol) {
                 Compliance::NotMatched => {
+                    p.released_at = None;
                     i += 1;
                 }
                 Compliance::Compliant => {
@@ -376,9 +464,20 @@ impl Run<'_> {
                             i += 1;
                         }
                     }
+                    if i > before {
+                        // Moved past the policy: if it was released into it, that is one
+                        // observation of its time to compliance.
+                        if let Some(released) = p.released_at.take() {
+                            self.observed
+                                .push((before, self.now.duration_since(released.0)));
+                        }
+                    }
                 }
                 Compliance::NonCompliant => {
                     p.first_compliant_at = None;
+                    if p.released_at.is_none() {
+                        p.released_at = Some(Time(self.now));
+                    }
                     break;
                 }
             }
@@ -387,6 +486,7 @@ impl Run<'_> {
             p.state = COMPLETED.into();
             p.policy_index = None;
             p.first_compliant_at = None;
+            p.released_at = None;
             self.set_progress(c, p);
             if emit {
                 self.events.push(events::cluster_completed(
