@@ -217,7 +217,7 @@ impl Model {
             let p = self.policies.get(i)?;
             total = total.saturating_add(p.histogram.quantile(level, p.prior)?);
         }
-        Some(total)
+        Some(round(total))
     }
 
     /// The basis as kept in status.
