@@ -7,12 +7,16 @@
 //!   keeps every observation's bin (the tail that decides a batch's end is not sampled away).
 //!   A root Policy annotation `talm.dev/expected-duration: 45m` is a prior: it counts as
 //!   [`PRIOR_WEIGHT`] observations of that duration.
-//! - **Projection.** A cluster's time is the sum of the policies it needs; a batch of `n` clusters
-//!   ends with its slowest one, so the batch's quantile `q` is the clusters' quantile
-//!   `q^(1/n)`, summed over the policies the batch needs (a conservative sum of quantiles), and
-//!   never more than the batch's timeout (or, for the last batch, the global one). Batches are
-//!   then chained from now: each one starts when the previous one ends, or later when the
-//!   maintenance windows make it wait ([`crate::windows::gate`], with the batch's p90 as its
+//! - **Projection.** A cluster's time is the sum of the policies it needs, drawn [`SAMPLES`]
+//!   times from the learned distributions with a fixed pseudo-random sequence (deterministic).
+//!   A batch of `n` clusters ends with its slowest one: its p90 duration (the window-fit
+//!   rule's need) is the draws' quantile `0.9^(1/n)`, and its mean and variance come from the
+//!   same order statistics. The expected chain adds the batches' means; the p90 chain adds the
+//!   means plus 1.28 standard deviations of their sum (a sum of many batches is about normal;
+//!   adding each batch's own p90 would be far too wide). Each batch is capped by its timeout
+//!   (the last batch: the global one). Batches are chained from now: each one starts when the
+//!   previous one ends, or later when the maintenance windows make it wait
+//!   ([`crate::windows::gate`], with the batch's p90 duration as its
 //!   need), and waits do not count against the timeouts.
 
 use std::collections::BTreeMap;
@@ -106,6 +110,24 @@ impl Histogram {
     /// Whether there is no observation.
     pub fn is_empty(&self) -> bool {
         self.counts.is_empty()
+    }
+
+    /// The distribution of the observations plus the prior (weighted [`PRIOR_WEIGHT`]);
+    /// `None` with neither.
+    pub fn cdf(&self, prior: Option<SignedDuration>) -> Option<Cdf> {
+        let mut counts = self.counts.clone();
+        if let Some(p) = prior {
+            *counts.entry(bin_of(p)).or_insert(0) += PRIOR_WEIGHT;
+        }
+        let mut cum = 0.0;
+        let steps: Vec<(f64, usize)> = counts
+            .iter()
+            .map(|(&b, &c)| {
+                cum += c as f64;
+                (cum, b)
+            })
+            .collect();
+        (cum > 0.0).then_some(Cdf { steps, total: cum })
     }
 
     /// Quantile `q` (0..=1) of the observations plus the prior (weighted [`PRIOR_WEIGHT`]),
@@ -210,14 +232,27 @@ impl Model {
         clusters: usize,
         q: f64,
     ) -> Option<SignedDuration> {
-        let n = clusters.max(1) as f64;
-        let level = q.powf(1.0 / n);
-        let mut total = SignedDuration::ZERO;
-        for &i in needed {
-            let p = self.policies.get(i)?;
-            total = total.saturating_add(p.histogram.quantile(level, p.prior)?);
-        }
-        Some(round(total))
+        Some(batch_quantile(&self.cluster_times(needed)?, clusters, q))
+    }
+
+    /// A cluster's time through the policies `needed`, as [`SAMPLES`] sorted draws (seconds):
+    /// each draw sums one draw from each policy's distribution (the policies are taken as
+    /// independent). The draws come from a fixed pseudo-random sequence, so the result depends
+    /// only on the model. `None` unless every policy has a basis.
+    pub fn cluster_times(&self, needed: &[usize]) -> Option<Vec<f64>> {
+        let cdfs = needed
+            .iter()
+            .map(|&i| {
+                let p = self.policies.get(i)?;
+                p.histogram.cdf(p.prior)
+            })
+            .collect::<Option<Vec<Cdf>>>()?;
+        let mut rng = SplitMix(0x07a1_df0e_ca57_u64);
+        let mut out: Vec<f64> = (0..SAMPLES)
+            .map(|_| cdfs.iter().map(|c| c.sample(rng.unit())).sum())
+            .collect();
+        out.sort_by(f64::total_cmp);
+        Some(out)
     }
 
     /// The basis as kept in status.
@@ -240,6 +275,92 @@ impl Model {
 /// A duration rounded to whole seconds (the forecast's precision).
 fn round(d: SignedDuration) -> SignedDuration {
     SignedDuration::from_secs(d.as_secs())
+}
+
+/// How many draws of a cluster's time the projection makes.
+pub const SAMPLES: usize = 4096;
+
+/// Quantile `q` of the slowest of `clusters` clusters whose times are the sorted draws
+/// `times`: the draws' quantile `q^(1/clusters)`.
+fn batch_quantile(times: &[f64], clusters: usize, q: f64) -> SignedDuration {
+    let n = clusters.max(1) as f64;
+    let level = q.clamp(0.0, 1.0).powf(1.0 / n);
+    let idx = ((level * times.len() as f64).ceil() as usize)
+        .saturating_sub(1)
+        .min(times.len().saturating_sub(1));
+    let secs = times.get(idx).copied().unwrap_or(0.0);
+    round(SignedDuration::from_secs_f64(secs.clamp(0.0, 1e10)))
+}
+
+/// The standard normal's 90th percentile.
+const Z90: f64 = 1.281_551_565_5;
+
+/// Seconds as a whole-second duration.
+fn secs(s: f64) -> SignedDuration {
+    round(SignedDuration::from_secs_f64(s.clamp(0.0, 1e10)))
+}
+
+/// The mean and variance (seconds, seconds²) of the slowest of `clusters` clusters whose
+/// times are the sorted draws `times` (the draws taken as the distribution: the slowest is draw
+/// `i` of `K` with probability `(i/K)^n − ((i−1)/K)^n`).
+fn batch_stats(times: &[f64], clusters: usize) -> (f64, f64) {
+    let n = i32::try_from(clusters.max(1)).unwrap_or(i32::MAX);
+    let k = times.len() as f64;
+    let (mut m1, mut m2) = (0.0, 0.0);
+    let mut below = 0.0f64;
+    for (i, x) in times.iter().enumerate() {
+        let at = ((i + 1) as f64 / k).powi(n);
+        let w = at - below;
+        below = at;
+        m1 += w * x;
+        m2 += w * x * x;
+    }
+    (m1, (m2 - m1 * m1).max(0.0))
+}
+
+/// splitmix64: a small, fixed pseudo-random sequence (determinism, not secrecy).
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// A histogram's distribution, for drawing from it.
+#[derive(Clone, Debug)]
+pub struct Cdf {
+    /// (cumulative count up to and including the bin, bin).
+    steps: Vec<(f64, usize)>,
+    total: f64,
+}
+
+impl Cdf {
+    /// The duration (seconds) at cumulative probability `u`, interpolated linearly inside its
+    /// bin (cheap: the projection draws thousands).
+    fn sample(&self, u: f64) -> f64 {
+        let rank = u.clamp(0.0, 1.0) * self.total;
+        let i = self
+            .steps
+            .partition_point(|(cum, _)| *cum < rank)
+            .min(self.steps.len().saturating_sub(1));
+        let Some(&(cum, b)) = self.steps.get(i) else {
+            return 0.0;
+        };
+        let before = if i == 0 { 0.0 } else { self.steps[i - 1].0 };
+        let frac = ((rank - before) / (cum - before).max(f64::MIN_POSITIVE)).clamp(0.0, 1.0);
+        let (lo, hi) = (bin_lower(b), bin_upper(b));
+        lo + (hi - lo) * frac
+    }
 }
 
 /// One batch as the projection sees it.
@@ -284,9 +405,46 @@ pub fn project(model: &Model, r: &Rollout<'_>) -> Forecast {
     let mut chain: [(Option<Timestamp>, SignedDuration); 2] =
         [(Some(r.now), SignedDuration::ZERO); 2];
     let mut based = true;
+    // Most batches need the same policies and have the same size: draw each set's cluster
+    // times once, and work out each (set, size)'s statistics once.
+    let mut times: BTreeMap<&[usize], Option<Vec<f64>>> = BTreeMap::new();
+    type Stats = Option<((f64, f64), SignedDuration)>;
+    let mut stats_of: BTreeMap<(&[usize], usize), Stats> = BTreeMap::new();
+    // The variance of the sum of the batch durations so far (seconds²).
+    let mut var_sum = 0.0f64;
     for (k, b) in r.batches.iter().enumerate() {
-        let d50 = model.batch_duration(&b.needed, b.clusters, 0.5);
-        let d90 = model.batch_duration(&b.needed, b.clusters, 0.9);
+        let key = (b.needed.as_slice(), b.clusters);
+        let cached = match stats_of.get(&key) {
+            Some(c) => *c,
+            None => {
+                let t = times
+                    .entry(b.needed.as_slice())
+                    .or_insert_with(|| model.cluster_times(&b.needed));
+                let c = t.as_deref().map(|t| {
+                    (
+                        batch_stats(t, b.clusters),
+                        batch_quantile(t, b.clusters, 0.9),
+                    )
+                });
+                stats_of.insert(key, c);
+                c
+            }
+        };
+        // The expected chain adds each batch's mean duration; the p90 chain adds the mean plus
+        // what the batch adds to 1.28 standard deviations of the sum (the sum of many batches
+        // is about normal, so this is its 90th percentile, not the far wider sum of the
+        // batches' own 90th percentiles).
+        let stats = cached.map(|c| c.0);
+        let d90 = cached.map(|c| c.1);
+        let (d50, d90_chain) = match stats {
+            Some((mean, var)) => {
+                let before = var_sum.sqrt();
+                var_sum += var;
+                let extra = Z90 * (var_sum.sqrt() - before);
+                (Some(secs(mean)), Some(secs(mean + extra)))
+            }
+            None => (None, None),
+        };
         based &= d50.is_some() && d90.is_some();
         let mut f = BatchForecast {
             batch: i32::try_from(b.index).unwrap_or(i32::MAX),
@@ -299,7 +457,7 @@ pub fn project(model: &Model, r: &Rollout<'_>) -> Forecast {
         {
             f.fits_window = Some(d90 <= s.longest(r.now));
         }
-        for (ci, d) in [d50, d90].into_iter().enumerate() {
+        for (ci, d) in [d50, d90_chain].into_iter().enumerate() {
             let (Some(t), waited) = chain[ci] else {
                 continue;
             };

@@ -300,7 +300,7 @@ pub struct Forecast {
     /// The remaining batches, the current one first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub batches: Vec<BatchForecast>,
-    /// Expected completion of the CGU (median); absent while some remaining batch has no basis.
+    /// Expected completion of the CGU; absent while some remaining batch has no basis.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion: Option<Time>,
     /// Completion by which the CGU is 90% likely to have ended.
@@ -341,7 +341,7 @@ pub struct BatchForecast {
     /// Expected start (after any wait for a maintenance window).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<Time>,
-    /// Expected end (median).
+    /// Expected end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end: Option<Time>,
     /// End by which the batch is 90% likely to be done.
