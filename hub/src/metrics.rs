@@ -7,7 +7,10 @@
 //!   binding, label and agent writes; `status`: the finalizer and status writes; `events`);
 //! - per CGU (`cgu="<ns>/<name>"`): `talm_cgu_clusters{state}` (clusters by rollout state),
 //!   `talm_cgu_current_batch`, `talm_cgu_batch_started_timestamp_seconds` and
-//!   `talm_cgu_time_in_batch_seconds` (as of the last reconcile);
+//!   `talm_cgu_time_in_batch_seconds` (as of the last reconcile), and the talm extensions
+//!   `talm_cgu_forecast_completion_timestamp_seconds{quantile="expected"|"p90"}` (the
+//!   forecast's completion, 0 while it has none) and `talm_cgu_waiting_for_window` (1 while the
+//!   next batch waits for a maintenance window);
 //! - `talm_watch_events_total{kind}`, `talm_watch_bodies_skipped_total` (CGU watch events
 //!   read for their metadata only, as echoes of the operator's own writes),
 //!   `talm_events_published_total`,
@@ -37,6 +40,15 @@ pub struct ErrorLabels {
 pub struct CguLabels {
     /// `namespace/name`.
     pub cgu: String,
+}
+
+/// Labels of the forecast completion gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CguQuantileLabels {
+    /// `namespace/name`.
+    pub cgu: String,
+    /// `expected` or `p90`.
+    pub quantile: String,
 }
 
 /// Labels of the clusters-by-state gauge.
@@ -90,6 +102,10 @@ pub struct Metrics {
     pub cgu_batch_started: Family<CguLabels, Gauge<f64, AtomicU64>>,
     /// Seconds in the current batch as of the last reconcile, per CGU.
     pub cgu_time_in_batch: Family<CguLabels, Gauge<f64, AtomicU64>>,
+    /// The forecast's completion (Unix seconds; 0 while it has none), per CGU and quantile.
+    pub cgu_forecast_completion: Family<CguQuantileLabels, Gauge<f64, AtomicU64>>,
+    /// 1 while the CGU's next batch waits for a maintenance window.
+    pub cgu_waiting_for_window: Family<CguLabels, Gauge>,
     /// Watch events received, by kind.
     pub watch_events: Family<KindLabels, Counter>,
     /// CGU watch events whose spec and status were skipped: echoes of the operator's own
@@ -122,6 +138,8 @@ impl Metrics {
             cgu_current_batch: Family::default(),
             cgu_batch_started: Family::default(),
             cgu_time_in_batch: Family::default(),
+            cgu_forecast_completion: Family::default(),
+            cgu_waiting_for_window: Family::default(),
             watch_events: Family::default(),
             watch_bodies_skipped: Counter::default(),
             events_published: Counter::default(),
@@ -170,6 +188,16 @@ impl Metrics {
             "cgu_time_in_batch_seconds",
             "Seconds a CGU has been in its current batch, as of its last reconcile",
             m.cgu_time_in_batch.clone(),
+        );
+        registry.register(
+            "cgu_forecast_completion_timestamp_seconds",
+            "When the forecast expects a CGU to complete (Unix time; quantile expected or p90; 0 while it has no estimate)",
+            m.cgu_forecast_completion.clone(),
+        );
+        registry.register(
+            "cgu_waiting_for_window",
+            "1 while the next batch of a CGU waits for a maintenance window",
+            m.cgu_waiting_for_window.clone(),
         );
         registry.register(
             "watch_events",
@@ -301,6 +329,22 @@ impl Metrics {
                 self.cgu_time_in_batch.get_or_create(&labels).set(0.0);
             }
         }
+        let forecast = status.forecast.as_ref();
+        for (quantile, at) in [
+            ("expected", forecast.and_then(|f| f.completion.as_ref())),
+            ("p90", forecast.and_then(|f| f.completion_p90.as_ref())),
+        ] {
+            self.cgu_forecast_completion
+                .get_or_create(&CguQuantileLabels {
+                    cgu: key.to_string(),
+                    quantile: quantile.to_string(),
+                })
+                .set(at.map_or(0.0, |t| t.0.as_millisecond() as f64 / 1000.0));
+        }
+        let waiting = upgrade.is_some_and(|u| u.waiting_for_window_since.is_some());
+        self.cgu_waiting_for_window
+            .get_or_create(&labels)
+            .set(i64::from(waiting));
     }
 
     /// Drops the per-CGU series of a deleted CGU.
@@ -317,6 +361,13 @@ impl Metrics {
         self.cgu_current_batch.remove(&labels);
         self.cgu_batch_started.remove(&labels);
         self.cgu_time_in_batch.remove(&labels);
+        for quantile in ["expected", "p90"] {
+            self.cgu_forecast_completion.remove(&CguQuantileLabels {
+                cgu: key.to_string(),
+                quantile: quantile.to_string(),
+            });
+        }
+        self.cgu_waiting_for_window.remove(&labels);
     }
 }
 
@@ -358,7 +409,9 @@ mod tests {
                 "remediationPlan": [["a"], ["b"], ["c"]],
                 "clusters": [{"name": "a", "state": "complete"}],
                 "status": {"currentBatch": 2, "currentBatchStartedAt": "2026-01-01T00:00:00Z",
-                           "currentBatchRemediationProgress": {"b": {"state": "InProgress"}}}
+                           "currentBatchRemediationProgress": {"b": {"state": "InProgress"}},
+                           "waitingForWindowSince": "2026-01-01T00:00:00Z"},
+                "forecast": {"completion": "2026-01-01T01:00:00Z"}
             }
         }))
         .unwrap();
@@ -381,6 +434,19 @@ mod tests {
         assert!(text.contains("talm_cgu_clusters{cgu=\"n/c\",state=\"in-progress\"} 1"));
         assert!(text.contains("talm_cgu_clusters{cgu=\"n/c\",state=\"pending\"} 1"));
         assert!(text.contains("talm_cgu_time_in_batch_seconds{cgu=\"n/c\"} 60"));
+        assert!(text.contains(
+            "talm_cgu_forecast_completion_timestamp_seconds{cgu=\"n/c\",quantile=\"expected\"} 1767229200.0"
+        ), "{text}");
+        assert!(
+            text.contains(
+                "talm_cgu_forecast_completion_timestamp_seconds{cgu=\"n/c\",quantile=\"p90\"} 0.0"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("talm_cgu_waiting_for_window{cgu=\"n/c\"} 1"),
+            "{text}"
+        );
         m.forget_cgu("n/c");
         assert!(!m.encode().contains("cgu=\"n/c\""));
     }
