@@ -217,11 +217,13 @@ impl Run<'_> {
     /// `startedAt` moved later by the time that does not count against the timeouts
     /// ([`excluded`]): the global and batch deadlines count from here.
     fn clock_start(&self) -> Timestamp {
-        let us = self.status.status.clone().unwrap_or_default();
-        let started = us.started_at.as_ref().map(|t| t.0).unwrap_or(self.now);
-        started
-            .checked_add(excluded(&us, self.now))
-            .unwrap_or(started)
+        let us = self.status.status.as_ref();
+        let started = us
+            .and_then(|u| u.started_at.as_ref())
+            .map(|t| t.0)
+            .unwrap_or(self.now);
+        let shift = us.map_or(SignedDuration::ZERO, |u| excluded(u, self.now));
+        started.checked_add(shift).unwrap_or(started)
     }
 
     /// The maintenance-window gate before a batch starts (talm extension, `spec.maintenanceWindows`).
@@ -344,9 +346,12 @@ impl Run<'_> {
         for (i, d) in std::mem::take(&mut self.observed) {
             model.observe(i, d);
         }
-        let us = self.status.status.clone().unwrap_or_default();
+        let us = self.status.status.as_ref();
+        let current_started = us
+            .and_then(|u| u.current_batch_started_at.as_ref())
+            .map(|t| t.0);
         let ended = crate::conditions::find(&self.status.conditions, types::SUCCEEDED).is_some();
-        let current = usize::try_from(us.current_batch.unwrap_or(1))
+        let current = usize::try_from(us.and_then(|u| u.current_batch).unwrap_or(1))
             .unwrap_or(1)
             .clamp(1, plan.len());
         let batches = if ended {
@@ -369,7 +374,7 @@ impl Run<'_> {
                 now: self.now,
                 plan_len: plan.len(),
                 batches,
-                current_started: us.current_batch_started_at.as_ref().map(|t| t.0),
+                current_started,
                 timeout_minutes: self.timeout_minutes(),
                 clock_start: self.clock_start(),
                 schedule: schedule.as_ref(),
