@@ -325,11 +325,15 @@ impl Run<'_> {
         policies
             .iter()
             .enumerate()
-            .filter(|(_, p)| {
-                batch
-                    .iter()
-                    .any(|c| self.compliance(c, p) == Compliance::NonCompliant)
-            })
+            .filter(
+                |(_, p)| match self.snap.root_policy(&p.namespace, &p.name) {
+                    // One root lookup per policy, not per cluster.
+                    Some(root) => batch
+                        .iter()
+                        .any(|c| root.compliance(c) == Compliance::NonCompliant),
+                    None => !batch.is_empty(),
+                },
+            )
             .map(|(i, _)| i)
             .collect()
     }
