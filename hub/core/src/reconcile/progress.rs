@@ -28,7 +28,7 @@ use crate::decision::Requeue;
 use crate::events;
 use crate::forecast;
 use crate::installplan;
-use crate::snapshot::Compliance;
+use crate::snapshot::{Compliance, RootPolicy};
 use crate::timeouts::{batch_timeout, excluded, global_timed_out};
 use crate::windows;
 
@@ -322,19 +322,14 @@ impl Run<'_> {
 
     /// The policies (indexes) that some cluster of `batch` is not compliant with.
     fn needed(&self, batch: &[String], policies: &[ManagedPolicyForUpgrade]) -> Vec<usize> {
+        needed_of(&self.roots(policies), batch)
+    }
+
+    /// The root policies of `policies`, looked up once for a whole pass over the plan.
+    fn roots(&self, policies: &[ManagedPolicyForUpgrade]) -> Vec<Option<&RootPolicy>> {
         policies
             .iter()
-            .enumerate()
-            .filter(
-                |(_, p)| match self.snap.root_policy(&p.namespace, &p.name) {
-                    // One root lookup per policy, not per cluster.
-                    Some(root) => batch
-                        .iter()
-                        .any(|c| root.compliance(c) == Compliance::NonCompliant),
-                    None => !batch.is_empty(),
-                },
-            )
-            .map(|(i, _)| i)
+            .map(|p| self.snap.root_policy(&p.namespace, &p.name))
             .collect()
     }
 
@@ -361,13 +356,14 @@ impl Run<'_> {
         let batches = if ended {
             Vec::new()
         } else {
+            let roots = self.roots(&policies);
             plan.iter()
                 .enumerate()
                 .skip(current - 1)
                 .map(|(i, b)| forecast::PlannedBatch {
                     index: i + 1,
                     clusters: b.len(),
-                    needed: self.needed(b, &policies),
+                    needed: needed_of(&roots, b),
                 })
                 .collect()
         };
@@ -815,4 +811,20 @@ impl Run<'_> {
         }
         self.requeue(Requeue::Immediately);
     }
+}
+
+/// The policies (indexes into `roots`) that some cluster of `batch` is not compliant with; a
+/// missing root counts as not compliant, as everywhere in the engine.
+fn needed_of(roots: &[Option<&RootPolicy>], batch: &[String]) -> Vec<usize> {
+    roots
+        .iter()
+        .enumerate()
+        .filter(|(_, root)| match root {
+            Some(root) => batch
+                .iter()
+                .any(|c| root.compliance(c) == Compliance::NonCompliant),
+            None => !batch.is_empty(),
+        })
+        .map(|(i, _)| i)
+        .collect()
 }
