@@ -11,6 +11,9 @@
 //!   `talm_cgu_paused` and `talm_cgu_held` (1 while paused by `spec.paused` or held by an
 //!   alert), `talm_cgu_excluded_seconds` (time not counted against the timeouts),
 //!   `talm_cgu_failed_clusters` and `talm_cgu_failure_budget` (-1 without a budget);
+//!   `talm_cgu_forecast_completion_timestamp_seconds{quantile="expected"|"p90"}` (the
+//!   forecast's completion, 0 while it has none) and `talm_cgu_waiting_for_window` (1 while the
+//!   next batch waits for a maintenance window);
 //! - `talm_watch_events_total{kind}`, `talm_watch_bodies_skipped_total` (CGU watch events
 //!   read for their metadata only, as echoes of the operator's own writes),
 //!   `talm_events_published_total`,
@@ -43,6 +46,15 @@ pub struct ErrorLabels {
 pub struct CguLabels {
     /// `namespace/name`.
     pub cgu: String,
+}
+
+/// Labels of the forecast completion gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CguQuantileLabels {
+    /// `namespace/name`.
+    pub cgu: String,
+    /// `expected` or `p90`.
+    pub quantile: String,
 }
 
 /// Labels of the clusters-by-state gauge.
@@ -100,12 +112,16 @@ pub struct Metrics {
     pub cgu_paused: Family<CguLabels, Gauge>,
     /// 1 while the CGU is held by alerts (talm extension).
     pub cgu_held: Family<CguLabels, Gauge>,
-    /// Seconds not counted against the timeouts (pauses and holds), per CGU.
+    /// Seconds not counted against the timeouts (pauses, holds, window waits), per CGU.
     pub cgu_excluded: Family<CguLabels, Gauge>,
     /// Clusters counted against the failure budget, per CGU.
     pub cgu_failed: Family<CguLabels, Gauge>,
     /// The failure budget in clusters (-1 without `maxFailures`), per CGU.
     pub cgu_failure_budget: Family<CguLabels, Gauge>,
+    /// The forecast's completion (Unix seconds; 0 while it has none), per CGU and quantile.
+    pub cgu_forecast_completion: Family<CguQuantileLabels, Gauge<f64, AtomicU64>>,
+    /// 1 while the CGU's next batch waits for a maintenance window.
+    pub cgu_waiting_for_window: Family<CguLabels, Gauge>,
     /// Watch events received, by kind.
     pub watch_events: Family<KindLabels, Counter>,
     /// CGU watch events whose spec and status were skipped: echoes of the operator's own
@@ -143,6 +159,8 @@ impl Metrics {
             cgu_excluded: Family::default(),
             cgu_failed: Family::default(),
             cgu_failure_budget: Family::default(),
+            cgu_forecast_completion: Family::default(),
+            cgu_waiting_for_window: Family::default(),
             watch_events: Family::default(),
             watch_bodies_skipped: Counter::default(),
             events_published: Counter::default(),
@@ -204,7 +222,7 @@ impl Metrics {
         );
         registry.register_with_unit(
             "cgu_excluded",
-            "Time of a CGU's pauses and holds, not counted against its timeouts",
+            "Time of a CGU's pauses, holds and maintenance-window waits, not counted against its timeouts",
             prometheus_client::registry::Unit::Seconds,
             m.cgu_excluded.clone(),
         );
@@ -217,6 +235,16 @@ impl Metrics {
             "cgu_failure_budget",
             "The failure budget of a CGU in clusters (-1 without remediationStrategy.maxFailures)",
             m.cgu_failure_budget.clone(),
+        );
+        registry.register(
+            "cgu_forecast_completion_timestamp_seconds",
+            "When the forecast expects a CGU to complete (Unix time; quantile expected or p90; 0 while it has no estimate)",
+            m.cgu_forecast_completion.clone(),
+        );
+        registry.register(
+            "cgu_waiting_for_window",
+            "1 while the next batch of a CGU waits for a maintenance window",
+            m.cgu_waiting_for_window.clone(),
         );
         registry.register(
             "watch_events",
@@ -375,6 +403,22 @@ impl Metrics {
             .and_then(|v| failure_budget(v, reconcile::status_cluster_count(status, plan)).ok())
             .map_or(-1, |b| b.try_into().unwrap_or(i64::MAX));
         self.cgu_failure_budget.get_or_create(&labels).set(budget);
+        let forecast = status.forecast.as_ref();
+        for (quantile, at) in [
+            ("expected", forecast.and_then(|f| f.completion.as_ref())),
+            ("p90", forecast.and_then(|f| f.completion_p90.as_ref())),
+        ] {
+            self.cgu_forecast_completion
+                .get_or_create(&CguQuantileLabels {
+                    cgu: key.to_string(),
+                    quantile: quantile.to_string(),
+                })
+                .set(at.map_or(0.0, |t| t.0.as_millisecond() as f64 / 1000.0));
+        }
+        let waiting = upgrade.is_some_and(|u| u.waiting_for_window_since.is_some());
+        self.cgu_waiting_for_window
+            .get_or_create(&labels)
+            .set(i64::from(waiting));
     }
 
     /// Drops the per-CGU series of a deleted CGU.
@@ -396,6 +440,13 @@ impl Metrics {
         self.cgu_excluded.remove(&labels);
         self.cgu_failed.remove(&labels);
         self.cgu_failure_budget.remove(&labels);
+        for quantile in ["expected", "p90"] {
+            self.cgu_forecast_completion.remove(&CguQuantileLabels {
+                cgu: key.to_string(),
+                quantile: quantile.to_string(),
+            });
+        }
+        self.cgu_waiting_for_window.remove(&labels);
     }
 }
 
@@ -437,7 +488,9 @@ mod tests {
                 "remediationPlan": [["a"], ["b"], ["c"]],
                 "clusters": [{"name": "a", "state": "complete"}],
                 "status": {"currentBatch": 2, "currentBatchStartedAt": "2026-01-01T00:00:00Z",
-                           "currentBatchRemediationProgress": {"b": {"state": "InProgress"}}}
+                           "currentBatchRemediationProgress": {"b": {"state": "InProgress"}},
+                           "waitingForWindowSince": "2026-01-01T00:00:00Z"},
+                "forecast": {"completion": "2026-01-01T01:00:00Z"}
             }
         }))
         .unwrap();
@@ -462,6 +515,19 @@ mod tests {
         assert!(text.contains("talm_cgu_time_in_batch_seconds{cgu=\"n/c\"} 60"));
         assert!(text.contains("talm_cgu_paused{cgu=\"n/c\"} 0"), "{text}");
         assert!(text.contains("talm_cgu_failure_budget{cgu=\"n/c\"} -1"));
+        assert!(text.contains(
+            "talm_cgu_forecast_completion_timestamp_seconds{cgu=\"n/c\",quantile=\"expected\"} 1767229200.0"
+        ), "{text}");
+        assert!(
+            text.contains(
+                "talm_cgu_forecast_completion_timestamp_seconds{cgu=\"n/c\",quantile=\"p90\"} 0.0"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("talm_cgu_waiting_for_window{cgu=\"n/c\"} 1"),
+            "{text}"
+        );
         m.forget_cgu("n/c");
         assert!(!m.encode().contains("cgu=\"n/c\""));
     }

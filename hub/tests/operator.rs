@@ -1197,3 +1197,65 @@ async fn restart_while_paused_keeps_the_pause_and_its_excluded_time() {
     second.stop().await;
     double.shutdown().await;
 }
+
+/// Maintenance windows (talm extension) through the operator: the batch waits with its status
+/// and event written, and starts once the clock reaches the window; the wait is excluded from
+/// the timeout and the forecast is written with the status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_waits_for_its_maintenance_window() {
+    let double = fleet().await;
+    let mut cgu_obj = upgrade_complete();
+    // T0 is 10:00Z; the window opens at 11:00Z.
+    cgu_obj["spec"]["maintenanceWindows"] = json!([{"start": "11:00", "duration": "1h"}]);
+    double.put_value(cgu_obj).unwrap();
+    let op = start(&double, config("replica-a", None));
+    wait_not_enabled(&double).await;
+    enable(&double).await;
+    let c = wait_for("waiting for the window", || {
+        cgu(&double).filter(|c| {
+            condition(c, "Progressing")
+                == Some(("True".into(), "WaitingForMaintenanceWindow".into()))
+        })
+    })
+    .await;
+    assert_eq!(
+        find_condition(&c, "Progressing").unwrap()["message"],
+        "Batch 1 waits for the next maintenance window, which opens at 2026-03-02T11:00:00Z"
+    );
+    assert_eq!(
+        c["status"]["status"]["waitingForWindowSince"],
+        "2026-03-02T10:00:00Z"
+    );
+    assert!(placement_values(&double, P1).unwrap_or_default().is_empty());
+    wait_for("the waiting event", || {
+        (!events(&double, "BatchWaiting").is_empty()).then_some(())
+    })
+    .await;
+
+    // 11:00Z: any change makes the operator look again (its own requeue is an hour away).
+    op.clock.set("2026-03-02T11:00:00Z".parse().unwrap());
+    let api: Api<ClusterGroupUpgrade> = Api::namespaced(double.client(), NS);
+    api.patch(
+        CGU,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"poke": "1"}}})),
+    )
+    .await
+    .unwrap();
+    wait_batch(&double, 1, "spoke1").await;
+    let c = wait_for("the wait recorded", || {
+        cgu(&double).filter(|c| c["status"]["status"]["excludedSeconds"] == 3600)
+    })
+    .await;
+    assert!(c["status"]["status"].get("waitingForWindowSince").is_none());
+    assert_eq!(
+        c["status"]["forecast"]["batches"][0]["batch"], 1,
+        "the forecast is written with the status: {:#}",
+        c["status"]
+    );
+    wait_for("the window-opened event", || {
+        (!events(&double, "BatchReleased").is_empty()).then_some(())
+    })
+    .await;
+    op.stop().await;
+}

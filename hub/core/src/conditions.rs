@@ -42,6 +42,10 @@ pub mod reasons {
     /// talm's own (TALM fails its reconcile without a condition): a `clusterLabelSelectors`
     /// entry has an unknown operator or wrong values.
     pub const INVALID_CLUSTER_LABEL_SELECTOR: &str = "InvalidClusterLabelSelector";
+    /// talm's own: `spec.maintenanceWindows` (a talm extension) does not parse.
+    pub const INVALID_MAINTENANCE_WINDOW: &str = "InvalidMaintenanceWindow";
+    /// talm's own: `Progressing=True` while the next batch waits for a maintenance window.
+    pub const WAITING_FOR_MAINTENANCE_WINDOW: &str = "WaitingForMaintenanceWindow";
     pub const PRECACHE_SPEC_IS_WELL_FORMED: &str = "PrecacheSpecIsWellFormed";
     pub const PRECACHE_SPEC_INCOMPLETE: &str = "PrecacheSpecIncomplete";
     pub const IN_PROGRESS: &str = "InProgress";

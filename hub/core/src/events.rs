@@ -250,6 +250,38 @@ pub fn batch_completed(
     )
 }
 
+/// talm extension: `WaitingForMaintenanceWindow` / `BatchWaiting`: the next batch waits for a
+/// maintenance window (`why` says which and until when).
+pub fn window_wait(cgu: &ClusterGroupUpgrade, batch: usize, why: &str) -> Event {
+    let name = cgu.metadata.name.clone().unwrap_or_default();
+    event(
+        EventType::Normal,
+        "WaitingForMaintenanceWindow",
+        "BatchWaiting",
+        format!("ClusterGroupUpgrade {name}: batch index {batch} {why}"),
+        cgu_ref(cgu),
+        None,
+        &[(keys::EVENT_TYPE, "batch".into())],
+    )
+}
+
+/// talm extension: `MaintenanceWindowOpened` / `BatchReleased`: the wait ended, the batch
+/// starts.
+pub fn window_opened(cgu: &ClusterGroupUpgrade, batch: usize, waited: &str) -> Event {
+    let name = cgu.metadata.name.clone().unwrap_or_default();
+    event(
+        EventType::Normal,
+        "MaintenanceWindowOpened",
+        "BatchReleased",
+        format!(
+            "ClusterGroupUpgrade {name}: maintenance window open, batch index {batch} starts after waiting {waited}"
+        ),
+        cgu_ref(cgu),
+        None,
+        &[(keys::EVENT_TYPE, "batch".into())],
+    )
+}
+
 /// `CguSuccess` / `RemediationCompleted`.
 pub fn completed(cgu: &ClusterGroupUpgrade, batches: usize, clusters: usize) -> Event {
     let name = cgu.metadata.name.clone().unwrap_or_default();

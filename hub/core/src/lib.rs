@@ -19,6 +19,7 @@ pub mod actions;
 pub mod conditions;
 pub mod decision;
 pub mod events;
+pub mod forecast;
 pub mod graph;
 pub mod installplan;
 pub mod manifestwork;
@@ -32,6 +33,7 @@ pub mod snapshot;
 pub mod tasks;
 pub mod timeouts;
 pub mod validate;
+pub mod windows;
 pub mod ztp;
 
 pub use decision::{

@@ -8,16 +8,20 @@
 use jiff::{SignedDuration, Timestamp};
 use talm_shared::api::cgu::UpgradeStatus;
 
-/// The time that does not count against the timeouts at `now`: the closed intervals
-/// (`excludedSeconds`) plus the open pause or hold (`now − pausedAt`), if any.
+/// The time that does not count against the global and batch timeouts (talm extension): the
+/// closed intervals (`excludedSeconds`: pauses, alert holds, window waits) plus the open ones,
+/// the current pause or hold (`now − pausedAt`) and the current wait for a maintenance window
+/// (`now − waitingForWindowSince`). Every deadline shifts by it.
 pub fn excluded(status: &UpgradeStatus, now: Timestamp) -> SignedDuration {
     let closed = SignedDuration::from_secs(status.excluded_seconds.unwrap_or(0).max(0));
-    let open = status
-        .paused_at
-        .as_ref()
-        .map(|t| now.duration_since(t.0).max(SignedDuration::ZERO))
-        .unwrap_or(SignedDuration::ZERO);
-    closed.checked_add(open).unwrap_or(SignedDuration::MAX)
+    let open = |since: Option<&talm_shared::api::Time>| {
+        since
+            .map(|t| now.duration_since(t.0).max(SignedDuration::ZERO))
+            .unwrap_or(SignedDuration::ZERO)
+    };
+    closed
+        .saturating_add(open(status.paused_at.as_ref()))
+        .saturating_add(open(status.waiting_for_window_since.as_ref()))
 }
 
 /// The part of [`excluded`] that accrued since the current batch started.
@@ -125,6 +129,23 @@ mod tests {
         assert_eq!(case(240, 2400, 5, 2), m(50));
         assert_eq!(case(240, 6000, 5, 5), m(140));
         assert_eq!(case(100, 3000, 100, 100), m(50));
+    }
+
+    #[test]
+    fn excluded_adds_closed_and_open_intervals() {
+        let now = t0();
+        let mut us = UpgradeStatus::default();
+        assert_eq!(excluded(&us, now), SignedDuration::ZERO);
+        us.excluded_seconds = Some(600);
+        assert_eq!(excluded(&us, now), SignedDuration::from_secs(600));
+        us.waiting_for_window_since =
+            Some(talm_shared::api::Time(now - SignedDuration::from_secs(120)));
+        assert_eq!(excluded(&us, now), SignedDuration::from_secs(720));
+        // A wait recorded in the future (an edited status) counts as nothing, not negative.
+        us.waiting_for_window_since =
+            Some(talm_shared::api::Time(now + SignedDuration::from_secs(120)));
+        us.excluded_seconds = Some(-5);
+        assert_eq!(excluded(&us, now), SignedDuration::ZERO);
     }
 
     #[test]

@@ -350,6 +350,8 @@ pub fn repeated_names(names: &[String]) -> Vec<(usize, &str)> {
 /// `remediationStrategy.maxConcurrency`, which TALM turns into one batch of every cluster (its
 /// `Minimum=1` CRD marker is malformed, so the API server accepts any integer). Repeated
 /// managed policies are found by [`validate_policies`].
+///
+/// Also talm's own: `spec.maintenanceWindows` that do not parse (a talm extension).
 pub fn spec_failure(spec: &ClusterGroupUpgradeSpec) -> Option<ValidationFailure> {
     let max = spec.remediation_strategy.max_concurrency;
     if let Some(v) = &spec.remediation_strategy.max_failures
@@ -363,16 +365,27 @@ pub fn spec_failure(spec: &ClusterGroupUpgradeSpec) -> Option<ValidationFailure>
             requeue_secs: 300,
         });
     }
-    (max < 0).then(|| ValidationFailure {
-        reason: crate::conditions::reasons::INVALID_MAX_CONCURRENCY,
-        message: format!(
-            "spec.remediationStrategy.maxConcurrency {}",
-            max_concurrency_problem(max)
-        ),
-        event_kind: "invalid maxConcurrency",
-        event_items: vec![max.to_string()],
-        requeue_secs: 300,
-    })
+    if max < 0 {
+        return Some(ValidationFailure {
+            reason: crate::conditions::reasons::INVALID_MAX_CONCURRENCY,
+            message: format!(
+                "spec.remediationStrategy.maxConcurrency {}",
+                max_concurrency_problem(max)
+            ),
+            event_kind: "invalid maxConcurrency",
+            event_items: vec![max.to_string()],
+            requeue_secs: 300,
+        });
+    }
+    crate::windows::schedule(spec)
+        .err()
+        .map(|e| ValidationFailure {
+            reason: crate::conditions::reasons::INVALID_MAINTENANCE_WINDOW,
+            message: e.to_string(),
+            event_kind: "invalid maintenanceWindows",
+            event_items: vec![e.path],
+            requeue_secs: 300,
+        })
 }
 
 /// The failure budget (talm extension, `remediationStrategy.maxFailures`) for a CGU of
@@ -765,6 +778,25 @@ mod tests {
             f.message,
             "spec.remediationStrategy.maxFailures must be a whole number or a percentage from \"0%\" to \"100%\", not \"lots\""
         );
+    }
+
+    #[test]
+    fn bad_maintenance_windows_are_a_spec_failure() {
+        let spec = |start: &str| -> ClusterGroupUpgradeSpec {
+            serde_json::from_value(json!({
+                "remediationStrategy": {"maxConcurrency": 1},
+                "maintenanceWindows": [{"start": start, "duration": "4h"}],
+            }))
+            .unwrap()
+        };
+        assert_eq!(spec_failure(&spec("02:00")), None);
+        let f = spec_failure(&spec("25:00")).unwrap();
+        assert_eq!(f.reason, "InvalidMaintenanceWindow");
+        assert_eq!(
+            f.message,
+            "spec.maintenanceWindows[0].start: \"25:00\" is not a time of day: the hour must be 00 to 23"
+        );
+        assert_eq!(f.event_items, ["spec.maintenanceWindows[0].start"]);
     }
 
     #[test]

@@ -345,7 +345,9 @@ fn happy_path_two_batches() {
     assert_eq!(st["status"]["currentBatch"], json!(1));
     assert_eq!(
         st["status"]["currentBatchRemediationProgress"],
-        json!({"spoke1": {"state": "InProgress", "policyIndex": 0}})
+        // `releasedAt` is talm's (the forecast's clock), TALM's fields are unchanged.
+        json!({"spoke1": {"state": "InProgress", "policyIndex": 0,
+            "releasedAt": t(10).to_string()}})
     );
     assert!(hub.has_label("spoke1", "ztp-running"));
     assert!(hub.has_label("spoke6", "ztp-done"));
@@ -1320,4 +1322,313 @@ fn a_paused_manifest_work_rollout_keeps_each_cluster_on_its_current_work() {
             "create spoke1/default.b"
         ]
     );
+}
+
+fn at(s: &str) -> Timestamp {
+    s.parse().unwrap()
+}
+
+fn event_reasons(hub: &Hub) -> Vec<String> {
+    hub.events.iter().map(|e| e.reason.clone()).collect()
+}
+
+#[test]
+fn batches_wait_for_the_window_and_a_started_batch_runs_past_its_close() {
+    // Daily window 02:00–03:00 UTC; two batches of one cluster; 240 min timeout.
+    let mut hub = Hub::new(
+        cgu(json!({
+            "clusters": ["spoke1", "spoke2"],
+            "managedPolicies": ["p1"],
+            "remediationStrategy": {"maxConcurrency": 1, "timeout": 240},
+            "maintenanceWindows": [{"start": "02:00", "duration": "1h"}],
+        })),
+        &["spoke1", "spoke2"],
+        vec![policy(
+            "p1",
+            &[("spoke1", "NonCompliant"), ("spoke2", "NonCompliant")],
+        )],
+    );
+    // 2026-03-02 00:00: started, but batch 1 waits.
+    hub.run(at("2026-03-02T00:00:00Z"));
+    assert_eq!(
+        hub.last_condition(),
+        (
+            "Progressing".into(),
+            "WaitingForMaintenanceWindow".into(),
+            "Batch 1 waits for the next maintenance window, which opens at 2026-03-02T02:00:00Z"
+                .into()
+        )
+    );
+    let st = hub.status();
+    assert_eq!(st["status"]["startedAt"], json!("2026-03-02T00:00:00Z"));
+    assert_eq!(
+        st["status"]["waitingForWindowSince"],
+        json!("2026-03-02T00:00:00Z")
+    );
+    assert!(st["status"].get("currentBatchStartedAt").is_none());
+    assert!(hub.placement_values("p1").is_empty());
+    assert!(event_reasons(&hub).contains(&"WaitingForMaintenanceWindow".to_string()));
+    assert!(
+        !hub.events
+            .iter()
+            .any(|e| e.action == "RemediationInBatchStarted")
+    );
+    // Idempotent, and it requeues for the opening.
+    let n = hub.events.len();
+    assert_eq!(
+        hub.step(at("2026-03-02T00:00:30Z")),
+        Requeue::After(2 * 3600 - 30)
+    );
+    assert_eq!(hub.events.len(), n, "no second wait event");
+
+    // 02:00: the window opens, batch 1 starts; the 2 h wait is excluded.
+    hub.run(at("2026-03-02T02:00:00Z"));
+    let st = hub.status();
+    assert_eq!(st["status"]["excludedSeconds"], json!(7200));
+    assert!(st["status"].get("waitingForWindowSince").is_none());
+    assert_eq!(
+        st["status"]["currentBatchStartedAt"],
+        json!("2026-03-02T02:00:00Z")
+    );
+    assert_eq!(hub.placement_values("p1"), ["spoke1"]);
+    assert_eq!(hub.last_condition().1, "InProgress");
+    assert!(event_reasons(&hub).contains(&"MaintenanceWindowOpened".to_string()));
+
+    // 03:30: the window has closed, batch 1 keeps running. Its timeout is half of the 240 min
+    // (the wait does not count): 04:00. Counting the wait it would have been 03:00.
+    hub.run(at("2026-03-02T03:30:00Z"));
+    assert_eq!(hub.placement_values("p1"), ["spoke1"]);
+    assert_eq!(hub.last_condition().1, "InProgress");
+    assert!(
+        hub.status()["status"]
+            .get("waitingForWindowSince")
+            .is_none()
+    );
+
+    // 03:40: batch 1 is done; batch 2 waits for tomorrow's window.
+    hub.set_compliance("p1", "spoke1", "Compliant");
+    hub.run(at("2026-03-02T03:40:00Z"));
+    assert_eq!(
+        hub.last_condition(),
+        (
+            "Progressing".into(),
+            "WaitingForMaintenanceWindow".into(),
+            "Batch 2 waits for the next maintenance window, which opens at 2026-03-03T02:00:00Z"
+                .into()
+        )
+    );
+    assert_eq!(hub.status()["status"]["currentBatch"], json!(2));
+    assert!(hub.placement_values("p1").is_empty());
+
+    // Next day 02:00: 26 h after the start, but only 1 h 40 min counts: batch 2 starts.
+    hub.run(at("2026-03-03T02:00:00Z"));
+    let st = hub.status();
+    assert_eq!(st["status"]["excludedSeconds"], json!(7200 + 80400));
+    assert_eq!(hub.placement_values("p1"), ["spoke2"]);
+    hub.set_compliance("p1", "spoke2", "Compliant");
+    hub.run(at("2026-03-03T02:10:00Z"));
+    assert_eq!(
+        hub.last_condition(),
+        (
+            "Succeeded".into(),
+            "Completed".into(),
+            "All clusters are compliant with all the managed policies".into()
+        )
+    );
+}
+
+#[test]
+fn without_windows_the_same_rollout_times_out_the_first_batch() {
+    // The control for the test above: no windows, same times. Batch 1's timeout is 120 min
+    // from its start at 00:00, so at 03:30 it has timed out.
+    let mut hub = Hub::new(
+        cgu(json!({
+            "clusters": ["spoke1", "spoke2"],
+            "managedPolicies": ["p1"],
+            "remediationStrategy": {"maxConcurrency": 1, "timeout": 240},
+        })),
+        &["spoke1", "spoke2"],
+        vec![policy(
+            "p1",
+            &[("spoke1", "NonCompliant"), ("spoke2", "NonCompliant")],
+        )],
+    );
+    hub.run(at("2026-03-02T00:00:00Z"));
+    assert_eq!(hub.placement_values("p1"), ["spoke1"]);
+    hub.run(at("2026-03-02T03:30:00Z"));
+    assert_eq!(
+        hub.status()["clusters"],
+        json!([{"name": "spoke1", "state": "timedout",
+            "currentPolicy": {"name": "p1", "status": "NonCompliant"}}])
+    );
+}
+
+#[test]
+fn a_window_edited_to_invalid_after_the_start_stops_new_batches() {
+    let mut hub = Hub::new(
+        cgu(json!({
+            "clusters": ["spoke1", "spoke2"],
+            "managedPolicies": ["p1"],
+            "remediationStrategy": {"maxConcurrency": 1},
+            "maintenanceWindows": [{"start": "00:00", "duration": "2h"}],
+        })),
+        &["spoke1", "spoke2"],
+        vec![policy(
+            "p1",
+            &[("spoke1", "NonCompliant"), ("spoke2", "NonCompliant")],
+        )],
+    );
+    hub.run(at("2026-03-02T00:00:00Z"));
+    assert_eq!(hub.placement_values("p1"), ["spoke1"]);
+    hub.cgu.spec.maintenance_windows.as_mut().unwrap()[0].time_zone = Some("Nowhere/City".into());
+    hub.set_compliance("p1", "spoke1", "Compliant");
+    hub.run(at("2026-03-02T00:10:00Z"));
+    let (type_, reason, message) = hub.last_condition();
+    assert_eq!(
+        (type_.as_str(), reason.as_str()),
+        ("Progressing", "InvalidMaintenanceWindow")
+    );
+    assert!(
+        message.starts_with("Batch 2 cannot start: spec.maintenanceWindows[0].timeZone: unknown time zone \"Nowhere/City\""),
+        "{message}"
+    );
+    assert!(hub.placement_values("p1").is_empty());
+}
+
+#[test]
+fn invalid_windows_fail_validation() {
+    let mut hub = Hub::new(
+        cgu(json!({
+            "clusters": ["spoke1"],
+            "managedPolicies": ["p1"],
+            "remediationStrategy": {"maxConcurrency": 1},
+            "maintenanceWindows": [{"start": "24:00", "duration": "2h"}],
+        })),
+        &["spoke1"],
+        vec![policy("p1", &[("spoke1", "NonCompliant")])],
+    );
+    hub.run(at("2026-03-02T00:00:00Z"));
+    let (type_, reason, message) = hub.last_condition();
+    assert_eq!(
+        (type_.as_str(), reason.as_str(), message.as_str()),
+        (
+            "Validated",
+            "InvalidMaintenanceWindow",
+            "spec.maintenanceWindows[0].start: \"24:00\" is not a time of day: the hour must be 00 to 23"
+        )
+    );
+}
+
+/// Three single-cluster batches under a daily 02:00–03:00 UTC window, policy p1 with an
+/// optional `talm.dev/expected-duration` prior.
+fn windowed_hub(prior: Option<&str>) -> Hub {
+    let mut hub = Hub::new(
+        cgu(json!({
+            "clusters": ["spoke1", "spoke2", "spoke3"],
+            "managedPolicies": ["p1"],
+            "remediationStrategy": {"maxConcurrency": 1, "timeout": 600},
+            "maintenanceWindows": [{"start": "02:00", "duration": "1h"}],
+        })),
+        &["spoke1", "spoke2", "spoke3"],
+        vec![policy(
+            "p1",
+            &[
+                ("spoke1", "NonCompliant"),
+                ("spoke2", "NonCompliant"),
+                ("spoke3", "NonCompliant"),
+            ],
+        )],
+    );
+    if let Some(p) = prior {
+        hub.policies[0].metadata.annotations = Some(BTreeMap::from([(
+            "talm.dev/expected-duration".to_string(),
+            p.to_string(),
+        )]));
+    }
+    hub
+}
+
+#[test]
+fn a_batch_that_does_not_fit_the_rest_of_the_window_waits_for_the_next() {
+    let mut hub = windowed_hub(Some("45m"));
+    hub.run(at("2026-03-02T02:00:00Z"));
+    // A full window is left: batch 1 (predicted ~50 min at p90) starts.
+    assert_eq!(hub.placement_values("p1"), ["spoke1"]);
+    let f = &hub.status()["forecast"];
+    assert_eq!(f["policies"][0]["name"], json!("p1"));
+    assert_eq!(f["policies"][0]["prior"], json!("45m"));
+    assert_eq!(f["policies"][0]["observations"], json!(0));
+    assert_eq!(f["batches"][0]["batch"], json!(1));
+    assert_eq!(f["batches"][1]["fitsWindow"], json!(true));
+    assert!(f["completion"].is_string(), "{f}");
+
+    // 02:30: spoke1 is done after 30 min (one observation). 30 min are left in the window,
+    // batch 2 needs more: it waits for tomorrow's window.
+    hub.set_compliance("p1", "spoke1", "Compliant");
+    hub.run(at("2026-03-02T02:30:00Z"));
+    let (type_, reason, message) = hub.last_condition();
+    assert_eq!(
+        (type_.as_str(), reason.as_str()),
+        ("Progressing", "WaitingForMaintenanceWindow")
+    );
+    assert!(
+        message.starts_with(
+            "Batch 2 does not fit in the open maintenance window (it closes at 2026-03-02T03:00:00Z, the batch is predicted to need up to "
+        ) && message.ends_with(
+            "); it waits for the next window, which opens at 2026-03-03T02:00:00Z"
+        ),
+        "{message}"
+    );
+    assert!(hub.placement_values("p1").is_empty());
+    let f = &hub.status()["forecast"];
+    assert_eq!(f["policies"][0]["observations"], json!(1));
+    assert_eq!(f["batches"][0]["batch"], json!(2));
+    assert_eq!(f["batches"][0]["start"], json!("2026-03-03T02:00:00Z"));
+    assert_eq!(f["batches"][1]["start"], json!("2026-03-04T02:00:00Z"));
+    assert!(
+        f["batches"][0]["waitsFor"]
+            .as_str()
+            .unwrap()
+            .starts_with("does not fit in the open maintenance window"),
+        "{f}"
+    );
+
+    // Next day: batch 2 starts at the opening.
+    hub.run(at("2026-03-03T02:00:00Z"));
+    assert_eq!(hub.placement_values("p1"), ["spoke2"]);
+    assert_eq!(hub.last_condition().1, "InProgress");
+}
+
+#[test]
+fn without_a_basis_a_batch_starts_whatever_is_left_of_the_window() {
+    // No prior and no observation yet: batch 1 has no basis, so it starts with 5 min left.
+    let mut hub = windowed_hub(None);
+    hub.run(at("2026-03-02T02:55:00Z"));
+    assert_eq!(hub.placement_values("p1"), ["spoke1"]);
+    assert!(hub.status()["forecast"].get("completion").is_none());
+    // With a 45 min prior, the same batch at the same time waits.
+    let mut hub = windowed_hub(Some("45m"));
+    hub.run(at("2026-03-02T02:55:00Z"));
+    assert!(hub.placement_values("p1").is_empty());
+    assert_eq!(hub.last_condition().1, "WaitingForMaintenanceWindow");
+}
+
+#[test]
+fn a_batch_longer_than_any_window_starts_at_an_opening() {
+    let mut hub = windowed_hub(Some("3h"));
+    // In the middle of the window: waits for the next opening.
+    hub.run(at("2026-03-02T02:20:00Z"));
+    assert!(hub.placement_values("p1").is_empty());
+    let (_, reason, message) = hub.last_condition();
+    assert_eq!(reason, "WaitingForMaintenanceWindow");
+    assert!(
+        message.contains("longer than any maintenance window; it starts at the opening of the next window, at 2026-03-03T02:00:00Z"),
+        "{message}"
+    );
+    assert_eq!(
+        hub.status()["forecast"]["batches"][0]["fitsWindow"],
+        json!(false)
+    );
+    hub.run(at("2026-03-03T02:00:00Z"));
+    assert_eq!(hub.placement_values("p1"), ["spoke1"]);
 }

@@ -423,6 +423,7 @@ pub fn status_patch(
     heavy(&mut patch, "status", &old.status, &new.status)?;
     heavy(&mut patch, "precaching", &old.precaching, &new.precaching)?;
     heavy(&mut patch, "backup", &old.backup, &new.backup)?;
+    heavy(&mut patch, "forecast", &old.forecast, &new.forecast)?;
     Ok((!patch.is_empty()).then_some(Value::Object(patch)))
 }
 
@@ -444,6 +445,7 @@ fn light(s: &ClusterGroupUpgradeStatus) -> ClusterGroupUpgradeStatus {
         precaching: _,
         backup: _,
         copied_policies,
+        forecast: _,
     } = s;
     ClusterGroupUpgradeStatus {
         conditions: conditions.clone(),
@@ -462,6 +464,7 @@ fn light(s: &ClusterGroupUpgradeStatus) -> ClusterGroupUpgradeStatus {
         precaching: None,
         backup: None,
         copied_policies: copied_policies.clone(),
+        forecast: None,
     }
 }
 

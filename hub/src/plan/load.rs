@@ -626,6 +626,7 @@ fn check_typed(
         talm_hub_core::validate::failure_budget(v, 0)
             .map_err(|e| ("spec.remediationStrategy.maxFailures".to_string(), e))?;
     }
+    talm_hub_core::windows::schedule(spec).map_err(|e| (e.path, e.problem))?;
     let managed = spec.managed_policies.as_deref().unwrap_or_default();
     if let Some((i, name)) = talm_hub_core::validate::repeated_names(managed).first() {
         return Err((
@@ -1094,6 +1095,28 @@ metadata:
             load_yaml_str(
                 "cgu.yaml",
                 &CGU.replace("maxConcurrency: 1", "maxConcurrency: 0")
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn bad_maintenance_windows_are_refused() {
+        let with = |w: &str| format!("{CGU}  maintenanceWindows: {w}\n");
+        assert_eq!(
+            err(&with(
+                "[{start: \"02:00\", duration: 4h, timeZone: Mars/Olympus}]"
+            )),
+            "cgu.yaml doc 1: spec.maintenanceWindows[0].timeZone: unknown time zone \"Mars/Olympus\": use an IANA name such as Europe/Berlin, America/New_York or UTC"
+        );
+        assert_eq!(
+            err(&with("[]")),
+            "cgu.yaml doc 1: spec.maintenanceWindows: must list at least one window (remove the field to start batches at any time)"
+        );
+        assert!(
+            load_yaml_str(
+                "cgu.yaml",
+                &with("[{days: [Sat], start: \"22:00\", duration: 4h, timeZone: Europe/Berlin}]")
             )
             .is_ok()
         );

@@ -124,6 +124,7 @@ fn cgu_block(s: &mut String, cgu: &ClusterGroupUpgrade, report: &CguReport) {
         let _ = writeln!(s, "  manifestworks: {}", templates.join(", "));
     }
     batches_block(s, status, &policies, templates);
+    forecast_block(s, status);
     if !report.notes.excluded_clusters.is_empty() {
         s.push_str("  excluded clusters:\n");
         let width = report
@@ -255,6 +256,86 @@ fn batches_block(
             .map(|(cell, w)| format!("{cell:<w$}"))
             .collect();
         let _ = writeln!(s, "   {}", line.join("  ").trim_end());
+    }
+}
+
+/// The forecast (a talm extension): the CGU's expected completion, one line per remaining batch
+/// (start, ETA, p90 end, whether it fits a maintenance window, what it waits for) and the basis
+/// per policy.
+fn forecast_block(s: &mut String, status: &ClusterGroupUpgradeStatus) {
+    let Some(f) = status.forecast.as_ref() else {
+        return;
+    };
+    let time = |t: &Option<talm_shared::api::Time>| {
+        t.as_ref()
+            .map(|t| t.0.to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    let completion = match (&f.completion, &f.completion_p90) {
+        (Some(_), _) => format!(
+            "completion {} (p90 {})",
+            time(&f.completion),
+            time(&f.completion_p90)
+        ),
+        (None, _) if f.batches.is_empty() => "no batch left".into(),
+        (None, _) => "no completion estimate yet (a policy has no observation and no prior)".into(),
+    };
+    let _ = writeln!(s, "  forecast: {completion}");
+    if !f.batches.is_empty() {
+        let mut rows: Vec<Vec<String>> = vec![
+            [
+                "  BATCH",
+                "START",
+                "ETA",
+                "P90",
+                "DURATION P90",
+                "FITS WINDOW",
+                "WAITS FOR",
+            ]
+            .iter()
+            .map(|h| h.to_string())
+            .collect(),
+        ];
+        for b in &f.batches {
+            rows.push(vec![
+                format!("  {}", b.batch),
+                time(&b.start),
+                time(&b.end),
+                time(&b.end_p90),
+                b.duration_p90.clone().unwrap_or_else(|| "-".into()),
+                match b.fits_window {
+                    Some(true) => "yes".into(),
+                    Some(false) => "no".into(),
+                    None => "-".into(),
+                },
+                b.waits_for.clone().unwrap_or_else(|| "-".into()),
+            ]);
+        }
+        let widths: Vec<usize> = (0..rows[0].len())
+            .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+            .collect();
+        for row in &rows {
+            let line: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .map(|(cell, w)| format!("{cell:<w$}"))
+                .collect();
+            let _ = writeln!(s, "   {}", line.join("  ").trim_end());
+        }
+    }
+    for p in &f.policies {
+        let mut parts = vec![format!(
+            "{} observation{}",
+            p.observations,
+            if p.observations == 1 { "" } else { "s" }
+        )];
+        if let Some(prior) = &p.prior {
+            parts.push(format!("prior {prior}"));
+        }
+        if let (Some(p50), Some(p90)) = (&p.p50, &p.p90) {
+            parts.push(format!("p50 {p50}, p90 {p90}"));
+        }
+        let _ = writeln!(s, "   basis {}: {}", p.name, parts.join("; "));
     }
 }
 

@@ -118,6 +118,35 @@ pub struct ClusterGroupUpgradeSpec {
     /// Default `false`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused: Option<bool>,
+    /// talm extension: the maintenance windows in which a batch may start. When set, a batch
+    /// starts only while one of them is open; a started batch runs to its end even after the
+    /// window closes. Time spent waiting for a window does not count against
+    /// `remediationStrategy.timeout`. Absent: batches start at once, as in TALM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance_windows: Option<Vec<MaintenanceWindow>>,
+}
+
+/// talm extension: a recurring maintenance window, e.g. `{days: [Sat, Sun], start: "22:00",
+/// duration: "4h", timeZone: Europe/Berlin}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MaintenanceWindow {
+    /// The days the window opens on, in its time zone: `Mon`, `Tue`, `Wed`, `Thu`, `Fri`,
+    /// `Sat`, `Sun` (or the full English names). Empty or absent: every day. A window that
+    /// crosses midnight belongs to the day it opens on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub days: Vec<String>,
+    /// Local opening time, `HH:MM` (24-hour). A time skipped by a daylight-saving change opens
+    /// the window that much later (02:30 on a spring-forward night opens at 03:30); a repeated
+    /// time opens at its first occurrence.
+    pub start: String,
+    /// How long the window stays open, in elapsed time: `4h`, `90m`, `1h30m`. More than zero,
+    /// at most `168h`.
+    pub duration: String,
+    /// IANA time-zone name, e.g. `Europe/Berlin`. Default `UTC`. talm uses its own bundled
+    /// copy of the IANA time-zone database, not the host's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
 }
 
 /// How clusters are split into batches.
@@ -272,6 +301,82 @@ pub struct ClusterGroupUpgradeStatus {
     /// Deprecated (policy copies era); never written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copied_policies: Option<Vec<String>>,
+    /// talm extension: when the rollout is expected to end, batch by batch, and what the
+    /// prediction is based on. Written while the CGU is in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forecast: Option<Forecast>,
+}
+
+/// talm extension: the rollout forecast. Each managed policy's time to compliance (from a
+/// cluster's release into the policy's Placement until it moves past the policy) is learned
+/// from the CGU's own clusters into a fixed-size histogram, optionally starting from the root
+/// Policy's `talm.dev/expected-duration` annotation; the remaining batches are projected from
+/// it, with the maintenance windows, the batch timeouts and the global timeout.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Forecast {
+    /// The basis, per managed policy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<PolicyForecast>,
+    /// The remaining batches, the current one first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub batches: Vec<BatchForecast>,
+    /// Expected completion of the CGU; absent while some remaining batch has no basis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion: Option<Time>,
+    /// Completion by which the CGU is 90% likely to have ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_p90: Option<Time>,
+}
+
+/// talm extension: what the forecast knows about one managed policy.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyForecast {
+    /// Root policy name.
+    pub name: String,
+    /// Durations observed on this CGU's clusters.
+    #[serde(default)]
+    pub observations: u64,
+    /// The prior from the root Policy's `talm.dev/expected-duration` annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prior: Option<String>,
+    /// Median time to compliance of one cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p50: Option<String>,
+    /// 90th percentile time to compliance of one cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p90: Option<String>,
+    /// The observations as a log-scale histogram: `bin:count` pairs, bin `i` holding durations
+    /// from 10 s × 1.15^i to 10 s × 1.15^(i+1) (bin 0 also everything shorter).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub histogram: String,
+}
+
+/// talm extension: the forecast of one remaining batch.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchForecast {
+    /// 1-based batch index.
+    pub batch: i32,
+    /// Expected start (after any wait for a maintenance window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<Time>,
+    /// Expected end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<Time>,
+    /// End by which the batch is 90% likely to be done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_p90: Option<Time>,
+    /// The batch's predicted duration, 90th percentile: what the window-fit rule uses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_p90: Option<String>,
+    /// With maintenance windows: whether the batch fits in a whole window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fits_window: Option<bool>,
+    /// What the batch waits for before it can start, when it waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waits_for: Option<String>,
 }
 
 /// A managed policy that still needs work.
@@ -340,8 +445,8 @@ pub struct UpgradeStatus {
     /// Per-cluster progress in the current batch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_batch_remediation_progress: Option<BTreeMap<String, ClusterRemediationProgress>>,
-    /// talm extension: total seconds of closed intervals (pauses, alert holds) that do not
-    /// count against the global and batch timeouts.
+    /// talm extension: total seconds of closed intervals that do not count against the
+    /// global and batch timeouts: pauses, alert holds and waits for a maintenance window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub excluded_seconds: Option<i64>,
     /// talm extension: start of the current pause or alert hold, while one is open.
@@ -352,6 +457,10 @@ pub struct UpgradeStatus {
     /// batch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_start_excluded_seconds: Option<i64>,
+    /// talm extension: since when the CGU has been waiting for a maintenance window to open
+    /// (absent when it is not waiting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for_window_since: Option<Time>,
 }
 
 /// A cluster's progress in the current batch.
@@ -369,6 +478,10 @@ pub struct ClusterRemediationProgress {
     /// When the current policy was first seen compliant (soak).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_compliant_at: Option<Time>,
+    /// talm extension: when the cluster was released into its current policy's Placement (the
+    /// forecast learns the time from here until it moves past the policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_at: Option<Time>,
 }
 
 /// The resolved pre-cache spec, shared with the agents.

@@ -105,6 +105,7 @@ pub fn reconcile(cgu: &ClusterGroupUpgrade, snap: &Snapshot, ctx: &Context<'_>) 
         finalizer: FinalizerChange::None,
         notes: Notes::default(),
         recorded: None,
+        observed: Vec::new(),
     };
     r.run();
     // TALM's status holds `status` (UpgradeStatus) as a plain struct: it is always written,
@@ -134,6 +135,9 @@ struct Run<'a> {
     notes: Notes,
     /// Names in `status.clusters`, built on first use (O(1) membership at fleet scale).
     recorded: Option<HashSet<String>>,
+    /// Times to compliance seen in this pass, for the forecast: (index into
+    /// `managedPoliciesForUpgrade`, release → moved past the policy).
+    observed: Vec<(usize, SignedDuration)>,
 }
 
 impl<'a> Run<'a> {

@@ -22,13 +22,17 @@ use talm_shared::api::cgu::{
     ClusterRemediationProgress, ClusterState, ManagedPolicyForUpgrade, PolicyStatus, UpgradeStatus,
 };
 
-use super::{BATCH_POLL, BATCH_POLL_SECS, PAUSED_RECHECK_SECS, Run, SOAK_POLL_SECS};
+use super::{
+    BATCH_POLL, BATCH_POLL_SECS, FIX_RETRY_SECS, PAUSED_RECHECK_SECS, Run, SOAK_POLL_SECS,
+};
 use crate::conditions::{messages as msg, reasons, types};
 use crate::decision::Requeue;
 use crate::events;
+use crate::forecast;
 use crate::installplan;
-use crate::snapshot::Compliance;
+use crate::snapshot::{Compliance, RootPolicy};
 use crate::timeouts::{batch_deadline, excluded, global_deadline};
+use crate::windows;
 
 /// Policy annotation: seconds a policy must stay compliant before the cluster moves on.
 pub const SOAK_ANNOTATION: &str = "ran.openshift.io/soak-seconds";
@@ -45,6 +49,7 @@ impl Run<'_> {
         // part of the status at fleet scale).
         let plan = self.status.remediation_plan.take().unwrap_or_default();
         self.in_progress_with(&plan);
+        self.update_forecast(&plan);
         if !plan.is_empty() {
             self.status.remediation_plan = Some(plan);
         }
@@ -85,12 +90,29 @@ impl Run<'_> {
             .as_ref()
             .and_then(|s| s.current_batch_started_at.as_ref())
             .is_none();
+        // `startedAt`; the deadlines add the time that does not count (pauses, holds, window
+        // waits) themselves.
+        let started = self
+            .status
+            .status
+            .as_ref()
+            .and_then(|s| s.started_at.as_ref())
+            .map(|t| t.0)
+            .unwrap_or(now);
         if batch_not_started && held {
             // No batch starts while paused; the same batch starts on resume.
             self.notes
                 .pending_actions
                 .push(format!("batch {current} starts when the CGU resumes"));
             self.requeue(Requeue::After(PAUSED_RECHECK_SECS));
+            return;
+        }
+        // A batch waits for its maintenance window (a talm extension) unless the CGU has run
+        // out of time already: then it ends as it would have without windows.
+        if batch_not_started
+            && now <= self.global_deadline(started)
+            && self.window_gate(current, &batch, &policies)
+        {
             return;
         }
         if batch_not_started {
@@ -128,13 +150,6 @@ impl Run<'_> {
             .status
             .as_ref()
             .and_then(|s| s.current_batch_started_at.as_ref())
-            .map(|t| t.0)
-            .unwrap_or(now);
-        let started = self
-            .status
-            .status
-            .as_ref()
-            .and_then(|s| s.started_at.as_ref())
             .map(|t| t.0)
             .unwrap_or(now);
         // Timestamps come from an editable status: all arithmetic on them is checked.
@@ -281,6 +296,180 @@ impl Run<'_> {
         global_deadline(self.timeout_minutes(), started, ex)
     }
 
+    /// `startedAt` moved later by the time that does not count against the timeouts
+    /// ([`excluded`]): the forecast projects from here (`clock_start + timeout` is the global
+    /// deadline that `global_deadline` computes).
+    fn clock_start(&self) -> Timestamp {
+        let us = self.status.status.as_ref();
+        let started = us
+            .and_then(|u| u.started_at.as_ref())
+            .map(|t| t.0)
+            .unwrap_or(self.now);
+        let shift = us.map_or(SignedDuration::ZERO, |u| excluded(u, self.now));
+        started.checked_add(shift).unwrap_or(started)
+    }
+
+    /// The maintenance-window gate before a batch starts (talm extension, `spec.maintenanceWindows`).
+    /// Returns true when the batch must wait: then `Progressing=True` says why and until when,
+    /// the wait is recorded (`waitingForWindowSince`, so it does not count against the
+    /// timeouts) and the CGU requeues for the opening. When the batch may start, a wait in
+    /// progress is closed into `excludedSeconds`.
+    fn window_gate(
+        &mut self,
+        current: usize,
+        batch: &[String],
+        policies: &[ManagedPolicyForUpgrade],
+    ) -> bool {
+        let schedule = match windows::schedule(&self.cgu.spec) {
+            Ok(None) => return false,
+            Ok(Some(s)) => s,
+            Err(e) => {
+                // Checked at validation; an edit after the start stops new batches instead.
+                self.set_cond(
+                    types::PROGRESSING,
+                    true,
+                    reasons::INVALID_MAINTENANCE_WINDOW,
+                    &format!("Batch {current} cannot start: {e}"),
+                );
+                self.requeue(Requeue::After(FIX_RETRY_SECS));
+                return true;
+            }
+        };
+        let now = self.now;
+        let need = self.forecast_model(policies).batch_duration(
+            &self.needed(batch, policies),
+            batch.len(),
+            0.9,
+        );
+        match windows::gate(&schedule, now, need) {
+            Ok(()) => {
+                let us = self.upgrade_status();
+                if let Some(since) = us.waiting_for_window_since.take() {
+                    let waited = now.duration_since(since.0).max(SignedDuration::ZERO);
+                    us.excluded_seconds = Some(
+                        us.excluded_seconds
+                            .unwrap_or(0)
+                            .max(0)
+                            .saturating_add(waited.as_secs()),
+                    );
+                    self.events.push(events::window_opened(
+                        self.cgu,
+                        current,
+                        &format!("{:#}", SignedDuration::from_secs(waited.as_secs())),
+                    ));
+                }
+                false
+            }
+            Err(wait) => {
+                let why = wait.describe();
+                let us = self.upgrade_status();
+                if us.waiting_for_window_since.is_none() {
+                    us.waiting_for_window_since = Some(Time(now));
+                    self.events
+                        .push(events::window_wait(self.cgu, current, &why));
+                }
+                let message = format!("Batch {current} {why}");
+                self.set_cond(
+                    types::PROGRESSING,
+                    true,
+                    reasons::WAITING_FOR_MAINTENANCE_WINDOW,
+                    &message,
+                );
+                self.notes.pending_actions.push(message);
+                match wait.until() {
+                    Some(at) => {
+                        let secs = at.duration_since(now).as_secs().max(1);
+                        self.requeue(Requeue::After(secs.unsigned_abs()));
+                    }
+                    None => self.requeue(Requeue::After(FIX_RETRY_SECS)),
+                }
+                true
+            }
+        }
+    }
+
+    /// The forecast's model: the priors of the managed policies' root Policies and what the
+    /// status has learned so far.
+    fn forecast_model(&self, policies: &[ManagedPolicyForUpgrade]) -> forecast::Model {
+        let priors = policies.iter().map(|p| {
+            let prior = self
+                .snap
+                .root_policy(&p.namespace, &p.name)
+                .and_then(|r| r.policy.metadata.annotations.as_ref())
+                .and_then(|a| a.get(forecast::EXPECTED_DURATION_ANNOTATION))
+                .map(String::as_str);
+            (p.name.clone(), forecast::prior(prior))
+        });
+        forecast::Model::new(priors, self.status.forecast.as_ref())
+    }
+
+    /// The policies (indexes) that some cluster of `batch` is not compliant with.
+    fn needed(&self, batch: &[String], policies: &[ManagedPolicyForUpgrade]) -> Vec<usize> {
+        needed_of(&self.roots(policies), batch)
+    }
+
+    /// The root policies of `policies`, looked up once for a whole pass over the plan.
+    fn roots(&self, policies: &[ManagedPolicyForUpgrade]) -> Vec<Option<&RootPolicy>> {
+        policies
+            .iter()
+            .map(|p| self.snap.root_policy(&p.namespace, &p.name))
+            .collect()
+    }
+
+    /// Updates `status.forecast` after a pass: the pass's observations go into the learners,
+    /// and, while the CGU is in progress, the remaining batches are projected. Once it has
+    /// ended only the basis stays.
+    fn update_forecast(&mut self, plan: &[Vec<String>]) {
+        let policies = self.policies_for_upgrade();
+        if policies.is_empty() || plan.is_empty() {
+            return;
+        }
+        let mut model = self.forecast_model(&policies);
+        for (i, d) in std::mem::take(&mut self.observed) {
+            model.observe(i, d);
+        }
+        let us = self.status.status.as_ref();
+        let current_started = us
+            .and_then(|u| u.current_batch_started_at.as_ref())
+            .map(|t| t.0);
+        let ended = crate::conditions::find(&self.status.conditions, types::SUCCEEDED).is_some();
+        let current = usize::try_from(us.and_then(|u| u.current_batch).unwrap_or(1))
+            .unwrap_or(1)
+            .clamp(1, plan.len());
+        let batches = if ended {
+            Vec::new()
+        } else {
+            let roots = self.roots(&policies);
+            plan.iter()
+                .enumerate()
+                .skip(current - 1)
+                .map(|(i, b)| forecast::PlannedBatch {
+                    index: i + 1,
+                    clusters: b.len(),
+                    needed: needed_of(&roots, b),
+                })
+                .collect()
+        };
+        let schedule = windows::schedule(&self.cgu.spec).ok().flatten();
+        let mut f = forecast::project(
+            &model,
+            &forecast::Rollout {
+                now: self.now,
+                plan_len: plan.len(),
+                batches,
+                current_started,
+                timeout_minutes: self.timeout_minutes(),
+                clock_start: self.clock_start(),
+                schedule: schedule.as_ref(),
+            },
+        );
+        if ended {
+            f.completion = None;
+            f.completion_p90 = None;
+        }
+        self.status.forecast = Some(f);
+    }
+
     /// A cluster's entry in `currentBatchRemediationProgress` (`NotStarted` when absent).
     pub(super) fn progress_of(&self, c: &str) -> ClusterRemediationProgress {
         self.status
@@ -355,8 +544,10 @@ impl Run<'_> {
         let mut soaking = false;
         while i < policies.len() {
             let pol = &policies[i];
+            let before = i;
             match self.compliance(c, pol) {
                 Compliance::NotMatched => {
+                    p.released_at = None;
                     i += 1;
                 }
                 Compliance::Compliant => {
@@ -383,9 +574,20 @@ impl Run<'_> {
                             i += 1;
                         }
                     }
+                    if i > before {
+                        // Moved past the policy: if it was released into it, that is one
+                        // observation of its time to compliance.
+                        if let Some(released) = p.released_at.take() {
+                            self.observed
+                                .push((before, self.now.duration_since(released.0)));
+                        }
+                    }
                 }
                 Compliance::NonCompliant => {
                     p.first_compliant_at = None;
+                    if p.released_at.is_none() {
+                        p.released_at = Some(Time(self.now));
+                    }
                     break;
                 }
             }
@@ -393,6 +595,7 @@ impl Run<'_> {
         if i >= policies.len() && held {
             p.policy_index = Some(i32::try_from(i).unwrap_or(i32::MAX));
             p.first_compliant_at = None;
+            p.released_at = None;
             self.set_progress(c, p);
             return false;
         }
@@ -733,4 +936,20 @@ impl Run<'_> {
         }
         self.requeue(Requeue::Immediately);
     }
+}
+
+/// The policies (indexes into `roots`) that some cluster of `batch` is not compliant with; a
+/// missing root counts as not compliant, as everywhere in the engine.
+fn needed_of(roots: &[Option<&RootPolicy>], batch: &[String]) -> Vec<usize> {
+    roots
+        .iter()
+        .enumerate()
+        .filter(|(_, root)| match root {
+            Some(root) => batch
+                .iter()
+                .any(|c| root.compliance(c) == Compliance::NonCompliant),
+            None => !batch.is_empty(),
+        })
+        .map(|(i, _)| i)
+        .collect()
 }
