@@ -77,6 +77,7 @@ impl Write {
                 precache,
                 backup,
                 install_plans,
+                rollback,
                 ..
             } => {
                 let mut spec = Map::new();
@@ -99,6 +100,13 @@ impl Write {
                     "installPlans",
                     task_patch("InstallPlan task", install_plans.as_ref(), |_| {})?,
                 );
+                slot(
+                    "rollback",
+                    task_patch("rollback task", rollback.as_ref(), |t| {
+                        // The one optional field: named so a previous CGU's target goes.
+                        t.entry("targetVersion").or_insert(Value::Null);
+                    })?,
+                );
                 Ok(Some(single("spec", Value::Object(spec))))
             }
             _ => Ok(None),
@@ -115,6 +123,7 @@ impl Write {
             precache,
             backup,
             install_plans,
+            rollback,
         } = self
         else {
             return None;
@@ -124,9 +133,13 @@ impl Write {
             backup: assigned(backup.as_ref()),
             install_plans: assigned(install_plans.as_ref()),
             check_space: None,
-            rollback: None,
+            rollback: assigned(rollback.as_ref()),
         };
-        if spec.precache.is_none() && spec.backup.is_none() && spec.install_plans.is_none() {
+        if spec.precache.is_none()
+            && spec.backup.is_none()
+            && spec.install_plans.is_none()
+            && spec.rollback.is_none()
+        {
             return None;
         }
         let mut agent = SpokeAgent::new(name, spec);
@@ -239,6 +252,7 @@ mod tests {
             precache,
             backup,
             install_plans,
+            rollback: None,
         }
     }
 

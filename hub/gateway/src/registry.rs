@@ -324,6 +324,7 @@ impl Registry {
             (Slot::Backup, &st.backup),
             (Slot::CheckSpace, &st.check_space),
             (Slot::InstallPlans, &st.install_plans),
+            (Slot::Rollback, &st.rollback),
         ] {
             if let Some(r) = rep {
                 let kind = kinds
@@ -481,12 +482,30 @@ impl Registry {
                 let kind = TaskKind::try_from(acc.kind).unwrap_or(TaskKind::Unspecified);
                 t.wire_kind = kind;
                 t.kind = kind.display_name().into();
-                if t.state
-                    .is_none_or(|s| !s.is_final() && s != TaskState::Active)
-                {
-                    t.state = Some(TaskState::Starting);
+                // The watchdog, once accepted, watches: `Armed`.
+                let accepted = if kind == TaskKind::Rollback {
+                    TaskState::Armed
+                } else {
+                    TaskState::Starting
+                };
+                if t.state.is_none_or(|s| {
+                    !s.is_final() && s != TaskState::Active && s != TaskState::RollingBack
+                }) {
+                    t.state = Some(accepted);
                 }
                 a.agent_active.insert(r.task_id.clone());
+            }
+            // The watchdog's progress is its recovery: `RollingBack`, with the step it is at.
+            Some(task_report::Body::Progress(p))
+                if !is_final(t) && t.wire_kind == TaskKind::Rollback =>
+            {
+                t.state = Some(TaskState::RollingBack);
+                t.message = p.message.clone();
+                t.progress = Some(ProgressView {
+                    message: p.message.clone(),
+                    done: p.done,
+                    total: p.total,
+                });
             }
             Some(task_report::Body::Progress(p)) if !is_final(t) => {
                 t.state = Some(TaskState::Active);
@@ -619,6 +638,7 @@ impl Registry {
                 Slot::Backup => st.backup = rep,
                 Slot::CheckSpace => st.check_space = rep,
                 Slot::InstallPlans => st.install_plans = rep,
+                Slot::Rollback => st.rollback = rep,
             }
         }
         Some(st)

@@ -16,6 +16,8 @@ pub enum Slot {
     CheckSpace,
     /// `spec.installPlans` / `status.installPlans`.
     InstallPlans,
+    /// `spec.rollback` / `status.rollback` (the rollback watchdog).
+    Rollback,
 }
 
 impl Slot {
@@ -26,6 +28,7 @@ impl Slot {
             Slot::Backup => TaskKind::Backup,
             Slot::CheckSpace => TaskKind::CheckSpace,
             Slot::InstallPlans => TaskKind::ApproveInstallPlans,
+            Slot::Rollback => TaskKind::Rollback,
         }
     }
 }
@@ -78,6 +81,22 @@ pub fn desired(spec: &SpokeAgentSpec) -> Vec<DesiredTask> {
             deadline_unix: t.deadline.0.as_second(),
         });
     }
+    if let Some(t) = &spec.rollback {
+        let mut params = serde_json::json!({
+            "armedAt": t.armed_at.0.as_second(),
+            "healthTimeoutSeconds": t.health_timeout_seconds,
+        });
+        if let Some(v) = &t.target_version {
+            params["targetVersion"] = serde_json::Value::String(v.clone());
+        }
+        out.push(DesiredTask {
+            id: t.id.clone(),
+            slot: Slot::Rollback,
+            params_json: params.to_string(),
+            // The watchdog has no deadline: its health timeout is in the params.
+            deadline_unix: 0,
+        });
+    }
     out
 }
 
@@ -88,9 +107,10 @@ pub fn result_state(kind: TaskKind, outcome: TaskOutcome) -> TaskState {
     match outcome {
         TaskOutcome::Succeeded if rollback => TaskState::Healthy,
         TaskOutcome::RolledBack if rollback => TaskState::RolledBack,
-        TaskOutcome::Failed | TaskOutcome::Rejected | TaskOutcome::Unspecified if rollback => {
-            TaskState::RollbackFailed
-        }
+        // An agent that rejects the watchdog (one without it, or params it refuses) never
+        // armed it: nothing was rolled back, and the cluster must not fail for it.
+        TaskOutcome::Rejected if rollback => TaskState::UnrecoverableError,
+        TaskOutcome::Failed | TaskOutcome::Unspecified if rollback => TaskState::RollbackFailed,
         // Only the watchdog can roll back; anything else saying so is a broken agent.
         TaskOutcome::RolledBack => TaskState::UnrecoverableError,
         TaskOutcome::Succeeded => TaskState::Succeeded,

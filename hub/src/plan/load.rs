@@ -622,6 +622,9 @@ fn check_typed(
             talm_hub_core::validate::max_concurrency_problem(max),
         ));
     }
+    if let Some((field, problem)) = talm_hub_core::recovery::spec_problem(spec) {
+        return Err((field.into(), problem));
+    }
     let managed = spec.managed_policies.as_deref().unwrap_or_default();
     if let Some((i, name)) = talm_hub_core::validate::repeated_names(managed).first() {
         return Err((

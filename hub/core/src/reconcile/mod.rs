@@ -12,7 +12,8 @@
 //! - [`enforcement`](self::enforcement): the Placements and PlacementBindings that enforce
 //!   policies on released clusters, and their cleanup;
 //! - [`progress`](self::progress): batches, per-cluster progression and timeouts;
-//! - [`works`](self::works): what changes for a ManifestWork rollout.
+//! - [`works`](self::works): what changes for a ManifestWork rollout;
+//! - [`rollback`](self::rollback): the rollback watchdog (talm extension, `spec.recovery`).
 //!
 //! Deliberate fixes to TALM's quirks: all-failed pre-cache/backup ends the CGU instead of
 //! hanging; a timed-out cluster leaves the Placements at once; partial-blocking filtering keeps
@@ -23,6 +24,7 @@ mod blocking;
 mod enforcement;
 mod gates;
 mod progress;
+mod rollback;
 mod start;
 mod works;
 

@@ -210,6 +210,9 @@ impl Run<'_> {
                 self.events
                     .push(events::batch_completed(self.cgu, current, &batch, total));
                 self.empty_placements();
+                if self.end_if_rolled_back(plan) {
+                    return;
+                }
                 self.end(
                     reasons::COMPLETED,
                     true,
@@ -239,6 +242,7 @@ impl Run<'_> {
             self.release_works(&batch);
         } else {
             self.remediate_batch(&batch, &policies);
+            self.arm_watchdogs(&batch, &policies);
         }
         let deadline = started
             .checked_add(SignedDuration::from_mins(i64::from(self.timeout_minutes())))
@@ -274,7 +278,10 @@ impl Run<'_> {
 
     /// Whether every cluster of the batch has completed.
     fn batch_completed(&self, batch: &[String]) -> bool {
-        batch.iter().all(|c| self.progress_of(c).state == COMPLETED)
+        batch.iter().all(|c| {
+            let s = self.progress_of(c).state;
+            s == COMPLETED || s == super::rollback::ROLLED_BACK
+        })
     }
 
     /// Steps one cluster through the policies (§3.7). Returns true while it soaks.
@@ -284,6 +291,9 @@ impl Run<'_> {
         policies: &[ManagedPolicyForUpgrade],
         emit: bool,
     ) -> bool {
+        if self.rolled_back(c, policies) {
+            return false;
+        }
         let mut p = self.progress_of(c);
         if p.state == COMPLETED {
             return false;
@@ -378,6 +388,7 @@ impl Run<'_> {
             .extend(installplan::cleanup(self.cgu, c, self.snap));
         self.writes
             .extend(installplan::clear_agent_task(self.cgu, c, self.snap));
+        self.disarm(c);
         if let Some(a) = self
             .cgu
             .spec
