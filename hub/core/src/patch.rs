@@ -359,6 +359,40 @@ mod tests {
     }
 
     #[test]
+    fn rollback_slot_arms_replacing_an_older_target_and_clears() {
+        use talm_shared::api::spokeagent::RollbackTask;
+        let task = RollbackTask {
+            id: "ns/cgu/uid/rollback".into(),
+            armed_at: t0(),
+            health_timeout_seconds: 600,
+            target_version: None,
+        };
+        let mut w = tasks(None, None, None);
+        if let Write::SetSpokeAgentTasks { rollback, .. } = &mut w {
+            *rollback = Some(TaskChange::Assign(task.clone()));
+        }
+        let mut agent = json!({"spec": {"rollback": {"id": "old", "armedAt": "x",
+            "healthTimeoutSeconds": 1, "targetVersion": "4.15.0"}}});
+        json_patch::merge(&mut agent, &w.merge_patch().unwrap().unwrap());
+        assert_eq!(
+            agent["spec"]["rollback"],
+            serde_json::to_value(&task).unwrap()
+        );
+        assert_eq!(
+            w.spoke_agent_if_missing().unwrap().spec.rollback,
+            Some(task)
+        );
+        if let Write::SetSpokeAgentTasks { rollback, .. } = &mut w {
+            *rollback = Some(TaskChange::Clear);
+        }
+        assert_eq!(
+            w.merge_patch().unwrap(),
+            Some(json!({"spec": {"rollback": null}}))
+        );
+        assert!(w.spoke_agent_if_missing().is_none());
+    }
+
+    #[test]
     fn finalizer_changes() {
         let ours = FINALIZER.to_string();
         let other = "other/keep".to_string();

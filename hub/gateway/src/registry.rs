@@ -773,4 +773,105 @@ mod tests {
             )));
         }
     }
+
+    fn report(id: &str, seq: u64, body: task_report::Body) -> v1::TaskReport {
+        v1::TaskReport {
+            seq,
+            task_id: id.into(),
+            cluster: "c".into(),
+            body: Some(body),
+        }
+    }
+
+    #[test]
+    fn the_watchdog_reports_armed_then_rolling_back_with_its_step_then_rolled_back() {
+        use talm_shared::api::spokeagent::RollbackTask;
+        let id = "ns/cgu/uid/rollback";
+        let spec = SpokeAgentSpec {
+            rollback: Some(RollbackTask {
+                id: id.into(),
+                armed_at: Time(jiff::Timestamp::from_second(1000).unwrap()),
+                health_timeout_seconds: 600,
+                target_version: None,
+            }),
+            ..Default::default()
+        };
+        let r = Registry::new(ClonePolicy::default());
+        r.seed("c", None, Some(&spec));
+        let state = |r: &Registry| {
+            let st = r.compose_status("c", Some(&spec)).unwrap();
+            st.rollback.map(|t| (t.state, t.message))
+        };
+        r.apply_report(
+            "c",
+            &report(
+                id,
+                1,
+                task_report::Body::Accepted(v1::TaskAccepted {
+                    kind: TaskKind::Rollback.into(),
+                }),
+            ),
+            1001,
+        );
+        assert_eq!(state(&r), Some(("Armed".into(), String::new())));
+        r.apply_report(
+            "c",
+            &report(
+                id,
+                0,
+                task_report::Body::Progress(v1::TaskProgress {
+                    message: "stage 2/5: restore".into(),
+                    done: 2,
+                    total: 5,
+                }),
+            ),
+            1700,
+        );
+        assert_eq!(
+            state(&r),
+            Some(("RollingBack".into(), "stage 2/5: restore".into()))
+        );
+        // A re-sent acceptance (after a reconnect) does not go back to Armed.
+        r.apply_report(
+            "c",
+            &report(
+                id,
+                2,
+                task_report::Body::Accepted(v1::TaskAccepted {
+                    kind: TaskKind::Rollback.into(),
+                }),
+            ),
+            1701,
+        );
+        assert_eq!(state(&r).unwrap().0, "RollingBack");
+        r.apply_report(
+            "c",
+            &report(
+                id,
+                3,
+                task_report::Body::Result(v1::TaskResult {
+                    outcome: TaskOutcome::RolledBack.into(),
+                    message: "node runs the pinned deployment".into(),
+                }),
+            ),
+            2000,
+        );
+        assert_eq!(
+            state(&r),
+            Some((
+                "RolledBack".into(),
+                "node runs the pinned deployment".into()
+            ))
+        );
+        // Other slots are untouched; without the spec the report is not written.
+        let st = r.compose_status("c", Some(&spec)).unwrap();
+        assert!(st.backup.is_none() && st.precache.is_none());
+        let empty = SpokeAgentSpec::default();
+        assert!(
+            r.compose_status("c", Some(&empty))
+                .unwrap()
+                .rollback
+                .is_none()
+        );
+    }
 }

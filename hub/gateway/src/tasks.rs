@@ -195,6 +195,54 @@ mod tests {
     }
 
     #[test]
+    fn the_watchdog_becomes_a_rollback_assignment_without_deadline() {
+        use talm_shared::api::spokeagent::RollbackTask;
+        let mut task = RollbackTask {
+            id: "ns/cgu/uid/rollback".into(),
+            armed_at: Time(jiff::Timestamp::from_second(2_000_000_000).unwrap()),
+            health_timeout_seconds: 5400,
+            target_version: Some("4.16.3".into()),
+        };
+        let d = desired(&SpokeAgentSpec {
+            rollback: Some(task.clone()),
+            ..Default::default()
+        });
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].slot.kind(), TaskKind::Rollback);
+        assert_eq!(d[0].deadline_unix, 0);
+        let params: serde_json::Value = serde_json::from_str(&d[0].params_json).unwrap();
+        assert_eq!(
+            params,
+            serde_json::json!({"armedAt": 2_000_000_000, "healthTimeoutSeconds": 5400,
+                               "targetVersion": "4.16.3"})
+        );
+        task.target_version = None;
+        let d = desired(&SpokeAgentSpec {
+            rollback: Some(task),
+            ..Default::default()
+        });
+        let params: serde_json::Value = serde_json::from_str(&d[0].params_json).unwrap();
+        assert!(params.get("targetVersion").is_none(), "absent, not null");
+        // A rejecting agent (one without the watchdog) never armed it: not a failed rollback.
+        assert_eq!(
+            result_state(TaskKind::Rollback, TaskOutcome::Rejected),
+            TaskState::UnrecoverableError
+        );
+        assert_eq!(
+            result_state(TaskKind::Rollback, TaskOutcome::Failed),
+            TaskState::RollbackFailed
+        );
+        assert_eq!(
+            result_state(TaskKind::Rollback, TaskOutcome::RolledBack),
+            TaskState::RolledBack
+        );
+        assert_eq!(
+            result_state(TaskKind::Rollback, TaskOutcome::Succeeded),
+            TaskState::Healthy
+        );
+    }
+
+    #[test]
     fn every_result_state_is_final() {
         let kinds = [
             TaskKind::Unspecified,
