@@ -221,6 +221,9 @@ pub fn cluster_completed(cgu: &ClusterGroupUpgrade, cluster: ObjectRef) -> Event
     )
 }
 
+/// The reason of [`cluster_rolled_back`] events.
+pub const CLUSTER_ROLLED_BACK: &str = "ClusterRolledBack";
+
 /// `ClusterRolledBack` (Warning, talm extension): the cluster's rollback watchdog fired and
 /// its agent rolled the node back (`rolled_back`) or failed to (`!rolled_back`); the cluster is
 /// failed in the CGU. Regarding the CGU, related to the ManagedCluster.
@@ -246,7 +249,7 @@ pub fn cluster_rolled_back(
     }
     event(
         EventType::Warning,
-        "ClusterRolledBack",
+        CLUSTER_ROLLED_BACK,
         if rolled_back {
             "RollbackInClusterCompleted"
         } else {
