@@ -71,9 +71,10 @@ fn condition(type_: &str, reason: &str, message: &str) -> Value {
 }
 
 /// The CGU, resumed after its backup gate: spoke1 backed up, rollout in progress (started
-/// now: the operator runs on the real clock, and the global timeout counts from the start).
+/// now, on the clock the operator runs on: the global timeout counts from the start).
 fn put_cgu(double: &KubeDouble) {
-    let now = jiff::Timestamp::now().to_string();
+    use talm_shared::clock::Clock;
+    let now = talm_shared::clock::SystemClock.now().to_string();
     double
         .put_value(json!({
             "apiVersion": "ran.openshift.io/v1alpha1", "kind": "ClusterGroupUpgrade",
