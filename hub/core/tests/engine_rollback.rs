@@ -437,3 +437,44 @@ fn a_failed_rollback_is_failed_too() {
         .unwrap();
     assert_eq!(e.action, "RollbackInClusterFailed");
 }
+
+#[test]
+fn a_batch_timeout_does_not_list_a_rolled_back_cluster_as_timed_out() {
+    let mut s = spec(&["spoke1", "spoke2", "spoke3"], json!({"automatic": true}));
+    s["remediationStrategy"]["maxConcurrency"] = json!(2);
+    let mut hub = Hub::new(s, &["spoke1", "spoke2", "spoke3"]);
+    hub.run(t(0));
+    assert_eq!(hub.placement_values(), ["spoke1", "spoke2"]);
+    hub.agent_report("spoke1", "RolledBack", "");
+    hub.run(t(60));
+    // Past the first batch's share of the timeout: spoke2 times out, spoke1 stays rolled back.
+    hub.run(t(3 * 3600));
+    let timed_out: Vec<&Event> = hub
+        .events
+        .iter()
+        .filter(|e| e.action == "RemediationInBatchTimeout")
+        .collect();
+    assert_eq!(timed_out.len(), 1, "{:?}", hub.events);
+    assert_eq!(
+        timed_out[0].annotations["cgu.openshift.io/timedout-clusters"],
+        "spoke2"
+    );
+    let states: Vec<(String, String)> = hub.status()["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().to_string(),
+                c["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("spoke1".to_string(), "rolledback".to_string()),
+            ("spoke2".to_string(), "timedout".to_string())
+        ]
+    );
+}

@@ -583,7 +583,12 @@ impl Run<'_> {
                 .as_ref()
                 .and_then(|s| s.current_batch_remediation_progress.as_ref())
                 .and_then(|m| m.get(c));
-            if entry.is_some_and(|e| e.state == COMPLETED || e.state == NOT_STARTED) {
+            // A cluster its rollback watchdog failed is recorded already, and not timed out.
+            if entry.is_some_and(|e| {
+                e.state == COMPLETED
+                    || e.state == NOT_STARTED
+                    || e.state == super::rollback::ROLLED_BACK
+            }) {
                 continue;
             }
             let p = self.progress_of(c);
