@@ -78,6 +78,7 @@ pub struct HostRunner {
     precache: Option<PrecacheSettings>,
     backup: Option<Arc<BackupTaskConfig>>,
     approvals: Option<crate::installplans::ApprovalSettings>,
+    watchdog: Option<crate::watchdog::WatchdogSettings>,
 }
 
 /// How `Precache` tasks run (the daemon's `--state-dir`, `--host-root` and `--precache-*`
@@ -101,6 +102,7 @@ impl HostRunner {
             precache: None,
             backup: None,
             approvals: None,
+            watchdog: None,
         }
     }
 
@@ -113,6 +115,12 @@ impl HostRunner {
     /// Enables `ApproveInstallPlans` tasks.
     pub fn with_approvals(mut self, settings: crate::installplans::ApprovalSettings) -> Self {
         self.approvals = Some(settings);
+        self
+    }
+
+    /// Enables `Rollback` (watchdog) tasks.
+    pub fn with_watchdog(mut self, settings: crate::watchdog::WatchdogSettings) -> Self {
+        self.watchdog = Some(settings);
         self
     }
 
@@ -243,6 +251,7 @@ impl TaskRunner for HostRunner {
         let backup = self.backup.clone();
         let precache = self.precache.clone();
         let approvals = self.approvals.clone();
+        let watchdog = self.watchdog.clone();
         let clock = self.clock.clone();
         Box::pin(async move {
             match TaskKind::try_from(task.kind) {
@@ -285,6 +294,13 @@ impl TaskRunner for HostRunner {
                     None => (
                         TaskOutcome::Rejected,
                         "InstallPlan approval is not configured in this agent".to_string(),
+                    ),
+                },
+                Ok(TaskKind::Rollback) => match watchdog {
+                    Some(w) => crate::watchdog::run_task(&w, clock.as_ref(), &task, ctx).await,
+                    None => (
+                        TaskOutcome::Rejected,
+                        "the rollback watchdog is not configured in this agent".to_string(),
                     ),
                 },
                 _ => (

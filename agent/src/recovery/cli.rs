@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Mode, Outcome, RecoverConfig, RecoverError, Reporter};
+use super::{Mode, Outcome, RecoverConfig, Reporter};
 use crate::backup::Host;
 use crate::host::disk::RealDisk;
 use crate::host::exec::RealRunner;
@@ -44,6 +44,12 @@ pub struct RecoverArgs {
     /// kubeconfig for `oc`.
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+    /// Run as `talm-recover.service` does for the rollback watchdog: resume from the journal,
+    /// no prompts, run `systemctl reboot` where a person would be asked to, and record the
+    /// outcome (`recovery.outcome.json`) for the agent. Refused unless the watchdog armed the
+    /// node (`recovery.unattended` in the recovery directory); never a dry run.
+    #[arg(long, conflicts_with_all = ["restart", "step", "force", "dry_run"])]
+    pub unattended: bool,
     /// How long each wait (containers, revisions) may take, in seconds.
     #[arg(long, env = "TALM_RECOVERY_WAIT_SECONDS", default_value_t = 1200)]
     pub wait_seconds: u64,
@@ -78,8 +84,12 @@ impl RecoverArgs {
     }
 
     /// Runs the recovery, printing its messages.
-    pub fn run(&self, timestamp: &str) -> Result<Outcome, RecoverError> {
-        super::run(&self.config(timestamp), &Console)
+    pub fn run(&self, timestamp: &str) -> Result<Outcome, super::unattended::UnattendedRunError> {
+        if self.unattended {
+            super::unattended::run(&self.config(timestamp), &Console)
+        } else {
+            Ok(super::run(&self.config(timestamp), &Console)?)
+        }
     }
 }
 
