@@ -427,3 +427,113 @@ pub async fn run_task(
         tokio::time::sleep(settings.poll.min(left)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_are_checked() {
+        let p = parse_params(
+            r#"{"armedAt":1800000000,"healthTimeoutSeconds":5400,"targetVersion":"4.16.3"}"#,
+        )
+        .unwrap();
+        assert_eq!(p.health_timeout_seconds, 5400);
+        assert_eq!(p.target_version.as_deref(), Some("4.16.3"));
+        assert_eq!(
+            parse_params(r#"{"armedAt":1,"healthTimeoutSeconds":1}"#)
+                .unwrap()
+                .target_version,
+            None
+        );
+        for (bad, needle) in [
+            ("\"x\"", "invalid type"),
+            (r#"{"healthTimeoutSeconds":1}"#, "armedAt"),
+            (
+                r#"{"armedAt":0,"healthTimeoutSeconds":1}"#,
+                "not a Unix time",
+            ),
+            (r#"{"armedAt":1,"healthTimeoutSeconds":0}"#, "at least 1"),
+            (
+                r#"{"armedAt":1,"healthTimeoutSeconds":-3}"#,
+                "invalid value",
+            ),
+            (
+                r#"{"armedAt":1,"healthTimeoutSeconds":1,"targetVersion":" "}"#,
+                "targetVersion is empty",
+            ),
+            (
+                r#"{"armedAt":1,"healthTimeoutSeconds":1,"typo":1}"#,
+                "unknown field",
+            ),
+        ] {
+            let e = parse_params(bad).unwrap_err();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+    }
+
+    fn state(s: TaskState) -> WatchState {
+        WatchState {
+            task_id: "t".into(),
+            armed_at: 1,
+            deadline: 2,
+            state: Some(s),
+            ..WatchState::default()
+        }
+    }
+
+    #[test]
+    fn disarm_only_while_armed() {
+        let d = tempfile::tempdir().unwrap();
+        let e = request_disarm(d.path()).unwrap_err().to_string();
+        assert!(e.contains("no rollback watchdog is armed"), "{e}");
+        save_state(d.path(), &state(TaskState::RollingBack)).unwrap();
+        let e = request_disarm(d.path()).unwrap_err().to_string();
+        assert!(e.contains("systemctl stop talm-recover.service"), "{e}");
+        assert!(!d.path().join(DISARM_FILE).exists());
+        save_state(d.path(), &state(TaskState::Healthy)).unwrap();
+        let e = request_disarm(d.path()).unwrap_err().to_string();
+        assert!(e.contains("is Healthy"), "{e}");
+        save_state(d.path(), &state(TaskState::Armed)).unwrap();
+        request_disarm(d.path()).unwrap();
+        assert!(disarm_requested(d.path(), "t"));
+        assert!(!disarm_requested(d.path(), "another task"));
+    }
+
+    #[tokio::test]
+    async fn bad_params_and_a_missing_kubeconfig_reject_the_task() {
+        let d = tempfile::tempdir().unwrap();
+        let runner = Arc::new(crate::host::exec::RecordingRunner::new());
+        let settings = WatchdogSettings {
+            kubeconfig: d.path().join("missing.kubeconfig"),
+            state_dir: d.path().to_path_buf(),
+            recovery_dir: d.path().join("recovery"),
+            poll: Duration::from_millis(10),
+            check_timeout: Duration::from_secs(1),
+            runner: runner.clone(),
+        };
+        let clock = talm_shared::clock::ManualClock::at_unix(10_000);
+        let mut task = Task {
+            id: "t".into(),
+            kind: talm_proto::v1::TaskKind::Rollback as i32,
+            params_json: "{}".into(),
+            deadline_unix: 0,
+            state: crate::journal::TaskState::Running,
+            message: String::new(),
+            starts: 1,
+            accepted_at: 0,
+            finished_at: None,
+        };
+        let (tx, _rx) = tokio::sync::mpsc::channel(8);
+        let (o, msg) = run_task(&settings, &clock, &task, TaskContext::new("t", tx.clone())).await;
+        assert_eq!(o, TaskOutcome::Rejected);
+        assert!(msg.contains("armedAt"), "{msg}");
+        // Past its timeout, but no way to check the health: rejected, never a rollback.
+        task.params_json = r#"{"armedAt":1,"healthTimeoutSeconds":1}"#.into();
+        let (o, msg) = run_task(&settings, &clock, &task, TaskContext::new("t", tx)).await;
+        assert_eq!(o, TaskOutcome::Rejected);
+        assert!(msg.contains("missing.kubeconfig"), "{msg}");
+        assert!(runner.lines().is_empty());
+        assert!(!settings.recovery_dir.join(unattended::MARKER).exists());
+    }
+}
