@@ -9,6 +9,9 @@
 //! - [`backup`]: `talm-agent backup`, the pre-upgrade backup (also a library entry point for the
 //!   hub-driven task: [`backup::run`]).
 //! - [`recovery`]: `talm-agent recover`, the journaled on-node recovery.
+//! - [`watchdog`]: the automatic-rollback watchdog (the hub's `Rollback` task: local health
+//!   checks, then `talm-recover.service` running `recover --unattended`) and
+//!   `talm-agent rollback disarm`.
 //! - [`precache`]: `talm-agent precache run|status` and the engine of the hub's `Precache` task:
 //!   filtered image lists, a resumable content-addressed blob cache, native OCI pulls with
 //!   mirrors, auth, retries and a node-wide bandwidth cap, then import into containers-storage.
