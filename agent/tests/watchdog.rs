@@ -3,7 +3,9 @@
 //! ClusterOperators, Node and `/readyz`) reached through a kubeconfig as on a node; the
 //! unattended recovery (`recover --unattended`, as `talm-recover.service` runs it) on a temp
 //! host root with a backup taken by `backup::run` (real etcd); the node commands recorded by
-//! the fake node runner; a boot-id change standing in for each reboot; the agent's task
+//! the fake node runner (with `ostree` run for real on a real sysroot in the temp host root, a
+//! pinned pre-upgrade deployment and a newer running one, in one case); a boot-id change
+//! standing in for each reboot; the agent's task
 //! aborted and started again (an agent restart) between the unit's runs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -14,8 +16,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backup_support::{Etcd, require};
-use recovery_support::{Node, Say, commands, expected, node, prepared, rcfg, set_boot, state};
+use backup_support::{Etcd, make_sysroot, require, unlock_sysroot};
+use recovery_support::{
+    Node, Say, commands, expected, node, node_with_real_ostree, prepared, rcfg, set_boot, state,
+};
 use serde_json::{Value, json};
 use talm_agent::facts::Host;
 use talm_agent::host::exec::{CommandRunner, RecordingRunner};
@@ -352,11 +356,13 @@ fn play_unit(
     }
 }
 
+/// Reboots asked for: by the recovery (`systemctl reboot`) or by the OS rollback
+/// (`rpm-ostree rollback -r`).
 fn reboots(n: &Node) -> usize {
     n.runner
         .lines()
         .iter()
-        .filter(|l| *l == "systemctl reboot")
+        .filter(|l| *l == "systemctl reboot" || *l == "rpm-ostree rollback -r")
         .count()
 }
 
@@ -531,4 +537,103 @@ async fn a_corrupt_backup_at_rollback_time_fails_before_anything_is_touched() {
         watch_state(&state_dir).state,
         Some(WatchState::RollbackFailed)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_os_rollback_on_a_real_ostree_sysroot_then_every_stage_to_rolled_back() {
+    if !require(
+        "watchdog_real_ostree",
+        &["etcd", "etcdctl", "ostree", "chattr"],
+    ) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let e = Etcd::start("m1", &d.path().join("etcd"), d.path(), None, None);
+    let root = d.path().join("host");
+    let before = prepared(&root, &e);
+    // A real sysroot: the pre-upgrade deployment (index 1) pinned, the upgrade's (index 0) the
+    // one running (a sysroot that is not booted runs its default, index 0).
+    make_sysroot(&root, 2);
+    let mut sr = std::ffi::OsString::from("--sysroot=");
+    sr.push(root.join("sysroot"));
+    let pin = std::process::Command::new("ostree")
+        .args(["admin", "pin"])
+        .arg(&sr)
+        .arg("1")
+        .output()
+        .unwrap();
+    assert!(
+        pin.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pin.stderr)
+    );
+    let state_dir = d.path().join("state");
+    std::fs::create_dir_all(&state_dir).unwrap();
+    let double = spoke().await;
+    seed(&double, "4.16.3", false, true);
+    let n = node_with_real_ostree();
+    let rig = Rig::new(
+        kubeconfig(&double, d.path()),
+        &state_dir,
+        &root,
+        n.runner.clone(),
+    );
+    rig.clock.advance(jiff::SignedDuration::from_secs(600));
+    let t = task(600, Some("4.16.3"));
+    let (mut h, _rx) = rig.start(&t);
+    until("the unit started", || {
+        n.runner.lines().iter().any(|l| l == START)
+    })
+    .await;
+    // The unit's runs, the agent restarted after each (a reboot restarts both).
+    let mut boot = 0;
+    for _ in 0..10 {
+        if unattended::load_outcome(&root.join("var/recovery"))
+            .unwrap()
+            .is_some_and(|o| o.state != WatchState::RollingBack)
+        {
+            break;
+        }
+        let root2 = root.clone();
+        let n2 = Node {
+            runner: n.runner.clone(),
+            status: n.status.clone(),
+        };
+        let b = tokio::task::spawn_blocking(move || {
+            let mut b = boot;
+            play_unit(&root2, &n2, None, &mut b).unwrap();
+            b
+        })
+        .await
+        .unwrap();
+        if b != boot {
+            h.abort();
+            let _ = h.await;
+            h = rig.start(&t).0;
+        }
+        boot = b;
+    }
+    let (o, msg) = tokio::time::timeout(Duration::from_secs(60), h)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(o, TaskOutcome::RolledBack, "{msg}");
+    let lines = n.runner.lines();
+    // The real ostree status named the pinned deployment the rollback target.
+    let status = lines
+        .iter()
+        .position(|l| l.starts_with("ostree admin status --sysroot="))
+        .unwrap();
+    let rollback = lines
+        .iter()
+        .position(|l| l == "rpm-ostree rollback -r")
+        .unwrap();
+    assert!(status < rollback, "{lines:?}");
+    assert_eq!(
+        reboots(&n),
+        2,
+        "the OS rollback and the one after stage 1: {lines:?}"
+    );
+    assert_eq!(state(&root), expected(&before));
+    unlock_sysroot(&root);
 }

@@ -23,7 +23,25 @@ pub struct Node {
 }
 
 pub fn node() -> Node {
+    node_with(Arc::new(RecordingRunner::new()))
+}
+
+/// The fake node, but `ostree` commands run for real (on the sysroot they name, a real one in
+/// the test's host root); everything is recorded.
+pub fn node_with_real_ostree() -> Node {
     let runner = Arc::new(RecordingRunner::new());
+    let real = talm_agent::host::exec::RealRunner::new();
+    runner.on(move |c| {
+        (c.program == "ostree").then(|| {
+            use talm_agent::host::exec::CommandRunner;
+            real.output(c)
+        })
+    });
+    node_with(runner)
+}
+
+/// Adds the fake node's answers to `runner` (after any rules it has).
+fn node_with(runner: Arc<RecordingRunner>) -> Node {
     let status = Arc::new(Mutex::new("* rhcos pre.0\n    Pinned: yes\n".to_owned()));
     let restored = Arc::new(AtomicBool::new(false));
     let patched = Arc::new(AtomicBool::new(false));
