@@ -556,17 +556,14 @@ async fn the_os_rollback_on_a_real_ostree_sysroot_then_every_stage_to_rolled_bac
     make_sysroot(&root, 2);
     let mut sr = std::ffi::OsString::from("--sysroot=");
     sr.push(root.join("sysroot"));
-    let pin = std::process::Command::new("ostree")
-        .args(["admin", "pin"])
-        .arg(&sr)
-        .arg("1")
-        .output()
+    talm_agent::host::exec::RealRunner::new()
+        .run(
+            &talm_agent::host::exec::Cmd::new("ostree")
+                .args(["admin", "pin"])
+                .arg(&sr)
+                .arg("1"),
+        )
         .unwrap();
-    assert!(
-        pin.status.success(),
-        "{}",
-        String::from_utf8_lossy(&pin.stderr)
-    );
     let state_dir = d.path().join("state");
     std::fs::create_dir_all(&state_dir).unwrap();
     let double = spoke().await;
