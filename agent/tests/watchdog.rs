@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backup_support::{Etcd, make_sysroot, require, unlock_sysroot};
+use backup_support::{Etcd, make_sysroot, put, require, unlock_sysroot};
 use recovery_support::{
     Node, Say, commands, expected, node, node_with_real_ostree, prepared, rcfg, set_boot, state,
 };
@@ -633,4 +633,68 @@ async fn the_os_rollback_on_a_real_ostree_sysroot_then_every_stage_to_rolled_bac
     );
     assert_eq!(state(&root), expected(&before));
     unlock_sysroot(&root);
+}
+
+#[test]
+fn a_recovery_finished_by_hand_is_recorded_and_an_older_finished_one_is_not_taken_for_this_one() {
+    if !require("watchdog_by_hand", &["etcd", "etcdctl"]) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let e = Etcd::start("m1", &d.path().join("etcd"), d.path(), None, None);
+    let root = d.path().join("host");
+    let before = prepared(&root, &e);
+    let dir = root.join("var/recovery");
+    let n = node();
+    // The watchdog of t1 armed it; the unit ran one step, then a person stopped it.
+    unattended::arm(&dir, "t1").unwrap();
+    let mut boot = 0;
+    play_unit(&root, &n, Some("os/rollback"), &mut boot).unwrap();
+    assert_eq!(
+        unattended::load_outcome(&dir).unwrap().unwrap().state,
+        WatchState::RollingBack
+    );
+    // ... and finished it by hand.
+    let mut mode = Mode::Resume;
+    for i in 0..5 {
+        match talm_agent::recovery::run(&rcfg(&root, &n, mode), &Say::default()) {
+            Ok(o) if o.finished => break,
+            Ok(_) | Err(RecoverError::NotRebooted) => set_boot(&root, &format!("hand-{i}")),
+            Err(e) => panic!("{e}"),
+        }
+        mode = Mode::Resume;
+    }
+    assert_eq!(state(&root), expected(&before));
+    // The unit at the next boot: records it, runs nothing, disarms.
+    let ran = n.runner.lines().len();
+    let o = unattended::run(&rcfg(&root, &n, Mode::Resume), &Say::default()).unwrap();
+    assert!(o.finished, "{}", o.next);
+    assert_eq!(
+        n.runner.lines().len(),
+        ran,
+        "{:?}",
+        &n.runner.lines()[ran..]
+    );
+    let out = unattended::load_outcome(&dir).unwrap().unwrap();
+    assert_eq!(
+        (out.task_id.as_str(), out.state),
+        ("t1", WatchState::RolledBack)
+    );
+    assert!(!dir.join(MARKER).exists());
+
+    // A later upgrade's watchdog (t2): the finished journal is t1's, so t2 recovers for real.
+    put(&root, "/etc/kubernetes/kubelet.conf", b"upgraded again\n");
+    unattended::arm(&dir, "t2").unwrap();
+    play_unit(&root, &n, None, &mut boot).unwrap();
+    let out = unattended::load_outcome(&dir).unwrap().unwrap();
+    assert_eq!(
+        (out.task_id.as_str(), out.state),
+        ("t2", WatchState::RollingBack)
+    );
+    assert!(
+        n.runner.lines()[ran..].iter().any(|l| l == "crio wipe -f"),
+        "{:?}",
+        &n.runner.lines()[ran..]
+    );
+    assert_eq!(reboots(&n), 1, "stage 1 of t2 asked for its reboot");
 }

@@ -233,9 +233,20 @@ async fn hub_gone_node_healthy_past_the_timeout_reports_healthy_and_touches_noth
             .unwrap();
     }
     let _daemon = start();
-    eventually(30, "the watchdog decided", async || {
-        status(&agent_state)["watchdog"]["state"] == "Healthy"
-    })
+    let journaled = |s: &Value| {
+        s["tasks"].as_array().is_some_and(|ts| {
+            ts.iter()
+                .any(|t| t["id"] == id && t["state"] == "Succeeded")
+        })
+    };
+    eventually(
+        30,
+        "the watchdog decided and the daemon journaled it",
+        async || {
+            let s = status(&agent_state);
+            s["watchdog"]["state"] == "Healthy" && journaled(&s)
+        },
+    )
     .await;
     let s = status(&agent_state);
     assert_ne!(s["connection"]["state"], "connected", "{s}");

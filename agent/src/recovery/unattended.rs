@@ -198,6 +198,15 @@ pub fn run(cfg: &RecoverConfig, rep: &dyn Reporter) -> Result<Outcome, Unattende
     if let Some(why) = super::dry_run_reason(cfg) {
         return Err(UnattendedRunError::Dry(why));
     }
+    // This task's recovery already started (its outcome is recorded) and its journal says
+    // finished: a person completed it by hand (`recover --resume`/`--step`). Only record it;
+    // a new run would start the whole recovery over from the backup. (A finished journal
+    // with no outcome of this task is an older recovery's, and this one starts afresh.)
+    let started = load_outcome(&dir)?.is_some_and(|o| o.task_id == task_id);
+    let finished = matches!(
+        super::journal::Journal::load(&dir.join(crate::backup::RECOVERY_JOURNAL)),
+        Ok(Some(j)) if j.finished
+    );
     let mut cfg = cfg.clone();
     cfg.mode = Mode::Resume;
     cfg.single_stage = false;
@@ -208,6 +217,20 @@ pub fn run(cfg: &RecoverConfig, rep: &dyn Reporter) -> Result<Outcome, Unattende
         task_id,
         last: Mutex::new(String::new()),
     };
+    if started && finished {
+        let next = "the recovery was completed by hand; nothing left to do".to_string();
+        rec.say(&next);
+        rec.record(TaskState::RolledBack, "", &next);
+        disarm(&dir)?;
+        return Ok(Outcome {
+            next,
+            finished: true,
+            reboot: false,
+        });
+    }
+    if !started {
+        rec.record(TaskState::RollingBack, "", "started");
+    }
     let reboot = |rec: &Recording<'_>, why: &str| -> Result<(), UnattendedRunError> {
         rec.record(TaskState::RollingBack, &rec.last(), why);
         rec.say(&format!("{why}: running `systemctl reboot`"));

@@ -398,7 +398,7 @@ pub async fn run_task(
             return run.end(
                 TaskState::Healthy,
                 TaskOutcome::Succeeded,
-                "Healthy: the node passed every health check in time; disarmed".into(),
+                "Healthy: the node passed every health check; disarmed, nothing was changed".into(),
             );
         }
         if now >= deadline {
