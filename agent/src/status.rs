@@ -180,3 +180,46 @@ fn render_watchdog(w: &crate::watchdog::WatchState) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::watchdog::WatchState;
+    use talm_shared::task_state::TaskState;
+
+    #[test]
+    fn the_watchdog_shows_armed_since_its_checks_and_the_recovery_step() {
+        let mut w = WatchState {
+            task_id: "ns/cgu/uid/rollback".into(),
+            armed_at: 1_800_000_000,
+            deadline: 1_800_005_400,
+            target_version: Some("4.16.3".into()),
+            state: Some(TaskState::Armed),
+            checks: vec!["ClusterOperator etcd is Degraded".into()],
+            checked_at: 1_800_000_600,
+            ..WatchState::default()
+        };
+        let text = render_watchdog(&w);
+        assert!(
+            text.starts_with("rollback watchdog: Armed (task ns/cgu/uid/rollback), armed since 2027-01-15T08:00:00Z, health timeout 2027-01-15T09:30:00Z, target version 4.16.3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("health at 2027-01-15T08:10:00Z: not healthy:\n    - ClusterOperator etcd is Degraded\n"),
+            "{text}"
+        );
+        w.state = Some(TaskState::RollingBack);
+        w.recovery_step = "restore_files/wipe-crio".into();
+        let text = render_watchdog(&w);
+        assert!(text.contains("RollingBack"), "{text}");
+        assert!(
+            text.contains("recovery step: restore_files/wipe-crio"),
+            "{text}"
+        );
+        // No watchdog ever: status has no such section, and load works without the file.
+        let d = tempfile::tempdir().unwrap();
+        let v = load(d.path()).unwrap();
+        assert!(v.watchdog.is_none());
+        assert!(!render_text(&v).contains("rollback watchdog"));
+    }
+}

@@ -103,3 +103,20 @@ impl Reporter for Console {
         tracing::info!(target: "talm_agent::recovery", "{msg}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[test]
+    fn unattended_takes_no_flag_that_changes_what_it_does() {
+        let ok = crate::Cli::try_parse_from(["talm-agent", "recover", "--resume", "--unattended"]);
+        assert!(ok.is_ok(), "{:?}", ok.err());
+        for bad in ["--restart", "--step", "--force", "--dry-run"] {
+            let e = crate::Cli::try_parse_from(["talm-agent", "recover", "--unattended", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("cannot be used with"), "{bad}: {e}");
+        }
+    }
+}
