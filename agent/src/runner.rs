@@ -68,6 +68,13 @@ pub type RunFuture = Pin<Box<dyn Future<Output = (TaskOutcome, String)> + Send>>
 pub trait TaskRunner: Send + Sync + std::fmt::Debug {
     /// Runs `task` to an outcome and a message.
     fn run(&self, task: Task, ctx: TaskContext) -> RunFuture;
+
+    /// Why the hub's cancel of the running task `task_id` must not end it (`None`: it may).
+    /// Only a rollback watchdog whose recovery has started refuses: cancelling the task cannot
+    /// stop `talm-recover.service`, it would only hide the recovery's outcome from the hub.
+    fn refuses_cancel(&self, _task_id: &str) -> Option<String> {
+        None
+    }
 }
 
 /// The real runner.
@@ -246,6 +253,12 @@ pub fn check_space(host: &dyn HostInfo, space_required_gib: u64) -> (TaskOutcome
 }
 
 impl TaskRunner for HostRunner {
+    fn refuses_cancel(&self, task_id: &str) -> Option<String> {
+        self.watchdog
+            .as_ref()
+            .and_then(|w| crate::watchdog::refuses_cancel(&w.state_dir, task_id))
+    }
+
     fn run(&self, task: Task, ctx: TaskContext) -> RunFuture {
         let host = self.host.clone();
         let backup = self.backup.clone();

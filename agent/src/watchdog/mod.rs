@@ -200,6 +200,17 @@ pub fn request_disarm(state_dir: &Path) -> Result<WatchState, WatchdogError> {
     Ok(s)
 }
 
+/// Why a cancel of `task_id` must not end it: its recovery has started (see
+/// [`crate::runner::TaskRunner::refuses_cancel`]).
+pub fn refuses_cancel(state_dir: &Path, task_id: &str) -> Option<String> {
+    let s = load_state(state_dir).ok()??;
+    (s.task_id == task_id && s.state == Some(TaskState::RollingBack)).then(|| {
+        format!(
+            "the rollback watchdog already started {RECOVER_UNIT}; the task reports its outcome when it ends (stop it on the node: docs/operations.md)"
+        )
+    })
+}
+
 fn disarm_requested(state_dir: &Path, task_id: &str) -> bool {
     std::fs::read_to_string(state_dir.join(DISARM_FILE)).is_ok_and(|s| s.trim() == task_id)
 }
@@ -488,6 +499,8 @@ mod tests {
         let e = request_disarm(d.path()).unwrap_err().to_string();
         assert!(e.contains("no rollback watchdog is armed"), "{e}");
         save_state(d.path(), &state(TaskState::RollingBack)).unwrap();
+        assert!(refuses_cancel(d.path(), "t").is_some_and(|w| w.contains(RECOVER_UNIT)));
+        assert_eq!(refuses_cancel(d.path(), "another task"), None);
         let e = request_disarm(d.path()).unwrap_err().to_string();
         assert!(e.contains("systemctl stop talm-recover.service"), "{e}");
         assert!(!d.path().join(DISARM_FILE).exists());
@@ -495,6 +508,11 @@ mod tests {
         let e = request_disarm(d.path()).unwrap_err().to_string();
         assert!(e.contains("is Healthy"), "{e}");
         save_state(d.path(), &state(TaskState::Armed)).unwrap();
+        assert_eq!(
+            refuses_cancel(d.path(), "t"),
+            None,
+            "armed: the hub may cancel"
+        );
         request_disarm(d.path()).unwrap();
         assert!(disarm_requested(d.path(), "t"));
         assert!(!disarm_requested(d.path(), "another task"));
