@@ -10,9 +10,13 @@
 //! `TASK_KIND_ROLLBACK` assignment, and the agent's answer comes back into the SpokeAgent
 //! status under the task's id.
 //!
-//! The agent built from this tree has no watchdog yet (helper E's branch adds it): it rejects
-//! the kind. The hub must read that as "cannot arm" (`UnrecoverableError`), never as a rolled
-//! back cluster: the cluster stays released, is not failed, is not re-armed, and completes.
+//! 1. An agent that cannot arm the watchdog (here: no spoke kubeconfig to check the node's
+//!    health with; an agent without the watchdog does the same) rejects the task. The hub reads
+//!    that as "cannot arm" (`UnrecoverableError`), never as a rolled-back cluster: the cluster
+//!    stays released, is not failed, is not re-armed, and completes.
+//! 2. An agent with its spoke API (a second API double, not healthy: the watchdog keeps
+//!    watching) reports `Armed`; a person's `talm-agent rollback disarm` on the node comes back
+//!    as `Cancelled`; the hub does not arm it again, and the cluster completes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -119,15 +123,27 @@ impl Agent {
     }
 }
 
-fn spawn_agent(hub: &GatewayHub, double: &KubeDouble, dir: &Path) -> Agent {
+fn spawn_agent(
+    hub: &GatewayHub,
+    double: &KubeDouble,
+    dir: &Path,
+    spoke_kubeconfig: Option<&Path>,
+) -> Agent {
     let bin = agent_binary("agent-for-rollback-tests");
     let token = talm_hub_agents(&kubeconfig(double, dir), &["token", CLUSTER]);
     let (state, root) = (dir.join("state"), dir.join("root"));
     std::fs::create_dir_all(&root).unwrap();
     let log = dir.join("agent.log");
     let out = std::fs::File::create(&log).unwrap();
-    let child = agent_command(&bin, hub.grpc, &hub.hub_ca, &token, dir, &state, &root)
+    let mut cmd = agent_command(&bin, hub.grpc, &hub.hub_ca, &token, dir, &state, &root);
+    if let Some(kc) = spoke_kubeconfig {
+        cmd.arg("--spoke-kubeconfig")
+            .arg(kc)
+            .args(["--watchdog-poll-secs", "1"]);
+    }
+    let child = cmd
         .env_remove("TALM_AGENT_STATE_DIR")
+        .env_remove("TALM_AGENT_SPOKE_KUBECONFIG")
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out)
@@ -137,11 +153,11 @@ fn spawn_agent(hub: &GatewayHub, double: &KubeDouble, dir: &Path) -> Agent {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_watchdog_reaches_the_agent_and_a_rejecting_agent_fails_nothing() {
+async fn a_watchdog_the_agent_cannot_arm_fails_nothing() {
     let double = hub_double().await;
     let dir = tempfile::tempdir().unwrap();
     let hub = start_hub_for_agents(&double, "talm-hub-rollback").await;
-    let agent = spawn_agent(&hub, &double, dir.path());
+    let agent = spawn_agent(&hub, &double, dir.path(), None);
     wait_for("the agent connected", || {
         spoke_agent(&double, CLUSTER).filter(|a| a["status"]["connected"] == json!(true))
     })
@@ -216,6 +232,93 @@ async fn the_watchdog_reaches_the_agent_and_a_rejecting_agent_fails_nothing() {
     assert_eq!(
         cgu["status"]["clusters"],
         json!([{"name": CLUSTER, "state": "complete"}])
+    );
+    drop(agent);
+    hub.stop().await;
+}
+
+fn has_succeeded(c: &Value) -> bool {
+    c["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Succeeded" && c["status"] == "True")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchdog_comes_back_armed_and_a_persons_disarm_is_respected() {
+    let double = hub_double().await;
+    let spoke = KubeDouble::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let spoke_dir = tempfile::tempdir().unwrap();
+    let spoke_kc = kubeconfig(&spoke, spoke_dir.path());
+    let hub = start_hub_for_agents(&double, "talm-hub-rollback").await;
+    let agent = spawn_agent(&hub, &double, dir.path(), Some(&spoke_kc));
+    wait_for("the agent connected", || {
+        spoke_agent(&double, CLUSTER).filter(|a| a["status"]["connected"] == json!(true))
+    })
+    .await;
+    put_cgu(&double);
+
+    let task = wait_for("the watchdog in the SpokeAgent", || {
+        spoke_agent(&double, CLUSTER)
+            .map(|a| a["spec"]["rollback"].clone())
+            .filter(Value::is_object)
+    })
+    .await;
+    let id = task["id"].as_str().unwrap().to_string();
+    let report = wait_for("Armed in the SpokeAgent status", || {
+        spoke_agent(&double, CLUSTER)
+            .map(|a| a["status"]["rollback"].clone())
+            .filter(|r| r["id"] == json!(id) && r["state"] == "Armed")
+    })
+    .await;
+    assert_eq!(report["id"], json!(id));
+
+    // A person disarms it on the node.
+    #[allow(clippy::disallowed_methods)] // the test runs the real agent CLI
+    let out = std::process::Command::new(agent_binary("agent-for-rollback-tests"))
+        .args(["rollback", "disarm", "--state-dir"])
+        .arg(dir.path().join("state"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("Cancelled in the SpokeAgent status", || {
+        spoke_agent(&double, CLUSTER)
+            .map(|a| a["status"]["rollback"].clone())
+            .filter(|r| r["id"] == json!(id) && r["state"] == "Cancelled")
+    })
+    .await;
+    // Respected: the same task (not armed again), the cluster still released and not failed.
+    let placement = format!("{CGU}-{POLICY}-placement-kuttl");
+    assert_eq!(
+        spoke_agent(&double, CLUSTER).unwrap()["spec"]["rollback"],
+        task
+    );
+    assert_eq!(
+        placement_values(&double, "default", &placement),
+        Some(vec![CLUSTER.to_string()])
+    );
+    let cgu = operator_support::cgu(&double, "default", CGU).unwrap();
+    assert!(cgu["status"]["clusters"].is_null(), "{:#}", cgu["status"]);
+
+    set_compliance(&double, "default", POLICY, CLUSTER, "Compliant").await;
+    let cgu = wait_for("the CGU succeeded", || {
+        operator_support::cgu(&double, "default", CGU).filter(has_succeeded)
+    })
+    .await;
+    assert_eq!(
+        cgu["status"]["clusters"],
+        json!([{"name": CLUSTER, "state": "complete"}])
+    );
+    assert!(
+        spoke_agent(&double, CLUSTER).unwrap()["spec"]
+            .get("rollback")
+            .is_none()
     );
     drop(agent);
     hub.stop().await;

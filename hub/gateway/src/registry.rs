@@ -495,11 +495,18 @@ impl Registry {
                 }
                 a.agent_active.insert(r.task_id.clone());
             }
-            // The watchdog's progress is its recovery: `RollingBack`, with the step it is at.
+            // The watchdog's progress names its phase first: `Armed: not healthy yet, ...`
+            // while it watches, `RollingBack: <step>` once the recovery runs (never back).
             Some(task_report::Body::Progress(p))
                 if !is_final(t) && t.wire_kind == TaskKind::Rollback =>
             {
-                t.state = Some(TaskState::RollingBack);
+                let rolling = p.message.starts_with(TaskState::RollingBack.as_str())
+                    || t.state == Some(TaskState::RollingBack);
+                t.state = Some(if rolling {
+                    TaskState::RollingBack
+                } else {
+                    TaskState::Armed
+                });
                 t.message = p.message.clone();
                 t.progress = Some(ProgressView {
                     message: p.message.clone(),
@@ -814,13 +821,28 @@ mod tests {
             1001,
         );
         assert_eq!(state(&r), Some(("Armed".into(), String::new())));
+        let armed_progress = "Armed: not healthy yet, 500s to the health timeout: /readyz";
         r.apply_report(
             "c",
             &report(
                 id,
                 0,
                 task_report::Body::Progress(v1::TaskProgress {
-                    message: "stage 2/5: restore".into(),
+                    message: armed_progress.into(),
+                    done: 0,
+                    total: 0,
+                }),
+            ),
+            1100,
+        );
+        assert_eq!(state(&r), Some(("Armed".into(), armed_progress.into())));
+        r.apply_report(
+            "c",
+            &report(
+                id,
+                0,
+                task_report::Body::Progress(v1::TaskProgress {
+                    message: "RollingBack: stage 2/5: restore".into(),
                     done: 2,
                     total: 5,
                 }),
@@ -829,8 +851,26 @@ mod tests {
         );
         assert_eq!(
             state(&r),
-            Some(("RollingBack".into(), "stage 2/5: restore".into()))
+            Some((
+                "RollingBack".into(),
+                "RollingBack: stage 2/5: restore".into()
+            ))
         );
+        // Once rolling back, a later progress message never goes back to Armed.
+        r.apply_report(
+            "c",
+            &report(
+                id,
+                0,
+                task_report::Body::Progress(v1::TaskProgress {
+                    message: "stage 3/5".into(),
+                    done: 0,
+                    total: 0,
+                }),
+            ),
+            1750,
+        );
+        assert_eq!(state(&r).unwrap().0, "RollingBack");
         // A re-sent acceptance (after a reconnect) does not go back to Armed.
         r.apply_report(
             "c",
