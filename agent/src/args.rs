@@ -71,6 +71,10 @@ pub struct RunArgs {
     /// InstallPlan-approval tasks: seconds between passes over the Subscriptions.
     #[arg(long, env = "TALM_AGENT_APPROVAL_POLL_SECS", default_value_t = 10)]
     pub approval_poll_secs: u64,
+    /// Rollback watchdog tasks: seconds between health checks (and between looks at the
+    /// unattended recovery's outcome).
+    #[arg(long, env = "TALM_AGENT_WATCHDOG_POLL_SECS", default_value_t = 30)]
+    pub watchdog_poll_secs: u64,
 }
 
 /// Output format of `status`.
@@ -210,6 +214,20 @@ impl RunArgs {
         s
     }
 
+    /// How the daemon runs `Rollback` (watchdog) tasks: health through the same kubeconfig as
+    /// the InstallPlan task, the recovery directory of `--recovery-dir` under the host root.
+    pub fn watchdog_settings(&self) -> crate::watchdog::WatchdogSettings {
+        let host = crate::host::root::HostRoot::new(&self.host_root);
+        crate::watchdog::WatchdogSettings {
+            kubeconfig: self.approval_settings().kubeconfig,
+            state_dir: self.state_dir.clone(),
+            recovery_dir: host.join(&self.backup.dir),
+            poll: Duration::from_secs(self.watchdog_poll_secs.max(1)),
+            check_timeout: Duration::from_secs(60),
+            runner: Arc::new(RealRunner::new()),
+        }
+    }
+
     /// Runs the daemon until SIGINT/SIGTERM on a single-threaded runtime (the agent is small:
     /// one thread plus blocking-pool threads for fsyncs, spawned on demand).
     pub fn run_blocking(&self) -> Result<(), CliError> {
@@ -233,7 +251,8 @@ impl RunArgs {
             .with_clock(clock.clone())
             .with_precache(self.precache_settings())
             .with_backup(backup)
-            .with_approvals(self.approval_settings());
+            .with_approvals(self.approval_settings())
+            .with_watchdog(self.watchdog_settings());
         let agent = Agent::new(cfg, host, Arc::new(runner), clock)?;
         agent.run(shutdown_signal()).await?;
         Ok(())

@@ -546,8 +546,12 @@ impl Agent {
             Some(hub_message::Msg::Cancel(c)) => {
                 let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(r) = running.get(&c.task_id) {
-                    info!(task = %c.task_id, "cancelled by the hub");
-                    let _ = r.cancel.send(true);
+                    if let Some(why) = self.runner.refuses_cancel(&c.task_id) {
+                        warn!(task = %c.task_id, "the hub's cancel is not applied: {why}");
+                    } else {
+                        info!(task = %c.task_id, "cancelled by the hub");
+                        let _ = r.cancel.send(true);
+                    }
                 }
             }
             Some(hub_message::Msg::Ack(a)) => {

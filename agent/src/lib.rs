@@ -9,6 +9,9 @@
 //! - [`backup`]: `talm-agent backup`, the pre-upgrade backup (also a library entry point for the
 //!   hub-driven task: [`backup::run`]).
 //! - [`recovery`]: `talm-agent recover`, the journaled on-node recovery.
+//! - [`watchdog`]: the automatic-rollback watchdog (the hub's `Rollback` task: local health
+//!   checks, then `talm-recover.service` running `recover --unattended`) and
+//!   `talm-agent rollback disarm`.
 //! - [`precache`]: `talm-agent precache run|status` and the engine of the hub's `Precache` task:
 //!   filtered image lists, a resumable content-addressed blob cache, native OCI pulls with
 //!   mirrors, auth, retries and a node-wide bandwidth cap, then import into containers-storage.
@@ -46,6 +49,7 @@ pub mod precache;
 pub mod recovery;
 pub mod runner;
 pub mod status;
+pub mod watchdog;
 
 /// This agent's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -76,6 +80,8 @@ pub enum Command {
     Recover(recovery::cli::RecoverArgs),
     /// Pre-cache images (`run --spec FILE`) or show the pre-cache status (`status`).
     Precache(precache::cli::PrecacheArgs),
+    /// The automatic-rollback watchdog on this node (`rollback disarm`).
+    Rollback(watchdog::RollbackArgs),
 }
 
 /// A command failed.
@@ -86,7 +92,10 @@ pub enum Error {
     Backup(#[from] backup::BackupError),
     /// The recovery stopped.
     #[error(transparent)]
-    Recover(#[from] recovery::RecoverError),
+    Recover(#[from] recovery::unattended::UnattendedRunError),
+    /// `rollback` failed.
+    #[error(transparent)]
+    Rollback(#[from] watchdog::WatchdogError),
     /// The daemon or `status` failed.
     #[error(transparent)]
     Channel(#[from] args::CliError),
@@ -113,6 +122,7 @@ impl Cli {
                 .map(drop)?,
             Command::Recover(a) => a.run(&now.to_string()).map(drop)?,
             Command::Precache(a) => a.run(now)?,
+            Command::Rollback(a) => a.run()?,
         }
         Ok(())
     }

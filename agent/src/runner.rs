@@ -68,6 +68,13 @@ pub type RunFuture = Pin<Box<dyn Future<Output = (TaskOutcome, String)> + Send>>
 pub trait TaskRunner: Send + Sync + std::fmt::Debug {
     /// Runs `task` to an outcome and a message.
     fn run(&self, task: Task, ctx: TaskContext) -> RunFuture;
+
+    /// Why the hub's cancel of the running task `task_id` must not end it (`None`: it may).
+    /// Only a rollback watchdog whose recovery has started refuses: cancelling the task cannot
+    /// stop `talm-recover.service`, it would only hide the recovery's outcome from the hub.
+    fn refuses_cancel(&self, _task_id: &str) -> Option<String> {
+        None
+    }
 }
 
 /// The real runner.
@@ -78,6 +85,7 @@ pub struct HostRunner {
     precache: Option<PrecacheSettings>,
     backup: Option<Arc<BackupTaskConfig>>,
     approvals: Option<crate::installplans::ApprovalSettings>,
+    watchdog: Option<crate::watchdog::WatchdogSettings>,
 }
 
 /// How `Precache` tasks run (the daemon's `--state-dir`, `--host-root` and `--precache-*`
@@ -101,6 +109,7 @@ impl HostRunner {
             precache: None,
             backup: None,
             approvals: None,
+            watchdog: None,
         }
     }
 
@@ -113,6 +122,12 @@ impl HostRunner {
     /// Enables `ApproveInstallPlans` tasks.
     pub fn with_approvals(mut self, settings: crate::installplans::ApprovalSettings) -> Self {
         self.approvals = Some(settings);
+        self
+    }
+
+    /// Enables `Rollback` (watchdog) tasks.
+    pub fn with_watchdog(mut self, settings: crate::watchdog::WatchdogSettings) -> Self {
+        self.watchdog = Some(settings);
         self
     }
 
@@ -238,11 +253,18 @@ pub fn check_space(host: &dyn HostInfo, space_required_gib: u64) -> (TaskOutcome
 }
 
 impl TaskRunner for HostRunner {
+    fn refuses_cancel(&self, task_id: &str) -> Option<String> {
+        self.watchdog
+            .as_ref()
+            .and_then(|w| crate::watchdog::refuses_cancel(&w.state_dir, task_id))
+    }
+
     fn run(&self, task: Task, ctx: TaskContext) -> RunFuture {
         let host = self.host.clone();
         let backup = self.backup.clone();
         let precache = self.precache.clone();
         let approvals = self.approvals.clone();
+        let watchdog = self.watchdog.clone();
         let clock = self.clock.clone();
         Box::pin(async move {
             match TaskKind::try_from(task.kind) {
@@ -285,6 +307,13 @@ impl TaskRunner for HostRunner {
                     None => (
                         TaskOutcome::Rejected,
                         "InstallPlan approval is not configured in this agent".to_string(),
+                    ),
+                },
+                Ok(TaskKind::Rollback) => match watchdog {
+                    Some(w) => crate::watchdog::run_task(&w, clock.as_ref(), &task, ctx).await,
+                    None => (
+                        TaskOutcome::Rejected,
+                        "the rollback watchdog is not configured in this agent".to_string(),
                     ),
                 },
                 _ => (

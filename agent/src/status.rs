@@ -17,6 +17,9 @@ pub enum StatusError {
     /// The connection state could not be read.
     #[error("{0}: {1}")]
     Conn(String, String),
+    /// The watchdog's state could not be read.
+    #[error(transparent)]
+    Watchdog(#[from] crate::watchdog::WatchdogError),
 }
 
 /// What `status` shows.
@@ -29,6 +32,9 @@ pub struct StatusView {
     pub tasks: Vec<TaskLine>,
     /// Reports not yet acknowledged by the hub.
     pub unacknowledged_reports: usize,
+    /// The rollback watchdog's last state (`watchdog.json`), if one ever ran here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watchdog: Option<crate::watchdog::WatchState>,
 }
 
 /// One task.
@@ -79,6 +85,7 @@ pub fn load(state_dir: &Path) -> Result<StatusView, StatusError> {
         connection,
         tasks,
         unacknowledged_reports: journal.pending.len(),
+        watchdog: crate::watchdog::load_state(state_dir)?,
     })
 }
 
@@ -124,5 +131,95 @@ pub fn render_text(v: &StatusView) -> String {
             ));
         }
     }
+    if let Some(w) = &v.watchdog {
+        out.push_str(&render_watchdog(w));
+    }
     out
+}
+
+fn unix_text(t: i64) -> String {
+    jiff::Timestamp::from_second(t).map_or_else(|_| t.to_string(), |ts| ts.to_string())
+}
+
+/// The watchdog lines of the text form.
+fn render_watchdog(w: &crate::watchdog::WatchState) -> String {
+    let state = w
+        .state
+        .map_or("unknown", talm_shared::task_state::TaskState::as_str);
+    let mut out = format!(
+        "rollback watchdog: {state} (task {}), armed since {}, health timeout {}{}\n",
+        w.task_id,
+        unix_text(w.armed_at),
+        unix_text(w.deadline),
+        w.target_version
+            .as_deref()
+            .map(|v| format!(", target version {v}"))
+            .unwrap_or_default(),
+    );
+    if w.checked_at > 0 {
+        if w.checks.is_empty() {
+            out.push_str(&format!(
+                "  health at {}: healthy\n",
+                unix_text(w.checked_at)
+            ));
+        } else {
+            out.push_str(&format!(
+                "  health at {}: not healthy:\n",
+                unix_text(w.checked_at)
+            ));
+            for c in &w.checks {
+                out.push_str(&format!("    - {c}\n"));
+            }
+        }
+    }
+    if !w.recovery_step.is_empty() {
+        out.push_str(&format!("  recovery step: {}\n", w.recovery_step));
+    }
+    if !w.message.is_empty() {
+        out.push_str(&format!("  {}\n", w.message));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::watchdog::WatchState;
+    use talm_shared::task_state::TaskState;
+
+    #[test]
+    fn the_watchdog_shows_armed_since_its_checks_and_the_recovery_step() {
+        let mut w = WatchState {
+            task_id: "ns/cgu/uid/rollback".into(),
+            armed_at: 1_800_000_000,
+            deadline: 1_800_005_400,
+            target_version: Some("4.16.3".into()),
+            state: Some(TaskState::Armed),
+            checks: vec!["ClusterOperator etcd is Degraded".into()],
+            checked_at: 1_800_000_600,
+            ..WatchState::default()
+        };
+        let text = render_watchdog(&w);
+        assert!(
+            text.starts_with("rollback watchdog: Armed (task ns/cgu/uid/rollback), armed since 2027-01-15T08:00:00Z, health timeout 2027-01-15T09:30:00Z, target version 4.16.3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("health at 2027-01-15T08:10:00Z: not healthy:\n    - ClusterOperator etcd is Degraded\n"),
+            "{text}"
+        );
+        w.state = Some(TaskState::RollingBack);
+        w.recovery_step = "restore_files/wipe-crio".into();
+        let text = render_watchdog(&w);
+        assert!(text.contains("RollingBack"), "{text}");
+        assert!(
+            text.contains("recovery step: restore_files/wipe-crio"),
+            "{text}"
+        );
+        // No watchdog ever: status has no such section, and load works without the file.
+        let d = tempfile::tempdir().unwrap();
+        let v = load(d.path()).unwrap();
+        assert!(v.watchdog.is_none());
+        assert!(!render_text(&v).contains("rollback watchdog"));
+    }
 }

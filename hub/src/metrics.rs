@@ -5,7 +5,8 @@
 //!   `talm_reconcile_phase_duration_seconds{phase}` (histogram): the time of each part of a
 //!   reconcile (`decide`: the engine on the cached snapshot; `writes`: the Placement,
 //!   binding, label and agent writes; `status`: the finalizer and status writes; `events`);
-//! - per CGU (`cgu="<ns>/<name>"`): `talm_cgu_clusters{state}` (clusters by rollout state),
+//! - per CGU (`cgu="<ns>/<name>"`): `talm_cgu_clusters{state}` (clusters by rollout state;
+//!   `rolledback` counts the clusters whose rollback watchdog fired, rolled back or not),
 //!   `talm_cgu_current_batch`, `talm_cgu_batch_started_timestamp_seconds` and
 //!   `talm_cgu_time_in_batch_seconds` (as of the last reconcile); talm extensions:
 //!   `talm_cgu_paused` and `talm_cgu_held` (1 while paused by `spec.paused` or held by an
@@ -16,7 +17,8 @@
 //!   next batch waits for a maintenance window);
 //! - `talm_watch_events_total{kind}`, `talm_watch_bodies_skipped_total` (CGU watch events
 //!   read for their metadata only, as echoes of the operator's own writes),
-//!   `talm_events_published_total`,
+//!   `talm_events_published_total`, `talm_clusters_rolled_back_total` (clusters the rollback
+//!   watchdog failed in a CGU, counted once each as the engine decides it),
 //!   `talm_event_failures_total`, `talm_leader` (1 on the replica holding the Lease).
 
 use std::sync::atomic::AtomicU64;
@@ -86,7 +88,13 @@ pub struct KindLabels {
 }
 
 /// The rollout states counted by `talm_cgu_clusters`.
-pub const CLUSTER_STATES: [&str; 4] = ["complete", "timedout", "in-progress", "pending"];
+pub const CLUSTER_STATES: [&str; 5] = [
+    "complete",
+    "timedout",
+    "in-progress",
+    "pending",
+    "rolledback",
+];
 
 /// Every metric the hub exports.
 #[derive(Debug)]
@@ -129,6 +137,8 @@ pub struct Metrics {
     pub watch_bodies_skipped: Counter,
     /// Events published.
     pub events_published: Counter,
+    /// Clusters failed by their rollback watchdog (`ClusterRolledBack` decisions).
+    pub clusters_rolled_back: Counter,
     /// Events that could not be published.
     pub event_failures: Counter,
     /// 1 while this replica holds the leader Lease.
@@ -164,6 +174,7 @@ impl Metrics {
             watch_events: Family::default(),
             watch_bodies_skipped: Counter::default(),
             events_published: Counter::default(),
+            clusters_rolled_back: Counter::default(),
             event_failures: Counter::default(),
             leader: Gauge::default(),
             registry: Registry::default(),
@@ -262,6 +273,11 @@ impl Metrics {
             m.events_published.clone(),
         );
         registry.register(
+            "clusters_rolled_back",
+            "Clusters failed in a CGU by their rollback watchdog (rolled back, or the rollback failed)",
+            m.clusters_rolled_back.clone(),
+        );
+        registry.register(
             "event_failures",
             "Kubernetes events that could not be published",
             m.event_failures.clone(),
@@ -312,11 +328,13 @@ impl Metrics {
     pub fn observe_cgu(&self, key: &str, cgu: &ClusterGroupUpgrade, now: Timestamp) {
         let default = talm_shared::api::cgu::ClusterGroupUpgradeStatus::default();
         let status = cgu.status.as_ref().unwrap_or(&default);
-        let mut counts = [0i64; 4];
+        let mut counts = [0i64; 5];
         for c in status.clusters.iter().flatten() {
             match c.state.as_str() {
                 "complete" => counts[0] += 1,
                 "timedout" => counts[1] += 1,
+                talm_hub_core::recovery::STATE_ROLLED_BACK
+                | talm_hub_core::recovery::STATE_ROLLBACK_FAILED => counts[4] += 1,
                 _ => {}
             }
         }
@@ -326,7 +344,7 @@ impl Metrics {
             .and_then(|s| s.current_batch_remediation_progress.as_ref());
         counts[2] = progress.map_or(0, |p| {
             p.values()
-                .filter(|v| v.state != "Completed")
+                .filter(|v| v.state != "Completed" && v.state != "RolledBack")
                 .count()
                 .try_into()
                 .unwrap_or(i64::MAX)
@@ -486,7 +504,8 @@ mod tests {
             "spec": {"remediationStrategy": {"maxConcurrency": 1}},
             "status": {
                 "remediationPlan": [["a"], ["b"], ["c"]],
-                "clusters": [{"name": "a", "state": "complete"}],
+                "clusters": [{"name": "a", "state": "complete"},
+                             {"name": "x", "state": "rolledback"}],
                 "status": {"currentBatch": 2, "currentBatchStartedAt": "2026-01-01T00:00:00Z",
                            "currentBatchRemediationProgress": {"b": {"state": "InProgress"}},
                            "waitingForWindowSince": "2026-01-01T00:00:00Z"},
@@ -512,6 +531,8 @@ mod tests {
         assert!(text.contains("talm_cgu_clusters{cgu=\"n/c\",state=\"complete\"} 1"));
         assert!(text.contains("talm_cgu_clusters{cgu=\"n/c\",state=\"in-progress\"} 1"));
         assert!(text.contains("talm_cgu_clusters{cgu=\"n/c\",state=\"pending\"} 1"));
+        assert!(text.contains("talm_cgu_clusters{cgu=\"n/c\",state=\"rolledback\"} 1"));
+        assert!(text.contains("talm_clusters_rolled_back_total 0"), "{text}");
         assert!(text.contains("talm_cgu_time_in_batch_seconds{cgu=\"n/c\"} 60"));
         assert!(text.contains("talm_cgu_paused{cgu=\"n/c\"} 0"), "{text}");
         assert!(text.contains("talm_cgu_failure_budget{cgu=\"n/c\"} -1"));

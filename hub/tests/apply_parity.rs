@@ -77,6 +77,7 @@ fn tasks(
         precache,
         backup,
         install_plans,
+        rollback: None,
     }
 }
 

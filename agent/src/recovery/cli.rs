@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Mode, Outcome, RecoverConfig, RecoverError, Reporter};
+use super::{Mode, Outcome, RecoverConfig, Reporter};
 use crate::backup::Host;
 use crate::host::disk::RealDisk;
 use crate::host::exec::RealRunner;
@@ -44,6 +44,12 @@ pub struct RecoverArgs {
     /// kubeconfig for `oc`.
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+    /// Run as `talm-recover.service` does for the rollback watchdog: resume from the journal,
+    /// no prompts, run `systemctl reboot` where a person would be asked to, and record the
+    /// outcome (`recovery.outcome.json`) for the agent. Refused unless the watchdog armed the
+    /// node (`recovery.unattended` in the recovery directory); never a dry run.
+    #[arg(long, conflicts_with_all = ["restart", "step", "force", "dry_run"])]
+    pub unattended: bool,
     /// How long each wait (containers, revisions) may take, in seconds.
     #[arg(long, env = "TALM_RECOVERY_WAIT_SECONDS", default_value_t = 1200)]
     pub wait_seconds: u64,
@@ -78,8 +84,12 @@ impl RecoverArgs {
     }
 
     /// Runs the recovery, printing its messages.
-    pub fn run(&self, timestamp: &str) -> Result<Outcome, RecoverError> {
-        super::run(&self.config(timestamp), &Console)
+    pub fn run(&self, timestamp: &str) -> Result<Outcome, super::unattended::UnattendedRunError> {
+        if self.unattended {
+            super::unattended::run(&self.config(timestamp), &Console)
+        } else {
+            Ok(super::run(&self.config(timestamp), &Console)?)
+        }
     }
 }
 
@@ -91,5 +101,22 @@ impl Reporter for Console {
     fn say(&self, msg: &str) {
         println!("##### {msg}");
         tracing::info!(target: "talm_agent::recovery", "{msg}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[test]
+    fn unattended_takes_no_flag_that_changes_what_it_does() {
+        let ok = crate::Cli::try_parse_from(["talm-agent", "recover", "--resume", "--unattended"]);
+        assert!(ok.is_ok(), "{:?}", ok.err());
+        for bad in ["--restart", "--step", "--force", "--dry-run"] {
+            let e = crate::Cli::try_parse_from(["talm-agent", "recover", "--unattended", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("cannot be used with"), "{bad}: {e}");
+        }
     }
 }

@@ -32,6 +32,7 @@
 pub mod cli;
 pub mod journal;
 mod preflight;
+pub mod unattended;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -104,6 +105,10 @@ pub struct Outcome {
     pub next: String,
     /// The whole recovery is complete.
     pub finished: bool,
+    /// The run stopped for a reboot that nobody has started yet (stage 1 done): a person
+    /// runs `systemctl reboot`, `recover --unattended` runs it itself. (After the OS rollback
+    /// `rpm-ostree rollback -r` reboots by itself, so this is false there.)
+    pub reboot: bool,
 }
 
 /// Why a recovery run stopped. Each message ends with what to do next.
@@ -289,7 +294,7 @@ struct Run<'a> {
 
 /// Why this run is a dry run, if it is one: `--dry-run`, or a host root other than `/` without
 /// `--force-host-root` (the node commands would act on this machine, not on that root).
-fn dry_run_reason(cfg: &RecoverConfig) -> Option<String> {
+pub(crate) fn dry_run_reason(cfg: &RecoverConfig) -> Option<String> {
     if cfg.dry_run {
         Some("--dry-run given".into())
     } else if !cfg.force_host_root && !cfg.host.root.is_slash() {
@@ -415,6 +420,7 @@ pub fn run(cfg: &RecoverConfig, rep: &dyn Reporter) -> Result<Outcome, RecoverEr
                 return Ok(Outcome {
                     next,
                     finished: false,
+                    reboot: true,
                 });
             }
             1 if cfg.single_stage => {
@@ -423,6 +429,7 @@ pub fn run(cfg: &RecoverConfig, rep: &dyn Reporter) -> Result<Outcome, RecoverEr
                 return Ok(Outcome {
                     next,
                     finished: false,
+                    reboot: false,
                 });
             }
             _ => {}
@@ -435,6 +442,7 @@ pub fn run(cfg: &RecoverConfig, rep: &dyn Reporter) -> Result<Outcome, RecoverEr
     Ok(Outcome {
         next,
         finished: true,
+        reboot: false,
     })
 }
 
@@ -482,6 +490,7 @@ impl Run<'_> {
         Ok(Outcome {
             next,
             finished: false,
+            reboot: false,
         })
     }
 
@@ -548,7 +557,11 @@ impl Run<'_> {
                     "The node is rebooting into the pre-upgrade OS ({target}); when it is back, run 'talm-agent recover --resume'"
                 );
                 self.rep.say(&next);
-                Ok(Some(Outcome { next, finished: false }))
+                Ok(Some(Outcome {
+                    next,
+                    finished: false,
+                    reboot: false,
+                }))
             }
             RollbackPlan::NoPinned | RollbackPlan::NoDeployments if self.cfg.force => {
                 self.rep.say("OS rollback: no pinned deployment; --force given, restoring the files only");

@@ -37,6 +37,10 @@ pub mod reasons {
     pub const UNRESOLVABLE_DEPENDENCY: &str = "UnresolvableDenpendency";
     /// talm's own (TALM has no minimum): `remediationStrategy.maxConcurrency` is negative.
     pub const INVALID_MAX_CONCURRENCY: &str = "InvalidMaxConcurrency";
+    /// talm extension: `spec.recovery` is invalid (needs `backup: true`, a bounded duration).
+    pub const INVALID_RECOVERY: &str = "InvalidRecovery";
+    /// talm extension: the rollout ended with clusters rolled back by their watchdog.
+    pub const CLUSTERS_ROLLED_BACK: &str = "ClustersRolledBack";
     /// talm's own (TALM rolls a repeated policy out twice): `managedPolicies` repeats a name.
     pub const DUPLICATE_MANAGED_POLICIES: &str = "DuplicateManagedPolicies";
     /// talm's own (TALM fails its reconcile without a condition): a `clusterLabelSelectors`

@@ -6,7 +6,7 @@ use talm_shared::api::cgu::ClusterGroupUpgradeStatus;
 use talm_shared::api::rhacm::{
     ManagedClusterAction, ManagedClusterView, Placement, PlacementBinding,
 };
-use talm_shared::api::spokeagent::{BackupTask, InstallPlanTask, PrecacheTask};
+use talm_shared::api::spokeagent::{BackupTask, InstallPlanTask, PrecacheTask, RollbackTask};
 use talm_shared::api::work::ManifestWork;
 
 /// The outcome of one reconcile of one CGU.
@@ -106,6 +106,8 @@ pub enum Write {
         backup: Option<TaskChange<BackupTask>>,
         /// The InstallPlan-approval task change, if any.
         install_plans: Option<TaskChange<InstallPlanTask>>,
+        /// The rollback watchdog change, if any (arm or disarm).
+        rollback: Option<TaskChange<RollbackTask>>,
     },
     /// Create the ManagedClusterView, or replace its labels and spec (docs/contract.md §3.10).
     /// Failures are logged, not fatal: the next reconcile retries.

@@ -224,6 +224,47 @@ pub fn cluster_completed(cgu: &ClusterGroupUpgrade, cluster: ObjectRef) -> Event
     )
 }
 
+/// The reason of [`cluster_rolled_back`] events.
+pub const CLUSTER_ROLLED_BACK: &str = "ClusterRolledBack";
+
+/// `ClusterRolledBack` (Warning, talm extension): the cluster's rollback watchdog fired and
+/// its agent rolled the node back (`rolled_back`) or failed to (`!rolled_back`); the cluster is
+/// failed in the CGU. Regarding the CGU, related to the ManagedCluster.
+pub fn cluster_rolled_back(
+    cgu: &ClusterGroupUpgrade,
+    cluster: ObjectRef,
+    rolled_back: bool,
+    message: &str,
+) -> Event {
+    let name = cgu.metadata.name.clone().unwrap_or_default();
+    let what = if rolled_back {
+        "was rolled back by its agent (not healthy in time)"
+    } else {
+        "failed its automatic rollback and needs a person"
+    };
+    let mut note = format!(
+        "ClusterGroupUpgrade {name}: cluster {} {what}",
+        cluster.name
+    );
+    if !message.is_empty() {
+        note.push_str(": ");
+        note.push_str(message);
+    }
+    event(
+        EventType::Warning,
+        CLUSTER_ROLLED_BACK,
+        if rolled_back {
+            "RollbackInClusterCompleted"
+        } else {
+            "RollbackInClusterFailed"
+        },
+        note,
+        cgu_ref(cgu),
+        Some(cluster),
+        &[(keys::EVENT_TYPE, "cluster".into())],
+    )
+}
+
 /// `CguSuccess` / `RemediationInBatchCompleted` (`total_clusters` as for [`batch_started`]).
 pub fn batch_completed(
     cgu: &ClusterGroupUpgrade,

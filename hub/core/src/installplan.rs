@@ -359,6 +359,7 @@ pub fn agent_task(
                 .collect(),
             deadline: Time(deadline),
         })),
+        rollback: None,
     })
 }
 
@@ -378,6 +379,7 @@ pub fn clear_agent_task(
             precache: None,
             backup: None,
             install_plans: Some(TaskChange::Clear),
+            rollback: None,
         })
 }
 

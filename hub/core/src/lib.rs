@@ -28,6 +28,7 @@ pub mod patch;
 pub mod plan;
 pub mod precache;
 pub mod reconcile;
+pub mod recovery;
 pub mod selection;
 pub mod snapshot;
 pub mod tasks;

@@ -77,6 +77,7 @@ impl Write {
                 precache,
                 backup,
                 install_plans,
+                rollback,
                 ..
             } => {
                 let mut spec = Map::new();
@@ -99,6 +100,13 @@ impl Write {
                     "installPlans",
                     task_patch("InstallPlan task", install_plans.as_ref(), |_| {})?,
                 );
+                slot(
+                    "rollback",
+                    task_patch("rollback task", rollback.as_ref(), |t| {
+                        // The one optional field: named so a previous CGU's target goes.
+                        t.entry("targetVersion").or_insert(Value::Null);
+                    })?,
+                );
                 Ok(Some(single("spec", Value::Object(spec))))
             }
             _ => Ok(None),
@@ -115,6 +123,7 @@ impl Write {
             precache,
             backup,
             install_plans,
+            rollback,
         } = self
         else {
             return None;
@@ -124,9 +133,13 @@ impl Write {
             backup: assigned(backup.as_ref()),
             install_plans: assigned(install_plans.as_ref()),
             check_space: None,
-            rollback: None,
+            rollback: assigned(rollback.as_ref()),
         };
-        if spec.precache.is_none() && spec.backup.is_none() && spec.install_plans.is_none() {
+        if spec.precache.is_none()
+            && spec.backup.is_none()
+            && spec.install_plans.is_none()
+            && spec.rollback.is_none()
+        {
             return None;
         }
         let mut agent = SpokeAgent::new(name, spec);
@@ -239,6 +252,7 @@ mod tests {
             precache,
             backup,
             install_plans,
+            rollback: None,
         }
     }
 
@@ -342,6 +356,40 @@ mod tests {
             .unwrap()
             .is_none()
         );
+    }
+
+    #[test]
+    fn rollback_slot_arms_replacing_an_older_target_and_clears() {
+        use talm_shared::api::spokeagent::RollbackTask;
+        let task = RollbackTask {
+            id: "ns/cgu/uid/rollback".into(),
+            armed_at: t0(),
+            health_timeout_seconds: 600,
+            target_version: None,
+        };
+        let mut w = tasks(None, None, None);
+        if let Write::SetSpokeAgentTasks { rollback, .. } = &mut w {
+            *rollback = Some(TaskChange::Assign(task.clone()));
+        }
+        let mut agent = json!({"spec": {"rollback": {"id": "old", "armedAt": "x",
+            "healthTimeoutSeconds": 1, "targetVersion": "4.15.0"}}});
+        json_patch::merge(&mut agent, &w.merge_patch().unwrap().unwrap());
+        assert_eq!(
+            agent["spec"]["rollback"],
+            serde_json::to_value(&task).unwrap()
+        );
+        assert_eq!(
+            w.spoke_agent_if_missing().unwrap().spec.rollback,
+            Some(task)
+        );
+        if let Write::SetSpokeAgentTasks { rollback, .. } = &mut w {
+            *rollback = Some(TaskChange::Clear);
+        }
+        assert_eq!(
+            w.merge_patch().unwrap(),
+            Some(json!({"spec": {"rollback": null}}))
+        );
+        assert!(w.spoke_agent_if_missing().is_none());
     }
 
     #[test]

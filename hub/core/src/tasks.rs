@@ -130,6 +130,7 @@ pub fn step(
             precache,
             backup,
             install_plans: None,
+            rollback: None,
         }
     };
     let current = match input.state {
@@ -218,7 +219,14 @@ pub fn clear_tasks(cgu: &ClusterGroupUpgrade, agent: &SpokeAgent) -> Option<Writ
         .as_ref()
         .filter(|t| t.id.starts_with(&prefix))
         .map(|_| TaskChange::Clear);
-    if precache.is_none() && backup.is_none() && install_plans.is_none() {
+    // The rollback watchdog goes too: on CGU deletion or cleanup it is disarmed.
+    let rollback = agent
+        .spec
+        .rollback
+        .as_ref()
+        .filter(|t| t.id.starts_with(&prefix))
+        .map(|_| TaskChange::Clear);
+    if precache.is_none() && backup.is_none() && install_plans.is_none() && rollback.is_none() {
         return None;
     }
     Some(Write::SetSpokeAgentTasks {
@@ -227,6 +235,7 @@ pub fn clear_tasks(cgu: &ClusterGroupUpgrade, agent: &SpokeAgent) -> Option<Writ
         precache,
         backup,
         install_plans,
+        rollback,
     })
 }
 

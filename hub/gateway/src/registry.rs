@@ -324,6 +324,7 @@ impl Registry {
             (Slot::Backup, &st.backup),
             (Slot::CheckSpace, &st.check_space),
             (Slot::InstallPlans, &st.install_plans),
+            (Slot::Rollback, &st.rollback),
         ] {
             if let Some(r) = rep {
                 let kind = kinds
@@ -481,12 +482,37 @@ impl Registry {
                 let kind = TaskKind::try_from(acc.kind).unwrap_or(TaskKind::Unspecified);
                 t.wire_kind = kind;
                 t.kind = kind.display_name().into();
-                if t.state
-                    .is_none_or(|s| !s.is_final() && s != TaskState::Active)
-                {
-                    t.state = Some(TaskState::Starting);
+                // The watchdog, once accepted, watches: `Armed`.
+                let accepted = if kind == TaskKind::Rollback {
+                    TaskState::Armed
+                } else {
+                    TaskState::Starting
+                };
+                if t.state.is_none_or(|s| {
+                    !s.is_final() && s != TaskState::Active && s != TaskState::RollingBack
+                }) {
+                    t.state = Some(accepted);
                 }
                 a.agent_active.insert(r.task_id.clone());
+            }
+            // The watchdog's progress names its phase first: `Armed: not healthy yet, ...`
+            // while it watches, `RollingBack: <step>` once the recovery runs (never back).
+            Some(task_report::Body::Progress(p))
+                if !is_final(t) && t.wire_kind == TaskKind::Rollback =>
+            {
+                let rolling = p.message.starts_with(TaskState::RollingBack.as_str())
+                    || t.state == Some(TaskState::RollingBack);
+                t.state = Some(if rolling {
+                    TaskState::RollingBack
+                } else {
+                    TaskState::Armed
+                });
+                t.message = p.message.clone();
+                t.progress = Some(ProgressView {
+                    message: p.message.clone(),
+                    done: p.done,
+                    total: p.total,
+                });
             }
             Some(task_report::Body::Progress(p)) if !is_final(t) => {
                 t.state = Some(TaskState::Active);
@@ -619,6 +645,7 @@ impl Registry {
                 Slot::Backup => st.backup = rep,
                 Slot::CheckSpace => st.check_space = rep,
                 Slot::InstallPlans => st.install_plans = rep,
+                Slot::Rollback => st.rollback = rep,
             }
         }
         Some(st)
@@ -752,5 +779,139 @@ mod tests {
                 i64::try_from(i).unwrap() * 31
             )));
         }
+    }
+
+    fn report(id: &str, seq: u64, body: task_report::Body) -> v1::TaskReport {
+        v1::TaskReport {
+            seq,
+            task_id: id.into(),
+            cluster: "c".into(),
+            body: Some(body),
+        }
+    }
+
+    #[test]
+    fn the_watchdog_reports_armed_then_rolling_back_with_its_step_then_rolled_back() {
+        use talm_shared::api::spokeagent::RollbackTask;
+        let id = "ns/cgu/uid/rollback";
+        let spec = SpokeAgentSpec {
+            rollback: Some(RollbackTask {
+                id: id.into(),
+                armed_at: Time(jiff::Timestamp::from_second(1000).unwrap()),
+                health_timeout_seconds: 600,
+                target_version: None,
+            }),
+            ..Default::default()
+        };
+        let r = Registry::new(ClonePolicy::default());
+        r.seed("c", None, Some(&spec));
+        let state = |r: &Registry| {
+            let st = r.compose_status("c", Some(&spec)).unwrap();
+            st.rollback.map(|t| (t.state, t.message))
+        };
+        r.apply_report(
+            "c",
+            &report(
+                id,
+                1,
+                task_report::Body::Accepted(v1::TaskAccepted {
+                    kind: TaskKind::Rollback.into(),
+                }),
+            ),
+            1001,
+        );
+        assert_eq!(state(&r), Some(("Armed".into(), String::new())));
+        let armed_progress = "Armed: not healthy yet, 500s to the health timeout: /readyz";
+        r.apply_report(
+            "c",
+            &report(
+                id,
+                0,
+                task_report::Body::Progress(v1::TaskProgress {
+                    message: armed_progress.into(),
+                    done: 0,
+                    total: 0,
+                }),
+            ),
+            1100,
+        );
+        assert_eq!(state(&r), Some(("Armed".into(), armed_progress.into())));
+        r.apply_report(
+            "c",
+            &report(
+                id,
+                0,
+                task_report::Body::Progress(v1::TaskProgress {
+                    message: "RollingBack: stage 2/5: restore".into(),
+                    done: 2,
+                    total: 5,
+                }),
+            ),
+            1700,
+        );
+        assert_eq!(
+            state(&r),
+            Some((
+                "RollingBack".into(),
+                "RollingBack: stage 2/5: restore".into()
+            ))
+        );
+        // Once rolling back, a later progress message never goes back to Armed.
+        r.apply_report(
+            "c",
+            &report(
+                id,
+                0,
+                task_report::Body::Progress(v1::TaskProgress {
+                    message: "stage 3/5".into(),
+                    done: 0,
+                    total: 0,
+                }),
+            ),
+            1750,
+        );
+        assert_eq!(state(&r).unwrap().0, "RollingBack");
+        // A re-sent acceptance (after a reconnect) does not go back to Armed.
+        r.apply_report(
+            "c",
+            &report(
+                id,
+                2,
+                task_report::Body::Accepted(v1::TaskAccepted {
+                    kind: TaskKind::Rollback.into(),
+                }),
+            ),
+            1701,
+        );
+        assert_eq!(state(&r).unwrap().0, "RollingBack");
+        r.apply_report(
+            "c",
+            &report(
+                id,
+                3,
+                task_report::Body::Result(v1::TaskResult {
+                    outcome: TaskOutcome::RolledBack.into(),
+                    message: "node runs the pinned deployment".into(),
+                }),
+            ),
+            2000,
+        );
+        assert_eq!(
+            state(&r),
+            Some((
+                "RolledBack".into(),
+                "node runs the pinned deployment".into()
+            ))
+        );
+        // Other slots are untouched; without the spec the report is not written.
+        let st = r.compose_status("c", Some(&spec)).unwrap();
+        assert!(st.backup.is_none() && st.precache.is_none());
+        let empty = SpokeAgentSpec::default();
+        assert!(
+            r.compose_status("c", Some(&empty))
+                .unwrap()
+                .rollback
+                .is_none()
+        );
     }
 }

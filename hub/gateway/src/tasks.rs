@@ -16,6 +16,8 @@ pub enum Slot {
     CheckSpace,
     /// `spec.installPlans` / `status.installPlans`.
     InstallPlans,
+    /// `spec.rollback` / `status.rollback` (the rollback watchdog).
+    Rollback,
 }
 
 impl Slot {
@@ -26,6 +28,7 @@ impl Slot {
             Slot::Backup => TaskKind::Backup,
             Slot::CheckSpace => TaskKind::CheckSpace,
             Slot::InstallPlans => TaskKind::ApproveInstallPlans,
+            Slot::Rollback => TaskKind::Rollback,
         }
     }
 }
@@ -78,6 +81,22 @@ pub fn desired(spec: &SpokeAgentSpec) -> Vec<DesiredTask> {
             deadline_unix: t.deadline.0.as_second(),
         });
     }
+    if let Some(t) = &spec.rollback {
+        let mut params = serde_json::json!({
+            "armedAt": t.armed_at.0.as_second(),
+            "healthTimeoutSeconds": t.health_timeout_seconds,
+        });
+        if let Some(v) = &t.target_version {
+            params["targetVersion"] = serde_json::Value::String(v.clone());
+        }
+        out.push(DesiredTask {
+            id: t.id.clone(),
+            slot: Slot::Rollback,
+            params_json: params.to_string(),
+            // The watchdog has no deadline: its health timeout is in the params.
+            deadline_unix: 0,
+        });
+    }
     out
 }
 
@@ -88,9 +107,10 @@ pub fn result_state(kind: TaskKind, outcome: TaskOutcome) -> TaskState {
     match outcome {
         TaskOutcome::Succeeded if rollback => TaskState::Healthy,
         TaskOutcome::RolledBack if rollback => TaskState::RolledBack,
-        TaskOutcome::Failed | TaskOutcome::Rejected | TaskOutcome::Unspecified if rollback => {
-            TaskState::RollbackFailed
-        }
+        // An agent that rejects the watchdog (one without it, or params it refuses) never
+        // armed it: nothing was rolled back, and the cluster must not fail for it.
+        TaskOutcome::Rejected if rollback => TaskState::UnrecoverableError,
+        TaskOutcome::Failed | TaskOutcome::Unspecified if rollback => TaskState::RollbackFailed,
         // Only the watchdog can roll back; anything else saying so is a broken agent.
         TaskOutcome::RolledBack => TaskState::UnrecoverableError,
         TaskOutcome::Succeeded => TaskState::Succeeded,
@@ -171,6 +191,54 @@ mod tests {
         assert_eq!(
             TaskKind::ApproveInstallPlans.display_name(),
             "approve-install-plans"
+        );
+    }
+
+    #[test]
+    fn the_watchdog_becomes_a_rollback_assignment_without_deadline() {
+        use talm_shared::api::spokeagent::RollbackTask;
+        let mut task = RollbackTask {
+            id: "ns/cgu/uid/rollback".into(),
+            armed_at: Time(jiff::Timestamp::from_second(2_000_000_000).unwrap()),
+            health_timeout_seconds: 5400,
+            target_version: Some("4.16.3".into()),
+        };
+        let d = desired(&SpokeAgentSpec {
+            rollback: Some(task.clone()),
+            ..Default::default()
+        });
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].slot.kind(), TaskKind::Rollback);
+        assert_eq!(d[0].deadline_unix, 0);
+        let params: serde_json::Value = serde_json::from_str(&d[0].params_json).unwrap();
+        assert_eq!(
+            params,
+            serde_json::json!({"armedAt": 2_000_000_000, "healthTimeoutSeconds": 5400,
+                               "targetVersion": "4.16.3"})
+        );
+        task.target_version = None;
+        let d = desired(&SpokeAgentSpec {
+            rollback: Some(task),
+            ..Default::default()
+        });
+        let params: serde_json::Value = serde_json::from_str(&d[0].params_json).unwrap();
+        assert!(params.get("targetVersion").is_none(), "absent, not null");
+        // A rejecting agent (one without the watchdog) never armed it: not a failed rollback.
+        assert_eq!(
+            result_state(TaskKind::Rollback, TaskOutcome::Rejected),
+            TaskState::UnrecoverableError
+        );
+        assert_eq!(
+            result_state(TaskKind::Rollback, TaskOutcome::Failed),
+            TaskState::RollbackFailed
+        );
+        assert_eq!(
+            result_state(TaskKind::Rollback, TaskOutcome::RolledBack),
+            TaskState::RolledBack
+        );
+        assert_eq!(
+            result_state(TaskKind::Rollback, TaskOutcome::Succeeded),
+            TaskState::Healthy
         );
     }
 

@@ -502,6 +502,15 @@ pub async fn publish_events(
     events: &[Event],
     now: Timestamp,
 ) {
+    // The status that records each rolled-back cluster is written: count it once, here.
+    let rolled_back = events
+        .iter()
+        .filter(|e| e.reason == talm_hub_core::events::CLUSTER_ROLLED_BACK)
+        .count();
+    shared
+        .metrics
+        .clusters_rolled_back
+        .inc_by(u64::try_from(rolled_back).unwrap_or(0));
     let (ns, name) = ns_name(&cgu.metadata);
     let api: Api<K8sEvent> = Api::namespaced(shared.client.clone(), &ns);
     let (ns, name, api) = (&ns, &name, &api);

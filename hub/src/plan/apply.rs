@@ -809,6 +809,7 @@ metadata: {name: spoke2}
                 }],
                 deadline: talm_shared::api::Time(now()),
             })),
+            rollback: None,
         };
         assert_eq!(
             apply_write(&mut s, &assign, now()).unwrap().unwrap().verb,
@@ -832,6 +833,7 @@ metadata: {name: spoke2}
             precache: None,
             backup: Some(TaskChange::Clear),
             install_plans: Some(TaskChange::Clear),
+            rollback: None,
         };
         assert_eq!(
             apply_write(&mut s, &clear_backup, now())
@@ -855,6 +857,7 @@ metadata: {name: spoke2}
             precache: Some(TaskChange::Clear),
             backup: None,
             install_plans: None,
+            rollback: None,
         };
         assert_eq!(apply_write(&mut s, &clear_missing, now()).unwrap(), None);
         assert!(raw(&s, Kind::SpokeAgent, "SpokeAgent", "spoke2", "spoke2").is_none());

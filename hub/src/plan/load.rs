@@ -627,6 +627,9 @@ fn check_typed(
             .map_err(|e| ("spec.remediationStrategy.maxFailures".to_string(), e))?;
     }
     talm_hub_core::windows::schedule(spec).map_err(|e| (e.path, e.problem))?;
+    if let Some((field, problem)) = talm_hub_core::recovery::spec_problem(spec) {
+        return Err((field.into(), problem));
+    }
     let managed = spec.managed_policies.as_deref().unwrap_or_default();
     if let Some((i, name)) = talm_hub_core::validate::repeated_names(managed).first() {
         return Err((

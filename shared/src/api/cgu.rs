@@ -124,6 +124,12 @@ pub struct ClusterGroupUpgradeSpec {
     /// `remediationStrategy.timeout`. Absent: batches start at once, as in TALM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance_windows: Option<Vec<MaintenanceWindow>>,
+    /// talm extension: automatic rollback of a failed upgrade on the node. Valid only with
+    /// `backup: true`. When `automatic` is true, each cluster whose backup succeeded gets a
+    /// rollback watchdog armed as it is released into its first policy: the node's agent
+    /// recovers it from that backup if it is not healthy within `healthTimeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<RecoverySpec>,
 }
 
 /// talm extension: a recurring maintenance window, e.g. `{days: [Sat, Sun], start: "22:00",
@@ -147,6 +153,20 @@ pub struct MaintenanceWindow {
     /// copy of the IANA time-zone database, not the host's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_zone: Option<String>,
+}
+
+/// talm extension: the rollback watchdog settings of a CGU (`spec.recovery`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RecoverySpec {
+    /// Arm the watchdog on each released cluster whose backup succeeded. Default `false`.
+    #[serde(default)]
+    pub automatic: bool,
+    /// How long a node has, from its release into its first policy, to become healthy before
+    /// its agent rolls it back: a Go duration (`"90m"`, `"1h30m"`), from 10m to 24h. Default
+    /// `"90m"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_timeout: Option<String>,
 }
 
 /// How clusters are split into batches.

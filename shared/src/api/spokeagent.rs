@@ -37,6 +37,11 @@ pub const API_VERSION: &str = "talm.dev/v1alpha1";
             json_path = ".status.precache.state"
         ),
         printcolumn(name = "Backup", type_ = "string", json_path = ".status.backup.state"),
+        printcolumn(
+            name = "Rollback",
+            type_ = "string",
+            json_path = ".status.rollback.state"
+        ),
     )
 )]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -248,6 +248,9 @@ struct EventOut<'a> {
 #[derive(Debug)]
 enum Target {
     Version,
+    /// `/readyz`, `/livez`, `/healthz`: `ok` (scripted failures through [`crate::Fault`] with
+    /// `path_contains("/readyz")`).
+    Health,
     Api,
     Apis,
     Group(String),
@@ -295,6 +298,7 @@ fn parse_request(
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let (group, version, rest): (&str, &str, &[&str]) = match segs.as_slice() {
         ["version"] => return discovery(record, query, Target::Version),
+        ["readyz" | "livez" | "healthz"] => return discovery(record, query, Target::Health),
         ["api"] => return discovery(record, query, Target::Api),
         ["apis"] => return discovery(record, query, Target::Apis),
         ["apis", g] => return discovery(record, query, Target::Group(g.to_string())),
@@ -898,6 +902,7 @@ fn discovery_response(store: &Store, t: Target) -> Result<Response<Body>, ApiErr
         })
     };
     match t {
+        Target::Health => Ok(full(200, b"ok".to_vec())),
         Target::Version => Ok(json_response(
             200,
             &json!({

@@ -1,8 +1,9 @@
 //! The failure budget (talm extension, `spec.remediationStrategy.maxFailures`; docs/contract.md
 //! §11.2).
 //!
-//! A cluster has failed when it timed out in its batch (`status.clusters[].state: timedout`) or
-//! its pre-cache or backup ended in anything but `Succeeded`. Once more clusters have failed than
+//! A cluster has failed when it timed out in its batch (`status.clusters[].state: timedout`), its
+//! agent rolled it back or failed to (`rolledback`, `rollbackfailed`; issue 18's watchdog,
+//! docs/contract.md §5.5), or its pre-cache or backup ended in anything but `Succeeded`. Once more clusters have failed than
 //! the budget allows (a count, or a percentage of the CGU's clusters rounded down), the rollout
 //! ends as `batchTimeoutAction: Abort` ends it: `Progressing=False` and `Succeeded=False`, both
 //! with reason `FailureBudgetExceeded` and a message naming the failed clusters; the completion
@@ -19,8 +20,8 @@ use crate::events;
 use crate::tasks::recorded_state;
 use crate::validate::failure_budget;
 
-/// The failed clusters of a CGU status, in the order it records them: timed out, then
-/// pre-cache failures, then backup failures.
+/// The failed clusters of a CGU status, in the order it records them: timed out or rolled back
+/// (in `status.clusters` order), then pre-cache failures, then backup failures.
 pub fn failed_clusters(status: &ClusterGroupUpgradeStatus) -> Vec<String> {
     let failed_task = |s: &String| {
         let st = recorded_state(s);
@@ -30,7 +31,7 @@ pub fn failed_clusters(status: &ClusterGroupUpgradeStatus) -> Vec<String> {
         .clusters
         .iter()
         .flatten()
-        .filter(|c| c.state == "timedout")
+        .filter(|c| crate::recovery::counts_as_failed(&c.state))
         .map(|c| c.name.clone());
     let precache = status
         .precaching

@@ -14,7 +14,8 @@
 //! - [`progress`](self::progress): batches, per-cluster progression and timeouts;
 //! - [`works`](self::works): what changes for a ManifestWork rollout;
 //! - [`pause`](self::pause): pauses and alert holds (talm extension);
-//! - [`budget`](self::budget): the failure budget (talm extension).
+//! - [`budget`](self::budget): the failure budget (talm extension);
+//! - [`rollback`](self::rollback): the rollback watchdog (talm extension, `spec.recovery`).
 //!
 //! Deliberate fixes to TALM's quirks: all-failed pre-cache/backup ends the CGU instead of
 //! hanging; a timed-out cluster leaves the Placements at once; partial-blocking filtering keeps
@@ -27,6 +28,7 @@ mod enforcement;
 mod gates;
 mod pause;
 mod progress;
+mod rollback;
 mod start;
 mod works;
 
@@ -105,6 +107,7 @@ pub fn reconcile(cgu: &ClusterGroupUpgrade, snap: &Snapshot, ctx: &Context<'_>) 
         finalizer: FinalizerChange::None,
         notes: Notes::default(),
         recorded: None,
+        new_failures: false,
         observed: Vec::new(),
     };
     r.run();
@@ -135,6 +138,9 @@ struct Run<'a> {
     notes: Notes,
     /// Names in `status.clusters`, built on first use (O(1) membership at fleet scale).
     recorded: Option<HashSet<String>>,
+    /// Set when this pass recorded a cluster failed outside a batch timeout (a rollback), so
+    /// the failure budget is checked.
+    new_failures: bool,
     /// Times to compliance seen in this pass, for the forecast: (index into
     /// `managedPoliciesForUpgrade`, release → moved past the policy).
     observed: Vec<(usize, SignedDuration)>,

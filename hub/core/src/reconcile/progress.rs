@@ -187,6 +187,12 @@ impl Run<'_> {
         for c in &batch {
             soaking |= self.update_cluster_progress(c, &policies, true, held);
         }
+        // A cluster rolled back by its agent counts against the failure budget at once.
+        if self.new_failures
+            && self.budget_exceeded(super::budget::status_cluster_count(&self.status, plan))
+        {
+            return;
+        }
         if held {
             // Released clusters stay enforced (and their InstallPlans approved, so no upgrade
             // is cut half-way); nothing else moves until the CGU resumes.
@@ -248,6 +254,9 @@ impl Run<'_> {
                 self.events
                     .push(events::batch_completed(self.cgu, current, &batch, total));
                 self.empty_placements();
+                if self.end_if_rolled_back(plan) {
+                    return;
+                }
                 self.end(
                     reasons::COMPLETED,
                     true,
@@ -277,6 +286,7 @@ impl Run<'_> {
             self.release_works(&batch);
         } else {
             self.remediate_batch(&batch, &policies);
+            self.arm_watchdogs(&batch, &policies);
         }
         self.approve_installplans(&batch, &policies, deadline);
         self.check_placements(&policies);
@@ -494,7 +504,10 @@ impl Run<'_> {
 
     /// Whether every cluster of the batch has completed.
     fn batch_completed(&self, batch: &[String]) -> bool {
-        batch.iter().all(|c| self.progress_of(c).state == COMPLETED)
+        batch.iter().all(|c| {
+            let s = self.progress_of(c).state;
+            s == COMPLETED || s == super::rollback::ROLLED_BACK
+        })
     }
 
     /// Steps one cluster through the policies (§3.7). Returns true while it soaks. While
@@ -507,6 +520,9 @@ impl Run<'_> {
         emit: bool,
         held: bool,
     ) -> bool {
+        if self.rolled_back(c, policies) {
+            return false;
+        }
         let mut p = self.progress_of(c);
         if p.state == COMPLETED {
             return false;
@@ -627,6 +643,7 @@ impl Run<'_> {
             .extend(installplan::cleanup(self.cgu, c, self.snap));
         self.writes
             .extend(installplan::clear_agent_task(self.cgu, c, self.snap));
+        self.disarm(c);
         if let Some(a) = self
             .cgu
             .spec
@@ -822,7 +839,12 @@ impl Run<'_> {
                 .as_ref()
                 .and_then(|s| s.current_batch_remediation_progress.as_ref())
                 .and_then(|m| m.get(c));
-            if entry.is_some_and(|e| e.state == COMPLETED || e.state == NOT_STARTED) {
+            // A cluster its rollback watchdog failed is recorded already, and not timed out.
+            if entry.is_some_and(|e| {
+                e.state == COMPLETED
+                    || e.state == NOT_STARTED
+                    || e.state == super::rollback::ROLLED_BACK
+            }) {
                 continue;
             }
             let p = self.progress_of(c);

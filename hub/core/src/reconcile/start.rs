@@ -167,7 +167,10 @@ impl Run<'_> {
     fn validate(&mut self, clusters: &[String]) -> Option<Policies> {
         let managed = self.cgu.spec.managed_policies.clone().unwrap_or_default();
         let v = validate_policies(&managed, clusters, self.snap);
-        if let Some(f) = spec_failure(&self.cgu.spec).or_else(|| v.failure()) {
+        if let Some(f) = spec_failure(&self.cgu.spec)
+            .or_else(|| crate::recovery::spec_failure(&self.cgu.spec))
+            .or_else(|| v.failure())
+        {
             let changed =
                 self.cond_message(types::VALIDATED).as_deref() != Some(f.message.as_str());
             self.set_cond(types::VALIDATED, false, f.reason, &f.message);
