@@ -1017,14 +1017,6 @@ fn three_cluster_hub(extra: Value) -> Hub {
     )
 }
 
-fn has_label(hub: &Hub, cluster: &str, label: &str) -> bool {
-    hub.clusters[cluster]
-        .metadata
-        .labels
-        .as_ref()
-        .is_some_and(|l| l.contains_key(label))
-}
-
 #[test]
 fn pause_freezes_releases_actions_and_timers_and_resume_continues_the_same_batch() {
     let mut hub = three_cluster_hub(json!({}));
@@ -1051,7 +1043,7 @@ fn pause_freezes_releases_actions_and_timers_and_resume_continues_the_same_batch
         json!({"state": "InProgress", "policyIndex": 1})
     );
     assert_eq!(st["status"]["currentBatch"], json!(1));
-    assert!(!has_label(&hub, "a", "done"));
+    assert!(!hub.has_label("a", "done"));
     assert_eq!(hub.placement_values("p1"), ["a"]);
 
     // Far past the batch (60 s) and global (180 s) deadlines: paused time does not count.
@@ -1073,7 +1065,7 @@ fn pause_freezes_releases_actions_and_timers_and_resume_continues_the_same_batch
     let st = hub.status();
     assert_eq!(st["status"]["excludedSeconds"], json!(590));
     assert_eq!(st["status"].get("pausedAt"), None);
-    assert!(has_label(&hub, "a", "done"));
+    assert!(hub.has_label("a", "done"));
     assert_eq!(st["status"]["currentBatch"], json!(2));
     assert_eq!(st["status"]["batchStartExcludedSeconds"], json!(590));
     assert_eq!(hub.placement_values("p1"), ["b"]);
@@ -1631,4 +1623,34 @@ fn a_batch_longer_than_any_window_starts_at_an_opening() {
     );
     hub.run(at("2026-03-03T02:00:00Z"));
     assert_eq!(hub.placement_values("p1"), ["spoke1"]);
+}
+
+#[test]
+fn paused_time_in_a_batch_is_part_of_the_forecast() {
+    let mut hub = windowed_hub(Some("45m"));
+    hub.run(at("2026-03-02T02:00:00Z"));
+    assert_eq!(hub.placement_values("p1"), ["spoke1"]);
+    let end = |hub: &Hub| -> jiff::Timestamp {
+        hub.status()["forecast"]["batches"][0]["end"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let before = end(&hub);
+    hub.cgu.spec.paused = Some(true);
+    hub.run(at("2026-03-02T02:10:00Z"));
+    hub.run(at("2026-03-02T02:30:00Z"));
+    assert_eq!(
+        end(&hub).duration_since(before),
+        SignedDuration::from_mins(20),
+        "20 min paused in the batch move its predicted end by 20 min"
+    );
+    hub.cgu.spec.paused = Some(false);
+    hub.run(at("2026-03-02T02:35:00Z"));
+    assert_eq!(
+        end(&hub).duration_since(before),
+        SignedDuration::from_mins(25),
+        "the whole pause (02:10 to 02:35) counts once it is closed"
+    );
 }

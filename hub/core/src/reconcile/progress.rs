@@ -31,7 +31,7 @@ use crate::events;
 use crate::forecast;
 use crate::installplan;
 use crate::snapshot::{Compliance, RootPolicy};
-use crate::timeouts::{batch_deadline, excluded, global_deadline};
+use crate::timeouts::{batch_deadline, excluded, excluded_in_batch, global_deadline};
 use crate::windows;
 
 /// Policy annotation: seconds a policy must stay compliant before the cluster moves on.
@@ -439,9 +439,17 @@ impl Run<'_> {
             model.observe(i, d);
         }
         let us = self.status.status.as_ref();
-        let current_started = us
-            .and_then(|u| u.current_batch_started_at.as_ref())
-            .map(|t| t.0);
+        // The current batch's work counts from its start moved later by the time paused or held
+        // during the batch: paused time is part of the prediction (the released clusters go on,
+        // nothing new starts), and an open pause keeps pushing the batch's end.
+        let current_started = us.and_then(|u| {
+            let start = u.current_batch_started_at.as_ref()?.0;
+            Some(
+                start
+                    .checked_add(excluded_in_batch(u, self.now))
+                    .unwrap_or(start),
+            )
+        });
         let ended = crate::conditions::find(&self.status.conditions, types::SUCCEEDED).is_some();
         let current = usize::try_from(us.and_then(|u| u.current_batch).unwrap_or(1))
             .unwrap_or(1)
