@@ -12,7 +12,9 @@
 //!   - **binary**: the hardened unit of `systemd/talm-agent.service` runs
 //!     `/usr/local/bin/talm-agent`, which `talm-agent-install.service` downloads once from a
 //!     URL and verifies against its SHA-256 (MachineConfigs only carry `data:` URLs, and a
-//!     binary is too big for one).
+//!     binary is too big for one); beside it, `systemd/talm-recover.service`, enabled, the
+//!     unattended recovery the rollback watchdog starts (it runs only while the watchdog's
+//!     marker file exists). Image mode does not ship it: automatic rollback needs binary mode.
 //!
 //! File contents are `data:` URLs: base64 for the token and the CA, percent-encoding for text.
 
@@ -41,6 +43,10 @@ pub const STATE_DIR: &str = "/var/lib/talm-agent";
 pub const BINARY_PATH: &str = "/usr/local/bin/talm-agent";
 /// The hardened unit of binary mode (the file shipped in `systemd/`).
 pub const BINARY_UNIT: &str = include_str!("../../../systemd/talm-agent.service");
+/// The unattended-recovery unit of binary mode (the rollback watchdog's).
+pub const RECOVER_UNIT_NAME: &str = "talm-recover.service";
+/// Its contents (the file shipped in `systemd/`).
+pub const RECOVER_UNIT: &str = include_str!("../../../systemd/talm-recover.service");
 
 /// How the agent gets onto the node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -302,6 +308,9 @@ pub fn render(input: &Input) -> Result<Value, MachineConfigError> {
         AgentInstall::Binary { url, sha256 } => vec![
             json!({"name": INSTALL_UNIT_NAME, "enabled": true, "contents": install_unit(url, sha256)}),
             json!({"name": UNIT_NAME, "enabled": true, "contents": binary_unit()}),
+            // Enabled so it starts at every boot; it runs only while the watchdog's marker
+            // exists (its ConditionPathExists), which is how a recovery resumes after reboots.
+            json!({"name": RECOVER_UNIT_NAME, "enabled": true, "contents": RECOVER_UNIT}),
         ],
     };
     let mode = match input.install {

@@ -321,6 +321,15 @@ fn binary_mode_uses_the_hardened_unit_and_a_checked_download() {
     assert!(agent.contains("ExecStart=/usr/local/bin/talm-agent run"));
     assert!(install.contains(&format!("{sha}  {}", mc::BINARY_PATH)));
     assert!(install.contains("curl -fsSL") && install.contains("sha256sum -c"));
+    // The rollback watchdog's unattended recovery ships beside it, enabled, as shipped.
+    let (recover, enabled) = &units[mc::RECOVER_UNIT_NAME];
+    assert_eq!(recover, mc::RECOVER_UNIT);
+    assert!(*enabled, "enabled: it resumes a recovery at every boot");
+    assert!(recover.contains(&format!(
+        "ExecStart={} recover --resume --unattended",
+        mc::BINARY_PATH
+    )));
+    assert!(recover.contains("ConditionPathExists=/var/recovery/recovery.unattended"));
     assert_eq!(hub.tokens(), 1);
 }
 
@@ -563,6 +572,7 @@ fn systemd_analyze_verify_accepts_the_units() {
                 mc::INSTALL_UNIT_NAME.into(),
                 mc::install_unit("https://x.example/a", &"0".repeat(64)),
             ),
+            (mc::RECOVER_UNIT_NAME.into(), mc::RECOVER_UNIT.to_string()),
         ],
     ));
     for (what, units) in sets {
@@ -732,7 +742,7 @@ fn ignition_validate_accepts_the_rendered_config_in_both_modes() {
     for (mode, args) in modes {
         let doc: Value = serde_json::from_str(&hub.run(&args).unwrap()).unwrap();
         let (_, units) = check_ignition(&doc);
-        assert_eq!(units.len(), if mode == "image" { 1 } else { 2 }, "{mode}");
+        assert_eq!(units.len(), if mode == "image" { 1 } else { 3 }, "{mode}");
         let file = dir.path().join(format!("{mode}.ign"));
         std::fs::write(&file, serde_json::to_vec(&doc["spec"]["config"]).unwrap()).unwrap();
         if let Err(e) = ignition_validate(&file) {
