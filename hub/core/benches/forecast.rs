@@ -42,15 +42,15 @@ const SEEDS: [u64; 10] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
 /// Batches done when a prediction is recorded: 10%, 25%, 50% of 20.
 const CHECKPOINTS: [usize; 3] = [2, 5, 10];
 
-struct Rng(u64);
+/// The simulated fleet's draws: the engine's own splitmix64 sequence, seeded per fleet.
+struct Rng(forecast::SplitMix);
 
 impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(forecast::SplitMix(seed))
+    }
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next()
     }
     fn unit(&mut self) -> f64 {
         ((self.next() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
@@ -151,7 +151,7 @@ struct Outcome {
 }
 
 fn simulate(seed: u64) -> Outcome {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let durations: Vec<[i64; POLICIES]> = (0..CLUSTERS)
         .map(|_| std::array::from_fn(|p| rng.duration(p)))
         .collect();
@@ -252,7 +252,7 @@ fn simulate(seed: u64) -> Outcome {
 /// 20,000 batches), so `now + batches left × it` is the best prediction any learner can make.
 /// Its error is the noise floor of the fleet itself.
 fn oracle_batch_secs() -> f64 {
-    let mut rng = Rng(0xfeed);
+    let mut rng = Rng::new(0xfeed);
     let rounds = 20_000;
     let mut total = 0.0;
     for _ in 0..rounds {
@@ -268,7 +268,7 @@ fn oracle_batch_secs() -> f64 {
 
 /// A model that has seen 10,000 clusters on each of 20 policies.
 fn model_at_10k() -> Model {
-    let mut rng = Rng(42);
+    let mut rng = Rng::new(42);
     let mut model = Model::new((0..20).map(|p| (format!("ztp-policy-{p:02}"), None)), None);
     for _ in 0..10_000 {
         for p in 0..20 {

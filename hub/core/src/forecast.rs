@@ -318,11 +318,15 @@ fn batch_stats(times: &[f64], clusters: usize) -> (f64, f64) {
     (m1, (m2 - m1 * m1).max(0.0))
 }
 
-/// splitmix64: a small, fixed pseudo-random sequence (determinism, not secrecy).
-struct SplitMix(u64);
+/// splitmix64: a small, fixed pseudo-random sequence (determinism, not secrecy). The forecast
+/// draws its cluster times from it; the forecast benchmark draws its simulated fleets from it.
+#[derive(Clone, Debug)]
+pub struct SplitMix(pub u64);
 
 impl SplitMix {
-    fn next(&mut self) -> u64 {
+    /// The next 64 bits of the sequence.
+    #[allow(clippy::should_implement_trait)] // not an Iterator: it never ends
+    pub fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
