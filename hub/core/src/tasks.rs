@@ -198,8 +198,23 @@ pub fn step(
     (state, None)
 }
 
+/// Whether [`clear_tasks`] also disarms the CGU's rollback watchdog.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Watchdog {
+    /// Disarm it too (the CGU is being deleted, or the cluster left the plan).
+    Disarm,
+    /// Keep it armed: the CGU ended (succeeded, timed out, aborted), and a node whose upgrade
+    /// is still unhealthy must still be recovered (the watchdog is disarmed only on the
+    /// cluster's success, the CGU's deletion or by a person; contract §5.5).
+    Keep,
+}
+
 /// A write that clears this CGU's tasks from a SpokeAgent (only the tasks it owns).
-pub fn clear_tasks(cgu: &ClusterGroupUpgrade, agent: &SpokeAgent) -> Option<Write> {
+pub fn clear_tasks(
+    cgu: &ClusterGroupUpgrade,
+    agent: &SpokeAgent,
+    watchdog: Watchdog,
+) -> Option<Write> {
     let prefix = task_id_prefix(cgu);
     let precache = agent
         .spec
@@ -219,12 +234,11 @@ pub fn clear_tasks(cgu: &ClusterGroupUpgrade, agent: &SpokeAgent) -> Option<Writ
         .as_ref()
         .filter(|t| t.id.starts_with(&prefix))
         .map(|_| TaskChange::Clear);
-    // The rollback watchdog goes too: on CGU deletion or cleanup it is disarmed.
     let rollback = agent
         .spec
         .rollback
         .as_ref()
-        .filter(|t| t.id.starts_with(&prefix))
+        .filter(|t| watchdog == Watchdog::Disarm && t.id.starts_with(&prefix))
         .map(|_| TaskChange::Clear);
     if precache.is_none() && backup.is_none() && install_plans.is_none() && rollback.is_none() {
         return None;

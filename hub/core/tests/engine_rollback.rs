@@ -502,3 +502,28 @@ fn a_rolled_back_cluster_counts_against_the_failure_budget_at_once() {
         "{succeeded}"
     );
 }
+
+#[test]
+fn a_cgu_that_times_out_keeps_the_watchdog_of_an_unfinished_cluster_until_it_is_deleted() {
+    let mut s = spec(&["spoke1"], json!({"automatic": true}));
+    s["remediationStrategy"]["timeout"] = json!(1);
+    let mut hub = Hub::new(s, &["spoke1"]);
+    hub.run(t(0));
+    assert!(hub.watchdog("spoke1").is_some());
+    // The CGU times out while the node's upgrade is still unhealthy: the CGU ends, but the
+    // node must still be recovered if it does not become healthy.
+    hub.run(t(120));
+    let st = hub.status();
+    assert!(
+        st["status"]["completedAt"].is_string(),
+        "the CGU ended: {st:#}"
+    );
+    assert!(
+        hub.watchdog("spoke1").is_some(),
+        "the watchdog stays armed after the CGU ends"
+    );
+    // Deleting the CGU disarms it.
+    hub.cgu.metadata.deletion_timestamp = Some(talm_hub_core::api::Time(t(200)));
+    hub.run(t(200));
+    assert!(hub.watchdog("spoke1").is_none());
+}

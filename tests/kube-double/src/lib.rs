@@ -160,6 +160,7 @@ pub struct Builder {
     clock: Option<Clock>,
     require_namespaces: bool,
     record_requests: bool,
+    bind_ip: std::net::IpAddr,
 }
 
 impl std::fmt::Debug for Builder {
@@ -181,6 +182,7 @@ impl Default for Builder {
             clock: None,
             require_namespaces: false,
             record_requests: true,
+            bind_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
         }
     }
 }
@@ -245,7 +247,16 @@ impl Builder {
         self
     }
 
-    /// Binds `127.0.0.1:0` and starts serving on the current tokio runtime.
+    /// Listens on `ip` instead of 127.0.0.1 (a random port either way), e.g. the host end of a
+    /// veth pair so a process in another network namespace can reach the double.
+    #[must_use]
+    pub fn bind_ip(mut self, ip: std::net::IpAddr) -> Self {
+        self.bind_ip = ip;
+        self
+    }
+
+    /// Binds `127.0.0.1:0` (or [`Self::bind_ip`]) and starts serving on the current tokio
+    /// runtime.
     pub async fn start(self) -> std::io::Result<KubeDouble> {
         let mut store = Store::new(
             self.kinds,
@@ -265,7 +276,7 @@ impl Builder {
             shutdown,
             close_watches,
         });
-        let (listener, addr) = server::bind().await?;
+        let (listener, addr) = server::bind(self.bind_ip).await?;
         let task = tokio::spawn(server::serve(listener, shared.clone()));
         Ok(KubeDouble {
             inner: Arc::new(Inner {
@@ -331,7 +342,7 @@ impl KubeDouble {
         &self.inner.shared
     }
 
-    /// The socket address (always on 127.0.0.1).
+    /// The socket address (127.0.0.1 unless [`Builder::bind_ip`] said otherwise).
     pub fn addr(&self) -> SocketAddr {
         self.inner.addr
     }

@@ -987,8 +987,8 @@ fn discovery_response(store: &Store, t: Target) -> Result<Response<Body>, ApiErr
 }
 
 /// Binds 127.0.0.1:0 and returns the listener and its address.
-pub(crate) async fn bind() -> std::io::Result<(TcpListener, SocketAddr)> {
-    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+pub(crate) async fn bind(ip: std::net::IpAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind((ip, 0)).await?;
     let addr = listener.local_addr()?;
     Ok((listener, addr))
 }

@@ -320,11 +320,18 @@ impl Run<'_> {
 
     /// Clears every task of this CGU from the agents (pre-cache and backup tasks of the
     /// clusters in its status, and InstallPlan-approval tasks, which any planned cluster may hold).
+    /// Rollback watchdogs are disarmed only when the CGU is being deleted: when it merely ends,
+    /// a node whose upgrade is still unhealthy keeps its watchdog.
     pub(super) fn clear_agent_tasks(&mut self) {
+        let watchdog = if self.cgu.metadata.deletion_timestamp.is_some() {
+            tasks::Watchdog::Disarm
+        } else {
+            tasks::Watchdog::Keep
+        };
         let writes: Vec<Write> = self
             .snap
             .spoke_agents()
-            .filter_map(|a| tasks::clear_tasks(self.cgu, a))
+            .filter_map(|a| tasks::clear_tasks(self.cgu, a, watchdog))
             .collect();
         self.writes.extend(writes);
     }

@@ -116,7 +116,7 @@ impl Run<'_> {
             if let Some(w) = self
                 .snap
                 .spoke_agent(c, c)
-                .and_then(|a| tasks::clear_tasks(self.cgu, a))
+                .and_then(|a| tasks::clear_tasks(self.cgu, a, tasks::Watchdog::Disarm))
             {
                 writes.push(w);
             }
