@@ -134,6 +134,84 @@ impl Drop for SpokeLink {
     }
 }
 
+/// The hub (the gateway library) in this process, on the root end of the veth pair, with fast
+/// heartbeats; it has issued a bootstrap token for one cluster, written with the hub CA into the
+/// test directory (`token`, `hub-ca.pem`).
+struct Hub {
+    gw: Arc<Gateway>,
+    agents: Arc<FileSpokeAgentStore>,
+    addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Hub {
+    async fn start(dir: &Path, hub_ip: IpAddr, cluster: &str) -> Hub {
+        let now = SystemClock.system_time();
+        let year = Duration::from_secs(365 * 86_400);
+        let hub_ca = talm_shared::pki::new_ca("netns hub CA", now, year).unwrap();
+        let leaf =
+            talm_shared::pki::server_cert(&hub_ca, &[hub_ip.to_string()], now, year).unwrap();
+        let agent_ca = talm_shared::pki::new_ca("netns agent CA", now, year).unwrap();
+        let state = dir.join("hub");
+        let enroll = Arc::new(FileEnrollmentStore::new(&state).unwrap());
+        let agents = Arc::new(FileSpokeAgentStore::new(&state).unwrap());
+        let tls = talm_shared::tls::server_config(
+            leaf.cert_pem.as_bytes(),
+            leaf.key_pem.as_bytes(),
+            agent_ca.cert_pem.as_bytes(),
+        )
+        .unwrap();
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let cfg = GatewayConfig {
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_secs(3),
+            poll_interval: Duration::from_millis(200),
+            ..GatewayConfig::default()
+        };
+        let gw = Gateway::new(
+            cfg,
+            clock.clone(),
+            Enroller::new(agent_ca, enroll.clone(), clock, Duration::from_secs(3600)),
+            agents.clone(),
+        );
+        let listener = tokio::net::TcpListener::bind(SocketAddr::new(hub_ip, 0))
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(gw.clone().serve(listener, None, tls, async move {
+            let _ = stopped.await;
+        }));
+        let token = issue_token(
+            enroll.as_ref(),
+            &SystemClock,
+            cluster,
+            Duration::from_secs(600),
+        )
+        .await
+        .unwrap();
+        std::fs::write(dir.join("token"), token).unwrap();
+        std::fs::write(dir.join("hub-ca.pem"), &hub_ca.cert_pem).unwrap();
+        Hub {
+            gw,
+            agents,
+            addr,
+            stop,
+            server,
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(10), self.server)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
+
 /// The agent process, killed (by its own pid) on drop.
 struct Daemon(Child);
 
@@ -202,53 +280,8 @@ async fn partition_and_heal_across_network_namespaces() {
         }
     };
     let dir = tempfile::tempdir().unwrap();
-    let now = SystemClock.system_time();
-    let year = Duration::from_secs(365 * 86_400);
-    let hub_ca = talm_shared::pki::new_ca("netns hub CA", now, year).unwrap();
-    let leaf = talm_shared::pki::server_cert(&hub_ca, &[hub_ip.to_string()], now, year).unwrap();
-    let agent_ca = talm_shared::pki::new_ca("netns agent CA", now, year).unwrap();
-    let state = dir.path().join("hub");
-    let enroll = Arc::new(FileEnrollmentStore::new(&state).unwrap());
-    let agents = Arc::new(FileSpokeAgentStore::new(&state).unwrap());
-    let tls = talm_shared::tls::server_config(
-        leaf.cert_pem.as_bytes(),
-        leaf.key_pem.as_bytes(),
-        agent_ca.cert_pem.as_bytes(),
-    )
-    .unwrap();
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let cfg = GatewayConfig {
-        heartbeat_interval: Duration::from_secs(1),
-        heartbeat_timeout: Duration::from_secs(3),
-        poll_interval: Duration::from_millis(200),
-        ..GatewayConfig::default()
-    };
-    let gw = Gateway::new(
-        cfg,
-        clock.clone(),
-        Enroller::new(agent_ca, enroll.clone(), clock, Duration::from_secs(3600)),
-        agents.clone(),
-    );
-    let listener = tokio::net::TcpListener::bind(SocketAddr::new(hub_ip, 0))
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(gw.clone().serve(listener, None, tls, async move {
-        let _ = stopped.await;
-    }));
-
-    // The agent, in its namespace.
-    let token = issue_token(
-        enroll.as_ref(),
-        &SystemClock,
-        "sno-ns",
-        Duration::from_secs(600),
-    )
-    .await
-    .unwrap();
-    std::fs::write(dir.path().join("token"), token).unwrap();
-    std::fs::write(dir.path().join("hub-ca.pem"), &hub_ca.cert_pem).unwrap();
+    let hub = Hub::start(dir.path(), hub_ip, "sno-ns").await;
+    let (gw, agents, addr) = (&hub.gw, hub.agents.clone(), hub.addr);
     let host_root = dir.path().join("host");
     std::fs::create_dir_all(host_root.join("var/lib/containers")).unwrap();
     let agent_state = dir.path().join("agent");
@@ -347,12 +380,7 @@ async fn partition_and_heal_across_network_namespaces() {
     let m = gw.render_metrics();
     assert!(m.contains("talm_gateway_heartbeat_timeouts_total 1"), "{m}");
 
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(10), server)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    hub.stop().await;
 }
 
 /// A ClusterVersion at 4.16.3, still progressing (an upgrade under way) or done.
@@ -438,51 +466,8 @@ async fn a_partitioned_node_that_turns_healthy_reports_healthy_and_is_never_roll
     .unwrap();
 
     // The hub, on the other link.
-    let now = SystemClock.system_time();
-    let year = Duration::from_secs(365 * 86_400);
-    let hub_ca = talm_shared::pki::new_ca("netns wd hub CA", now, year).unwrap();
-    let leaf = talm_shared::pki::server_cert(&hub_ca, &[hub_ip.to_string()], now, year).unwrap();
-    let agent_ca = talm_shared::pki::new_ca("netns wd agent CA", now, year).unwrap();
-    let state = dir.path().join("hub");
-    let enroll = Arc::new(FileEnrollmentStore::new(&state).unwrap());
-    let agents = Arc::new(FileSpokeAgentStore::new(&state).unwrap());
-    let tls = talm_shared::tls::server_config(
-        leaf.cert_pem.as_bytes(),
-        leaf.key_pem.as_bytes(),
-        agent_ca.cert_pem.as_bytes(),
-    )
-    .unwrap();
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let cfg = GatewayConfig {
-        heartbeat_interval: Duration::from_secs(1),
-        heartbeat_timeout: Duration::from_secs(3),
-        poll_interval: Duration::from_millis(200),
-        ..GatewayConfig::default()
-    };
-    let gw = Gateway::new(
-        cfg,
-        clock.clone(),
-        Enroller::new(agent_ca, enroll.clone(), clock, Duration::from_secs(3600)),
-        agents.clone(),
-    );
-    let listener = tokio::net::TcpListener::bind(SocketAddr::new(hub_ip, 0))
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(gw.clone().serve(listener, None, tls, async move {
-        let _ = stopped.await;
-    }));
-    let token = issue_token(
-        enroll.as_ref(),
-        &SystemClock,
-        "sno-wd-ns",
-        Duration::from_secs(600),
-    )
-    .await
-    .unwrap();
-    std::fs::write(dir.path().join("token"), token).unwrap();
-    std::fs::write(dir.path().join("hub-ca.pem"), &hub_ca.cert_pem).unwrap();
+    let hub = Hub::start(dir.path(), hub_ip, "sno-wd-ns").await;
+    let (agents, addr) = (hub.agents.clone(), hub.addr);
     let host_root = dir.path().join("host");
     std::fs::create_dir_all(host_root.join("var/lib/containers")).unwrap();
     std::fs::create_dir_all(host_root.join("var/recovery")).unwrap();
@@ -600,10 +585,5 @@ async fn a_partitioned_node_that_turns_healthy_reports_healthy_and_is_never_roll
             .exists()
     );
 
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(10), server)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    hub.stop().await;
 }
