@@ -17,12 +17,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
+mod spoke_api_support;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use spoke_api_support::{kubeconfig, spoke_api};
 use talm_gateway::enroll::{Enroller, issue_token};
 use talm_gateway::store::SpokeAgentStore;
 use talm_gateway::store::file::{FileEnrollmentStore, FileSpokeAgentStore};
@@ -396,7 +399,6 @@ fn cluster_version(progressing: bool) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_node_that_turns_healthy_reports_healthy_and_is_never_rolled_back() {
-    use talm_kube_double::{KubeDouble, ResourceKind};
     let id = std::process::id().wrapping_add(1);
     let skip = |e: String| {
         eprintln!(
@@ -412,31 +414,7 @@ async fn a_partitioned_node_that_turns_healthy_reports_healthy_and_is_never_roll
         Err(e) => return skip(e),
     };
     // The node's own API server: an upgrade still progressing.
-    let double = KubeDouble::builder()
-        .no_default_kinds()
-        .kinds(vec![
-            ResourceKind::cluster_scoped(
-                "config.openshift.io",
-                "v1",
-                "ClusterVersion",
-                "clusterversions",
-            )
-            .with_status(),
-            ResourceKind::cluster_scoped(
-                "config.openshift.io",
-                "v1",
-                "ClusterOperator",
-                "clusteroperators",
-            )
-            .with_status(),
-            ResourceKind::cluster_scoped("", "v1", "Node", "nodes")
-                .builtin()
-                .with_status(),
-        ])
-        .bind_ip(spoke_api_ip)
-        .start()
-        .await
-        .unwrap();
+    let double = spoke_api(Some(spoke_api_ip)).await;
     double.put_value(cluster_version(true)).unwrap();
     double
         .put_value(
@@ -453,17 +431,7 @@ async fn a_partitioned_node_that_turns_healthy_reports_healthy_and_is_never_roll
         )
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("localhost.kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: spoke\n  cluster:\n    server: {}\n\
-             contexts:\n- name: admin\n  context:\n    cluster: spoke\n    user: admin\n\
-             current-context: admin\nusers:\n- name: admin\n  user: {{}}\n",
-            double.url()
-        ),
-    )
-    .unwrap();
+    let kubeconfig = kubeconfig(&double, dir.path());
 
     // The hub, on the other link.
     let hub = Hub::start(dir.path(), hub_ip, "sno-wd-ns").await;

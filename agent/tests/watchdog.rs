@@ -11,6 +11,7 @@
 
 mod backup_support;
 mod recovery_support;
+mod spoke_api_support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,7 +21,8 @@ use backup_support::{Etcd, make_sysroot, put, require, unlock_sysroot};
 use recovery_support::{
     Node, Say, commands, expected, node, node_with_real_ostree, prepared, rcfg, set_boot, state,
 };
-use serde_json::{Value, json};
+use serde_json::json;
+use spoke_api_support::{conditions, kubeconfig, spoke_api};
 use talm_agent::facts::Host;
 use talm_agent::host::exec::{CommandRunner, RecordingRunner};
 use talm_agent::journal::{Task, TaskState};
@@ -28,7 +30,7 @@ use talm_agent::recovery::unattended::{self, MARKER, OUTCOME, UnattendedRunError
 use talm_agent::recovery::{Mode, RecoverError, STAGES};
 use talm_agent::runner::{HostRunner, Progress, TaskContext, TaskRunner};
 use talm_agent::watchdog::{self, WatchdogSettings};
-use talm_kube_double::{Fault, KubeDouble, ResourceKind};
+use talm_kube_double::{Fault, KubeDouble};
 use talm_proto::v1::{TaskKind, TaskOutcome};
 use talm_shared::clock::ManualClock;
 use talm_shared::task_state::TaskState as WatchState;
@@ -39,51 +41,7 @@ const ARMED_AT: i64 = 1_800_000_000;
 const START: &str = "systemctl start --no-block talm-recover.service";
 
 async fn spoke() -> KubeDouble {
-    KubeDouble::builder()
-        .no_default_kinds()
-        .kinds(vec![
-            ResourceKind::cluster_scoped(
-                "config.openshift.io",
-                "v1",
-                "ClusterVersion",
-                "clusterversions",
-            )
-            .with_status(),
-            ResourceKind::cluster_scoped(
-                "config.openshift.io",
-                "v1",
-                "ClusterOperator",
-                "clusteroperators",
-            )
-            .with_status(),
-            ResourceKind::cluster_scoped("", "v1", "Node", "nodes")
-                .builtin()
-                .with_status(),
-        ])
-        .start()
-        .await
-        .unwrap()
-}
-
-fn kubeconfig(double: &KubeDouble, dir: &Path) -> PathBuf {
-    let path = dir.join("localhost.kubeconfig");
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: spoke\n  cluster:\n    server: {}\n\
-             contexts:\n- name: admin\n  context:\n    cluster: spoke\n    user: admin\n\
-             current-context: admin\nusers:\n- name: admin\n  user: {{}}\n",
-            double.url()
-        ),
-    )
-    .unwrap();
-    path
-}
-
-fn conditions(c: &[(&str, &str)]) -> Value {
-    c.iter()
-        .map(|(t, s)| json!({"type": t, "status": s}))
-        .collect()
+    spoke_api(None).await
 }
 
 /// The cluster at `version`: settled (`progressing` False, history Completed) or not.

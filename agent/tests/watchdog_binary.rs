@@ -10,17 +10,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
+mod spoke_api_support;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use spoke_api_support::{conditions, kubeconfig, spoke_api};
 use talm_gateway::enroll::{Enroller, issue_token};
 use talm_gateway::store::SpokeAgentStore;
 use talm_gateway::store::file::{FileEnrollmentStore, FileSpokeAgentStore};
 use talm_gateway::{Gateway, GatewayConfig};
-use talm_kube_double::{KubeDouble, ResourceKind};
 use talm_shared::clock::{Clock, SystemClock};
 
 struct Daemon(Child);
@@ -57,40 +59,11 @@ fn status(state_dir: &Path) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn conditions(c: &[(&str, &str)]) -> Value {
-    c.iter()
-        .map(|(t, s)| json!({"type": t, "status": s}))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hub_gone_node_healthy_past_the_timeout_reports_healthy_and_touches_nothing() {
     let dir = tempfile::tempdir().unwrap();
     // The spoke API: healthy at 4.16.3.
-    let double = KubeDouble::builder()
-        .no_default_kinds()
-        .kinds(vec![
-            ResourceKind::cluster_scoped(
-                "config.openshift.io",
-                "v1",
-                "ClusterVersion",
-                "clusterversions",
-            )
-            .with_status(),
-            ResourceKind::cluster_scoped(
-                "config.openshift.io",
-                "v1",
-                "ClusterOperator",
-                "clusteroperators",
-            )
-            .with_status(),
-            ResourceKind::cluster_scoped("", "v1", "Node", "nodes")
-                .builtin()
-                .with_status(),
-        ])
-        .start()
-        .await
-        .unwrap();
+    let double = spoke_api(None).await;
     double
         .put_value(
             json!({"apiVersion": "config.openshift.io/v1", "kind": "ClusterVersion",
@@ -113,17 +86,7 @@ async fn hub_gone_node_healthy_past_the_timeout_reports_healthy_and_touches_noth
             "status": {"conditions": conditions(&[("Ready", "True")])}}),
         )
         .unwrap();
-    let kubeconfig = dir.path().join("localhost.kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: spoke\n  cluster:\n    server: {}\n\
-             contexts:\n- name: admin\n  context:\n    cluster: spoke\n    user: admin\n\
-             current-context: admin\nusers:\n- name: admin\n  user: {{}}\n",
-            double.url()
-        ),
-    )
-    .unwrap();
+    let kubeconfig = kubeconfig(&double, dir.path());
 
     // The hub, for the enrollment only.
     let now = SystemClock.system_time();
