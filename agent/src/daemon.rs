@@ -491,7 +491,7 @@ impl Agent {
                         seq: 0,
                         task_id: p.task_id,
                         cluster: cluster.clone(),
-                        body: Some(task_report::Body::Progress(TaskProgress { message: p.message, done: p.done, total: p.total })),
+                        body: Some(task_report::Body::Progress(TaskProgress { message: p.message, done: p.done, total: p.total, ..Default::default() })),
                     })) };
                     let _ = out.send(msg).await;
                 }
@@ -556,6 +556,11 @@ impl Agent {
             }
             Some(hub_message::Msg::Ack(a)) => {
                 self.journal_op(move |j| j.ack(a.up_to_seq)).await?;
+            }
+            // Grant changes of the pre-cache scheduler (issue 17): applied once the agent
+            // honours hold and hub caps; until then an update changes nothing.
+            Some(hub_message::Msg::Update(u)) => {
+                debug!(task = %u.task_id, hold = u.hold, cap = u.rate_limit_bytes_per_second, "task update (not applied by this agent yet)");
             }
             Some(hub_message::Msg::Welcome(_)) | None => {}
         }

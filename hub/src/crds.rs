@@ -10,6 +10,7 @@ use std::path::Path;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube_core::CustomResourceExt;
 use talm_shared::api::cgu::ClusterGroupUpgrade;
+use talm_shared::api::precachebudget::PrecacheBudget;
 use talm_shared::api::precaching::PreCachingConfig;
 use talm_shared::api::spokeagent::SpokeAgent;
 use talm_shared::fsutil::atomic_write;
@@ -35,6 +36,7 @@ pub fn definitions() -> Vec<CustomResourceDefinition> {
         ClusterGroupUpgrade::crd(),
         PreCachingConfig::crd(),
         SpokeAgent::crd(),
+        PrecacheBudget::crd(),
     ]
 }
 
@@ -308,6 +310,7 @@ mod tests {
                 "clustergroupupgrades.ran.openshift.io.yaml",
                 "precachingconfigs.ran.openshift.io.yaml",
                 "spokeagents.talm.dev.yaml",
+                "precachebudgets.talm.dev.yaml",
             ]
         );
     }

@@ -153,6 +153,9 @@ fn decisions() -> Vec<Decision> {
             ..Default::default()
         },
         deadline: deadline(),
+        hold: false,
+        rate_limit_bytes_per_second: None,
+        order: None,
     };
     let backup = BackupTask {
         id: "ns/cgu-1/cgu-uid/backup".into(),

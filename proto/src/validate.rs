@@ -20,6 +20,8 @@ pub const MAX_IDS: usize = 256;
 pub const MAX_DEPLOYMENTS: usize = 16;
 /// Largest `params_json` (bytes).
 pub const MAX_PARAMS_BYTES: usize = 32 * 1024;
+/// Most registries in one progress report.
+pub const MAX_REGISTRIES: usize = 64;
 
 fn too_long(field: &str, len: usize, max: usize) -> Status {
     Status::invalid_argument(format!("{field} is {len} bytes, the limit is {max}"))
@@ -133,7 +135,28 @@ pub fn agent_message(msg: &AgentMessage) -> Result<(), Status> {
                             "report.seq must be 0 for progress (progress is best effort)",
                         ));
                     }
-                    check_len("report.progress.message", &p.message, MAX_TEXT_BYTES)
+                    check_len("report.progress.message", &p.message, MAX_TEXT_BYTES)?;
+                    if p.registries.len() > MAX_REGISTRIES {
+                        return Err(Status::invalid_argument(format!(
+                            "report.progress.registries has {} entries, the limit is {MAX_REGISTRIES}",
+                            p.registries.len()
+                        )));
+                    }
+                    for h in &p.registries {
+                        check_len("report.progress.registries", h, MAX_SHORT_BYTES)?;
+                        if h.is_empty() || !h.bytes().all(|b| b.is_ascii_graphic()) {
+                            return Err(Status::invalid_argument(
+                                "report.progress.registries entries must be non-empty printable ASCII without spaces",
+                            ));
+                        }
+                    }
+                    if p.total > 0 && p.done > p.total {
+                        return Err(Status::invalid_argument(format!(
+                            "report.progress.done ({}) is more than report.progress.total ({})",
+                            p.done, p.total
+                        )));
+                    }
+                    Ok(())
                 }
                 Some(task_report::Body::Result(res)) => {
                     check_outcome("report.result.outcome", res.outcome)?;
@@ -173,6 +196,7 @@ pub fn hub_message(msg: &HubMessage) -> Result<(), Status> {
             check_len("assign.params_json", &a.params_json, MAX_PARAMS_BYTES)
         }
         Some(hub_message::Msg::Cancel(c)) => check_task_id("cancel.task_id", &c.task_id),
+        Some(hub_message::Msg::Update(u)) => check_task_id("update.task_id", &u.task_id),
         Some(hub_message::Msg::Ack(_)) => Ok(()),
     }
 }

@@ -214,6 +214,7 @@ fn an_older_agent_decodes_a_current_assignment() {
         kind: v1::TaskKind::CheckSpace as i32,
         params_json: "{\"spaceRequired\":\"35\"}".into(),
         deadline_unix: 1_900_000_000,
+        ..Default::default()
     };
     let old = OldAssignment::decode(cur.encode_to_vec().as_slice()).unwrap();
     assert_eq!(old.task_id, cur.task_id);
@@ -248,6 +249,7 @@ fn a_newer_enum_value_is_rejected_cleanly_not_guessed() {
             kind: 77,
             params_json: String::new(),
             deadline_unix: 0,
+            ..Default::default()
         })),
     };
     let err = talm_proto::validate::hub_message(&msg).unwrap_err();

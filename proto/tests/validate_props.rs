@@ -73,7 +73,7 @@ proptest! {
         let m = report(1, id.clone(), task_report::Body::Result(v1::TaskResult { outcome: if (1..=5).contains(&outcome) { 6 } else { outcome }, message: String::new() }));
         let err = validate::agent_message(&m).unwrap_err();
         prop_assert!(err.message().contains("report.result.outcome has unknown value"), "{}", err.message());
-        let h = v1::HubMessage { msg: Some(hub_message::Msg::Assign(v1::TaskAssignment { task_id: id, kind, params_json: String::new(), deadline_unix: 0 })) };
+        let h = v1::HubMessage { msg: Some(hub_message::Msg::Assign(v1::TaskAssignment { task_id: id, kind, params_json: String::new(), deadline_unix: 0, ..Default::default() })) };
         let err = validate::hub_message(&h).unwrap_err();
         prop_assert!(err.message().contains("assign.kind has unknown value"), "{}", err.message());
     }

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use talm_shared::api::cgu::ClusterGroupUpgradeStatus;
+use talm_shared::api::precachebudget::PrecacheBudgetStatus;
 use talm_shared::api::rhacm::{
     ManagedClusterAction, ManagedClusterView, Placement, PlacementBinding,
 };
@@ -131,6 +132,28 @@ pub enum Write {
         namespace: String,
         /// Name.
         name: String,
+    },
+    /// The pre-cache scheduler's grant (docs/contract.md §4.4): set `hold` and
+    /// `rateLimitBytesPerSecond` of a SpokeAgent's `spec.precache`, only while its id is
+    /// `task_id` (a task replaced meanwhile is left alone; a missing agent or task is no error).
+    SetPrecacheGrant {
+        /// Namespace (the cluster's namespace).
+        namespace: String,
+        /// Name (the cluster name).
+        name: String,
+        /// The pre-cache task the grant is for.
+        task_id: String,
+        /// Still queued.
+        hold: bool,
+        /// The node's cap, bytes/s; `None` removes the hub's cap.
+        rate_limit_bytes_per_second: Option<i64>,
+    },
+    /// Replace a PrecacheBudget's status (a missing budget is no error).
+    SetPrecacheBudgetStatus {
+        /// The budget (cluster-scoped).
+        name: String,
+        /// The new status.
+        status: PrecacheBudgetStatus,
     },
 }
 

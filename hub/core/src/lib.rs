@@ -29,6 +29,7 @@ pub mod plan;
 pub mod precache;
 pub mod reconcile;
 pub mod recovery;
+pub mod schedule;
 pub mod selection;
 pub mod snapshot;
 pub mod tasks;

@@ -302,6 +302,9 @@ mod tests {
                 ..Default::default()
             },
             deadline: t0(),
+            hold: false,
+            rate_limit_bytes_per_second: None,
+            order: None,
         };
         let w = tasks(
             Some(TaskChange::Assign(task)),

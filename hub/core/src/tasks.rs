@@ -110,6 +110,11 @@ pub fn step(
                         now.checked_add(SignedDuration::from_mins(i64::from(*timeout_min)))
                             .unwrap_or(Timestamp::MAX),
                     ),
+                    // The pre-cache scheduler's hold and queue place (issue 17): set here once
+                    // the scheduler is in.
+                    hold: false,
+                    rate_limit_bytes_per_second: None,
+                    order: None,
                 })),
                 None,
             ),
@@ -274,6 +279,9 @@ mod tests {
                     id: id.into(),
                     spec: PrecachingSpec::default(),
                     deadline: Time(deadline),
+                    hold: false,
+                    rate_limit_bytes_per_second: None,
+                    order: None,
                 }),
                 ..Default::default()
             },
@@ -284,6 +292,7 @@ mod tests {
                 id: id.into(),
                 state: st.into(),
                 message: String::new(),
+                progress: None,
             }),
             ..Default::default()
         });

@@ -222,6 +222,9 @@ impl Hub {
                     self.work_log.push(format!("delete {namespace}/{name}"));
                     self.works.remove(&(namespace, name));
                 }
+                Write::SetPrecacheGrant { .. } | Write::SetPrecacheBudgetStatus { .. } => {
+                    panic!("a CGU reconcile never writes the pre-cache scheduler's grants")
+                }
             }
         }
         self.events.extend(d.events);
@@ -679,6 +682,7 @@ fn connected_agents_approve_install_plans_and_others_get_views() {
             id: task.id.clone(),
             state: "UnrecoverableError".into(),
             message: "unknown task kind 4".into(),
+            progress: None,
         }),
         ..Default::default()
     });

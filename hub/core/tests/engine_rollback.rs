@@ -226,6 +226,7 @@ fn report(id: &str, state: &str) -> TaskReport {
         id: id.into(),
         state: state.into(),
         message: String::new(),
+        progress: None,
     }
 }
 

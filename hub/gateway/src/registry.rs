@@ -639,6 +639,7 @@ impl Registry {
                 id: t.id.clone(),
                 state: state.as_str().into(),
                 message: t.message.clone(),
+                progress: None,
             });
             match d.slot {
                 Slot::Precache => st.precache = rep,
@@ -831,6 +832,7 @@ mod tests {
                     message: armed_progress.into(),
                     done: 0,
                     total: 0,
+                    ..Default::default()
                 }),
             ),
             1100,
@@ -845,6 +847,7 @@ mod tests {
                     message: "RollingBack: stage 2/5: restore".into(),
                     done: 2,
                     total: 5,
+                    ..Default::default()
                 }),
             ),
             1700,
@@ -866,6 +869,7 @@ mod tests {
                     message: "stage 3/5".into(),
                     done: 0,
                     total: 0,
+                    ..Default::default()
                 }),
             ),
             1750,

@@ -158,6 +158,9 @@ impl Gateway {
                     kind: d.slot.kind() as i32,
                     params_json: d.params_json,
                     deadline_unix: d.deadline_unix,
+                    // The pre-cache scheduler's grant (issue 17): wired up with the scheduler.
+                    rate_limit_bytes_per_second: 0,
+                    hold: false,
                 })),
             };
             if session.tx.send(Ok(msg)).await.is_err() {

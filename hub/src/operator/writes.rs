@@ -211,6 +211,8 @@ async fn apply_write(shared: &Shared, write: &Write) -> Result<(), OperatorError
                 Err(e) => return Err(api_err("create", "ManifestWork", &ns, &name)(e)),
             }
         }
+        // The pre-cache scheduler's writes (issue 17): applied once the operator runs it.
+        Write::SetPrecacheGrant { .. } | Write::SetPrecacheBudgetStatus { .. } => {}
         Write::DeleteManifestWork { namespace, name } => {
             let api: Api<ManifestWork> = Api::namespaced(client, namespace);
             delete(&api, namespace, name, "ManifestWork").await?;

@@ -239,6 +239,8 @@ pub fn apply_write(
             store,
             ObjectKey::typed(Kind::ManifestWork, ManifestWork::KIND, namespace, name),
         )),
+        // The pre-cache scheduler's writes (issue 17): applied once the plan runs the scheduler.
+        Write::SetPrecacheGrant { .. } | Write::SetPrecacheBudgetStatus { .. } => Ok(None),
     }
 }
 
@@ -787,6 +789,9 @@ metadata: {name: spoke2}
             id: "ns/cgu-1/uid/precache".into(),
             spec: Default::default(),
             deadline: talm_shared::api::Time(now()),
+            hold: false,
+            rate_limit_bytes_per_second: None,
+            order: None,
         }
     }
 

@@ -542,6 +542,34 @@ pub struct PrecachingStatus {
     /// Deprecated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clusters: Option<Vec<String>>,
+    /// Cluster to transfer progress and ETA, for clusters whose pre-cache has not finished
+    /// (talm extension, issue 17; absent when no agent has reported progress).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<BTreeMap<String, ClusterPrecacheProgress>>,
+}
+
+/// One cluster's pre-cache progress in the CGU status.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterPrecacheProgress {
+    /// Bytes done.
+    #[serde(default)]
+    pub bytes_done: i64,
+    /// Bytes in all (0: not known yet).
+    #[serde(default)]
+    pub bytes_total: i64,
+    /// Measured throughput, bytes/s.
+    #[serde(default)]
+    pub bytes_per_second: i64,
+    /// Waiting for a PrecacheBudget to let it in.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub queued: bool,
+    /// The scheduler's cap for the node, bytes/s, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_bytes_per_second: Option<i64>,
+    /// When the pre-cache is expected to finish (absent: not known yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta: Option<Time>,
 }
 
 /// Backup start time and per-cluster states.

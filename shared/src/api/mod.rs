@@ -8,6 +8,7 @@
 
 pub mod cgu;
 pub mod checks;
+pub mod precachebudget;
 pub mod precaching;
 pub mod rhacm;
 pub mod spokeagent;

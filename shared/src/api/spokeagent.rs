@@ -119,6 +119,30 @@ pub struct PrecacheTask {
     pub spec: PrecachingSpec,
     /// The agent gives up (state `PrecacheTimeout`) after this time.
     pub deadline: Time,
+    /// Held by the hub's pre-cache scheduler (a PrecacheBudget applies): the agent lists and
+    /// resolves the images, reports the total and the registries, and waits to be let in
+    /// before it downloads. The task stays `Starting` meanwhile. Written by the engine when it
+    /// assigns the task, lifted by the scheduler.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hold: bool,
+    /// The scheduler's bandwidth cap for this node, bytes/s (the agent applies the lower of it
+    /// and its own node cap, to transfers in flight too). Absent: the node cap alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_bytes_per_second: Option<i64>,
+    /// The cluster's place in the fleet's pre-cache queue (written with the task).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<PrecacheOrder>,
+}
+
+/// Where a cluster's pre-cache task queues: earlier batches first (the canaries are batch 0
+/// when the CGU has canaries), then older CGUs first, then by task id and cluster name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrecacheOrder {
+    /// The cluster's batch in the CGU's remediation plan, 0-based.
+    pub batch: i64,
+    /// The CGU's `metadata.creationTimestamp`.
+    pub cgu_created: Time,
 }
 
 /// A backup task.
@@ -184,6 +208,32 @@ pub struct TaskReport {
     /// Human-readable detail, e.g. the failure reason.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+    /// Transfer progress (pre-cache only), as last reported; the gateway writes it at most a
+    /// few times a minute per agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<TransferProgress>,
+}
+
+/// A pre-cache task's transfer progress.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TransferProgress {
+    /// Bytes downloaded (or found already present) so far.
+    #[serde(default)]
+    pub bytes_done: i64,
+    /// Bytes the task needs in all (0 while the image list is being resolved).
+    #[serde(default)]
+    pub bytes_total: i64,
+    /// Measured download throughput, bytes/s (a moving average over the last seconds).
+    #[serde(default)]
+    pub bytes_per_second: i64,
+    /// The registry hosts the images come from after mirror resolution (`host[:port]`),
+    /// sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub registries: Vec<String>,
+    /// When the agent measured this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<Time>,
 }
 
 super::plain_root!(

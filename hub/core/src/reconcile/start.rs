@@ -302,6 +302,7 @@ impl Run<'_> {
                 spec: Some(PrecachingSpec::default()),
                 status: Some(BTreeMap::new()),
                 clusters: Some(Vec::new()),
+                progress: None,
             });
         }
         let gate = self.precache(&draft.plan, policies);

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use talm_shared::api::cgu::ClusterGroupUpgrade;
+use talm_shared::api::precachebudget::PrecacheBudget;
 use talm_shared::api::precaching::PreCachingConfigSpec;
 use talm_shared::api::rhacm::{
     ConfigMapView, ManagedCluster, ManagedClusterView, Placement, PlacementBinding, Policy,
@@ -57,6 +58,8 @@ pub struct Snapshot {
     manifest_work_templates: HashMap<Key, ManifestWorkReplicaSet>,
     /// talm's ManifestWorks, by cluster namespace and name.
     manifest_works: HashMap<Key, ManifestWork>,
+    /// PrecacheBudgets (cluster-scoped), by name.
+    precache_budgets: BTreeMap<String, PrecacheBudget>,
 }
 
 impl Snapshot {
@@ -431,6 +434,22 @@ impl Snapshot {
         self.cgus
             .get(&(namespace.to_string(), name.to_string()))
             .map(|c| &**c)
+    }
+
+    /// Adds (or replaces) a PrecacheBudget.
+    pub fn insert_precache_budget(&mut self, b: PrecacheBudget) {
+        let name = b.metadata.name.clone().unwrap_or_default();
+        self.precache_budgets.insert(name, b);
+    }
+
+    /// Removes a PrecacheBudget.
+    pub fn remove_precache_budget(&mut self, name: &str) {
+        self.precache_budgets.remove(name);
+    }
+
+    /// Every PrecacheBudget, by name.
+    pub fn precache_budgets(&self) -> impl Iterator<Item = &PrecacheBudget> {
+        self.precache_budgets.values()
     }
 
     /// A CGU by namespace and name, shared (no copy of its status).
