@@ -44,6 +44,10 @@ pub struct RunArgs {
     /// HTTP/2 keepalive interval (dead-link detection), seconds.
     #[arg(long, env = "TALM_AGENT_KEEPALIVE_SECS", default_value_t = 30)]
     pub keepalive_secs: u64,
+    /// At most one progress report per task to the hub this often, in seconds (plus one at
+    /// each phase change, such as a pre-cache being let in).
+    #[arg(long, env = "TALM_AGENT_PROGRESS_INTERVAL", default_value_t = 5)]
+    pub progress_interval: u64,
     /// Where and how hub-assigned backups are taken (the same settings as `talm-agent backup`).
     #[command(flatten)]
     pub backup: crate::backup::cli::BackupOptions,
@@ -177,6 +181,7 @@ impl RunArgs {
             backoff_initial: Duration::from_millis(self.backoff_initial_ms.max(1)),
             backoff_max: Duration::from_secs(self.backoff_max_secs.max(1)),
             renew_at_fraction: 2.0 / 3.0,
+            progress_interval: Duration::from_secs(self.progress_interval.max(1)),
         })
     }
 

@@ -26,8 +26,8 @@ use tracing::{debug, error, info, warn};
 use crate::backoff::{Backoff, random_u64};
 use crate::conn::{self, Cause, ConnConfig, ConnError, HubTarget, Identity};
 use crate::facts::HostInfo;
-use crate::journal::{Accept, Journal, JournalError, Report, ReportBody, Task, TaskState};
-use crate::runner::{Progress, TaskContext, TaskRunner};
+use crate::journal::{Accept, Grant, Journal, JournalError, Report, ReportBody, Task, TaskState};
+use crate::runner::{Coalescer, Progress, TaskContext, TaskRunner};
 
 /// Daemon errors.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +71,8 @@ pub struct AgentConfig {
     pub backoff_max: Duration,
     /// Renew the certificate after this fraction of its lifetime.
     pub renew_at_fraction: f64,
+    /// At most one progress report per task this often (plus one at each phase change).
+    pub progress_interval: Duration,
 }
 
 /// The connection state file, read by `talm-agent status`.
@@ -104,6 +106,8 @@ pub fn conn_state_path(state_dir: &std::path::Path) -> PathBuf {
 #[derive(Debug)]
 struct Running {
     cancel: watch::Sender<bool>,
+    /// The hub's grant (pre-cache hold and cap), followed by the runner.
+    grant: watch::Sender<Grant>,
     abort: AbortHandle,
 }
 
@@ -467,12 +471,16 @@ impl Agent {
             tokio::time::interval_at(tokio::time::Instant::now() + hb_every, hb_every);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut progress = self.progress_rx.lock().await;
+        let mut coalescer = Coalescer::new(self.cfg.progress_interval);
         let mut sent_up_to = 0u64;
         let cluster = identity.info.cluster.clone();
         loop {
             // Send journaled reports not yet sent on this session.
             for r in self.journal.pending_after(sent_up_to) {
                 sent_up_to = r.seq;
+                if matches!(r.body, ReportBody::Result { .. }) {
+                    coalescer.forget(&r.task_id);
+                }
                 if out.send(report_message(&r, &cluster)).await.is_err() {
                     return Ok(SessionEnd::AfterWelcome("outbound stream closed".into()));
                 }
@@ -487,13 +495,14 @@ impl Agent {
                     }
                 }
                 Some(p) = progress.recv() => {
-                    let msg = AgentMessage { msg: Some(agent_message::Msg::Report(v1::TaskReport {
-                        seq: 0,
-                        task_id: p.task_id,
-                        cluster: cluster.clone(),
-                        body: Some(task_report::Body::Progress(TaskProgress { message: p.message, done: p.done, total: p.total, ..Default::default() })),
-                    })) };
-                    let _ = out.send(msg).await;
+                    if let Some(p) = coalescer.offer(p, tokio::time::Instant::now()) {
+                        let _ = out.send(progress_message(p, &cluster)).await;
+                    }
+                }
+                () = sleep_until_due(coalescer.next_due()) => {
+                    for p in coalescer.take_due(tokio::time::Instant::now()) {
+                        let _ = out.send(progress_message(p, &cluster)).await;
+                    }
                 }
                 m = inbound.message() => match m {
                     Ok(Some(msg)) => self.handle_hub_message(msg).await?,
@@ -527,6 +536,10 @@ impl Agent {
         match msg.msg {
             Some(hub_message::Msg::Assign(a)) => {
                 let now = self.clock.unix();
+                let grant = Grant {
+                    hold: a.hold,
+                    rate_limit: a.rate_limit_bytes_per_second,
+                };
                 let (id, kind, params, deadline) = (
                     a.task_id.clone(),
                     a.kind,
@@ -534,13 +547,18 @@ impl Agent {
                     a.deadline_unix,
                 );
                 let accepted = self
-                    .journal_op(move |j| j.accept(&id, kind, &params, deadline, now))
+                    .journal_op(move |j| j.accept_with(&id, kind, &params, deadline, grant, now))
                     .await?;
-                debug!(task = %a.task_id, ?accepted, "assignment");
-                if accepted == Accept::New
-                    && let Some(task) = self.journal.task(&a.task_id)
-                {
-                    self.spawn_task(task).await?;
+                debug!(task = %a.task_id, ?accepted, hold = grant.hold, cap = grant.rate_limit, "assignment");
+                match accepted {
+                    Accept::New => {
+                        if let Some(task) = self.journal.task(&a.task_id) {
+                            self.spawn_task(task).await?;
+                        }
+                    }
+                    // The hub's current view of a task we run (a new session re-sends it).
+                    Accept::Running => self.apply_grant(&a.task_id, grant),
+                    Accept::Finished(_) => {}
                 }
             }
             Some(hub_message::Msg::Cancel(c)) => {
@@ -557,14 +575,33 @@ impl Agent {
             Some(hub_message::Msg::Ack(a)) => {
                 self.journal_op(move |j| j.ack(a.up_to_seq)).await?;
             }
-            // Grant changes of the pre-cache scheduler (issue 17): applied once the agent
-            // honours hold and hub caps; until then an update changes nothing.
+            // The pre-cache scheduler's new grant: journaled (a restart keeps it), then applied
+            // to the running task (its cap to the downloads in flight).
             Some(hub_message::Msg::Update(u)) => {
-                debug!(task = %u.task_id, hold = u.hold, cap = u.rate_limit_bytes_per_second, "task update (not applied by this agent yet)");
+                let grant = Grant {
+                    hold: u.hold,
+                    rate_limit: u.rate_limit_bytes_per_second,
+                };
+                let id = u.task_id.clone();
+                let known = self.journal_op(move |j| j.set_grant(&id, grant)).await?;
+                if known {
+                    info!(task = %u.task_id, hold = grant.hold, cap = grant.rate_limit, "the hub changed the task's grant");
+                    self.apply_grant(&u.task_id, grant);
+                } else {
+                    debug!(task = %u.task_id, "update of a task this agent does not run: ignored");
+                }
             }
             Some(hub_message::Msg::Welcome(_)) | None => {}
         }
         Ok(())
+    }
+
+    fn apply_grant(&self, task_id: &str, grant: Grant) {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = running.get(task_id) {
+            r.grant
+                .send_if_modified(|g| std::mem::replace(g, grant) != grant);
+        }
     }
 
     async fn spawn_task(self: &Arc<Self>, task: Task) -> Result<(), AgentError> {
@@ -578,8 +615,11 @@ impl Agent {
         let start_id = id.clone();
         self.journal_op(move |j| j.start(&start_id)).await?;
         let (cancel, mut cancelled) = watch::channel(false);
+        // A resumed task starts from its journaled grant (still held, or capped) until the
+        // hub's assignment or update says otherwise.
+        let (grant, granted) = watch::channel(self.journal.grant(&id));
         let this = self.clone();
-        let ctx = TaskContext::new(&id, self.progress_tx.clone());
+        let ctx = TaskContext::new(&id, self.progress_tx.clone()).with_grant(granted);
         let fut = self.runner.run(task.clone(), ctx);
         let task_id = id.clone();
         let handle = tokio::spawn(async move {
@@ -626,6 +666,7 @@ impl Agent {
                 id,
                 Running {
                     cancel,
+                    grant,
                     abort: handle.abort_handle(),
                 },
             );
@@ -689,6 +730,61 @@ impl Agent {
     }
 }
 
+/// Sleeps until `due` (forever when nothing is due).
+async fn sleep_until_due(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A progress report within the wire's limits: the message cut to size, at most
+/// [`validate::MAX_REGISTRIES`] registries of at most [`validate::MAX_SHORT_BYTES`] printable
+/// bytes (others are left out), and `done ≤ total` once the total is known.
+fn progress_message(p: Progress, cluster: &str) -> AgentMessage {
+    let registries = p
+        .registries
+        .into_iter()
+        .filter(|h| {
+            !h.is_empty()
+                && h.len() <= validate::MAX_SHORT_BYTES
+                && h.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .take(validate::MAX_REGISTRIES)
+        .collect();
+    let done = if p.total > 0 {
+        p.done.min(p.total)
+    } else {
+        p.done
+    };
+    AgentMessage {
+        msg: Some(agent_message::Msg::Report(v1::TaskReport {
+            seq: 0,
+            task_id: p.task_id,
+            cluster: cluster.to_string(),
+            body: Some(task_report::Body::Progress(TaskProgress {
+                message: truncate(&p.message, validate::MAX_TEXT_BYTES),
+                done,
+                total: p.total,
+                bytes_per_second: p.bytes_per_second,
+                registries,
+            })),
+        })),
+    }
+}
+
+/// `s` cut to at most `max` bytes on a character boundary.
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
 fn report_message(r: &Report, cluster: &str) -> AgentMessage {
     let body = match &r.body {
         ReportBody::Accepted { kind } => task_report::Body::Accepted(TaskAccepted { kind: *kind }),
@@ -704,5 +800,39 @@ fn report_message(r: &Report, cluster: &str) -> AgentMessage {
             cluster: cluster.to_string(),
             body: Some(body),
         })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_reports_keep_to_the_wire_limits() {
+        let mut registries: Vec<String> = (0..100).map(|i| format!("r{i:03}.example")).collect();
+        registries.insert(3, "x".repeat(300));
+        registries.insert(4, "has space".into());
+        let p = Progress {
+            task_id: "t".into(),
+            message: "é".repeat(3_000),
+            done: 12,
+            total: 10,
+            bytes_per_second: 5,
+            registries,
+            phase_change: false,
+        };
+        let msg = progress_message(p, "c1");
+        validate::agent_message(&msg).unwrap();
+        let Some(agent_message::Msg::Report(r)) = msg.msg else {
+            panic!("not a report")
+        };
+        let Some(task_report::Body::Progress(p)) = r.body else {
+            panic!("not progress")
+        };
+        assert_eq!(p.registries.len(), validate::MAX_REGISTRIES);
+        assert_eq!(p.registries[3], "r003.example", "bad entries are left out");
+        assert!(p.message.len() <= validate::MAX_TEXT_BYTES);
+        assert_eq!((p.done, p.total, p.bytes_per_second), (10, 10, 5));
+        assert_eq!(r.seq, 0);
     }
 }

@@ -174,6 +174,34 @@ pub struct JournalData {
     pub tasks: BTreeMap<String, Task>,
     /// Unacknowledged reports, in sequence order.
     pub pending: Vec<Report>,
+    /// The pre-cache scheduler's latest grant of unfinished tasks that have one (a restarted
+    /// agent keeps holding, or keeps the hub's cap, until the hub says otherwise).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub grants: BTreeMap<String, Grant>,
+}
+
+/// The hub's pre-cache grant of a task: held or not, and the hub's cap (`TaskAssignment` and
+/// `TaskUpdate`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Grant {
+    /// Wait after the listing, without downloading, until the hub lifts the hold.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hold: bool,
+    /// The hub's cap in bytes/s (0: none; the node's own cap still applies).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rate_limit: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Grant {
+    /// No hold and no hub cap (what an assignment without a scheduler carries).
+    pub fn is_open(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// Result of offering an assignment to the journal.
@@ -275,13 +303,28 @@ impl Journal {
         });
     }
 
-    /// Offers an assignment.
+    /// Offers an assignment (without a grant).
     pub fn accept(
         &self,
         id: &str,
         kind: i32,
         params_json: &str,
         deadline_unix: i64,
+        now: i64,
+    ) -> Result<Accept, JournalError> {
+        self.accept_with(id, kind, params_json, deadline_unix, Grant::default(), now)
+    }
+
+    /// Offers an assignment carrying the hub's `grant`: journaled with a new task, and
+    /// replacing the journaled one of a task that is still running (the hub re-sends its
+    /// current view of a task when a session starts).
+    pub fn accept_with(
+        &self,
+        id: &str,
+        kind: i32,
+        params_json: &str,
+        deadline_unix: i64,
+        grant: Grant,
         now: i64,
     ) -> Result<Accept, JournalError> {
         self.update(
@@ -298,7 +341,10 @@ impl Journal {
                     }
                     Accept::Finished(state)
                 }
-                Some(_) => Accept::Running,
+                Some(_) => {
+                    Self::put_grant(d, id, grant);
+                    Accept::Running
+                }
                 None => {
                     d.tasks.insert(
                         id.to_string(),
@@ -315,10 +361,36 @@ impl Journal {
                         },
                     );
                     Self::push(d, id, ReportBody::Accepted { kind });
+                    Self::put_grant(d, id, grant);
                     Accept::New
                 }
             },
         )
+    }
+
+    fn put_grant(d: &mut JournalData, id: &str, grant: Grant) {
+        if grant.is_open() {
+            d.grants.remove(id);
+        } else {
+            d.grants.insert(id.to_string(), grant);
+        }
+    }
+
+    /// Records the hub's new grant of an unfinished task (a `TaskUpdate`). False when the task
+    /// is unknown or finished (the update is ignored).
+    pub fn set_grant(&self, id: &str, grant: Grant) -> Result<bool, JournalError> {
+        self.update(|d| {
+            if d.tasks.get(id).is_none_or(|t| t.state.is_final()) {
+                return false;
+            }
+            Self::put_grant(d, id, grant);
+            true
+        })
+    }
+
+    /// The journaled grant of a task (open when none).
+    pub fn grant(&self, id: &str) -> Grant {
+        self.lock().grants.get(id).copied().unwrap_or_default()
     }
 
     /// Marks a task started (counts starts; a resumed task is started again).
@@ -352,6 +424,7 @@ impl Journal {
             t.state = state;
             t.message = message.to_string();
             t.finished_at = Some(now);
+            d.grants.remove(id);
             Self::push(
                 d,
                 id,
@@ -499,5 +572,50 @@ mod tests {
         // Acks for unknown future seqs are ignored.
         j.ack(99).unwrap();
         assert_eq!(j.pending_after(0).len(), 1);
+    }
+
+    #[test]
+    fn a_grant_survives_a_restart_follows_updates_and_ends_with_the_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let held = Grant {
+            hold: true,
+            rate_limit: 8 << 20,
+        };
+        assert_eq!(
+            j.accept_with("p1", 3, "{}", 0, held, 10).unwrap(),
+            Accept::New
+        );
+        j.start("p1").unwrap();
+        // Restart: still held, with the hub's cap.
+        let j = Journal::open(dir.path()).unwrap();
+        assert_eq!(j.grant("p1"), held);
+        // The hub lets it in with a new cap.
+        let open = Grant {
+            hold: false,
+            rate_limit: 2 << 20,
+        };
+        assert!(j.set_grant("p1", open).unwrap());
+        let j = Journal::open(dir.path()).unwrap();
+        assert_eq!(j.grant("p1"), open);
+        // A re-sent assignment of the running task carries the hub's current view.
+        assert_eq!(
+            j.accept_with("p1", 3, "{}", 0, Grant::default(), 11)
+                .unwrap(),
+            Accept::Running
+        );
+        assert_eq!(j.grant("p1"), Grant::default());
+        assert!(
+            j.snapshot().grants.is_empty(),
+            "an open grant is not stored"
+        );
+        assert!(j.set_grant("p1", held).unwrap());
+        // Updates of unknown or finished tasks are ignored; finishing drops the grant.
+        assert!(!j.set_grant("nope", held).unwrap());
+        j.finish("p1", TaskState::Succeeded, "", 12).unwrap();
+        assert!(!j.set_grant("p1", held).unwrap());
+        assert_eq!(j.grant("p1"), Grant::default());
+        let j = Journal::open(dir.path()).unwrap();
+        assert!(j.snapshot().grants.is_empty());
     }
 }

@@ -3,30 +3,44 @@
 //!
 //! Runners must be idempotent per task id: after an agent restart mid-task, an unfinished task
 //! is started again with the same id (a finished one never is).
+//!
+//! Progress goes to the hub best-effort, through [`Coalescer`]: at most one report per task
+//! every `--progress-interval`, plus one at once at each phase change, and nothing when nothing
+//! changed (a held pre-cache reports once, not every interval).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use talm_proto::v1::{TaskKind, TaskOutcome};
 use talm_shared::clock::{Clock, SystemClock};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 use crate::backup::task::BackupTaskConfig;
 use crate::facts::{CONTAINERS_STORAGE, HostInfo, host_stats};
-use crate::journal::Task;
+use crate::journal::{Grant, Task};
 
 /// Live progress, forwarded to the hub best-effort (never journaled).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Progress {
     /// Task id.
     pub task_id: String,
     /// Free text.
     pub message: String,
-    /// Units done.
+    /// Units done (pre-cache: bytes).
     pub done: u64,
-    /// Units in total.
+    /// Units in total (pre-cache: bytes; 0 while unknown).
     pub total: u64,
+    /// Pre-cache: measured download throughput, bytes/s.
+    pub bytes_per_second: u64,
+    /// Pre-cache: the registry hosts pulled from, after mirror resolution, sorted.
+    pub registries: Vec<String>,
+    /// Sent at once rather than coalesced: the task entered a new phase (tasks other than a
+    /// pre-cache mark every report so: their messages carry their state).
+    pub phase_change: bool,
 }
 
 /// What a runner gets besides the task.
@@ -34,15 +48,34 @@ pub struct Progress {
 pub struct TaskContext {
     progress: mpsc::Sender<Progress>,
     task_id: String,
+    grant: watch::Receiver<Grant>,
 }
 
 impl TaskContext {
-    /// A context sending progress on `progress`.
+    /// A context sending progress on `progress`, with an open grant that never changes.
     pub fn new(task_id: &str, progress: mpsc::Sender<Progress>) -> Self {
         Self {
             progress,
             task_id: task_id.to_string(),
+            grant: watch::channel(Grant::default()).1,
         }
+    }
+
+    /// Follows the hub's grant of this task (hold, cap) on `grant`.
+    pub fn with_grant(mut self, grant: watch::Receiver<Grant>) -> Self {
+        self.grant = grant;
+        self
+    }
+
+    /// The hub's grant of this task, as it changes.
+    pub fn grant(&self) -> watch::Receiver<Grant> {
+        self.grant.clone()
+    }
+
+    /// Reports `p` (its task id is set here; dropped when the channel is full).
+    pub fn report(&self, mut p: Progress) {
+        p.task_id.clone_from(&self.task_id);
+        let _ = self.progress.try_send(p);
     }
 
     /// The task this context belongs to.
@@ -50,15 +83,118 @@ impl TaskContext {
         &self.task_id
     }
 
-    /// Reports progress (dropped when the channel is full: progress is best effort).
+    /// Reports progress, sent at once (dropped when the channel is full: progress is best
+    /// effort).
     pub fn progress(&self, message: &str, done: u64, total: u64) {
-        let _ = self.progress.try_send(Progress {
-            task_id: self.task_id.clone(),
+        self.report(Progress {
             message: message.to_string(),
             done,
             total,
+            phase_change: true,
+            ..Default::default()
         });
     }
+}
+
+/// The default of `--progress-interval`.
+pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Thins out progress on its way to the hub, per task: the first report and every phase
+/// change go at once; otherwise at most one every `interval` (the latest, held back until its
+/// time); a report equal to the last one sent is dropped. One per session (a new session
+/// starts by sending what it gets).
+#[derive(Debug)]
+pub struct Coalescer {
+    interval: Duration,
+    tasks: HashMap<String, Slot>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    sent_at: Instant,
+    sent: Progress,
+    pending: Option<Progress>,
+}
+
+impl Coalescer {
+    /// A coalescer sending at most one report per task every `interval`.
+    pub fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            tasks: HashMap::new(),
+        }
+    }
+
+    /// Offers a report made at `now`: returns it when it is to be sent now, otherwise keeps it
+    /// (the latest wins) for [`Self::take_due`].
+    pub fn offer(&mut self, p: Progress, now: Instant) -> Option<Progress> {
+        let Some(slot) = self.tasks.get_mut(&p.task_id) else {
+            self.tasks.insert(
+                p.task_id.clone(),
+                Slot {
+                    sent_at: now,
+                    sent: p.clone(),
+                    pending: None,
+                },
+            );
+            return Some(p);
+        };
+        if same_content(&slot.sent, &p) {
+            slot.pending = None;
+            return None;
+        }
+        if p.phase_change || now >= slot.sent_at + self.interval {
+            slot.sent_at = now;
+            slot.sent = p.clone();
+            slot.pending = None;
+            return Some(p);
+        }
+        slot.pending = Some(p);
+        None
+    }
+
+    /// When the next held-back report is due.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.tasks
+            .values()
+            .filter(|s| s.pending.is_some())
+            .map(|s| s.sent_at + self.interval)
+            .min()
+    }
+
+    /// Drops what is held back for `task_id` (its result is being sent: later progress would
+    /// be stale).
+    pub fn forget(&mut self, task_id: &str) {
+        self.tasks.remove(task_id);
+    }
+
+    /// The held-back reports due at `now`. Tasks quiet for a while are forgotten (their next
+    /// report goes at once, as it would anyway).
+    pub fn take_due(&mut self, now: Instant) -> Vec<Progress> {
+        let mut out = Vec::new();
+        for slot in self.tasks.values_mut() {
+            if now >= slot.sent_at + self.interval
+                && let Some(p) = slot.pending.take()
+            {
+                slot.sent_at = now;
+                slot.sent = p.clone();
+                out.push(p);
+            }
+        }
+        let forget = self.interval * 4;
+        self.tasks
+            .retain(|_, s| s.pending.is_some() || now < s.sent_at + forget);
+        out
+    }
+}
+
+/// Equal but for the phase-change flag.
+fn same_content(a: &Progress, b: &Progress) -> bool {
+    a.message == b.message
+        && a.done == b.done
+        && a.total == b.total
+        && a.bytes_per_second == b.bytes_per_second
+        && a.registries == b.registries
 }
 
 /// A boxed runner future.
@@ -185,19 +321,17 @@ async fn run_precache(
         runner: settings.runner.clone(),
         clock,
     };
+    opts.grant = Some(ctx.grant());
     let progress = ctx.clone();
+    let last_phase = Mutex::new(None);
     let observer: precache::Observer = Arc::new(move |s: &precache::status::PrecacheStatus| {
-        progress.progress(
-            &format!(
-                "{:?}: {}/{} images, {}/s",
-                s.state,
-                s.images_done,
-                s.images_total,
-                precache::status::human_bytes(s.rate_bytes_per_sec)
-            ),
-            s.bytes_done,
-            s.bytes_total,
-        );
+        let phase_change = {
+            let mut last = last_phase.lock().unwrap_or_else(|p| p.into_inner());
+            let changed = *last != Some(s.phase);
+            *last = Some(s.phase);
+            changed
+        };
+        progress.report(transfer_progress(s, phase_change));
     });
     match precache::run(&opts, &spec, &deps, observer).await {
         Ok(s) => (
@@ -211,6 +345,36 @@ async fn run_precache(
         ),
         Err(e @ PrecacheError::Deadline { .. }) => (TaskOutcome::TimedOut, e.to_string()),
         Err(e) => (TaskOutcome::Failed, e.to_string()),
+    }
+}
+
+/// What a pre-cache reports to the hub: bytes done and in all, the throughput, the
+/// registries; while held, "queued by the hub's pre-cache budget" and no throughput.
+pub fn transfer_progress(
+    s: &crate::precache::status::PrecacheStatus,
+    phase_change: bool,
+) -> Progress {
+    use crate::precache::status::{Phase, human_bytes};
+    let held = s.phase == Phase::Held;
+    let message = if held {
+        "queued by the hub's pre-cache budget".to_string()
+    } else {
+        format!(
+            "{:?}: {}/{} images, {}/s",
+            s.state,
+            s.images_done,
+            s.images_total,
+            human_bytes(s.rate_bytes_per_sec)
+        )
+    };
+    Progress {
+        message,
+        done: s.bytes_done,
+        total: s.bytes_total,
+        bytes_per_second: if held { 0 } else { s.rate_bytes_per_sec },
+        registries: s.registries.clone(),
+        phase_change,
+        ..Default::default()
     }
 }
 
@@ -452,5 +616,91 @@ mod tests {
         );
         assert_eq!(check_space(&full, 0).0, TaskOutcome::Failed);
         assert_eq!(check_space(&h, 0).0, TaskOutcome::Succeeded);
+    }
+
+    fn transfer(task: &str, done: u64, phase_change: bool) -> Progress {
+        Progress {
+            task_id: task.into(),
+            message: format!("Active: {done}"),
+            done,
+            total: 1_000,
+            bytes_per_second: 10,
+            registries: vec!["mirror.example:5000".into()],
+            phase_change,
+        }
+    }
+
+    /// Progress reaching the hub on the paused clock: the first and phase changes at once,
+    /// otherwise at most one per interval (the latest), nothing when nothing changed, and
+    /// nothing stale after the result.
+    #[tokio::test(start_paused = true)]
+    async fn progress_is_coalesced_per_task_on_the_paused_clock() {
+        let every = Duration::from_secs(5);
+        let mut c = Coalescer::new(every);
+        let t0 = Instant::now();
+        let mut sent: Vec<(Duration, Progress)> = Vec::new();
+        // A report every 500 ms for 12 s, as the pre-cache's ticker does; a phase change at 7 s.
+        for tick in 0..24u64 {
+            let now = t0 + Duration::from_millis(500 * tick);
+            tokio::time::sleep_until(now).await;
+            for p in c.take_due(now) {
+                sent.push((now - t0, p));
+            }
+            let p = transfer("a", tick * 10, tick == 14);
+            if let Some(p) = c.offer(p, now) {
+                sent.push((now - t0, p));
+            }
+        }
+        let at: Vec<(u64, u64)> = sent
+            .iter()
+            .map(|(t, p)| (t.as_millis() as u64, p.done))
+            .collect();
+        // 0 s: the first; 5 s: the latest held back (done 90, from 4.5 s); 7 s: the phase
+        // change (140) at once; the next is due at 12 s.
+        assert_eq!(at, vec![(0, 0), (5_000, 90), (7_000, 140)]);
+        assert_eq!(c.next_due(), Some(t0 + Duration::from_secs(12)));
+        let late = t0 + Duration::from_secs(12);
+        tokio::time::sleep_until(late).await;
+        let due = c.take_due(late);
+        assert_eq!(due.len(), 1);
+        assert_eq!(
+            due[0].done, 230,
+            "the latest report, not the first held back"
+        );
+        // Nothing new: a held task reports once, not every interval.
+        let same = due[0].clone();
+        assert_eq!(c.offer(same.clone(), late + every * 2), None);
+        assert_eq!(c.next_due(), None);
+        // Another task is independent of the first.
+        assert!(c.offer(transfer("b", 1, false), late).is_some());
+        // The result is on its way: what is held back for the task is dropped.
+        assert_eq!(c.offer(transfer("b", 2, false), late), None);
+        c.forget("b");
+        assert_eq!(c.next_due(), None);
+        assert!(c.take_due(late + every * 10).is_empty());
+    }
+
+    #[test]
+    fn a_held_precache_reports_its_total_and_registries_and_no_throughput() {
+        use crate::precache::status::{Phase, PrecacheStatus, State};
+        let mut s = PrecacheStatus {
+            state: State::Starting,
+            phase: Phase::Held,
+            bytes_done: 300,
+            bytes_total: 1_000,
+            rate_bytes_per_sec: 77,
+            registries: vec!["a.example".into(), "b.example:5000".into()],
+            ..Default::default()
+        };
+        let p = transfer_progress(&s, true);
+        assert_eq!(p.message, "queued by the hub's pre-cache budget");
+        assert_eq!((p.done, p.total, p.bytes_per_second), (300, 1_000, 0));
+        assert_eq!(p.registries, s.registries);
+        assert!(p.phase_change);
+        s.phase = Phase::Fetching;
+        s.state = State::Active;
+        let p = transfer_progress(&s, false);
+        assert_eq!(p.bytes_per_second, 77);
+        assert!(p.message.starts_with("Active: "), "{}", p.message);
     }
 }

@@ -1,5 +1,6 @@
-//! `talm-agent status`: reads the connection state file and the journal, both replaced
-//! atomically by the daemon, so it works while the daemon runs.
+//! `talm-agent status`: reads the connection state file, the journal and the pre-cache status
+//! file, all replaced atomically by the daemon, so it works while the daemon runs. A pre-cache
+//! task shows the hub's grant (held, the hub's cap) and its transfer progress.
 
 use std::path::Path;
 
@@ -52,6 +53,37 @@ pub struct TaskLine {
     pub message: String,
     /// Whether the hub acknowledged the latest report of this task.
     pub acknowledged: bool,
+    /// Held by the hub's pre-cache budget (the latest grant).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub hold: bool,
+    /// The hub's cap, bytes/s (0: none).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub hub_rate_limit_bytes_per_second: u64,
+    /// A running pre-cache's transfer progress (from its status file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<Transfer>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// A running pre-cache's transfer, as its status file says.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Transfer {
+    /// The phase (`listing`, `held`, `fetching`, `importing`).
+    pub phase: crate::precache::status::Phase,
+    /// Bytes in the cache.
+    pub bytes_done: u64,
+    /// Bytes needed in all (0 while unknown).
+    pub bytes_total: u64,
+    /// Throughput over the last seconds, bytes/s.
+    pub bytes_per_second: u64,
+    /// The cap in force (the lower of the node's and the hub's), bytes/s (0: none).
+    pub rate_limit_bytes_per_second: u64,
+    /// Registry hosts pulled from.
+    pub registries: Vec<String>,
 }
 
 /// Reads the state.
@@ -67,10 +99,28 @@ pub fn load(state_dir: &Path) -> Result<StatusView, StatusError> {
         Err(e) => return Err(StatusError::Conn(path.display().to_string(), e.to_string())),
     };
     let journal = Journal::read(&state_dir.join("journal.json"))?.unwrap_or_default();
+    // The pre-cache status file, of a run still going (a missing or unreadable one: no
+    // progress to show).
+    let precache = crate::precache::status::load(state_dir)
+        .ok()
+        .filter(|s| !s.state.is_final() && !s.interrupted && !s.task_id.is_empty());
     let tasks = journal
         .tasks
         .values()
         .map(|t| TaskLine {
+            hold: journal.grants.get(&t.id).is_some_and(|g| g.hold),
+            hub_rate_limit_bytes_per_second: journal.grants.get(&t.id).map_or(0, |g| g.rate_limit),
+            transfer: precache
+                .as_ref()
+                .filter(|p| p.task_id == t.id && !t.state.is_final())
+                .map(|p| Transfer {
+                    phase: p.phase,
+                    bytes_done: p.bytes_done,
+                    bytes_total: p.bytes_total,
+                    bytes_per_second: p.rate_bytes_per_sec,
+                    rate_limit_bytes_per_second: p.rate_limit_bytes_per_sec,
+                    registries: p.registries.clone(),
+                }),
             id: t.id.clone(),
             kind: t.kind_name().into(),
             state: format!("{:?}", t.state),
@@ -129,12 +179,51 @@ pub fn render_text(v: &StatusView) -> String {
                 if t.acknowledged { "yes" } else { "no" },
                 t.message
             ));
+            out.push_str(&render_transfer(t));
         }
     }
     if let Some(w) = &v.watchdog {
         out.push_str(&render_watchdog(w));
     }
     out
+}
+
+/// The grant and transfer line of a pre-cache task ("" for other tasks).
+fn render_transfer(t: &TaskLine) -> String {
+    use crate::precache::status::human_bytes;
+    let mut parts = Vec::new();
+    if t.hold {
+        parts.push("held by the hub's pre-cache budget".to_string());
+    }
+    if t.hub_rate_limit_bytes_per_second > 0 {
+        parts.push(format!(
+            "hub cap {}/s",
+            human_bytes(t.hub_rate_limit_bytes_per_second)
+        ));
+    }
+    if let Some(x) = &t.transfer {
+        parts.push(format!(
+            "{:?}: {} / {} at {}/s",
+            x.phase,
+            human_bytes(x.bytes_done),
+            human_bytes(x.bytes_total),
+            human_bytes(x.bytes_per_second)
+        ));
+        if x.rate_limit_bytes_per_second > 0 {
+            parts.push(format!(
+                "cap in force {}/s",
+                human_bytes(x.rate_limit_bytes_per_second)
+            ));
+        }
+        if !x.registries.is_empty() {
+            parts.push(format!("from {}", x.registries.join(", ")));
+        }
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("  {}\n", parts.join("; "))
+    }
 }
 
 fn unix_text(t: i64) -> String {

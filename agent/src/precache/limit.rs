@@ -220,7 +220,10 @@ mod tests {
             tokio::spawn(async move { l.acquire(1_000_000).await })
         };
         tokio::time::sleep(Duration::from_secs(1)).await;
-        assert!(!waiter.is_finished(), "1 MB at 1 kB/s cannot be granted in 1 s");
+        assert!(
+            !waiter.is_finished(),
+            "1 MB at 1 kB/s cannot be granted in 1 s"
+        );
         l.set_rate(0);
         waiter.await.unwrap();
         assert!(t0.elapsed() < Duration::from_millis(1_100));
@@ -337,6 +340,9 @@ mod tests {
             "long run: {total} bytes of {allowed} allowed ({:.2}%)",
             (total as f64 / allowed - 1.0) * 100.0
         );
-        assert!(worst > -0.05, "the windows were not even near the cap: {worst}");
+        assert!(
+            worst > -0.05,
+            "the windows were not even near the cap: {worst}"
+        );
     }
 }

@@ -6,7 +6,11 @@
 //!    additional images), then the image list ([`list`]);
 //! 2. `Active`: images already in containers-storage are skipped; the others' manifests are
 //!    read, then their blobs pulled into the cache ([`pull`], [`cache`], [`limit`]) with
-//!    bounded parallelism, then imported ([`import`]);
+//!    bounded parallelism, then imported ([`import`]). A hub-assigned run held by the hub's
+//!    pre-cache budget ([`Options::grant`]) stays `Starting` through the manifests (so the byte
+//!    total and the registries are known and reported) and waits there, downloading nothing,
+//!    until the hub lets it in; the hub's cap (the lower of it and the node's applies) reaches
+//!    the limiter at once, also mid-transfer;
 //! 3. the space check again (no requirement: usage must stay under the image-GC threshold);
 //! 4. `Succeeded`, or `PrecacheTimeout` (the deadline) or `UnrecoverableError` (anything else).
 //!
@@ -146,6 +150,8 @@ pub struct Options {
     pub deadline: Option<Instant>,
     /// Wrap skopeo in `ionice -c3 nice -n 10`.
     pub low_priority_tools: bool,
+    /// The hub's grant of the task (hold, cap), as it changes (`None`: a manual run).
+    pub grant: Option<tokio::sync::watch::Receiver<crate::journal::Grant>>,
 }
 
 impl Options {
@@ -163,6 +169,7 @@ impl Options {
             task_id: String::new(),
             deadline: None,
             low_priority_tools: false,
+            grant: None,
         }
     }
 
@@ -218,7 +225,7 @@ pub async fn run(
         ticker: ticker.abort_handle(),
         armed: true,
     };
-    let work = run_inner(opts, spec, deps, &journal);
+    let work = run_inner(opts, spec, deps, &journal, &observer);
     let result = match opts.deadline {
         // Already past: nothing is started (`timeout_at` would first poll the work, and a run
         // that fails at once would race the timer).
@@ -300,12 +307,49 @@ fn pull_config(opts: &Options) -> Result<PullConfig, PrecacheError> {
     })
 }
 
+/// The cap in force: the lower of the node's and the hub's, where 0 is "none" on either side.
+pub fn effective_cap(node: u64, hub: u64) -> u64 {
+    match (node, hub) {
+        (0, h) => h,
+        (n, 0) => n,
+        (n, h) => n.min(h),
+    }
+}
+
+/// Aborts the task on drop.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(h) = &self.0 {
+            h.abort();
+        }
+    }
+}
+
+/// The registry hosts (`host[:port]`) the resolved images will be pulled from, sorted.
+fn registries(ready: &[pull::Resolved]) -> Vec<String> {
+    let set: std::collections::BTreeSet<String> = ready
+        .iter()
+        .filter_map(|r| r.sources.first())
+        .filter_map(|s| s.pull_spec.parse::<sources::ImageRef>().ok())
+        .map(|i| i.registry)
+        .collect();
+    set.into_iter().collect()
+}
+
 async fn run_inner(
     opts: &Options,
     spec: &PrecachingSpec,
     deps: &Deps,
     journal: &Arc<Journal>,
+    observer: &Observer,
 ) -> Result<(), PrecacheError> {
+    let mut grant = opts.grant.clone();
+    let hub = grant
+        .as_mut()
+        .map(|g| *g.borrow_and_update())
+        .unwrap_or_default();
     let gib = spec::space_gib(&spec.space_required).map_err(PrecacheError::Spec)?;
     let check = !spec.platform_image.trim().is_empty()
         || spec.additional_images.iter().any(|i| !i.trim().is_empty());
@@ -319,11 +363,27 @@ async fn run_inner(
     }
     let cache_dir = opts.cache_dir();
     let cache = Arc::new(Cache::open(&cache_dir)?);
-    let limiter = Arc::new(Limiter::new(opts.bandwidth_limit));
+    let cap = effective_cap(opts.bandwidth_limit, hub.rate_limit);
+    let limiter = Arc::new(Limiter::new(cap));
+    journal.update(true, |s| s.rate_limit_bytes_per_sec = cap);
+    // The hub's new caps reach the limiter (and the downloads in flight) as they come.
+    let _follow = AbortOnDrop(opts.grant.clone().map(|mut g| {
+        let (limiter, journal, node) = (limiter.clone(), journal.clone(), opts.bandwidth_limit);
+        tokio::spawn(async move {
+            while g.changed().await.is_ok() {
+                let cap = effective_cap(node, g.borrow_and_update().rate_limit);
+                if cap != limiter.rate() {
+                    tracing::info!(cap, "the pre-cache cap changed");
+                    limiter.set_rate(cap);
+                    journal.update(true, |s| s.rate_limit_bytes_per_sec = cap);
+                }
+            }
+        })
+    }));
     let puller = Arc::new(Puller::new(
         pull_config(opts)?,
         cache.clone(),
-        limiter,
+        limiter.clone(),
         journal.clone(),
     )?);
     let list = list::build(spec, &puller).await?;
@@ -356,7 +416,10 @@ async fn run_inner(
             })
             .collect();
     });
-    journal.set_state(State::Active, "");
+    // Held: `Starting` until let in.
+    if !hub.hold {
+        journal.set_state(State::Active, "");
+    }
     let todo: Vec<String> = journal
         .snapshot()
         .images
@@ -405,7 +468,27 @@ async fn run_inner(
         .live
         .bytes_done
         .store(cached, std::sync::atomic::Ordering::Relaxed);
-    journal.update(true, |_| {});
+    let hosts = registries(&ready);
+    journal.update(true, |s| s.registries = hosts);
+
+    // The hold point: listed, nothing downloaded; wait for the hub to let us in.
+    if let Some(g) = grant.as_mut()
+        && g.borrow_and_update().hold
+    {
+        journal.update(true, |s| s.phase = status::Phase::Held);
+        observer(&journal.snapshot());
+        tracing::info!("held by the hub's pre-cache budget: waiting to be let in");
+        if g.wait_for(|g| !g.hold).await.is_err() {
+            // No one can lift the hold any more: the deadline or a cancellation ends the run.
+            std::future::pending::<()>().await;
+        }
+        tracing::info!("let in by the hub's pre-cache budget");
+    }
+    if hub.hold {
+        journal.set_state(State::Active, "");
+    }
+    journal.update(true, |s| s.phase = status::Phase::Fetching);
+    observer(&journal.snapshot());
 
     let importer = Importer {
         runner: deps.runner.clone(),
@@ -448,6 +531,7 @@ async fn run_inner(
                 return;
             }
             let _permit = slot.acquire().await;
+            journal.update(false, |s| s.phase = status::Phase::Importing);
             let ref_name = pull::oci_ref_name(&name);
             let n2 = name.clone();
             let out = tokio::task::spawn_blocking(move || importer.import(&n2, &ref_name)).await;

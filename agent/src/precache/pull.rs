@@ -55,6 +55,8 @@ pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 /// Docker manifest list.
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+/// The most bytes asked of the limiter at once (a body chunk can be several hundred KiB).
+const LIMITER_PIECE: usize = 64 * 1024;
 const ACCEPTED: [&str; 4] = [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST];
 
 /// How failures are retried.
@@ -770,15 +772,19 @@ impl Puller {
         while let Some(chunk) = watch.guard(stream.next()).await.map_err(stalled)? {
             match chunk {
                 Ok(bytes) => {
-                    let n = bytes.len() as u64;
-                    let waited = tokio::time::Instant::now();
-                    self.limiter.acquire(n).await;
-                    watch.pause(waited.elapsed());
-                    part.write(&bytes).await.map_err(cache_err)?;
-                    *counted += n;
-                    Live::add(&live.bytes_fetched, n);
-                    Live::add(&live.bytes_done, n);
-                    watch.add(n).map_err(stalled)?;
+                    // Granted and written in pieces, so that one large chunk cannot take a
+                    // cap's whole allowance at one instant.
+                    for piece in bytes.chunks(LIMITER_PIECE) {
+                        let n = piece.len() as u64;
+                        let waited = tokio::time::Instant::now();
+                        self.limiter.acquire(n).await;
+                        watch.pause(waited.elapsed());
+                        part.write(piece).await.map_err(cache_err)?;
+                        *counted += n;
+                        Live::add(&live.bytes_fetched, n);
+                        Live::add(&live.bytes_done, n);
+                        watch.add(n).map_err(stalled)?;
+                    }
                 }
                 // oci-client verifies full responses itself and fails at the end on a mismatch;
                 // with every byte in hand, our own check below gives the clear error.

@@ -41,6 +41,21 @@ impl State {
     }
 }
 
+/// Where a run is, finer than [`State`]: the hub hears of each change at once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Phase {
+    /// The space check, the image list, the manifests (the byte total).
+    #[default]
+    Listing,
+    /// Listed, and held by the hub's pre-cache budget: nothing is downloaded.
+    Held,
+    /// Downloading blobs.
+    Fetching,
+    /// Imports into containers-storage have started (downloads of other images may go on).
+    Importing,
+}
+
 /// Where one image is.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -143,6 +158,16 @@ pub struct PrecacheStatus {
     /// Estimated seconds left.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eta_seconds: Option<u64>,
+    /// The phase.
+    #[serde(default)]
+    pub phase: Phase,
+    /// The cap in force, bytes/s: the lower of the node's and the hub's (0: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rate_limit_bytes_per_sec: u64,
+    /// The registry hosts (`host[:port]`) the images are pulled from after mirror resolution,
+    /// sorted (known once the manifests are read).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub registries: Vec<String>,
     /// Counters.
     pub counters: Counters,
     /// Per image.
@@ -151,6 +176,10 @@ pub struct PrecacheStatus {
     /// gone (killed mid-run): the run is over, and a new one resumes from the cache.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub interrupted: bool,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl PrecacheStatus {
@@ -419,7 +448,7 @@ pub fn render_text(s: &PrecacheStatus) -> String {
             s.state, s.pid
         );
     } else {
-        let _ = writeln!(out, "state:    {:?}", s.state);
+        let _ = writeln!(out, "state:    {:?} ({:?})", s.state, s.phase);
     }
     if !s.message.is_empty() {
         let _ = writeln!(out, "message:  {}", s.message);
@@ -442,11 +471,19 @@ pub fn render_text(s: &PrecacheStatus) -> String {
     let eta = s
         .eta_seconds
         .map_or_else(|| "-".to_string(), |e| format!("{e} s"));
+    let cap = if s.rate_limit_bytes_per_sec == 0 {
+        "none".to_string()
+    } else {
+        format!("{}/s", human_bytes(s.rate_limit_bytes_per_sec))
+    };
     let _ = writeln!(
         out,
-        "rate:     {}/s   eta: {eta}",
+        "rate:     {}/s   cap: {cap}   eta: {eta}",
         human_bytes(s.rate_bytes_per_sec)
     );
+    if !s.registries.is_empty() {
+        let _ = writeln!(out, "from:     {}", s.registries.join(", "));
+    }
     let c = &s.counters;
     let _ = writeln!(
         out,

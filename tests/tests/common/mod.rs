@@ -329,6 +329,7 @@ pub fn agent_config(hub_url: &str, pki: &Pki, state: &Path, token: Option<String
         backoff_initial: Duration::from_millis(50),
         backoff_max: Duration::from_millis(500),
         renew_at_fraction: 2.0 / 3.0,
+        progress_interval: talm_agent::runner::PROGRESS_INTERVAL,
     }
 }
 
