@@ -13,7 +13,10 @@
 //! - **Blobs.** Fetched once per run even when several images in flight share them (an in-flight
 //!   map of `OnceCell`s), with at most `parallel` downloads at a time, streamed to the cache's
 //!   partial file through the node-wide [`Limiter`]; an interrupted download resumes with a
-//!   Range request from the partial's length; size and sha256 are checked before the blob is
+//!   Range request from the partial's length. Under a cap a blob is requested in ranges of
+//!   50 ms of the rate, each granted by the limiter before it is asked for, so the registry
+//!   never serves bytes the cap has not granted (a whole-blob request lets it fill the
+//!   sockets' buffers, megabytes, ahead of the cap); size and sha256 are checked before the blob is
 //!   renamed into place ([`super::cache::Partial::commit`]). A blob already in the cache is
 //!   verified before it counts ([`super::verify`]); a bad one is removed and fetched again.
 //! - **Stalls.** A transfer that gets fewer than `min_bytes` in a `period` (default 1 KiB in
@@ -57,6 +60,13 @@ pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 /// The most bytes asked of the limiter at once (a body chunk can be several hundred KiB).
 const LIMITER_PIECE: usize = 64 * 1024;
+
+/// Under a cap, a blob is requested a range at a time, each granted before it is asked for:
+/// 50 ms of the rate (at least 64 KiB, at most 8 MiB). A range is one lump of the cap's
+/// allowance; at 50 ms it is 0.5% of a 10 s window.
+fn range_len(rate: u64) -> u64 {
+    (rate / 20).clamp(64 * 1024, 8 << 20)
+}
 const ACCEPTED: [&str; 4] = [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST];
 
 /// How failures are retried.
@@ -708,7 +718,6 @@ impl Puller {
             return Ok(());
         }
         let live = self.live();
-        let offset = part.len();
         let net = |e: String| {
             PullError::new(
                 image,
@@ -741,58 +750,94 @@ impl Puller {
         client
             .store_auth_if_needed(s.reference.resolve_registry(), &s.auth)
             .await;
-        let resp = watch
-            .guard(client.pull_blob_stream_partial(&s.reference, &d.as_str(), offset, None))
-            .await
-            .map_err(stalled)?
-            .map_err(|e| {
-                PullError::new(
-                    image,
-                    classify(&e),
-                    format!("blob {d} from {}: {e}", s.pull_spec),
-                )
-            })?;
-        let mut stream = match resp {
-            BlobResponse::Partial(st) => {
-                if offset > 0 {
-                    Live::add(&live.blobs_resumed, 1);
-                }
-                st
+        if part.len() > 0 {
+            Live::add(&live.blobs_resumed, 1);
+        }
+        // Bytes granted by the limiter and not yet received.
+        let mut credit = 0u64;
+        loop {
+            let offset = part.len();
+            if offset >= size {
+                return Ok(());
             }
-            BlobResponse::Full(st) => {
-                if offset > 0 {
-                    // The server ignored the Range header: start over.
-                    Live::sub(&live.bytes_done, *counted);
-                    *counted = 0;
-                    part.restart().await.map_err(cache_err)?;
-                }
-                st
+            // Under a cap, ask only for bytes already granted, a range at a time: the registry
+            // then cannot run ahead of the cap by what the sockets buffer (megabytes).
+            let rate = self.limiter.rate();
+            let want = (rate > 0).then(|| range_len(rate).min(size - offset));
+            if let Some(n) = want
+                && n > credit
+            {
+                let waited = tokio::time::Instant::now();
+                self.limiter.acquire(n - credit).await;
+                watch.pause(waited.elapsed());
+                credit = n;
             }
-        };
-        while let Some(chunk) = watch.guard(stream.next()).await.map_err(stalled)? {
-            match chunk {
-                Ok(bytes) => {
-                    // Granted and written in pieces, so that one large chunk cannot take a
-                    // cap's whole allowance at one instant.
-                    for piece in bytes.chunks(LIMITER_PIECE) {
-                        let n = piece.len() as u64;
-                        let waited = tokio::time::Instant::now();
-                        self.limiter.acquire(n).await;
-                        watch.pause(waited.elapsed());
-                        part.write(piece).await.map_err(cache_err)?;
-                        *counted += n;
-                        Live::add(&live.bytes_fetched, n);
-                        Live::add(&live.bytes_done, n);
-                        watch.add(n).map_err(stalled)?;
+            let resp = watch
+                .guard(client.pull_blob_stream_partial(&s.reference, &d.as_str(), offset, want))
+                .await
+                .map_err(stalled)?
+                .map_err(|e| {
+                    PullError::new(
+                        image,
+                        classify(&e),
+                        format!("blob {d} from {}: {e}", s.pull_spec),
+                    )
+                })?;
+            let mut stream = match resp {
+                BlobResponse::Partial(st) => st,
+                BlobResponse::Full(st) => {
+                    if offset > 0 {
+                        // The server ignored the Range header: start over.
+                        Live::sub(&live.bytes_done, *counted);
+                        *counted = 0;
+                        part.restart().await.map_err(cache_err)?;
                     }
+                    st
                 }
-                // oci-client verifies full responses itself and fails at the end on a mismatch;
-                // with every byte in hand, our own check below gives the clear error.
-                Err(_) if part.len() == size => break,
-                Err(e) => return Err(net(e.to_string())),
+            };
+            let start = part.len();
+            while let Some(chunk) = watch.guard(stream.next()).await.map_err(stalled)? {
+                match chunk {
+                    Ok(bytes) => {
+                        // Granted and written in pieces, so that one large chunk cannot take a
+                        // cap's whole allowance at one instant.
+                        for piece in bytes.chunks(LIMITER_PIECE) {
+                            let n = piece.len() as u64;
+                            if credit >= n {
+                                credit -= n;
+                            } else {
+                                let waited = tokio::time::Instant::now();
+                                self.limiter.acquire(n - credit).await;
+                                watch.pause(waited.elapsed());
+                                credit = 0;
+                            }
+                            part.write(piece).await.map_err(cache_err)?;
+                            *counted += n;
+                            Live::add(&live.bytes_fetched, n);
+                            Live::add(&live.bytes_done, n);
+                            watch.add(n).map_err(stalled)?;
+                        }
+                    }
+                    // oci-client verifies full responses itself and fails at the end on a
+                    // mismatch; with every byte in hand, our own check below gives the clear
+                    // error.
+                    Err(_) if part.len() == size => break,
+                    Err(e) => return Err(net(e.to_string())),
+                }
+            }
+            match want {
+                // The rest was asked for in one go: what came is all there is (the commit
+                // checks size and digest).
+                None => return Ok(()),
+                Some(n) if part.len() < size && part.len() < start + n => {
+                    return Err(net(format!(
+                        "the response to a range of {n} bytes at {offset} ended after {}",
+                        part.len() - start
+                    )));
+                }
+                Some(_) => {}
             }
         }
-        Ok(())
     }
 
     /// Pulls `image` into the cache: manifests, then blobs; then names it in `index.json`.
