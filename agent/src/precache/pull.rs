@@ -772,59 +772,76 @@ impl Puller {
                 watch.pause(waited.elapsed());
                 credit = n;
             }
-            let resp = watch
-                .guard(client.pull_blob_stream_partial(&s.reference, &d.as_str(), offset, want))
-                .await
-                .map_err(stalled)?
-                .map_err(|e| {
-                    PullError::new(
-                        image,
-                        classify(&e),
-                        format!("blob {d} from {}: {e}", s.pull_spec),
-                    )
-                })?;
-            let mut stream = match resp {
-                BlobResponse::Partial(st) => st,
-                BlobResponse::Full(st) => {
-                    if offset > 0 {
-                        // The server ignored the Range header: start over.
-                        Live::sub(&live.bytes_done, *counted);
-                        *counted = 0;
-                        part.restart().await.map_err(cache_err)?;
+            // The next range is reserved while this one streams, so that the request's round
+            // trip does not leave the cap unused.
+            let ahead = want.map_or(0, |n| {
+                let after = offset + n;
+                range_len(rate).min(size.saturating_sub(after))
+            });
+            let fetch = async {
+                let resp = watch
+                    .guard(client.pull_blob_stream_partial(&s.reference, &d.as_str(), offset, want))
+                    .await
+                    .map_err(stalled)?
+                    .map_err(|e| {
+                        PullError::new(
+                            image,
+                            classify(&e),
+                            format!("blob {d} from {}: {e}", s.pull_spec),
+                        )
+                    })?;
+                let mut stream = match resp {
+                    BlobResponse::Partial(st) => st,
+                    BlobResponse::Full(st) => {
+                        if offset > 0 {
+                            // The server ignored the Range header: start over.
+                            Live::sub(&live.bytes_done, *counted);
+                            *counted = 0;
+                            part.restart().await.map_err(cache_err)?;
+                        }
+                        st
                     }
-                    st
+                };
+                let start = part.len();
+                while let Some(chunk) = watch.guard(stream.next()).await.map_err(stalled)? {
+                    match chunk {
+                        Ok(bytes) => {
+                            // Granted and written in pieces, so that one large chunk cannot take a
+                            // cap's whole allowance at one instant.
+                            for piece in bytes.chunks(LIMITER_PIECE) {
+                                let n = piece.len() as u64;
+                                if credit >= n {
+                                    credit -= n;
+                                } else {
+                                    let waited = tokio::time::Instant::now();
+                                    self.limiter.acquire(n - credit).await;
+                                    watch.pause(waited.elapsed());
+                                    credit = 0;
+                                }
+                                part.write(piece).await.map_err(cache_err)?;
+                                *counted += n;
+                                Live::add(&live.bytes_fetched, n);
+                                Live::add(&live.bytes_done, n);
+                                watch.add(n).map_err(stalled)?;
+                            }
+                        }
+                        // oci-client verifies full responses itself and fails at the end on a
+                        // mismatch; with every byte in hand, our own check below gives the clear
+                        // error.
+                        Err(_) if part.len() == size => break,
+                        Err(e) => return Err(net(e.to_string())),
+                    }
+                }
+                Ok::<u64, PullError>(start)
+            };
+            let reserve = async {
+                if ahead > 0 {
+                    self.limiter.acquire(ahead).await;
                 }
             };
-            let start = part.len();
-            while let Some(chunk) = watch.guard(stream.next()).await.map_err(stalled)? {
-                match chunk {
-                    Ok(bytes) => {
-                        // Granted and written in pieces, so that one large chunk cannot take a
-                        // cap's whole allowance at one instant.
-                        for piece in bytes.chunks(LIMITER_PIECE) {
-                            let n = piece.len() as u64;
-                            if credit >= n {
-                                credit -= n;
-                            } else {
-                                let waited = tokio::time::Instant::now();
-                                self.limiter.acquire(n - credit).await;
-                                watch.pause(waited.elapsed());
-                                credit = 0;
-                            }
-                            part.write(piece).await.map_err(cache_err)?;
-                            *counted += n;
-                            Live::add(&live.bytes_fetched, n);
-                            Live::add(&live.bytes_done, n);
-                            watch.add(n).map_err(stalled)?;
-                        }
-                    }
-                    // oci-client verifies full responses itself and fails at the end on a
-                    // mismatch; with every byte in hand, our own check below gives the clear
-                    // error.
-                    Err(_) if part.len() == size => break,
-                    Err(e) => return Err(net(e.to_string())),
-                }
-            }
+            let (fetched, ()) = tokio::join!(fetch, reserve);
+            let start = fetched?;
+            credit += ahead;
             match want {
                 // The rest was asked for in one go: what came is all there is (the commit
                 // checks size and digest).
