@@ -165,8 +165,11 @@ fn a_capped_pull_stays_under_the_cap_in_every_ten_second_window_at_the_registry(
 struct HubDouble {
     cluster: String,
     seen: Arc<Mutex<Vec<AgentMessage>>>,
-    to_agent: Arc<Mutex<Option<mpsc::Sender<Result<HubMessage, Status>>>>>,
+    to_agent: Arc<Mutex<Option<ToAgent>>>,
 }
+
+/// The hub's half of the current session.
+type ToAgent = mpsc::Sender<Result<HubMessage, Status>>;
 
 #[tonic::async_trait]
 impl AgentService for HubDouble {

@@ -289,7 +289,7 @@ mod tests {
                         left -= piece;
                     }
                     // Downloader 0 pauses between "blobs" (a new request's round trip).
-                    if d == 0 && i % 5 == 0 {
+                    if d == 0 && i.is_multiple_of(5) {
                         tokio::time::sleep(Duration::from_millis(300)).await;
                     }
                 }

@@ -750,7 +750,7 @@ impl Puller {
         client
             .store_auth_if_needed(s.reference.resolve_registry(), &s.auth)
             .await;
-        if part.len() > 0 {
+        if !part.is_empty() {
             Live::add(&live.blobs_resumed, 1);
         }
         // Bytes granted by the limiter and not yet received.
