@@ -630,7 +630,7 @@ fn a_selector_matching_nothing_and_an_unknown_registry_are_conditions() {
     assert_eq!(condition(mirrors, "RegistriesSeen"), None);
     assert_eq!(
         condition(mirrors, "ClustersSelected"),
-        Some(("True", "ClustersSelected", "1 ManagedClusters selected"))
+        Some(("True", "ClustersSelected", "1 ManagedCluster selected"))
     );
     assert!(f.held("s1"), "waits for its registries");
     report(

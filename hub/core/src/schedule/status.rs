@@ -168,7 +168,10 @@ pub(super) fn valid_status(
             types::CLUSTERS_SELECTED,
             true,
             reasons::CLUSTERS_SELECTED,
-            &format!("{selected} ManagedClusters selected"),
+            &format!(
+                "{selected} ManagedCluster{} selected",
+                if selected == 1 { "" } else { "s" }
+            ),
             g,
             now,
         );
