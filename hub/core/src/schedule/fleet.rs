@@ -3,7 +3,7 @@
 //! its cluster and the limiters that apply to it, in queue order.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use jiff::Timestamp;
 use talm_shared::api::precachebudget::PrecacheBudget;
@@ -106,6 +106,8 @@ pub(super) struct Fleet<'a> {
     pub first_limiter: Vec<usize>,
     /// Every pre-cache task, in queue order.
     pub tasks: Vec<Task<'a>>,
+    /// Per valid budget, how many ManagedClusters its selector matches.
+    pub selected_clusters: Vec<usize>,
 }
 
 impl<'a> Fleet<'a> {
@@ -130,6 +132,22 @@ impl<'a> Fleet<'a> {
             limiters.push(b.limit);
             limiters.extend(b.registries.iter().map(|r| r.limit));
         }
+        // Each selector is matched once per ManagedCluster: the counts for `ClustersSelected`
+        // and each cluster's budgets for its task.
+        let mut selected_clusters = vec![0; budgets.len()];
+        let mut selecting_of: HashMap<&str, Vec<usize>> = HashMap::new();
+        if !budgets.is_empty() {
+            for m in snap.managed_clusters() {
+                let labels = m.metadata.labels.as_ref().unwrap_or(&NO_LABELS);
+                let selecting: Vec<usize> = (0..budgets.len())
+                    .filter(|&i| budgets[i].selects(labels))
+                    .collect();
+                for &i in &selecting {
+                    selected_clusters[i] += 1;
+                }
+                selecting_of.insert(m.metadata.name.as_deref().unwrap_or_default(), selecting);
+            }
+        }
         let mut tasks = Vec::new();
         for agent in snap.spoke_agents() {
             let Some(spec) = agent.spec.precache.as_ref() else {
@@ -151,20 +169,19 @@ impl<'a> Fleet<'a> {
                 Play::Live
             };
             let cluster = agent.metadata.name.as_deref().unwrap_or_default();
-            let labels = snap
-                .managed_cluster(cluster)
-                .and_then(|m| m.metadata.labels.as_ref())
-                .unwrap_or(&NO_LABELS);
+            let selecting: Vec<usize> = match selecting_of.get(cluster) {
+                Some(s) => s.clone(),
+                // No ManagedCluster: no labels, so only selectors that match nothing select it.
+                None => (0..budgets.len())
+                    .filter(|&i| budgets[i].selects(&NO_LABELS))
+                    .collect(),
+            };
             let progress = report.and_then(|r| r.progress.as_ref());
             let reported = registries_of(progress);
-            let mut selecting = Vec::new();
-            let mut applying = Vec::new();
+            let mut applying = Vec::with_capacity(selecting.len());
             let mut awaits_registries = false;
-            for (i, b) in budgets.iter().enumerate() {
-                if !b.selects(labels) {
-                    continue;
-                }
-                selecting.push(i);
+            for &i in &selecting {
+                let b = &budgets[i];
                 applying.push(first_limiter[i]);
                 match reported {
                     Some(hosts) => {
@@ -199,6 +216,7 @@ impl<'a> Fleet<'a> {
             limiters,
             first_limiter,
             tasks,
+            selected_clusters,
         }
     }
 }

@@ -97,9 +97,15 @@ pub fn schedule(snap: &Snapshot, now: Timestamp) -> Schedule {
     }
     grants.sort_by(|a, b| grant_key(a).cmp(&grant_key(b)));
     let mut writes = grants;
+    let mut members: Vec<Vec<usize>> = vec![Vec::new(); fleet.budgets.len()];
+    for (i, t) in fleet.tasks.iter().enumerate() {
+        for &b in &t.budgets {
+            members[b].push(i);
+        }
+    }
     let mut statuses: Vec<(&str, Write)> = Vec::new();
     for (index, b) in fleet.sources.iter().enumerate() {
-        let st = status::valid_status(snap, &fleet, index, &hold, &caps, now);
+        let st = status::valid_status(&fleet, index, &members[index], &hold, &caps, now);
         if b.status.as_ref() != Some(&st) {
             statuses.push((fleet.budgets[index].name, status_write(b, st)));
         }

@@ -11,10 +11,9 @@ use talm_shared::api::precachebudget::{
 };
 
 use super::budgets::Invalid;
-use super::fleet::{Fleet, NO_LABELS, Play};
+use super::fleet::{Fleet, Play};
 use crate::conditions::budget::{reasons, types};
 use crate::conditions::{self, go_list};
-use crate::snapshot::Snapshot;
 
 /// A rate for people: `0/s`, `512/s`, `12.5Mi/s`, `1Gi/s` (binary units, one decimal at most).
 pub fn display_rate(bytes_per_second: i64) -> String {
@@ -75,11 +74,12 @@ pub(super) fn invalid_status(
     }
 }
 
-/// The status of valid budget `index` of `fleet`, given each task's new `hold` and `caps`.
+/// The status of valid budget `index` of `fleet`, given the tasks of the clusters it selects
+/// (`members`, indices into the fleet's tasks) and each task's new `hold` and `caps`.
 pub(super) fn valid_status(
-    snap: &Snapshot,
     fleet: &Fleet<'_>,
     index: usize,
+    members: &[usize],
     hold: &[bool],
     caps: &[Option<i64>],
     now: Timestamp,
@@ -100,10 +100,8 @@ pub(super) fn valid_status(
         ..Default::default()
     };
     let mut reported: Option<BTreeSet<&str>> = None;
-    for (i, t) in fleet.tasks.iter().enumerate() {
-        if !t.budgets.contains(&index) {
-            continue;
-        }
+    for &i in members {
+        let t = &fleet.tasks[i];
         if let Some(hosts) = t.registries() {
             reported
                 .get_or_insert_with(BTreeSet::new)
@@ -148,10 +146,7 @@ pub(super) fn valid_status(
         g,
         now,
     );
-    let selected = snap
-        .managed_clusters()
-        .filter(|m| budget.selects(m.metadata.labels.as_ref().unwrap_or(&NO_LABELS)))
-        .count();
+    let selected = fleet.selected_clusters[index];
     if selected == 0 {
         conditions::set(
             &mut conds,
