@@ -463,3 +463,149 @@ fn crds_check_passes_on_the_committed_manifests_and_fails_on_drift() {
             .success()
     );
 }
+
+/// examples/precache-budget/ (docs/contract.md §4.4): two site budgets and a registry budget
+/// over six clusters. The scheduler keeps the three let in (the mirror's limit), the table
+/// shows their progress and the queue, and once the canary finishes the next cluster of
+/// batch 1 goes, before any of batch 2.
+#[test]
+fn precache_budget_example_admits_in_order_and_shows_progress() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/precache-budget");
+    let example = example.to_str().unwrap();
+    let now = "2026-03-02T10:00:00Z";
+    let table = plan_ok(&["plan", "-f", example, "--now", now], None, None);
+    let line = |cluster: &str| -> Vec<String> {
+        table
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{cluster} ")))
+            .unwrap_or_else(|| panic!("no progress line for {cluster}:\n{table}"))
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(
+        line("sno-east-1"),
+        [
+            "sno-east-1",
+            "downloading",
+            "30Mi",
+            "of",
+            "120Mi",
+            "(25%)",
+            "10Mi/s",
+            "10Mi/s",
+            "2026-03-02T10:00:09Z"
+        ]
+    );
+    assert_eq!(line("sno-west-2")[..2], ["sno-west-2", "queued"]);
+    assert!(
+        table.contains("3 clusters queued by PrecacheBudgets"),
+        "{table}"
+    );
+    assert!(
+        table.contains("registry mirror.example.com:5000: 3 active, 2 queued, allotted 22Mi/s"),
+        "{table}"
+    );
+
+    let yaml = plan_ok(
+        &["plan", "-f", example, "--now", now, "-o", "yaml"],
+        None,
+        None,
+    );
+    let mut docs = parse_yaml_docs(&yaml);
+    let split = |docs: &[serde_json::Value]| -> (Vec<String>, Vec<String>) {
+        let mut admitted = Vec::new();
+        let mut queued = Vec::new();
+        for d in docs.iter().filter(|d| d["kind"] == "SpokeAgent") {
+            let name = d["metadata"]["name"].as_str().unwrap().to_string();
+            if d["spec"]["precache"]["hold"] == true {
+                queued.push(name);
+            } else {
+                admitted.push(name);
+            }
+        }
+        (admitted, queued)
+    };
+    assert_eq!(
+        split(&docs),
+        (
+            vec![
+                "sno-east-1".into(),
+                "sno-east-2".into(),
+                "sno-west-1".into()
+            ],
+            vec![
+                "sno-east-3".into(),
+                "sno-west-2".into(),
+                "sno-west-3".into()
+            ]
+        )
+    );
+    let budget = |docs: &[serde_json::Value], name: &str| -> serde_json::Value {
+        docs.iter()
+            .find(|d| d["kind"] == "PrecacheBudget" && d["metadata"]["name"] == name)
+            .unwrap()["status"]
+            .clone()
+    };
+    let east = budget(&docs, "site-east");
+    assert_eq!(
+        (&east["active"], &east["queued"]),
+        (&serde_json::json!(2), &serde_json::json!(1))
+    );
+    assert_eq!(east["bandwidthAllotted"], 20 << 20);
+
+    // The canary finishes: sno-east-3 (batch 1) is let in; sno-west-2 (batch 2) still waits for
+    // the mirror.
+    for d in docs.iter_mut() {
+        if d["kind"] == "SpokeAgent" && d["metadata"]["name"] == "sno-east-1" {
+            d["status"]["precache"]["state"] = "Succeeded".into();
+        }
+    }
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": docs});
+    let next = plan_ok(
+        &[
+            "plan",
+            "-f",
+            "-",
+            "--now",
+            "2026-03-02T10:01:00Z",
+            "-o",
+            "yaml",
+        ],
+        Some(&list.to_string()),
+        None,
+    );
+    let docs = parse_yaml_docs(&next);
+    assert_eq!(
+        split(&docs),
+        (
+            vec![
+                "sno-east-1".into(),
+                "sno-east-2".into(),
+                "sno-east-3".into(),
+                "sno-west-1".into()
+            ],
+            vec!["sno-west-2".into(), "sno-west-3".into()]
+        )
+    );
+    let cap = |name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == "SpokeAgent" && d["metadata"]["name"] == name)
+            .unwrap()["spec"]["precache"]["rateLimitBytesPerSecond"]
+            .clone()
+    };
+    assert_eq!(cap("sno-east-3"), serde_json::json!(10 << 20));
+    assert_eq!(cap("sno-west-1"), serde_json::json!(2 << 20));
+    let east = budget(&docs, "site-east");
+    assert_eq!(
+        (&east["active"], &east["done"]),
+        (&serde_json::json!(2), &serde_json::json!(1))
+    );
+    // The output is a fixed point: fed back at the same time, nothing changes.
+    let again = plan_ok(
+        &["plan", "-f", "-", "--now", "2026-03-02T10:01:00Z"],
+        Some(&next),
+        None,
+    );
+    assert!(again.contains("Object changes: none"), "{again}");
+}

@@ -1,5 +1,6 @@
 //! CGU status conditions: TALM's exact types, reasons and messages (docs/contract.md §2.3),
-//! misspellings included, and its ordering rule.
+//! misspellings included, and its ordering rule; and the PrecacheBudget's own conditions
+//! (talm's, docs/contract.md §4.4), in [`budget`].
 
 use jiff::Timestamp;
 use talm_shared::api::{Condition, Time};
@@ -105,6 +106,42 @@ pub mod messages {
     pub const MW_TIMED_OUT: &str = "Manifestwork rollout took too long";
     pub const MW_TIMED_OUT_CANARY: &str = "Manifestwork rollout took too long on canary clusters";
     pub const MW_TIMED_OUT_SOME: &str = "Manifestwork rollout took too long on some clusters";
+}
+
+/// PrecacheBudget conditions (talm's own, docs/contract.md §4.4), set with [`set`] like the
+/// CGU's.
+pub mod budget {
+    /// Condition types.
+    pub mod types {
+        /// Whether the spec parses (`bandwidth`, `maxConcurrentClusters`, hosts, selector).
+        pub const VALID: &str = "Valid";
+        /// Whether the selector matches some ManagedCluster.
+        pub const CLUSTERS_SELECTED: &str = "ClustersSelected";
+        /// Whether every listed registry is one the selected clusters' agents pull from.
+        pub const REGISTRIES_SEEN: &str = "RegistriesSeen";
+    }
+
+    /// Condition reasons.
+    pub mod reasons {
+        /// `Valid=True`.
+        pub const VALID: &str = "Valid";
+        /// `Valid=False`: a `bandwidth` is not a positive quantity.
+        pub const INVALID_BANDWIDTH: &str = "InvalidBandwidth";
+        /// `Valid=False`: a `maxConcurrentClusters` is below 1.
+        pub const INVALID_MAX_CONCURRENT_CLUSTERS: &str = "InvalidMaxConcurrentClusters";
+        /// `Valid=False`: a registry `host` is not `host[:port]` (or is listed twice).
+        pub const INVALID_REGISTRY_HOST: &str = "InvalidRegistryHost";
+        /// `Valid=False`: the `clusterSelector` would be refused by apimachinery.
+        pub const INVALID_SELECTOR: &str = "InvalidSelector";
+        /// `ClustersSelected=True`.
+        pub const CLUSTERS_SELECTED: &str = "ClustersSelected";
+        /// `ClustersSelected=False`.
+        pub const NO_CLUSTERS_SELECTED: &str = "NoClustersSelected";
+        /// `RegistriesSeen=True`.
+        pub const REGISTRIES_SEEN: &str = "RegistriesSeen";
+        /// `RegistriesSeen=False`: a listed host is not among the reported registries.
+        pub const UNKNOWN_REGISTRY: &str = "UnknownRegistry";
+    }
 }
 
 /// Formats a list as Go's `%s` does for a `[]string`: `[a b c]`.

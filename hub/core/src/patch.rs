@@ -34,6 +34,11 @@ impl PatchError {
     }
 }
 
+/// The optional fields of a [`PrecacheTask`](talm_shared::api::spokeagent::PrecacheTask) that
+/// the scheduler owns, named (as `null` when absent) in an assignment so an old task's hold,
+/// cap or queue place does not survive into a new one.
+const PRECACHE_TASK_OPTIONAL_FIELDS: [&str; 3] = ["hold", "rateLimitBytesPerSecond", "order"];
+
 /// The serialized names of every [`PrecachingSpec`](talm_shared::api::cgu::PrecachingSpec)
 /// field (checked by a test).
 const PRECACHING_SPEC_FIELDS: [&str; 6] = [
@@ -90,6 +95,10 @@ impl Write {
                     "precache",
                     task_patch("pre-cache task", precache.as_ref(), |t| {
                         null_absent(t.get_mut("spec"), &PRECACHING_SPEC_FIELDS);
+                        // The scheduler's fields: a new task starts from its own.
+                        for f in PRECACHE_TASK_OPTIONAL_FIELDS {
+                            t.entry(f).or_insert(Value::Null);
+                        }
                     })?,
                 );
                 slot(
@@ -109,7 +118,43 @@ impl Write {
                 );
                 Ok(Some(single("spec", Value::Object(spec))))
             }
+            // Only the two fields: the adapter applies it only while `spec.precache.id` is
+            // the grant's task id. `false` and `None` are removed (`null`), as the task
+            // serializes them.
+            Write::SetPrecacheGrant {
+                hold,
+                rate_limit_bytes_per_second,
+                ..
+            } => {
+                let mut task = Map::new();
+                task.insert(
+                    "hold".into(),
+                    if *hold {
+                        Value::Bool(true)
+                    } else {
+                        Value::Null
+                    },
+                );
+                task.insert(
+                    "rateLimitBytesPerSecond".into(),
+                    rate_limit_bytes_per_second.map_or(Value::Null, Value::from),
+                );
+                Ok(Some(single(
+                    "spec",
+                    single("precache", Value::Object(task)),
+                )))
+            }
             _ => Ok(None),
+        }
+    }
+
+    /// For `SetPrecacheGrant`: whether it applies to a SpokeAgent whose `spec.precache.id` is
+    /// `current` (a grant for a task that was replaced or cleared meanwhile is dropped).
+    /// `true` for every other write.
+    pub fn grant_applies_to(&self, current: Option<&str>) -> bool {
+        match self {
+            Write::SetPrecacheGrant { task_id, .. } => current == Some(task_id.as_str()),
+            _ => true,
         }
     }
 
@@ -316,7 +361,9 @@ mod tests {
         assert!(patch["spec"].get("installPlans").is_none(), "left alone");
         // Applied over another CGU's task with more spec fields, nothing of it is left.
         let mut agent = json!({"spec": {
-            "precache": {"id": "old", "deadline": "x",
+            "precache": {"id": "old", "deadline": "x", "hold": true,
+                         "rateLimitBytesPerSecond": 5,
+                         "order": {"batch": 1, "cguCreated": "2026-01-01T00:00:00Z"},
                          "spec": {"platformImage": "old", "operatorsIndexes": ["idx"],
                                   "additionalImages": ["img"]}},
             "backup": {"id": "b", "deadline": "x"},
@@ -330,6 +377,41 @@ mod tests {
                                       "operatorsPackagesAndChannels": []}},
                 "installPlans": {"id": "i", "subscriptions": [], "deadline": "x"}}})
         );
+    }
+
+    #[test]
+    fn a_grant_patches_hold_and_cap_only() {
+        let grant = |hold, cap| Write::SetPrecacheGrant {
+            namespace: "spoke1".into(),
+            name: "spoke1".into(),
+            task_id: "t1".into(),
+            hold,
+            rate_limit_bytes_per_second: cap,
+        };
+        let mut agent = json!({"spec": {"precache": {"id": "t1", "deadline": "x", "hold": true,
+            "order": {"batch": 2, "cguCreated": "y"}}}});
+        json_patch::merge(
+            &mut agent,
+            &grant(false, Some(7)).merge_patch().unwrap().unwrap(),
+        );
+        assert_eq!(
+            agent,
+            json!({"spec": {"precache": {"id": "t1", "deadline": "x",
+                "rateLimitBytesPerSecond": 7, "order": {"batch": 2, "cguCreated": "y"}}}})
+        );
+        json_patch::merge(
+            &mut agent,
+            &grant(true, None).merge_patch().unwrap().unwrap(),
+        );
+        assert_eq!(agent["spec"]["precache"]["hold"], json!(true));
+        assert!(
+            agent["spec"]["precache"]
+                .get("rateLimitBytesPerSecond")
+                .is_none()
+        );
+        assert!(grant(true, None).grant_applies_to(Some("t1")));
+        assert!(!grant(true, None).grant_applies_to(Some("t0")));
+        assert!(!grant(true, None).grant_applies_to(None));
     }
 
     #[test]

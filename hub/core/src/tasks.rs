@@ -4,14 +4,17 @@
 //! Per cluster and per reconcile: a cluster with no state gets the task assigned in its
 //! SpokeAgent `spec` and becomes `PreparingToStart`; on the next pass, with the task in the
 //! spec (handed to the agent), `Starting`; afterwards the state follows the agent's report for
-//! that task id (`Active`, then a final state). The hub also ends a task
+//! that task id (`Active`, then a final state). A pre-cache task held by the fleet scheduler
+//! (`hold`, docs/contract.md §4.4) stays `Starting` until it is let in. The hub also ends a task
 //! itself: past its deadline (`PrecacheTimeout`/`BackupTimeout`), or, once the CGU is enabled,
 //! when the cluster is not Available (`UnrecoverableError`).
 
 use jiff::{SignedDuration, Timestamp};
 use talm_shared::api::Time;
 use talm_shared::api::cgu::{ClusterGroupUpgrade, PrecachingSpec};
-use talm_shared::api::spokeagent::{BackupTask, PrecacheTask, SpokeAgent, TaskReport};
+use talm_shared::api::spokeagent::{
+    BackupTask, PrecacheOrder, PrecacheTask, SpokeAgent, TaskReport,
+};
 use talm_shared::task_state::TaskState;
 
 use crate::decision::{TaskChange, Write};
@@ -86,8 +89,17 @@ pub struct ClusterInput<'a> {
 /// The task to assign when a cluster has none yet.
 #[derive(Clone, Debug)]
 pub enum NewTask<'a> {
-    /// A pre-cache task with its spec and the CGU timeout in minutes.
-    Precache(&'a PrecachingSpec, i32),
+    /// A pre-cache task.
+    Precache {
+        /// The pre-cache spec.
+        spec: &'a PrecachingSpec,
+        /// The CGU timeout in minutes (the task's deadline counts from its assignment).
+        timeout_min: i32,
+        /// Assign it held: a PrecacheBudget may apply (`schedule::may_apply`).
+        hold: bool,
+        /// The cluster's place in the fleet's pre-cache queue.
+        order: Option<PrecacheOrder>,
+    },
     /// A backup task.
     Backup,
 }
@@ -102,7 +114,12 @@ pub fn step(
 ) -> (TaskState, Option<Write>) {
     let assign = || -> Write {
         let (precache, backup) = match new_task {
-            NewTask::Precache(spec, timeout_min) => (
+            NewTask::Precache {
+                spec,
+                timeout_min,
+                hold,
+                order,
+            } => (
                 Some(TaskChange::Assign(PrecacheTask {
                     id: id.to_string(),
                     spec: (*spec).clone(),
@@ -110,11 +127,10 @@ pub fn step(
                         now.checked_add(SignedDuration::from_mins(i64::from(*timeout_min)))
                             .unwrap_or(Timestamp::MAX),
                     ),
-                    // The pre-cache scheduler's hold and queue place (issue 17): set here once
-                    // the scheduler is in.
-                    hold: false,
+                    hold: *hold,
+                    // The scheduler gives the cap when it lets the task in.
                     rate_limit_bytes_per_second: None,
-                    order: None,
+                    order: order.clone(),
                 })),
                 None,
             ),
@@ -145,19 +161,21 @@ pub fn step(
         Some(s) if s.is_final() => return (s, None),
         Some(s) => s,
     };
-    let spec_task: Option<(&str, Time)> = input.agent.and_then(|a| match kind {
+    // (id, deadline, held by the pre-cache scheduler)
+    let spec_task: Option<(&str, Time, bool)> = input.agent.and_then(|a| match kind {
         Kind::Precache => a
             .spec
             .precache
             .as_ref()
-            .map(|t| (t.id.as_str(), t.deadline.clone())),
+            .map(|t| (t.id.as_str(), t.deadline.clone(), t.hold)),
         Kind::Backup => a
             .spec
             .backup
             .as_ref()
-            .map(|t| (t.id.as_str(), t.deadline.clone())),
+            .map(|t| (t.id.as_str(), t.deadline.clone(), false)),
     });
-    let assigned = spec_task.as_ref().is_some_and(|(tid, _)| *tid == id);
+    let assigned = spec_task.as_ref().is_some_and(|(tid, _, _)| *tid == id);
+    let held = spec_task.as_ref().is_some_and(|(_, _, h)| *h);
     if !assigned {
         if input.enabled && !input.available {
             return (TaskState::UnrecoverableError, None);
@@ -191,10 +209,15 @@ pub fn step(
             _ => {}
         }
     }
+    // Queued by the pre-cache scheduler: not downloading yet, whatever the agent says before
+    // it sees the hold (a final report still counts).
+    if held && state == TaskState::Active {
+        state = TaskState::Starting;
+    }
     if !state.is_final() {
         if input.enabled && !input.available {
             state = TaskState::UnrecoverableError;
-        } else if let Some((_, deadline)) = spec_task
+        } else if let Some((_, deadline, _)) = spec_task
             && now > deadline.0
         {
             state = kind.timeout_state();
@@ -317,7 +340,12 @@ mod tests {
     #[test]
     fn assigns_then_follows_matching_reports_only() {
         let spec = PrecachingSpec::default();
-        let nt = NewTask::Precache(&spec, 240);
+        let nt = NewTask::Precache {
+            spec: &spec,
+            timeout_min: 240,
+            hold: false,
+            order: None,
+        };
         let (s, w) = step(
             Kind::Precache,
             "id1",
@@ -375,9 +403,69 @@ mod tests {
     }
 
     #[test]
+    fn a_held_task_stays_starting_until_let_in_but_a_final_report_counts() {
+        let spec = PrecachingSpec::default();
+        let nt = NewTask::Precache {
+            spec: &spec,
+            timeout_min: 240,
+            hold: true,
+            order: None,
+        };
+        let later = now() + SignedDuration::from_mins(10);
+        let mut a = agent(Some("id1"), Some(("id1", "Active")), later);
+        a.spec.precache.as_mut().unwrap().hold = true;
+        let run = |a: &SpokeAgent| {
+            step(
+                Kind::Precache,
+                "id1",
+                input(Some(TaskState::Starting), Some(a), true, true),
+                &nt,
+                now(),
+            )
+        };
+        assert_eq!(run(&a), (TaskState::Starting, None));
+        a.spec.precache.as_mut().unwrap().hold = false;
+        assert_eq!(run(&a), (TaskState::Active, None));
+        a.spec.precache.as_mut().unwrap().hold = true;
+        a.status.as_mut().unwrap().precache.as_mut().unwrap().state = "Succeeded".into();
+        assert_eq!(run(&a), (TaskState::Succeeded, None));
+        // Assigned held, with the queue place given.
+        let (_, w) = step(
+            Kind::Precache,
+            "id2",
+            input(None, None, true, false),
+            &NewTask::Precache {
+                spec: &spec,
+                timeout_min: 240,
+                hold: true,
+                order: Some(PrecacheOrder {
+                    batch: 3,
+                    cgu_created: Time(now()),
+                }),
+            },
+            now(),
+        );
+        let Some(Write::SetSpokeAgentTasks {
+            precache: Some(TaskChange::Assign(t)),
+            ..
+        }) = w
+        else {
+            panic!("expected an assignment");
+        };
+        assert!(t.hold);
+        assert_eq!(t.order.map(|o| o.batch), Some(3));
+        assert_eq!(t.rate_limit_bytes_per_second, None);
+    }
+
+    #[test]
     fn unavailable_fails_only_when_enabled() {
         let spec = PrecachingSpec::default();
-        let nt = NewTask::Precache(&spec, 240);
+        let nt = NewTask::Precache {
+            spec: &spec,
+            timeout_min: 240,
+            hold: false,
+            order: None,
+        };
         let a = agent(
             Some("id1"),
             Some(("id1", "Active")),
@@ -404,7 +492,12 @@ mod tests {
     #[test]
     fn unavailable_cluster_without_its_task_fails_once_enabled() {
         let spec = PrecachingSpec::default();
-        let nt = NewTask::Precache(&spec, 240);
+        let nt = NewTask::Precache {
+            spec: &spec,
+            timeout_min: 240,
+            hold: false,
+            order: None,
+        };
         let (s, w) = step(
             Kind::Precache,
             "id1",
@@ -427,7 +520,12 @@ mod tests {
     #[test]
     fn deadline_times_out_and_lost_task_is_reassigned() {
         let spec = PrecachingSpec::default();
-        let nt = NewTask::Precache(&spec, 240);
+        let nt = NewTask::Precache {
+            spec: &spec,
+            timeout_min: 240,
+            hold: false,
+            order: None,
+        };
         let a = agent(Some("id1"), None, now() - SignedDuration::from_secs(1));
         let (s, _) = step(
             Kind::Precache,
@@ -464,7 +562,12 @@ mod tests {
             TaskState::PreparingToStart
         );
         let spec = PrecachingSpec::default();
-        let nt = NewTask::Precache(&spec, 240);
+        let nt = NewTask::Precache {
+            spec: &spec,
+            timeout_min: 240,
+            hold: false,
+            order: None,
+        };
         let a = agent(
             Some("id1"),
             Some(("id1", "Active")),
@@ -483,7 +586,12 @@ mod tests {
     #[test]
     fn reports_of_other_kinds_states_are_ignored() {
         let spec = PrecachingSpec::default();
-        let nt = NewTask::Precache(&spec, 240);
+        let nt = NewTask::Precache {
+            spec: &spec,
+            timeout_min: 240,
+            hold: false,
+            order: None,
+        };
         let later = now() + SignedDuration::from_mins(10);
         for reported in [
             "BackupTimeout",

@@ -239,8 +239,45 @@ pub fn apply_write(
             store,
             ObjectKey::typed(Kind::ManifestWork, ManifestWork::KIND, namespace, name),
         )),
-        // The pre-cache scheduler's writes (issue 17): applied once the plan runs the scheduler.
-        Write::SetPrecacheGrant { .. } | Write::SetPrecacheBudgetStatus { .. } => Ok(None),
+        // The pre-cache scheduler's grant (docs/contract.md §4.4): a merge patch on the
+        // SpokeAgent, only while its pre-cache task is the one granted.
+        Write::SetPrecacheGrant {
+            namespace, name, ..
+        } => {
+            let key = ObjectKey::typed(Kind::SpokeAgent, "SpokeAgent", namespace, name);
+            let Some(entry) = store.get(&key) else {
+                return Ok(None);
+            };
+            let current = entry
+                .raw
+                .get("spec")
+                .and_then(|s| s.get("precache"))
+                .and_then(|t| t.get("id"))
+                .and_then(Value::as_str);
+            if !write.grant_applies_to(current) {
+                return Ok(None);
+            }
+            let mut raw = entry.raw.clone();
+            merge_patch(&mut raw, write)?;
+            put(store, key, raw)
+        }
+        Write::SetPrecacheBudgetStatus { name, status } => {
+            let key = ObjectKey::typed(
+                Kind::PrecacheBudget,
+                talm_shared::api::precachebudget::KIND,
+                "",
+                name,
+            );
+            let Some(entry) = store.get(&key) else {
+                return Ok(None);
+            };
+            let mut raw = entry.raw.clone();
+            raw.insert(
+                "status".into(),
+                Value::Object(to_object("PrecacheBudget status", status)?),
+            );
+            put(store, key, raw)
+        }
     }
 }
 
@@ -793,6 +830,99 @@ metadata: {name: spoke2}
             rate_limit_bytes_per_second: None,
             order: None,
         }
+    }
+
+    #[test]
+    fn precache_grants_patch_only_the_granted_task_and_budget_status_is_replaced() {
+        let mut s = store();
+        let assign = Write::SetSpokeAgentTasks {
+            namespace: "spoke1".into(),
+            name: "spoke1".into(),
+            precache: Some(TaskChange::Assign(PrecacheTask {
+                hold: true,
+                ..precache_task()
+            })),
+            backup: None,
+            install_plans: None,
+            rollback: None,
+        };
+        apply_write(&mut s, &assign, now()).unwrap();
+        let grant = |task_id: &str, hold: bool, cap: Option<i64>| Write::SetPrecacheGrant {
+            namespace: "spoke1".into(),
+            name: "spoke1".into(),
+            task_id: task_id.into(),
+            hold,
+            rate_limit_bytes_per_second: cap,
+        };
+        // A grant for another (replaced) task, or for a missing agent, changes nothing.
+        assert_eq!(
+            apply_write(&mut s, &grant("old", false, Some(5)), now()).unwrap(),
+            None
+        );
+        let missing = Write::SetPrecacheGrant {
+            namespace: "spoke9".into(),
+            name: "spoke9".into(),
+            task_id: "x".into(),
+            hold: false,
+            rate_limit_bytes_per_second: None,
+        };
+        assert_eq!(apply_write(&mut s, &missing, now()).unwrap(), None);
+        let change = apply_write(
+            &mut s,
+            &grant("ns/cgu-1/uid/precache", false, Some(5)),
+            now(),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(change.verb, Verb::Updated);
+        let a = raw(&s, Kind::SpokeAgent, "SpokeAgent", "spoke1", "spoke1").unwrap();
+        assert!(
+            a["spec"]["precache"].get("hold").is_none(),
+            "false is left out"
+        );
+        assert_eq!(a["spec"]["precache"]["rateLimitBytesPerSecond"], 5);
+        assert_eq!(
+            apply_write(
+                &mut s,
+                &grant("ns/cgu-1/uid/precache", false, Some(5)),
+                now()
+            )
+            .unwrap(),
+            None,
+            "the same grant again changes nothing"
+        );
+        // Budget status: replaced on an existing budget, ignored for a missing one.
+        let mut s = Store::from_loaded(
+            load_yaml_str(
+                "b.yaml",
+                "apiVersion: talm.dev/v1alpha1\nkind: PrecacheBudget\nmetadata: {name: site-a}\nspec: {bandwidth: 25Mi}\nstatus: {active: 9, queued: 9}\n",
+            )
+            .unwrap(),
+            now(),
+        )
+        .unwrap();
+        let status = talm_shared::api::precachebudget::PrecacheBudgetStatus {
+            active: 2,
+            bandwidth_in_use_display: "1Mi/s".into(),
+            ..Default::default()
+        };
+        for (name, changed) in [("site-a", true), ("site-b", false)] {
+            let w = Write::SetPrecacheBudgetStatus {
+                name: name.into(),
+                status: status.clone(),
+            };
+            assert_eq!(
+                apply_write(&mut s, &w, now()).unwrap().is_some(),
+                changed,
+                "{name}"
+            );
+        }
+        let b = raw(&s, Kind::PrecacheBudget, "PrecacheBudget", "", "site-a").unwrap();
+        assert_eq!(
+            b["status"],
+            json!({"active": 2, "queued": 0, "done": 0, "bandwidthAllotted": 0,
+                   "bandwidthInUse": 0, "bandwidthInUseDisplay": "1Mi/s"})
+        );
     }
 
     #[test]

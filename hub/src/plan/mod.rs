@@ -1,18 +1,20 @@
 //! `talm-hub plan`: the offline adapter. It reads hub objects from files, runs the engine over
-//! every ClusterGroupUpgrade to a fixed point at one instant (`--now`), applies the decisions to
-//! the in-memory objects, and prints the objects (`-o yaml|json`, which can be fed back with a
-//! later `--now` to continue the rollout) or a per-CGU table.
+//! every ClusterGroupUpgrade, and the fleet pre-cache scheduler after them, to a fixed point at
+//! one instant (`--now`), applies the decisions to the in-memory objects, and prints the objects
+//! (`-o yaml|json`, which can be fed back with a later `--now` to continue the rollout) or a
+//! per-CGU table.
 //!
 //! - [`load`]: files, directories and stdin → raw objects plus typed views; input errors.
 //! - [`store`]: the in-memory objects and the engine [`Snapshot`](talm_hub_core::Snapshot).
 //! - [`apply`]: one decision → object writes, status, finalizer, Event objects.
 //! - [`graph`]: `--update-graph` lookups.
-//! - [`output`]: YAML, JSON and table rendering.
+//! - [`output`]: YAML, JSON and table rendering; [`precache`]: the table's pre-cache parts.
 
 pub mod apply;
 pub mod graph;
 pub mod load;
 pub mod output;
+pub mod precache;
 pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,7 +23,7 @@ use jiff::Timestamp;
 use talm_hub_core::{Context, Decision, NoUpdateGraph, Notes, Requeue, Snapshot, UpdateGraph};
 use talm_shared::api::cgu::ClusterGroupUpgrade;
 
-use self::apply::{Verb, apply_decision};
+use self::apply::{Verb, apply_decision, apply_write};
 use self::store::{CguKey, ObjectKey, Store};
 use crate::args::PlanArgs;
 use crate::error::Error;
@@ -53,6 +55,8 @@ pub struct Settled {
     pub changes: BTreeMap<ObjectKey, Verb>,
     /// Events emitted.
     pub events: usize,
+    /// What the pre-cache scheduler's last run asked: run again after this many seconds.
+    pub schedule_requeue: Option<u64>,
 }
 
 /// Folds a new change of an object into its net change for the run.
@@ -71,13 +75,15 @@ fn record(changes: &mut BTreeMap<ObjectKey, Verb>, key: ObjectKey, verb: Verb) {
     };
 }
 
-/// Runs `reconcile` over every CGU until a whole pass changes nothing: a fixed point, so a
-/// second run at the same `now` over the output changes nothing either.
+/// Runs `reconcile` over every CGU, then the fleet pre-cache scheduler
+/// (`talm_hub_core::schedule`, docs/contract.md §4.4), until a whole pass changes nothing: a
+/// fixed point, so a second run at the same `now` over the output changes nothing either.
 ///
 /// Each pass visits the CGUs, sorted by namespace and name; each reconcile sees the objects as
-/// left by the previous one (all CGUs included, for blocking). When a pass changed any object,
-/// every CGU is visited again, since any of them may read what changed (a blocking CGU's
-/// status, a cluster's labels, an agent's tasks). Time does not move within a run.
+/// left by the previous one (all CGUs included, for blocking). Then the scheduler lets queued
+/// pre-cache tasks in and writes the budgets' status. When a pass changed any object, every CGU
+/// is visited again, since any of them may read what changed (a blocking CGU's status, a
+/// cluster's labels, an agent's tasks). Time does not move within a run.
 pub fn settle<F>(
     store: &mut Store,
     now: Timestamp,
@@ -92,11 +98,18 @@ where
     let mut pending: BTreeSet<CguKey> = store.cgu_keys().into_iter().collect();
     // The CGUs whose reconcile changed some object in the last pass.
     let mut changing: BTreeSet<CguKey> = BTreeSet::new();
-    while !pending.is_empty() {
+    // Whether the scheduler changed something in the last pass.
+    let mut scheduled = false;
+    let mut again = true;
+    while again {
         if settled.passes == MAX_PASSES {
             return Err(Error::NotConverged {
                 passes: MAX_PASSES,
-                cgus: changing.iter().map(CguKey::to_string).collect(),
+                cgus: changing
+                    .iter()
+                    .map(CguKey::to_string)
+                    .chain(scheduled.then(|| "the pre-cache scheduler".to_string()))
+                    .collect(),
             });
         }
         settled.passes += 1;
@@ -135,7 +148,23 @@ where
             report.reconciles += 1;
             report.deleted |= applied.cgu_deleted;
         }
-        pending = if !changing.is_empty() {
+        scheduled = false;
+        let schedule = talm_hub_core::schedule::schedule(&store.snapshot(), now);
+        for write in &schedule.writes {
+            if let Some(change) = apply_write(store, write, now)? {
+                scheduled = true;
+                record(&mut settled.changes, change.key, change.verb);
+            }
+        }
+        tracing::debug!(
+            pass = settled.passes,
+            writes = schedule.writes.len(),
+            changed = scheduled,
+            "pre-cache scheduler"
+        );
+        settled.schedule_requeue = schedule.requeue_after_secs;
+        again = !changing.is_empty() || scheduled;
+        pending = if again {
             store.cgu_keys().into_iter().collect()
         } else {
             BTreeSet::new()

@@ -1,5 +1,6 @@
 //! Rendering the result of a `plan` run: every object as multi-document YAML or as one JSON
-//! `List` (both feed back into `plan`), or a per-CGU table for people.
+//! `List` (both feed back into `plan`), or a per-CGU table for people (its pre-cache parts are
+//! in [`super::precache`]).
 
 use std::fmt::Write as _;
 use std::io::{self, Write};
@@ -62,6 +63,7 @@ pub fn table(store: &Store, settled: &Settled) -> String {
             }
         }
     }
+    super::precache::budgets_block(&mut s, store);
     let changes: Vec<String> = settled
         .changes
         .iter()
@@ -124,6 +126,7 @@ fn cgu_block(s: &mut String, cgu: &ClusterGroupUpgrade, report: &CguReport) {
         let _ = writeln!(s, "  manifestworks: {}", templates.join(", "));
     }
     batches_block(s, status, &policies, templates);
+    super::precache::progress_block(s, status);
     forecast_block(s, status);
     if !report.notes.excluded_clusters.is_empty() {
         s.push_str("  excluded clusters:\n");

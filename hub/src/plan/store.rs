@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use talm_hub_core::Snapshot;
 use talm_hub_core::names::fnv64;
 use talm_shared::api::cgu::ClusterGroupUpgrade;
+use talm_shared::api::precachebudget::PrecacheBudget;
 use talm_shared::api::precaching::PreCachingConfig;
 use talm_shared::api::rhacm::{
     ConfigMapView, ManagedCluster, ManagedClusterAction, ManagedClusterView, Placement,
@@ -42,6 +43,9 @@ pub enum Kind {
     PlacementBinding,
     /// `talm.dev/v1alpha1` SpokeAgent.
     SpokeAgent,
+    /// `talm.dev/v1alpha1` PrecacheBudget (cluster-scoped; its status is the pre-cache
+    /// scheduler's).
+    PrecacheBudget,
     /// `view.open-cluster-management.io/v1beta1` ManagedClusterView (InstallPlan approval).
     ManagedClusterView,
     /// `action.open-cluster-management.io/v1beta1` ManagedClusterAction (InstallPlan approval;
@@ -75,6 +79,10 @@ impl Kind {
             }
             (talm_shared::api::cgu::API_VERSION, "PreCachingConfig") => Kind::PreCachingConfig,
             (talm_shared::api::spokeagent::API_VERSION, "SpokeAgent") => Kind::SpokeAgent,
+            (
+                talm_shared::api::precachebudget::API_VERSION,
+                talm_shared::api::precachebudget::KIND,
+            ) => Kind::PrecacheBudget,
             (ManagedClusterView::API_VERSION, ManagedClusterView::KIND) => Kind::ManagedClusterView,
             (ManagedClusterAction::API_VERSION, ManagedClusterAction::KIND) => {
                 Kind::ManagedClusterAction
@@ -90,7 +98,10 @@ impl Kind {
 
     /// Whether objects of this kind live in a namespace (unknown kinds: unknown, so no).
     pub fn is_namespaced(self) -> bool {
-        !matches!(self, Kind::ManagedCluster | Kind::Other)
+        !matches!(
+            self,
+            Kind::ManagedCluster | Kind::PrecacheBudget | Kind::Other
+        )
     }
 
     /// Whether the engine reads this kind (and `plan` keeps a typed view of it).
@@ -118,6 +129,8 @@ pub enum Typed {
     PlacementBinding(Box<PlacementBinding>),
     /// A SpokeAgent.
     SpokeAgent(Box<SpokeAgent>),
+    /// A PrecacheBudget.
+    PrecacheBudget(Box<PrecacheBudget>),
     /// A ManagedClusterView.
     ManagedClusterView(Box<ManagedClusterView>),
     /// A ManifestWorkReplicaSet.
@@ -193,6 +206,7 @@ impl Typed {
             Kind::Placement => Typed::Placement(parse_as(raw)?),
             Kind::PlacementBinding => Typed::PlacementBinding(parse_as(raw)?),
             Kind::SpokeAgent => Typed::SpokeAgent(parse_as(raw)?),
+            Kind::PrecacheBudget => Typed::PrecacheBudget(parse_as(raw)?),
             Kind::ManagedClusterView => Typed::ManagedClusterView(parse_as(raw)?),
             Kind::ManifestWorkReplicaSet => Typed::ManifestWorkReplicaSet(parse_as(raw)?),
             Kind::ManifestWork => Typed::ManifestWork(parse_as(raw)?),
@@ -241,7 +255,7 @@ impl ObjectKey {
             Kind::ManagedCluster | Kind::Placement => "cluster.open-cluster-management.io",
             Kind::Policy | Kind::PlacementBinding => "policy.open-cluster-management.io",
             Kind::ClusterGroupUpgrade | Kind::PreCachingConfig => talm_shared::api::cgu::GROUP,
-            Kind::SpokeAgent => "talm.dev",
+            Kind::SpokeAgent | Kind::PrecacheBudget => "talm.dev",
             Kind::ManagedClusterView => "view.open-cluster-management.io",
             Kind::ManagedClusterAction => "action.open-cluster-management.io",
             Kind::ManifestWorkReplicaSet | Kind::ManifestWork => "work.open-cluster-management.io",
@@ -526,6 +540,7 @@ impl Store {
                 Typed::Placement(p) => snap.insert_placement((**p).clone()),
                 Typed::PlacementBinding(b) => snap.insert_placement_binding((**b).clone()),
                 Typed::SpokeAgent(a) => snap.insert_spoke_agent((**a).clone()),
+                Typed::PrecacheBudget(b) => snap.insert_precache_budget((**b).clone()),
                 Typed::ManagedClusterView(v) => snap.insert_managed_cluster_view((**v).clone()),
                 Typed::ManifestWorkReplicaSet(t) => {
                     snap.insert_manifest_work_template((**t).clone())

@@ -7,13 +7,20 @@
 //! `BackupSuceeded`) reports progress, full success, partial success or total failure. talm runs
 //! these tasks through each cluster's agent (SpokeAgent tasks) instead of TALM's Jobs and
 //! views, and ends the CGU when every cluster fails, where TALM waits forever.
+//!
+//! With PrecacheBudgets (talm extension, docs/contract.md §4.4) a pre-cache task is assigned
+//! held, with the cluster's queue place, when a budget may apply; the fleet scheduler lets it in.
+//! The gate reports each unfinished cluster's transfer progress, its cap and an ETA in
+//! `status.precaching.progress`.
 
 use std::collections::{BTreeMap, HashSet};
 
 use jiff::SignedDuration;
+use jiff::Timestamp;
 use talm_shared::api::Time;
-use talm_shared::api::cgu::{BackupStatus, PrecachingStatus};
+use talm_shared::api::cgu::{BackupStatus, ClusterPrecacheProgress, PrecachingStatus};
 use talm_shared::api::rhacm::Policy;
+use talm_shared::api::spokeagent::{PrecacheOrder, SpokeAgent};
 use talm_shared::task_state::TaskState;
 
 use super::start::Policies;
@@ -21,6 +28,7 @@ use super::{AGENT_TASK_POLL_SECS, FIX_RETRY_SECS, Run};
 use crate::conditions::{messages as msg, reasons, types};
 use crate::decision::Requeue;
 use crate::precache;
+use crate::schedule;
 use crate::tasks::{self, ClusterInput, Kind, NewTask};
 use crate::validate::platform_image;
 
@@ -86,14 +94,43 @@ impl Run<'_> {
         pc.spec = Some(spec.clone());
         let states_before = pc.status.clone().unwrap_or_default();
         let id = tasks::task_id(self.cgu, Kind::Precache);
-        let new_task = NewTask::Precache(&spec, self.timeout_minutes());
+        let timeout_min = self.timeout_minutes();
+        let budgets = schedule::Budgets::read(self.snap);
+        let cgu_created = Time(
+            self.cgu
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map_or(self.now, |t| t.0),
+        );
+        let canary_batches = self.canary_batches(plan);
         let mut states_after = BTreeMap::new();
+        let mut progress = BTreeMap::new();
         let mut writes = Vec::new();
         let mut seen = HashSet::new();
-        for c in plan.iter().flatten() {
+        for (index, c) in plan
+            .iter()
+            .enumerate()
+            .flat_map(|(i, b)| b.iter().map(move |c| (i, c)))
+        {
             if !seen.insert(c.clone()) {
                 continue;
             }
+            // The canaries count as one batch, 0; the batches after them follow on.
+            let batch = if canary_batches == 0 {
+                index
+            } else {
+                index.saturating_sub(canary_batches - 1)
+            };
+            let new_task = NewTask::Precache {
+                spec: &spec,
+                timeout_min,
+                hold: budgets.select(self.snap, c),
+                order: Some(PrecacheOrder {
+                    batch: i64::try_from(batch).unwrap_or(i64::MAX),
+                    cgu_created: cgu_created.clone(),
+                }),
+            };
             let input = ClusterInput {
                 cluster: c,
                 state: states_before.get(c).map(|s| tasks::recorded_state(s)),
@@ -106,7 +143,18 @@ impl Run<'_> {
             };
             let (st, w) = tasks::step(Kind::Precache, &id, input, &new_task, self.now);
             writes.extend(w);
+            if !st.is_final()
+                && let Some(p) = cluster_progress(input.agent, &id, self.now)
+            {
+                progress.insert(c.clone(), p);
+            }
             states_after.insert(c.clone(), st);
+        }
+        let queued = progress.values().filter(|p| p.queued).count();
+        if queued > 0 {
+            self.notes
+                .pending_actions
+                .push(format!("{queued} clusters queued by PrecacheBudgets"));
         }
         // Clusters that left the plan before the start (spec edits) get their task cancelled.
         for c in states_before
@@ -124,6 +172,7 @@ impl Run<'_> {
         self.writes.extend(writes);
         if let Some(pc) = self.status.precaching.as_mut() {
             pc.status = Some(names_of(&states_after));
+            pc.progress = (!progress.is_empty()).then_some(progress);
         }
         self.gate(
             states_after,
@@ -241,6 +290,47 @@ impl Run<'_> {
             Gate::AllFailed
         }
     }
+}
+
+/// A cluster's pre-cache progress for the CGU status: when its task `id` is in the SpokeAgent's
+/// spec and either held (queued) or reported with progress. The ETA is `now` + what is left
+/// at the reported throughput, in whole seconds, when both are known.
+fn cluster_progress(
+    agent: Option<&SpokeAgent>,
+    id: &str,
+    now: Timestamp,
+) -> Option<ClusterPrecacheProgress> {
+    let agent = agent?;
+    let task = agent.spec.precache.as_ref().filter(|t| t.id == id)?;
+    let reported = agent
+        .status
+        .as_ref()
+        .and_then(|s| s.precache.as_ref())
+        .filter(|r| r.id == id)
+        .and_then(|r| r.progress.as_ref());
+    if reported.is_none() && !task.hold {
+        return None;
+    }
+    let mut p = ClusterPrecacheProgress {
+        queued: task.hold,
+        rate_limit_bytes_per_second: task.rate_limit_bytes_per_second,
+        ..Default::default()
+    };
+    if let Some(r) = reported {
+        p.bytes_done = r.bytes_done;
+        p.bytes_total = r.bytes_total;
+        p.bytes_per_second = r.bytes_per_second;
+        if r.bytes_total > 0 && r.bytes_per_second > 0 {
+            let left = i128::from((r.bytes_total - r.bytes_done).max(0));
+            let rate = i128::from(r.bytes_per_second);
+            let secs = i64::try_from((left + rate / 2) / rate).unwrap_or(i64::MAX);
+            p.eta = now
+                .checked_add(SignedDuration::from_secs(secs))
+                .ok()
+                .map(Time);
+        }
+    }
+    Some(p)
 }
 
 /// The per-cluster states as the CGU status records them (TALM's names).

@@ -889,7 +889,7 @@ impl Run<'_> {
     }
 
     /// How many leading batches of the plan are single canaries.
-    fn canary_batches(&self, plan: &[Vec<String>]) -> usize {
+    pub(super) fn canary_batches(&self, plan: &[Vec<String>]) -> usize {
         let canaries: HashSet<&str> = self
             .cgu
             .spec
