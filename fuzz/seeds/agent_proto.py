@@ -53,8 +53,12 @@ def report(seq, task, body_field, body):
 accepted = report(1, "precache-7", 4, f_int(1, 2))  # TaskAccepted{kind: PRECACHE}
 progress = report(0, "precache-7", 5, f_bytes(1, "pulling 3/10") + f_int(2, 3) + f_int(3, 10))
 result = report(2, "precache-7", 6, f_int(1, 1) + f_bytes(2, "10 images"))  # SUCCEEDED
+# TaskProgress with bytes, throughput (4) and the registries after mirror resolution (5).
+transfer = report(0, "precache-7", 5, f_bytes(1, "queued by the hub's pre-cache budget")
+                  + f_int(2, 1 << 20) + f_int(3, 64 << 20) + f_int(4, 5 << 20)
+                  + f_bytes(5, "mirror.example:5000") + f_bytes(5, "quay.io"))
 
-# HubMessage: welcome=1, assign=2, cancel=3, ack=4.
+# HubMessage: welcome=1, assign=2, cancel=3, ack=4, update=5.
 welcome = f_bytes(1, f_bytes(1, "sno1") + f_int(2, 15))
 
 
@@ -72,6 +76,11 @@ precache = assign("precache-7", 2, {
 })
 check = assign("check-1", 1, {"spaceRequired": "30"})
 approve = assign("ip-1", 4, {"subscriptions": [{"name": "sub", "namespace": "openshift-local-storage"}], "pollSeconds": 5})
+# A held assignment with a hub cap (rate_limit_bytes_per_second=5, hold=6), then TaskUpdates.
+held = f_bytes(2, f_bytes(1, "precache-8") + f_int(2, 2) + f_bytes(3, json.dumps({"platformImage": "quay.io/r@sha256:" + "1" * 64, "spaceRequired": "35"}))
+               + f_int(4, 1796533200) + f_int(5, 8 << 20) + f_int(6, 1))
+let_in = f_bytes(5, f_bytes(1, "precache-8") + f_int(2, 4 << 20))
+recap = f_bytes(5, f_bytes(1, "precache-8") + f_int(2, 1 << 20) + f_int(3, 1))
 cancel = f_bytes(3, f_bytes(1, "precache-7"))
 ack = f_bytes(4, f_int(1, 2))
 
@@ -81,6 +90,8 @@ seeds = {
     "gateway-session": frame(0, [hello, heartbeat, accepted, progress, result]),
     "gateway-hello": frame(0, [hello]),
     "agent-session": frame(1, [welcome, precache, check, approve, cancel, ack]),
+    "gateway-transfer": frame(0, [hello, accepted, transfer, result]),
+    "agent-grants": frame(1, [welcome, held, let_in, recap, ack]),
 }
 for name, data in seeds.items():
     with open(os.path.join(out, name), "wb") as f:
