@@ -119,6 +119,8 @@ fn main() -> anyhow::Result<()> {
                     // The shipped defaults (idle timeout, unverified-connection cap).
                     idle_timeout_secs: talm_gateway::conns::DEFAULT_IDLE_TIMEOUT_SECS,
                     max_unverified_connections: talm_gateway::conns::DEFAULT_MAX_UNVERIFIED,
+                    progress_write_interval_secs:
+                        talm_gateway::cli::DEFAULT_PROGRESS_WRITE_INTERVAL_SECS,
                 },
                 poll_interval_ms: 2000,
             };

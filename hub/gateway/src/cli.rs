@@ -51,6 +51,9 @@ pub enum CliError {
     MachineConfig(#[from] crate::machineconfig::MachineConfigError),
 }
 
+/// The default of `--progress-write-interval`, seconds.
+pub const DEFAULT_PROGRESS_WRITE_INTERVAL_SECS: u64 = 20;
+
 /// The gateway flags shared by `talm-hub gateway` and `talm-hub run` (flattened into both).
 #[derive(Clone, Debug, Args)]
 pub struct SessionArgs {
@@ -87,9 +90,23 @@ pub struct SessionArgs {
         default_value_t = crate::conns::DEFAULT_MAX_UNVERIFIED
     )]
     pub max_unverified_connections: usize,
+    /// Write an agent's pre-cache progress (bytes, throughput, registries) to its SpokeAgent
+    /// status at most this often, seconds (minimum 1). The first total or registries of a task,
+    /// and every result, are written at once.
+    #[arg(
+        long = "progress-write-interval",
+        env = "TALM_GATEWAY_PROGRESS_WRITE_INTERVAL_SECS",
+        default_value_t = DEFAULT_PROGRESS_WRITE_INTERVAL_SECS
+    )]
+    pub progress_write_interval_secs: u64,
 }
 
 impl SessionArgs {
+    /// The pre-cache progress write interval these flags give.
+    pub fn progress_write_interval(&self) -> Duration {
+        Duration::from_secs(self.progress_write_interval_secs.max(1))
+    }
+
     /// The connection limits these flags give.
     pub fn conn_limits(&self) -> crate::conns::ConnLimits {
         crate::conns::ConnLimits {
@@ -326,6 +343,7 @@ pub async fn run_gateway(
         heartbeat_timeout: Duration::from_secs(args.session.heartbeat_timeout_secs.max(1)),
         poll_interval: Duration::from_millis(args.poll_interval_ms.max(50)),
         limits: args.session.conn_limits(),
+        progress_write_interval: args.session.progress_write_interval(),
         ..GatewayConfig::default()
     };
     let enroller = Enroller::new(

@@ -9,9 +9,11 @@
 //! - [`enroll`]: bootstrap tokens, CSR signing, rotation and revocation.
 //! - [`registry`]: the in-memory per-cluster agent state (connected, lastSeen, facts, task
 //!   states, live progress) and its JSON views.
-//! - [`tasks`]: SpokeAgent `spec` tasks → assignments; agent reports → TALM state names.
-//! - [`status`]: the status writer: state transitions (never progress) to SpokeAgent status,
-//!   coalesced per cluster, durable before a report is acknowledged.
+//! - [`tasks`]: SpokeAgent `spec` tasks → assignments (with the pre-cache scheduler's hold and
+//!   cap); agent reports → TALM state names.
+//! - [`status`]: the status writer: state transitions to SpokeAgent status, coalesced per
+//!   cluster, durable before a report is acknowledged; and pre-cache transfer progress, written
+//!   at most once per `--progress-write-interval` per agent.
 //! - [`service`]: the tonic services (`Session`, `Renew`, `Enroll`): identity from the peer
 //!   certificate SAN only, validation, heartbeat timeout.
 //! - [`conns`]: limits on the agent port's connections: an idle timeout for connections with

@@ -73,6 +73,12 @@ pub struct Metrics {
     pub clone_refusals: Counter,
     /// Clusters whose identity is in use by more than one agent now (recomputed at scrape).
     pub cloned: Gauge,
+    /// Pre-cache progress reports received.
+    pub progress_reports: Counter,
+    /// SpokeAgent status writes that carried new pre-cache progress.
+    pub progress_writes: Counter,
+    /// `TaskUpdate`s sent (pre-cache grant changes).
+    pub task_updates: Counter,
 }
 
 impl Default for Metrics {
@@ -94,6 +100,9 @@ impl Default for Metrics {
             connections_closed: Family::default(),
             clone_refusals: Counter::default(),
             cloned: Gauge::default(),
+            progress_reports: Counter::default(),
+            progress_writes: Counter::default(),
+            task_updates: Counter::default(),
         };
         registry.register(
             "agents_connected",
@@ -156,6 +165,21 @@ impl Default for Metrics {
             "agents_cloned",
             "Clusters whose identity is used by more than one agent (a session refused within the clone window)",
             m.cloned.clone(),
+        );
+        registry.register(
+            "precache_progress_reports",
+            "Pre-cache progress reports received",
+            m.progress_reports.clone(),
+        );
+        registry.register(
+            "precache_progress_writes",
+            "SpokeAgent status writes that carried new pre-cache progress (coalesced per agent)",
+            m.progress_writes.clone(),
+        );
+        registry.register(
+            "task_updates",
+            "Task updates sent to agents (pre-cache hold and cap changes)",
+            m.task_updates.clone(),
         );
         Metrics { registry, ..m }
     }

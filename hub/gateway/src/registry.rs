@@ -1,6 +1,8 @@
 //! The in-memory, per-cluster agent state: connection, lastSeen, facts, task states and live
 //! progress. It is the source of the `/agents` views, of the metrics, and of the SpokeAgent
-//! status the [`crate::status`] writer persists (transitions only).
+//! status the [`crate::status`] writer persists (transitions, and the pre-cache transfer
+//! progress, coalesced). It also remembers the pre-cache grant each session's agent was sent,
+//! so a grant change becomes one `TaskUpdate` and an unchanged spec sends nothing.
 //!
 //! # Cloned identities
 //! Two agents started from one copied state directory hold the same certificate. Each new
@@ -21,13 +23,15 @@ use std::time::Duration;
 use serde::Serialize;
 use talm_proto::v1::{self, HubMessage, TaskKind, TaskOutcome, task_report};
 use talm_shared::api::Time;
-use talm_shared::api::spokeagent::{SpokeAgentSpec, SpokeAgentStatus, TaskReport};
+use talm_shared::api::spokeagent::{
+    SpokeAgentSpec, SpokeAgentStatus, TaskReport, TransferProgress,
+};
 use talm_shared::clock::rfc3339;
 use talm_shared::task_state::TaskState;
 use tokio::sync::{mpsc, watch};
 use tonic::{Code, Status};
 
-use crate::tasks::{self, Slot};
+use crate::tasks::{self, Grant, Slot};
 
 /// How the gateway reaches a live session.
 #[derive(Clone, Debug)]
@@ -131,6 +135,11 @@ pub struct TaskView {
     /// Live progress, while active.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub progress: Option<ProgressView>,
+    /// Pre-cache only: the latest transfer progress (bytes, throughput, registries), as the
+    /// gateway writes it to SpokeAgent `status.precache.progress` (coalesced). Kept across
+    /// disconnects: it is the last thing known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<TransferProgress>,
     /// Last change, RFC 3339.
     pub updated_at: String,
     #[serde(skip)]
@@ -259,6 +268,9 @@ struct AgentState {
     replacements: VecDeque<i64>,
     /// The current (or last) clone episode, and when its last refusal was.
     clone_episode: Option<(CloneView, i64)>,
+    /// The pre-cache grant this session's agent has been sent (in its assignment or a
+    /// `TaskUpdate`), by task id; cleared on connect (a restarted agent gets the grant again).
+    sent_grant: Option<(String, Grant)>,
 }
 
 /// Result of applying a report.
@@ -268,6 +280,13 @@ pub enum Applied {
     Transition,
     /// Nothing to persist (progress, or a repeat of a known state).
     NoChange,
+    /// Pre-cache transfer progress was recorded (no state change). `first` when the report
+    /// brought the task's total or registries for the first time: the scheduler needs them to
+    /// let the cluster in, so the status is written at once instead of coalesced.
+    Progress {
+        /// First total or registries of the task.
+        first: bool,
+    },
 }
 
 /// All clusters.
@@ -337,6 +356,7 @@ impl Registry {
                     state: TaskState::from_name(&r.state),
                     message: r.message.clone(),
                     progress: None,
+                    transfer: r.progress.clone(),
                     updated_at: a.status_last_seen.map(rfc3339).unwrap_or_default(),
                     wire_kind: kind,
                 });
@@ -399,6 +419,7 @@ impl Registry {
         a.facts = hello.facts.as_ref().map(FactsView::from);
         a.assigned.clear();
         a.agent_active = hello.active_task_ids.iter().cloned().collect();
+        a.sent_grant = None;
         Connected::Accepted(old)
     }
 
@@ -459,8 +480,21 @@ impl Registry {
         self.lock().values().filter(|a| a.session.is_some()).count()
     }
 
-    /// Applies a validated report.
+    /// Applies a validated report of a task that is not held (see [`Self::apply_report_held`]).
     pub fn apply_report(&self, cluster: &str, r: &v1::TaskReport, now: i64) -> Applied {
+        self.apply_report_held(cluster, r, now, false)
+    }
+
+    /// Applies a validated report. `held`: the task is a pre-cache task its SpokeAgent spec
+    /// holds (a PrecacheBudget queues it); its progress (the image list being resolved) then
+    /// keeps it `Starting` instead of moving it to `Active`.
+    pub fn apply_report_held(
+        &self,
+        cluster: &str,
+        r: &v1::TaskReport,
+        now: i64,
+        held: bool,
+    ) -> Applied {
         let mut map = self.lock();
         let a = map.entry(cluster.to_string()).or_default();
         a.last_seen = Some(now);
@@ -473,6 +507,7 @@ impl Registry {
                 state: None,
                 message: String::new(),
                 progress: None,
+                transfer: None,
                 updated_at: String::new(),
                 wire_kind: TaskKind::Unspecified,
             });
@@ -515,12 +550,22 @@ impl Registry {
                 });
             }
             Some(task_report::Body::Progress(p)) if !is_final(t) => {
-                t.state = Some(TaskState::Active);
+                t.state = Some(if held {
+                    TaskState::Starting
+                } else {
+                    TaskState::Active
+                });
                 t.progress = Some(ProgressView {
                     message: p.message.clone(),
                     done: p.done,
                     total: p.total,
                 });
+                if t.wire_kind == TaskKind::Precache {
+                    let first = record_transfer(t, p, now);
+                    if t.state == before {
+                        return Applied::Progress { first };
+                    }
+                }
             }
             Some(task_report::Body::Progress(_)) => {}
             Some(task_report::Body::Result(res)) => {
@@ -551,11 +596,20 @@ impl Registry {
             state: None,
             message: String::new(),
             progress: None,
+            transfer: None,
             updated_at: String::new(),
             wire_kind: kind,
         });
         t.wire_kind = kind;
         t.kind = kind.display_name().into();
+    }
+
+    /// Whether `id` is a pre-cache task (as assigned or accepted).
+    pub fn is_precache(&self, cluster: &str, id: &str) -> bool {
+        self.lock()
+            .get(cluster)
+            .and_then(|a| a.tasks.get(id))
+            .is_some_and(|t| t.wire_kind == TaskKind::Precache)
     }
 
     /// Whether `id` is known to be in a final state.
@@ -602,6 +656,45 @@ impl Registry {
         (assign, cancel)
     }
 
+    /// Records the grant a pre-cache assignment carried: the agent starts the task with it.
+    /// Not recorded when the agent already runs the task (it said so in its Hello): it ignores
+    /// the repeated assignment, so [`Self::grant_updates`] sends the grant as an update.
+    pub fn note_assigned_grant(&self, cluster: &str, id: &str, grant: Grant) {
+        if let Some(a) = self.lock().get_mut(cluster)
+            && !a.agent_active.contains(id)
+        {
+            a.sent_grant = Some((id.to_string(), grant));
+        }
+    }
+
+    /// The `TaskUpdate`s a live session needs: the pre-cache task `spec` names, assigned in
+    /// this session and not final, whose grant differs from the one the agent was sent.
+    pub fn grant_updates(
+        &self,
+        cluster: &str,
+        spec: Option<&SpokeAgentSpec>,
+    ) -> Vec<(String, Grant)> {
+        let map = self.lock();
+        let Some(a) = map.get(cluster) else {
+            return Vec::new();
+        };
+        spec.map(tasks::desired)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|d| d.slot == Slot::Precache && a.assigned.contains(&d.id))
+            .filter(|d| !a.tasks.get(&d.id).is_some_and(is_final))
+            .filter(|d| a.sent_grant.as_ref() != Some(&(d.id.clone(), d.grant)))
+            .map(|d| (d.id, d.grant))
+            .collect()
+    }
+
+    /// Records a grant sent in a `TaskUpdate`.
+    pub fn note_grant_sent(&self, cluster: &str, id: &str, grant: Grant) {
+        if let Some(a) = self.lock().get_mut(cluster) {
+            a.sent_grant = Some((id.to_string(), grant));
+        }
+    }
+
     /// Forgets cancelled ids so they are not cancelled twice.
     pub fn note_cancelled(&self, cluster: &str, ids: &[String]) {
         if let Some(a) = self.lock().get_mut(cluster) {
@@ -639,7 +732,11 @@ impl Registry {
                 id: t.id.clone(),
                 state: state.as_str().into(),
                 message: t.message.clone(),
-                progress: None,
+                progress: if d.slot == Slot::Precache {
+                    t.transfer.clone()
+                } else {
+                    None
+                },
             });
             match d.slot {
                 Slot::Precache => st.precache = rep,
@@ -650,6 +747,18 @@ impl Registry {
             }
         }
         Some(st)
+    }
+
+    /// Whether `status` carries other pre-cache progress than the last one written for
+    /// `cluster` (for the progress-write metric).
+    pub fn progress_changed(&self, cluster: &str, status: &SpokeAgentStatus) -> bool {
+        let progress = |s: &SpokeAgentStatus| s.precache.as_ref().and_then(|p| p.progress.clone());
+        let new = progress(status);
+        new.is_some()
+            && self
+                .lock()
+                .get(cluster)
+                .is_none_or(|a| a.last_written.as_ref().and_then(progress) != new)
     }
 
     /// Whether `status` differs from the last one written for `cluster`.
@@ -698,6 +807,28 @@ impl Registry {
         }
         (by_state, progress)
     }
+}
+
+/// Records a pre-cache progress report in the task's transfer progress, stamped with the hub's
+/// clock (`now`, Unix seconds). Registries are sent once known and kept after that. Returns
+/// whether the report brought the total or the registries for the first time.
+fn record_transfer(t: &mut TaskView, p: &v1::TaskProgress, now: i64) -> bool {
+    let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let prev = t.transfer.take().unwrap_or_default();
+    let first = (prev.bytes_total == 0 && p.total > 0)
+        || (prev.registries.is_empty() && !p.registries.is_empty());
+    t.transfer = Some(TransferProgress {
+        bytes_done: clamp(p.done),
+        bytes_total: clamp(p.total),
+        bytes_per_second: clamp(p.bytes_per_second),
+        registries: if p.registries.is_empty() {
+            prev.registries
+        } else {
+            p.registries.clone()
+        },
+        updated_at: jiff::Timestamp::from_second(now).ok().map(Time),
+    });
+    first
 }
 
 /// Whether the task is known to be in a final state.

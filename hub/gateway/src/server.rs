@@ -16,7 +16,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use talm_proto::v1::agent_service_server::AgentServiceServer;
 use talm_proto::v1::enrollment_service_server::EnrollmentServiceServer;
-use talm_proto::v1::{HubMessage, TaskAssignment, TaskCancel, hub_message};
+use talm_proto::v1::{HubMessage, TaskAssignment, TaskCancel, TaskUpdate, hub_message};
 use talm_shared::api::spokeagent::SpokeAgentSpec;
 use talm_shared::clock::Clock;
 use tokio::net::TcpListener;
@@ -31,8 +31,9 @@ use crate::enroll::Enroller;
 use crate::metrics::{IdentityLabel, Metrics, StateLabel, TaskLabel};
 use crate::registry::{ClonePolicy, Registry};
 use crate::service::{AgentSvc, EnrollSvc};
-use crate::status::StatusQueue;
+use crate::status::{ProgressCoalescer, ProgressFlush, StatusQueue};
 use crate::store::SpokeAgentStore;
+use crate::tasks::Slot;
 
 /// Tunables.
 #[derive(Clone, Debug)]
@@ -51,6 +52,9 @@ pub struct GatewayConfig {
     pub limits: ConnLimits,
     /// When two agents with one identity keep replacing each other ([`crate::registry`]).
     pub clones: ClonePolicy,
+    /// Pre-cache progress is written to SpokeAgent status at most this often per agent
+    /// (the first total or registries of a task, and results, at once).
+    pub progress_write_interval: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -63,6 +67,9 @@ impl Default for GatewayConfig {
             handshake_timeout: Duration::from_secs(10),
             limits: ConnLimits::default(),
             clones: ClonePolicy::default(),
+            progress_write_interval: Duration::from_secs(
+                crate::cli::DEFAULT_PROGRESS_WRITE_INTERVAL_SECS,
+            ),
         }
     }
 }
@@ -86,6 +93,8 @@ pub struct Gateway {
     pub status: StatusQueue,
     /// Live connections of the agent port (idle timeout, unverified cap).
     pub conns: Conns,
+    /// When pre-cache progress asks for a status write.
+    pub progress: ProgressCoalescer,
     status_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
     /// Last seen spec per cluster.
     specs: Mutex<HashMap<String, SpokeAgentSpec>>,
@@ -105,6 +114,7 @@ impl Gateway {
         Arc::new(Self {
             conns: Conns::new(cfg.limits, metrics.connections_closed.clone()),
             registry: Registry::new(cfg.clones),
+            progress: ProgressCoalescer::new(cfg.progress_write_interval),
             cfg,
             clock,
             enroller,
@@ -131,6 +141,39 @@ impl Gateway {
             .cloned()
     }
 
+    /// Whether `id` is the pre-cache task of `cluster`'s spec and is held (queued by a
+    /// PrecacheBudget).
+    pub fn precache_held(&self, cluster: &str, id: &str) -> bool {
+        self.specs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(cluster)
+            .and_then(|s| s.precache.as_ref())
+            .is_some_and(|t| t.id == id && t.hold)
+    }
+
+    /// Asks for the status write a pre-cache progress report needs, coalesced
+    /// ([`ProgressCoalescer`]): now, at the end of the interval (a timer), or not at all (a
+    /// write is already due).
+    pub fn progress_reported(self: &Arc<Self>, cluster: &str, urgent: bool) {
+        match self
+            .progress
+            .report(cluster, tokio::time::Instant::now(), urgent)
+        {
+            ProgressFlush::Now => self.status.touch(cluster),
+            ProgressFlush::Pending => {}
+            ProgressFlush::At(when) => {
+                let gw = self.clone();
+                let cluster = cluster.to_string();
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(when).await;
+                    gw.progress.wrote(&cluster, tokio::time::Instant::now());
+                    gw.status.touch(&cluster);
+                });
+            }
+        }
+    }
+
     /// Replaces the cached spec of a cluster.
     pub fn set_spec(&self, cluster: &str, spec: Option<SpokeAgentSpec>) {
         let mut specs = self.specs.lock().unwrap_or_else(|p| p.into_inner());
@@ -140,7 +183,8 @@ impl Gateway {
         };
     }
 
-    /// Sends the assignments and cancellations a live session needs to match `spec`.
+    /// Sends the assignments, cancellations and pre-cache grant updates a live session needs
+    /// to match its cached spec.
     pub async fn sync_session(&self, cluster: &str, finished_on_agent: &HashSet<String>) {
         let Some(session) = self.registry.session(cluster) else {
             return;
@@ -151,21 +195,40 @@ impl Gateway {
             .plan_sync(cluster, spec.as_ref(), finished_on_agent);
         for d in assign {
             self.registry.note_assigned(cluster, &d.id, d.slot.kind());
-            debug!(cluster, task = %d.id, "assigning task");
+            if d.slot == Slot::Precache {
+                self.registry.note_assigned_grant(cluster, &d.id, d.grant);
+            }
+            debug!(cluster, task = %d.id, hold = d.grant.hold, cap = d.grant.rate_limit_bytes_per_second, "assigning task");
             let msg = HubMessage {
                 msg: Some(hub_message::Msg::Assign(TaskAssignment {
                     task_id: d.id,
                     kind: d.slot.kind() as i32,
                     params_json: d.params_json,
                     deadline_unix: d.deadline_unix,
-                    // The pre-cache scheduler's grant (issue 17): wired up with the scheduler.
-                    rate_limit_bytes_per_second: 0,
-                    hold: false,
+                    rate_limit_bytes_per_second: d.grant.rate_limit_bytes_per_second,
+                    hold: d.grant.hold,
                 })),
             };
             if session.tx.send(Ok(msg)).await.is_err() {
                 return;
             }
+        }
+        // Grant changes of a running pre-cache task (and, after a reconnect, the current grant
+        // of the task the agent already runs): an update, never a new assignment.
+        for (id, grant) in self.registry.grant_updates(cluster, spec.as_ref()) {
+            debug!(cluster, task = %id, hold = grant.hold, cap = grant.rate_limit_bytes_per_second, "updating task grant");
+            let msg = HubMessage {
+                msg: Some(hub_message::Msg::Update(TaskUpdate {
+                    task_id: id.clone(),
+                    rate_limit_bytes_per_second: grant.rate_limit_bytes_per_second,
+                    hold: grant.hold,
+                })),
+            };
+            if session.tx.send(Ok(msg)).await.is_err() {
+                return;
+            }
+            self.registry.note_grant_sent(cluster, &id, grant);
+            self.metrics.task_updates.inc();
         }
         if !cancel.is_empty() {
             self.registry.note_cancelled(cluster, &cancel);
@@ -182,7 +245,7 @@ impl Gateway {
     }
 
     /// Writes statuses as requested, `status_writers` at a time.
-    async fn status_writer(self: Arc<Self>) {
+    pub(crate) async fn status_writer(self: Arc<Self>) {
         let Some(mut rx) = self
             .status_rx
             .lock()
@@ -203,9 +266,13 @@ impl Gateway {
                 let status = gw.registry.compose_status(&cluster, spec.as_ref());
                 let ok =
                     if let Some(status) = status.filter(|s| gw.registry.needs_write(&cluster, s)) {
+                        let progress = gw.registry.progress_changed(&cluster, &status);
                         match gw.agents.write_status(&cluster, &status).await {
                             Ok(()) => {
                                 gw.metrics.status_writes.inc();
+                                if progress {
+                                    gw.metrics.progress_writes.inc();
+                                }
                                 gw.registry.written(&cluster, status);
                                 true
                             }

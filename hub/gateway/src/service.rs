@@ -427,12 +427,27 @@ fn handle_message(
                     reason: kind.into(),
                 })
                 .inc();
-            let applied = gw.registry.apply_report(&peer.cluster, &r, gw.clock.unix());
+            let held = matches!(r.body, Some(task_report::Body::Progress(_)))
+                && gw.precache_held(&peer.cluster, &r.task_id);
+            let applied = gw
+                .registry
+                .apply_report_held(&peer.cluster, &r, gw.clock.unix(), held);
             debug!(cluster = %peer.cluster, task = %r.task_id, seq = r.seq, kind, ?applied, "report");
+            if let Applied::Progress { first } = applied {
+                gw.metrics.progress_reports.inc();
+                // Pre-cache progress: written coalesced (the first total or registries at once).
+                gw.progress_reported(&peer.cluster, first);
+            }
             if r.seq == 0 {
                 if applied == Applied::Transition {
                     // First progress: Starting -> Active is a transition; persist, best effort.
                     gw.status.touch(&peer.cluster);
+                    if kind == "progress" && gw.registry.is_precache(&peer.cluster, &r.task_id) {
+                        // The write carries the progress too: the interval counts from here.
+                        gw.metrics.progress_reports.inc();
+                        gw.progress
+                            .wrote(&peer.cluster, tokio::time::Instant::now());
+                    }
                 }
                 return Ok(None);
             }
@@ -442,5 +457,335 @@ fn handle_message(
                 async move { (seq, rx.await.unwrap_or(false)) },
             )))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The pre-cache grant and progress paths of a session, on a paused clock: a gateway over
+    //! an in-memory SpokeAgent store, a session handle whose outbound channel the test reads,
+    //! and reports fed through [`handle_message`] as a live session does.
+
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use talm_proto::v1::{self, TaskKind};
+    use talm_shared::api::Time;
+    use talm_shared::api::spokeagent::{PrecacheTask, SpokeAgentSpec, SpokeAgentStatus};
+    use talm_shared::clock::{Clock, ManualClock};
+
+    use super::*;
+    use crate::enroll::Enroller;
+    use crate::server::GatewayConfig;
+    use crate::store::file::FileEnrollmentStore;
+    use crate::store::{SpokeAgentStore, StoreFuture};
+
+    const CLUSTER: &str = "sno1";
+    const TASK: &str = "ns/cgu/uid/precache";
+
+    /// SpokeAgent statuses written, in order.
+    #[derive(Debug, Default)]
+    struct MemStore {
+        writes: Mutex<Vec<SpokeAgentStatus>>,
+    }
+
+    impl MemStore {
+        fn writes(&self) -> Vec<SpokeAgentStatus> {
+            self.writes.lock().unwrap().clone()
+        }
+    }
+
+    impl SpokeAgentStore for MemStore {
+        fn specs(&self) -> StoreFuture<'_, BTreeMap<String, SpokeAgentSpec>> {
+            Box::pin(async { Ok(BTreeMap::new()) })
+        }
+        fn spec<'a>(&'a self, _: &'a str) -> StoreFuture<'a, Option<SpokeAgentSpec>> {
+            Box::pin(async { Ok(None) })
+        }
+        fn put_spec<'a>(&'a self, _: &'a str, _: &'a SpokeAgentSpec) -> StoreFuture<'a, ()> {
+            Box::pin(async { Ok(()) })
+        }
+        fn status<'a>(&'a self, _: &'a str) -> StoreFuture<'a, Option<SpokeAgentStatus>> {
+            Box::pin(async { Ok(None) })
+        }
+        fn write_status<'a>(
+            &'a self,
+            _: &'a str,
+            status: &'a SpokeAgentStatus,
+        ) -> StoreFuture<'a, ()> {
+            self.writes.lock().unwrap().push(status.clone());
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    struct Fixture {
+        gw: Arc<Gateway>,
+        store: Arc<MemStore>,
+        clock: Arc<ManualClock>,
+        peer: Peer,
+        _dir: tempfile::TempDir,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::at_unix(1_900_000_000));
+        let ca = talm_shared::pki::new_ca(
+            "test agent CA",
+            clock.system_time(),
+            Duration::from_secs(86_400),
+        )
+        .unwrap();
+        let enroller = Enroller::new(
+            ca,
+            Arc::new(FileEnrollmentStore::new(dir.path()).unwrap()),
+            clock.clone(),
+            Duration::from_secs(3600),
+        );
+        let store = Arc::new(MemStore::default());
+        let cfg = GatewayConfig {
+            progress_write_interval: Duration::from_secs(20),
+            ..GatewayConfig::default()
+        };
+        let gw = Gateway::new(cfg, clock.clone(), enroller, store.clone());
+        gw.registry.seed(CLUSTER, None, None);
+        Fixture {
+            gw,
+            store,
+            clock,
+            peer: Peer {
+                cluster: CLUSTER.into(),
+                serial: "0a".into(),
+                enrolled_at: 1,
+            },
+            _dir: dir,
+        }
+    }
+
+    /// Connects a session; returns what the hub sends it.
+    fn connect(gw: &Gateway, active: &[&str]) -> mpsc::Receiver<Result<HubMessage, Status>> {
+        let (tx, rx) = mpsc::channel(64);
+        let handle = SessionHandle {
+            id: gw.session_id(),
+            serial: "0a".into(),
+            enrolled_at: 1,
+            tx,
+            kill: watch::channel(None).0,
+            peer: None,
+        };
+        let hello = v1::Hello {
+            active_task_ids: active.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            gw.registry.connect(CLUSTER, handle, &hello, 1_900_000_000),
+            Connected::Accepted(_)
+        ));
+        rx
+    }
+
+    fn spec(hold: bool, cap: Option<i64>) -> SpokeAgentSpec {
+        SpokeAgentSpec {
+            precache: Some(PrecacheTask {
+                id: TASK.into(),
+                spec: Default::default(),
+                deadline: Time(jiff::Timestamp::from_second(2_000_000_000).unwrap()),
+                hold,
+                rate_limit_bytes_per_second: cap,
+                order: None,
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn sent(rx: &mut mpsc::Receiver<Result<HubMessage, Status>>) -> Vec<hub_message::Msg> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .filter_map(|m| m.ok().and_then(|m| m.msg))
+            .collect()
+    }
+
+    async fn set_spec(gw: &Gateway, s: SpokeAgentSpec) {
+        gw.set_spec(CLUSTER, Some(s));
+        gw.sync_session(CLUSTER, &HashSet::new()).await;
+    }
+
+    #[tokio::test]
+    async fn grant_changes_become_updates_and_an_unchanged_spec_sends_nothing() {
+        let f = fixture();
+        let mut rx = connect(&f.gw, &[]);
+        // The held task is assigned with its hold; no update follows a fresh assignment.
+        set_spec(&f.gw, spec(true, None)).await;
+        match sent(&mut rx).as_slice() {
+            [hub_message::Msg::Assign(a)] => {
+                assert_eq!(a.task_id, TASK);
+                assert!(a.hold);
+                assert_eq!(a.rate_limit_bytes_per_second, 0);
+            }
+            m => panic!("{m:?}"),
+        }
+        set_spec(&f.gw, spec(true, None)).await;
+        assert!(sent(&mut rx).is_empty(), "an unchanged spec sends nothing");
+        // Let in with a cap: an update, never a second assignment.
+        set_spec(&f.gw, spec(false, Some(10 << 20))).await;
+        match sent(&mut rx).as_slice() {
+            [hub_message::Msg::Update(u)] => {
+                assert_eq!(u.task_id, TASK);
+                assert!(!u.hold);
+                assert_eq!(u.rate_limit_bytes_per_second, 10 << 20);
+            }
+            m => panic!("{m:?}"),
+        }
+        set_spec(&f.gw, spec(false, Some(10 << 20))).await;
+        assert!(sent(&mut rx).is_empty());
+        // The cap re-divided.
+        set_spec(&f.gw, spec(false, Some(20 << 20))).await;
+        match sent(&mut rx).as_slice() {
+            [hub_message::Msg::Update(u)] => assert_eq!(u.rate_limit_bytes_per_second, 20 << 20),
+            m => panic!("{m:?}"),
+        }
+        assert_eq!(f.gw.metrics.task_updates.get(), 2);
+
+        // The agent restarts while running the task: the assignment is repeated (the agent
+        // ignores it, it knows the task) and the current grant follows as an update.
+        let mut rx = connect(&f.gw, &[TASK]);
+        f.gw.sync_session(CLUSTER, &HashSet::new()).await;
+        match sent(&mut rx).as_slice() {
+            [hub_message::Msg::Assign(a), hub_message::Msg::Update(u)] => {
+                assert_eq!((a.task_id.as_str(), u.task_id.as_str()), (TASK, TASK));
+                assert!(!u.hold);
+                assert_eq!(u.rate_limit_bytes_per_second, 20 << 20);
+            }
+            m => panic!("{m:?}"),
+        }
+        f.gw.sync_session(CLUSTER, &HashSet::new()).await;
+        assert!(sent(&mut rx).is_empty());
+
+        // A finished task gets no update.
+        let result = report(
+            9,
+            task_report::Body::Result(v1::TaskResult {
+                outcome: v1::TaskOutcome::Succeeded as i32,
+                message: String::new(),
+            }),
+        );
+        let _ = handle_message(&f.gw, &f.peer, result).unwrap();
+        set_spec(&f.gw, spec(false, Some(5 << 20))).await;
+        assert!(sent(&mut rx).is_empty(), "no update for a finished task");
+    }
+
+    fn report(seq: u64, body: task_report::Body) -> AgentMessage {
+        AgentMessage {
+            msg: Some(agent_message::Msg::Report(v1::TaskReport {
+                seq,
+                task_id: TASK.into(),
+                cluster: CLUSTER.into(),
+                body: Some(body),
+            })),
+        }
+    }
+
+    fn progress(done: u64, registries: &[&str]) -> AgentMessage {
+        report(
+            0,
+            task_report::Body::Progress(v1::TaskProgress {
+                message: "downloading".into(),
+                done,
+                total: 1000,
+                bytes_per_second: 50,
+                registries: registries.iter().map(|s| s.to_string()).collect(),
+            }),
+        )
+    }
+
+    /// Lets the status writer's tasks run (the clock is paused; nothing here sleeps).
+    async fn settle() {
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn with_progress(store: &MemStore) -> Vec<SpokeAgentStatus> {
+        store
+            .writes()
+            .into_iter()
+            .filter(|s| s.precache.as_ref().is_some_and(|p| p.progress.is_some()))
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn held_progress_is_written_coalesced_and_stays_starting() {
+        let f = fixture();
+        tokio::spawn(f.gw.clone().status_writer());
+        let _rx = connect(&f.gw, &[]);
+        set_spec(&f.gw, spec(true, None)).await;
+        let accepted = report(
+            1,
+            task_report::Body::Accepted(v1::TaskAccepted {
+                kind: TaskKind::Precache as i32,
+            }),
+        );
+        let _ = handle_message(&f.gw, &f.peer, accepted).unwrap();
+        settle().await;
+        let writes = f.store.writes();
+        assert_eq!(writes.len(), 1, "{writes:?}");
+        assert_eq!(writes[0].precache.as_ref().unwrap().state, "Starting");
+
+        // The first report with the total and the registries: written at once.
+        let _ = handle_message(&f.gw, &f.peer, progress(0, &["mirror.example:5000"])).unwrap();
+        settle().await;
+        assert_eq!(with_progress(&f.store).len(), 1);
+        // Nine more within 20 s (registries sent once): nothing more until the interval ends.
+        for i in 1..=9u64 {
+            tokio::time::advance(Duration::from_secs(2)).await;
+            f.clock.advance(jiff::SignedDuration::from_secs(2));
+            let _ = handle_message(&f.gw, &f.peer, progress(i * 100, &[])).unwrap();
+            settle().await;
+            assert_eq!(with_progress(&f.store).len(), 1, "report {i}");
+        }
+        // At 20 s the one coalesced write goes out, with the latest progress.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        settle().await;
+        let w = with_progress(&f.store);
+        assert_eq!(w.len(), 2, "{w:?}");
+        let last = w[1].precache.clone().unwrap();
+        assert_eq!(last.state, "Starting", "held: never Active");
+        let p = last.progress.unwrap();
+        assert_eq!(
+            (p.bytes_done, p.bytes_total, p.bytes_per_second),
+            (900, 1000, 50)
+        );
+        assert_eq!(p.registries, ["mirror.example:5000"], "kept once known");
+        assert_eq!(
+            p.updated_at.unwrap().0.as_second(),
+            1_900_000_000 + 18,
+            "the hub's clock at the report"
+        );
+        assert_eq!(f.gw.metrics.progress_reports.get(), 10);
+        assert_eq!(f.gw.metrics.progress_writes.get(), 2);
+        // Quiet: no more writes.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        settle().await;
+        assert_eq!(f.store.writes().len(), 3);
+
+        // Let in: the next progress moves it to Active (a transition, written at once).
+        set_spec(&f.gw, spec(false, Some(1 << 20))).await;
+        let _ = handle_message(&f.gw, &f.peer, progress(950, &[])).unwrap();
+        settle().await;
+        let writes = f.store.writes();
+        assert_eq!(writes.len(), 4);
+        assert_eq!(writes[3].precache.as_ref().unwrap().state, "Active");
+        // The result at once, however recent the last write.
+        let done = report(
+            2,
+            task_report::Body::Result(v1::TaskResult {
+                outcome: v1::TaskOutcome::Succeeded as i32,
+                message: String::new(),
+            }),
+        );
+        let _ = handle_message(&f.gw, &f.peer, done).unwrap();
+        settle().await;
+        let writes = f.store.writes();
+        assert_eq!(writes.len(), 5);
+        assert_eq!(writes[4].precache.as_ref().unwrap().state, "Succeeded");
     }
 }

@@ -44,6 +44,18 @@ pub struct DesiredTask {
     pub params_json: String,
     /// Deadline, Unix seconds.
     pub deadline_unix: i64,
+    /// The pre-cache scheduler's grant (pre-cache only; other slots: not held, no cap).
+    pub grant: Grant,
+}
+
+/// The pre-cache scheduler's grant for a task, as the wire carries it (issue 17):
+/// held or let in, and the hub's cap for the node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Grant {
+    /// Held by a PrecacheBudget: the agent resolves the images and waits.
+    pub hold: bool,
+    /// The hub's cap, bytes/s; 0 = none.
+    pub rate_limit_bytes_per_second: u64,
 }
 
 /// The tasks a SpokeAgent spec asks for.
@@ -55,6 +67,7 @@ pub fn desired(spec: &SpokeAgentSpec) -> Vec<DesiredTask> {
             slot: Slot::CheckSpace,
             params_json: serde_json::json!({ "spaceRequired": t.space_required }).to_string(),
             deadline_unix: t.deadline.0.as_second(),
+            grant: Grant::default(),
         });
     }
     if let Some(t) = &spec.precache {
@@ -63,6 +76,14 @@ pub fn desired(spec: &SpokeAgentSpec) -> Vec<DesiredTask> {
             slot: Slot::Precache,
             params_json: serde_json::to_string(&t.spec).unwrap_or_else(|_| "{}".into()),
             deadline_unix: t.deadline.0.as_second(),
+            grant: Grant {
+                hold: t.hold,
+                // A cap at or below zero is no cap the agent could honour: none.
+                rate_limit_bytes_per_second: t
+                    .rate_limit_bytes_per_second
+                    .and_then(|c| u64::try_from(c).ok())
+                    .unwrap_or(0),
+            },
         });
     }
     if let Some(t) = &spec.backup {
@@ -71,6 +92,7 @@ pub fn desired(spec: &SpokeAgentSpec) -> Vec<DesiredTask> {
             slot: Slot::Backup,
             params_json: "{}".into(),
             deadline_unix: t.deadline.0.as_second(),
+            grant: Grant::default(),
         });
     }
     if let Some(t) = &spec.install_plans {
@@ -79,6 +101,7 @@ pub fn desired(spec: &SpokeAgentSpec) -> Vec<DesiredTask> {
             slot: Slot::InstallPlans,
             params_json: serde_json::json!({ "subscriptions": t.subscriptions }).to_string(),
             deadline_unix: t.deadline.0.as_second(),
+            grant: Grant::default(),
         });
     }
     if let Some(t) = &spec.rollback {
@@ -95,6 +118,7 @@ pub fn desired(spec: &SpokeAgentSpec) -> Vec<DesiredTask> {
             params_json: params.to_string(),
             // The watchdog has no deadline: its health timeout is in the params.
             deadline_unix: 0,
+            grant: Grant::default(),
         });
     }
     out
@@ -160,6 +184,56 @@ mod tests {
             result_state(TaskKind::Precache, TaskOutcome::Rejected),
             TaskState::UnrecoverableError
         );
+    }
+
+    #[test]
+    fn precache_tasks_carry_the_schedulers_hold_and_cap() {
+        use talm_shared::api::spokeagent::PrecacheTask;
+        let mut task = PrecacheTask {
+            id: "ns/cgu/uid/precache".into(),
+            spec: Default::default(),
+            deadline: Time(jiff::Timestamp::from_second(2_000_000_000).unwrap()),
+            hold: true,
+            rate_limit_bytes_per_second: None,
+            order: None,
+        };
+        let grant = |task: &PrecacheTask| {
+            let d = desired(&SpokeAgentSpec {
+                precache: Some(task.clone()),
+                ..Default::default()
+            });
+            assert_eq!(d.len(), 1);
+            assert_eq!(d[0].slot, Slot::Precache);
+            d[0].grant
+        };
+        assert_eq!(
+            grant(&task),
+            Grant {
+                hold: true,
+                rate_limit_bytes_per_second: 0
+            }
+        );
+        task.hold = false;
+        task.rate_limit_bytes_per_second = Some(10 * 1024 * 1024);
+        assert_eq!(
+            grant(&task),
+            Grant {
+                hold: false,
+                rate_limit_bytes_per_second: 10 * 1024 * 1024
+            }
+        );
+        // A cap the agent cannot honour (zero or negative) is no cap.
+        task.rate_limit_bytes_per_second = Some(-5);
+        assert_eq!(grant(&task).rate_limit_bytes_per_second, 0);
+        // Other slots are never held.
+        let d = desired(&SpokeAgentSpec {
+            backup: Some(talm_shared::api::spokeagent::BackupTask {
+                id: "b".into(),
+                deadline: task.deadline.clone(),
+            }),
+            ..Default::default()
+        });
+        assert_eq!(d[0].grant, Grant::default());
     }
 
     #[test]

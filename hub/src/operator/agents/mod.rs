@@ -248,6 +248,7 @@ impl GatewayArgs {
                 heartbeat_timeout: Duration::from_secs(self.session.heartbeat_timeout_secs.max(1)),
                 poll_interval: Duration::from_millis(self.poll_interval_ms.max(50)),
                 limits: self.session.conn_limits(),
+                progress_write_interval: self.session.progress_write_interval(),
                 ..GatewayConfig::default()
             },
             cert_lifetime: Duration::from_secs(self.session.cert_lifetime_secs.max(60)),
