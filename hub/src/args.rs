@@ -25,6 +25,9 @@ pub struct Args {
 }
 
 /// The subcommands.
+// Parsed once at start-up and moved into its runner: boxing the large `run` flags would only
+// add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, Subcommand)]
 pub enum Command {
     /// Run the engine offline over objects read from files and print the result.
@@ -247,6 +250,34 @@ mod tests {
         for (v, want) in [("12", 12), ("x", 5), ("-3", 5)] {
             assert_eq!(parse_worker_count(v).unwrap(), want);
         }
+    }
+
+    #[test]
+    fn progress_write_interval_defaults_to_20_seconds() {
+        let run = |extra: &[&str]| {
+            let mut argv = vec!["talm-hub", "run"];
+            argv.extend_from_slice(extra);
+            match Args::try_parse_from(argv).unwrap().command {
+                Command::Run(run) => run.gateway.session,
+                _ => panic!("expected run"),
+            }
+        };
+        let s = run(&[]);
+        assert_eq!(
+            s.progress_write_interval(),
+            std::time::Duration::from_secs(20)
+        );
+        let s = run(&["--progress-write-interval", "5"]);
+        assert_eq!(
+            s.progress_write_interval(),
+            std::time::Duration::from_secs(5)
+        );
+        // 0 would write on every report: at least a second.
+        let s = run(&["--progress-write-interval", "0"]);
+        assert_eq!(
+            s.progress_write_interval(),
+            std::time::Duration::from_secs(1)
+        );
     }
 
     #[test]

@@ -20,6 +20,11 @@
 //!   `spec.manifestWorkTemplates` name it. CGUs that have completed are not indexed. TALM
 //!   instead lists every CGU on every policy update. talm's own objects (Placements, bindings,
 //!   views, ManifestWorks) map to their CGU through the labels talm put on them.
+//! - **Pre-cache scheduling.** PrecacheBudgets trigger no CGU; a change the fleet pre-cache
+//!   scheduler reads (a budget, a ManagedCluster's labels, a SpokeAgent's pre-cache task or
+//!   report) marks the cache for it ([`Cache::take_schedule_dirty`],
+//!   [`super::scheduler::relevant`]). Echoes of the operator's writes do not, nor do the
+//!   scheduler's own writes ([`Cache::record_scheduled`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -29,6 +34,7 @@ use talm_hub_core::Snapshot;
 use talm_hub_core::names::{self, labels};
 use talm_hub_core::snapshot::{PolicyChange, PolicyView};
 use talm_shared::api::cgu::ClusterGroupUpgrade;
+use talm_shared::api::precachebudget::PrecacheBudget;
 use talm_shared::api::precaching::PreCachingConfig;
 use talm_shared::api::rhacm::{
     ConfigMapView, ManagedCluster, ManagedClusterView, Placement, PlacementBinding,
@@ -91,11 +97,13 @@ pub enum Kind {
     ManifestWork,
     /// `ManifestWorkReplicaSet`s (the templates of ManifestWork rollouts).
     ManifestWorkReplicaSet,
+    /// `PrecacheBudget`s (cluster-scoped; read by the pre-cache scheduler only).
+    PrecacheBudget,
 }
 
 impl Kind {
     /// Every watched kind.
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::Cgu,
         Kind::ManagedCluster,
         Kind::Policy,
@@ -107,6 +115,7 @@ impl Kind {
         Kind::ManagedClusterView,
         Kind::ManifestWork,
         Kind::ManifestWorkReplicaSet,
+        Kind::PrecacheBudget,
     ];
 
     /// Lower-case name, for logs and metrics.
@@ -123,6 +132,7 @@ impl Kind {
             Kind::ManagedClusterView => "managedclusterview",
             Kind::ManifestWork => "manifestwork",
             Kind::ManifestWorkReplicaSet => "manifestworkreplicaset",
+            Kind::PrecacheBudget => "precachebudget",
         }
     }
 }
@@ -158,6 +168,7 @@ tracked!(ConfigMapView, Kind::ConfigMap);
 tracked!(ManagedClusterView, Kind::ManagedClusterView);
 tracked!(ManifestWork, Kind::ManifestWork);
 tracked!(ManifestWorkReplicaSet, Kind::ManifestWorkReplicaSet);
+tracked!(PrecacheBudget, Kind::PrecacheBudget);
 
 fn key_of(meta: &talm_shared::api::ObjectMeta) -> Key {
     (
@@ -198,6 +209,8 @@ pub enum Object {
     ManifestWork(ManifestWork),
     /// A ManifestWorkReplicaSet.
     ManifestWorkReplicaSet(ManifestWorkReplicaSet),
+    /// A PrecacheBudget.
+    PrecacheBudget(PrecacheBudget),
 }
 
 /// Conversion into [`Object`].
@@ -230,9 +243,11 @@ into_object!(ConfigMapView, ConfigMap);
 into_object!(ManagedClusterView, ManagedClusterView);
 into_object!(ManifestWork, ManifestWork);
 into_object!(ManifestWorkReplicaSet, ManifestWorkReplicaSet);
+into_object!(PrecacheBudget, PrecacheBudget);
 
 impl Object {
-    fn kind(&self) -> Kind {
+    /// The object's kind.
+    pub fn kind(&self) -> Kind {
         match self {
             Object::Cgu(_) | Object::CguEcho(_) => Kind::Cgu,
             Object::ManagedCluster(_) => Kind::ManagedCluster,
@@ -245,10 +260,12 @@ impl Object {
             Object::ManagedClusterView(_) => Kind::ManagedClusterView,
             Object::ManifestWork(_) => Kind::ManifestWork,
             Object::ManifestWorkReplicaSet(_) => Kind::ManifestWorkReplicaSet,
+            Object::PrecacheBudget(_) => Kind::PrecacheBudget,
         }
     }
 
-    fn meta(&self) -> &talm_shared::api::ObjectMeta {
+    /// The object's metadata.
+    pub fn meta(&self) -> &talm_shared::api::ObjectMeta {
         match self {
             Object::Cgu(o) => &o.metadata,
             Object::CguEcho(m) => m,
@@ -262,6 +279,7 @@ impl Object {
             Object::ManagedClusterView(o) => &o.metadata,
             Object::ManifestWork(o) => &o.metadata,
             Object::ManifestWorkReplicaSet(o) => &o.metadata,
+            Object::PrecacheBudget(o) => &o.metadata,
         }
     }
 }
@@ -437,6 +455,8 @@ pub struct Cache {
     /// Clusters the ZTP controller must look at again (their ManagedCluster changed, or their
     /// `ztp-install` CGU was deleted).
     ztp_pending: BTreeSet<String>,
+    /// Something the pre-cache scheduler reads changed since it last took this.
+    schedule_dirty: bool,
 }
 
 impl Cache {
@@ -481,6 +501,23 @@ impl Cache {
         keys.dedup();
         keys.into_iter()
             .filter_map(|(ns, name)| self.snapshot.spoke_agent(ns, name))
+    }
+
+    /// Whether something the pre-cache scheduler reads changed since the last call (and
+    /// clears the mark).
+    pub fn take_schedule_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.schedule_dirty)
+    }
+
+    /// Whether something the pre-cache scheduler reads changed (without clearing the mark).
+    pub fn schedule_dirty(&self) -> bool {
+        self.schedule_dirty
+    }
+
+    fn note_schedule(&mut self, obj: &Object) {
+        if !self.schedule_dirty && super::scheduler::relevant(&self.snapshot, obj) {
+            self.schedule_dirty = true;
+        }
     }
 
     /// Whether the ZTP controller has clusters to look at.
@@ -562,7 +599,10 @@ impl Cache {
                 match self.verdict(kind, &key, obj.meta()) {
                     Verdict::Stale => {}
                     Verdict::Echo => self.upsert(obj, &mut HashSet::new()),
-                    Verdict::Fresh => self.upsert(fresh(obj), &mut triggers),
+                    Verdict::Fresh => {
+                        self.note_schedule(&obj);
+                        self.upsert(fresh(obj), &mut triggers);
+                    }
                 }
             }
             WatchEvent::InitDone(kind) => {
@@ -601,6 +641,7 @@ impl Cache {
                     }
                     Verdict::Fresh => {
                         self.present.entry(kind).or_default().insert(key);
+                        self.note_schedule(&obj);
                         self.upsert(fresh(obj), &mut triggers);
                     }
                 }
@@ -661,6 +702,11 @@ impl Cache {
             Kind::SpokeAgent => &s.spoke_agent(ns, name)?.metadata,
             Kind::ManagedClusterView => &s.managed_cluster_view(ns, name)?.metadata,
             Kind::ManifestWork => &s.manifest_work(ns, name)?.metadata,
+            Kind::PrecacheBudget => {
+                &s.precache_budgets()
+                    .find(|b| b.metadata.name.as_deref() == Some(name))?
+                    .metadata
+            }
             Kind::Policy
             | Kind::PreCachingConfig
             | Kind::ConfigMap
@@ -672,6 +718,15 @@ impl Cache {
     /// Records the server's response to one of the operator's writes (or a fresh read).
     /// Ignored when the watch has already delivered a newer version.
     pub fn record_write<T: IntoObject>(&mut self, obj: T) {
+        let obj = obj.into_object();
+        // A reconcile's write the scheduler reads (a pre-cache task assigned held, say).
+        self.note_schedule(&obj);
+        self.record(obj, &mut HashSet::new());
+    }
+
+    /// As [`Self::record_write`], for the pre-cache scheduler's own writes (grants, budget
+    /// status): they do not mark the cache for the scheduler again.
+    pub fn record_scheduled<T: IntoObject>(&mut self, obj: T) {
         self.record(obj.into_object(), &mut HashSet::new());
     }
 
@@ -682,7 +737,9 @@ impl Cache {
     /// delivered the object first (that event triggered them).
     pub fn record_report<T: IntoObject>(&mut self, obj: T) -> Vec<CguRef> {
         let mut triggers = HashSet::new();
-        self.record(obj.into_object(), &mut triggers);
+        let obj = obj.into_object();
+        self.note_schedule(&obj);
+        self.record(obj, &mut triggers);
         let mut v: Vec<CguRef> = triggers.into_iter().collect();
         v.sort();
         v
@@ -828,6 +885,8 @@ impl Cache {
                 self.template_triggers(&key, triggers);
                 self.snapshot.insert_manifest_work_template(t);
             }
+            // Read by the pre-cache scheduler only: no CGU depends on it.
+            Object::PrecacheBudget(b) => self.snapshot.insert_precache_budget(b),
         }
     }
 
@@ -902,6 +961,14 @@ impl Cache {
                 self.template_triggers(&(ns.to_string(), name.to_string()), triggers);
                 self.snapshot.remove_manifest_work_template(ns, name);
             }
+            Kind::PrecacheBudget => {
+                self.schedule_dirty = true;
+                self.snapshot.remove_precache_budget(name);
+            }
+        }
+        // A cluster or agent gone changes what the budgets select and count.
+        if matches!(kind, Kind::ManagedCluster | Kind::SpokeAgent) {
+            self.schedule_dirty = true;
         }
     }
 

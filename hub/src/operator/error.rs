@@ -95,6 +95,12 @@ pub fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.is_conflict() && !s.is_already_exists())
 }
 
+/// Whether a client error is `422 Unprocessable Entity` (e.g. a JSON patch whose `test`
+/// failed).
+pub fn is_invalid(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 422)
+}
+
 /// Whether a client error is `409 AlreadyExists`.
 pub fn is_already_exists(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.is_already_exists())

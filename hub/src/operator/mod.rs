@@ -15,6 +15,8 @@
 //! - [`graph`]: update-graph lookups over HTTP(S), fetched outside the engine and cached.
 //! - [`error`]: the operator error type, [`OperatorError`].
 //! - [`ztp`]: the ZTP auto-CGU controller (leader only, beside the CGU controller).
+//! - [`scheduler`]: the fleet pre-cache scheduler loop (leader only): PrecacheBudgets →
+//!   grants in SpokeAgent specs and budget statuses.
 //! - [`agents`]: the agent gateway every replica serves, with Kubernetes-backed stores.
 //!
 //! The library entry point is [`Operator::run`], which takes a `kube::Client`, a clock and a
@@ -29,6 +31,7 @@ pub mod error;
 pub mod graph;
 pub mod leader;
 pub mod reconciler;
+pub mod scheduler;
 pub mod watch;
 pub mod writes;
 pub mod ztp;
@@ -134,6 +137,8 @@ pub struct Shared {
     synced: tokio::sync::watch::Sender<bool>,
     /// Wakes the ZTP controller when the cache queued clusters for it.
     ztp_wake: tokio::sync::Notify,
+    /// Wakes the pre-cache scheduler when the cache marked a change it reads.
+    schedule_wake: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Shared {
@@ -173,6 +178,14 @@ impl Shared {
             for r in cgus {
                 let _ = tx.unbounded_send(object_ref(&r));
             }
+        }
+    }
+
+    /// Wakes the pre-cache scheduler if the cache holds a change it reads (a no-op on a
+    /// replica that does not lead: nothing waits then, and the next leader runs it anyway).
+    pub fn wake_scheduler_if_dirty(&self) {
+        if self.cache_read().schedule_dirty() {
+            self.schedule_wake.notify_one();
         }
     }
 
@@ -252,6 +265,7 @@ impl Operator {
             failures: Mutex::new(Default::default()),
             synced: tokio::sync::watch::channel(false).0,
             ztp_wake: tokio::sync::Notify::new(),
+            schedule_wake: tokio::sync::Notify::new(),
         });
         Self { shared, config }
     }
@@ -329,6 +343,10 @@ impl Operator {
         } else {
             Vec::new()
         });
+        let _scheduler = AbortOnDrop(vec![tokio::spawn(
+            scheduler::run(self.shared.clone())
+                .instrument(tracing::info_span!("precache_scheduler")),
+        )]);
         // Everything already cached gets one reconcile when leadership starts.
         let all = self.shared.cache_read().cgu_refs();
         self.shared.route(all);

@@ -6,11 +6,12 @@
 //! (`metadata.name=cluster-group-upgrade-overrides`), ManagedClusterViews and ManifestWorks by
 //! the CGU label talm puts on them (`openshift-cluster-group-upgrades/clusterGroupUpgrade`
 //! exists, as TALM's ManifestWork informer filters); everything else, ManifestWorkReplicaSets
-//! included, in all namespaces. After each event the ZTP controller
-//! is woken when the event queued clusters for it.
+//! and PrecacheBudgets included, in all namespaces. After each event the ZTP controller
+//! is woken when the event queued clusters for it, and the pre-cache scheduler when it changed
+//! something the scheduler reads.
 //!
 //! A kind the API server does not serve (404: its CRD is not installed, e.g. an OCM without
-//! ManifestWorkReplicaSets) counts as listed and empty, so the caches still become synced and
+//! ManifestWorkReplicaSets, or a hub without the PrecacheBudget CRD) counts as listed and empty, so the caches still become synced and
 //! the other CGUs run; its watch keeps retrying and lists it once it is served.
 
 use std::cell::RefCell;
@@ -30,6 +31,7 @@ use talm_hub_core::snapshot::PolicyView;
 use talm_shared::api::cgu::{
     ClusterGroupUpgrade, ClusterGroupUpgradeSpec, ClusterGroupUpgradeStatus,
 };
+use talm_shared::api::precachebudget::PrecacheBudget;
 use talm_shared::api::precaching::PreCachingConfig;
 use talm_shared::api::rhacm::{
     ConfigMapView, ManagedCluster, ManagedClusterView, OVERRIDES_CONFIGMAP, Placement,
@@ -124,7 +126,17 @@ pub fn spawn_all(shared: Arc<Shared>, mut cgu_store: Writer<CguMeta>) -> Vec<Joi
         spawn(
             shared.clone(),
             Kind::ManifestWorkReplicaSet,
-            watch_fn(Api::<ManifestWorkReplicaSet>::all(client.clone()), all).default_backoff(),
+            watch_fn(
+                Api::<ManifestWorkReplicaSet>::all(client.clone()),
+                all.clone(),
+            )
+            .default_backoff(),
+            IntoObject::into_object,
+        ),
+        spawn(
+            shared.clone(),
+            Kind::PrecacheBudget,
+            watch_fn(Api::<PrecacheBudget>::all(client.clone()), all).default_backoff(),
             IntoObject::into_object,
         ),
         spawn(
@@ -410,14 +422,22 @@ where
             shared.metrics.forget_cgu(&r.to_string());
             shared.forget_failures(&r);
         }
-        let (triggers, synced, ztp) = {
+        let (triggers, synced, ztp, schedule) = {
             let mut cache = shared.cache_write();
             let t = cache.apply(event);
-            (t, cache.synced(), cache.ztp_pending())
+            (
+                t,
+                cache.synced(),
+                cache.ztp_pending(),
+                cache.schedule_dirty(),
+            )
         };
         shared.note_synced(synced);
         if ztp {
             shared.ztp_wake.notify_one();
+        }
+        if schedule {
+            shared.schedule_wake.notify_one();
         }
         if !triggers.is_empty() {
             tracing::trace!(?triggers, "routing");

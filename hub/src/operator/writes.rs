@@ -7,7 +7,10 @@
 //!    slots, a missing SpokeAgent created when a task is assigned; ManagedClusterViews
 //!    by server-side apply and ManagedClusterActions by create (409 = already there) — these
 //!    two only log their failures, as TALM does, and the next reconcile retries;
-//!    ManifestWorks by create (409 = already there) and delete;
+//!    ManifestWorks by create (409 = already there) and delete; the pre-cache scheduler's
+//!    grants by a JSON patch of the SpokeAgent's `spec.precache` guarded by a `test` of the
+//!    task id (a failed test or a missing agent: the task was replaced or removed, skipped) and
+//!    its budget statuses by a merge patch of `/status` (a missing budget is skipped);
 //! 2. the finalizer list the engine gives (`FinalizerChange::apply`), by a merge patch of
 //!    `metadata.finalizers` guarded by `resourceVersion`;
 //! 3. the status, by a merge patch of `/status` holding only what changed (removed fields as
@@ -15,7 +18,8 @@
 //!    overwriting newer progress;
 //! 4. the events (`events.k8s.io/v1`).
 //!
-//! Every successful response is recorded in the [`Cache`](super::cache::Cache) (write-through).
+//! Every successful response is recorded in the [`Cache`](super::cache::Cache) (write-through);
+//! the scheduler's own writes so that they do not ask for another scheduler run.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -28,6 +32,7 @@ use serde_json::{Map, Value, json};
 use talm_hub_core::{Decision, Event, Write, names};
 use talm_shared::api::ObjectMeta;
 use talm_shared::api::cgu::{ClusterGroupUpgrade, ClusterGroupUpgradeStatus};
+use talm_shared::api::precachebudget::PrecacheBudget;
 use talm_shared::api::rhacm::{
     ManagedCluster, ManagedClusterAction, ManagedClusterView, Placement, PlacementBinding,
 };
@@ -36,7 +41,7 @@ use talm_shared::api::work::ManifestWork;
 
 use super::Shared;
 use super::cache::Kind;
-use super::error::{OperatorError, is_already_exists, is_conflict, is_not_found};
+use super::error::{OperatorError, is_already_exists, is_conflict, is_invalid, is_not_found};
 
 /// The field manager of talm's server-side applies.
 pub const FIELD_MANAGER: &str = "talm-hub";
@@ -147,7 +152,10 @@ async fn apply_write(shared: &Shared, write: &Write) -> Result<(), OperatorError
                 .patch(name, &PatchParams::default(), &Patch::Merge(&body))
                 .await
             {
-                Ok(out) => shared.cache_write().record_write(out),
+                Ok(out) => {
+                    shared.cache_write().record_write(out);
+                    shared.wake_scheduler_if_dirty();
+                }
                 Err(e) if is_not_found(&e) => {
                     // Clearing the tasks of an agent that does not exist changes nothing.
                     if let Some(agent) = write.spoke_agent_if_missing() {
@@ -156,6 +164,7 @@ async fn apply_write(shared: &Shared, write: &Write) -> Result<(), OperatorError
                             .await
                             .map_err(api_err("create", "SpokeAgent", namespace, name))?;
                         shared.cache_write().record_write(out);
+                        shared.wake_scheduler_if_dirty();
                     }
                 }
                 Err(e) => return Err(api_err("patch", "SpokeAgent", namespace, name)(e)),
@@ -211,8 +220,52 @@ async fn apply_write(shared: &Shared, write: &Write) -> Result<(), OperatorError
                 Err(e) => return Err(api_err("create", "ManifestWork", &ns, &name)(e)),
             }
         }
-        // The pre-cache scheduler's writes (issue 17): applied once the operator runs it.
-        Write::SetPrecacheGrant { .. } | Write::SetPrecacheBudgetStatus { .. } => {}
+        Write::SetPrecacheGrant {
+            namespace,
+            name,
+            task_id,
+            hold,
+            rate_limit_bytes_per_second,
+        } => {
+            let api: Api<SpokeAgent> = Api::namespaced(client, namespace);
+            let had_cap = shared
+                .cache_read()
+                .snapshot()
+                .spoke_agent(namespace, name)
+                .and_then(|a| a.spec.precache.as_ref())
+                .is_some_and(|t| &t.id == task_id && t.rate_limit_bytes_per_second.is_some());
+            let ops = grant_patch(task_id, *hold, *rate_limit_bytes_per_second, had_cap)?;
+            match api
+                .patch(name, &PatchParams::default(), &Patch::Json::<()>(ops))
+                .await
+            {
+                Ok(out) => {
+                    shared.metrics.precache.grants_written.inc();
+                    shared.cache_write().record_scheduled(out);
+                }
+                // 422: the `test` failed (the task was replaced or removed meanwhile) or the
+                // cap the cache showed was gone; 404: no agent. Either way the change that did
+                // it is on its way to the cache, and the scheduler decides again.
+                Err(e) if is_invalid(&e) || is_not_found(&e) => {
+                    tracing::debug!(agent = %nn(namespace, name), task = %task_id, error = %e, "pre-cache grant skipped");
+                }
+                Err(e) => return Err(api_err("patch", "SpokeAgent", namespace, name)(e)),
+            }
+        }
+        Write::SetPrecacheBudgetStatus { name, status } => {
+            let api: Api<PrecacheBudget> = Api::all(client);
+            let body = json!({ "status": to_value("PrecacheBudget status", status)? });
+            match api
+                .patch_status(name, &PatchParams::default(), &Patch::Merge(&body))
+                .await
+            {
+                Ok(out) => shared.cache_write().record_scheduled(out),
+                Err(e) if is_not_found(&e) => {
+                    tracing::debug!(budget = %name, "PrecacheBudget gone; status skipped");
+                }
+                Err(e) => return Err(api_err("patch_status", "PrecacheBudget", "", name)(e)),
+            }
+        }
         Write::DeleteManifestWork { namespace, name } => {
             let api: Api<ManifestWork> = Api::namespaced(client, namespace);
             delete(&api, namespace, name, "ManifestWork").await?;
@@ -222,6 +275,35 @@ async fn apply_write(shared: &Shared, write: &Write) -> Result<(), OperatorError
         }
     }
     Ok(())
+}
+
+/// The JSON patch (RFC 6902) of a pre-cache grant: a `test` that the SpokeAgent's pre-cache
+/// task is still `task_id`, then `hold` and `rateLimitBytesPerSecond` set (`add` replaces a
+/// present member), or the cap removed when `cap` is `None` and `had_cap` (a `remove` of a
+/// missing member would fail the whole patch).
+pub fn grant_patch(
+    task_id: &str,
+    hold: bool,
+    cap: Option<i64>,
+    had_cap: bool,
+) -> Result<json_patch::Patch, OperatorError> {
+    let mut ops = vec![
+        json!({"op": "test", "path": "/spec/precache/id", "value": task_id}),
+        json!({"op": "add", "path": "/spec/precache/hold", "value": hold}),
+    ];
+    match cap {
+        Some(c) => ops.push(
+            json!({"op": "add", "path": "/spec/precache/rateLimitBytesPerSecond", "value": c}),
+        ),
+        None if had_cap => {
+            ops.push(json!({"op": "remove", "path": "/spec/precache/rateLimitBytesPerSecond"}));
+        }
+        None => {}
+    }
+    serde_json::from_value(Value::Array(ops)).map_err(|source| OperatorError::Serialize {
+        what: "pre-cache grant patch",
+        source,
+    })
 }
 
 /// The write's merge patch ([`Write::merge_patch`]), for the writes that are patches.
@@ -539,6 +621,49 @@ pub async fn publish_events(
         .await;
 }
 
+/// Publishes the pre-cache scheduler's events about PrecacheBudgets (cluster-scoped: written
+/// in [`super::scheduler::EVENT_NAMESPACE`], as kubectl looks for them). Failures are logged
+/// and counted, as for a CGU's events.
+pub async fn publish_budget_events(shared: &Shared, events: &[Event], now: Timestamp) {
+    let ns = super::scheduler::EVENT_NAMESPACE;
+    let api: Api<K8sEvent> = Api::namespaced(shared.client.clone(), ns);
+    for e in events {
+        let seq = EVENT_SEQ.fetch_add(1, Ordering::Relaxed).to_string();
+        let nanos = now.as_nanosecond().to_string();
+        let name = &e.regarding.name;
+        let event_name = names::event_name(
+            name,
+            &[
+                "PrecacheBudget",
+                name,
+                &e.reason,
+                &nanos,
+                &seq,
+                &shared.identity,
+            ],
+        );
+        let ev = crate::events::k8s_event(
+            e,
+            crate::events::EventMeta {
+                name: &event_name,
+                namespace: ns,
+                now,
+                reporting_instance: &shared.identity,
+            },
+            |_| None,
+        );
+        match api.create(&PostParams::default(), &ev).await {
+            Ok(_) => {
+                shared.metrics.events_published.inc();
+            }
+            Err(err) => {
+                shared.metrics.event_failures.inc();
+                tracing::warn!(reason = %e.reason, budget = %name, error = %err, "event not published");
+            }
+        }
+    }
+}
+
 fn k8s_event(
     shared: &Shared,
     cgu: &ClusterGroupUpgrade,
@@ -579,6 +704,34 @@ fn k8s_event(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grant_patches_test_the_task_and_remove_a_cap_only_when_there_is_one() {
+        let v = |p: json_patch::Patch| serde_json::to_value(p).unwrap();
+        assert_eq!(
+            v(grant_patch("t1", false, Some(1024), false).unwrap()),
+            json!([
+                {"op": "test", "path": "/spec/precache/id", "value": "t1"},
+                {"op": "add", "path": "/spec/precache/hold", "value": false},
+                {"op": "add", "path": "/spec/precache/rateLimitBytesPerSecond", "value": 1024},
+            ])
+        );
+        assert_eq!(
+            v(grant_patch("t1", true, None, true).unwrap()),
+            json!([
+                {"op": "test", "path": "/spec/precache/id", "value": "t1"},
+                {"op": "add", "path": "/spec/precache/hold", "value": true},
+                {"op": "remove", "path": "/spec/precache/rateLimitBytesPerSecond"},
+            ])
+        );
+        assert_eq!(
+            v(grant_patch("t1", true, None, false).unwrap())
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+    }
 
     #[test]
     fn merge_diff_sets_changes_and_nulls_removals() {

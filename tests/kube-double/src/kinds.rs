@@ -118,6 +118,8 @@ pub fn default_kinds() -> Vec<ResourceKind> {
         )
         .with_status(),
         ResourceKind::namespaced("talm.dev", "v1alpha1", "SpokeAgent", "spokeagents").with_status(),
+        ResourceKind::cluster_scoped("talm.dev", "v1alpha1", "PrecacheBudget", "precachebudgets")
+            .with_status(),
         ResourceKind::cluster_scoped(
             "cluster.open-cluster-management.io",
             "v1",

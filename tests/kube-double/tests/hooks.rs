@@ -437,3 +437,102 @@ async fn work_kinds_are_registered_as_ocm_serves_them() {
         assert!(none.items.is_empty());
     }
 }
+
+/// talm's PrecacheBudget is pre-registered as its CRD declares it (cluster-scoped, with
+/// `/status`), and the guarded JSON patch the hub's pre-cache scheduler writes to a SpokeAgent
+/// behaves as the apiserver's: a `test` of `/spec/precache/id` that holds applies the rest; one
+/// that fails (another task now, or none) is 422 and changes nothing.
+#[tokio::test]
+async fn precache_budgets_and_the_schedulers_guarded_grant_patch() {
+    let d = KubeDouble::start().await.unwrap();
+    let client = d.client();
+    let disc = kube::Discovery::new(client.clone()).run().await.unwrap();
+    let gvk = GroupVersionKind::gvk("talm.dev", "v1alpha1", "PrecacheBudget");
+    let (ar, caps) = disc.resolve_gvk(&gvk).unwrap();
+    assert_eq!(ar.plural, "precachebudgets");
+    assert_eq!(caps.scope, kube::discovery::Scope::Cluster);
+    assert!(caps.subresources.iter().any(|(s, _)| s.plural == "status"));
+    let budgets: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+    let mut b = DynamicObject::new("site-a", &ar);
+    b.data = json!({"spec": {"bandwidth": "20Mi", "maxConcurrentClusters": 2},
+                    "status": {"active": 9}});
+    let created = budgets.create(&PostParams::default(), &b).await.unwrap();
+    assert!(
+        created.data.get("status").is_none(),
+        "status dropped on create"
+    );
+    let o = budgets
+        .patch_status(
+            "site-a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"active": 2, "queued": 2}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(o.data["status"]["queued"], 2);
+    assert_eq!(o.data["spec"]["bandwidth"], "20Mi");
+
+    let sa_ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("talm.dev", "v1alpha1", "SpokeAgent"),
+        "spokeagents",
+    );
+    let agents: Api<DynamicObject> = Api::namespaced_with(client, "sno1", &sa_ar);
+    let mut a = DynamicObject::new("sno1", &sa_ar).within("sno1");
+    a.data = json!({"spec": {"precache": {"id": "t1", "spec": {}, "hold": true,
+                    "deadline": "2026-01-01T00:00:00Z"}}});
+    agents.create(&PostParams::default(), &a).await.unwrap();
+    let grant = |id: &str| -> json_patch::Patch {
+        serde_json::from_value(json!([
+            {"op": "test", "path": "/spec/precache/id", "value": id},
+            {"op": "add", "path": "/spec/precache/hold", "value": false},
+            {"op": "add", "path": "/spec/precache/rateLimitBytesPerSecond", "value": 1048576},
+        ]))
+        .unwrap()
+    };
+    let o = agents
+        .patch(
+            "sno1",
+            &PatchParams::default(),
+            &Patch::Json::<()>(grant("t1")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(o.data["spec"]["precache"]["hold"], false);
+    assert_eq!(
+        o.data["spec"]["precache"]["rateLimitBytesPerSecond"],
+        1048576
+    );
+    // The task was replaced meanwhile: the grant for the old one fails its test.
+    let e = agents
+        .patch(
+            "sno1",
+            &PatchParams::default(),
+            &Patch::Json::<()>(grant("t0")),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), 422);
+    // No task at all: the test of a missing path fails too.
+    agents
+        .patch(
+            "sno1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"precache": null}})),
+        )
+        .await
+        .unwrap();
+    let e = agents
+        .patch(
+            "sno1",
+            &PatchParams::default(),
+            &Patch::Json::<()>(grant("t1")),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), 422);
+    let now = agents.get("sno1").await.unwrap();
+    assert!(
+        now.data["spec"].get("precache").is_none(),
+        "nothing changed"
+    );
+}

@@ -226,6 +226,8 @@ impl SpokeAgentStore for KubeSpokeAgentStore {
                         // now (the watch echo of a recorded write triggers nothing).
                         let triggers = self.shared.cache_write().record_report(out);
                         self.shared.route(triggers);
+                        // A pre-cache report (a total, registries, a result) the scheduler reads.
+                        self.shared.wake_scheduler_if_dirty();
                         return Ok(());
                     }
                     Err(e) if is_conflict(&e) => continue,

@@ -19,7 +19,10 @@
 //!   read for their metadata only, as echoes of the operator's own writes),
 //!   `talm_events_published_total`, `talm_clusters_rolled_back_total` (clusters the rollback
 //!   watchdog failed in a CGU, counted once each as the engine decides it),
-//!   `talm_event_failures_total`, `talm_leader` (1 on the replica holding the Lease).
+//!   `talm_event_failures_total`, `talm_leader` (1 on the replica holding the Lease);
+//! - the pre-cache scheduler's (`talm_precache_*`), in [`precache`].
+
+pub mod precache;
 
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
@@ -143,6 +146,8 @@ pub struct Metrics {
     pub event_failures: Counter,
     /// 1 while this replica holds the leader Lease.
     pub leader: Gauge,
+    /// The pre-cache scheduler's metrics.
+    pub precache: precache::PrecacheMetrics,
 }
 
 impl Default for Metrics {
@@ -155,7 +160,9 @@ impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("talm");
+        let precache = precache::PrecacheMetrics::register(&mut registry);
         let m = Metrics {
+            precache,
             reconcile_runs: Counter::default(),
             reconcile_failures: Family::default(),
             reconcile_duration: reconcile_buckets(),
