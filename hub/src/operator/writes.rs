@@ -228,13 +228,14 @@ async fn apply_write(shared: &Shared, write: &Write) -> Result<(), OperatorError
             rate_limit_bytes_per_second,
         } => {
             let api: Api<SpokeAgent> = Api::namespaced(client, namespace);
-            let had_cap = shared
+            let current = shared
                 .cache_read()
                 .snapshot()
                 .spoke_agent(namespace, name)
                 .and_then(|a| a.spec.precache.as_ref())
-                .is_some_and(|t| &t.id == task_id && t.rate_limit_bytes_per_second.is_some());
-            let ops = grant_patch(task_id, *hold, *rate_limit_bytes_per_second, had_cap)?;
+                .filter(|t| &t.id == task_id)
+                .map(|t| (t.hold, t.rate_limit_bytes_per_second.is_some()));
+            let ops = grant_patch(task_id, *hold, *rate_limit_bytes_per_second, current)?;
             match api
                 .patch(name, &PatchParams::default(), &Patch::Json::<()>(ops))
                 .await
@@ -254,7 +255,19 @@ async fn apply_write(shared: &Shared, write: &Write) -> Result<(), OperatorError
         }
         Write::SetPrecacheBudgetStatus { name, status } => {
             let api: Api<PrecacheBudget> = Api::all(client);
-            let body = json!({ "status": to_value("PrecacheBudget status", status)? });
+            // The status is replaced: what the new one leaves out is removed (`null`).
+            let old = shared
+                .cache_read()
+                .snapshot()
+                .precache_budgets()
+                .find(|b| b.metadata.name.as_deref() == Some(name.as_str()))
+                .and_then(|b| b.status.clone())
+                .unwrap_or_default();
+            let diff = merge_diff(
+                &to_value("PrecacheBudget status", &old)?,
+                &to_value("PrecacheBudget status", status)?,
+            );
+            let body = json!({ "status": diff.unwrap_or_else(|| Value::Object(Map::new())) });
             match api
                 .patch_status(name, &PatchParams::default(), &Patch::Merge(&body))
                 .await
@@ -278,26 +291,30 @@ async fn apply_write(shared: &Shared, write: &Write) -> Result<(), OperatorError
 }
 
 /// The JSON patch (RFC 6902) of a pre-cache grant: a `test` that the SpokeAgent's pre-cache
-/// task is still `task_id`, then `hold` and `rateLimitBytesPerSecond` set (`add` replaces a
-/// present member), or the cap removed when `cap` is `None` and `had_cap` (a `remove` of a
-/// missing member would fail the whole patch).
+/// task is still `task_id`, then `hold` and `rateLimitBytesPerSecond` as the task serializes
+/// them: `hold: true` and a cap are set (`add` replaces a present member), `hold: false` and no
+/// cap are absent. `current` is the task's (hold, has a cap) as the cache holds it: a field is
+/// removed only when present (a `remove` of a missing member would fail the whole patch; should
+/// the cache be behind, the patch fails with 422, is skipped, and the watch event that catches
+/// the cache up runs the scheduler again).
 pub fn grant_patch(
     task_id: &str,
     hold: bool,
     cap: Option<i64>,
-    had_cap: bool,
+    current: Option<(bool, bool)>,
 ) -> Result<json_patch::Patch, OperatorError> {
-    let mut ops = vec![
-        json!({"op": "test", "path": "/spec/precache/id", "value": task_id}),
-        json!({"op": "add", "path": "/spec/precache/hold", "value": hold}),
-    ];
+    const HOLD: &str = "/spec/precache/hold";
+    const CAP: &str = "/spec/precache/rateLimitBytesPerSecond";
+    let (had_hold, had_cap) = current.unwrap_or((false, false));
+    let mut ops = vec![json!({"op": "test", "path": "/spec/precache/id", "value": task_id})];
+    if hold {
+        ops.push(json!({"op": "add", "path": HOLD, "value": true}));
+    } else if had_hold {
+        ops.push(json!({"op": "remove", "path": HOLD}));
+    }
     match cap {
-        Some(c) => ops.push(
-            json!({"op": "add", "path": "/spec/precache/rateLimitBytesPerSecond", "value": c}),
-        ),
-        None if had_cap => {
-            ops.push(json!({"op": "remove", "path": "/spec/precache/rateLimitBytesPerSecond"}));
-        }
+        Some(c) => ops.push(json!({"op": "add", "path": CAP, "value": c})),
+        None if had_cap => ops.push(json!({"op": "remove", "path": CAP})),
         None => {}
     }
     serde_json::from_value(Value::Array(ops)).map_err(|source| OperatorError::Serialize {
@@ -708,28 +725,28 @@ mod tests {
     #[test]
     fn grant_patches_test_the_task_and_remove_a_cap_only_when_there_is_one() {
         let v = |p: json_patch::Patch| serde_json::to_value(p).unwrap();
+        // Let in with a cap: the hold removed, the cap set.
         assert_eq!(
-            v(grant_patch("t1", false, Some(1024), false).unwrap()),
+            v(grant_patch("t1", false, Some(1024), Some((true, false))).unwrap()),
             json!([
                 {"op": "test", "path": "/spec/precache/id", "value": "t1"},
-                {"op": "add", "path": "/spec/precache/hold", "value": false},
+                {"op": "remove", "path": "/spec/precache/hold"},
                 {"op": "add", "path": "/spec/precache/rateLimitBytesPerSecond", "value": 1024},
             ])
         );
+        // Held again without a cap: the cap removed.
         assert_eq!(
-            v(grant_patch("t1", true, None, true).unwrap()),
+            v(grant_patch("t1", true, None, Some((false, true))).unwrap()),
             json!([
                 {"op": "test", "path": "/spec/precache/id", "value": "t1"},
                 {"op": "add", "path": "/spec/precache/hold", "value": true},
                 {"op": "remove", "path": "/spec/precache/rateLimitBytesPerSecond"},
             ])
         );
+        // Nothing removed that is not there (a task the cache does not know).
         assert_eq!(
-            v(grant_patch("t1", true, None, false).unwrap())
-                .as_array()
-                .unwrap()
-                .len(),
-            2
+            v(grant_patch("t1", false, None, None).unwrap()),
+            json!([{"op": "test", "path": "/spec/precache/id", "value": "t1"}])
         );
     }
 
