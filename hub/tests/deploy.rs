@@ -806,13 +806,7 @@ fn minus(a: &Rules, b: &Rules) -> Rules {
 /// Calls the operator makes that the rollout below cannot provoke against the double, with
 /// the reason. They stay in the manifests without being seen in the log. Empty today: every
 /// granted verb is exercised.
-const NOT_EXERCISED: &[(&str, &str, &str, &str)] = &[(
-    "talm.dev",
-    "precachebudgets/status",
-    "patch",
-    "the pre-cache scheduler writes a budget's status once the engine's schedule() decides it \
-     (issue 17, the engine half); the PrecacheBudget of the rollout below exercises it then",
-)];
+const NOT_EXERCISED: &[(&str, &str, &str, &str)] = &[];
 
 const WAIT: Duration = Duration::from_secs(60);
 

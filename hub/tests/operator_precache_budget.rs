@@ -83,8 +83,11 @@ fn put_cgu(double: &KubeDouble) {
             "metadata": {"name": CGU, "namespace": NS, "creationTimestamp": T0},
             "spec": {
                 "clusters": CLUSTERS,
+                // Every cluster has a non-compliant policy here (the cluster-version policy
+                // would need an update graph).
                 "managedPolicies": ["policy0-common-config-policy",
-                                    "policy2-common-pao-sub-policy"],
+                                    "policy2-common-pao-sub-policy",
+                                    "policy4-common-sriov-sub-policy"],
                 "remediationStrategy": {"maxConcurrency": 2, "timeout": 240},
                 "preCaching": true,
                 "enable": false
@@ -358,7 +361,12 @@ async fn a_site_budget_lets_clusters_in_two_at_a_time_and_divides_its_bandwidth(
     })
     .await;
     assert_eq!(st["bandwidthAllotted"], json!(20 * MIB), "{st:#}");
-    assert_eq!(condition_status(&st, "Valid").as_deref(), Some("True"));
+    let budget = json!({ "status": st });
+    assert_eq!(condition_status(&budget, "Valid").as_deref(), Some("True"));
+    assert_eq!(
+        condition_status(&budget, "ClustersSelected").as_deref(),
+        Some("True")
+    );
     grants.pump(&mut agents);
     assert_eq!(
         grants.let_in().len(),
@@ -366,9 +374,20 @@ async fn a_site_budget_lets_clusters_in_two_at_a_time_and_divides_its_bandwidth(
         "a third cluster let in: {grants:?}"
     );
     for c in &CLUSTERS[2..] {
-        let st = operator_support::spoke_agent(&double, c).unwrap()["status"]["precache"].clone();
+        let st = wait_for("the queued clusters' reports in SpokeAgent status", || {
+            operator_support::spoke_agent(&double, c)
+                .map(|a| a["status"]["precache"].clone())
+                .filter(|p| p["progress"]["registries"] == json!([MIRROR]))
+        })
+        .await;
         assert_eq!(st["state"], "Starting", "{c} queued: {st:#}");
     }
+    grants.pump(&mut agents);
+    assert_eq!(
+        grants.let_in().len(),
+        2,
+        "a third cluster let in: {grants:?}"
+    );
 
     // The first finishes: the third is let in, and the two active ones share the budget.
     agents[0].succeed(&tasks[0]).await;
