@@ -91,10 +91,11 @@ pub async fn run(shared: Arc<Shared>) {
 pub async fn run_once(shared: &Shared) -> Option<Duration> {
     let started = std::time::Instant::now();
     let now = shared.clock.now();
+    // Changes from here on mark the cache again (and wake the loop for another run). The
+    // engine then decides under the read lock, so reconciles go on meanwhile.
+    shared.cache_write().take_schedule_dirty();
     let (schedule, before) = {
-        let mut cache = shared.cache_write();
-        // Changes from here on mark the cache again (and wake the loop for another run).
-        cache.take_schedule_dirty();
+        let cache = shared.cache_read();
         let snap = cache.snapshot();
         let schedule = talm_hub_core::schedule::schedule(snap, now);
         let before: Vec<PrecacheBudget> = schedule
