@@ -13,7 +13,9 @@
 //!   binary), importing into containers-storage (overlay) under the temporary host root, whose
 //!   `registries.conf` marks the registry insecure (plain HTTP).
 //!
-//! Measured: wall time (talm / baseline), bytes served by the registry (from its log) against
+//! Measured: wall time (talm / baseline), the CPU time of each side's whole process tree
+//! (`cutime` + `cstime` of the benchmark process across the run: every waited-for descendant,
+//! which the machine's other load does not inflate the way it inflates wall time), bytes served by the registry (from its log) against
 //! the unique blob bytes, re-fetched bytes after a SIGKILL at ~50% of the fetch and a resume,
 //! the achieved rate under `--bandwidth-limit` (over the registry's transfer window), and the
 //! memory of the **whole process tree**: every 20 ms the sampler lists the agent and all its
@@ -23,8 +25,8 @@
 //! sum. The baseline's tree is every `podman` process the benchmark runs, sampled the same way.
 //!
 //! Talm variants, side by side in one run (each into a fresh storage and cache, fetching from
-//! the same registry): `talm` (this build, default import settings), `talm --import-parallel 4`
-//! (this build, four imports at once: what the parallelism choice alone is worth), and, with
+//! the same registry): `talm` (this build, default import settings), `talm --import-parallel N`
+//! for the other N of 1, 2 and 4 (this build: what the parallelism choice alone is worth), and, with
 //! `--agent-before PATH`, a binary of the previous import (one `skopeo copy` per image, up to
 //! four at once, an import slot held inside the fetch slot).
 //!
@@ -300,6 +302,21 @@ fn processes() -> HashMap<u32, (u32, String)> {
     out
 }
 
+/// CPU seconds (user + system) of this process's children that have been waited for, and of
+/// their own waited-for descendants (`cutime` + `cstime` of `/proc/self/stat`): the difference
+/// across a run is the CPU time of the whole tree it started.
+fn children_cpu_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let Some(close) = stat.rfind(')') else {
+        return 0.0;
+    };
+    // After the comm: state(0) ppid(1) … utime(11) stime(12) cutime(13) cstime(14).
+    let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // USER_HZ is 100 on Linux.
+    (ticks(13) + ticks(14)) / 100.0
+}
+
 /// `roots` and all their descendants.
 fn tree(procs: &HashMap<u32, (u32, String)>, roots: Vec<u32>) -> Vec<u32> {
     let mut members = roots;
@@ -412,6 +429,8 @@ impl Sampler {
 
 struct AgentRun {
     ok: bool,
+    /// CPU seconds of the agent and every process under it.
+    cpu_s: f64,
     killed: bool,
     wall: Duration,
     mem: TreeMem,
@@ -459,6 +478,7 @@ fn agent(
         c.arg("--no-import");
     }
     let start = Instant::now();
+    let cpu0 = children_cpu_s();
     let mut ch = c.spawn().unwrap();
     let sampler = Sampler::start(Root::Pid(ch.id()));
     let mut killed = false;
@@ -482,6 +502,7 @@ fn agent(
     let wall = start.elapsed();
     AgentRun {
         ok: status.success(),
+        cpu_s: children_cpu_s() - cpu0,
         killed,
         wall,
         mem: sampler.stop(),
@@ -587,13 +608,15 @@ fn main() {
     let s0 = reg.served_blob_bytes();
     let t = Instant::now();
     let sampler = Sampler::start(Root::Podmans);
+    let cpu0 = children_cpu_s();
     let still_failed = baseline(&reg, &broot, &top, &list);
     let b_wall = t.elapsed();
+    let b_cpu = children_cpu_s() - cpu0;
     let b_mem = sampler.stop();
     let b_bytes = reg.served_blob_bytes() - s0;
     let b_images = storage_image_count(&broot.join("storage"));
     println!(
-        "baseline (podman pull, waves of 10, retries): wall {:.2}s, registry served {} = {:.2}× unique, {} images in storage, {} failed, podman tree peak: sum VmRSS {:.1} MiB, sum Pss {:.1} MiB, {} processes",
+        "baseline (podman pull, waves of 10, retries): wall {:.2}s, CPU {b_cpu:.2}s, registry served {} = {:.2}× unique, {} images in storage, {} failed, podman tree peak: sum VmRSS {:.1} MiB, sum Pss {:.1} MiB, {} processes",
         b_wall.as_secs_f64(),
         mib(b_bytes),
         b_bytes as f64 / unique as f64,
@@ -629,7 +652,10 @@ fn main() {
         ));
     }
     variants.push((
-        "talm (default: one import at a time)".into(),
+        format!(
+            "talm (default: --import-parallel {})",
+            talm_agent::precache::IMPORT_PARALLEL
+        ),
         Agent {
             bin: &bin,
             spec: &spec,
@@ -637,15 +663,20 @@ fn main() {
             extra: Vec::new(),
         },
     ));
-    variants.push((
-        "talm --import-parallel 4".into(),
-        Agent {
-            bin: &bin,
-            spec: &spec,
-            parallel: o.parallel,
-            extra: vec!["--import-parallel=4".into()],
-        },
-    ));
+    for n in [1, 2, 4] {
+        if n == talm_agent::precache::IMPORT_PARALLEL {
+            continue;
+        }
+        variants.push((
+            format!("talm --import-parallel {n}"),
+            Agent {
+                bin: &bin,
+                spec: &spec,
+                parallel: o.parallel,
+                extra: vec![format!("--import-parallel={n}")],
+            },
+        ));
+    }
     let mut peak = TreeMem::default();
     for (n, (label, ag)) in variants.iter().enumerate() {
         let vdir = tdir.join(format!("v{n}"));
@@ -659,9 +690,11 @@ fn main() {
         }
         let t_images = storage_image_count(&host.join("var/lib/containers/storage"));
         println!(
-            "{label}: wall {:.2}s = {:.2}× baseline, registry served {} = {:.3}× unique, {} images in storage, tree peak: sum VmRSS {:.1} MiB, sum Pss {:.1} MiB, {} processes; agent alone VmHWM {:.1} MiB; exit ok: {}",
+            "{label}: wall {:.2}s = {:.2}× baseline, CPU {:.2}s = {:.2}× baseline, registry served {} = {:.3}× unique, {} images in storage, tree peak: sum VmRSS {:.1} MiB, sum Pss {:.1} MiB, {} processes; agent alone VmHWM {:.1} MiB; exit ok: {}",
             r.wall.as_secs_f64(),
             r.wall.as_secs_f64() / b_wall.as_secs_f64(),
+            r.cpu_s,
+            r.cpu_s / b_cpu.max(0.01),
             mib(t_bytes),
             t_bytes as f64 / unique as f64,
             t_images,

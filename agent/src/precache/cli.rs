@@ -55,7 +55,8 @@ pub struct RunArgs {
     /// containers-storage graph driver.
     #[arg(long, env = "TALM_PRECACHE_STORAGE_DRIVER", default_value = "overlay")]
     pub storage_driver: String,
-    /// Imports into containers-storage at once (each is one skopeo process of 26–39 MiB).
+    /// Imports into containers-storage at once (each is a skopeo process of up to ~39 MiB RSS
+    /// plus its untar child).
     #[arg(long, env = "TALM_PRECACHE_IMPORT_PARALLEL", default_value_t = super::IMPORT_PARALLEL)]
     pub import_parallel: usize,
     /// Only fill the cache; do not import into containers-storage.

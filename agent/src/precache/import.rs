@@ -7,13 +7,16 @@
 //!   `podman load` name images after the path or the archive's tags, losing by-digest names).
 //!   An import is mostly containers-storage's own synced metadata writes (about 30 `fdatasync`s
 //!   per image: `layers.json`, `images.json`, each big-data item, c/image's blob-info cache),
-//!   done under the store's locks, so parallel imports gain little; each skopeo costs 26–39 MiB
-//!   of RSS. The run therefore imports [`super::IMPORT_PARALLEL`] image at a time by default
-//!   (BENCHMARKS.md, Pre-caching, has the measurements), and skopeo runs with `GOGC=25`
-//!   ([`SKOPEO_GOGC`]), which lowers its peak RSS by about a fifth at no measurable cost.
+//!   done under the store's locks, so the time per image barely depends on the tool's
+//!   process. Each import is a skopeo (up to ~39 MiB RSS) plus, while it applies a layer, its
+//!   re-executed untar child (~13–20 MiB); the run bounds them to
+//!   [`super::IMPORT_PARALLEL`] imports at once by default (BENCHMARKS.md, Pre-caching, has
+//!   the measurements). A lower Go GC target (`GOGC=25`) was measured and rejected: about a
+//!   fifth less peak RSS per skopeo for about a third more CPU.
 //! - **Shared layers once.** With several imports at once, an image waits while another import
-//!   is bringing in one of its layers ([`LayerGate`]); it then finds the layer in the storage
-//!   and reuses it instead of decompressing and applying it a second time in parallel.
+//!   is bringing in one of its layers that this run has not imported yet ([`LayerGate`]); it
+//!   then finds the layer in the storage and reuses it instead of decompressing and applying it
+//!   a second time in parallel. Layers already imported never make an import wait.
 //! - **Already present?** Read once per run from containers-storage's own metadata,
 //!   `<graphroot>/<driver>-images/images.json` (the list c/storage keeps of its images: `names`,
 //!   `digest`, `digests`). A tag reference is present when an image carries that exact name; a
@@ -150,10 +153,6 @@ impl Present {
     }
 }
 
-/// The Go garbage collector target given to skopeo (`GOGC`; Go's default is 100). Measured on
-/// an import of a 34 MiB image: peak RSS 39.1 → 31.7 MiB, CPU time unchanged (0.54 s).
-pub const SKOPEO_GOGC: &str = "25";
-
 /// Imports cached images into containers-storage.
 #[derive(Debug, Clone)]
 pub struct Importer {
@@ -189,8 +188,7 @@ impl Importer {
         } else {
             Cmd::new("skopeo").args(skopeo_args)
         };
-        cmd.env("GOGC", SKOPEO_GOGC)
-            .timeout(Some(Duration::from_secs(3600)))
+        cmd.timeout(Some(Duration::from_secs(3600)))
     }
 
     /// Imports one image (blocking: run it on a blocking thread).
@@ -200,13 +198,23 @@ impl Importer {
 }
 
 /// The layers being imported right now. An import [enters](LayerGate::enter) with its layer
-/// digests and waits while any of them is held by another import; it holds them until its
-/// [`LayerPass`] is dropped. All of an image's layers are taken at once (never some, then
-/// waiting for the rest), so two imports cannot wait for each other.
+/// digests and waits while any of them is held by another import; it holds those not yet
+/// imported by this run until its [`LayerPass`] is dropped, and a [landed](LayerPass::landed)
+/// pass marks them imported (they are then in the storage and never make an import wait
+/// again). All of an image's layers are taken at once (never some, then waiting for the rest),
+/// so two imports cannot wait for each other.
 #[derive(Debug, Default)]
 pub struct LayerGate {
-    busy: Mutex<HashSet<String>>,
+    state: Mutex<GateState>,
     freed: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    /// Held by a running import.
+    busy: HashSet<String>,
+    /// Imported by this run.
+    landed: HashSet<String>,
 }
 
 /// Held while an import runs; releases its layers when dropped.
@@ -214,10 +222,12 @@ pub struct LayerGate {
 pub struct LayerPass {
     gate: Arc<LayerGate>,
     layers: Vec<String>,
+    landed: bool,
 }
 
 impl LayerGate {
-    /// Waits until none of `layers` is held by another import, then holds them.
+    /// Waits until none of `layers` is held by another import, then holds the ones this run
+    /// has not imported yet.
     pub async fn enter(self: &Arc<Self>, layers: &[String]) -> LayerPass {
         let mut layers = layers.to_vec();
         layers.sort();
@@ -229,12 +239,14 @@ impl LayerGate {
             tokio::pin!(freed);
             freed.as_mut().enable();
             {
-                let mut busy = self.busy.lock().unwrap_or_else(PoisonError::into_inner);
-                if !layers.iter().any(|l| busy.contains(l)) {
-                    busy.extend(layers.iter().cloned());
+                let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+                if !layers.iter().any(|l| st.busy.contains(l)) {
+                    layers.retain(|l| !st.landed.contains(l));
+                    st.busy.extend(layers.iter().cloned());
                     return LayerPass {
                         gate: self.clone(),
                         layers,
+                        landed: false,
                     };
                 }
             }
@@ -244,24 +256,35 @@ impl LayerGate {
 
     /// How many layers are held now.
     pub fn held(&self) -> usize {
-        self.busy
+        self.state
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .busy
             .len()
+    }
+}
+
+impl LayerPass {
+    /// The import succeeded: its layers are in the storage.
+    pub fn landed(mut self) {
+        self.landed = true;
     }
 }
 
 impl Drop for LayerPass {
     fn drop(&mut self) {
-        let mut busy = self
+        let mut st = self
             .gate
-            .busy
+            .state
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         for l in &self.layers {
-            busy.remove(l);
+            st.busy.remove(l);
+            if self.landed {
+                st.landed.insert(l.clone());
+            }
         }
-        drop(busy);
+        drop(st);
         self.gate.freed.notify_waiters();
     }
 }
@@ -331,10 +354,6 @@ mod tests {
         };
         imp.import("r.io/a/app:v1", "r.io/a/app:v1").unwrap();
         assert_eq!(
-            runner.calls()[0].env,
-            [("GOGC".to_string(), SKOPEO_GOGC.to_string())]
-        );
-        assert_eq!(
             runner.lines(),
             [
                 "ionice -c3 nice -n 10 skopeo copy --quiet --override-os linux --override-arch amd64 \
@@ -365,12 +384,24 @@ mod tests {
         assert!(second.as_mut().now_or_never().is_none());
         drop(other);
         assert!(second.as_mut().now_or_never().is_none());
+        // The first import failed: its layers are still to import, so the second holds them.
         drop(first);
         let pass = tokio::time::timeout(Duration::from_secs(5), second)
             .await
             .expect("released layers wake the waiting import");
         assert_eq!(pass.layers, ["b", "base"]);
-        drop(pass);
+        // Once an import has landed, its layers are in the storage: later images sharing them
+        // neither wait nor hold them, so they import side by side.
+        pass.landed();
+        assert_eq!(gate.held(), 0);
+        let third = gate.enter(&layers(&["base", "b", "d"])).await;
+        let fourth = gate
+            .enter(&layers(&["base", "b", "e"]))
+            .now_or_never()
+            .expect("landed layers must not make imports wait");
+        assert_eq!(third.layers, ["d"]);
+        assert_eq!(fourth.layers, ["e"]);
+        drop((third, fourth));
         assert_eq!(gate.held(), 0);
     }
 }

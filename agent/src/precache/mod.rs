@@ -28,10 +28,11 @@ pub mod cache;
 pub mod cli;
 pub mod import;
 
-/// How many `skopeo copy` imports run at once by default: one. Each skopeo peaks at 26–39 MiB
-/// of RSS and an import is mostly containers-storage's synced metadata writes under its store
-/// locks, so more at once buy little time for much memory (BENCHMARKS.md, Pre-caching).
-pub const IMPORT_PARALLEL: usize = 1;
+/// How many `skopeo copy` imports run at once by default: two. Each import is a skopeo
+/// (~33–39 MiB RSS) and, while it applies a layer, its untar child, and an import is mostly
+/// containers-storage's synced metadata writes under its store locks: one at a time is about
+/// twice as slow as four, four cost about 70 MiB more than one (BENCHMARKS.md, Pre-caching).
+pub const IMPORT_PARALLEL: usize = 2;
 pub mod limit;
 pub mod list;
 pub mod manifest;
@@ -468,13 +469,16 @@ async fn run_inner(
             async move {
                 let name = r.name;
                 let layers: Vec<String> = r.layers.iter().map(|l| l.digest.clone()).collect();
-                let _pass = gate.enter(&layers).await;
+                let pass = gate.enter(&layers).await;
                 let ref_name = pull::oci_ref_name(&name);
                 let n2 = name.clone();
                 let out =
                     tokio::task::spawn_blocking(move || importer.import(&n2, &ref_name)).await;
                 match out {
-                    Ok(Ok(())) => journal.image(&name, |i| i.state = ImageState::Imported),
+                    Ok(Ok(())) => {
+                        pass.landed();
+                        journal.image(&name, |i| i.state = ImageState::Imported);
+                    }
                     Ok(Err(e)) => fail(&journal, &name, &format!("import: {e}")),
                     Err(e) => fail(&journal, &name, &format!("import: {e}")),
                 }
