@@ -7,9 +7,8 @@
 //!   `podman load` name images after the path or the archive's tags, losing by-digest names).
 //!   An import is mostly containers-storage's own synced metadata writes (about 30 `fdatasync`s
 //!   per image: `layers.json`, `images.json`, each big-data item, c/image's blob-info cache),
-//!   done under the store's locks, so the time per image barely depends on the tool's
-//!   process. Each import is a skopeo (up to ~39 MiB RSS) plus, while it applies a layer, its
-//!   re-executed untar child (~13–20 MiB); the run bounds them to
+//!   done under the store's locks, which one long-lived importing process would pay as well. Each import is a skopeo (up to ~39 MiB RSS) plus, while it applies a layer, a
+//!   re-executed skopeo child that unpacks it (about 13 MiB more); the run bounds them to
 //!   [`super::IMPORT_PARALLEL`] imports at once by default (BENCHMARKS.md, Pre-caching, has
 //!   the measurements). A lower Go GC target (`GOGC=25`) was measured and rejected: about a
 //!   fifth less peak RSS per skopeo for about a third more CPU.

@@ -28,10 +28,11 @@ pub mod cache;
 pub mod cli;
 pub mod import;
 
-/// How many `skopeo copy` imports run at once by default: two. Each import is a skopeo
-/// (~33–39 MiB RSS) and, while it applies a layer, its untar child, and an import is mostly
-/// containers-storage's synced metadata writes under its store locks: one at a time is about
-/// twice as slow as four, four cost about 70 MiB more than one (BENCHMARKS.md, Pre-caching).
+/// How many `skopeo copy` imports run at once by default: two, a compromise. Each import is a
+/// skopeo (up to ~39 MiB RSS) and, while it applies a layer, a re-executed child, and an import
+/// is mostly containers-storage's synced metadata writes under its store locks: one at a time
+/// took 1.4× as long as four in the recorded small-set run, and four cost 70–95 MiB more than
+/// one (BENCHMARKS.md, Pre-caching).
 pub const IMPORT_PARALLEL: usize = 2;
 pub mod limit;
 pub mod list;
