@@ -13,17 +13,31 @@
 //!   binary), importing into containers-storage (overlay) under the temporary host root, whose
 //!   `registries.conf` marks the registry insecure (plain HTTP).
 //!
-//! Measured: wall time (talm / baseline), bytes served by the registry (from its log) against
+//! Measured: wall time (talm / baseline), the CPU time of each side's whole process tree
+//! (`cutime` + `cstime` of the benchmark process across the run: every waited-for descendant,
+//! which the machine's other load does not inflate the way it inflates wall time), bytes served by the registry (from its log) against
 //! the unique blob bytes, re-fetched bytes after a SIGKILL at ~50% of the fetch and a resume,
 //! the achieved rate under `--bandwidth-limit` (over the registry's transfer window), and the
-//! agent's peak RSS (VmHWM of the talm-agent process, polled; the skopeo children it runs for
-//! the import are not included).
+//! memory of the **whole process tree**: every 20 ms the sampler lists the agent and all its
+//! descendants (the skopeo children of the import; `ionice`/`nice` exec into skopeo) from
+//! `/proc/*/stat`, sums their `VmRSS` (and, for reference, their `Pss` from `smaps_rollup`,
+//! which counts pages shared between the skopeo processes once), and keeps the peak of each
+//! sum. The baseline's tree is every `podman` process the benchmark runs, sampled the same way.
+//!
+//! Talm variants, side by side in one run (each into a fresh storage and cache, fetching from
+//! the same registry): `talm` (this build, default import settings), `talm --import-parallel N`
+//! for the other N of 1, 2 and 4 (this build: what the parallelism choice alone is worth), and, with
+//! `--agent-before PATH`, a binary of the previous import (one `skopeo copy` per image, up to
+//! four at once, an import slot held inside the fetch slot).
 //!
 //! ```sh
-//! cargo bench -p talm-agent --bench precache -- [--images 60] [--base-mib 24,8,2]
-//!     [--unique-kib 512] [--parallel 10] [--cap-mib 16] [--dir /var/tmp]
-//!     [--agent target/release/talm-agent] [--baseline-only]
+//! cargo bench -p talm-agent --bench precache -- [--set small|large] [--images 60]
+//!     [--base-mib 24,8,2] [--unique-kib 512] [--parallel 10] [--cap-mib 16] [--dir /var/tmp]
+//!     [--agent target/release/talm-agent] [--agent-before PATH] [--baseline-only]
+//!     [--skip-extras]
 //! ```
+//! `--set large`: 160 release components with [`LayerSizes::RELEASE`] (about 2.4 GiB of unique
+//! blobs; implies `--skip-extras`, which leaves out the fetch-only, resume and cap runs).
 //! Needs root, docker-registry, skopeo, umoci and podman.
 // The benchmark spawns the registry, podman and the agent: process spawning is the point.
 #![allow(
@@ -42,6 +56,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use precache_support::{BlobRequest, Fixture, LayerSizes, Registry, build_fixture_with};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 const MIB: f64 = 1048576.0;
 
@@ -50,10 +67,13 @@ struct Opts {
     images: usize,
     base: [usize; 3],
     unique: usize,
+    release_like: bool,
     parallel: usize,
     cap: u64,
     dir: PathBuf,
     agent: Option<PathBuf>,
+    agent_before: Option<PathBuf>,
+    skip_extras: bool,
 }
 
 fn parse_args() -> Opts {
@@ -63,8 +83,11 @@ fn parse_args() -> Opts {
         unique: 512 << 10,
         parallel: 10,
         cap: 16 << 20,
+        release_like: false,
         dir: PathBuf::from("/var/tmp"),
         agent: option_env!("CARGO_BIN_EXE_talm-agent").map(PathBuf::from),
+        agent_before: None,
+        skip_extras: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -84,6 +107,23 @@ fn parse_args() -> Opts {
             "--cap-mib" => o.cap = val().parse::<u64>().expect("--cap-mib N") << 20,
             "--dir" => o.dir = PathBuf::from(val()),
             "--agent" => o.agent = Some(PathBuf::from(val())),
+            "--agent-before" => o.agent_before = Some(PathBuf::from(val())),
+            "--set" => match val().as_str() {
+                "small" => {}
+                "large" => {
+                    o.images = 160;
+                    o.base = LayerSizes::RELEASE.base;
+                    o.unique = LayerSizes::RELEASE.unique;
+                    o.release_like = true;
+                    o.skip_extras = true;
+                }
+                other => panic!("--set {other:?}: expected small or large"),
+            },
+            "--skip-extras" => {
+                o.skip_extras = true;
+                i += 1;
+                continue;
+            }
             "--baseline-only" => {
                 o.agent = None;
                 i += 1;
@@ -234,34 +274,181 @@ fn dir_bytes(p: &Path) -> u64 {
     total
 }
 
-fn vm_hwm_kib(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+/// pid → (parent pid, command name), from `/proc/*/stat`.
+fn processes() -> HashMap<u32, (u32, String)> {
+    let mut out = HashMap::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid …"; comm may hold spaces and parentheses.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = stat[open + 1..close].to_string();
+        let ppid = stat[close + 1..]
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        out.insert(pid, (ppid, comm));
+    }
+    out
+}
+
+/// CPU seconds (user + system) of this process's children that have been waited for, and of
+/// their own waited-for descendants (`cutime` + `cstime` of `/proc/self/stat`): the difference
+/// across a run is the CPU time of the whole tree it started.
+fn children_cpu_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let Some(close) = stat.rfind(')') else {
+        return 0.0;
+    };
+    // After the comm: state(0) ppid(1) … utime(11) stime(12) cutime(13) cstime(14).
+    let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // USER_HZ is 100 on Linux.
+    (ticks(13) + ticks(14)) / 100.0
+}
+
+/// `roots` and all their descendants.
+fn tree(procs: &HashMap<u32, (u32, String)>, roots: Vec<u32>) -> Vec<u32> {
+    let mut members = roots;
+    let mut i = 0;
+    while i < members.len() {
+        let parent = members[i];
+        members.extend(
+            procs
+                .iter()
+                .filter(|(_, (pp, _))| *pp == parent)
+                .map(|(pid, _)| *pid),
+        );
+        i += 1;
+    }
+    members
+}
+
+/// A `kB` field of `/proc/<pid>/<file>` (`VmRSS:` in `status`, `Pss:` in `smaps_rollup`).
+fn proc_kib(pid: u32, file: &str, key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
     s.lines()
-        .find(|l| l.starts_with("VmHWM:"))?
+        .find(|l| l.starts_with(key))?
         .split_whitespace()
         .nth(1)?
         .parse()
         .ok()
 }
 
+/// Peak memory of a process tree.
+#[derive(Debug, Default, Clone, Copy)]
+struct TreeMem {
+    /// Peak of the sum of `VmRSS` over the tree.
+    rss_kib: u64,
+    /// Peak of the sum of `Pss` over the tree.
+    pss_kib: u64,
+    /// Most processes in the tree at once.
+    procs: usize,
+    /// The root's own peak (`VmHWM`), when the tree has one root.
+    root_hwm_kib: u64,
+}
+
+impl TreeMem {
+    fn max(self, o: TreeMem) -> TreeMem {
+        TreeMem {
+            rss_kib: self.rss_kib.max(o.rss_kib),
+            pss_kib: self.pss_kib.max(o.pss_kib),
+            procs: self.procs.max(o.procs),
+            root_hwm_kib: self.root_hwm_kib.max(o.root_hwm_kib),
+        }
+    }
+}
+
+/// Which tree to sample.
+#[derive(Clone, Copy, Debug)]
+enum Root {
+    /// This process and its descendants.
+    Pid(u32),
+    /// Every process named `podman` that this benchmark started, and their descendants.
+    Podmans,
+}
+
+/// Samples a process tree every 20 ms on a thread until [`Sampler::stop`].
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<TreeMem>,
+}
+
+impl Sampler {
+    fn start(root: Root) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s2 = stop.clone();
+        let me = std::process::id();
+        let thread = std::thread::spawn(move || {
+            let mut peak = TreeMem::default();
+            while !s2.load(Ordering::Relaxed) {
+                let procs = processes();
+                let roots = match root {
+                    Root::Pid(p) => vec![p],
+                    Root::Podmans => procs
+                        .iter()
+                        .filter(|(_, (pp, comm))| *pp == me && comm == "podman")
+                        .map(|(pid, _)| *pid)
+                        .collect(),
+                };
+                let members = tree(&procs, roots);
+                let mut now = TreeMem {
+                    procs: members.len(),
+                    ..TreeMem::default()
+                };
+                for pid in &members {
+                    now.rss_kib += proc_kib(*pid, "status", "VmRSS:").unwrap_or(0);
+                    now.pss_kib += proc_kib(*pid, "smaps_rollup", "Pss:").unwrap_or(0);
+                }
+                if let Root::Pid(p) = root {
+                    now.root_hwm_kib = proc_kib(p, "status", "VmHWM:").unwrap_or(0);
+                }
+                peak = peak.max(now);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak
+        });
+        Sampler { stop, thread }
+    }
+
+    fn stop(self) -> TreeMem {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
 struct AgentRun {
     ok: bool,
+    /// CPU seconds of the agent and every process under it.
+    cpu_s: f64,
     killed: bool,
     wall: Duration,
-    peak_rss_kib: u64,
+    mem: TreeMem,
     cache_bytes_at_kill: u64,
     log: PathBuf,
 }
 
-/// Runs `talm-agent precache run`, polling its VmHWM; kills it (SIGKILL) once the cache under
-/// the state dir holds `kill_at` bytes.
 /// What every agent run shares.
 struct Agent<'a> {
     bin: &'a Path,
     spec: &'a Path,
     parallel: usize,
+    /// Extra flags (the import settings of a variant).
+    extra: Vec<String>,
 }
 
+/// Runs `talm-agent precache run`, sampling its process tree's memory; kills it (SIGKILL) once
+/// the cache under the state dir holds `kill_at` bytes.
 fn agent(
     a: &Agent<'_>,
     state: &Path,
@@ -282,6 +469,7 @@ fn agent(
         .arg(format!("--parallel={}", a.parallel))
         .arg(format!("--bandwidth-limit={cap}"))
         .arg("--storage-driver=overlay")
+        .args(&a.extra)
         .env("TALM_LOG_LEVEL", "info")
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
@@ -290,15 +478,12 @@ fn agent(
         c.arg("--no-import");
     }
     let start = Instant::now();
+    let cpu0 = children_cpu_s();
     let mut ch = c.spawn().unwrap();
-    let pid = ch.id();
-    let mut peak = 0;
+    let sampler = Sampler::start(Root::Pid(ch.id()));
     let mut killed = false;
     let mut cache_bytes_at_kill = 0;
     let status = loop {
-        if let Some(h) = vm_hwm_kib(pid) {
-            peak = peak.max(h);
-        }
         if let Some(st) = ch.try_wait().unwrap() {
             break st;
         }
@@ -314,11 +499,13 @@ fn agent(
         }
         std::thread::sleep(Duration::from_millis(20));
     };
+    let wall = start.elapsed();
     AgentRun {
         ok: status.success(),
+        cpu_s: children_cpu_s() - cpu0,
         killed,
-        wall: start.elapsed(),
-        peak_rss_kib: peak,
+        wall,
+        mem: sampler.stop(),
         cache_bytes_at_kill,
         log,
     }
@@ -382,6 +569,7 @@ fn main() {
         base: o.base,
         unique: o.unique,
         seed: 0x7a1f,
+        release_like: o.release_like,
     };
     let fx = build_fixture_with(&reg, o.images, None, sizes);
     println!(
@@ -419,18 +607,26 @@ fn main() {
     let broot = work.path().join("baseline");
     let s0 = reg.served_blob_bytes();
     let t = Instant::now();
+    let sampler = Sampler::start(Root::Podmans);
+    let cpu0 = children_cpu_s();
     let still_failed = baseline(&reg, &broot, &top, &list);
     let b_wall = t.elapsed();
+    let b_cpu = children_cpu_s() - cpu0;
+    let b_mem = sampler.stop();
     let b_bytes = reg.served_blob_bytes() - s0;
     let b_images = storage_image_count(&broot.join("storage"));
     println!(
-        "baseline (podman pull, waves of 10, retries): wall {:.2}s, registry served {} = {:.2}× unique, {} images in storage, {} failed",
+        "baseline (podman pull, waves of 10, retries): wall {:.2}s, CPU {b_cpu:.2}s, registry served {} = {:.2}× unique, {} images in storage, {} failed, podman tree peak: sum VmRSS {:.1} MiB, sum Pss {:.1} MiB, {} processes",
         b_wall.as_secs_f64(),
         mib(b_bytes),
         b_bytes as f64 / unique as f64,
         b_images,
-        still_failed.len()
+        still_failed.len(),
+        b_mem.rss_kib as f64 / 1024.0,
+        b_mem.pss_kib as f64 / 1024.0,
+        b_mem.procs
     );
+    unmount_under(&broot);
     let _ = std::fs::remove_dir_all(&broot);
 
     let Some(bin) = o.agent.clone() else {
@@ -439,36 +635,89 @@ fn main() {
         return;
     };
 
-    // --- talm: full run with import
+    // --- talm variants: full runs with import, each into a fresh cache and storage
     let tdir = work.path().join("talm");
     std::fs::create_dir_all(&tdir).unwrap();
     let spec = write_spec(&tdir, &fx, &channels);
-    let ag = Agent {
-        bin: &bin,
-        spec: &spec,
-        parallel: o.parallel,
-    };
-    let host = host_root(&reg, &tdir);
-    let s0 = reg.served_blob_bytes();
-    let r = agent(&ag, &tdir.join("state"), &host, 0, true, None);
-    let t_bytes = reg.served_blob_bytes() - s0;
-    if !r.ok {
-        println!("talm run FAILED; log tail:\n{}", tail(&r.log));
+    let mut variants: Vec<(String, Agent<'_>)> = Vec::new();
+    if let Some(before) = &o.agent_before {
+        variants.push((
+            "talm before (previous import, --agent-before)".into(),
+            Agent {
+                bin: before,
+                spec: &spec,
+                parallel: o.parallel,
+                extra: Vec::new(),
+            },
+        ));
     }
-    let t_images = storage_image_count(&host.join("var/lib/containers/storage"));
-    println!(
-        "talm (precache run --parallel {}, import): wall {:.2}s, registry served {} = {:.3}× unique, {} images in storage, peak RSS {:.1} MiB, exit ok: {}",
-        o.parallel,
-        r.wall.as_secs_f64(),
-        mib(t_bytes),
-        t_bytes as f64 / unique as f64,
-        t_images,
-        r.peak_rss_kib as f64 / 1024.0,
-        r.ok
-    );
-    let ratio = r.wall.as_secs_f64() / b_wall.as_secs_f64();
-    println!("wall time talm/baseline: {ratio:.2} (target <= 0.80)");
-    let mut peak_rss = r.peak_rss_kib;
+    variants.push((
+        format!(
+            "talm (default: --import-parallel {})",
+            talm_agent::precache::IMPORT_PARALLEL
+        ),
+        Agent {
+            bin: &bin,
+            spec: &spec,
+            parallel: o.parallel,
+            extra: Vec::new(),
+        },
+    ));
+    for n in [1, 2, 4] {
+        if n == talm_agent::precache::IMPORT_PARALLEL {
+            continue;
+        }
+        variants.push((
+            format!("talm --import-parallel {n}"),
+            Agent {
+                bin: &bin,
+                spec: &spec,
+                parallel: o.parallel,
+                extra: vec![format!("--import-parallel={n}")],
+            },
+        ));
+    }
+    let mut peak = TreeMem::default();
+    for (n, (label, ag)) in variants.iter().enumerate() {
+        let vdir = tdir.join(format!("v{n}"));
+        std::fs::create_dir_all(&vdir).unwrap();
+        let host = host_root(&reg, &vdir);
+        let s0 = reg.served_blob_bytes();
+        let r = agent(ag, &vdir.join("state"), &host, 0, true, None);
+        let t_bytes = reg.served_blob_bytes() - s0;
+        if !r.ok {
+            println!("{label} FAILED; log tail:\n{}", tail(&r.log));
+        }
+        let t_images = storage_image_count(&host.join("var/lib/containers/storage"));
+        println!(
+            "{label}: wall {:.2}s = {:.2}× baseline, CPU {:.2}s = {:.2}× baseline, registry served {} = {:.3}× unique, {} images in storage, tree peak: sum VmRSS {:.1} MiB, sum Pss {:.1} MiB, {} processes; agent alone VmHWM {:.1} MiB; exit ok: {}",
+            r.wall.as_secs_f64(),
+            r.wall.as_secs_f64() / b_wall.as_secs_f64(),
+            r.cpu_s,
+            r.cpu_s / b_cpu.max(0.01),
+            mib(t_bytes),
+            t_bytes as f64 / unique as f64,
+            t_images,
+            r.mem.rss_kib as f64 / 1024.0,
+            r.mem.pss_kib as f64 / 1024.0,
+            r.mem.procs,
+            r.mem.root_hwm_kib as f64 / 1024.0,
+            r.ok
+        );
+        if ag.extra.is_empty() && ag.bin == bin.as_path() {
+            peak = peak.max(r.mem);
+        }
+        unmount_under(&vdir);
+        let _ = std::fs::remove_dir_all(&vdir);
+    }
+    let ag = variants
+        .swap_remove(if o.agent_before.is_some() { 1 } else { 0 })
+        .1;
+    if o.skip_extras {
+        println!("fetch-only, resume and cap runs skipped (--skip-extras)");
+        unmount_under(work.path());
+        return;
+    }
 
     // --- talm: fetch only (no import), uncapped
     let fdir = work.path().join("fetch");
@@ -477,7 +726,7 @@ fn main() {
     let s0 = reg.served_blob_bytes();
     let f = agent(&ag, &fdir.join("state"), &host, 0, false, None);
     let f_bytes = reg.served_blob_bytes() - s0;
-    peak_rss = peak_rss.max(f.peak_rss_kib);
+    peak = peak.max(f.mem);
     println!(
         "talm fetch only (--no-import): wall {:.2}s, served {} = {:.3}× unique, ok: {}",
         f.wall.as_secs_f64(),
@@ -497,7 +746,7 @@ fn main() {
     let s1 = reg.served_blob_bytes();
     let r2 = agent(&ag, &state, &host, 0, false, None);
     let served_2 = reg.served_blob_bytes() - s1;
-    peak_rss = peak_rss.max(k.peak_rss_kib).max(r2.peak_rss_kib);
+    peak = peak.max(k.mem).max(r2.mem);
     let refetched = (served_1 + served_2).saturating_sub(unique);
     println!(
         "resume: killed: {} with {} in the cache ({:.0}% of unique); served before the kill {}, after {}; re-fetched {} bytes = {:.3}% of the bytes finished (target < 1%); resumed run ok: {}",
@@ -523,7 +772,7 @@ fn main() {
     let _ = reg.served_blob_bytes();
     let reqs = reg.blob_requests();
     let (c_bytes, window) = transfer_window(&reqs[n0..]);
-    peak_rss = peak_rss.max(c.peak_rss_kib);
+    peak = peak.max(c.mem);
     let rate = c_bytes as f64 / window;
     println!(
         "cap {}/s: achieved {:.2} MiB/s over the registry's transfer window ({:.2}s, {}) = {:+.1}% (target ±5%); {:.2} MiB/s over the whole run ({:.2}s); ok: {}",
@@ -537,8 +786,10 @@ fn main() {
         c.ok
     );
     println!(
-        "agent peak RSS over all runs: {:.1} MiB (target < 64 MiB)",
-        peak_rss as f64 / 1024.0
+        "talm (default settings) over all its runs: tree peak sum VmRSS {:.1} MiB (target < 64 MiB), sum Pss {:.1} MiB; agent alone VmHWM {:.1} MiB",
+        peak.rss_kib as f64 / 1024.0,
+        peak.pss_kib as f64 / 1024.0,
+        peak.root_hwm_kib as f64 / 1024.0
     );
     unmount_under(work.path());
 }

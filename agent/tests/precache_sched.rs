@@ -45,6 +45,7 @@ fn big_fixture(reg: &Registry) -> Fixture {
             base: [24 << 20, 8 << 20, 2 << 20],
             unique: 2 << 20,
             seed: 17,
+            release_like: false,
         },
     )
 }

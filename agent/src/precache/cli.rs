@@ -55,6 +55,10 @@ pub struct RunArgs {
     /// containers-storage graph driver.
     #[arg(long, env = "TALM_PRECACHE_STORAGE_DRIVER", default_value = "overlay")]
     pub storage_driver: String,
+    /// Imports into containers-storage at once (each is a skopeo process of up to ~39 MiB RSS
+    /// plus its untar child).
+    #[arg(long, env = "TALM_PRECACHE_IMPORT_PARALLEL", default_value_t = super::IMPORT_PARALLEL)]
+    pub import_parallel: usize,
     /// Only fill the cache; do not import into containers-storage.
     #[arg(long, env = "TALM_PRECACHE_NO_IMPORT")]
     pub no_import: bool,
@@ -143,7 +147,13 @@ impl RunArgs {
                 "--parallel must be at least 1".into(),
             ));
         }
+        if self.import_parallel == 0 {
+            return Err(PrecacheCliError::Usage(
+                "--import-parallel must be at least 1".into(),
+            ));
+        }
         o.parallel = self.parallel;
+        o.import_parallel = self.import_parallel;
         o.bandwidth_limit = self.bandwidth_limit;
         o.storage_driver = self.storage_driver.clone();
         o.import = !self.no_import;

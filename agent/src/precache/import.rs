@@ -1,6 +1,21 @@
 //! Making cached images usable by CRI-O: `skopeo copy oci:<cache>:<ref> containers-storage:…`
 //! through the agent's single exec module.
 //!
+//! - **One image per skopeo, few at once.** skopeo 1.9 copies one image per process and no
+//!   maintained tool here imports many images into containers-storage in one process while
+//!   keeping their names (`skopeo sync` cannot write containers-storage; `podman pull oci:…` and
+//!   `podman load` name images after the path or the archive's tags, losing by-digest names).
+//!   An import is mostly containers-storage's own synced metadata writes (about 30 `fdatasync`s
+//!   per image: `layers.json`, `images.json`, each big-data item, c/image's blob-info cache),
+//!   done under the store's locks, which one long-lived importing process would pay as well. Each import is a skopeo (up to ~39 MiB RSS) plus, while it applies a layer, a
+//!   re-executed skopeo child that unpacks it (about 13 MiB more); the run bounds them to
+//!   [`super::IMPORT_PARALLEL`] imports at once by default (BENCHMARKS.md, Pre-caching, has
+//!   the measurements). A lower Go GC target (`GOGC=25`) was measured and rejected: about a
+//!   fifth less peak RSS per skopeo for about a third more CPU.
+//! - **Shared layers once.** With several imports at once, an image waits while another import
+//!   is bringing in one of its layers that this run has not imported yet ([`LayerGate`]); it
+//!   then finds the layer in the storage and reuses it instead of decompressing and applying it
+//!   a second time in parallel. Layers already imported never make an import wait.
 //! - **Already present?** Read once per run from containers-storage's own metadata,
 //!   `<graphroot>/<driver>-images/images.json` (the list c/storage keeps of its images: `names`,
 //!   `digest`, `digests`). A tag reference is present when an image carries that exact name; a
@@ -16,7 +31,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -181,6 +196,98 @@ impl Importer {
     }
 }
 
+/// The layers being imported right now. An import [enters](LayerGate::enter) with its layer
+/// digests and waits while any of them is held by another import; it holds those not yet
+/// imported by this run until its [`LayerPass`] is dropped, and a [landed](LayerPass::landed)
+/// pass marks them imported (they are then in the storage and never make an import wait
+/// again). All of an image's layers are taken at once (never some, then waiting for the rest),
+/// so two imports cannot wait for each other.
+#[derive(Debug, Default)]
+pub struct LayerGate {
+    state: Mutex<GateState>,
+    freed: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    /// Held by a running import.
+    busy: HashSet<String>,
+    /// Imported by this run.
+    landed: HashSet<String>,
+}
+
+/// Held while an import runs; releases its layers when dropped.
+#[derive(Debug)]
+pub struct LayerPass {
+    gate: Arc<LayerGate>,
+    layers: Vec<String>,
+    landed: bool,
+}
+
+impl LayerGate {
+    /// Waits until none of `layers` is held by another import, then holds the ones this run
+    /// has not imported yet.
+    pub async fn enter(self: &Arc<Self>, layers: &[String]) -> LayerPass {
+        let mut layers = layers.to_vec();
+        layers.sort();
+        layers.dedup();
+        loop {
+            // Registered before the check, so a release between the check and the wait is
+            // not missed.
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            {
+                let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+                if !layers.iter().any(|l| st.busy.contains(l)) {
+                    layers.retain(|l| !st.landed.contains(l));
+                    st.busy.extend(layers.iter().cloned());
+                    return LayerPass {
+                        gate: self.clone(),
+                        layers,
+                        landed: false,
+                    };
+                }
+            }
+            freed.await;
+        }
+    }
+
+    /// How many layers are held now.
+    pub fn held(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .busy
+            .len()
+    }
+}
+
+impl LayerPass {
+    /// The import succeeded: its layers are in the storage.
+    pub fn landed(mut self) {
+        self.landed = true;
+    }
+}
+
+impl Drop for LayerPass {
+    fn drop(&mut self) {
+        let mut st = self
+            .gate
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for l in &self.layers {
+            st.busy.remove(l);
+            if self.landed {
+                st.landed.insert(l.clone());
+            }
+        }
+        drop(st);
+        self.gate.freed.notify_waiters();
+    }
+}
+
 /// Lowers this process's CPU priority to nice 10 (pre-caching yields to the node's workload).
 /// Failing to (an unprivileged agent already at a lower priority) is only logged.
 pub fn lower_priority() {
@@ -253,5 +360,47 @@ mod tests {
               containers-storage:[vfs@/h/var/lib/containers/storage+/h/run/containers/storage]r.io/a/app:v1"
             ]
         );
+    }
+
+    fn layers(ls: &[&str]) -> Vec<String> {
+        ls.iter().map(|l| (*l).to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn an_import_waits_for_a_shared_layer_then_gets_it() {
+        use futures_util::FutureExt;
+        let gate = Arc::new(LayerGate::default());
+        let first = gate.enter(&layers(&["base", "a"])).await;
+        // Disjoint layers go in at once.
+        let other = gate
+            .enter(&layers(&["c", "c"]))
+            .now_or_never()
+            .expect("disjoint layers must not wait");
+        assert_eq!(gate.held(), 3);
+        // A second image on the same base waits while the first holds it.
+        let wanted = layers(&["b", "base"]);
+        let mut second = Box::pin(gate.enter(&wanted));
+        assert!(second.as_mut().now_or_never().is_none());
+        drop(other);
+        assert!(second.as_mut().now_or_never().is_none());
+        // The first import failed: its layers are still to import, so the second holds them.
+        drop(first);
+        let pass = tokio::time::timeout(Duration::from_secs(5), second)
+            .await
+            .expect("released layers wake the waiting import");
+        assert_eq!(pass.layers, ["b", "base"]);
+        // Once an import has landed, its layers are in the storage: later images sharing them
+        // neither wait nor hold them, so they import side by side.
+        pass.landed();
+        assert_eq!(gate.held(), 0);
+        let third = gate.enter(&layers(&["base", "b", "d"])).await;
+        let fourth = gate
+            .enter(&layers(&["base", "b", "e"]))
+            .now_or_never()
+            .expect("landed layers must not make imports wait");
+        assert_eq!(third.layers, ["d"]);
+        assert_eq!(fourth.layers, ["e"]);
+        drop((third, fourth));
+        assert_eq!(gate.held(), 0);
     }
 }

@@ -6,11 +6,12 @@
 //!    additional images), then the image list ([`list`]);
 //! 2. `Active`: images already in containers-storage are skipped; the others' manifests are
 //!    read, then their blobs pulled into the cache ([`pull`], [`cache`], [`limit`]) with
-//!    bounded parallelism, then imported ([`import`]). A hub-assigned run held by the hub's
-//!    pre-cache budget ([`Options::grant`]) stays `Starting` through the manifests (so the byte
-//!    total and the registries are known and reported) and waits there, downloading nothing,
-//!    until the hub lets it in; the hub's cap (the lower of it and the node's applies) reaches
-//!    the limiter at once, also mid-transfer;
+//!    bounded parallelism; each fetched image joins a queue that a separate, narrower stage
+//!    imports from ([`import`], [`IMPORT_PARALLEL`] at a time by default). A hub-assigned run
+//!    held by the hub's pre-cache budget ([`Options::grant`]) stays `Starting` through the
+//!    manifests (so the byte total and the registries are known and reported) and waits there,
+//!    downloading nothing, until the hub lets it in; the hub's cap (the lower of it and the
+//!    node's applies) reaches the limiter at once, also mid-transfer;
 //! 3. the space check again (no requirement: usage must stay under the image-GC threshold);
 //! 4. `Succeeded`, or `PrecacheTimeout` (the deadline) or `UnrecoverableError` (anything else).
 //!
@@ -31,8 +32,12 @@ pub mod cache;
 pub mod cli;
 pub mod import;
 
-/// The most `skopeo copy` imports that run at once.
-pub const IMPORT_PARALLEL: usize = 4;
+/// How many `skopeo copy` imports run at once by default: two, a compromise. Each import is a
+/// skopeo (up to ~39 MiB RSS) and, while it applies a layer, a re-executed child, and an import
+/// is mostly containers-storage's synced metadata writes under its store locks: one at a time
+/// took 1.4× as long as four in the recorded small-set run, and four cost 70–95 MiB more than
+/// one (BENCHMARKS.md, Pre-caching).
+pub const IMPORT_PARALLEL: usize = 2;
 pub mod limit;
 pub mod list;
 pub mod manifest;
@@ -52,7 +57,7 @@ use talm_shared::clock::Clock;
 use tokio::time::Instant;
 
 use self::cache::{Cache, CacheError};
-use self::import::{Importer, Present, Storage};
+use self::import::{Importer, LayerGate, Present, Storage};
 use self::limit::Limiter;
 use self::pull::{PullConfig, PullError, Puller, RetryPolicy};
 use self::sources::{Mirrors, PullSecret, SourceError};
@@ -152,6 +157,8 @@ pub struct Options {
     pub low_priority_tools: bool,
     /// The hub's grant of the task (hold, cap), as it changes (`None`: a manual run).
     pub grant: Option<tokio::sync::watch::Receiver<crate::journal::Grant>>,
+    /// Imports (skopeo processes) at once, at least 1.
+    pub import_parallel: usize,
 }
 
 impl Options {
@@ -170,6 +177,7 @@ impl Options {
             deadline: None,
             low_priority_tools: false,
             grant: None,
+            import_parallel: IMPORT_PARALLEL,
         }
     }
 
@@ -497,54 +505,71 @@ async fn run_inner(
         low_priority: opts.low_priority_tools,
         arch: pull::node_arch().to_string(),
     };
-    // Up to IMPORT_PARALLEL imports at once: containers-storage locks its stores itself (TALM's
-    // ten parallel `podman pull`s share one storage the same way), and most of a `skopeo copy`
-    // is process start-up, manifest/config work and layer reuse checks that overlap well.
-    let import_slot = Arc::new(tokio::sync::Semaphore::new(
-        opts.parallel.clamp(1, IMPORT_PARALLEL),
-    ));
-    futures_util::stream::iter(ready.into_iter().map(|r| {
-        let (puller, journal, importer, slot) = (
-            puller.clone(),
-            journal.clone(),
-            importer.clone(),
-            import_slot.clone(),
-        );
-        let do_import = opts.import;
+    // Fetching and importing are two stages joined by a queue: `parallel` images are fetched
+    // at once whatever the imports are doing, and `import_parallel` imports take fetched images
+    // in the order they complete. (A fetch slot no longer waits for an import slot.)
+    let (fetched_tx, fetched_rx) = tokio::sync::mpsc::unbounded_channel::<pull::Resolved>();
+    let do_import = opts.import;
+    let fetch = {
+        let (puller, journal) = (puller.clone(), journal.clone());
         async move {
-            let name = r.name.clone();
-            journal.image(&name, |i| {
-                i.state = ImageState::Pulling;
-                i.pulled_from = r
-                    .sources
-                    .first()
-                    .map(|s| s.pull_spec.clone())
-                    .unwrap_or_default();
-            });
-            if let Err(e) = puller.pull(&r).await {
-                tracing::warn!(image = %name, error = %e.message, "pull failed");
-                fail(&journal, &name, &e.message);
-                return;
-            }
-            if !do_import {
-                journal.image(&name, |i| i.state = ImageState::Cached);
-                return;
-            }
-            let _permit = slot.acquire().await;
-            journal.update(false, |s| s.phase = status::Phase::Importing);
-            let ref_name = pull::oci_ref_name(&name);
-            let n2 = name.clone();
-            let out = tokio::task::spawn_blocking(move || importer.import(&n2, &ref_name)).await;
-            match out {
-                Ok(Ok(())) => journal.image(&name, |i| i.state = ImageState::Imported),
-                Ok(Err(e)) => fail(&journal, &name, &format!("import: {e}")),
-                Err(e) => fail(&journal, &name, &format!("import: {e}")),
-            }
+            futures_util::stream::iter(ready)
+                .for_each_concurrent(parallel, |r| {
+                    let (puller, journal, tx) =
+                        (puller.clone(), journal.clone(), fetched_tx.clone());
+                    async move {
+                        let name = r.name.clone();
+                        journal.image(&name, |i| {
+                            i.state = ImageState::Pulling;
+                            i.pulled_from = r
+                                .sources
+                                .first()
+                                .map(|s| s.pull_spec.clone())
+                                .unwrap_or_default();
+                        });
+                        if let Err(e) = puller.pull(&r).await {
+                            tracing::warn!(image = %name, error = %e.message, "pull failed");
+                            fail(&journal, &name, &e.message);
+                            return;
+                        }
+                        if !do_import {
+                            journal.image(&name, |i| i.state = ImageState::Cached);
+                            return;
+                        }
+                        if tx.send(r).is_err() {
+                            fail(&journal, &name, "import: the import queue is gone");
+                        }
+                    }
+                })
+                .await;
+            // The last sender goes here: the import stage ends once its queue is empty.
+            drop(fetched_tx);
         }
-    }))
-    .buffer_unordered(parallel)
-    .collect::<Vec<()>>()
-    .await;
+    };
+    let gate = Arc::new(LayerGate::default());
+    let import = tokio_stream::wrappers::UnboundedReceiverStream::new(fetched_rx)
+        .for_each_concurrent(opts.import_parallel.max(1), |r| {
+            let (journal, importer, gate) = (journal.clone(), importer.clone(), gate.clone());
+            async move {
+                let name = r.name;
+                let layers: Vec<String> = r.layers.iter().map(|l| l.digest.clone()).collect();
+                let pass = gate.enter(&layers).await;
+                journal.update(false, |s| s.phase = status::Phase::Importing);
+                let ref_name = pull::oci_ref_name(&name);
+                let n2 = name.clone();
+                let out =
+                    tokio::task::spawn_blocking(move || importer.import(&n2, &ref_name)).await;
+                match out {
+                    Ok(Ok(())) => {
+                        pass.landed();
+                        journal.image(&name, |i| i.state = ImageState::Imported);
+                    }
+                    Ok(Err(e)) => fail(&journal, &name, &format!("import: {e}")),
+                    Err(e) => fail(&journal, &name, &format!("import: {e}")),
+                }
+            }
+        });
+    tokio::join!(fetch, import);
 
     let s = journal.snapshot();
     let failures = s.failures();

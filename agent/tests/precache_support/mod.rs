@@ -593,7 +593,12 @@ pub struct LayerSizes {
     pub unique: usize,
     /// The seed of the content generator.
     pub seed: u64,
+    /// Release components get [`LayerSizes::component_layer`]'s release-like sizes instead of
+    /// `unique` (operator and extra images keep `unique`).
+    pub release_like: bool,
 }
+
+const MIB: usize = 1 << 20;
 
 impl LayerSizes {
     /// Small sizes for tests: 1 MiB + 256 KiB + 64 KiB shared, 16 KiB unique.
@@ -601,7 +606,36 @@ impl LayerSizes {
         base: [1 << 20, 256 << 10, 64 << 10],
         unique: 16 << 10,
         seed: 4,
+        release_like: false,
     };
+
+    /// A release-like set (the benchmark's `--set large`): shared base layers of 80, 24 and
+    /// 4 MiB (an OS base and two runtime layers), and per release component one layer of
+    /// [`LayerSizes::component_layer`]: four large ones (480, 320, 200, 120 MiB, like the
+    /// installer, hyperkube, tools and ironic images), one component in eight with a medium
+    /// layer (24–64 MiB) and the rest small (0.25–6 MiB); operator and extra images 2 MiB.
+    /// With 160 components: about 2.4 GiB of unique blobs.
+    pub const RELEASE: LayerSizes = LayerSizes {
+        base: [80 * MIB, 24 * MIB, 4 * MIB],
+        unique: 2 * MIB,
+        seed: 0x5eed,
+        release_like: true,
+    };
+
+    /// The size of release component `i`'s own layer.
+    pub fn component_layer(&self, i: usize) -> usize {
+        if !self.release_like {
+            return self.unique;
+        }
+        match i {
+            1 => 480 * MIB,
+            4 => 320 * MIB,
+            22 => 200 * MIB,
+            24 => 120 * MIB,
+            _ if i % 8 == 3 => (24 + (i * 7) % 41) * MIB,
+            _ => (256 << 10) * (1 + (i * 37) % 24),
+        }
+    }
 }
 
 /// The synthetic image set, as pushed.
@@ -1000,7 +1034,7 @@ pub fn build_fixture_with(
     // Release components, all in one repository like OpenShift's ocp-v4.0-art-dev.
     let art_repo = "openshift-release-dev/ocp-v4.0-art-dev";
     let names: Vec<String> = (0..n_release_images).map(component_name).collect();
-    for name in &names {
+    for (i, name) in names.iter().enumerate() {
         let lt = format!("comp-{name}");
         layout.add_layer(
             "base-abc",
@@ -1008,7 +1042,7 @@ pub fn build_fixture_with(
             &[
                 (
                     format!("usr/share/{name}/payload.bin"),
-                    rng.bytes(sizes.unique),
+                    rng.bytes(sizes.component_layer(i)),
                 ),
                 (format!("usr/share/{name}/NAME"), name.as_bytes().to_vec()),
             ],
