@@ -242,12 +242,13 @@ fn bandwidth_divides_exactly_with_the_remainder_to_the_earliest() {
         json!({"bandwidth": "10000001", "maxConcurrentClusters": 3}),
     ));
     for (i, c) in ["s3", "s2", "s1"].iter().enumerate() {
-        let batch = i64::try_from(i).unwrap();
+        let created = i64::try_from(i).unwrap();
         f.cluster(c, &[])
-            .agent(agent(c, "t", true, Some((batch, 0))));
+            .agent(agent(c, "t", true, Some((0, created))));
     }
     f.step(t0());
-    // s3 is batch 0, s2 batch 1, s1 batch 2: the two extra bytes go to s3 and s2.
+    // One batch; s3's CGU is the oldest, then s2's, then s1's: the two extra bytes go to s3
+    // and s2.
     assert_eq!(
         (f.cap("s3"), f.cap("s2"), f.cap("s1")),
         (Some(3_333_334), Some(3_333_334), Some(3_333_333))
@@ -337,16 +338,17 @@ fn every_overlapping_budget_applies_and_other_budgets_go_on() {
         json!({"clusterSelector": {"matchLabels": {"site": "b"}}, "maxConcurrentClusters": 1}),
     ));
     let east_a = [("site", "a"), ("region", "east")];
+    // One batch, queued by CGU age: a1, a2, a3.
     f.cluster("a1", &east_a)
         .agent(agent("a1", "t", true, Some((1, 0))));
     f.cluster("a2", &east_a)
-        .agent(agent("a2", "t", true, Some((2, 0))));
+        .agent(agent("a2", "t", true, Some((1, 1))));
     // Region west: only site-a limits it.
     f.cluster("a3", &[("site", "a"), ("region", "west")])
-        .agent(agent("a3", "t", true, Some((3, 0))));
+        .agent(agent("a3", "t", true, Some((1, 2))));
     // A later batch under another budget goes on while a2 waits.
     f.cluster("b1", &[("site", "b")])
-        .agent(agent("b1", "t", true, Some((4, 0))));
+        .agent(agent("b1", "t", true, Some((2, 0))));
     f.step(t0());
     assert_eq!(f.admitted(), ["a1", "a3", "b1"]);
     assert_eq!(f.status("region").queued, 1);
@@ -371,15 +373,13 @@ fn concurrency_per_registry_entry() {
         "mirror",
         json!({"registries": [{"host": "mirror:5000", "maxConcurrentClusters": 1}]}),
     ));
-    for (i, (c, host)) in [
-        ("r1", "mirror:5000"),
-        ("r2", "mirror:5000"),
-        ("r3", "quay.io"),
-    ]
-    .iter()
-    .enumerate()
-    {
-        let mut a = agent(c, "t", true, Some((i64::try_from(i).unwrap(), 0)));
+    // r2 and r3 are one batch after r1 (two consecutive batches may run at once).
+    for (c, host, batch) in [
+        ("r1", "mirror:5000", 0),
+        ("r2", "mirror:5000", 1),
+        ("r3", "quay.io", 1),
+    ] {
+        let mut a = agent(c, "t", true, Some((batch, 0)));
         report(&mut a, "Starting", Some(progress(0, 10 * MI, 0, &[host])));
         f.cluster(c, &[]).agent(a);
     }
@@ -390,6 +390,40 @@ fn concurrency_per_registry_entry() {
     assert_eq!((st.registries[0].active, st.registries[0].queued), (1, 1));
     // No bandwidth anywhere: no caps.
     assert_eq!((f.cap("r1"), f.cap("r3")), (None, None));
+}
+
+#[test]
+fn batch_one_finishes_before_batch_three_starts_even_when_a_registry_holds_it_back() {
+    let mut f = Fleet::default();
+    f.budget(budget(
+        "site",
+        json!({"clusterSelector": {"matchLabels": {"site": "s1"}}, "maxConcurrentClusters": 10}),
+    ));
+    f.budget(budget(
+        "mirror",
+        json!({"registries": [{"host": "mirror-a:5000", "maxConcurrentClusters": 1}]}),
+    ));
+    for (c, host, batch) in [
+        ("x1", "mirror-a:5000", 1),
+        ("x2", "mirror-a:5000", 1),
+        ("y1", "mirror-b:5000", 2),
+        ("z1", "mirror-b:5000", 3),
+    ] {
+        let mut a = agent(c, "t", true, Some((batch, 0)));
+        report(&mut a, "Starting", Some(progress(0, 10 * MI, 0, &[host])));
+        f.cluster(c, &[("site", "s1")]).agent(a);
+    }
+    // x2 waits for mirror-a; the site has room, but only batch 2 may use it: z1 (batch 3)
+    // waits while a batch-1 cluster is live.
+    f.step(t0());
+    assert_eq!(f.admitted(), ["x1", "y1"]);
+    // (Finished clusters stay un-held: `admitted` lists every cluster let in so far.)
+    f.finish("x1");
+    f.step(t0());
+    assert_eq!(f.admitted(), ["x1", "x2", "y1"]);
+    f.finish("x2");
+    f.step(t0());
+    assert_eq!(f.admitted(), ["x1", "x2", "y1", "z1"]);
 }
 
 #[test]

@@ -7,6 +7,13 @@
 //! later batch never overtakes an earlier one under the same budget, while tasks under other
 //! budgets go on. A task waiting for its agent's registry report waits without blocking anyone
 //! (the agent reports while held; an agent that never does must not stop its budget).
+//!
+//! Batch window: under one limiter at most two consecutive batches pre-cache at once. A queued
+//! task of batch `b` waits while a live task (queued or downloading) of batch `b - 2` or
+//! earlier shares any limiter with it, so every cluster of batch 1 has finished before a
+//! cluster of batch 3 under the same budget starts, even when another limit (a registry) holds
+//! batch 1 back and would otherwise hand its site's free slots to later batches. A budget that
+//! selects the whole fleet makes the window fleet-wide.
 
 use super::fleet::{Fleet, Play};
 
@@ -23,6 +30,15 @@ pub(super) fn admit(fleet: &Fleet<'_>) -> Vec<bool> {
             active[l] += 1;
         }
     }
+    // The earliest batch still live under each limiter (tasks without an order have none).
+    let mut earliest: Vec<Option<i64>> = vec![None; fleet.limiters.len()];
+    for t in fleet.tasks.iter().filter(|t| t.play == Play::Live) {
+        if let Some(o) = t.order {
+            for &l in &t.limiters {
+                earliest[l] = Some(earliest[l].map_or(o.batch, |e| e.min(o.batch)));
+            }
+        }
+    }
     let mut blocked = vec![false; fleet.limiters.len()];
     let mut hold: Vec<bool> = fleet.tasks.iter().map(|t| t.held).collect();
     for (i, t) in fleet.tasks.iter().enumerate() {
@@ -30,6 +46,15 @@ pub(super) fn admit(fleet: &Fleet<'_>) -> Vec<bool> {
             continue;
         }
         if t.limiters.iter().any(|&l| blocked[l]) {
+            continue;
+        }
+        if let Some(o) = t.order
+            && t.limiters
+                .iter()
+                .any(|&l| earliest[l].is_some_and(|e| e < o.batch.saturating_sub(1)))
+        {
+            // Outside the batch window: later tasks are of this batch or later, so they wait
+            // too; the limiters stay open for tasks of other budgets.
             continue;
         }
         let mut room = true;
