@@ -117,7 +117,7 @@ struct Args {
     #[arg(long, default_value_t = 30)]
     registry_max: usize,
     /// What each agent downloads, MiB.
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 50)]
     total_mib: u64,
     /// Each node's own link, MiB/s (the rate without a hub cap).
     #[arg(long, default_value_t = 100)]

@@ -13,8 +13,9 @@
 //! 4. with `--agent-bin` (a relative path is taken from the workspace root, and checked before
 //!    anything starts), the idle RSS and CPU of one real `talm-agent run`.
 //!
-//! Simulated agents answer every assignment at once (accepted + succeeded) and reconnect with the
-//! agent's own jittered backoff. Results are printed as a Markdown table.
+//! Simulated agents (`support/sim_agent.rs`, shared with the hub's `precache_budget` benchmark)
+//! answer every assignment at once (accepted + succeeded) and reconnect with the agent's own
+//! jittered backoff. Results are printed as a Markdown table.
 
 #![allow(
     clippy::unwrap_used,
