@@ -25,8 +25,9 @@
 //! Each agent downloads `--total-mib` through a token bucket at the cap the hub gives it
 //! (the node's own link, `--node-mib`, when there is none) and reports progress every 5 s.
 //! Measured (`measure.rs`) and printed as Markdown tables: per site, the aggregate rate over
-//! every 10 s window (1 s step) between the site's first and last let-in (while it still had
-//! queued clusters), min and max as % of its budget; the most clusters downloading at once per
+//! every 10 s window (1 s step) from when every cluster of the site had its task and one was
+//! let in, to the site's last let-in (while it still had queued clusters), min and max as % of
+//! its budget; the most clusters downloading at once per
 //! registry and per site; for each batch k, batch k's last finish against batch k+2's first
 //! let-in; and the hub's CPU seconds and peak RSS during pre-caching, with budgets against
 //! the baseline, and their ratio.
@@ -736,19 +737,6 @@ fn print_report(a: &Args, outcomes: &[Outcome]) {
     row("tasks assigned held", &|o| {
         o.clusters.iter().filter(|c| c.rec.held).count().to_string()
     });
-    row(
-        "every site's tasks assigned before its first let-in",
-        &|o| {
-            let bad = (0..a.sites)
-                .filter(|s| !measure::assigned_before_let_in(&o.clusters, *s))
-                .count();
-            if bad == 0 {
-                "yes".into()
-            } else {
-                format!("no ({bad} sites)")
-            }
-        },
-    );
     row("max concurrent per site (limit with budgets)", &|o| {
         let m = (0..a.sites)
             .map(|s| measure::max_concurrent(o.clusters.iter().filter(|c| c.site == s)))
@@ -791,6 +779,24 @@ fn print_report(a: &Args, outcomes: &[Outcome]) {
                 pct(min, budget),
                 pct(max, budget),
                 rates.iter().map(|r| r.windows).sum::<usize>()
+            )
+        },
+    );
+    row(
+        "hand-over in a site: a finish → the next let-in, median / max",
+        &|o| {
+            let mut gaps: Vec<f64> = (0..a.sites)
+                .flat_map(|s| measure::handover_gaps(&o.clusters, s))
+                .collect();
+            if !o.budgets || gaps.is_empty() {
+                return "— (nothing queued)".into();
+            }
+            gaps.sort_by(f64::total_cmp);
+            format!(
+                "{:.2} / {:.2} s ({} let-ins)",
+                gaps[gaps.len() / 2],
+                gaps[gaps.len() - 1],
+                gaps.len()
             )
         },
     );
@@ -839,8 +845,8 @@ fn print_report(a: &Args, outcomes: &[Outcome]) {
     for o in outcomes.iter().filter(|o| o.budgets) {
         println!();
         println!(
-            "Per site, with budgets ({} MiB/s each; windows of 10 s, 1 s apart, from the site's \
-             first let-in to its last):",
+            "Per site, with budgets ({} MiB/s each; windows of 10 s, 1 s apart, from when every \
+             cluster of the site had its task and one was let in, to the site's last let-in):",
             a.site_mib
         );
         println!();

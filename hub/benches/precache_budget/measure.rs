@@ -27,7 +27,7 @@ pub struct SiteRate {
     /// Lowest and highest window rate, bytes/s.
     pub min: f64,
     pub max: f64,
-    /// The span the windows cover: the site's first let-in to its last let-in, seconds.
+    /// The span the windows cover (see [`site_rate`]), seconds.
     pub from: f64,
     pub to: f64,
 }
@@ -51,15 +51,22 @@ fn per_tick<'a>(of: impl Iterator<Item = &'a Cluster>) -> Vec<u64> {
     sum
 }
 
-/// The aggregate rate of `site` over every 10 s window (1 s step) that lies between the site's
-/// first let-in and its last let-in: throughout such a window the site still had a queued
-/// cluster (when every cluster of the site was assigned before its first let-in, which
-/// [`assigned_before_let_in`] checks), so the budget, not the lack of work, is what should
-/// bound it. `None` when that span is shorter than one window.
+/// The aggregate rate of `site` over every 10 s window (1 s step) that lies between the
+/// moment every cluster of the site had its task (the later of the site's first let-in and its
+/// last assignment, as the agents received them) and the site's last let-in: throughout such a
+/// window the site still had a queued cluster, so the budget, not the lack of work, is what
+/// should bound it. `None` when that span is shorter than one window.
 pub fn site_rate(clusters: &[Cluster], site: usize) -> Option<SiteRate> {
     let of_site = || clusters.iter().filter(move |c| c.site == site);
     let lets: Vec<f64> = of_site().filter_map(|c| c.rec.let_in).collect();
-    let from = lets.iter().copied().fold(f64::INFINITY, f64::min);
+    let last_assigned = of_site()
+        .filter_map(|c| c.rec.assigned)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let from = lets
+        .iter()
+        .copied()
+        .fold(f64::INFINITY, f64::min)
+        .max(last_assigned);
     let to = lets.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     if !from.is_finite() || to - from < WINDOW_TICKS as f64 * TICK.as_secs_f64() {
         return None;
@@ -85,15 +92,6 @@ pub fn site_rate(clusters: &[Cluster], site: usize) -> Option<SiteRate> {
         w += STEP_TICKS;
     }
     Some(out)
-}
-
-/// Whether every cluster of `site` had its task assigned before the site's first let-in.
-pub fn assigned_before_let_in(clusters: &[Cluster], site: usize) -> bool {
-    let of_site = || clusters.iter().filter(move |c| c.site == site);
-    let first = of_site()
-        .filter_map(|c| c.rec.let_in)
-        .fold(f64::INFINITY, f64::min);
-    of_site().all(|c| c.rec.assigned.is_some_and(|t| t <= first))
 }
 
 /// The highest aggregate rate of `site` over any 10 s window (1 s step) of the run, bytes/s.
@@ -174,6 +172,22 @@ pub fn batch_order(clusters: &[Cluster]) -> Vec<Option<BatchPair>> {
                 last_finish,
                 first_start,
             })
+        })
+        .collect()
+}
+
+/// For every let-in in `site` that came after one of the site's clusters finished: the time
+/// from the latest such finish to the let-in, seconds (the hand-over from a finished cluster to
+/// a queued one: the agent's result, the scheduler's run, the grant reaching the agent).
+pub fn handover_gaps(clusters: &[Cluster], site: usize) -> Vec<f64> {
+    let of_site = || clusters.iter().filter(move |c| c.site == site);
+    let mut finishes: Vec<f64> = of_site().filter_map(|c| c.rec.finished).collect();
+    finishes.sort_by(f64::total_cmp);
+    of_site()
+        .filter_map(|c| c.rec.let_in)
+        .filter_map(|l| {
+            let before = finishes.partition_point(|f| *f <= l);
+            before.checked_sub(1).map(|i| l - finishes[i])
         })
         .collect()
 }
