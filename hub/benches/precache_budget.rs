@@ -42,12 +42,16 @@
 
 #[path = "precache_budget/agent.rs"]
 mod agent;
+#[path = "precache_budget/fleet.rs"]
+mod fleet;
 #[path = "support/hub_process.rs"]
 mod hub_process;
 #[path = "precache_budget/measure.rs"]
 mod measure;
 #[path = "../gateway/benches/support/procfs.rs"]
 mod procfs;
+#[path = "precache_budget/report.rs"]
+mod report;
 #[path = "../gateway/benches/support/sim_agent.rs"]
 mod sim_agent;
 
@@ -60,10 +64,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use serde_json::{Value, json};
+use serde_json::Value;
 use talm_agent::conn::{HubTarget, Identity};
-use talm_gateway::store::Enrollment;
-use talm_hub::operator::agents::secrets;
 use talm_kube_double::{KubeDouble, ResourceKind};
 use talm_shared::clock::{Clock, SystemClock};
 use talm_shared::pki::{self, Authority};
@@ -225,7 +227,7 @@ fn main() -> anyhow::Result<()> {
         eprintln!("   done ({})", load_average());
         outcomes.push(o);
     }
-    print_report(&args, &outcomes);
+    report::print_report(&args, &outcomes);
     let failed: Vec<String> = outcomes
         .iter()
         .filter(|o| !o.succeeded)
@@ -274,145 +276,6 @@ fn site_label(s: usize) -> String {
 
 fn max_concurrency(a: &Args) -> usize {
     a.agents.div_ceil(a.batches)
-}
-
-/// The fleet, the policy, the gateway's key material and enrollments, and (with `budgets`)
-/// the PrecacheBudgets, in the double. Returns the hub CA (PEM) the agents trust.
-async fn populate(
-    double: &KubeDouble,
-    a: &Args,
-    ca: &Authority,
-    ids: &[Identity],
-    budgets: bool,
-) -> anyhow::Result<String> {
-    let now = std::time::SystemTime::now();
-    let to_value = |s: &k8s_openapi::api::core::v1::Secret| -> anyhow::Result<Value> {
-        let mut v = serde_json::to_value(s)?;
-        v["apiVersion"] = json!("v1");
-        v["kind"] = json!("Secret");
-        Ok(v)
-    };
-    // The agent CA and a serving certificate for 127.0.0.1, where the hub would generate them.
-    double.put_value(to_value(&secrets::tls_secret(
-        HUB_NS,
-        secrets::AGENT_CA_SECRET,
-        secrets::KIND_AGENT_CA,
-        &ca.cert_pem,
-        &ca.key_pem,
-        None,
-    ))?)?;
-    let hub_ca = pki::new_ca("talm hub CA", now, TEN_YEARS)?;
-    let leaf = pki::server_cert(&hub_ca, &["127.0.0.1".to_string()], now, TEN_YEARS)?;
-    double.put_value(to_value(&secrets::tls_secret(
-        HUB_NS,
-        secrets::SERVING_SECRET,
-        secrets::KIND_SERVING,
-        &leaf.cert_pem,
-        &leaf.key_pem,
-        Some(&hub_ca.cert_pem),
-    ))?)?;
-    let enrolled_at = SystemClock.unix();
-    for id in ids {
-        let e = Enrollment {
-            cluster: id.info.cluster.clone(),
-            serials: vec![id.info.serial.clone()],
-            not_after: id.info.not_after,
-            enrolled_at,
-        };
-        double.put_value(to_value(&secrets::enrollment_to_secret(HUB_NS, &e))?)?;
-    }
-    let names: Vec<String> = (0..a.agents).map(cluster).collect();
-    for (i, c) in names.iter().enumerate() {
-        double
-            .put_value(json!({
-                "apiVersion": "cluster.open-cluster-management.io/v1",
-                "kind": "ManagedCluster",
-                "metadata": {"name": c, "labels": {"name": c, "vendor": "OpenShift",
-                    "ztp-done": "", "site": site_label(site(a, i))}},
-                "status": {"conditions": [{"type": "ManagedClusterConditionAvailable",
-                    "status": "True", "reason": "Available", "message": "ok",
-                    "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
-            }))
-            .context("ManagedCluster")?;
-    }
-    // The platform upgrade: its ClusterVersion names the release image to pre-cache.
-    let templates = json!([{"objectDefinition": {
-        "apiVersion": "policy.open-cluster-management.io/v1",
-        "kind": "ConfigurationPolicy",
-        "metadata": {"name": "platform-upgrade-config"},
-        "spec": {"remediationAction": "inform", "object-templates": [{
-            "complianceType": "musthave",
-            "objectDefinition": {"apiVersion": "config.openshift.io/v1", "kind": "ClusterVersion",
-                "metadata": {"name": "version"},
-                "spec": {"channel": "stable-4.99", "desiredUpdate": {"version": "4.99.0",
-                    "image": format!("quay.io/openshift-release-dev/ocp-release@sha256:{}",
-                                     "ab".repeat(32))}}}}]}}}]);
-    let status: Vec<Value> = names
-        .iter()
-        .map(|c| json!({"clustername": c, "clusternamespace": c, "compliant": "NonCompliant"}))
-        .collect();
-    double
-        .put_value(json!({
-            "apiVersion": "policy.open-cluster-management.io/v1",
-            "kind": "Policy",
-            "metadata": {"name": POLICY, "namespace": NS},
-            "spec": {"remediationAction": "inform", "disabled": false,
-                     "policy-templates": templates},
-            "status": {"compliant": "NonCompliant", "status": status}
-        }))
-        .context("root policy")?;
-    let child = format!("{NS}.{POLICY}");
-    for c in &names {
-        double
-            .put_value(json!({
-                "apiVersion": "policy.open-cluster-management.io/v1",
-                "kind": "Policy",
-                "metadata": {"name": child, "namespace": c,
-                    "labels": {"policy.open-cluster-management.io/root-policy": child,
-                               "policy.open-cluster-management.io/cluster-name": c,
-                               "policy.open-cluster-management.io/cluster-namespace": c}},
-                "spec": {"remediationAction": "inform", "disabled": false,
-                         "policy-templates": templates},
-                "status": {"compliant": "NonCompliant"}
-            }))
-            .context("child policy")?;
-    }
-    if budgets {
-        for s in 0..a.sites {
-            double
-                .put_value(json!({
-                    "apiVersion": "talm.dev/v1alpha1",
-                    "kind": "PrecacheBudget",
-                    "metadata": {"name": site_label(s)},
-                    "spec": {"clusterSelector": {"matchLabels": {"site": site_label(s)}},
-                             "bandwidth": format!("{}Mi", a.site_mib),
-                             "maxConcurrentClusters": a.site_max}
-                }))
-                .context("site PrecacheBudget")?;
-        }
-        double
-            .put_value(json!({
-                "apiVersion": "talm.dev/v1alpha1",
-                "kind": "PrecacheBudget",
-                "metadata": {"name": "mirror-a"},
-                "spec": {"registries": [{"host": REGISTRIES[0],
-                                         "maxConcurrentClusters": a.registry_max}]}
-            }))
-            .context("registry PrecacheBudget")?;
-    }
-    Ok(hub_ca.cert_pem)
-}
-
-fn cgu_object(a: &Args) -> Value {
-    let names: Vec<String> = (0..a.agents).map(cluster).collect();
-    json!({
-        "apiVersion": "ran.openshift.io/v1alpha1",
-        "kind": "ClusterGroupUpgrade",
-        "metadata": {"name": CGU, "namespace": NS},
-        "spec": {"clusters": names, "managedPolicies": [POLICY],
-                 "remediationStrategy": {"maxConcurrency": max_concurrency(a), "timeout": 240},
-                 "preCaching": true, "enable": false}
-    })
 }
 
 fn spawn_hub(
@@ -512,7 +375,7 @@ async fn run_mode(
         .start()
         .await
         .context("starting the API double")?;
-    let hub_ca = populate(&double, a, ca, ids, budgets).await?;
+    let hub_ca = fleet::populate(&double, a, ca, ids, budgets).await?;
 
     let dir = tempfile::Builder::new()
         .prefix("talm-precache-budget-bench-")
@@ -619,7 +482,7 @@ async fn drive(
     let cpu0 = procfs::tree_stats(pid).cpu_secs();
     let created = Instant::now();
     out.cgu_at = shared.t0.elapsed().as_secs_f64();
-    double.put_value(cgu_object(a)).context("CGU")?;
+    double.put_value(fleet::cgu_object(a)).context("CGU")?;
     let deadline = created + Duration::from_secs(a.timeout_secs);
     let mut last_line = Instant::now();
     let result = loop {
@@ -694,195 +557,4 @@ async fn drive(
         })
         .collect();
     result
-}
-
-fn pct(x: f64, of: f64) -> String {
-    format!("{:.1}%", 100.0 * x / of)
-}
-
-fn print_report(a: &Args, outcomes: &[Outcome]) {
-    let budget = a.site_mib as f64 * MIB;
-    println!();
-    println!("Fleet: {} agents; {}.", a.agents, fleet_summary(a));
-    println!();
-    println!(
-        "| measure | {} |",
-        outcomes
-            .iter()
-            .map(|o| mode_name(o.budgets))
-            .collect::<Vec<_>>()
-            .join(" | ")
-    );
-    println!("|---|{}", "---|".repeat(outcomes.len()));
-    let row = |name: &str, f: &dyn Fn(&Outcome) -> String| {
-        println!(
-            "| {name} | {} |",
-            outcomes.iter().map(f).collect::<Vec<_>>().join(" | ")
-        );
-    };
-    row("result", &|o| {
-        if o.succeeded {
-            "every pre-cache Succeeded".into()
-        } else {
-            format!("FAILED: {}", o.failure.as_deref().unwrap_or("?"))
-        }
-    });
-    row(
-        "pre-caching wall time (CGU created → all Succeeded)",
-        &|o| format!("{:.1} s", o.precache_secs),
-    );
-    row("agent sessions opened (N = no reconnects)", &|o| {
-        o.sessions.to_string()
-    });
-    row("tasks assigned held", &|o| {
-        o.clusters.iter().filter(|c| c.rec.held).count().to_string()
-    });
-    row("max concurrent per site (limit with budgets)", &|o| {
-        let m = (0..a.sites)
-            .map(|s| measure::max_concurrent(o.clusters.iter().filter(|c| c.site == s)))
-            .max()
-            .unwrap_or(0);
-        format!("{m} ({})", a.site_max)
-    });
-    for (r, host) in REGISTRIES.iter().enumerate() {
-        row(&format!("max concurrent from {host}"), &|o| {
-            let m = measure::max_concurrent(o.clusters.iter().filter(|c| c.registry == r));
-            if r == 0 {
-                format!("{m} (limit {})", a.registry_max)
-            } else {
-                format!("{m} (no limit)")
-            }
-        });
-    }
-    row(
-        "peak site rate, any 10 s window, % of the site budget",
-        &|o| {
-            let m = (0..a.sites)
-                .map(|s| measure::peak_site_rate(&o.clusters, s))
-                .fold(0.0, f64::max);
-            pct(m, budget)
-        },
-    );
-    row(
-        "site rate over the windows with queued clusters: min / max % of budget",
-        &|o| {
-            let rates: Vec<_> = (0..a.sites)
-                .filter_map(|s| measure::site_rate(&o.clusters, s))
-                .collect();
-            if rates.is_empty() {
-                return "no window (no site queued for 10 s)".into();
-            }
-            let min = rates.iter().map(|r| r.min).fold(f64::INFINITY, f64::min);
-            let max = rates.iter().map(|r| r.max).fold(0.0, f64::max);
-            format!(
-                "{} / {} over {} windows",
-                pct(min, budget),
-                pct(max, budget),
-                rates.iter().map(|r| r.windows).sum::<usize>()
-            )
-        },
-    );
-    row(
-        "hand-over in a site: a finish → the next let-in, median / max",
-        &|o| {
-            let mut gaps: Vec<f64> = (0..a.sites)
-                .flat_map(|s| measure::handover_gaps(&o.clusters, s))
-                .collect();
-            if !o.budgets || gaps.is_empty() {
-                return "— (nothing queued)".into();
-            }
-            gaps.sort_by(f64::total_cmp);
-            format!(
-                "{:.2} / {:.2} s ({} let-ins)",
-                gaps[gaps.len() / 2],
-                gaps[gaps.len() - 1],
-                gaps.len()
-            )
-        },
-    );
-    row("batch k finished before batch k+2 started (pairs)", &|o| {
-        let pairs = measure::batch_order(&o.clusters);
-        let ok = pairs.iter().flatten().filter(|p| p.ordered()).count();
-        format!("{ok} of {} ({} batches)", pairs.len(), o.batches)
-    });
-    row("hub CPU during pre-caching", &|o| {
-        format!(
-            "{:.1} s ({:.3} cores)",
-            o.cpu_precache,
-            o.cpu_precache / o.precache_secs.max(1e-9)
-        )
-    });
-    row("hub CPU, whole run (start, sessions, pre-caching)", &|o| {
-        format!("{:.1} s", o.cpu_total)
-    });
-    row("hub RSS once the sessions were up", &|o| {
-        format!("{:.0} MiB", o.rss_connected_kib as f64 / 1024.0)
-    });
-    row("hub peak RSS (VmHWM, process tree)", &|o| {
-        format!("{:.0} MiB", o.hwm_kib as f64 / 1024.0)
-    });
-    if let (Some(base), Some(with)) = (
-        outcomes.iter().find(|o| !o.budgets),
-        outcomes.iter().find(|o| o.budgets),
-    ) {
-        println!();
-        println!("| budgets / baseline | ratio |");
-        println!("|---|---|");
-        println!(
-            "| hub CPU seconds during pre-caching | {:.2}× |",
-            with.cpu_precache / base.cpu_precache.max(1e-9)
-        );
-        println!(
-            "| hub CPU cores during pre-caching | {:.2}× |",
-            (with.cpu_precache / with.precache_secs.max(1e-9))
-                / (base.cpu_precache / base.precache_secs.max(1e-9)).max(1e-9)
-        );
-        println!(
-            "| hub peak RSS | {:.2}× |",
-            with.hwm_kib as f64 / (base.hwm_kib as f64).max(1.0)
-        );
-    }
-    for o in outcomes.iter().filter(|o| o.budgets) {
-        println!();
-        println!(
-            "Per site, with budgets ({} MiB/s each; windows of 10 s, 1 s apart, from when every \
-             cluster of the site had its task and one was let in, to the site's last let-in):",
-            a.site_mib
-        );
-        println!();
-        println!("| site | windows | span | min | max | max concurrent |");
-        println!("|---|---|---|---|---|---|");
-        for s in 0..a.sites {
-            let mc = measure::max_concurrent(o.clusters.iter().filter(|c| c.site == s));
-            match measure::site_rate(&o.clusters, s) {
-                Some(r) => println!(
-                    "| {} | {} | {:.1}–{:.1} s | {} | {} | {mc} |",
-                    site_label(s),
-                    r.windows,
-                    r.from - o.cgu_at,
-                    r.to - o.cgu_at,
-                    pct(r.min, budget),
-                    pct(r.max, budget)
-                ),
-                None => println!("| {} | 0 | — | — | — | {mc} |", site_label(s)),
-            }
-        }
-        println!();
-        println!("Batch order, with budgets (seconds after the CGU was created):");
-        println!();
-        println!("| batch k | last finish in k | first start in k+2 | ordered |");
-        println!("|---|---|---|---|");
-        for (k, p) in measure::batch_order(&o.clusters).iter().enumerate() {
-            match p {
-                Some(p) => println!(
-                    "| {} | {:.1} s | {:.1} s | {} |",
-                    p.k + 1,
-                    p.last_finish - o.cgu_at,
-                    p.first_start - o.cgu_at,
-                    if p.ordered() { "yes" } else { "**no**" }
-                ),
-                None => println!("| {} | — | — | not measured |", k + 1),
-            }
-        }
-    }
 }

@@ -138,6 +138,7 @@ async fn two_agents_under_one_budget_stay_within_it_at_the_registry() {
                 base: [40 << 20, 16 << 20, 8 << 20],
                 unique: 256 << 10,
                 seed: 17,
+                release_like: false,
             },
         )
     });
