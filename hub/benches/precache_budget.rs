@@ -349,25 +349,11 @@ async fn run_mode(
         budgets,
         ..Outcome::default()
     };
-    let mut kinds: Vec<ResourceKind> = talm_kube_double::default_kinds()
+    let kinds: Vec<ResourceKind> = talm_kube_double::default_kinds()
         .into_iter()
         .filter(|k| k.plural == "clustergroupupgrades")
         .map(|k| k.with_history_limit(256))
         .collect();
-    if !talm_kube_double::default_kinds()
-        .iter()
-        .any(|k| k.plural == "precachebudgets")
-    {
-        kinds.push(
-            ResourceKind::cluster_scoped(
-                "talm.dev",
-                "v1alpha1",
-                "PrecacheBudget",
-                "precachebudgets",
-            )
-            .with_status(),
-        );
-    }
     let double = KubeDouble::builder()
         .history_limit(16 * n + 4096)
         .kinds(kinds)

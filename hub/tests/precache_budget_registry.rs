@@ -35,7 +35,7 @@ use operator_support::{
 use precache_support::node::Node;
 use precache_support::{BlobRequest, LayerSizes, Registry, build_fixture_with, require_tools};
 use serde_json::{Value, json};
-use talm_kube_double::{KubeDouble, ResourceKind};
+use talm_kube_double::KubeDouble;
 use talm_shared::clock::{Clock, SystemClock};
 
 const NS: &str = "default";
@@ -105,17 +105,6 @@ fn window(reqs: &[&BlobRequest]) -> (u64, f64) {
     )
 }
 
-/// The PrecacheBudget kind, when the double does not register it by default.
-fn precache_budget_kind() -> Option<ResourceKind> {
-    let registered = talm_kube_double::default_kinds()
-        .iter()
-        .any(|k| k.plural == "precachebudgets");
-    (!registered).then(|| {
-        ResourceKind::cluster_scoped("talm.dev", "v1alpha1", "PrecacheBudget", "precachebudgets")
-            .with_status()
-    })
-}
-
 /// Now, Unix seconds (the registry log's clock is the wall clock too).
 fn unix_now() -> f64 {
     SystemClock.now().as_nanosecond() as f64 / 1e9
@@ -156,11 +145,7 @@ async fn two_agents_under_one_budget_stay_within_it_at_the_registry() {
     );
 
     // The hub: both clusters at one site, one budget over the site.
-    let double = KubeDouble::builder()
-        .kinds(precache_budget_kind())
-        .start()
-        .await
-        .unwrap();
+    let double = KubeDouble::start().await.unwrap();
     for c in CLUSTERS {
         double
             .put_value(json!({
