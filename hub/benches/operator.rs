@@ -58,9 +58,14 @@
     clippy::print_stdout
 )]
 
+#[path = "support/hub_process.rs"]
+mod hub_process;
+#[path = "../gateway/benches/support/procfs.rs"]
+mod procfs;
+
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -74,7 +79,8 @@ use serde_json::{Value, json};
 use talm_kube_double::{KubeDouble, RequestRecord, Verb};
 use talm_shared::api::rhacm::Placement;
 use talm_shared::api::work::ManifestWork;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use hub_process::{free_port, http_get, load_average, stop, write_kubeconfig};
 
 /// Namespace of the CGU, the root policies and talm's Placements.
 const NS: &str = "ztp";
@@ -266,17 +272,6 @@ fn unit(r: Rollout) -> &'static str {
     }
 }
 
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| {
-            format!(
-                "load average {}",
-                s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
-            )
-        })
-        .unwrap_or_default()
-}
-
 fn cluster(i: usize) -> String {
     format!("sno{i:05}")
 }
@@ -391,23 +386,6 @@ fn populate_policies(
     Ok(())
 }
 
-fn free_port() -> anyhow::Result<SocketAddr> {
-    let l = TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?)
-}
-
-fn write_kubeconfig(path: &Path, url: &str) -> anyhow::Result<()> {
-    std::fs::write(
-        path,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: double\n  cluster: {{server: \"{url}\"}}\n\
-             contexts:\n- name: double\n  context: {{cluster: double, user: u, namespace: default}}\n\
-             current-context: double\nusers:\n- name: u\n  user: {{}}\n"
-        ),
-    )
-    .with_context(|| format!("writing {}", path.display()))
-}
-
 fn spawn_hub(
     bin: &Path,
     kubeconfig: &Path,
@@ -448,46 +426,6 @@ fn spawn_hub(
         .stderr(Stdio::from(log_file))
         .spawn()
         .with_context(|| format!("spawning {}", bin.display()))
-}
-
-/// `VmRSS` and `VmHWM` (KiB) of a process.
-fn rss_kib(pid: u32) -> (u64, u64) {
-    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return (0, 0);
-    };
-    let field = |name: &str| {
-        s.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-/// User + system CPU seconds of a process.
-fn cpu_secs(pid: u32) -> f64 {
-    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of stat; `rest` starts at field 3.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.ok()?;
-    let code = out.split_whitespace().nth(1)?.parse().ok()?;
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-    Some((code, body))
 }
 
 /// The reconcile-duration histogram and counters from a `/metrics` body.
@@ -1278,7 +1216,7 @@ async fn drive<S: Sim>(
     let log = dir.path().join("talm-hub.log");
     let admin = free_port()?;
     let started = Instant::now();
-    let bench_cpu_start = cpu_secs(std::process::id());
+    let bench_cpu_start = procfs::proc_stats(std::process::id()).cpu_secs();
     let mut child = spawn_hub(hub_bin, &kubeconfig, admin, args, &log)?;
     if args.keep_logs {
         // To line the "N s into the run" figures up with the log's timestamps.
@@ -1322,7 +1260,7 @@ async fn drive<S: Sim>(
                 if !synced && matches!(http_get(admin, "/readyz").await, Some((200, _))) {
                     synced = true;
                     out.synced_after = started.elapsed();
-                    out.rss_synced_kib = rss_kib(pid).0;
+                    out.rss_synced_kib = procfs::proc_stats(pid).rss_kib;
                 }
                 if cgu_succeeded(double) == Some(true) {
                     out.rollout = started.elapsed();
@@ -1339,7 +1277,7 @@ async fn drive<S: Sim>(
                     last_progress = Instant::now();
                     eprintln!(
                         "  {:>5.0?}: {}/{n} clusters done, {} reports written, operator RSS {} MiB",
-                        started.elapsed(), sim.done(), sim.writes(), rss_kib(pid).0 / 1024
+                        started.elapsed(), sim.done(), sim.writes(), procfs::proc_stats(pid).rss_kib / 1024
                     );
                 }
             }
@@ -1373,9 +1311,10 @@ async fn drive<S: Sim>(
             })
             .collect();
     }
-    (_, out.rss_peak_kib) = rss_kib(pid);
-    out.cpu_secs = cpu_secs(pid);
-    out.bench_cpu_secs = cpu_secs(std::process::id()) - bench_cpu_start;
+    let hub = procfs::proc_stats(pid);
+    out.rss_peak_kib = hub.hwm_kib;
+    out.cpu_secs = hub.cpu_secs();
+    out.bench_cpu_secs = procfs::proc_stats(std::process::id()).cpu_secs() - bench_cpu_start;
     stop(&mut child).await;
 
     let reqs = double.requests();
@@ -1449,22 +1388,6 @@ fn spawn_watch<S: Sim>(
         })
         .context("starting the simulator's watch thread")?;
     Ok(rx)
-}
-
-/// SIGTERM, then SIGKILL after 30 s.
-async fn stop(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 fn pct(sorted: &[Duration], q: f64) -> Duration {

@@ -13,8 +13,9 @@
 //! 4. with `--agent-bin` (a relative path is taken from the workspace root, and checked before
 //!    anything starts), the idle RSS and CPU of one real `talm-agent run`.
 //!
-//! Simulated agents answer every assignment at once (accepted + succeeded) and reconnect with the
-//! agent's own jittered backoff. Results are printed as a Markdown table.
+//! Simulated agents (`support/sim_agent.rs`, shared with the hub's `precache_budget` benchmark)
+//! answer every assignment at once (accepted + succeeded) and reconnect with the agent's own
+//! jittered backoff. Results are printed as a Markdown table.
 
 #![allow(
     clippy::unwrap_used,
@@ -22,6 +23,11 @@
     clippy::disallowed_methods,
     clippy::print_stderr
 )]
+
+#[path = "support/procfs.rs"]
+mod procfs;
+#[path = "support/sim_agent.rs"]
+mod sim_agent;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -31,18 +37,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use procfs::{ProcStats, proc_stats};
+use sim_agent::AgentSession;
 use talm_agent::backoff::{Backoff, random_u64};
-use talm_agent::conn::{ConnConfig, HubTarget, Identity, session_client};
+use talm_agent::conn::{ConnConfig, HubTarget, Identity};
 use talm_gateway::cli::{GatewayArgs, PkiPaths, SessionArgs, run_gateway};
 use talm_gateway::store::file::{FileEnrollmentStore, FileSpokeAgentStore};
 use talm_gateway::store::{EnrollmentStore, SpokeAgentStore};
-use talm_proto::v1::{self, AgentMessage, agent_message, hub_message, task_report};
+use talm_proto::v1::hub_message;
 use talm_shared::api::Time;
 use talm_shared::api::spokeagent::{CheckSpaceTask, SpokeAgentSpec};
-use talm_shared::clock::{Clock, SystemClock, from_unix};
-use talm_shared::pki::{self, Authority};
-use tokio::sync::{Semaphore, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use talm_shared::clock::{Clock, SystemClock};
+use talm_shared::pki::Authority;
+use tokio::sync::Semaphore;
 
 #[derive(Parser, Debug)]
 struct Cli {
@@ -221,33 +228,11 @@ impl Drop for HubProc {
     }
 }
 
-/// (utime + stime) clock ticks and VmRSS/VmHWM in KiB of a process.
-fn proc_stats(pid: u32) -> (u64, u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (ticks, kib("VmRSS:"), kib("VmHWM:"))
-}
-
-const TICKS_PER_SEC: f64 = 100.0;
-
 async fn cpu_over(pid: u32, secs: u64) -> f64 {
-    let (t0, ..) = proc_stats(pid);
+    let t0 = proc_stats(pid).cpu_secs();
     let start = Instant::now();
     tokio::time::sleep(Duration::from_secs(secs)).await;
-    let (t1, ..) = proc_stats(pid);
-    (t1 - t0) as f64 / TICKS_PER_SEC / start.elapsed().as_secs_f64()
+    (proc_stats(pid).cpu_secs() - t0) / start.elapsed().as_secs_f64()
 }
 
 #[derive(Default)]
@@ -300,18 +285,7 @@ async fn run(
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
         let cluster = format!("sno-{i:05}");
-        let (key, csr) = pki::agent_key_and_csr()?;
-        let mut serial = (i as u64 + 1).to_be_bytes().to_vec();
-        serial.insert(0, 0x42);
-        let cert = pki::sign_agent_csr(
-            &ca,
-            &csr,
-            &cluster,
-            from_unix(now - 60),
-            from_unix(now + 86_400),
-            &serial,
-        )?;
-        let id = Identity::from_pem(cert.into_bytes(), key.into_bytes())?;
+        let id = sim_agent::issue_identity(&ca, &cluster, i as u64 + 1, now)?;
         enroll
             .record_certificate(&cluster, &id.info.serial, id.info.not_after, now)
             .await?;
@@ -371,7 +345,11 @@ async fn run(
 
     let pid = hub.pid();
     let cpu = cpu_over(pid, steady).await;
-    let (_, rss, hwm) = proc_stats(pid);
+    let ProcStats {
+        rss_kib: rss,
+        hwm_kib: hwm,
+        ..
+    } = proc_stats(pid);
     eprintln!(
         "steady: hub CPU {cpu:.3} cores, RSS {} MiB (peak {} MiB)",
         rss / 1024,
@@ -413,7 +391,11 @@ async fn run(
             restart_secs.unwrap_or(0.0)
         );
     }
-    let (_, rss2, hwm2) = proc_stats(hub.pid());
+    let ProcStats {
+        rss_kib: rss2,
+        hwm_kib: hwm2,
+        ..
+    } = proc_stats(hub.pid());
 
     let mut agent_line = None;
     if let Some(bin) = agent_bin {
@@ -487,60 +469,25 @@ async fn session(
     seq: &mut u64,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> Result<(), ()> {
-    let mut client = session_client(target, hub_ca, id, conn)
+    let mut s = AgentSession::open(target, hub_ca, id, conn, Vec::new(), Vec::new())
         .await
         .map_err(|_| ())?;
-    let (tx, rx) = mpsc::channel::<AgentMessage>(8);
-    let cluster = id.info.cluster.clone();
-    tx.send(AgentMessage {
-        msg: Some(agent_message::Msg::Hello(v1::Hello {
-            agent_version: "loadgen".into(),
-            cluster: cluster.clone(),
-            facts: Some(v1::NodeFacts::default()),
-            ..Default::default()
-        })),
-    })
-    .await
-    .map_err(|_| ())?;
-    let mut inbound = client
-        .session(ReceiverStream::new(rx))
-        .await
-        .map_err(|_| ())?
-        .into_inner();
-    let first = inbound.message().await.map_err(|_| ())?.ok_or(())?;
-    let Some(hub_message::Msg::Welcome(w)) = first.msg else {
-        return Err(());
-    };
     drop(permit);
     stats.connected.fetch_add(1, Ordering::Relaxed);
     stats.welcomes.fetch_add(1, Ordering::Relaxed);
     stats.generation[i].fetch_add(1, Ordering::Relaxed);
-    let every = Duration::from_secs(u64::from(w.heartbeat_interval_seconds.max(1)));
-    let mut hb = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    let result = loop {
-        tokio::select! {
-            _ = hb.tick() => {
-                if tx.send(AgentMessage { msg: Some(agent_message::Msg::Heartbeat(v1::Heartbeat {})) }).await.is_err() { break Err(()); }
-            }
-            m = inbound.message() => match m {
-                Ok(Some(v1::HubMessage { msg: Some(hub_message::Msg::Assign(a)) })) => {
-                    stats.assignments.fetch_add(1, Ordering::Relaxed);
-                    for body in [
-                        task_report::Body::Accepted(v1::TaskAccepted { kind: a.kind }),
-                        task_report::Body::Result(v1::TaskResult { outcome: v1::TaskOutcome::Succeeded as i32, message: String::new() }),
-                    ] {
-                        *seq += 1;
-                        let r = v1::TaskReport { seq: *seq, task_id: a.task_id.clone(), cluster: cluster.clone(), body: Some(body) };
-                        if tx.send(AgentMessage { msg: Some(agent_message::Msg::Report(r)) }).await.is_err() { break; }
-                    }
+    while let Some(m) = s.recv().await {
+        if let Some(hub_message::Msg::Assign(a)) = m.msg {
+            stats.assignments.fetch_add(1, Ordering::Relaxed);
+            for body in [sim_agent::accepted(a.kind), sim_agent::succeeded()] {
+                if !s.report(seq, &a.task_id, body).await {
+                    break;
                 }
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => break Ok(()),
             }
         }
-    };
+    }
     stats.connected.fetch_sub(1, Ordering::Relaxed);
-    result
+    Ok(())
 }
 
 async fn measure_agent(
@@ -591,7 +538,11 @@ async fn measure_agent(
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
     let cpu = cpu_over(child.id(), idle).await;
-    let (_, rss, hwm) = proc_stats(child.id());
+    let ProcStats {
+        rss_kib: rss,
+        hwm_kib: hwm,
+        ..
+    } = proc_stats(child.id());
     let _ = child.kill();
     let _ = child.wait();
     Ok(format!(
