@@ -224,8 +224,7 @@ async fn apply_write(shared: &Shared, write: &Write) -> Result<(), OperatorError
             namespace,
             name,
             task_id,
-            hold,
-            rate_limit_bytes_per_second,
+            ..
         } => {
             let api: Api<SpokeAgent> = Api::namespaced(client, namespace);
             let current = shared
@@ -234,8 +233,9 @@ async fn apply_write(shared: &Shared, write: &Write) -> Result<(), OperatorError
                 .spoke_agent(namespace, name)
                 .and_then(|a| a.spec.precache.as_ref())
                 .filter(|t| &t.id == task_id)
-                .map(|t| (t.hold, t.rate_limit_bytes_per_second.is_some()));
-            let ops = grant_patch(task_id, *hold, *rate_limit_bytes_per_second, current)?;
+                .map(|t| to_value("pre-cache task", t))
+                .transpose()?;
+            let ops = grant_patch(write, task_id, current.as_ref())?;
             match api
                 .patch(name, &PatchParams::default(), &Patch::Json::<()>(ops))
                 .await
@@ -291,31 +291,31 @@ async fn apply_write(shared: &Shared, write: &Write) -> Result<(), OperatorError
 }
 
 /// The JSON patch (RFC 6902) of a pre-cache grant: a `test` that the SpokeAgent's pre-cache
-/// task is still `task_id`, then `hold` and `rateLimitBytesPerSecond` as the task serializes
-/// them: `hold: true` and a cap are set (`add` replaces a present member), `hold: false` and no
-/// cap are absent. `current` is the task's (hold, has a cap) as the cache holds it: a field is
-/// removed only when present (a `remove` of a missing member would fail the whole patch; should
-/// the cache be behind, the patch fails with 422, is skipped, and the watch event that catches
-/// the cache up runs the scheduler again).
+/// task is still `task_id`, then the members of the grant's merge patch
+/// ([`Write::merge_patch`], the one rule `plan` applies too) under `/spec/precache`: a value is
+/// an `add` (which replaces a present member), a `null` a `remove`. `current` is the task as the
+/// cache holds it: a member is removed only when present there (a `remove` of a missing member
+/// would fail the whole patch; should the cache be behind, the patch fails with 422, is
+/// skipped, and the watch event that catches the cache up runs the scheduler again).
 pub fn grant_patch(
+    write: &Write,
     task_id: &str,
-    hold: bool,
-    cap: Option<i64>,
-    current: Option<(bool, bool)>,
+    current: Option<&Value>,
 ) -> Result<json_patch::Patch, OperatorError> {
-    const HOLD: &str = "/spec/precache/hold";
-    const CAP: &str = "/spec/precache/rateLimitBytesPerSecond";
-    let (had_hold, had_cap) = current.unwrap_or((false, false));
+    let merge = merge_patch(write)?;
     let mut ops = vec![json!({"op": "test", "path": "/spec/precache/id", "value": task_id})];
-    if hold {
-        ops.push(json!({"op": "add", "path": HOLD, "value": true}));
-    } else if had_hold {
-        ops.push(json!({"op": "remove", "path": HOLD}));
-    }
-    match cap {
-        Some(c) => ops.push(json!({"op": "add", "path": CAP, "value": c})),
-        None if had_cap => ops.push(json!({"op": "remove", "path": CAP})),
-        None => {}
+    for (key, value) in merge
+        .pointer("/spec/precache")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        let path = format!("/spec/precache/{key}");
+        if !value.is_null() {
+            ops.push(json!({"op": "add", "path": path, "value": value}));
+        } else if current.and_then(|t| t.get(key)).is_some() {
+            ops.push(json!({"op": "remove", "path": path}));
+        }
     }
     serde_json::from_value(Value::Array(ops)).map_err(|source| OperatorError::Serialize {
         what: "pre-cache grant patch",
@@ -725,9 +725,25 @@ mod tests {
     #[test]
     fn grant_patches_test_the_task_and_remove_a_cap_only_when_there_is_one() {
         let v = |p: json_patch::Patch| serde_json::to_value(p).unwrap();
+        let grant_patch = |task_id: &str, hold: bool, cap: Option<i64>, current: Option<Value>| {
+            let write = Write::SetPrecacheGrant {
+                namespace: "c".into(),
+                name: "c".into(),
+                task_id: task_id.into(),
+                hold,
+                rate_limit_bytes_per_second: cap,
+            };
+            grant_patch(&write, task_id, current.as_ref())
+        };
         // Let in with a cap: the hold removed, the cap set.
         assert_eq!(
-            v(grant_patch("t1", false, Some(1024), Some((true, false))).unwrap()),
+            v(grant_patch(
+                "t1",
+                false,
+                Some(1024),
+                Some(json!({"id": "t1", "hold": true}))
+            )
+            .unwrap()),
             json!([
                 {"op": "test", "path": "/spec/precache/id", "value": "t1"},
                 {"op": "remove", "path": "/spec/precache/hold"},
@@ -736,7 +752,13 @@ mod tests {
         );
         // Held again without a cap: the cap removed.
         assert_eq!(
-            v(grant_patch("t1", true, None, Some((false, true))).unwrap()),
+            v(grant_patch(
+                "t1",
+                true,
+                None,
+                Some(json!({"id": "t1", "rateLimitBytesPerSecond": 9}))
+            )
+            .unwrap()),
             json!([
                 {"op": "test", "path": "/spec/precache/id", "value": "t1"},
                 {"op": "add", "path": "/spec/precache/hold", "value": true},
