@@ -54,7 +54,9 @@ fn gateway_side(msgs: &[&[u8]]) {
                 cluster = Some(hello.cluster.clone());
             }
             (Some(c), Some(agent_message::Msg::Report(r))) => {
-                let _ = registry.apply_report(c, &r, now + i as i64);
+                // Every other report as one of a task a PrecacheBudget holds (the gateway's
+                // held path keeps a pre-cache `Starting`).
+                let _ = registry.apply_report_held(c, &r, now + i as i64, i % 2 == 1);
                 let _ = registry.is_final(c, &r.task_id);
             }
             _ => {}
