@@ -26,7 +26,12 @@ mod precache_support;
 
 use std::collections::BTreeMap;
 use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use futures::{StreamExt as _, TryStreamExt as _};
+use kube::api::WatchEvent;
+use talm_shared::api::spokeagent::SpokeAgent;
 
 use operator_support::{
     agent_binary, agent_command, kubeconfig, musthave, policy_templates, spoke_agent,
@@ -50,6 +55,17 @@ const WAIT: Duration = Duration::from_secs(600);
 
 async fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
     operator_support::wait_for_within(WAIT, Duration::from_millis(50), what, f).await
+}
+
+/// What the SpokeAgent watch saw, per cluster.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Whether the first pre-cache task was held.
+    held: BTreeMap<String, bool>,
+    /// The cap each task was let in with.
+    caps: BTreeMap<String, i64>,
+    /// When the first task was let in (Unix seconds).
+    first_let_in: Option<f64>,
 }
 
 /// One agent process; killed when dropped (its log is printed when the test fails).
@@ -247,6 +263,39 @@ async fn two_agents_under_one_budget_stay_within_it_at_the_registry() {
         .await;
     }
 
+    // Every version of the SpokeAgents from here on: each cluster's first pre-cache task
+    // (held or not), the cap it was let in with (while both download: once one finishes, the
+    // other is given the whole budget), and when the first was let in.
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let api: kube::Api<SpokeAgent> = kube::Api::all(double.client());
+    let mut events = api
+        .watch(&kube::api::WatchParams::default(), "0")
+        .await
+        .unwrap()
+        .boxed();
+    let watch = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(ev)) = events.try_next().await {
+                let (WatchEvent::Added(a) | WatchEvent::Modified(a)) = ev else {
+                    continue;
+                };
+                let Some(t) = a.spec.precache.as_ref() else {
+                    continue;
+                };
+                let c = a.metadata.name.clone().unwrap_or_default();
+                let mut s = seen.lock().unwrap();
+                s.held.entry(c.clone()).or_insert(t.hold);
+                if !t.hold {
+                    s.first_let_in.get_or_insert_with(unix_now);
+                    if let Some(cap) = t.rate_limit_bytes_per_second {
+                        s.caps.entry(c).or_insert(cap);
+                    }
+                }
+            }
+        })
+    };
+
     // The CGU, disabled: pre-caching runs first.
     double
         .put_value(json!({
@@ -260,27 +309,10 @@ async fn two_agents_under_one_budget_stay_within_it_at_the_registry() {
     eprintln!("CGU created after {:?}", t0.elapsed());
 
     // Watch the tasks: held when assigned, then let in with caps; when the first was let in.
-    let mut held: BTreeMap<&str, bool> = BTreeMap::new();
-    let mut caps: BTreeMap<&str, i64> = BTreeMap::new();
-    let mut first_let_in: Option<f64> = None;
+    // A watch sees every version (the scheduler lets a task in within tens of milliseconds of
+    // its assignment, faster than a poll would see the held one).
     let deadline = Instant::now() + WAIT;
     loop {
-        for c in CLUSTERS {
-            let Some(task) = spoke_agent(&double, c).map(|a| a["spec"]["precache"].clone()) else {
-                continue;
-            };
-            if task.is_null() {
-                continue;
-            }
-            let hold = task["hold"].as_bool().unwrap_or(false);
-            held.entry(c).or_insert(hold);
-            if !hold {
-                first_let_in.get_or_insert_with(unix_now);
-                if let Some(cap) = task["rateLimitBytesPerSecond"].as_i64() {
-                    caps.insert(c, cap);
-                }
-            }
-        }
         let cgu = operator_support::cgu(&double, NS, CGU);
         let states = cgu
             .as_ref()
@@ -312,6 +344,12 @@ async fn two_agents_under_one_budget_stay_within_it_at_the_registry() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     eprintln!("pre-caching Succeeded after {:?}", t0.elapsed());
+    watch.abort();
+    let Seen {
+        held,
+        caps,
+        first_let_in,
+    } = std::mem::take(&mut *seen.lock().unwrap());
 
     // The scheduler held both tasks when it assigned them, then let them in under the budget.
     for c in CLUSTERS {

@@ -270,6 +270,56 @@ fn bandwidth_divides_exactly_with_the_remainder_to_the_earliest() {
 }
 
 #[test]
+fn grants_that_lower_a_rate_come_before_those_that_raise_one() {
+    let mut f = Fleet::default();
+    f.budget(budget(
+        "site",
+        json!({"bandwidth": "12Mi", "maxConcurrentClusters": 3}),
+    ));
+    // "z-old" and "y-old" run at 6Mi each; "a-next" and "b-next" queue. Names put the
+    // raising grants first in name order, so only the lowering-first rule orders them.
+    for (c, created) in [("z-old", 0), ("y-old", 1), ("a-next", 2), ("b-next", 3)] {
+        f.cluster(c, &[])
+            .agent(agent(c, "t", true, Some((0, created))));
+    }
+    let first = f.schedule(t0());
+    assert_eq!(first.lowering, 0, "let-ins only raise");
+    f.apply(&first.writes);
+    f.step(t0());
+    assert_eq!(f.admitted(), ["a-next", "y-old", "z-old"]);
+    assert_eq!(
+        (f.cap("z-old"), f.cap("y-old"), f.cap("a-next")),
+        (Some(4 * MI), Some(4 * MI), Some(4 * MI))
+    );
+    // z-old finishes: b-next is let in at the freed 4Mi (a raise), and nobody's cap moves.
+    f.finish("z-old");
+    let s = f.schedule(t0());
+    assert_eq!(grants(&s.writes), [("b-next".into(), false, Some(4 * MI))]);
+    assert_eq!(s.lowering, 0);
+    f.apply(&s.writes);
+    // A second site budget halves the bandwidth of a-next and b-next (a lowering), while
+    // y-old, outside it, gets the site's spare (a raise).
+    f.clusters.get_mut("a-next").unwrap().metadata.labels =
+        Some([("tight".to_string(), "yes".to_string())].into());
+    f.clusters.get_mut("b-next").unwrap().metadata.labels =
+        Some([("tight".to_string(), "yes".to_string())].into());
+    f.budget(budget(
+        "tight",
+        json!({"clusterSelector": {"matchLabels": {"tight": "yes"}}, "bandwidth": "2Mi"}),
+    ));
+    let s = f.schedule(t0());
+    assert_eq!(
+        grants(&s.writes),
+        [
+            ("a-next".into(), false, Some(MI)),
+            ("b-next".into(), false, Some(MI)),
+            ("y-old".into(), false, Some(10 * MI)),
+        ]
+    );
+    assert_eq!(s.lowering, 2, "the two lowered caps, then the raised one");
+}
+
+#[test]
 fn water_filling_over_a_site_and_a_registry_budget() {
     let mut f = Fleet::default();
     f.budget(budget(

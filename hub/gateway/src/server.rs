@@ -35,6 +35,10 @@ use crate::status::{ProgressCoalescer, ProgressFlush, StatusQueue};
 use crate::store::SpokeAgentStore;
 use crate::tasks::Slot;
 
+/// How long the watcher waits after a store announced a spec change before it compares the
+/// specs, so that a burst of writes is taken in one pass.
+pub const SPEC_COALESCE: Duration = Duration::from_millis(10);
+
 /// Tunables.
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
@@ -301,12 +305,28 @@ impl Gateway {
     /// Polls the spec and enrollment stores: pushes spec changes to live sessions and ends the
     /// sessions of revoked clusters. (A live session outlives the rotation of the certificate
     /// it was opened with; new connections must present a current certificate.)
+    ///
+    /// With a store that announces spec changes ([`SpokeAgentStore::spec_changes`]), a change
+    /// is compared after [`SPEC_COALESCE`] (a burst of writes, such as the pre-cache
+    /// scheduler's grants, is taken in one pass), so a grant reaches its agent within tens of
+    /// milliseconds; the poll still runs for revocations and as a safety net.
     async fn watcher(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(self.cfg.poll_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let changes = self.agents.spec_changes();
         loop {
+            let changed = async {
+                match &changes {
+                    Some(n) => {
+                        n.notified().await;
+                        tokio::time::sleep(SPEC_COALESCE).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = tick.tick() => {}
+                () = changed => {}
                 _ = stop.changed() => return,
             }
             self.poll_once().await;

@@ -457,6 +457,10 @@ pub struct Cache {
     ztp_pending: BTreeSet<String>,
     /// Something the pre-cache scheduler reads changed since it last took this.
     schedule_dirty: bool,
+    /// Notified when a SpokeAgent's spec changes (or one is added or removed), whoever wrote
+    /// it: the agent gateway waits on it to push a new task, grant or cap to the session at
+    /// once instead of at its next poll.
+    agent_specs: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Cache {
@@ -501,6 +505,12 @@ impl Cache {
         keys.dedup();
         keys.into_iter()
             .filter_map(|(ns, name)| self.snapshot.spoke_agent(ns, name))
+    }
+
+    /// Notified whenever a SpokeAgent's spec changes in the cache (a watch event or one of the
+    /// operator's own writes), or a SpokeAgent is added or removed.
+    pub fn agent_spec_changes(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.agent_specs.clone()
     }
 
     /// Whether something the pre-cache scheduler reads changed since the last call (and
@@ -859,6 +869,14 @@ impl Cache {
                 if let Some(set) = self.by_cluster.get(&name) {
                     triggers.extend(set.iter().cloned());
                 }
+                let ns = a.metadata.namespace.as_deref().unwrap_or_default();
+                if self
+                    .snapshot
+                    .spoke_agent(ns, &name)
+                    .is_none_or(|old| old.spec != a.spec)
+                {
+                    self.agent_specs.notify_one();
+                }
                 self.snapshot.insert_spoke_agent(a);
             }
             Object::ConfigMap(cm) => {
@@ -939,6 +957,7 @@ impl Cache {
                 if let Some(set) = self.by_cluster.get(name) {
                     triggers.extend(set.iter().cloned());
                 }
+                self.agent_specs.notify_one();
                 self.snapshot.remove_spoke_agent(ns, name);
             }
             Kind::ConfigMap => {

@@ -2,10 +2,10 @@
 //!
 //! The engine's [`talm_hub_core::schedule::schedule`] decides, from the cached snapshot and the
 //! clock's `now`, which queued pre-cache tasks may start and at what per-node cap, and what each
-//! PrecacheBudget's status is. This loop runs it when something it reads changed (a budget, a
-//! ManagedCluster's labels, a SpokeAgent's pre-cache task or report: [`relevant`], marked by
-//! the cache), coalescing changes for [`DEBOUNCE`] and starting at most one run per
-//! [`MIN_INTERVAL`], and again after the engine's `requeue_after_secs`. The writes go through
+//! PrecacheBudget's status is. This loop runs it when something it decides on changed (a
+//! budget, a ManagedCluster's labels, a SpokeAgent's pre-cache task or report: [`relevant`],
+//! marked by the cache), coalescing changes for [`COALESCE`] and pausing between runs (see
+//! [`run`]), and again after the engine's `requeue_after_secs`. The writes go through
 //! [`super::writes`] like every other write of the operator: a grant is a JSON patch guarded by
 //! a `test` of the task id (a task replaced meanwhile is left alone), a budget's status a merge
 //! patch of `/status`. A budget whose `Valid` or `ClustersSelected` condition turns False gets
@@ -24,9 +24,15 @@ use super::Shared;
 use super::cache::Object;
 
 /// How long changes are coalesced before a run.
-pub const DEBOUNCE: Duration = Duration::from_millis(250);
-/// The least time between the starts of two runs (at most 4 runs a second).
-pub const MIN_INTERVAL: Duration = Duration::from_millis(250);
+pub const COALESCE: Duration = Duration::from_millis(20);
+/// The least time between the starts of two runs (at most 20 runs a second).
+pub const MIN_INTERVAL: Duration = Duration::from_millis(50);
+/// A run is followed by at least this many times its duration without a run (so the
+/// scheduler's share of a core stays at most `1 / (1 + BUSY_FACTOR)`).
+pub const BUSY_FACTOR: u32 = 4;
+/// The scheduler's writes in flight at once (grants are independent patches of different
+/// SpokeAgents).
+pub const WRITES_AT_ONCE: usize = 16;
 /// The delay before a run after one whose writes failed.
 pub const RETRY_AFTER: Duration = Duration::from_secs(5);
 /// The budget conditions whose turning False is announced with a Warning event.
@@ -35,9 +41,13 @@ pub const WARNED_CONDITIONS: [&str; 2] = ["Valid", "ClustersSelected"];
 /// them.
 pub const EVENT_NAMESPACE: &str = "default";
 
-/// Whether a new version of `obj` changes what the scheduler reads, compared with the
+/// Whether a new version of `obj` changes what the scheduler decides on, compared with the
 /// snapshot's: any PrecacheBudget change, a ManagedCluster's labels, a SpokeAgent's pre-cache
-/// task (`spec.precache`) or report (`status.precache`). New objects of those kinds count.
+/// task (`spec.precache`) or the decision inputs of its report (task id, state, total bytes,
+/// registries). New objects of those kinds count. Transfer progress alone (bytes done, the
+/// measured rate) is not a reason to run: it only feeds the budgets' `bandwidthInUse`, which
+/// the engine's periodic refresh keeps current, and with 10k agents reporting a few times a
+/// minute it would keep the scheduler running all the time.
 pub fn relevant(snap: &Snapshot, obj: &Object) -> bool {
     match obj {
         Object::PrecacheBudget(_) => true,
@@ -49,20 +59,37 @@ pub fn relevant(snap: &Snapshot, obj: &Object) -> bool {
         Object::SpokeAgent(a) => {
             let ns = a.metadata.namespace.as_deref().unwrap_or_default();
             let name = a.metadata.name.as_deref().unwrap_or_default();
-            let report = |a: &talm_shared::api::spokeagent::SpokeAgent| {
-                a.status.as_ref().and_then(|s| s.precache.clone())
-            };
-            snap.spoke_agent(ns, name)
-                .is_none_or(|old| old.spec.precache != a.spec.precache || report(old) != report(a))
+            snap.spoke_agent(ns, name).is_none_or(|old| {
+                old.spec.precache != a.spec.precache || decided_on(old) != decided_on(a)
+            })
         }
         _ => false,
     }
 }
 
+/// What the scheduler decides on in a SpokeAgent's pre-cache report: task id, state, and the
+/// total bytes and registries of its progress.
+type DecisionInputs<'a> = (&'a str, &'a str, Option<(i64, &'a [String])>);
+
+fn decided_on(a: &talm_shared::api::spokeagent::SpokeAgent) -> Option<DecisionInputs<'_>> {
+    let r = a.status.as_ref()?.precache.as_ref()?;
+    let p = r
+        .progress
+        .as_ref()
+        .map(|p| (p.bytes_total, p.registries.as_slice()));
+    Some((r.id.as_str(), r.state.as_str(), p))
+}
+
 /// Runs the scheduler until the task is aborted (when leadership ends). The first run starts
 /// at once: a new leader catches up with whatever changed meanwhile.
+///
+/// A change is acted on after [`COALESCE`] (the burst it belongs to, such as a wave of
+/// clusters finishing together, is taken in one run), but never sooner than [`MIN_INTERVAL`]
+/// or [`BUSY_FACTOR`] times the last run's duration after the last run started, whichever is
+/// longer: a finished cluster's place goes to the next one within tens of milliseconds on an
+/// idle hub, and the scheduler takes at most about a fifth of a core on a big fleet.
 pub async fn run(shared: Arc<Shared>) {
-    let mut last_start: Option<Instant> = None;
+    let mut last: Option<(Instant, Duration)> = None;
     let mut requeue_at: Option<Instant> = Some(Instant::now());
     loop {
         let requeue = async {
@@ -73,17 +100,22 @@ pub async fn run(shared: Arc<Shared>) {
         };
         tokio::select! {
             () = shared.schedule_wake.notified() => {
-                // Coalesce the burst this change belongs to.
-                tokio::time::sleep(DEBOUNCE).await;
+                tokio::time::sleep(COALESCE).await;
             }
             () = requeue => {}
         }
-        if let Some(last) = last_start {
-            tokio::time::sleep_until(last + MIN_INTERVAL).await;
+        if let Some((started, took)) = last {
+            tokio::time::sleep_until(started + pause_after(took)).await;
         }
-        last_start = Some(Instant::now());
+        let started = Instant::now();
         requeue_at = run_once(&shared).await.map(|after| Instant::now() + after);
+        last = Some((started, started.elapsed()));
     }
+}
+
+/// The least time from the start of a run that took `took` to the start of the next.
+pub fn pause_after(took: Duration) -> Duration {
+    MIN_INTERVAL.max(took.saturating_mul(BUSY_FACTOR + 1))
 }
 
 /// One run: decide on the current snapshot and apply the writes. Returns when to run again
@@ -118,7 +150,16 @@ pub async fn run_once(shared: &Shared) -> Option<Duration> {
         requeue_after_secs = ?schedule.requeue_after_secs,
         "pre-cache schedule decided"
     );
-    let result = super::writes::apply_writes(shared, &schedule.writes).await;
+    // The grants that lower a rate first, then the rest, so what is in transit never adds up
+    // to more than a budget; within each part the writes are independent.
+    let (lowering, rest) = schedule
+        .writes
+        .split_at(schedule.lowering.min(schedule.writes.len()));
+    let mut result =
+        super::writes::apply_writes_concurrently(shared, lowering, WRITES_AT_ONCE).await;
+    if result.is_ok() {
+        result = super::writes::apply_writes_concurrently(shared, rest, WRITES_AT_ONCE).await;
+    }
     metrics.duration.observe(started.elapsed().as_secs_f64());
     metrics.observe_budgets(shared.cache_read().snapshot().precache_budgets());
     let events: Vec<Event> = schedule
@@ -245,6 +286,17 @@ mod tests {
     }
 
     #[test]
+    fn runs_pause_at_least_the_floor_and_four_times_their_own_duration() {
+        assert_eq!(pause_after(Duration::ZERO), MIN_INTERVAL);
+        assert_eq!(pause_after(Duration::from_millis(5)), MIN_INTERVAL);
+        // A 70 ms run (10k clusters) is followed by 280 ms without one.
+        assert_eq!(
+            pause_after(Duration::from_millis(70)),
+            Duration::from_millis(350)
+        );
+    }
+
+    #[test]
     fn only_what_the_scheduler_reads_is_relevant() {
         let mut snap = Snapshot::default();
         let mc: ManagedCluster = serde_json::from_value(json!({
@@ -283,7 +335,26 @@ mod tests {
             "precache": {"id": "t1", "state": "Starting",
                          "progress": {"bytesTotal": 100, "registries": ["r:5000"]}}}),
         );
-        assert!(relevant(&snap, &Object::SpokeAgent(c)));
+        assert!(relevant(&snap, &Object::SpokeAgent(c.clone())));
+        snap.insert_spoke_agent(c);
+        // Transfer progress alone: left to the periodic refresh.
+        let progressed = agent(
+            task.clone(),
+            json!({"connected": true,
+            "precache": {"id": "t1", "state": "Starting",
+                         "progress": {"bytesDone": 50, "bytesTotal": 100, "bytesPerSecond": 7,
+                                      "registries": ["r:5000"]}}}),
+        );
+        assert!(!relevant(&snap, &Object::SpokeAgent(progressed)));
+        // A finish is a decision input.
+        let finished = agent(
+            task.clone(),
+            json!({"connected": true,
+            "precache": {"id": "t1", "state": "Succeeded",
+                         "progress": {"bytesDone": 100, "bytesTotal": 100,
+                                      "registries": ["r:5000"]}}}),
+        );
+        assert!(relevant(&snap, &Object::SpokeAgent(finished)));
         let mut let_in = task;
         let_in["hold"] = json!(false);
         assert!(relevant(

@@ -91,6 +91,32 @@ pub async fn apply_writes(shared: &Shared, writes: &[Write]) -> Result<(), Opera
     Ok(())
 }
 
+/// Applies independent writes (each about its own object), in chunks of `at_once` in flight: the pre-cache
+/// scheduler's grants, where a wave of finishes lets a hundred clusters in at once and one
+/// write after another would delay the last grant by the sum of their round trips. Every
+/// write is tried; the first error is returned.
+pub async fn apply_writes_concurrently(
+    shared: &Shared,
+    writes: &[Write],
+    at_once: usize,
+) -> Result<(), OperatorError> {
+    let mut result = Ok(());
+    for chunk in writes.chunks(at_once.max(1)) {
+        // A plain loop, not a closure: the future stays `Send` for any lifetime (a closure
+        // here trips the compiler's higher-ranked lifetime check when the loop is spawned).
+        let mut inflight = Vec::with_capacity(chunk.len());
+        for w in chunk {
+            inflight.push(apply_write(shared, w));
+        }
+        for r in futures::future::join_all(inflight).await {
+            if result.is_ok() {
+                result = r;
+            }
+        }
+    }
+    result
+}
+
 async fn apply_write(shared: &Shared, write: &Write) -> Result<(), OperatorError> {
     let client = shared.client.clone();
     let apply = PatchParams::apply(FIELD_MANAGER).force();

@@ -38,8 +38,14 @@ pub const REFRESH_SECS: u64 = 30;
 /// The scheduler's output.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Schedule {
-    /// Grant changes, then budget status changes.
+    /// Grant changes, then budget status changes. The grants that lower an agent's rate (a
+    /// hold, a lower cap) come first, [`Schedule::lowering`] of them, then the ones that raise
+    /// it (a let-in, a higher cap): applied in that order, what is in transit never adds up to
+    /// more than a budget.
     pub writes: Vec<Write>,
+    /// How many of the first `writes` lower an agent's rate; the operator applies them before
+    /// the rest.
+    pub lowering: usize,
     /// Run again after this many seconds even without a change (e.g. to refresh the budgets'
     /// measured bandwidth), if any.
     pub requeue_after_secs: Option<u64>,
@@ -86,17 +92,22 @@ pub fn schedule(snap: &Snapshot, now: Timestamp) -> Schedule {
             continue;
         }
         if t.held != hold[i] || t.cap != caps[i] {
-            grants.push(Write::SetPrecacheGrant {
-                namespace: t.namespace.to_string(),
-                name: t.cluster.to_string(),
-                task_id: t.id.to_string(),
-                hold: hold[i],
-                rate_limit_bytes_per_second: caps[i],
-            });
+            let raises = rate(t.held, t.cap) < rate(hold[i], caps[i]);
+            grants.push((
+                raises,
+                Write::SetPrecacheGrant {
+                    namespace: t.namespace.to_string(),
+                    name: t.cluster.to_string(),
+                    task_id: t.id.to_string(),
+                    hold: hold[i],
+                    rate_limit_bytes_per_second: caps[i],
+                },
+            ));
         }
     }
-    grants.sort_by(|a, b| grant_key(a).cmp(&grant_key(b)));
-    let mut writes = grants;
+    grants.sort_by(|a, b| (a.0, grant_key(&a.1)).cmp(&(b.0, grant_key(&b.1))));
+    let lowering = grants.iter().take_while(|(raises, _)| !raises).count();
+    let mut writes: Vec<Write> = grants.into_iter().map(|(_, w)| w).collect();
     let mut members: Vec<Vec<usize>> = vec![Vec::new(); fleet.budgets.len()];
     for (i, t) in fleet.tasks.iter().enumerate() {
         for &b in &t.budgets {
@@ -124,7 +135,17 @@ pub fn schedule(snap: &Snapshot, now: Timestamp) -> Schedule {
     let busy = !fleet.budgets.is_empty() && fleet.tasks.iter().any(|t| t.play == fleet::Play::Live);
     Schedule {
         writes,
+        lowering,
         requeue_after_secs: busy.then_some(REFRESH_SECS),
+    }
+}
+
+/// The rate a grant allows, for ordering grants: held is nothing, no cap is unbounded.
+fn rate(held: bool, cap: Option<i64>) -> i64 {
+    match (held, cap) {
+        (true, _) => 0,
+        (false, None) => i64::MAX,
+        (false, Some(c)) => c,
     }
 }
 

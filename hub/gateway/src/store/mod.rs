@@ -212,4 +212,9 @@ pub trait SpokeAgentStore: Send + Sync + std::fmt::Debug {
         cluster: &'a str,
         status: &'a SpokeAgentStatus,
     ) -> StoreFuture<'a, ()>;
+    /// Notified when a spec may have changed, for a store that knows (the operator's cache):
+    /// the gateway then compares specs at once instead of at its next poll. `None`: poll only.
+    fn spec_changes(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
 }

@@ -2,7 +2,8 @@
 //! `<cluster>/<cluster>` (namespace and name are the cluster's name).
 //!
 //! - Specs and statuses are read from the operator's watch-fed cache ([`Shared`]), never listed
-//!   per call; reads fail until the SpokeAgent watch has finished its first list (so the gateway
+//!   per call, and the cache announces every spec change ([`SpokeAgentStore::spec_changes`]),
+//!   so a new task or pre-cache grant reaches the agent without waiting for a poll; reads fail until the SpokeAgent watch has finished its first list (so the gateway
 //!   never mistakes a partial view for removed tasks).
 //! - Status is written with `PUT .../status` guarded by the resourceVersion (first from the
 //!   cache, then from a fresh read after a 409). A replica never overwrites another replica's
@@ -107,6 +108,10 @@ impl SpokeAgentStore for KubeSpokeAgentStore {
                 .filter_map(|a| Some((a.metadata.name.clone()?, a.spec.clone())))
                 .collect())
         })
+    }
+
+    fn spec_changes(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(self.shared.cache_read().agent_spec_changes())
     }
 
     fn spec<'a>(&'a self, cluster: &'a str) -> StoreFuture<'a, Option<SpokeAgentSpec>> {
