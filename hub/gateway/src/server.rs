@@ -306,10 +306,11 @@ impl Gateway {
     /// sessions of revoked clusters. (A live session outlives the rotation of the certificate
     /// it was opened with; new connections must present a current certificate.)
     ///
-    /// With a store that announces spec changes ([`SpokeAgentStore::spec_changes`]), a change
-    /// is compared after [`SPEC_COALESCE`] (a burst of writes, such as the pre-cache
-    /// scheduler's grants, is taken in one pass), so a grant reaches its agent within tens of
-    /// milliseconds; the poll still runs for revocations and as a safety net.
+    /// With a store that announces spec changes ([`SpokeAgentStore::spec_changes`]), the
+    /// specs of the clusters it marked are read after [`SPEC_COALESCE`] (a burst of writes,
+    /// such as the pre-cache scheduler's grants, is taken in one pass), so a grant reaches its
+    /// agent within tens of milliseconds at a cost per changed cluster, not per fleet; the
+    /// poll still compares everything, for revocations and as a safety net.
     async fn watcher(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(self.cfg.poll_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -317,20 +318,57 @@ impl Gateway {
         loop {
             let changed = async {
                 match &changes {
-                    Some(n) => {
-                        n.notified().await;
+                    Some(c) => {
+                        c.changed().await;
                         tokio::time::sleep(SPEC_COALESCE).await;
                     }
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
-                _ = tick.tick() => {}
-                () = changed => {}
+                _ = tick.tick() => self.poll_once().await,
+                () = changed => {
+                    if let Some(c) = &changes {
+                        self.sync_specs_of(c.take()).await;
+                    }
+                }
                 _ = stop.changed() => return,
             }
-            self.poll_once().await;
         }
+    }
+
+    /// Reads the specs of `clusters` (announced as changed) and pushes what differs from what
+    /// the sessions were given.
+    pub async fn sync_specs_of(&self, clusters: Vec<String>) {
+        let mut changed = Vec::new();
+        for cluster in clusters {
+            let spec = match self.agents.spec(&cluster).await {
+                Ok(spec) => spec,
+                Err(e) => {
+                    // The next poll compares every spec.
+                    warn!(cluster, error = %e, "cannot read the SpokeAgent spec");
+                    continue;
+                }
+            };
+            let mut cur = self.specs.lock().unwrap_or_else(|p| p.into_inner());
+            if cur.get(&cluster) != spec.as_ref() {
+                match spec {
+                    Some(spec) => cur.insert(cluster.clone(), spec),
+                    None => cur.remove(&cluster),
+                };
+                changed.push(cluster);
+            }
+        }
+        for cluster in changed {
+            self.spec_changed(&cluster).await;
+        }
+    }
+
+    async fn spec_changed(&self, cluster: &str) {
+        info!(cluster, "SpokeAgent spec changed");
+        self.sync_session(cluster, &HashSet::new()).await;
+        // Keep status slots in line with the new spec.
+        self.status.touch(cluster);
     }
 
     /// One watcher pass (tests call it directly).
@@ -368,10 +406,7 @@ impl Gateway {
                     changed
                 };
                 for cluster in changed {
-                    info!(cluster, "SpokeAgent spec changed");
-                    self.sync_session(&cluster, &HashSet::new()).await;
-                    // Keep status slots in line with the new spec.
-                    self.status.touch(&cluster);
+                    self.spec_changed(&cluster).await;
                 }
             }
             Err(e) => warn!(error = %e, "cannot list SpokeAgent specs"),

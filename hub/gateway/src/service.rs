@@ -479,7 +479,7 @@ mod tests {
     use crate::enroll::Enroller;
     use crate::server::GatewayConfig;
     use crate::store::file::FileEnrollmentStore;
-    use crate::store::{SpokeAgentStore, StoreFuture};
+    use crate::store::{SpecChanges, SpokeAgentStore, StoreFuture};
 
     const CLUSTER: &str = "sno1";
     const TASK: &str = "ns/cgu/uid/precache";
@@ -488,6 +488,8 @@ mod tests {
     #[derive(Debug, Default)]
     struct MemStore {
         writes: Mutex<Vec<SpokeAgentStatus>>,
+        specs: Mutex<BTreeMap<String, SpokeAgentSpec>>,
+        changes: Arc<SpecChanges>,
     }
 
     impl MemStore {
@@ -498,10 +500,15 @@ mod tests {
 
     impl SpokeAgentStore for MemStore {
         fn specs(&self) -> StoreFuture<'_, BTreeMap<String, SpokeAgentSpec>> {
-            Box::pin(async { Ok(BTreeMap::new()) })
+            let specs = self.specs.lock().unwrap().clone();
+            Box::pin(async { Ok(specs) })
         }
-        fn spec<'a>(&'a self, _: &'a str) -> StoreFuture<'a, Option<SpokeAgentSpec>> {
-            Box::pin(async { Ok(None) })
+        fn spec<'a>(&'a self, cluster: &'a str) -> StoreFuture<'a, Option<SpokeAgentSpec>> {
+            let spec = self.specs.lock().unwrap().get(cluster).cloned();
+            Box::pin(async { Ok(spec) })
+        }
+        fn spec_changes(&self) -> Option<Arc<SpecChanges>> {
+            Some(self.changes.clone())
         }
         fn put_spec<'a>(&'a self, _: &'a str, _: &'a SpokeAgentSpec) -> StoreFuture<'a, ()> {
             Box::pin(async { Ok(()) })
@@ -607,6 +614,56 @@ mod tests {
     async fn set_spec(gw: &Gateway, s: SpokeAgentSpec) {
         gw.set_spec(CLUSTER, Some(s));
         gw.sync_session(CLUSTER, &HashSet::new()).await;
+    }
+
+    #[tokio::test]
+    async fn a_marked_spec_change_reaches_the_session_without_a_poll() {
+        let f = fixture();
+        let mut rx = connect(&f.gw, &[]);
+        let sync = || f.gw.sync_specs_of(f.store.changes.take());
+        f.store
+            .specs
+            .lock()
+            .unwrap()
+            .insert(CLUSTER.into(), spec(true, None));
+        // Not marked: not read (the poll would find it).
+        sync().await;
+        assert!(sent(&mut rx).is_empty());
+        f.store.changes.mark(CLUSTER);
+        sync().await;
+        match sent(&mut rx).as_slice() {
+            [hub_message::Msg::Assign(a)] => assert!(a.task_id == TASK && a.hold),
+            other => panic!("expected one held assignment, got {other:?}"),
+        }
+        assert_eq!(f.gw.cached_spec(CLUSTER), Some(spec(true, None)));
+        // The let-in, marked: one update with the cap.
+        f.store
+            .specs
+            .lock()
+            .unwrap()
+            .insert(CLUSTER.into(), spec(false, Some(5 << 20)));
+        f.store.changes.mark(CLUSTER);
+        sync().await;
+        match sent(&mut rx).as_slice() {
+            [hub_message::Msg::Update(u)] => {
+                assert!(!u.hold);
+                assert_eq!(u.rate_limit_bytes_per_second, 5 << 20);
+            }
+            other => panic!("expected one update, got {other:?}"),
+        }
+        // Marked again without a change, and another cluster marked that has no spec: nothing.
+        f.store.changes.mark(CLUSTER);
+        f.store.changes.mark("sno-other");
+        sync().await;
+        assert!(sent(&mut rx).is_empty());
+        // The spec removed: the task is cancelled.
+        f.store.specs.lock().unwrap().remove(CLUSTER);
+        f.store.changes.mark(CLUSTER);
+        sync().await;
+        assert!(
+            matches!(sent(&mut rx).as_slice(), [hub_message::Msg::Cancel(c)] if c.task_id == TASK)
+        );
+        assert_eq!(f.gw.cached_spec(CLUSTER), None);
     }
 
     #[tokio::test]

@@ -457,10 +457,10 @@ pub struct Cache {
     ztp_pending: BTreeSet<String>,
     /// Something the pre-cache scheduler reads changed since it last took this.
     schedule_dirty: bool,
-    /// Notified when a SpokeAgent's spec changes (or one is added or removed), whoever wrote
-    /// it: the agent gateway waits on it to push a new task, grant or cap to the session at
-    /// once instead of at its next poll.
-    agent_specs: std::sync::Arc<tokio::sync::Notify>,
+    /// Marked when a SpokeAgent's spec changes (or one is added or removed), whoever wrote it:
+    /// the agent gateway waits on it to push a new task, grant or cap to the session at once
+    /// instead of at its next poll.
+    agent_specs: std::sync::Arc<talm_gateway::store::SpecChanges>,
 }
 
 impl Cache {
@@ -507,9 +507,9 @@ impl Cache {
             .filter_map(|(ns, name)| self.snapshot.spoke_agent(ns, name))
     }
 
-    /// Notified whenever a SpokeAgent's spec changes in the cache (a watch event or one of the
-    /// operator's own writes), or a SpokeAgent is added or removed.
-    pub fn agent_spec_changes(&self) -> std::sync::Arc<tokio::sync::Notify> {
+    /// Marked with the cluster whenever a SpokeAgent's spec changes in the cache (a watch
+    /// event or one of the operator's own writes), or a SpokeAgent is added or removed.
+    pub fn agent_spec_changes(&self) -> std::sync::Arc<talm_gateway::store::SpecChanges> {
         self.agent_specs.clone()
     }
 
@@ -875,7 +875,7 @@ impl Cache {
                     .spoke_agent(ns, &name)
                     .is_none_or(|old| old.spec != a.spec)
                 {
-                    self.agent_specs.notify_one();
+                    self.agent_specs.mark(&name);
                 }
                 self.snapshot.insert_spoke_agent(a);
             }
@@ -957,7 +957,7 @@ impl Cache {
                 if let Some(set) = self.by_cluster.get(name) {
                     triggers.extend(set.iter().cloned());
                 }
-                self.agent_specs.notify_one();
+                self.agent_specs.mark(name);
                 self.snapshot.remove_spoke_agent(ns, name);
             }
             Kind::ConfigMap => {

@@ -212,9 +212,46 @@ pub trait SpokeAgentStore: Send + Sync + std::fmt::Debug {
         cluster: &'a str,
         status: &'a SpokeAgentStatus,
     ) -> StoreFuture<'a, ()>;
-    /// Notified when a spec may have changed, for a store that knows (the operator's cache):
-    /// the gateway then compares specs at once instead of at its next poll. `None`: poll only.
-    fn spec_changes(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+    /// The clusters whose spec changed, for a store that knows (the operator's cache): the
+    /// gateway then reads those specs at once instead of at its next poll. `None`: poll only.
+    fn spec_changes(&self) -> Option<std::sync::Arc<SpecChanges>> {
         None
+    }
+}
+
+/// The clusters whose SpokeAgent spec changed since the gateway last took them, announced by
+/// the store's writer side (a spec added, changed or removed).
+#[derive(Debug, Default)]
+pub struct SpecChanges {
+    clusters: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    notify: tokio::sync::Notify,
+}
+
+impl SpecChanges {
+    /// Marks `cluster`'s spec changed and wakes the waiter.
+    pub fn mark(&self, cluster: &str) {
+        self.clusters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(cluster.to_string());
+        self.notify.notify_one();
+    }
+
+    /// Waits until some cluster is marked (returns at once if one was marked since the last
+    /// wait).
+    pub async fn changed(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Takes the marked clusters, in name order.
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(
+            &mut *self
+                .clusters
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+        .into_iter()
+        .collect()
     }
 }

@@ -110,7 +110,7 @@ impl SpokeAgentStore for KubeSpokeAgentStore {
         })
     }
 
-    fn spec_changes(&self) -> Option<Arc<tokio::sync::Notify>> {
+    fn spec_changes(&self) -> Option<Arc<talm_gateway::store::SpecChanges>> {
         Some(self.shared.cache_read().agent_spec_changes())
     }
 
