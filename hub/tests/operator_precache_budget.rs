@@ -8,7 +8,8 @@
 //! SpokeAgent status at once, not coalesced); the scheduler lets two in with `TaskUpdate`s whose
 //! caps add up to the budget; when one finishes the next is let in, and the last one left
 //! downloading gets the whole budget. The CGU ends with `PrecachingSuceeded` and the budget's
-//! status counts four done.
+//! status counts four done. The gateway's full poll is set to an hour, so every change reaches
+//! the agents through the operator cache's spec-change marks.
 //!
 //! This needs the engine's scheduler (`talm_hub_core::schedule`): against its placeholder the
 //! assignments are not held and the test fails at its first check.
@@ -296,7 +297,12 @@ async fn a_site_budget_lets_clusters_in_two_at_a_time_and_divides_its_bandwidth(
         ..Config::default()
     };
     let op = Operator::new(double.client(), Arc::new(SystemClock), config);
-    let hub = GatewayHub::start(op, loopback_gateway_settings(HUB_NS)).await;
+    // The gateway's full poll once an hour: every assignment, let-in and cap change must reach
+    // the agents through the cache's spec-change marks (the event path), as fast as the
+    // scheduler decides them.
+    let mut settings = loopback_gateway_settings(HUB_NS);
+    settings.gateway.poll_interval = Duration::from_secs(3600);
+    let hub = GatewayHub::start(op, settings).await;
     let mut agents = Vec::new();
     for c in CLUSTERS {
         agents.push(SimAgent::connect(&hub, c).await);
