@@ -276,9 +276,10 @@ fn grants_that_lower_a_rate_come_before_those_that_raise_one() {
         "site",
         json!({"bandwidth": "12Mi", "maxConcurrentClusters": 3}),
     ));
-    // "z-old" and "y-old" run at 6Mi each; "a-next" and "b-next" queue. Names put the
-    // raising grants first in name order, so only the lowering-first rule orders them.
-    for (c, created) in [("z-old", 0), ("y-old", 1), ("a-next", 2), ("b-next", 3)] {
+    // "z-old" and "a-old" run first; "a-next" and "b-next" queue. In the last step "a-old" is
+    // raised and sorts between the two lowered ones by name, so only the lowering-first rule
+    // puts it last.
+    for (c, created) in [("z-old", 0), ("a-old", 1), ("a-next", 2), ("b-next", 3)] {
         f.cluster(c, &[])
             .agent(agent(c, "t", true, Some((0, created))));
     }
@@ -286,9 +287,9 @@ fn grants_that_lower_a_rate_come_before_those_that_raise_one() {
     assert_eq!(first.lowering, 0, "let-ins only raise");
     f.apply(&first.writes);
     f.step(t0());
-    assert_eq!(f.admitted(), ["a-next", "y-old", "z-old"]);
+    assert_eq!(f.admitted(), ["a-next", "a-old", "z-old"]);
     assert_eq!(
-        (f.cap("z-old"), f.cap("y-old"), f.cap("a-next")),
+        (f.cap("z-old"), f.cap("a-old"), f.cap("a-next")),
         (Some(4 * MI), Some(4 * MI), Some(4 * MI))
     );
     // z-old finishes: b-next is let in at the freed 4Mi (a raise), and nobody's cap moves.
@@ -297,8 +298,8 @@ fn grants_that_lower_a_rate_come_before_those_that_raise_one() {
     assert_eq!(grants(&s.writes), [("b-next".into(), false, Some(4 * MI))]);
     assert_eq!(s.lowering, 0);
     f.apply(&s.writes);
-    // A second site budget halves the bandwidth of a-next and b-next (a lowering), while
-    // y-old, outside it, gets the site's spare (a raise).
+    // A second budget cuts a-next and b-next to 1Mi each (a lowering), while a-old, outside
+    // it, gets the site's spare (a raise).
     f.clusters.get_mut("a-next").unwrap().metadata.labels =
         Some([("tight".to_string(), "yes".to_string())].into());
     f.clusters.get_mut("b-next").unwrap().metadata.labels =
@@ -313,7 +314,7 @@ fn grants_that_lower_a_rate_come_before_those_that_raise_one() {
         [
             ("a-next".into(), false, Some(MI)),
             ("b-next".into(), false, Some(MI)),
-            ("y-old".into(), false, Some(10 * MI)),
+            ("a-old".into(), false, Some(10 * MI)),
         ]
     );
     assert_eq!(s.lowering, 2, "the two lowered caps, then the raised one");

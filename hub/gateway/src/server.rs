@@ -39,6 +39,18 @@ use crate::tasks::Slot;
 /// specs, so that a burst of writes is taken in one pass.
 pub const SPEC_COALESCE: Duration = Duration::from_millis(10);
 
+/// The pre-cache rate a spec allows, for ordering pushes: none without a task or while held,
+/// unbounded without a cap.
+fn precache_rate(spec: Option<&SpokeAgentSpec>) -> u64 {
+    match spec.and_then(|s| s.precache.as_ref()) {
+        None => 0,
+        Some(t) if t.hold => 0,
+        Some(t) => t
+            .rate_limit_bytes_per_second
+            .map_or(u64::MAX, |c| u64::try_from(c).unwrap_or(0)),
+    }
+}
+
 /// Tunables.
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
@@ -338,7 +350,9 @@ impl Gateway {
     }
 
     /// Reads the specs of `clusters` (announced as changed) and pushes what differs from what
-    /// the sessions were given.
+    /// the sessions were given: first the changes that lower an agent's pre-cache rate (held,
+    /// a lower cap, a task removed), then the rest, so a pass that carries both a budget's
+    /// lowered caps and its let-ins sends the lowered caps first.
     pub async fn sync_specs_of(&self, clusters: Vec<String>) {
         let mut changed = Vec::new();
         for cluster in clusters {
@@ -352,14 +366,16 @@ impl Gateway {
             };
             let mut cur = self.specs.lock().unwrap_or_else(|p| p.into_inner());
             if cur.get(&cluster) != spec.as_ref() {
+                let raises = precache_rate(spec.as_ref()) > precache_rate(cur.get(&cluster));
                 match spec {
                     Some(spec) => cur.insert(cluster.clone(), spec),
                     None => cur.remove(&cluster),
                 };
-                changed.push(cluster);
+                changed.push((raises, cluster));
             }
         }
-        for cluster in changed {
+        changed.sort();
+        for (_, cluster) in changed {
             self.spec_changed(&cluster).await;
         }
     }
@@ -608,4 +624,40 @@ async fn metrics(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
         )],
         gw.render_metrics(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use talm_shared::api::Time;
+    use talm_shared::api::spokeagent::PrecacheTask;
+
+    use super::*;
+
+    fn spec(hold: bool, cap: Option<i64>) -> SpokeAgentSpec {
+        SpokeAgentSpec {
+            precache: Some(PrecacheTask {
+                id: "t".into(),
+                spec: Default::default(),
+                deadline: Time(jiff::Timestamp::UNIX_EPOCH),
+                hold,
+                rate_limit_bytes_per_second: cap,
+                order: None,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pushes_are_ordered_by_the_pre_cache_rate_a_spec_allows() {
+        let (none, held) = (SpokeAgentSpec::default(), spec(true, Some(5)));
+        let (capped, uncapped) = (spec(false, Some(5)), spec(false, None));
+        assert_eq!(precache_rate(None), 0);
+        assert_eq!(precache_rate(Some(&none)), 0);
+        assert_eq!(precache_rate(Some(&held)), 0);
+        assert_eq!(precache_rate(Some(&capped)), 5);
+        assert_eq!(precache_rate(Some(&uncapped)), u64::MAX);
+        // A let-in raises; a lower cap or a hold does not.
+        assert!(precache_rate(Some(&capped)) > precache_rate(Some(&held)));
+        assert!(precache_rate(Some(&spec(false, Some(3)))) < precache_rate(Some(&capped)));
+    }
 }

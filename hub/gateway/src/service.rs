@@ -285,6 +285,12 @@ async fn run_session(
         }
         gw.registry
             .seed(&cluster, status.ok().flatten(), spec.as_ref());
+        // A spec pushed meanwhile by the watcher may have been replaced by this older read:
+        // have the watcher compare this cluster again (with a store that announces changes;
+        // otherwise the next poll does).
+        if let Some(changes) = gw.agents.spec_changes() {
+            changes.mark(&cluster);
+        }
     }
     match gw
         .registry

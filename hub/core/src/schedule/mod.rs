@@ -40,8 +40,9 @@ pub const REFRESH_SECS: u64 = 30;
 pub struct Schedule {
     /// Grant changes, then budget status changes. The grants that lower an agent's rate (a
     /// hold, a lower cap) come first, [`Schedule::lowering`] of them, then the ones that raise
-    /// it (a let-in, a higher cap): applied in that order, what is in transit never adds up to
-    /// more than a budget.
+    /// it (a let-in, a higher cap): applied in that order, the grants written never add up to
+    /// more than a budget (the agents receive them on separate connections, so for an instant
+    /// of message latency they may).
     pub writes: Vec<Write>,
     /// How many of the first `writes` lower an agent's rate; the operator applies them before
     /// the rest.
