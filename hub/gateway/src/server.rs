@@ -39,16 +39,11 @@ use crate::tasks::Slot;
 /// specs, so that a burst of writes is taken in one pass.
 pub const SPEC_COALESCE: Duration = Duration::from_millis(10);
 
-/// The pre-cache rate a spec allows, for ordering pushes: none without a task or while held,
-/// unbounded without a cap.
+/// The pre-cache rate a spec allows, for ordering pushes: none without a task, else what its
+/// grant allows.
 fn precache_rate(spec: Option<&SpokeAgentSpec>) -> u64 {
-    match spec.and_then(|s| s.precache.as_ref()) {
-        None => 0,
-        Some(t) if t.hold => 0,
-        Some(t) => t
-            .rate_limit_bytes_per_second
-            .map_or(u64::MAX, |c| u64::try_from(c).unwrap_or(0)),
-    }
+    spec.and_then(|s| s.precache.as_ref())
+        .map_or(0, talm_shared::api::spokeagent::PrecacheTask::allowed_rate)
 }
 
 /// Tunables.
@@ -387,7 +382,7 @@ impl Gateway {
         self.status.touch(cluster);
     }
 
-    /// One watcher pass (tests call it directly).
+    /// One full watcher pass: every spec and enrollment compared with the sessions.
     pub async fn poll_once(&self) {
         let (specs, enrolled) = tokio::join!(self.agents.specs(), self.enroller.store().list());
         match enrolled {

@@ -134,6 +134,24 @@ pub struct PrecacheTask {
     pub order: Option<PrecacheOrder>,
 }
 
+impl PrecacheTask {
+    /// The download rate this task's grant allows ([`grant_rate`]).
+    pub fn allowed_rate(&self) -> u64 {
+        grant_rate(self.hold, self.rate_limit_bytes_per_second)
+    }
+}
+
+/// The download rate a pre-cache grant allows, bytes/s: none while held, unbounded
+/// (`u64::MAX`) without a cap. Grants that lower it are written and pushed before those that
+/// raise it, so the caps never add up to more than a budget on the way.
+pub fn grant_rate(hold: bool, cap: Option<i64>) -> u64 {
+    match (hold, cap) {
+        (true, _) => 0,
+        (false, None) => u64::MAX,
+        (false, Some(c)) => u64::try_from(c).unwrap_or(0),
+    }
+}
+
 /// Where a cluster's pre-cache task queues: earlier batches first (the canaries are batch 0
 /// when the CGU has canaries), then older CGUs first, then by task id and cluster name.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -20,6 +20,7 @@ mod fleet;
 mod status;
 
 use jiff::Timestamp;
+use talm_shared::api::spokeagent::grant_rate;
 
 use crate::decision::Write;
 use crate::snapshot::Snapshot;
@@ -93,7 +94,7 @@ pub fn schedule(snap: &Snapshot, now: Timestamp) -> Schedule {
             continue;
         }
         if t.held != hold[i] || t.cap != caps[i] {
-            let raises = rate(t.held, t.cap) < rate(hold[i], caps[i]);
+            let raises = grant_rate(t.held, t.cap) < grant_rate(hold[i], caps[i]);
             grants.push((
                 raises,
                 Write::SetPrecacheGrant {
@@ -138,15 +139,6 @@ pub fn schedule(snap: &Snapshot, now: Timestamp) -> Schedule {
         writes,
         lowering,
         requeue_after_secs: busy.then_some(REFRESH_SECS),
-    }
-}
-
-/// The rate a grant allows, for ordering grants: held is nothing, no cap is unbounded.
-fn rate(held: bool, cap: Option<i64>) -> i64 {
-    match (held, cap) {
-        (true, _) => 0,
-        (false, None) => i64::MAX,
-        (false, Some(c)) => c,
     }
 }
 
