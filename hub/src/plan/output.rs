@@ -242,9 +242,6 @@ fn batches_block(
     let all: Vec<Vec<String>> = std::iter::once(columns(&header))
         .chain(rows.iter().map(columns))
         .collect();
-    let widths: Vec<usize> = (0..all[0].len())
-        .map(|c| all.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
     let total = plan.len();
     let current_text = if current > 0 {
         format!(", current {current}")
@@ -252,13 +249,25 @@ fn batches_block(
         String::new()
     };
     let _ = writeln!(s, "  batches:  {total}{current_text}");
-    for row in &all {
+    write_columns(s, "   ", &all);
+}
+
+/// Left-aligned columns (as wide as their widest cell, two spaces apart), each row indented by
+/// `indent`.
+pub(super) fn write_columns(s: &mut String, indent: &str, rows: &[Vec<String>]) {
+    let Some(first) = rows.first() else {
+        return;
+    };
+    let widths: Vec<usize> = (0..first.len())
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    for row in rows {
         let line: Vec<String> = row
             .iter()
             .zip(&widths)
             .map(|(cell, w)| format!("{cell:<w$}"))
             .collect();
-        let _ = writeln!(s, "   {}", line.join("  ").trim_end());
+        let _ = writeln!(s, "{indent}{}", line.join("  ").trim_end());
     }
 }
 

@@ -8,29 +8,12 @@ use talm_hub_core::schedule::display_rate;
 use talm_shared::api::cgu::ClusterGroupUpgradeStatus;
 use talm_shared::api::precachebudget::PrecacheBudget;
 
+use super::output::write_columns;
 use super::store::{Store, Typed};
 
 /// A byte count for people (`100Mi`, `1.5Gi`, `512`).
 fn bytes(n: i64) -> String {
     display_rate(n).trim_end_matches("/s").to_string()
-}
-
-/// Left-aligned columns, each row indented by `indent`.
-fn columns(s: &mut String, indent: &str, rows: &[Vec<String>]) {
-    let Some(first) = rows.first() else {
-        return;
-    };
-    let widths: Vec<usize> = (0..first.len())
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
-    for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        let _ = writeln!(s, "{indent}{}", line.join("  ").trim_end());
-    }
 }
 
 /// One line per cluster whose pre-cache is queued or reporting progress.
@@ -77,7 +60,7 @@ pub fn progress_block(s: &mut String, status: &ClusterGroupUpgradeStatus) {
         ]);
     }
     s.push_str("  pre-cache progress:\n");
-    columns(s, "    ", &rows);
+    write_columns(s, "    ", &rows);
 }
 
 /// The PrecacheBudgets of the store, with their status as the scheduler left it.
@@ -142,7 +125,7 @@ pub fn budgets_block(s: &mut String, store: &Store) {
     }
     // The table, with each budget's notes under its row.
     let mut table = String::new();
-    columns(&mut table, "  ", &rows);
+    write_columns(&mut table, "  ", &rows);
     for (i, line) in table.lines().enumerate() {
         let _ = writeln!(s, "{line}");
         for (_, note) in notes.iter().filter(|(row, _)| *row == i) {
